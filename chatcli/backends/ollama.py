@@ -1,0 +1,138 @@
+"""Ollama's native ``POST {base_url}/api/chat``: newline-delimited JSON (``application/x-ndjson``).
+
+Each line: ``{"model", "created_at", "message": {"role": "assistant", "content": "..."}, "done": false}``.
+The last line has ``"done": true``, ``done_reason`` (``stop``/``length``) and the counts and durations:
+``prompt_eval_count``, ``eval_count``, ``total_duration``, ``load_duration``, ``prompt_eval_duration``,
+``eval_duration`` (durations in **nanoseconds**; zero-valued fields may be absent). Errors come as
+``{"error": "..."}`` with an HTTP status, or as such a line inside a 200 stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from chatcli.backends.base import HTTPBackend, StreamEvent
+from chatcli.errors import ModelNotFound, StreamError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from chatcli.session import GenerationParams, Timeouts
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+_DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+
+
+def base_url_from_host(host: str | None) -> str:
+    """The base URL for an ``OLLAMA_HOST`` value such as ``0.0.0.0:11434``, ``myhost`` or
+    ``http://box:11434`` (Ollama's own conventions: default port 11434, 0.0.0.0 means this machine)."""
+    if not host:
+        return DEFAULT_HOST
+    host = host.strip().rstrip("/")
+    scheme = "http"
+    if "://" in host:
+        scheme, host = host.split("://", 1)
+    hostport, _, path = host.partition("/")
+    if hostport.startswith("["):
+        has_port = "]:" in hostport
+    else:
+        has_port = ":" in hostport
+    if not has_port:
+        hostport += ":11434"
+    if hostport.startswith("0.0.0.0:"):
+        hostport = "127.0.0.1:" + hostport.split(":", 1)[1]
+    return f"{scheme}://{hostport}" + (f"/{path}" if path else "")
+
+
+class OllamaBackend(HTTPBackend):
+    """Streams from Ollama's native chat API. ``keep_alive`` (e.g. ``"5m"``) is passed through when set;
+    ``num_ctx`` sets the context length in tokens."""
+
+    name = "ollama"
+
+    def __init__(self, base_url: str = DEFAULT_HOST, model: str = "llama3.2",
+                 keep_alive: str | None = None, num_ctx: int | None = None) -> None:
+        super().__init__(base_url, model)
+        self.keep_alive = keep_alive
+        self.num_ctx = num_ctx
+
+    def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if params.temperature is not None:
+            options["temperature"] = params.temperature
+        if params.max_tokens is not None:
+            options["num_predict"] = params.max_tokens
+        if self.num_ctx is not None:
+            options["num_ctx"] = self.num_ctx
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        if options:
+            body["options"] = options
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
+                    deadline: float) -> Iterator[StreamEvent]:
+        body = self.request_body(messages, params)
+
+        def parse(response: httpx.Response, deadline: float) -> Iterator[StreamEvent]:
+            return self._parse_ndjson(response, deadline, timeouts)
+
+        return self._stream("POST", "/api/chat", body, timeouts, deadline, parse)
+
+    def _parse_ndjson(self, response: httpx.Response, deadline: float, timeouts: Timeouts) -> Iterator[StreamEvent]:
+        from chatcli.session import Usage
+
+        done = False
+        for line in response.iter_lines():
+            self.check_deadline(deadline, timeouts)
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise StreamError(f"{self.base_url} sent a malformed line: {line[:80]!r}") from None
+            if not isinstance(obj, dict):
+                raise StreamError(f"{self.base_url} sent a malformed line: {line[:80]!r}")
+            if "error" in obj:
+                raise StreamError(f"{self.base_url} reported an error during the reply: {obj['error']}")
+            message = obj.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+            event = StreamEvent(text=text if isinstance(text, str) else "")
+            if obj.get("done") is True:
+                done = True
+                event.finish_reason = obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else "stop"
+                event.usage = Usage(prompt_tokens=_int(obj.get("prompt_eval_count")),
+                                    completion_tokens=_int(obj.get("eval_count")))
+                server = {k: obj[k] for k in _DURATIONS if _int(obj.get(k)) is not None}
+                server.update({k: obj[k] for k in ("prompt_eval_count", "eval_count") if _int(obj.get(k)) is not None})
+                event.server_timings = server
+                n, ns = _int(obj.get("eval_count")), _int(obj.get("eval_duration"))
+                if n and ns:
+                    event.tokens_per_second = n / (ns / 1e9)
+                yield event
+                break
+            if event.text:
+                yield event
+        if not done:
+            raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+
+    def error_message(self, payload: Any, text: str) -> tuple[str, str]:
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            return payload["error"].strip()[:300], ""
+        return text.strip()[:300], ""
+
+    def http_error(self, response: httpx.Response):  # type: ignore[no-untyped-def]
+        err = super().http_error(response)
+        if response.status_code == 404:
+            return ModelNotFound(
+                f"Ollama at {self.base_url} has no model {self.model!r} (404): pull it with "
+                f"`ollama pull {self.model}` or pick another with --model", err.status, err.server_message)
+        return err
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None

@@ -1,0 +1,134 @@
+"""OpenAI-compatible ``POST {base_url}/chat/completions`` with ``stream: true`` (OpenAI, llama.cpp, vLLM,
+LM Studio, Ollama's /v1).
+
+The stream is Server-Sent Events read with httpx-sse: ``data: <chat.completion.chunk JSON>`` events and
+``data: [DONE]`` at the end. Reply text is ``choices[0].delta.content``; ``finish_reason`` comes on the last
+choice chunk; with ``stream_options.include_usage`` a final chunk with ``choices: []`` carries ``usage``
+(``prompt_tokens``, ``completion_tokens``, ``prompt_tokens_details.cached_tokens``). llama.cpp adds
+``timings`` (milliseconds; ``predicted_per_second`` in tokens/s). An error may come as an HTTP status with
+``{"error": {"message", "type", "code"}}`` or inside the stream as ``data: {"error": {...}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from chatcli.backends.base import HTTPBackend, StreamEvent
+from chatcli.errors import StreamError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from chatcli.session import GenerationParams, Timeouts
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIBackend(HTTPBackend):
+    """Streams from an OpenAI-compatible server. ``base_url`` ends before ``/chat/completions``
+    (e.g. ``https://api.openai.com/v1``); ``api_key`` is sent as a Bearer token and stored nowhere else."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, model: str = "gpt-4o-mini",
+                 api_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        super().__init__(base_url, model, headers)
+
+    def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
+                                "stream_options": {"include_usage": True}}
+        if params.temperature is not None:
+            body["temperature"] = params.temperature
+        if params.max_tokens is not None:
+            body["max_tokens"] = params.max_tokens
+        return body
+
+    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
+                    deadline: float) -> Iterator[StreamEvent]:
+        body = self.request_body(messages, params)
+
+        def parse(response: httpx.Response, deadline: float) -> Iterator[StreamEvent]:
+            return self._parse_sse(response, deadline, timeouts)
+
+        return self._stream("POST", "/chat/completions", body, timeouts, deadline, parse)
+
+    def _parse_sse(self, response: httpx.Response, deadline: float, timeouts: Timeouts) -> Iterator[StreamEvent]:
+        from httpx_sse import EventSource
+
+        ctype = response.headers.get("content-type", "")
+        if "text/event-stream" not in ctype:
+            raise StreamError(f"{self.base_url} did not answer with a stream (content type {ctype or 'none'!r}); "
+                              f"is it an OpenAI-compatible server?")
+        done = finished = False
+        for sse in EventSource(response).iter_sse():
+            self.check_deadline(deadline, timeouts)
+            data = sse.data
+            if not data:
+                continue
+            if data.strip() == "[DONE]":
+                done = True
+                break
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise StreamError(f"{self.base_url} sent a malformed chunk: {data[:80]!r}") from None
+            if not isinstance(chunk, dict):
+                raise StreamError(f"{self.base_url} sent a malformed chunk: {data[:80]!r}")
+            if "error" in chunk:
+                msg, _ = self.error_message(chunk, data)
+                raise StreamError(f"{self.base_url} reported an error during the reply: {msg}")
+            event = _event_from_chunk(chunk)
+            if event.finish_reason:
+                finished = True
+            if event.text or event.finish_reason or event.usage or event.server_timings:
+                yield event
+        if not done and not finished:
+            raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+
+    def error_message(self, payload: Any, text: str) -> tuple[str, str]:
+        if isinstance(payload, dict):
+            err = payload.get("error")
+            if isinstance(err, dict):
+                return str(err.get("message") or "").strip()[:300], str(err.get("type") or "")
+            if isinstance(err, str):
+                return err.strip()[:300], ""
+            if isinstance(payload.get("message"), str):
+                return payload["message"].strip()[:300], ""
+        return text.strip()[:300], ""
+
+
+def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
+    from chatcli.session import Usage
+
+    event = StreamEvent()
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            event.text = delta["content"]
+        if isinstance(choice.get("finish_reason"), str):
+            event.finish_reason = choice["finish_reason"]
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        event.usage = Usage(prompt_tokens=_int(usage.get("prompt_tokens")),
+                            completion_tokens=_int(usage.get("completion_tokens")), cached_tokens=_int(cached))
+    timings = chunk.get("timings")
+    if isinstance(timings, dict):
+        event.server_timings = timings
+        rate = timings.get("predicted_per_second")
+        if isinstance(rate, (int, float)) and rate > 0:
+            event.tokens_per_second = float(rate)
+        if event.usage is not None and event.usage.cached_tokens is None and _int(timings.get("cache_n")) is not None:
+            event.usage.cached_tokens = _int(timings.get("cache_n"))
+    return event
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None

@@ -1,0 +1,143 @@
+"""Settings: command-line flags > environment > TOML config file > defaults.
+
+Environment: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OLLAMA_HOST``, ``CHATCLI_SESSIONS_DIR``,
+``CHATCLI_BACKEND``, ``CHATCLI_MODEL``, ``CHATCLI_CONFIG`` (the config file's path), ``CHATCLI_STATE_DIR``
+(input history, model server log), ``NO_COLOR``. The config file (default: the platform's user config
+folder, e.g. ``~/.config/chatcli/config.toml``) takes the keys in ``FILE_KEYS``.
+
+An API key is read here and handed to the backend; it is never written to a session file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from chatcli.errors import ConfigError
+
+BACKENDS = ("local", "openai", "ollama")
+
+#: keys the config file may hold, with their types
+FILE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "backend": str, "model": str, "base_url": str, "system": str, "temperature": (int, float),
+    "max_tokens": int, "timeout": (int, float), "connect_timeout": (int, float), "idle_timeout": (int, float),
+    "sessions_dir": str, "model_path": str, "n_ctx": int, "threads": int, "keep_alive": str,
+}
+
+DEFAULT_MODELS = {"openai": "gpt-4o-mini", "ollama": "llama3.2"}
+
+
+@dataclass
+class Settings:
+    """Everything a command needs to open a session. Times are in seconds."""
+
+    backend: str = "local"
+    model: str = ""              # "" = the backend's default
+    base_url: str = ""           # "" = the backend's default
+    api_key: str | None = field(default=None, repr=False)
+    system: str = ""
+    title: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float = 600.0       # whole turn
+    connect_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    sessions_dir: Path = Path("sessions")
+    model_path: Path | None = None
+    n_ctx: int = 8192
+    threads: int | None = None
+    keep_alive: str | None = None
+    state_dir: Path = Path(".")
+    config_path: Path | None = None
+
+
+def config_path(env: dict[str, str]) -> Path:
+    if env.get("CHATCLI_CONFIG"):
+        return Path(env["CHATCLI_CONFIG"]).expanduser()
+    from platformdirs import user_config_path
+
+    return user_config_path("chatcli") / "config.toml"
+
+
+def state_dir(env: dict[str, str]) -> Path:
+    """Where chatcli keeps the REPL's input history and the model server's log."""
+    if env.get("CHATCLI_STATE_DIR"):
+        return Path(env["CHATCLI_STATE_DIR"]).expanduser()
+    from platformdirs import user_state_path
+
+    return user_state_path("chatcli")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The config file's settings ({} when it does not exist). Raises ConfigError naming the file on a
+    TOML error, an unknown key or a value of the wrong type."""
+    import tomllib
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8", errors="replace"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for key, value in data.items():
+        if key not in FILE_KEYS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {', '.join(FILE_KEYS)})")
+        typ = FILE_KEYS[key]
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise ConfigError(f"config file {path}: {key} has the wrong type ({type(value).__name__})")
+    return data
+
+
+def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
+    """Merge ``flags`` (None = not given) over the environment, the config file and the defaults.
+    Raises ConfigError for an unknown backend or a bad value."""
+    env = dict(os.environ) if env is None else env
+    path = config_path(env)
+    file = read_config_file(path)
+    merged: dict[str, Any] = dict(file)
+    env_map = {"CHATCLI_BACKEND": "backend", "CHATCLI_MODEL": "model", "CHATCLI_SESSIONS_DIR": "sessions_dir"}
+    for var, key in env_map.items():
+        if env.get(var):
+            merged[key] = env[var]
+    for key, value in flags.items():
+        if value is not None:
+            merged[key] = value
+
+    backend = merged.get("backend")
+    if backend is None:
+        # Nothing chose a backend: a given base URL means an OpenAI-compatible server, else the embedded model.
+        backend = "openai" if (merged.get("base_url") or env.get("OPENAI_BASE_URL")) else "local"
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    base_url = merged.get("base_url") or ""
+    if not base_url and backend == "openai":
+        base_url = env.get("OPENAI_BASE_URL", "")
+    if not base_url and backend == "ollama":
+        from chatcli.backends.ollama import base_url_from_host
+
+        base_url = base_url_from_host(env.get("OLLAMA_HOST"))
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"base URL {base_url!r} must start with http:// or https://")
+
+    s = Settings(backend=backend, base_url=base_url, config_path=path, state_dir=state_dir(env),
+                 api_key=env.get("OPENAI_API_KEY") or None)
+    for f in fields(Settings):
+        if f.name in merged and f.name not in ("backend", "base_url"):
+            setattr(s, f.name, merged[f.name])
+    s.sessions_dir = Path(str(s.sessions_dir)).expanduser()
+    if s.model_path is not None:
+        s.model_path = Path(str(s.model_path)).expanduser()
+    for name in ("timeout", "connect_timeout", "idle_timeout"):
+        value = getattr(s, name)
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds, not {value!r}")
+        setattr(s, name, float(value))
+    if s.temperature is not None and not 0 <= s.temperature <= 2:
+        raise ConfigError(f"temperature must be between 0 and 2, not {s.temperature}")
+    return s

@@ -1,0 +1,129 @@
+"""chatcli's exceptions. Only ``cli.py`` and ``repl.py`` turn them into messages and exit codes.
+
+Every exception here carries a message written for the user: one sentence they can act on.
+
+    ChatcliError
+    ├── ConfigError                    bad flag, environment variable or config file value
+    ├── SessionError
+    │   ├── InvalidSessionId           an id that could never name a file (``/``, ``..``, NUL, too long)
+    │   ├── SessionNotFound            no session matches the id, prefix or title
+    │   ├── AmbiguousSessionId         a prefix that matches several sessions
+    │   ├── SessionLocked              another chatcli holds the session's lock
+    │   ├── SnapshotError              a snapshot file that cannot be read (damaged, foreign, newer format)
+    │   └── SaveError                  a snapshot could not be written (disk full, permissions, ...)
+    ├── SessionTimeoutError            a turn hit a timeout; the partial reply was kept and saved
+    └── BackendError                   the model server could not give a reply
+        ├── BackendUnavailable         connection refused, unknown host, local model missing or failed
+        ├── BackendTimeout             connect, idle-read or whole-turn deadline passed
+        ├── BackendHTTPError           an HTTP error status (``status``, server ``message``)
+        │   ├── AuthenticationError    401 / 403
+        │   ├── ModelNotFound          404 (unknown model or wrong base URL)
+        │   └── RateLimited            429 (``retry_after`` seconds, when the server said)
+        └── StreamError                the stream broke: cut short, malformed chunk, error inside the stream
+"""
+
+from __future__ import annotations
+
+
+class ChatcliError(Exception):
+    """Base of every error chatcli reports to the user; ``str(e)`` is the message."""
+
+    exit_code = 1
+
+
+class ConfigError(ChatcliError):
+    exit_code = 2
+
+
+class SessionError(ChatcliError):
+    pass
+
+
+class InvalidSessionId(SessionError):
+    exit_code = 2
+
+
+class SessionNotFound(SessionError):
+    pass
+
+
+class AmbiguousSessionId(SessionError):
+    pass
+
+
+class SessionLocked(SessionError):
+    pass
+
+
+class SnapshotError(SessionError):
+    """A snapshot that cannot be loaded; ``path`` names the file."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SaveError(SessionError):
+    """Writing a snapshot failed; the previous snapshot on disk is intact. ``path`` names the file."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class BackendError(ChatcliError):
+    pass
+
+
+class BackendUnavailable(BackendError):
+    pass
+
+
+class BackendTimeout(BackendError):
+    """A deadline passed. ``kind`` is ``"connect"``, ``"idle"`` (no data for that long) or ``"total"``;
+    ``seconds`` is the limit that was exceeded."""
+
+    def __init__(self, message: str, kind: str, seconds: float) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.seconds = seconds
+
+
+class BackendHTTPError(BackendError):
+    """The server answered with an HTTP error. ``status`` is the code, ``server_message`` its own words."""
+
+    def __init__(self, message: str, status: int, server_message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+
+
+class AuthenticationError(BackendHTTPError):
+    pass
+
+
+class ModelNotFound(BackendHTTPError):
+    pass
+
+
+class RateLimited(BackendHTTPError):
+    """429. ``retry_after`` is the server's Retry-After in seconds, or None when it gave none."""
+
+    def __init__(self, message: str, status: int, server_message: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, status, server_message)
+        self.retry_after = retry_after
+
+
+class StreamError(BackendError):
+    pass
+
+
+class SessionTimeoutError(ChatcliError):
+    """A turn timed out. The partial reply (``partial``, possibly empty) was saved with status
+    ``timeout``; the conversation can go on. ``cause`` is the BackendTimeout."""
+
+    def __init__(self, message: str, partial: str = "", cause: BackendTimeout | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.cause = cause

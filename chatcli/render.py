@@ -1,0 +1,281 @@
+"""The one place that knows rich: streaming Markdown, tables, notices, and sanitising model text.
+
+Model text is stored raw; everything shown passes ``sanitize`` first, so no escape sequence from a model
+(or a session file) reaches the terminal.
+
+Streaming stays linear in the reply's length: a reply is cut into finished blocks at blank lines outside
+code fences; a finished block is printed once, and only the unfinished tail is re-rendered (by rich's Live,
+at most ``REFRESH_PER_SECOND`` times a second, from the text buffered so far).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from chatcli.session import ConversationSession, Message, Stats
+    from chatcli.store import DamagedFile, SessionSummary
+
+REFRESH_PER_SECOND = 12
+
+# ESC-introduced sequences: CSI (ESC [ ... final), OSC/DCS/SOS/PM/APC strings (ended by BEL or ESC \, or
+# unterminated), and two-character escapes; then 8-bit C1 controls and C0 controls other than \t and \n.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[ -/]*[0-~]?"
+    r"|[\x80-\x9f]"
+    r"|[\x00-\x08\x0b-\x1f\x7f]"
+)
+
+
+def sanitize(text: str) -> str:
+    """``text`` without terminal control sequences (ANSI CSI, OSC, DCS, C1 and C0 controls other than
+    tab and newline). ``\\r\\n`` becomes ``\\n``. Safe to print to a terminal."""
+    if text.isprintable():
+        return text
+    return _ESCAPES.sub("", text.replace("\r\n", "\n"))
+
+
+def make_console(file: TextIO | None = None, stderr: bool = False) -> Console:
+    """A rich Console; honours NO_COLOR and a non-terminal output (no colours, no live updates)."""
+    from rich.console import Console
+
+    return Console(file=file, stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
+
+
+class ReplyView:
+    """Shows one streaming reply: a spinner until the first token, then Markdown as it arrives.
+
+    Use as a context manager; call ``feed(text)`` for each piece. On a terminal, finished blocks are
+    printed once and the unfinished tail is redrawn by a rich Live; elsewhere the raw (sanitised) text is
+    written as it comes."""
+
+    def __init__(self, console: Console, label: str = "thinking…") -> None:
+        self.console = console
+        self.live_mode = console.is_terminal
+        self._label = label
+        self._pending = ""       # text not yet printed as a finished block
+        self._scan = 0           # how far _pending has been scanned for block ends
+        self._in_fence = False
+        self._fence_line = ""
+        self._live: Any = None
+        self._spinner: Any = None
+        self.chars = 0
+
+    def __enter__(self) -> ReplyView:
+        if self.live_mode:
+            from rich.live import Live
+            from rich.spinner import Spinner
+
+            self._spinner = Spinner("dots", text=self._label, style="dim")
+            self._live = Live(console=self.console, get_renderable=self._renderable, auto_refresh=True,
+                              refresh_per_second=REFRESH_PER_SECOND, transient=False,
+                              redirect_stdout=False, redirect_stderr=False, vertical_overflow="crop")
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def feed(self, text: str) -> None:
+        text = sanitize(text)
+        if not text:
+            return
+        self.chars += len(text)
+        if not self.live_mode:
+            self.console.file.write(text)
+            self.console.file.flush()
+            return
+        self._pending += text
+        self._commit_finished_blocks()
+
+    def notice(self, message: str) -> None:
+        """A one-line notice shown above the streaming reply (e.g. a rate-limit wait)."""
+        from rich.markup import escape
+
+        console = self._live.console if self._live is not None else self.console
+        console.print(f"[yellow]{escape(sanitize(message))}[/]")
+
+    def finish(self) -> None:
+        """Stop the live view, leaving the whole reply on screen. Safe to call twice."""
+        if self._live is not None:
+            live, self._live = self._live, None
+            self._spinner = None
+            live.stop()
+        elif not self.live_mode and self.chars:
+            self.console.file.write("\n")
+            self.console.file.flush()
+            self.chars = 0
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _commit_finished_blocks(self) -> None:
+        pending = self._pending
+        cut = -1
+        pos = self._scan
+        while True:
+            nl = pending.find("\n", pos)
+            if nl < 0:
+                break
+            line = pending[pos:nl]
+            stripped = line.lstrip()
+            if stripped.startswith(("```", "~~~")):
+                if not self._in_fence:
+                    self._in_fence, self._fence_line = True, stripped[:3]
+                elif stripped.startswith(self._fence_line):
+                    self._in_fence = False
+            elif not stripped and not self._in_fence and pending[:pos].strip():
+                cut = nl + 1
+            pos = nl + 1
+        self._scan = pos
+        if cut > 0:
+            block, self._pending = pending[:cut], pending[cut:]
+            self._scan -= cut
+            self._live.console.print(self._markdown(block))
+
+    def _renderable(self) -> RenderableType:
+        from rich.text import Text
+
+        if not self._pending and self._spinner is not None and self.chars == 0:
+            return self._spinner
+        tail = self._pending
+        if not tail.strip():
+            return Text("")
+        height = max(4, self.console.size.height - 2)
+        lines = tail.split("\n")
+        if len(lines) > height:  # show the newest lines of a tall block while it streams
+            keep = lines[-(height - 1):]
+            opener = [self._fence_line + "…"] if self._in_fence else []
+            tail = "\n".join(opener + keep)
+        return self._markdown(tail)
+
+    @staticmethod
+    def _markdown(text: str) -> RenderableType:
+        from rich.markdown import Markdown
+
+        return Markdown(text, code_theme="monokai", hyperlinks=False)
+
+
+class Renderer:
+    """Everything the REPL and the CLI print. ``console`` for output, ``err`` for errors and notices."""
+
+    def __init__(self, console: Console | None = None, err: Console | None = None) -> None:
+        self.console = console or make_console()
+        self.err = err or make_console(stderr=True)
+
+    # -- one-liners ------------------------------------------------------------------------------------
+    def error(self, message: str) -> None:
+        self.err.print(f"[bold red]error:[/] {_esc(sanitize(message))}")
+
+    def notice(self, message: str) -> None:
+        self.err.print(f"[yellow]{_esc(sanitize(message))}[/]")
+
+    def info(self, message: str) -> None:
+        self.console.print(f"[dim]{_esc(sanitize(message))}[/]")
+
+    def reply(self) -> ReplyView:
+        return ReplyView(self.console)
+
+    def markdown(self, text: str) -> None:
+        self.console.print(ReplyView._markdown(sanitize(text)))
+
+    # -- session views ---------------------------------------------------------------------------------
+    def banner(self, session: ConversationSession, resumed: bool, help_hint: str) -> None:
+        what = "Resumed" if resumed else "New"
+        title = f" · {session.title}" if session.title else ""
+        self.console.print(
+            f"[bold]{what} session {session.id}[/]{_esc(sanitize(title))} [dim]· "
+            f"{_esc(session.backend_name)}/{_esc(sanitize(session.model))} · {help_hint}[/]")
+
+    def history(self, session: ConversationSession, last: int | None) -> None:
+        """The last ``last`` turns (all when None), with statuses and where ``clear`` cut the context."""
+        turns = session.turns()
+        shown = turns if last is None else turns[-last:] if last > 0 else []
+        if not shown:
+            self.info("No turns yet.")
+            return
+        if len(shown) < len(turns):
+            self.info(f"… {len(turns) - len(shown)} earlier turn(s) not shown (history N shows more)")
+        index = {id(m): i for i, m in enumerate(session.messages)}
+        if session.system:
+            self.console.print(f"[dim]system:[/] {_esc(sanitize(session.system))}")
+        cut_shown = False
+        for user, reply in shown:
+            if not cut_shown and session.context_start and index[id(user)] >= session.context_start:
+                if index[id(user)] == session.context_start or user is shown[0][0]:
+                    self.console.rule("[dim]context cleared here[/]", style="dim")
+                cut_shown = True
+            self.console.print(f"[bold cyan]you[/] [dim]{_esc(user.created_at)}[/]")
+            self.console.print(_esc(sanitize(user.content)), markup=False, highlight=False)
+            if reply is not None:
+                self.console.print(f"[bold green]model[/] [dim]{_esc(reply.created_at)}[/]" + _status_tag(reply))
+                self.markdown(reply.content)
+            self.console.print()
+
+    def stats(self, s: Stats) -> None:
+        from rich.table import Table
+
+        t = Table(show_header=False, box=None, pad_edge=False)
+        t.add_column(style="bold")
+        t.add_column()
+        roles = ", ".join(f"{n} {r}" for r, n in sorted(s.messages_by_role.items())) or "none"
+        t.add_row("turns", str(s.turns))
+        t.add_row("messages", f"{sum(s.messages_by_role.values())} ({roles}); {s.context_messages} in context")
+        t.add_row("characters", f"{s.characters:,}")
+        t.add_row("tokens", f"{s.prompt_tokens:,} prompt · {s.completion_tokens:,} completion · "
+                            f"{s.cached_tokens:,} cached")
+        t.add_row("time to first token", f"last {_secs(s.last_ttft_s)} · mean {_secs(s.mean_ttft_s)}")
+        t.add_row("tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}")
+        size = f"{s.snapshot_bytes:,} bytes" if s.snapshot_bytes is not None else "not written yet"
+        t.add_row("snapshot", f"{_esc(s.snapshot_path)} ({size})")
+        t.add_row("last saved", s.last_saved_at or "not in this run")
+        self.console.print(t)
+
+    def session_table(self, rows: list[SessionSummary], damaged: list[DamagedFile]) -> None:
+        from rich.table import Table
+
+        if not rows and not damaged:
+            self.info("No sessions yet: start one with `chatcli new`.")
+            return
+        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+        for col in ("id", "title", "backend/model", "turns", "updated"):
+            t.add_column(col, no_wrap=col != "title", overflow="ellipsis")
+        for r in rows:
+            t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
+                      str(r.turns), r.updated_at[:19].replace("T", " "))
+        self.console.print(t)
+        for d in damaged:
+            self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}")
+
+    def reply_footer(self, message: Message) -> None:
+        """A dim line under a reply that did not complete normally."""
+        if message.status == "interrupted":
+            self.notice("⏹ interrupted: the partial reply is saved")
+        elif message.finish_reason == "length":
+            self.notice("the reply was cut at the token limit (finish reason: length)")
+
+
+def _status_tag(m: Message) -> str:
+    return f" [yellow]\\[{m.status}][/]" if m.status != "ok" else ""
+
+
+def _secs(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f} s"
+
+
+def _rate(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def plain_stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,226 @@
+"""The interactive loop: prompt-toolkit input, in-REPL commands, replies shown through render.py.
+
+The REPL talks to a ConversationSession only. Enter sends; Alt+Enter (or Esc then Enter) starts a new
+line; a paste keeps its newlines. Ctrl-C stops a reply (or clears the line); Ctrl-D quits.
+
+A line that is exactly a command (``history``, ``history 5``, ``stats``, ``clear``, ``quit``...) runs it;
+every command also works with a leading ``/``. To send such a word as a message, start it with a
+backslash: ``\\quit`` sends ``quit``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError
+
+if TYPE_CHECKING:
+    from chatcli.render import Renderer
+    from chatcli.session import ConversationSession
+
+HELP_HINT = "type help for commands, Ctrl-D to quit"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str
+    summary: str
+    aliases: tuple[str, ...] = ()
+
+
+COMMANDS = (
+    Command("history", "history [N]", "show the last N turns (all when N is left out)"),
+    Command("stats", "stats", "turns, messages, tokens, time to first token, tokens/s, snapshot file"),
+    Command("clear", "clear [undo]", "start the next turn from an empty context (the system prompt stays); "
+            "`clear undo` brings the cleared messages back"),
+    Command("help", "help", "this list", ("?",)),
+    Command("quit", "quit", "leave (also `exit` or Ctrl-D); the session is already saved", ("exit",)),
+)
+_BY_NAME = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
+
+
+def parse_command(line: str) -> tuple[Command, list[str]] | None:
+    """The command a line asks for, with its arguments, or None when the line is a message.
+
+    ``/word ...`` is always a command (an unknown one raises ValueError); a bare word is a command only
+    when the line is exactly that command with valid arguments."""
+    text = line.strip()
+    slash = text.startswith("/")
+    if slash:
+        text = text[1:]
+    words = text.split()
+    if not words:
+        return None
+    cmd = _BY_NAME.get(words[0].lower())
+    args = words[1:]
+    if cmd is None:
+        if slash:
+            raise ValueError(f"unknown command /{words[0]}; type help for the list")
+        return None
+    valid = (
+        (cmd.name == "history" and (not args or (len(args) == 1 and args[0].isdigit())))
+        or (cmd.name == "clear" and (not args or args == ["undo"]))
+        or (cmd.name not in ("history", "clear") and not args)
+    )
+    if not valid:
+        if slash:
+            raise ValueError(f"usage: /{cmd.usage}")
+        return None
+    return cmd, args
+
+
+class Repl:
+    """Runs the loop for one session. ``history_path``: where typed input is remembered (None: nowhere)."""
+
+    def __init__(self, session: ConversationSession, renderer: Renderer, history_path: Path | None,
+                 resumed: bool = False) -> None:
+        self.session = session
+        self.out = renderer
+        self.history_path = history_path
+        self.resumed = resumed
+
+    # -- input -----------------------------------------------------------------------------------------
+    def _make_prompt(self) -> Callable[[], str]:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            return self._plain_input
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.completion import WordCompleter
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        kb = KeyBindings()
+
+        @kb.add("escape", "enter")
+        def _newline(event):  # type: ignore[no-untyped-def]
+            event.current_buffer.insert_text("\n")
+
+        history: FileHistory | InMemoryHistory = InMemoryHistory()
+        if self.history_path is not None:
+            try:
+                self.history_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.history_path.touch(mode=0o600, exist_ok=True)
+                history = FileHistory(str(self.history_path))
+            except OSError as e:
+                self.out.notice(f"input history is off: cannot use {self.history_path} ({e.strerror})")
+        words = sorted({f"/{n}" for n in _BY_NAME} | set(_BY_NAME))
+        ps: PromptSession[str] = PromptSession(
+            history=history, key_bindings=kb, multiline=False, enable_history_search=False,
+            completer=WordCompleter(words, sentence=True), complete_while_typing=False,
+            prompt_continuation=lambda width, line_no, wrap: "… ".rjust(width),
+        )
+        return lambda: ps.prompt([("bold", "› ")])
+
+    @staticmethod
+    def _plain_input() -> str:
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Read and answer until quit or Ctrl-D. Errors of a turn are reported and the loop goes on."""
+        self.out.banner(self.session, self.resumed, HELP_HINT)
+        if self.resumed and self.session.messages:
+            self.out.history(self.session, last=None)
+        if self.session.backend is not None:
+            self.session.backend.prepare()
+        prompt = self._make_prompt()
+        while True:
+            try:
+                line = prompt()
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt clears the line
+            except EOFError:
+                break
+            try:
+                if not self.handle(line):
+                    break
+            except KeyboardInterrupt:
+                self.out.notice("^C")
+
+    def handle(self, line: str) -> bool:
+        """Answer one line of input; False means quit."""
+        if not line.strip():
+            return True
+        try:
+            parsed = parse_command(line)
+        except ValueError as e:
+            self.out.error(str(e))
+            return True
+        if parsed is None:
+            stripped = line.strip()
+            if stripped.startswith("\\") and _is_command_line(stripped[1:]):
+                line = stripped[1:]
+            self.chat(line)
+            return True
+        cmd, args = parsed
+        if cmd.name == "quit":
+            return False
+        if cmd.name == "help":
+            self.show_help()
+        elif cmd.name == "history":
+            self.out.history(self.session, int(args[0]) if args else None)
+        elif cmd.name == "stats":
+            self.out.stats(self.session.stats())
+        elif cmd.name == "clear":
+            self._clear(undo=bool(args))
+        return True
+
+    def _clear(self, undo: bool) -> None:
+        try:
+            if undo:
+                n = self.session.unclear()
+                self.out.info(f"{n} message(s) are back in the context." if n else "Nothing to bring back.")
+            else:
+                n = self.session.clear()
+                self.out.info(f"Context cleared: the next turn starts afresh ({n} message(s) stay in the "
+                              f"session file; `clear undo` brings them back).")
+        except SaveError as e:
+            self.out.error(str(e))
+
+    def chat(self, text: str) -> None:
+        """Send one message and show the reply as it streams."""
+        view = self.out.reply()
+        try:
+            with view:
+                reply = self.session.send(text, on_delta=view.feed, on_notice=view.notice)
+        except SessionTimeoutError as e:
+            kept = " (the partial reply is saved)" if e.partial else ""
+            self.out.error(f"timed out: {e}{kept}; your message is saved, send another or try again")
+            return
+        except BackendError as e:
+            self.out.error(f"{e} (your message is saved)")
+            return
+        except SaveError as e:
+            self.out.error(f"{e}; the turn is kept in memory and will be saved at the next attempt")
+            return
+        except ChatcliError as e:
+            self.out.error(str(e))
+            return
+        self.out.reply_footer(reply)
+
+    def show_help(self) -> None:
+        lines = ["Commands (each also works with a leading /):"]
+        for c in COMMANDS:
+            alias = f" (or {', '.join(c.aliases)})" if c.aliases else ""
+            lines.append(f"  {c.usage:<14} {c.summary}{alias}")
+        lines += [
+            "",
+            "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines.",
+            "Ctrl-C stops a reply (what arrived is saved) or clears the line; Ctrl-D quits.",
+            "To send a command word as a message, start it with a backslash: \\quit sends \"quit\".",
+        ]
+        self.out.console.print("\n".join(lines), markup=False, highlight=False)
+
+
+def _is_command_line(text: str) -> bool:
+    try:
+        return parse_command(text) is not None
+    except ValueError:
+        return False

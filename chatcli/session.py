@@ -1,0 +1,488 @@
+"""ConversationSession: the turn, its save points and its stats.
+
+A turn (``ConversationSession.send``):
+
+1. the user message is appended and the snapshot saved **before** the request is sent;
+2. the reply streams through the backend; every ``checkpoint_seconds`` of streaming the text so far is
+   saved with status ``streaming`` (a later load reads that as ``interrupted``);
+3. when the reply completes it is saved with ``finish_reason``, usage and timings;
+4. on Ctrl-C (KeyboardInterrupt), a timeout or a backend error, what arrived is kept with status
+   ``interrupted``, ``timeout`` or ``error`` and saved, and the conversation can go on.
+
+This module imports neither typer, rich nor prompt_toolkit; the REPL passes callbacks.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chatcli.errors import (
+    BackendError,
+    BackendTimeout,
+    RateLimited,
+    SaveError,
+    SessionTimeoutError,
+)
+from chatcli.store import FORMAT, VERSION, SaveInfo, SessionLock, SessionStore, new_session_id, utc_now
+
+if TYPE_CHECKING:
+    from chatcli.backends.base import Backend
+
+#: statuses a message can have; ``ok`` is a complete message
+STATUSES = ("ok", "streaming", "interrupted", "timeout", "error")
+
+
+@dataclass
+class Usage:
+    """Token counts as the server reported them (None when it did not):
+    ``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` (prompt tokens served from the cache)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+@dataclass
+class Timings:
+    """Timings of one reply, measured by chatcli unless said otherwise.
+
+    ``ttft_s``: seconds from sending the request to the first token; ``duration_s``: seconds for the whole
+    reply; ``tokens_per_second``: completion tokens per second of generation (the server's own figure when
+    it gives one); ``server``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, or
+    Ollama's ``*_duration`` fields in nanoseconds)."""
+
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    tokens_per_second: float | None = None
+    server: dict[str, Any] | None = None
+
+
+@dataclass
+class Message:
+    """One message. ``role`` is ``user`` or ``assistant``; ``created_at`` UTC ISO 8601; ``status`` one of
+    STATUSES; the rest is set on assistant messages: ``finish_reason`` (``stop``, ``length``, ...),
+    ``usage``, ``timings``, ``model`` that wrote it, ``error`` (what went wrong, for status ``error``)."""
+
+    role: str
+    content: str
+    created_at: str = field(default_factory=utc_now)
+    status: str = "ok"
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+    model: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content, "created_at": self.created_at,
+                             "status": self.status}
+        for key in ("finish_reason", "model", "error"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        if self.usage is not None:
+            d["usage"] = asdict(self.usage)
+        if self.timings is not None:
+            d["timings"] = asdict(self.timings)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Message:
+        status = d.get("status", "ok")
+        if status not in STATUSES:
+            status = "ok"
+        if status == "streaming":  # the writer died mid-reply: what was saved is an interrupted reply
+            status = "interrupted"
+        usage = d.get("usage")
+        timings = d.get("timings")
+        return cls(
+            role=d["role"], content=d["content"], created_at=_str_or(d.get("created_at"), ""),
+            status=status, finish_reason=_str_or(d.get("finish_reason"), None),
+            usage=Usage(**{k: _int_or_none(usage.get(k)) for k in ("prompt_tokens", "completion_tokens",
+                                                                     "cached_tokens")})
+            if isinstance(usage, dict) else None,
+            timings=Timings(
+                ttft_s=_num_or_none(timings.get("ttft_s")), duration_s=_num_or_none(timings.get("duration_s")),
+                tokens_per_second=_num_or_none(timings.get("tokens_per_second")),
+                server=timings.get("server") if isinstance(timings.get("server"), dict) else None,
+            ) if isinstance(timings, dict) else None,
+            model=_str_or(d.get("model"), None), error=_str_or(d.get("error"), None),
+        )
+
+
+def _str_or(v: Any, default: Any) -> Any:
+    return v if isinstance(v, str) else default
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _num_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+@dataclass
+class GenerationParams:
+    """Sampling parameters sent with every request; None means "the server's default"."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GenerationParams:
+        return cls(temperature=_num_or_none(d.get("temperature")), max_tokens=_int_or_none(d.get("max_tokens")))
+
+
+@dataclass
+class Timeouts:
+    """Limits of one turn, in seconds: ``connect`` to reach the server, ``idle`` with no data while
+    streaming, ``total`` for the whole reply."""
+
+    connect: float = 10.0
+    idle: float = 120.0
+    total: float = 600.0
+
+
+@dataclass
+class Stats:
+    """Figures for the REPL's ``stats``: counts, characters, token sums, timings (seconds, tokens/s)."""
+
+    turns: int
+    messages_by_role: dict[str, int]
+    characters: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    last_ttft_s: float | None
+    mean_ttft_s: float | None
+    last_tokens_per_second: float | None
+    mean_tokens_per_second: float | None
+    snapshot_path: str
+    snapshot_bytes: int | None
+    last_saved_at: str | None
+    context_messages: int
+
+
+class ConversationSession:
+    """A conversation with one backend, persisted to one snapshot file.
+
+    Create with ``ConversationSession.create`` or ``ConversationSession.resume``; both take the session's
+    OS lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done."""
+
+    checkpoint_seconds = 2.0
+    max_retries = 2          # for 429 / 503 before any token arrived
+    max_retry_wait = 30.0    # seconds; a longer Retry-After is reported instead of waited for
+
+    def __init__(self, store: SessionStore, snapshot: dict[str, Any], backend: Backend | None,
+                 lock: SessionLock | None) -> None:
+        self.store = store
+        self.id: str = snapshot["id"]
+        self.title: str = snapshot["title"]
+        self.created_at: str = snapshot["created_at"]
+        self.updated_at: str = snapshot["updated_at"]
+        self.backend_name: str = snapshot["backend"]
+        self.model: str = snapshot["model"]
+        self.base_url: str = snapshot.get("base_url") or ""
+        self.model_path: str = snapshot.get("model_path") or ""  # a --model-path GGUF of the local backend
+        self.params = GenerationParams.from_json(snapshot["params"])
+        self.system: str = snapshot["system"]
+        self.messages: list[Message] = [Message.from_json(m) for m in snapshot["messages"]]
+        self.context_start: int = snapshot["context_start"]
+        self.clears: list[int] = [c for c in snapshot.get("clears", []) if isinstance(c, int)]
+        self.backend = backend
+        self._lock = lock
+        self.last_save: SaveInfo | None = None
+        self.unsaved = False  # True while memory holds something the snapshot does not
+        self.timeouts = Timeouts()
+
+    # -- opening and closing ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, store: SessionStore, backend: Backend, *, model: str, system: str = "", title: str = "",
+               params: GenerationParams | None = None, base_url: str = "") -> ConversationSession:
+        """A new, empty session; its first snapshot is written at once. Raises SaveError."""
+        sid = new_session_id()
+        lock = store.lock(sid)
+        now = utc_now()
+        snap = {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": now,
+                "updated_at": now, "backend": backend.name, "model": model, "base_url": base_url,
+                "params": (params or GenerationParams()).to_json(), "system": system, "messages": [],
+                "context_start": 0}
+        session = cls(store, snap, backend, lock)
+        try:
+            session.save()
+        except SaveError:
+            session.close()
+            raise
+        return session
+
+    @classmethod
+    def resume(cls, store: SessionStore, session_id: str,
+               backend_factory: Callable[[ConversationSession], Backend] | None = None) -> ConversationSession:
+        """Open a saved session by exact id (see ``SessionStore.resolve``). Takes the lock, then loads.
+        ``backend_factory`` builds the backend from the restored settings. Raises SessionLocked,
+        SessionNotFound, SnapshotError."""
+        lock = store.lock(session_id)
+        try:
+            snap = store.load(session_id)
+            session = cls(store, snap, None, lock)
+            if backend_factory is not None:
+                session.backend = backend_factory(session)
+        except BaseException:
+            lock.release()
+            raise
+        return session
+
+    def close(self) -> None:
+        """Save anything unsaved (best effort), stop the backend, release the lock."""
+        try:
+            if self.unsaved:
+                try:
+                    self.save()
+                except SaveError:
+                    pass
+        finally:
+            if self.backend is not None:
+                self.backend.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    # -- the snapshot ----------------------------------------------------------------------------------
+    def to_snapshot(self) -> dict[str, Any]:
+        """The session as the JSON object written to disk (see README, "The snapshot format")."""
+        snap: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "id": self.id, "title": self.title,
+            "created_at": self.created_at, "updated_at": self.updated_at, "backend": self.backend_name,
+            "model": self.model, "base_url": self.base_url, "params": self.params.to_json(),
+            "system": self.system, "context_start": self.context_start,
+            "messages": [m.to_json() for m in self.messages],
+        }
+        if self.model_path:
+            snap["model_path"] = self.model_path
+        if self.clears:
+            snap["clears"] = self.clears
+        return snap
+
+    def save(self) -> SaveInfo:
+        """Write the snapshot atomically; returns after the fsyncs. Ctrl-C is held off until the write is
+        done. Raises SaveError (then ``unsaved`` stays True and the next save retries)."""
+        self.updated_at = utc_now()
+        self.unsaved = True
+        with _sigint_deferred():
+            info = self.store.save(self.to_snapshot())
+        self.unsaved = False
+        self.last_save = info
+        return info
+
+    # -- the turn --------------------------------------------------------------------------------------
+    def context(self) -> list[dict[str, str]]:
+        """The messages sent to the model: the system prompt, then every message since the last ``clear``
+        that has text (partial replies included: the user saw them)."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        out.extend({"role": m.role, "content": m.content}
+                   for m in self.messages[self.context_start:] if m.content)
+        return out
+
+    def send(self, text: str, on_delta: Callable[[str], None] | None = None,
+             on_notice: Callable[[str], None] | None = None) -> Message:
+        """Run one turn: save the user message, stream the reply, save it; return the assistant Message.
+
+        ``on_delta(text)`` gets each piece of reply text as it arrives; ``on_notice(text)`` gets one-line
+        notices (a save that failed but will be retried, a rate-limit wait). Ctrl-C while streaming ends the
+        reply with status ``interrupted`` and returns normally. Raises SessionTimeoutError (partial reply
+        saved as ``timeout``), BackendError (partial reply saved as ``error``), or SaveError when the final
+        save fails (the turn stays in memory and the next save writes it)."""
+        if self.backend is None:
+            raise BackendError("this session has no backend to talk to")
+        self.messages.append(Message(role="user", content=text))
+        if not self.title:
+            self.title = _title_from(text)
+        try:
+            self.save()
+        except SaveError as e:
+            if on_notice:
+                on_notice(f"{e} (the message is kept in memory and will be saved at the next attempt)")
+        reply = Message(role="assistant", content="", status="streaming", model=self.model)
+        self.messages.append(reply)
+        try:
+            self._stream_into(reply, on_delta, on_notice)
+        except KeyboardInterrupt:
+            reply.status = "interrupted"
+        except BackendTimeout as e:
+            reply.status, reply.error = "timeout", str(e)
+            self._save_after_failure(on_notice)
+            raise SessionTimeoutError(str(e), partial=reply.content, cause=e) from e
+        except BackendError as e:
+            reply.status, reply.error = "error", str(e)
+            self._save_after_failure(on_notice)
+            raise
+        except BaseException as e:  # a bug or an unexpected failure: still keep what arrived
+            reply.status, reply.error = "error", f"{type(e).__name__}: {e}"
+            self._save_after_failure(on_notice)
+            raise
+        self.save()
+        return reply
+
+    def _save_after_failure(self, on_notice: Callable[[str], None] | None) -> None:
+        try:
+            self.save()
+        except SaveError as e:
+            if on_notice:
+                on_notice(f"{e} (the turn is kept in memory and will be saved at the next attempt)")
+
+    def _stream_into(self, reply: Message, on_delta: Callable[[str], None] | None,
+                     on_notice: Callable[[str], None] | None) -> None:
+        assert self.backend is not None
+        context = self.context()  # the reply is still empty, so it is not part of it
+        started = time.monotonic()
+        deadline = started + self.timeouts.total
+        first: float | None = None
+        last_checkpoint = started
+        parts: list[str] = []
+        for attempt in range(self.max_retries + 1):
+            stream = self.backend.stream_chat(context, self.params, self.timeouts, deadline)
+            try:
+                for event in stream:
+                    if event.text:
+                        now = time.monotonic()
+                        if first is None:
+                            first = now
+                            reply.timings = Timings(ttft_s=round(now - started, 4))
+                        parts.append(event.text)
+                        reply.content += event.text
+                        if on_delta:
+                            on_delta(event.text)
+                        if now - last_checkpoint >= self.checkpoint_seconds:
+                            last_checkpoint = now
+                            self._checkpoint()
+                    if event.finish_reason:
+                        reply.finish_reason = event.finish_reason
+                    if event.usage is not None:
+                        reply.usage = event.usage
+                    if event.server_timings is not None:
+                        reply.timings = reply.timings or Timings()
+                        reply.timings.server = event.server_timings
+                        if event.tokens_per_second is not None:
+                            reply.timings.tokens_per_second = round(event.tokens_per_second, 2)
+                break
+            except RateLimited as e:
+                wait = e.retry_after if e.retry_after is not None else 2.0 ** attempt
+                if reply.content or attempt >= self.max_retries or wait > self.max_retry_wait \
+                        or time.monotonic() + wait > deadline:
+                    raise
+                if on_notice:
+                    on_notice(f"{e}; retrying in {wait:g} s (attempt {attempt + 2} of {self.max_retries + 1})")
+                time.sleep(wait)
+            finally:
+                stream.close()  # closes the HTTP response at once, also on Ctrl-C
+        end = time.monotonic()
+        reply.status = "ok"
+        reply.timings = reply.timings or Timings()
+        reply.timings.duration_s = round(end - started, 4)
+        if reply.timings.tokens_per_second is None and first is not None and end > first:
+            n = reply.usage.completion_tokens if reply.usage and reply.usage.completion_tokens else len(parts)
+            reply.timings.tokens_per_second = round(n / (end - first), 2)
+
+    def _checkpoint(self) -> None:
+        """Save mid-reply (status ``streaming``); a failure here is retried at the next save point."""
+        try:
+            self.save()
+        except SaveError:
+            pass
+
+    # -- REPL commands ---------------------------------------------------------------------------------
+    def clear(self) -> int:
+        """Start the next turn from an empty context (system prompt kept). Earlier messages stay in the
+        snapshot and ``uncleared`` brings them back. Returns how many messages left the context."""
+        n = len(self.messages) - self.context_start
+        if n:
+            self.clears.append(self.context_start)
+            self.context_start = len(self.messages)
+            self.save()
+        return n
+
+    def unclear(self) -> int:
+        """Undo the last ``clear``: its messages rejoin the context. Returns how many came back (0: none)."""
+        if not self.clears:
+            return 0
+        before = self.context_start
+        self.context_start = self.clears.pop()
+        self.save()
+        return before - self.context_start
+
+    def turns(self) -> list[tuple[Message, Message | None]]:
+        """The conversation as (user message, its reply or None) pairs, in order."""
+        out: list[tuple[Message, Message | None]] = []
+        for m in self.messages:
+            if m.role == "user":
+                out.append((m, None))
+            elif m.role == "assistant" and out and out[-1][1] is None:
+                out[-1] = (out[-1][0], m)
+        return out
+
+    def stats(self) -> Stats:
+        by_role: dict[str, int] = {}
+        chars = prompt = completion = cached = 0
+        ttfts: list[float] = []
+        rates: list[float] = []
+        for m in self.messages:
+            by_role[m.role] = by_role.get(m.role, 0) + 1
+            chars += len(m.content)
+            if m.usage:
+                prompt += m.usage.prompt_tokens or 0
+                completion += m.usage.completion_tokens or 0
+                cached += m.usage.cached_tokens or 0
+            if m.timings:
+                if m.timings.ttft_s is not None:
+                    ttfts.append(m.timings.ttft_s)
+                if m.timings.tokens_per_second is not None:
+                    rates.append(m.timings.tokens_per_second)
+        path = self.store.path_for(self.id)
+        try:
+            size: int | None = path.stat().st_size
+        except OSError:
+            size = None
+        return Stats(
+            turns=by_role.get("user", 0), messages_by_role=by_role, characters=chars, prompt_tokens=prompt,
+            completion_tokens=completion, cached_tokens=cached,
+            last_ttft_s=ttfts[-1] if ttfts else None, mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
+            last_tokens_per_second=rates[-1] if rates else None,
+            mean_tokens_per_second=sum(rates) / len(rates) if rates else None,
+            snapshot_path=str(path), snapshot_bytes=size,
+            last_saved_at=self.last_save.saved_at if self.last_save else None,
+            context_messages=len(self.messages) - self.context_start,
+        )
+
+
+def _title_from(text: str, limit: int = 60) -> str:
+    """A title from the first user message: its first line, whitespace squeezed, control characters
+    dropped, cut at a word boundary near ``limit`` characters."""
+    line = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
+    return cut + "…"
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold off SIGINT (Ctrl-C) while a snapshot is written, so it lands after the write completes.
+    Only the main thread can do this; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

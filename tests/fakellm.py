@@ -1,0 +1,670 @@
+"""A small fake LLM server on 127.0.0.1 for chatcli's tests, spoken to through real HTTP.
+
+It speaks two protocols:
+
+* OpenAI-compatible ``POST /v1/chat/completions``: Server-Sent Events when ``"stream": true``
+  (``data: <json>`` events, a ``: ping`` comment first, ``data: [DONE]`` last), a plain
+  ``chat.completion`` JSON object otherwise. Errors are ``{"error": {"message", "type", "param", "code"}}``.
+* Ollama's native ``POST /api/chat``: NDJSON, one object per line, the last one with ``"done": true``
+  and integer nanosecond durations. Errors are ``{"error": "message"}``.
+
+plus ``GET /health``, ``GET /v1/models`` and ``GET /api/tags``. Streams use HTTP/1.1 chunked framing
+and every event is written (and flushed) on its own, so a client sees the tokens one by one.
+
+Each chat POST consumes one scripted :class:`Reply` from a FIFO queue (``enqueue``); when the queue
+is empty the server's default reply is used, which echoes the last user message unless told otherwise.
+A reply can be slow (``delay_first``, ``delay_each``), fail with an HTTP status, or break mid-stream
+(``cut_after``, ``stall_after``, ``error_after``, ``malformed_after``).
+
+Usage::
+
+    with FakeLLMServer() as llm:
+        llm.enqueue(Reply(text="Hi there", delay_each=0.01))
+        ...  # point the client at llm.url
+        assert llm.requests[0]["json"]["messages"][-1]["content"] == "hello"
+
+Standalone, for tests that need the server in another process::
+
+    python tests/fakellm.py [--port N] [--reply-text T] [--delay-each S] [--delay-first S]
+
+prints ``READY http://127.0.0.1:PORT`` once listening and serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+MODEL_NAME = "fake-model"
+CHAT_ID = "chatcmpl-fake"
+OLLAMA_CREATED_AT = "2026-01-01T00:00:00Z"
+
+# OpenAI's "code" for the statuses a client is likely to treat specially; anything else gets null.
+_OPENAI_ERROR_CODES = {
+    401: "invalid_api_key",
+    404: "model_not_found",
+    429: "rate_limit_exceeded",
+}
+
+_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+
+
+@dataclass
+class Reply:
+    """One scripted answer. ``*_after`` counts are numbers of content tokens sent before the event."""
+
+    text: str = "Hello from the fake model."
+    tokens: list[str] | None = None
+    finish_reason: str = "stop"
+    delay_first: float = 0.0
+    delay_each: float = 0.0
+    status: int = 200
+    error_message: str = "fake error"
+    error_type: str = "server_error"
+    headers: dict[str, str] = field(default_factory=dict)
+    cut_after: int | None = None
+    stall_after: int | None = None
+    stall_seconds: float = 30.0
+    error_after: int | None = None
+    malformed_after: int | None = None
+    usage: tuple[int, int, int] | None = None
+    timings: bool = False
+
+    def token_list(self) -> list[str]:
+        """The tokens to stream: ``tokens`` when given, else ``text`` split into words with their spaces."""
+        if self.tokens is not None:
+            return list(self.tokens)
+        return _TOKEN_RE.findall(self.text)
+
+    @property
+    def full_text(self) -> str:
+        """What a client should end up with after a complete stream."""
+        return "".join(self.token_list())
+
+
+DefaultReply = Reply | Callable[[dict], Reply] | None
+
+
+# --------------------------------------------------------------------------- request helpers
+
+
+def _messages(body: Any) -> list[dict]:
+    if isinstance(body, dict) and isinstance(body.get("messages"), list):
+        return [m for m in body["messages"] if isinstance(m, dict)]
+    return []
+
+
+def _content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of an OpenAI content list."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        pieces = []
+        for part in content:
+            if isinstance(part, str):
+                pieces.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                pieces.append(part["text"])
+        return "".join(pieces)
+    return str(content)
+
+
+def prompt_chars(body: Any) -> int:
+    """Total characters of the request's message contents (the default usage is this // 4)."""
+    return sum(len(_content_text(m.get("content"))) for m in _messages(body))
+
+
+def last_user_text(body: Any) -> str:
+    """Content of the last ``user`` message of a chat request body, or "" when there is none."""
+    for message in reversed(_messages(body)):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def echo_reply(request: dict) -> Reply:
+    """The built-in default: ``Echo: `` followed by the last user message."""
+    return Reply(text="Echo: " + last_user_text(request.get("json")))
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeLLMServer) -> None:
+        self.fake = fake
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can take seconds with a slow resolver.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return  # the client went away mid-reply: expected in tests that interrupt streams
+        if isinstance(exc, OSError) and self.fake._stopping.is_set():
+            return  # sockets closed under us by stop()
+        sys.stderr.write(f"fakellm: error while handling a request from {client_address}:\n")
+        traceback.print_exc()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeLLM/1.0"
+    sys_version = ""
+    server: _HTTPServer
+
+    # ---- lifecycle
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # ---- routing
+
+    def _read_body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self, method: str) -> None:
+        fake = self.server.fake
+        self._t0 = time.monotonic()
+        path = urlsplit(self.path).path
+        raw = self._read_body()
+        parsed: Any = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+        headers: dict[str, str] = {}
+        for key, value in self.headers.items():
+            key = key.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        record = {"path": path, "method": method, "headers": headers, "json": parsed}
+        fake._record(record)
+
+        ollama_style = path.startswith("/api/")
+        hook = fake.on_request
+        if hook is not None:
+            try:
+                hook(record)
+            except Exception as exc:  # surfaced to the client as a 500 and kept in hook_errors
+                fake.hook_errors.append(exc)
+                self._send_error(500, f"on_request hook raised {exc!r}", "server_error", ollama_style)
+                return
+
+        if method == "GET" and path == "/health":
+            self._send_json(200, {"status": "ok"})
+        elif method == "GET" and path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+        elif method == "GET" and path == "/api/tags":
+            self._send_json(200, {"models": [{"name": MODEL_NAME}]})
+        elif method == "POST" and path in ("/v1/chat/completions", "/api/chat"):
+            if not isinstance(parsed, dict):
+                self._send_error(400, "request body is not a JSON object", "invalid_request_error", ollama_style)
+                return
+            reply = fake._next_reply(record)
+            if ollama_style:
+                self._ollama(parsed, reply)
+            else:
+                self._openai(parsed, reply)
+        else:
+            self._send_error(404, f"no route for {method} {path}", "invalid_request_error", ollama_style)
+
+    # ---- low-level writers
+
+    @staticmethod
+    def _merge_headers(defaults: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+        overridden = {k.lower() for k in extra}
+        merged = {k: v for k, v in defaults.items() if k.lower() not in overridden}
+        merged.update(extra)
+        return merged
+
+    def _send_json(self, status: int, obj: Any, extra: dict[str, str] | None = None, *,
+                   body: bytes | None = None) -> None:
+        data = _dumps(obj) if body is None else body
+        headers = self._merge_headers({"Content-Type": "application/json"}, extra or {})
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _send_error(self, status: int, message: str, error_type: str, ollama_style: bool,
+                    extra: dict[str, str] | None = None) -> None:
+        if ollama_style:
+            body: dict = {"error": message}
+        else:
+            body = {"error": {"message": message, "type": error_type, "param": None,
+                              "code": _OPENAI_ERROR_CODES.get(status)}}
+        self._send_json(status, body, extra)
+
+    def _start_stream(self, content_type: str, extra: dict[str, str]) -> None:
+        defaults = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+        self.send_response(200)
+        for key, value in self._merge_headers(defaults, extra).items():
+            self.send_header(key, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+
+    def _chunk(self, data: bytes) -> None:
+        """Write one HTTP chunk and flush it (an empty chunk would end the body, so skip those)."""
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    def _end_chunks(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _abort(self) -> None:
+        """Drop the connection without finishing the response (no terminating chunk)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # ---- shared reply logic
+
+    def _usage(self, body: dict, reply: Reply, tokens: list[str]) -> tuple[int, int, int]:
+        if reply.usage is not None:
+            prompt, completion, cached = reply.usage
+            return int(prompt), int(completion), int(cached)
+        return prompt_chars(body) // 4, len(tokens), 0
+
+    def _emit_tokens(self, tokens: list[str], reply: Reply, send_token: Callable[[str], None],
+                     send_malformed: Callable[[], None], send_error: Callable[[], None]) -> bool:
+        """Send the tokens with their delays and scripted breakages; False when the stream ended early."""
+        fake = self.server.fake
+        n = len(tokens)
+
+        def at(limit: int | None, i: int) -> bool:
+            return limit is not None and min(max(limit, 0), n) == i
+
+        for i in range(n + 1):
+            if at(reply.malformed_after, i):
+                send_malformed()
+            if at(reply.error_after, i):
+                send_error()
+                self._end_chunks()
+                return False
+            if at(reply.cut_after, i):
+                self._abort()
+                return False
+            if at(reply.stall_after, i):
+                fake._sleep(reply.stall_seconds)
+                self._abort()
+                return False
+            if i == n:
+                break
+            if i > 0 and not fake._sleep(reply.delay_each):
+                self._abort()
+                return False
+            send_token(tokens[i])
+        return True
+
+    def _non_stream_breakage(self, reply: Reply, tokens: list[str], ollama_style: bool) -> bool:
+        """Delays and breakages for a non-streaming request; True when a normal reply should follow."""
+        fake = self.server.fake
+        total_delay = reply.delay_first + reply.delay_each * max(len(tokens) - 1, 0)
+        if not fake._sleep(total_delay):
+            self._abort()
+            return False
+        if reply.cut_after is not None:
+            self._abort()
+            return False
+        if reply.stall_after is not None:
+            fake._sleep(reply.stall_seconds)
+            self._abort()
+            return False
+        if reply.error_after is not None:
+            self._send_error(500, reply.error_message, reply.error_type, ollama_style, reply.headers)
+            return False
+        if reply.malformed_after is not None:
+            self._send_json(200, None, reply.headers, body=b'{"id": "chatcmpl-fake", "choices": [')
+            return False
+        return True
+
+    # ---- OpenAI
+
+    def _openai(self, body: dict, reply: Reply) -> None:
+        fake = self.server.fake
+        if reply.status != 200:
+            self._send_error(reply.status, reply.error_message, reply.error_type, False, reply.headers)
+            return
+        model = body.get("model") or MODEL_NAME
+        tokens = reply.token_list()
+        created = int(time.time())
+        prompt, completion, cached = self._usage(body, reply, tokens)
+
+        def usage_obj() -> dict:
+            return {"prompt_tokens": prompt, "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "prompt_tokens_details": {"cached_tokens": cached}}
+
+        def timings_obj(t_first: float, t_end: float) -> dict:
+            prompt_ms = max((t_first - self._t0) * 1000.0, 0.001)
+            predicted_ms = max((t_end - t_first) * 1000.0, 0.001)
+            prompt_n = max(prompt - cached, 0)
+            return {"cache_n": cached, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+                    "prompt_per_second": prompt_n * 1000.0 / prompt_ms,
+                    "predicted_n": completion, "predicted_ms": predicted_ms,
+                    "predicted_per_second": completion * 1000.0 / predicted_ms}
+
+        if not body.get("stream"):
+            if not self._non_stream_breakage(reply, tokens, False):
+                return
+            now = time.monotonic()
+            result: dict = {
+                "id": CHAT_ID, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                             "finish_reason": reply.finish_reason}],
+                "usage": usage_obj(),
+            }
+            if reply.timings:
+                result["timings"] = timings_obj(now, now)
+            self._send_json(200, result, reply.headers)
+            return
+
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
+
+        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
+            obj: dict = {"id": CHAT_ID, "object": "chat.completion.chunk", "created": created,
+                         "model": model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            if include_usage:
+                obj["usage"] = None  # as OpenAI does on every chunk but the last when usage is asked for
+            return obj
+
+        def event(obj: dict) -> None:
+            self._chunk(b"data: " + _dumps(obj) + b"\n\n")
+
+        def malformed() -> None:
+            self._chunk(b'data: {"id":"chatcmpl-fake","choices":[{"delta":\n\n')
+
+        def error_event() -> None:
+            event({"error": {"message": reply.error_message, "type": reply.error_type, "param": None,
+                             "code": None}})
+
+        self._start_stream("text/event-stream", reply.headers)
+        self._chunk(b": ping\n\n")
+        if not fake._sleep(reply.delay_first):
+            self._abort()
+            return
+        t_first = time.monotonic()
+        event(chunk({"role": "assistant", "content": ""}))
+        if not self._emit_tokens(tokens, reply, lambda tok: event(chunk({"content": tok})),
+                                 malformed, error_event):
+            return
+        t_end = time.monotonic()
+        event(chunk({}, reply.finish_reason))
+        if include_usage:
+            final: dict = {"id": CHAT_ID, "object": "chat.completion.chunk", "created": created,
+                           "model": model, "choices": [], "usage": usage_obj()}
+            if reply.timings:
+                final["timings"] = timings_obj(t_first, t_end)
+            event(final)
+        self._chunk(b"data: [DONE]\n\n")
+        self._end_chunks()
+
+    # ---- Ollama
+
+    def _ollama(self, body: dict, reply: Reply) -> None:
+        fake = self.server.fake
+        if reply.status != 200:
+            self._send_error(reply.status, reply.error_message, reply.error_type, True, reply.headers)
+            return
+        model = body.get("model") or MODEL_NAME
+        tokens = reply.token_list()
+        prompt, completion, _cached = self._usage(body, reply, tokens)
+
+        def final_fields(t_first: float, t_end: float) -> dict:
+            load_ns = 1_000_000
+            prompt_ns = max(int((t_first - self._t0) * 1e9), 1)
+            eval_ns = max(int((t_end - t_first) * 1e9), 1)
+            return {"done": True, "done_reason": reply.finish_reason,
+                    "total_duration": load_ns + prompt_ns + eval_ns, "load_duration": load_ns,
+                    "prompt_eval_count": prompt, "prompt_eval_duration": prompt_ns,
+                    "eval_count": completion, "eval_duration": eval_ns}
+
+        if body.get("stream") is False:
+            if not self._non_stream_breakage(reply, tokens, True):
+                return
+            now = time.monotonic()
+            result = {"model": model, "created_at": OLLAMA_CREATED_AT,
+                      "message": {"role": "assistant", "content": "".join(tokens)}}
+            result.update(final_fields(now, now))
+            self._send_json(200, result, reply.headers)
+            return
+
+        def line(obj: dict) -> None:
+            self._chunk(_dumps(obj) + b"\n")
+
+        def token_line(tok: str) -> None:
+            line({"model": model, "created_at": OLLAMA_CREATED_AT,
+                  "message": {"role": "assistant", "content": tok}, "done": False})
+
+        def malformed() -> None:
+            self._chunk(b'{"model":"fake-model","message":{"role":\n')
+
+        self._start_stream("application/x-ndjson", reply.headers)
+        if not fake._sleep(reply.delay_first):
+            self._abort()
+            return
+        t_first = time.monotonic()
+        if not self._emit_tokens(tokens, reply, token_line, malformed,
+                                 lambda: line({"error": reply.error_message})):
+            return
+        final = {"model": model, "created_at": OLLAMA_CREATED_AT,
+                 "message": {"role": "assistant", "content": ""}}
+        final.update(final_fields(t_first, time.monotonic()))
+        line(final)
+        self._end_chunks()
+
+
+# --------------------------------------------------------------------------- public server
+
+
+class FakeLLMServer:
+    """The fake server. ``start()`` (or ``with``) binds 127.0.0.1 and serves in a daemon thread."""
+
+    def __init__(self, default: DefaultReply = None, *, port: int = 0) -> None:
+        # default: a Reply, or a callable taking the recorded request and returning one; None means echo.
+        self.default = default
+        self.on_request: Callable[[dict], None] | None = None
+        self.requests: list[dict] = []
+        self.hook_errors: list[BaseException] = []
+        self.port = 0
+        self.url = ""
+        self._wanted_port = port
+        self._queue: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle
+
+    def start(self) -> FakeLLMServer:
+        if self._httpd is not None:
+            raise RuntimeError("FakeLLMServer is already running")
+        self._stopping.clear()
+        self._httpd = _HTTPServer(("127.0.0.1", self._wanted_port), self)
+        self.port = int(self._httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fakellm-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd = self._httpd
+        if httpd is None:
+            return
+        self._stopping.set()  # wakes every delay and stall at once
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # unblocks handlers waiting on idle keep-alive sockets
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ---- scripting and inspection
+
+    def enqueue(self, *replies: Reply) -> None:
+        with self._lock:
+            self._queue.extend(replies)
+
+    @property
+    def pending(self) -> int:
+        """How many enqueued replies have not been consumed yet."""
+        with self._lock:
+            return len(self._queue)
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.requests) >= n, timeout):
+                raise TimeoutError(f"fake LLM got {len(self.requests)} request(s), expected {n} "
+                                   f"within {timeout}s")
+
+    # ---- used by the handler threads
+
+    def _record(self, record: dict) -> None:
+        with self._changed:
+            self.requests.append(record)
+            self._changed.notify_all()
+
+    def _next_reply(self, record: dict) -> Reply:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+        default = self.default
+        if default is None:
+            return echo_reply(record)
+        if isinstance(default, Reply):
+            return default
+        return default(record)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the server is stopping; False when woken by stop()."""
+        if seconds <= 0:
+            return not self._stopping.is_set()
+        return not self._stopping.wait(seconds)
+
+    def _track(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fake LLM server (OpenAI SSE and Ollama NDJSON).")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    parser.add_argument("--reply-text", default=None, help="text of every reply (default: echo the user)")
+    parser.add_argument("--delay-each", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--delay-first", type=float, default=0.0, help="seconds before the first token")
+    args = parser.parse_args(argv)
+
+    default: DefaultReply
+    if args.reply_text is None:
+        def default(record: dict) -> Reply:
+            return Reply(text="Echo: " + last_user_text(record.get("json")),
+                         delay_first=args.delay_first, delay_each=args.delay_each)
+    else:
+        default = Reply(text=args.reply_text, delay_first=args.delay_first, delay_each=args.delay_each)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    server = FakeLLMServer(default, port=args.port).start()
+    print(f"READY {server.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
