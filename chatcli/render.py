@@ -222,7 +222,9 @@ class Renderer:
         t = Table(show_header=False, box=None, pad_edge=False)
         t.add_column(style="bold")
         t.add_column()
-        roles = ", ".join(f"{n} {r}" for r, n in sorted(s.messages_by_role.items())) or "none"
+        order = {"user": 0, "assistant": 1}
+        roles = ", ".join(f"{n} {r}" for r, n in sorted(s.messages_by_role.items(),
+                                                        key=lambda kv: order.get(kv[0], 2))) or "none"
         t.add_row("turns", str(s.turns))
         t.add_row("messages", f"{sum(s.messages_by_role.values())} ({roles}); {s.context_messages} in context")
         t.add_row("characters", f"{s.characters:,}")

@@ -11,7 +11,8 @@ backslash: ``\\quit`` sends ``quit``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,7 +189,7 @@ class Repl:
         """Send one message and show the reply as it streams."""
         view = self.out.reply()
         try:
-            with view:
+            with _keys_not_echoed(), view:
                 reply = self.session.send(text, on_delta=view.feed, on_notice=view.notice)
         except SessionTimeoutError as e:
             kept = " (the partial reply is saved)" if e.partial else ""
@@ -217,6 +218,31 @@ class Repl:
             "To send a command word as a message, start it with a backslash: \\quit sends \"quit\".",
         ]
         self.out.console.print("\n".join(lines), markup=False, highlight=False)
+
+
+@contextmanager
+def _keys_not_echoed() -> Iterator[None]:
+    """While a reply streams, keys typed (and the ^C of Ctrl-C) are not echoed into the output, where
+    they would break the live view. Ctrl-C still interrupts. Does nothing when stdin is not a terminal."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        old = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    new = list(old)
+    new[3] &= ~(termios.ECHO | termios.ECHOCTL)
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, new)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, old)
 
 
 def _is_command_line(text: str) -> bool:

@@ -1,0 +1,57 @@
+"""Shared fixtures. Every user folder chatcli knows is pointed at tmp_path, and no real key or server
+address from the developer's environment reaches a test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakellm import FakeLLMServer  # noqa: E402
+
+_SCRUBBED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST", "CHATCLI_BACKEND", "CHATCLI_MODEL",
+             "CHATCLI_DEBUG", "NO_COLOR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
+             "https_proxy", "all_proxy")
+
+
+@pytest.fixture(autouse=True)
+def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point sessions, config, state and HOME at tmp_path; clear keys and server addresses."""
+    dirs = {
+        "sessions": tmp_path / "sessions",
+        "state": tmp_path / "state",
+        "config": tmp_path / "config" / "config.toml",
+        "home": tmp_path / "home",
+    }
+    dirs["home"].mkdir()
+    for var in _SCRUBBED:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CHATCLI_SESSIONS_DIR", str(dirs["sessions"]))
+    monkeypatch.setenv("CHATCLI_STATE_DIR", str(dirs["state"]))
+    monkeypatch.setenv("CHATCLI_CONFIG", str(dirs["config"]))
+    monkeypatch.setenv("HOME", str(dirs["home"]))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(dirs["home"] / ".config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(dirs["home"] / ".local" / "state"))
+    return dirs
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLMServer]:
+    """A running fake model server on 127.0.0.1 (see tests/fakellm.py)."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def child_env() -> dict[str, str]:
+    """The environment for a chatcli child process: this one (already scrubbed by user_dirs) plus a
+    fixed terminal size and no colours, so output can be matched."""
+    env = dict(os.environ)
+    env.update({"NO_COLOR": "1", "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color",
+                "PYTHONUNBUFFERED": "1"})
+    return env
