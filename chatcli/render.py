@@ -223,8 +223,8 @@ class Renderer:
         from rich.table import Table
 
         t = Table(show_header=False, box=None, pad_edge=False)
-        t.add_column(style="bold")
-        t.add_column()
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column(overflow="fold")  # a long snapshot path wraps instead of being cut with "…"
         order = {"user": 0, "assistant": 1}
         roles = ", ".join(f"{n} {r}" for r, n in sorted(s.messages_by_role.items(),
                                                         key=lambda kv: order.get(kv[0], 2))) or "none"

@@ -226,17 +226,20 @@ def _keys_not_echoed() -> Iterator[None]:
     they would break the live view. Ctrl-C still interrupts. Does nothing when stdin is not a terminal."""
     try:
         import termios
-
+    except ImportError:
+        yield
+        return
+    try:
         fd = sys.stdin.fileno()
         old = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError):
+    except (OSError, ValueError, termios.error):  # termios.error is no OSError: stdin is a pipe or file
         yield
         return
     new = list(old)
     new[3] &= ~(termios.ECHO | termios.ECHOCTL)
     try:
         termios.tcsetattr(fd, termios.TCSANOW, new)
-    except OSError:
+    except (OSError, termios.error):
         yield
         return
     try:

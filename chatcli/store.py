@@ -39,7 +39,7 @@ from chatcli.errors import (
 FORMAT = "chatcli.session"
 VERSION = 1
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: "$" would let a trailing "\n" through
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 SUFFIX = ".json"
 
@@ -93,6 +93,7 @@ class SessionSummary:
     created_at: str
     updated_at: str
     path: Path
+    tokens: int = 0  # prompt + completion tokens over all replies
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,9 @@ class SessionStore:
 
     def lock(self, session_id: str) -> SessionLock:
         """Take the session's OS lock (raise SessionLocked if held) and clear its stale temp files."""
+        validate_id(session_id)  # before the folder is created: a hostile id touches nothing
         self.ensure_root()
-        lock = SessionLock(self.root / f".{validate_id(session_id)}.lock")
+        lock = SessionLock(self.root / f".{session_id}.lock")
         lock.acquire(session_id)
         self.remove_temp_files(session_id)
         return lock

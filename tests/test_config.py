@@ -1,0 +1,240 @@
+"""Settings resolution: flags > environment > config file > defaults, and errors that name their source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatcli import config
+from chatcli.config import Settings, read_config_file, resolve
+from chatcli.errors import ConfigError
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    return tmp_path / "conf" / "config.toml"
+
+
+def env_for(cfg: Path, **extra: str) -> dict[str, str]:
+    return {"CHATCLI_CONFIG": str(cfg), "CHATCLI_STATE_DIR": str(cfg.parent / "state"), **extra}
+
+
+def write(cfg: Path, text: str) -> Path:
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(text, encoding="utf-8")
+    return cfg
+
+
+def no_flags(**given: Any) -> dict[str, Any]:
+    """Flags as the CLI passes them: every known one, None when not given."""
+    flags: dict[str, Any] = {k: None for k in ("backend", "model", "base_url", "system", "temperature",
+                                                 "max_tokens", "timeout", "sessions_dir", "title")}
+    flags.update(given)
+    return flags
+
+
+def test_defaults_without_file_or_environment(cfg: Path) -> None:
+    s = resolve(no_flags(), env_for(cfg))
+    assert s.backend == "local"
+    assert s.model == "" and s.base_url == "" and s.system == "" and s.title == ""
+    assert s.api_key is None
+    assert s.temperature is None and s.max_tokens is None
+    assert (s.timeout, s.connect_timeout, s.idle_timeout) == (600.0, 10.0, 120.0)
+    assert s.sessions_dir == Path("sessions")
+    assert s.model_path is None and s.n_ctx == 8192 and s.keep_alive is None
+    assert s.config_path == cfg
+    assert s.state_dir == cfg.parent / "state"
+
+
+def test_file_then_env_then_flag(cfg: Path, tmp_path: Path) -> None:
+    write(cfg, 'backend = "ollama"\nmodel = "file-model"\nsessions_dir = "/file/sessions"\n'
+               'system = "file system"\ntemperature = 0.5\nmax_tokens = 100\n')
+    from_file = resolve(no_flags(), env_for(cfg))
+    assert (from_file.backend, from_file.model, from_file.sessions_dir) == \
+        ("ollama", "file-model", Path("/file/sessions"))
+    assert (from_file.system, from_file.temperature, from_file.max_tokens) == ("file system", 0.5, 100)
+
+    env = env_for(cfg, CHATCLI_BACKEND="openai", CHATCLI_MODEL="env-model", CHATCLI_SESSIONS_DIR="/env/s")
+    from_env = resolve(no_flags(), env)
+    assert (from_env.backend, from_env.model, from_env.sessions_dir) == ("openai", "env-model", Path("/env/s"))
+    assert from_env.system == "file system"  # the environment does not set it: the file still does
+
+    from_flags = resolve(no_flags(backend="local", model="flag-model", sessions_dir=str(tmp_path / "f"),
+                                  system="flag system", temperature=1.5, max_tokens=7), env)
+    assert (from_flags.backend, from_flags.model, from_flags.sessions_dir) == \
+        ("local", "flag-model", tmp_path / "f")
+    assert (from_flags.system, from_flags.temperature, from_flags.max_tokens) == ("flag system", 1.5, 7)
+
+
+def test_empty_environment_values_do_not_override(cfg: Path) -> None:
+    write(cfg, 'model = "file-model"\n')
+    s = resolve(no_flags(), env_for(cfg, CHATCLI_MODEL=""))
+    assert s.model == "file-model"
+
+
+def test_timeouts_from_file_and_flag(cfg: Path) -> None:
+    write(cfg, "timeout = 30\nconnect_timeout = 2.5\nidle_timeout = 45\n")
+    s = resolve(no_flags(), env_for(cfg))
+    assert (s.timeout, s.connect_timeout, s.idle_timeout) == (30.0, 2.5, 45.0)
+    assert isinstance(s.timeout, float) and isinstance(s.idle_timeout, float)
+    assert resolve(no_flags(timeout=5), env_for(cfg)).timeout == 5.0
+
+
+def test_every_file_key_is_accepted(cfg: Path) -> None:
+    write(cfg, 'backend = "ollama"\nmodel = "m"\nbase_url = "http://h:1"\nsystem = "s"\ntemperature = 1\n'
+               'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
+               'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n')
+    assert set(read_config_file(cfg)) == set(config.FILE_KEYS)
+    s = resolve(no_flags(), env_for(cfg, HOME=str(cfg.parent)))
+    assert (s.backend, s.base_url, s.n_ctx, s.threads, s.keep_alive) == ("ollama", "http://h:1", 2048, 3, "10m")
+    assert s.model_path == Path.home() / "m.gguf"
+
+
+def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:
+    s = resolve(no_flags(sessions_dir="~/chats"), env_for(cfg))
+    assert s.sessions_dir == user_dirs["home"] / "chats"
+
+
+def test_api_key_comes_from_the_environment_only(cfg: Path) -> None:
+    s = resolve(no_flags(), env_for(cfg, OPENAI_API_KEY="sk-env"))
+    assert s.api_key == "sk-env"
+    assert "sk-env" not in repr(s)
+    write(cfg, 'api_key = "sk-file"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'api_key'"):
+        resolve(no_flags(), env_for(cfg))
+
+
+def test_os_environ_is_used_by_default(monkeypatch: pytest.MonkeyPatch, user_dirs: dict[str, Path]) -> None:
+    monkeypatch.setenv("CHATCLI_MODEL", "from-os-environ")
+    s = resolve(no_flags())
+    assert s.model == "from-os-environ"
+    assert s.sessions_dir == user_dirs["sessions"]
+    assert s.config_path == user_dirs["config"]
+
+
+def test_default_config_path_is_the_user_config_folder(user_dirs: dict[str, Path]) -> None:
+    assert config.config_path({}) == user_dirs["home"] / ".config" / "chatcli" / "config.toml"
+    assert config.state_dir({}) == user_dirs["home"] / ".local" / "state" / "chatcli"
+
+
+# ---------------------------------------------------------------------------------- backend inference
+
+
+def test_base_url_flag_alone_means_openai(cfg: Path) -> None:
+    s = resolve(no_flags(base_url="http://127.0.0.1:8080/v1"), env_for(cfg))
+    assert (s.backend, s.base_url) == ("openai", "http://127.0.0.1:8080/v1")
+
+
+def test_openai_base_url_env_means_openai(cfg: Path) -> None:
+    s = resolve(no_flags(), env_for(cfg, OPENAI_BASE_URL="http://llm.lan/v1"))
+    assert (s.backend, s.base_url) == ("openai", "http://llm.lan/v1")
+
+
+def test_base_url_in_file_means_openai(cfg: Path) -> None:
+    write(cfg, 'base_url = "https://api.example.com/v1"\n')
+    s = resolve(no_flags(), env_for(cfg))
+    assert (s.backend, s.base_url) == ("openai", "https://api.example.com/v1")
+
+
+def test_nothing_means_local(cfg: Path) -> None:
+    s = resolve(no_flags(), env_for(cfg, OLLAMA_HOST="box"))  # OLLAMA_HOST alone does not pick ollama
+    assert (s.backend, s.base_url) == ("local", "")
+
+
+def test_explicit_backend_wins_over_inference(cfg: Path) -> None:
+    s = resolve(no_flags(backend="ollama"), env_for(cfg, OPENAI_BASE_URL="http://llm.lan/v1"))
+    assert s.backend == "ollama"
+    assert s.base_url == "http://127.0.0.1:11434"  # OPENAI_BASE_URL is not Ollama's address
+
+
+def test_ollama_base_url_from_ollama_host(cfg: Path) -> None:
+    s = resolve(no_flags(backend="ollama"), env_for(cfg, OLLAMA_HOST="0.0.0.0:11500"))
+    assert s.base_url == "http://127.0.0.1:11500"
+    s = resolve(no_flags(backend="ollama", base_url="http://other:1"), env_for(cfg, OLLAMA_HOST="box"))
+    assert s.base_url == "http://other:1"
+
+
+def test_openai_without_base_url_leaves_the_default_to_the_backend(cfg: Path) -> None:
+    s = resolve(no_flags(backend="openai"), env_for(cfg))
+    assert (s.backend, s.base_url) == ("openai", "")
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(("text", "phrase"), [
+    ('colour = "blue"\n', "unknown setting 'colour'"),
+    ('temperature = "hot"\n', "temperature has the wrong type (str)"),
+    ("max_tokens = 1.5\n", "max_tokens has the wrong type (float)"),
+    ("max_tokens = true\n", "max_tokens has the wrong type (bool)"),
+    ("timeout = true\n", "timeout has the wrong type (bool)"),
+    ('model = ["a"]\n', "model has the wrong type (list)"),
+    ("[backend]\nname = 'x'\n", "backend has the wrong type (dict)"),
+    ('model = "unterminated\n', "is not valid TOML"),
+    ("= 3\n", "is not valid TOML"),
+])
+def test_bad_config_file_names_the_file(cfg: Path, text: str, phrase: str) -> None:
+    write(cfg, text)
+    with pytest.raises(ConfigError) as info:
+        resolve(no_flags(), env_for(cfg))
+    assert str(cfg) in str(info.value)
+    assert phrase in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_config_path_that_is_a_folder(cfg: Path) -> None:
+    cfg.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        resolve(no_flags(), env_for(cfg))
+    assert str(cfg) in str(info.value)
+
+
+@pytest.mark.parametrize(("source", "value"), [("flag", "gemini"), ("env", "gpt"), ("file", "llamafile")])
+def test_unknown_backend(cfg: Path, source: str, value: str) -> None:
+    env = env_for(cfg)
+    flags = no_flags()
+    if source == "flag":
+        flags["backend"] = value
+    elif source == "env":
+        env["CHATCLI_BACKEND"] = value
+    else:
+        write(cfg, f'backend = "{value}"\n')
+    with pytest.raises(ConfigError) as info:
+        resolve(flags, env)
+    assert f"unknown backend {value!r}" in str(info.value)
+    assert "local, openai, ollama" in str(info.value)
+
+
+@pytest.mark.parametrize(("where", "name", "value"), [
+    ("flag", "timeout", 0), ("flag", "timeout", -5.0),
+    ("file", "timeout", 0), ("file", "connect_timeout", -1), ("file", "idle_timeout", 0.0),
+])
+def test_non_positive_timeout(cfg: Path, where: str, name: str, value: float) -> None:
+    flags = no_flags()
+    if where == "flag":
+        flags[name] = value
+    else:
+        write(cfg, f"{name} = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(flags, env_for(cfg))
+    message = str(info.value)
+    assert message.startswith(name.replace("_", " ") + " must be a positive number of seconds")
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize("value", [-0.1, 2.5])
+def test_temperature_out_of_range(cfg: Path, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"temperature must be between 0 and 2, not {value}"):
+        resolve(no_flags(temperature=value), env_for(cfg))
+
+
+@pytest.mark.parametrize("url", ["localhost:8080", "ftp://x", "127.0.0.1:11434/v1"])
+def test_base_url_without_scheme(cfg: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="must start with http:// or https://"):
+        resolve(no_flags(base_url=url), env_for(cfg))
+
+
+def test_settings_repr_hides_the_key() -> None:
+    assert "secret" not in repr(Settings(api_key="secret"))

@@ -1,0 +1,89 @@
+"""SIGKILL chatcli while a reply streams: the snapshot on disk must still be a valid session holding the
+user's message (and, once a checkpoint has passed, the partial reply), and `chatcli resume` must open it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from chatcli.session import ConversationSession
+from chatcli.store import SessionStore
+from fakellm import FakeLLMServer, Reply
+
+TOKENS = [f"k{i:03d} " for i in range(400)]
+DELAY_EACH = 0.1  # so token k030 arrives ~3 s into the reply, past the 2 s checkpoint
+
+
+@pytest.mark.parametrize("moment", ["before-first-token", "k005", "k030"])
+def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str], fake_llm: FakeLLMServer,
+                                         user_dirs: dict[str, Path]) -> None:
+    env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
+    first = 3.0 if moment == "before-first-token" else 0.0
+    fake_llm.enqueue(Reply(tokens=TOKENS, delay_first=first, delay_each=DELAY_EACH))
+    child = pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--backend", "openai", "--base-url",
+                                           f"{fake_llm.url}/v1"],
+                          env=env, dimensions=(40, 100), timeout=10, encoding="utf-8", codec_errors="replace")
+    try:
+        child.expect(r"New session ([0-9A-Za-z_-]+)")
+        sid = child.match.group(1)
+        child.expect("›")
+        child.sendline("please write a very long answer")
+        fake_llm.wait_for_requests(1, timeout=10)
+        if moment != "before-first-token":
+            child.expect(moment)  # this token reached chatcli and the screen
+        os.kill(child.pid, signal.SIGKILL)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.signalstatus == signal.SIGKILL
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+    sessions = user_dirs["sessions"]
+    path = sessions / f"{sid}.json"
+    raw = json.loads(path.read_bytes())  # valid JSON, not a half-written file
+    snap = SessionStore(sessions).load(sid)  # and a valid session
+    assert snap == raw
+    msgs = snap["messages"]
+    assert msgs[0]["role"] == "user" and msgs[0]["content"] == "please write a very long answer"
+    full = "".join(TOKENS)
+    if moment == "k030":
+        # more than 2 s of streaming: a checkpoint saved the reply so far, marked as still streaming
+        assert len(msgs) == 2
+        reply = msgs[1]
+        assert reply["role"] == "assistant" and reply["status"] == "streaming"
+        assert reply["content"].startswith("k000 k001 k002 k003 k004 k005 k006 k007 k008 k009 k010 ")
+        assert full.startswith(reply["content"]) and len(reply["content"]) < len(full)
+    else:
+        # killed before any checkpoint: the user's message is there; a reply, if any, is a true prefix
+        assert len(msgs) in (1, 2)
+        if len(msgs) == 2:
+            assert full.startswith(msgs[1]["content"])
+
+    # a crash mid-save would leave a temp file; plant one to see resume clear it
+    stale = sessions / f".{sid}.x1y2z3.tmp"
+    stale.write_text("{half a snapshot")
+
+    r = subprocess.run([sys.executable, "-m", "chatcli", "resume", "last"], input="", capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr  # the dead process's lock is free
+    assert f"Resumed session {sid}" in r.stdout
+    assert "please write a very long answer" in r.stdout
+    if moment == "k030":
+        assert "[interrupted]" in r.stdout  # a reply saved as streaming is read back as interrupted
+        assert "k000 k001 k002" in r.stdout
+        session = ConversationSession.resume(SessionStore(sessions), sid)
+        try:
+            assert session.messages[1].status == "interrupted"
+        finally:
+            session.close()
+    assert not list(sessions.glob("*.tmp")) and not list(sessions.glob(".*.tmp"))
+    # resuming wrote nothing new, and the snapshot is still the same valid session
+    assert SessionStore(sessions).load(sid)["messages"] == msgs
