@@ -119,39 +119,6 @@ def resume(
                          "model_path": model_path})
 
 
-@app.command("list")
-def list_sessions(
-    sessions_dir: SessionsDir = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", metavar="N",
-                                                 help="Show only the N most recent.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one array of objects) for scripts.")] = False,
-) -> None:
-    """List sessions, most recently updated first: id, title, backend/model, turns, last update.
-    Damaged files are reported with their path on stderr."""
-    from chatcli.store import SessionStore
-
-    try:
-        settings = _settings({"sessions_dir": sessions_dir})
-    except ChatcliError as e:
-        _exit_with(e)
-    rows, damaged = SessionStore(settings.sessions_dir).list()
-    if limit is not None:
-        rows = rows[: max(0, limit)]
-    if as_json:
-        import orjson
-
-        out = [{"id": r.id, "title": r.title, "backend": r.backend, "model": r.model, "turns": r.turns,
-                "messages": r.messages, "created_at": r.created_at, "updated_at": r.updated_at,
-                "path": str(r.path)} for r in rows]
-        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
-        for d in damaged:
-            print(f"chatcli: damaged: {d.path}: {d.reason}", file=sys.stderr)
-        return
-    from chatcli.render import Renderer
-
-    Renderer().session_table(rows, damaged)
-
-
 # -- helpers ---------------------------------------------------------------------------------------------
 def _settings(flags: dict[str, Any]) -> Settings:
     from chatcli.config import resolve
@@ -160,10 +127,9 @@ def _settings(flags: dict[str, Any]) -> Settings:
 
 
 def _check_title(title: str) -> None:
-    from chatcli.errors import ConfigError
+    from chatcli.library import check_title
 
-    if any(not ch.isprintable() for ch in title):
-        raise ConfigError("a title cannot hold control characters or line breaks")
+    check_title(title)
 
 
 def _public_url(url: str) -> str:
@@ -261,6 +227,15 @@ def _fail_usage(message: str) -> None:
     from chatcli.errors import ConfigError
 
     _exit_with(ConfigError(message))
+
+
+def _register_library() -> None:
+    from chatcli import cli_library
+
+    cli_library.register(app)
+
+
+_register_library()
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from chatcli.session import ConversationSession, Message, Stats
+    from chatcli.index import SearchHit
     from chatcli.store import DamagedFile, SessionSummary
 
 REFRESH_PER_SECOND = 12
@@ -251,14 +252,57 @@ class Renderer:
         t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True, min_width=10)
         t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=20)
         t.add_column("turns", justify="right", no_wrap=True)
+        t.add_column("tokens", justify="right", no_wrap=True)
         t.add_column("updated", no_wrap=True, min_width=16)
         for r in rows:
             t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
-                      str(r.turns), local_time(r.updated_at))
+                      str(r.turns), f"{r.tokens:,}", local_time(r.updated_at))
         self.console.print(t)
         for d in damaged:
             self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}",
                            soft_wrap=True)
+
+    def search_hits(self, hits: list[SearchHit], query: str) -> None:
+        """Search results: per hit a header line (session id, title, turn, role) and the snippet with the
+        match in bold."""
+        from chatcli.index import HIGHLIGHT
+
+        if not hits:
+            self.info(f"No message or title matches {query!r}.")
+            return
+        for h in hits:
+            where = "title" if h.role == "title" else f"turn {h.turn} · {h.role}"
+            self.console.print(f"[bold]{h.session_id}[/] [dim]·[/] {_esc(sanitize(h.title)) or '(untitled)'} "
+                               f"[dim]· {where}[/]", soft_wrap=True)
+            snippet = h.snippet.replace(_MARK_ON, "").replace(_MARK_OFF, "")
+            snippet = snippet.replace(HIGHLIGHT[0], _MARK_ON).replace(HIGHLIGHT[1], _MARK_OFF)
+            snippet = " ".join(sanitize(snippet).split())  # one line: newlines in a message become spaces
+            marked = _esc(snippet).replace(_MARK_ON, "[bold yellow]").replace(_MARK_OFF, "[/]")
+            self.console.print("  " + marked, soft_wrap=True, highlight=False)
+        self.info(f"{len(hits)} hit(s)")
+
+    def library_stats(self, t: dict[str, Any]) -> None:
+        """``chatcli stats``: figures over all sessions (keys as SessionIndex.totals plus active_7d,
+        mean_messages, sessions_dir)."""
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_row("sessions", f"{t['sessions']:,} ({t['active_7d']:,} active in the last 7 days)"
+                      + (f"; {t['damaged']} damaged file(s)" if t["damaged"] else ""))
+        table.add_row("messages", f"{t['messages']:,} ({t['user_messages']:,} user, "
+                                  f"{t['assistant_messages']:,} assistant); "
+                                  f"{t['mean_messages']} per session on average")
+        table.add_row("characters", f"{t['characters']:,}")
+        table.add_row("tokens", f"{t['prompt_tokens']:,} prompt · {t['completion_tokens']:,} completion · "
+                                f"{t['cached_tokens']:,} cached")
+        models = ", ".join(f"{_esc(sanitize(m))} ({n:,})" for m, n in t["models"][:10]) or "none"
+        if len(t["models"]) > 10:
+            models += f", … {len(t['models']) - 10} more"
+        table.add_row("models", models)
+        table.add_row("disk used", f"{t['bytes']:,} bytes in {_esc(t['sessions_dir'])}")
+        self.console.print(table)
 
     def reply_footer(self, message: Message) -> None:
         """A dim line under a reply that did not complete normally."""
@@ -266,6 +310,9 @@ class Renderer:
             self.notice("⏹ interrupted: the partial reply is saved")
         elif message.finish_reason == "length":
             self.notice("the reply was cut at the token limit (finish reason: length)")
+
+
+_MARK_ON, _MARK_OFF = "\ue000", "\ue001"  # private-use characters: survive sanitize() and markup escaping
 
 
 def local_time(iso: str) -> str:

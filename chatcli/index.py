@@ -1,0 +1,272 @@
+"""A cache of the sessions folder for fast ``list`` and ``search``: ``<sessions>/.index.sqlite``.
+
+The JSON snapshots stay the source of truth. The index holds one row per snapshot (its summary and the
+file's size and mtime) and every message's text in an SQLite FTS5 table. Before each use it is brought up
+to date by one ``scandir`` of the folder: files whose size or mtime changed are read again, vanished files
+are dropped. Deleting the index (or finding it damaged) loses nothing: it is rebuilt from the files.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatcli.errors import SessionNotFound, SnapshotError
+from chatcli.store import SUFFIX, DamagedFile, SessionStore, SessionSummary, _ID_RE
+
+INDEX_NAME = ".index.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, damaged TEXT,
+    title TEXT, backend TEXT, model TEXT, turns INTEGER, messages INTEGER,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
+    user_messages INTEGER, assistant_messages INTEGER, characters INTEGER,
+    created_at TEXT, updated_at TEXT
+);
+CREATE INDEX IF NOT EXISTS files_updated ON files(updated_at);
+CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(
+    content, session_id UNINDEXED, turn UNINDEXED, role UNINDEXED, position UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+"""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One match: the session, its title, the turn number (1-based), the role (``user``, ``assistant``
+    or ``title``), the message's position in the session, and a snippet with the match between
+    ``HIGHLIGHT`` markers."""
+
+    session_id: str
+    title: str
+    turn: int
+    role: str
+    position: int
+    snippet: str
+
+
+HIGHLIGHT = ("\x02", "\x03")  # start/end of a match inside SearchHit.snippet (never in stored text shown raw)
+
+
+class SessionIndex:
+    """The index of one SessionStore. Use ``refresh()`` (done by ``summaries`` and ``search``)."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.path = store.root / INDEX_NAME
+        self._db: sqlite3.Connection | None = None
+
+    # -- the database ----------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        self.store.ensure_root()
+        for attempt in (1, 2):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                os.close(fd)
+                db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                elif row[0] != str(SCHEMA_VERSION):
+                    raise sqlite3.DatabaseError("index schema changed")
+                self._db = db
+                return db
+            except sqlite3.DatabaseError:
+                if attempt == 2:
+                    raise
+                self.drop()  # a damaged or outdated cache: rebuild it from the snapshots
+        raise AssertionError("unreachable")
+
+    def drop(self) -> None:
+        """Delete the index files (it is only a cache)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(str(self.path) + suffix)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- keeping it up to date -------------------------------------------------------------------------
+    def refresh(self) -> int:
+        """Re-read every snapshot whose size or mtime changed and forget vanished ones; return how many
+        files were (re)indexed."""
+        db = self._connect()
+        known = {row[0]: (row[1], row[2]) for row in db.execute("SELECT id, size, mtime_ns FROM files")}
+        seen: dict[str, tuple[int, int]] = {}
+        try:
+            entries = list(os.scandir(self.store.root))
+        except FileNotFoundError:
+            entries = []
+        for e in entries:
+            name = e.name
+            if not name.endswith(SUFFIX) or name.startswith("."):
+                continue
+            sid = name[: -len(SUFFIX)]
+            if not _ID_RE.match(sid):
+                continue
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            seen[sid] = (st.st_size, st.st_mtime_ns)
+        changed = [sid for sid, sig in seen.items() if known.get(sid) != sig]
+        gone = [sid for sid in known if sid not in seen]
+        if not changed and not gone:
+            return 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sid in gone:
+                self._forget(db, sid)
+            for sid in changed:
+                self._index_file(db, sid, seen[sid])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(changed)
+
+    def _forget(self, db: sqlite3.Connection, sid: str) -> None:
+        db.execute("DELETE FROM files WHERE id = ?", (sid,))
+        db.execute("DELETE FROM texts WHERE session_id = ?", (sid,))
+
+    def _index_file(self, db: sqlite3.Connection, sid: str, sig: tuple[int, int]) -> None:
+        self._forget(db, sid)
+        path = self.store.root / (sid + SUFFIX)
+        try:
+            snap = self.store.load_path(path, sid)
+        except (SnapshotError, SessionNotFound) as e:
+            db.execute("INSERT INTO files (id, size, mtime_ns, damaged) VALUES (?, ?, ?, ?)",
+                       (sid, sig[0], sig[1], str(e)))
+            return
+        summary = summarize(snap)
+        db.execute(
+            "INSERT INTO files VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sid, sig[0], sig[1], snap["title"], snap["backend"], snap["model"], summary["turns"],
+             summary["messages"], summary["prompt_tokens"], summary["completion_tokens"],
+             summary["cached_tokens"], summary["user_messages"], summary["assistant_messages"],
+             summary["characters"], snap["created_at"], snap["updated_at"]))
+        rows: list[tuple[str, str, int, str, int]] = []
+        if snap["title"]:
+            rows.append((snap["title"], sid, 0, "title", -1))
+        turn = 0
+        for i, m in enumerate(snap["messages"]):
+            if m["role"] == "user":
+                turn += 1
+            if m["content"]:
+                rows.append((m["content"], sid, max(turn, 1), m["role"], i))
+        db.executemany("INSERT INTO texts (content, session_id, turn, role, position) VALUES (?, ?, ?, ?, ?)",
+                       rows)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def summaries(self) -> tuple[list[SessionSummary], list[DamagedFile]]:
+        """Every session, newest update first, and the damaged files (as ``SessionStore.list``)."""
+        self.refresh()
+        db = self._connect()
+        rows: list[SessionSummary] = []
+        damaged: list[DamagedFile] = []
+        root = self.store.root
+        for r in db.execute("SELECT id, damaged, title, backend, model, turns, messages, created_at, updated_at, "
+                            "prompt_tokens, completion_tokens FROM files ORDER BY updated_at DESC, id DESC"):
+            path = root / (r[0] + SUFFIX)
+            if r[1] is not None:
+                damaged.append(DamagedFile(path, r[1]))
+                continue
+            rows.append(SessionSummary(id=r[0], title=r[2], backend=r[3], model=r[4], turns=r[5], messages=r[6],
+                                       created_at=r[7], updated_at=r[8], path=path,
+                                       tokens=(r[9] or 0) + (r[10] or 0)))
+        damaged.sort(key=lambda d: str(d.path))
+        return rows, damaged
+
+    def totals(self) -> dict[str, Any]:
+        """Sums over every readable session (see ``chatcli stats``)."""
+        self.refresh()
+        db = self._connect()
+        r = db.execute("SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
+                       "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
+                       "sum(size) FROM files WHERE damaged IS NULL").fetchone()
+        models = db.execute("SELECT backend || '/' || model, count(*) FROM files WHERE damaged IS NULL "
+                            "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+        damaged = db.execute("SELECT count(*) FROM files WHERE damaged IS NOT NULL").fetchone()[0]
+        return {"sessions": r[0] or 0, "messages": r[1] or 0, "user_messages": r[2] or 0,
+                "assistant_messages": r[3] or 0, "characters": r[4] or 0, "prompt_tokens": r[5] or 0,
+                "completion_tokens": r[6] or 0, "cached_tokens": r[7] or 0, "bytes": r[8] or 0,
+                "models": [(m, n) for m, n in models], "damaged": damaged}
+
+    def updated_since(self, iso: str) -> int:
+        """How many sessions were updated at or after ``iso`` (UTC ISO 8601)."""
+        self.refresh()
+        return int(self._connect().execute(
+            "SELECT count(*) FROM files WHERE damaged IS NULL AND updated_at >= ?", (iso,)).fetchone()[0])
+
+    def search(self, text: str, role: str | None = None, session_id: str | None = None,
+               limit: int = 20) -> list[SearchHit]:
+        """Messages and titles holding every word of ``text`` (word prefixes, case and accents ignored),
+        best matches first. ``role``: only ``user``, ``assistant`` or ``title``; ``session_id``: only that
+        session."""
+        query = fts_query(text)
+        if not query:
+            return []
+        self.refresh()
+        db = self._connect()
+        sql = ("SELECT t.session_id, f.title, t.turn, t.role, t.position, "
+               "snippet(texts, 0, ?, ?, '…', 16) FROM texts t JOIN files f ON f.id = t.session_id "
+               "WHERE texts MATCH ?")
+        args: list[Any] = [HIGHLIGHT[0], HIGHLIGHT[1], query]
+        if role:
+            sql += " AND t.role = ?"
+            args.append(role)
+        if session_id:
+            sql += " AND t.session_id = ?"
+            args.append(session_id)
+        sql += " ORDER BY rank LIMIT ?"
+        args.append(max(1, limit))
+        return [SearchHit(*row) for row in db.execute(sql, args)]
+
+
+def fts_query(text: str) -> str:
+    """An FTS5 query matching every word of ``text`` as a prefix: ``rome empire`` -> ``"rome"* "empire"*``.
+    Quotes and operators in the text are taken literally."""
+    words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
+    return " ".join('"' + w.replace('"', '""') + '"*' for w in words)
+
+
+def summarize(snap: dict[str, Any]) -> dict[str, int]:
+    """Counts of one validated snapshot: turns, messages by role, characters, token sums."""
+    out = {"turns": 0, "messages": 0, "user_messages": 0, "assistant_messages": 0, "characters": 0,
+           "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+    for m in snap["messages"]:
+        out["messages"] += 1
+        out["characters"] += len(m["content"])
+        if m["role"] == "user":
+            out["turns"] += 1
+            out["user_messages"] += 1
+        elif m["role"] == "assistant":
+            out["assistant_messages"] += 1
+        usage = m.get("usage")
+        if isinstance(usage, dict):
+            for key in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+                v = usage.get(key)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    out[key] += v
+    return out
+
+
+__all__ = ["HIGHLIGHT", "SearchHit", "SessionIndex", "fts_query", "summarize"]
