@@ -178,13 +178,14 @@ def _create_session(settings: Settings) -> ConversationSession:
 
 
 def _resume(ref: str, flags: dict[str, Any]) -> None:
+    from chatcli.cli_library import resolve
     from chatcli.session import ConversationSession
     from chatcli.store import SessionStore
 
     try:
         settings = _settings(flags)
         store = SessionStore(settings.sessions_dir)
-        sid = store.resolve(ref)
+        sid = resolve(store, ref)
 
         def factory(s: ConversationSession) -> Any:
             path = settings.model_path if flags.get("model_path") else (

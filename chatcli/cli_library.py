@@ -33,6 +33,23 @@ def _index(store: Any) -> Any:
     return SessionIndex(store)
 
 
+def resolve(store: Any, ref: str) -> str:
+    """``store.resolve(ref)``, looking titles up in the index rather than reading every snapshot."""
+    def summaries() -> Any:
+        from chatcli.index import INDEX_NAME
+
+        if ref.strip() != "last" and not (store.root / INDEX_NAME).exists():
+            return store.list()  # a title lookup without an index: read the files, create nothing
+            return store.list()
+        ix = _index(store)
+        try:
+            return ix.summaries()
+        finally:
+            ix.close()
+
+    return str(store.resolve(ref, summaries))
+
+
 def _fail(e: ChatcliError) -> None:
     from chatcli.cli import _exit_with
 
@@ -108,7 +125,7 @@ def show(
 
     try:
         store = _store(sessions_dir)
-        snap = store.load(store.resolve(session_id))
+        snap = store.load(resolve(store, session_id))
     except ChatcliError as e:
         _fail(e)
     from chatcli.render import sanitize
@@ -139,7 +156,7 @@ def search(
         if role is not None and role not in ("user", "assistant", "title"):
             raise ConfigError(f"--role must be user, assistant or title, not {role!r}")
         store = _store(sessions_dir)
-        sid = store.resolve(session) if session else None
+        sid = resolve(store, session) if session else None
         ix = _index(store)
         try:
             hits = ix.search(text, role=role, session_id=sid, limit=limit)
@@ -164,7 +181,7 @@ def rename(session_id: SessionRef, title: Annotated[str, typer.Argument(metavar=
 
     try:
         store = _store(sessions_dir)
-        sid = store.resolve(session_id)
+        sid = resolve(store, session_id)
         do_rename(store, sid, title)
     except ChatcliError as e:
         _fail(e)
@@ -186,7 +203,7 @@ def delete(
         ids = []
         for ref in session_ids:
             try:
-                ids.append(store.resolve(ref))
+                ids.append(resolve(store, ref))
             except ChatcliError:
                 if not purge:
                     raise
@@ -265,7 +282,7 @@ def export_cmd(
 
     try:
         store = _store(sessions_dir)
-        data = export(store.load(store.resolve(session_id)), fmt)
+        data = export(store.load(resolve(store, session_id)), fmt)
         if output is None:
             sys.stdout.buffer.write(data)
             return
@@ -304,7 +321,7 @@ def fork(session_id: SessionRef,
 
     try:
         store = _store(sessions_dir)
-        src = store.resolve(session_id)
+        src = resolve(store, session_id)
         new = do_fork(store, store.load(src), at)
     except ChatcliError as e:
         _fail(e)

@@ -4,6 +4,7 @@ Every exception here carries a message written for the user: one sentence they c
 
     ChatcliError
     ├── ConfigError                    bad flag, environment variable or config file value
+    ├── NothingToDo                    a REPL command with nothing to act on (undo with no turn, ...)
     ├── SessionError
     │   ├── InvalidSessionId           an id that could never name a file (``/``, ``..``, NUL, too long)
     │   ├── SessionNotFound            no session matches the id, prefix or title
@@ -33,6 +34,10 @@ class ChatcliError(Exception):
 
 class ConfigError(ChatcliError):
     exit_code = 2
+
+
+class NothingToDo(ChatcliError):
+    """A command that had nothing to act on (``undo`` with no turn, ``retry`` with no reply, ...)."""
 
 
 class SessionError(ChatcliError):

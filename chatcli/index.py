@@ -253,6 +253,8 @@ def summarize(snap: dict[str, Any]) -> dict[str, int]:
     out = {"turns": 0, "messages": 0, "user_messages": 0, "assistant_messages": 0, "characters": 0,
            "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
     for m in snap["messages"]:
+        if m.get("dropped") is not None:  # a replaced reply or an undone turn: kept, not counted
+            continue
         out["messages"] += 1
         out["characters"] += len(m["content"])
         if m["role"] == "user":

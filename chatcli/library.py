@@ -169,23 +169,59 @@ def transcript_markdown(snap: dict[str, Any]) -> str:
            f"- created: {snap['created_at']}, updated: {snap['updated_at']}", ""]
     if snap["system"]:
         out += ["## System", "", snap["system"], ""]
+    changes: dict[int, list[dict[str, Any]]] = {}
+    for c in snap.get("changes", []):
+        if isinstance(c, dict) and isinstance(c.get("at"), int):
+            changes.setdefault(c["at"], []).append(c)
+    cuts = {c for c in snap.get("clears", []) if isinstance(c, int)} | {snap.get("context_start", 0)}
     turn = 0
-    for i, m in enumerate(snap["messages"]):
-        if i == snap.get("context_start") and i:
+    messages = snap["messages"]
+    for i in range(len(messages) + 1):
+        if i in cuts and 0 < i < len(messages):
             out += ["---", "", "*(context cleared here)*", ""]
+        for c in changes.get(i, []):
+            what, new = str(c.get("what", "")), str(c.get("to", ""))
+            shown = f"`{new}`" if what == "model" else repr(new) if new else "(none)"
+            out += [f"*({what} changed to {shown})*", ""]
+        if i == len(messages):
+            break
+        m = messages[i]
+        dropped = m.get("dropped")
         if m["role"] == "user":
-            turn += 1
-            head = f"## You (turn {turn})"
+            if dropped is None:
+                turn += 1
+            head = f"## You (turn {turn})" if dropped is None else "## You"
         else:
             head = "## Model"
         status = m.get("status", "ok")
         if status != "ok":
             status = "interrupted" if status == "streaming" else status
             head += f" — *{status}*"
+        if dropped == "retried":
+            head += " — *replaced by a retry*"
+        elif dropped == "undone":
+            head += " — *undone*"
         out += [head, "", m["content"] or "*(no text)*", ""]
         if m.get("error"):
             out += [f"> error: {m['error']}", ""]
     return "\n".join(out)
+
+
+def export_to_folder(snap: dict[str, Any], fmt: str, folder: Path) -> Path:
+    """Write ``export(snap, fmt)`` to ``folder/chatcli-<id>.<fmt>`` (``-2``, ``-3``... when taken; never
+    overwrites). Returns the path. Raises ConfigError (format), ChatcliError (cannot write)."""
+    data = export(snap, fmt)
+    for n in range(1, 1000):
+        path = folder / (f"chatcli-{snap['id']}" + (f"-{n}" if n > 1 else "") + f".{fmt}")
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ChatcliError(f"cannot write {path}: {e.strerror}") from None
+    raise ChatcliError(f"too many exports of {snap['id']} in {folder}")
 
 
 # -- import ----------------------------------------------------------------------------------------------
@@ -283,24 +319,34 @@ def _snapshot_from_messages(messages: list[Any], path: Path, extra: dict[str, An
 def fork(store: SessionStore, snap: dict[str, Any], at_turn: int | None = None) -> str:
     """A new session holding the first ``at_turn`` turns of ``snap`` (all when None); returns its id."""
     messages = snap["messages"]
+    cut = len(messages)
     if at_turn is not None:
         if at_turn < 0:
             raise ConfigError("--at must be 0 or more turns")
         turn = 0
-        cut = len(messages)
         for i, m in enumerate(messages):
-            if m["role"] == "user":
+            if m["role"] == "user" and m.get("dropped") is None:
                 turn += 1
                 if turn > at_turn:
                     cut = i
                     break
-        messages = messages[:cut]
+        if turn < at_turn:
+            raise ConfigError(f"session {snap['id']} has only {turn} turn(s); --at {at_turn} is past its end")
     new = dict(snap)
+    changes = [c for c in snap.get("changes", []) if isinstance(c, dict) and isinstance(c.get("at"), int)]
+    for c in reversed(changes):  # settings as they were at the cut: undo the changes made after it
+        if c["at"] > cut and c.get("what") in ("model", "system") and isinstance(c.get("from"), str):
+            new[c["what"]] = c["from"]
     now = utc_now()
-    new.update(id=new_session_id(), created_at=now, updated_at=now, messages=[dict(m) for m in messages],
-               context_start=min(snap["context_start"], len(messages)), forked_from=snap["id"],
+    new.update(id=new_session_id(), created_at=now, updated_at=now, messages=[dict(m) for m in messages[:cut]],
+               context_start=min(snap["context_start"], cut), forked_from=snap["id"],
                title=(snap["title"] + " (fork)") if snap["title"] else "")
-    new.pop("clears", None)
+    new["changes"] = [c for c in changes if c["at"] <= cut]
+    if not new["changes"]:
+        del new["changes"]
+    new["clears"] = [c for c in snap.get("clears", []) if isinstance(c, int) and c <= new["context_start"]]
+    if not new["clears"]:
+        del new["clears"]
     lock = store.lock(new["id"])
     try:
         store.save(new)

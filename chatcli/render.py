@@ -204,10 +204,15 @@ class Renderer:
         if len(shown) < len(turns):
             self.info(f"… {len(turns) - len(shown)} earlier turn(s) not shown (history N shows more)")
         index = {id(m): i for i, m in enumerate(session.messages)}
-        if session.system:
-            self.console.print(f"[dim]system:[/] {_esc(sanitize(session.system))}")
+        first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
+        if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
+            self.console.print(f"[dim]system:[/] {_esc(sanitize(first_system))}")
         cut_shown = False
+        first_at = index[id(shown[0][0])]
+        changes = [c for c in session.changes if isinstance(c.get("at"), int) and c["at"] > first_at]
         for user, reply in shown:
+            while changes and changes[0]["at"] <= index[id(user)]:
+                self._change(changes.pop(0))
             if not cut_shown and session.context_start and index[id(user)] >= session.context_start:
                 if index[id(user)] == session.context_start or user is shown[0][0]:
                     self.console.rule("[dim]context cleared here[/]", style="dim")
@@ -219,6 +224,14 @@ class Renderer:
                                    + _status_tag(reply))
                 self.markdown(reply.content)
             self.console.print()
+        for c in changes:
+            self._change(c)
+
+    def _change(self, c: dict[str, Any]) -> None:
+        """One recorded change (``model``, ``system``, ``title``) as a dim rule in the history."""
+        new = str(c.get("to", ""))
+        text = f"{c.get('what', '')} changed to {new!r}" if new else f"{c.get('what', '')} removed"
+        self.console.rule(f"[dim]{_esc(sanitize(text))}[/]", style="dim")
 
     def stats(self, s: Stats) -> None:
         from rich.table import Table
@@ -247,16 +260,17 @@ class Renderer:
         if not rows and not damaged:
             self.info("No sessions yet: start one with `chatcli new`.")
             return
-        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=True)
+        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=True,
+                  padding=(0, 2, 0, 0))
         t.add_column("id", no_wrap=True, min_width=20)
-        t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True, min_width=10)
-        t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=20)
+        t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True, min_width=12)
+        t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=24)
         t.add_column("turns", justify="right", no_wrap=True)
         t.add_column("tokens", justify="right", no_wrap=True)
-        t.add_column("updated", no_wrap=True, min_width=16)
+        t.add_column("updated", no_wrap=True)
         for r in rows:
             t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
-                      str(r.turns), f"{r.tokens:,}", local_time(r.updated_at))
+                      str(r.turns), f"{r.tokens:,}", short_time(r.updated_at))
         self.console.print(t)
         for d in damaged:
             self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}",
@@ -313,6 +327,23 @@ class Renderer:
 
 
 _MARK_ON, _MARK_OFF = "\ue000", "\ue001"  # private-use characters: survive sanitize() and markup escaping
+
+
+def short_time(iso: str) -> str:
+    """Local time as ``ls -l`` would show it: ``10:19`` today, ``Nov 25 10:19`` this year, else
+    ``2025-11-25``."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return _esc(sanitize(iso))
+    now = datetime.now().astimezone()
+    if when.date() == now.date():
+        return when.strftime("%H:%M")
+    if when.year == now.year:
+        return when.strftime("%b %d %H:%M")
+    return when.strftime("%Y-%m-%d")
 
 
 def local_time(iso: str) -> str:

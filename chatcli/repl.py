@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError
 
 if TYPE_CHECKING:
-    from chatcli.render import Renderer
-    from chatcli.session import ConversationSession
+    from chatcli.render import Renderer, ReplyView
+    from chatcli.session import ConversationSession, Message
 
 HELP_HINT = "type help for commands, Ctrl-D to quit"
 
@@ -39,10 +39,21 @@ COMMANDS = (
     Command("stats", "stats", "turns, messages, tokens, time to first token, tokens/s, snapshot file"),
     Command("clear", "clear [undo]", "start the next turn from an empty context (the system prompt stays); "
             "`clear undo` brings the cleared messages back"),
+    Command("retry", "retry", "ask again for the last reply (the replaced reply stays in the session file)"),
+    Command("undo", "undo", "take back the last turn (kept in the file; `redo` brings it back)"),
+    Command("redo", "redo", "bring back the turn `undo` took back"),
+    Command("model", "/model [NAME]", "show the model, or use NAME from the next turn on (recorded here)"),
+    Command("system", "/system [TEXT]", "show the system prompt, or use TEXT from the next turn on "
+            "(`/system -` removes it; recorded here)"),
+    Command("title", "/title [TEXT]", "show the title, or rename the session"),
+    Command("export", "export [md|json|jsonl]", "write the session to a file in the current folder"),
+    Command("fork", "fork", "copy this session into a new one (branch the conversation)"),
     Command("help", "help", "this list", ("?",)),
     Command("quit", "quit", "leave (also `exit` or Ctrl-D); the session is already saved", ("exit",)),
 )
 _BY_NAME = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
+_FREE_TEXT = ("system", "title")  # commands whose argument is free text: only with the leading slash
+EXPORT_FORMATS = ("md", "json", "jsonl")
 
 
 def parse_command(line: str) -> tuple[Command, list[str]] | None:
@@ -63,14 +74,21 @@ def parse_command(line: str) -> tuple[Command, list[str]] | None:
         if slash:
             raise ValueError(f"unknown command /{words[0]}; type help for the list")
         return None
+    if cmd.name in _FREE_TEXT and args:
+        # free text needs the slash: "title of my thesis?" or "system design question" stay messages
+        if not slash:
+            return None
+        return cmd, [text.split(None, 1)[1].strip()]
     valid = (
         (cmd.name == "history" and (not args or (len(args) == 1 and args[0].isdigit())))
         or (cmd.name == "clear" and (not args or args == ["undo"]))
-        or (cmd.name not in ("history", "clear") and not args)
+        or (cmd.name == "model" and len(args) <= 1)
+        or (cmd.name == "export" and (not args or (len(args) == 1 and args[0].lower() in EXPORT_FORMATS)))
+        or (cmd.name not in ("history", "clear", "model", "export") and not args)
     )
     if not valid:
         if slash:
-            raise ValueError(f"usage: /{cmd.usage}")
+            raise ValueError(f"usage: /{cmd.usage.lstrip('/')}")
         return None
     return cmd, args
 
@@ -171,7 +189,69 @@ class Repl:
             self.out.stats(self.session.stats())
         elif cmd.name == "clear":
             self._clear(undo=bool(args))
+        elif cmd.name == "retry":
+            self._retry()
+        else:
+            self._edit(cmd.name, args)
         return True
+
+    def _retry(self) -> None:
+        from chatcli.errors import NothingToDo
+
+        try:
+            self._stream(lambda view: self.session.retry(on_delta=view.feed, on_notice=view.notice))
+        except NothingToDo as e:
+            self.out.error(str(e))
+
+    def _edit(self, name: str, args: list[str]) -> None:
+        """undo, redo, model, system, title, export, fork: quick commands that change or copy the session."""
+        from chatcli.errors import NothingToDo
+
+        s = self.session
+        try:
+            if name == "undo":
+                m = s.undo()
+                self.out.info(f"Took back the last turn ({_preview(m.content)}); `redo` brings it back.")
+            elif name == "redo":
+                m = s.redo()
+                self.out.info(f"Brought back the turn {_preview(m.content)}.")
+            elif name == "model":
+                if not args:
+                    self.out.info(f"model: {s.backend_name}/{s.model}")
+                else:
+                    old = s.model
+                    s.set_model(args[0])
+                    self.out.info(f"Model {old} → {s.model} from the next turn on.")
+            elif name == "system":
+                if not args:
+                    self.out.info(f"system prompt: {s.system}" if s.system else "No system prompt.")
+                else:
+                    s.set_system("" if args[0] == "-" else args[0])
+                    self.out.info("System prompt removed." if not s.system else
+                                  "System prompt set; it goes with the next turn.")
+            elif name == "title":
+                if not args:
+                    self.out.info(f"title: {s.title}" if s.title else "No title yet.")
+                else:
+                    from chatcli.library import check_title
+
+                    s.set_title(check_title(args[0]))
+                    self.out.info(f"Session titled {s.title!r}.")
+            elif name == "export":
+                from chatcli.library import export_to_folder
+
+                path = export_to_folder(s.to_snapshot(), args[0].lower() if args else "md", Path.cwd())
+                self.out.info(f"Wrote {path}.")
+            elif name == "fork":
+                from chatcli.library import fork
+
+                new = fork(s.store, s.to_snapshot())
+                self.out.info(f"Forked as {new}; this REPL stays on {s.id}. Open the fork with: "
+                              f"chatcli resume {new}")
+        except NothingToDo as e:
+            self.out.info(str(e)[:1].upper() + str(e)[1:] + ".")
+        except ChatcliError as e:
+            self.out.error(str(e))
 
     def _clear(self, undo: bool) -> None:
         try:
@@ -187,10 +267,14 @@ class Repl:
 
     def chat(self, text: str) -> None:
         """Send one message and show the reply as it streams."""
+        self._stream(lambda view: self.session.send(text, on_delta=view.feed, on_notice=view.notice))
+
+    def _stream(self, turn: Callable[[ReplyView], Message]) -> None:
+        """Run ``turn`` (a send or a retry) with a live reply view; report its errors in one line."""
         view = self.out.reply()
         try:
             with _keys_not_echoed(), view:
-                reply = self.session.send(text, on_delta=view.feed, on_notice=view.notice)
+                reply = turn(view)
         except SessionTimeoutError as e:
             kept = " (the partial reply is saved)" if e.partial else ""
             self.out.error(f"timed out: {e}{kept}; your message is saved, send another or try again")
@@ -207,10 +291,11 @@ class Repl:
         self.out.reply_footer(reply)
 
     def show_help(self) -> None:
-        lines = ["Commands (each also works with a leading /):"]
+        lines = ["Commands (each also works with a leading /; /model, /system and /title need the slash",
+                 "when they carry text, so a message starting with those words stays a message):"]
         for c in COMMANDS:
             alias = f" (or {', '.join(c.aliases)})" if c.aliases else ""
-            lines.append(f"  {c.usage:<14} {c.summary}{alias}")
+            lines.append(f"  {c.usage:<22} {c.summary}{alias}")
         lines += [
             "",
             "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines.",
@@ -218,6 +303,11 @@ class Repl:
             "To send a command word as a message, start it with a backslash: \\quit sends \"quit\".",
         ]
         self.out.console.print("\n".join(lines), markup=False, highlight=False)
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    line = " ".join(text.split())
+    return repr(line if len(line) <= limit else line[: limit - 1] + "…")
 
 
 @contextmanager

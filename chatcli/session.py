@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from chatcli.errors import (
     BackendError,
+    ConfigError,
+    NothingToDo,
     BackendTimeout,
     RateLimited,
     SaveError,
@@ -36,6 +38,12 @@ if TYPE_CHECKING:
 
 #: statuses a message can have; ``ok`` is a complete message
 STATUSES = ("ok", "streaming", "interrupted", "timeout", "error")
+#: why a message left the conversation while staying in the file (see Message.dropped)
+DROPPED = ("retried", "undone")
+#: top-level snapshot keys this module writes; any other key found in a file is kept as it was
+_KNOWN_KEYS = frozenset({"format", "version", "id", "title", "created_at", "updated_at", "backend", "model",
+                         "base_url", "model_path", "params", "system", "context_start", "messages", "clears",
+                         "changes"})
 
 
 @dataclass
@@ -67,7 +75,9 @@ class Timings:
 class Message:
     """One message. ``role`` is ``user`` or ``assistant``; ``created_at`` UTC ISO 8601; ``status`` one of
     STATUSES; the rest is set on assistant messages: ``finish_reason`` (``stop``, ``length``, ...),
-    ``usage``, ``timings``, ``model`` that wrote it, ``error`` (what went wrong, for status ``error``)."""
+    ``usage``, ``timings``, ``model`` that wrote it, ``error`` (what went wrong, for status ``error``).
+    ``dropped`` marks a message taken out of the conversation but kept in the file: ``retried`` (a reply
+    replaced by ``retry``) or ``undone`` (a turn taken back by ``undo``); dropped messages are never sent."""
 
     role: str
     content: str
@@ -78,11 +88,12 @@ class Message:
     timings: Timings | None = None
     model: str | None = None
     error: str | None = None
+    dropped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"role": self.role, "content": self.content, "created_at": self.created_at,
                              "status": self.status}
-        for key in ("finish_reason", "model", "error"):
+        for key in ("finish_reason", "model", "error", "dropped"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
@@ -113,6 +124,7 @@ class Message:
                 server=timings.get("server") if isinstance(timings.get("server"), dict) else None,
             ) if isinstance(timings, dict) else None,
             model=_str_or(d.get("model"), None), error=_str_or(d.get("error"), None),
+            dropped=d["dropped"] if d.get("dropped") in DROPPED else None,
         )
 
 
@@ -199,6 +211,8 @@ class ConversationSession:
         self.messages: list[Message] = [Message.from_json(m) for m in snapshot["messages"]]
         self.context_start: int = snapshot["context_start"]
         self.clears: list[int] = [c for c in snapshot.get("clears", []) if isinstance(c, int)]
+        self.changes: list[dict[str, Any]] = [c for c in snapshot.get("changes", []) if isinstance(c, dict)]
+        self.extra = {k: v for k, v in snapshot.items() if k not in _KNOWN_KEYS}  # e.g. forked_from
         self.backend = backend
         self._lock = lock
         self.last_save: SaveInfo | None = None
@@ -271,6 +285,9 @@ class ConversationSession:
             snap["model_path"] = self.model_path
         if self.clears:
             snap["clears"] = self.clears
+        if self.changes:
+            snap["changes"] = self.changes
+        snap.update(self.extra)
         return snap
 
     def save(self) -> SaveInfo:
@@ -290,7 +307,7 @@ class ConversationSession:
         that has text (partial replies included: the user saw them)."""
         out = [{"role": "system", "content": self.system}] if self.system else []
         out.extend({"role": m.role, "content": m.content}
-                   for m in self.messages[self.context_start:] if m.content)
+                   for m in self.messages[self.context_start:] if m.content and m.dropped is None)
         return out
 
     def send(self, text: str, on_delta: Callable[[str], None] | None = None,
@@ -312,6 +329,97 @@ class ConversationSession:
         except SaveError as e:
             if on_notice:
                 on_notice(f"{e} (the message is kept in memory and will be saved at the next attempt)")
+        return self._reply(on_delta, on_notice)
+
+    def retry(self, on_delta: Callable[[str], None] | None = None,
+              on_notice: Callable[[str], None] | None = None) -> Message:
+        """Ask again for the reply to the last user message. The reply it replaces stays in the file,
+        marked ``dropped="retried"``. Raises NothingToDo when there is no turn to retry, and otherwise
+        what ``send`` raises."""
+        if self.backend is None:
+            raise BackendError("this session has no backend to talk to")
+        live = [i for i in range(self.context_start, len(self.messages)) if self.messages[i].dropped is None]
+        if not live:
+            raise NothingToDo("there is no turn to retry")
+        last = self.messages[live[-1]]
+        if last.role == "assistant":
+            if len(live) < 2 or self.messages[live[-2]].role != "user":
+                raise NothingToDo("there is no turn to retry")
+            last.dropped = "retried"
+        self.save()
+        return self._reply(on_delta, on_notice)
+
+    def undo(self) -> Message:
+        """Take back the last turn (the last user message and its reply): they stay in the file, marked
+        ``dropped="undone"``, and ``redo`` brings them back. Returns the user message taken back. Raises
+        NothingToDo, SaveError."""
+        live = [i for i in range(self.context_start, len(self.messages)) if self.messages[i].dropped is None]
+        users = [i for i in live if self.messages[i].role == "user"]
+        if not users:
+            raise NothingToDo("there is no turn to undo" + (" since the last clear" if self.context_start else ""))
+        for i in live:
+            if i >= users[-1]:
+                self.messages[i].dropped = "undone"
+        self.save()
+        return self.messages[users[-1]]
+
+    def redo(self) -> Message:
+        """Bring back the turn the last ``undo`` took back, if nothing was said after it. Returns its user
+        message. Raises NothingToDo, SaveError."""
+        tail: list[Message] = []
+        for m in reversed(self.messages[self.context_start:]):
+            if m.dropped is None:
+                break
+            tail.append(m)
+        start = next((k for k, m in enumerate(tail) if m.role == "user" and m.dropped == "undone"), None)
+        if start is None:
+            raise NothingToDo("there is no undone turn to bring back (after new turns it stays readable with "
+                              "`chatcli show`)")
+        turn = list(reversed(tail[: start + 1]))
+        for m in turn:
+            if m.dropped == "undone":
+                m.dropped = None
+        self.save()
+        return turn[0]
+
+    def set_model(self, name: str) -> None:
+        """Use model ``name`` from the next turn on; the change is recorded at this point of the
+        conversation. Raises NothingToDo (same model), ConfigError (the local backend serves one file)."""
+        name = name.strip()
+        if not name or name == self.model:
+            raise NothingToDo(f"the model is already {self.model}")
+        if self.backend_name == "local":
+            raise ConfigError("the local backend serves one model file; start a session with "
+                              "`chatcli new --model-path FILE` to use another")
+        if self.backend is not None:
+            self.backend.model = name
+        self._record_change("model", self.model, name)
+        self.model = name
+        self.save()
+
+    def set_system(self, text: str) -> None:
+        """Use system prompt ``text`` (empty: none) from the next turn on; recorded at this point."""
+        text = text.strip()
+        if text == self.system:
+            raise NothingToDo("the system prompt is already that")
+        self._record_change("system", self.system, text)
+        self.system = text
+        self.save()
+
+    def set_title(self, title: str) -> None:
+        """Rename the session (``title`` already checked by the caller); recorded at this point."""
+        if title == self.title:
+            raise NothingToDo("the title is already that")
+        self._record_change("title", self.title, title)
+        self.title = title
+        self.save()
+
+    def _record_change(self, what: str, old: str, new: str) -> None:
+        self.changes.append({"at": len(self.messages), "what": what, "from": old, "to": new,
+                             "created_at": utc_now()})
+
+    def _reply(self, on_delta: Callable[[str], None] | None,
+               on_notice: Callable[[str], None] | None) -> Message:
         reply = Message(role="assistant", content="", status="streaming", model=self.model)
         self.messages.append(reply)
         try:
@@ -424,6 +532,8 @@ class ConversationSession:
         """The conversation as (user message, its reply or None) pairs, in order."""
         out: list[tuple[Message, Message | None]] = []
         for m in self.messages:
+            if m.dropped is not None:
+                continue
             if m.role == "user":
                 out.append((m, None))
             elif m.role == "assistant" and out and out[-1][1] is None:
@@ -436,6 +546,8 @@ class ConversationSession:
         ttfts: list[float] = []
         rates: list[float] = []
         for m in self.messages:
+            if m.dropped is not None:  # replaced or undone: kept in the file, not part of the conversation
+                continue
             by_role[m.role] = by_role.get(m.role, 0) + 1
             chars += len(m.content)
             if m.usage:
@@ -460,7 +572,7 @@ class ConversationSession:
             mean_tokens_per_second=sum(rates) / len(rates) if rates else None,
             snapshot_path=str(path), snapshot_bytes=size,
             last_saved_at=self.last_save.saved_at if self.last_save else None,
-            context_messages=len(self.messages) - self.context_start,
+            context_messages=sum(1 for m in self.messages[self.context_start:] if m.dropped is None),
         )
 
 

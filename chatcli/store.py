@@ -19,7 +19,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -301,19 +301,23 @@ class SessionStore:
             msgs = d["messages"]
             rows.append(SessionSummary(
                 id=sid, title=d["title"], backend=d["backend"], model=d["model"],
-                turns=sum(1 for m in msgs if m["role"] == "user"), messages=len(msgs),
+                turns=sum(1 for m in msgs if m["role"] == "user" and m.get("dropped") is None),
+                messages=sum(1 for m in msgs if m.get("dropped") is None),
                 created_at=d["created_at"], updated_at=d["updated_at"], path=path,
             ))
         rows.sort(key=lambda r: (r.updated_at, r.id), reverse=True)
         return rows, damaged
 
-    def resolve(self, ref: str) -> str:
+    def resolve(self, ref: str, summaries: Callable[[], tuple[list[SessionSummary], list[DamagedFile]]]
+                | None = None) -> str:
         """Turn what a user typed into an existing id: a full id, a unique prefix, ``last`` (the most
-        recently updated session) or an exact title. Raises InvalidSessionId, SessionNotFound or
-        AmbiguousSessionId, each saying what exists."""
+        recently updated session) or an exact title. ``summaries`` gives the sessions, newest first, for
+        ``last`` and the title lookup (default ``self.list``, which reads every file; the CLI passes the
+        index's). Raises
+        InvalidSessionId, SessionNotFound or AmbiguousSessionId, each saying what exists."""
         ref = ref.strip() if isinstance(ref, str) else ref
         if ref == "last":
-            rows, _ = self.list()
+            rows, _ = summaries() if summaries is not None else self.list()
             if not rows:
                 raise SessionNotFound(f"there are no sessions in {self.root} yet; start one with `chatcli new`")
             return rows[0].id
@@ -329,7 +333,7 @@ class SessionStore:
                 raise AmbiguousSessionId(f"{ref!r} matches {len(matches)} sessions: {shown}; type more of the id")
         # An exact title (titles may hold spaces, so this comes after the id checks).
         if isinstance(ref, str) and ref and "\x00" not in ref:
-            rows, _ = self.list()
+            rows, _ = summaries() if summaries is not None else self.list()
             titled = [r.id for r in rows if r.title == ref]
             if len(titled) == 1:
                 return titled[0]
