@@ -245,7 +245,7 @@ def main() -> None:
         print(f"chatcli {__version__}")
         return
     try:
-        app()
+        app(prog_name="chatcli")
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,364 @@
+"""The session library commands (list, show, search, rename, delete, restore, prune, export, import, fork,
+stats) as a user runs them: ``python -m chatcli ...`` in a child process over a folder of snapshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatcli.index import INDEX_NAME
+from chatcli.store import FORMAT, VERSION, SessionStore
+
+NOW = datetime.now(timezone.utc)
+
+
+def iso(days_ago: float) -> str:
+    return (NOW - timedelta(days=days_ago)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make(store: SessionStore, sid: str, title: str, turns: list[tuple[str, str]], *, days_ago: float = 0,
+         model: str = "gpt-4o-mini", statuses: list[str] | None = None, **extra: Any) -> dict:
+    msgs = []
+    for i, (q, a) in enumerate(turns):
+        msgs.append({"role": "user", "content": q, "created_at": iso(days_ago), "status": "ok"})
+        msgs.append({"role": "assistant", "content": a, "created_at": iso(days_ago),
+                     "status": statuses[i] if statuses else "ok",
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2}})
+    snap = {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": iso(days_ago),
+            "updated_at": iso(days_ago), "backend": "openai", "model": model, "base_url": "", "params": {},
+            "system": "", "context_start": 0, "messages": msgs, **extra}
+    store.save(snap)
+    return snap
+
+
+A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
+
+
+@pytest.fixture
+def store(user_dirs: dict[str, Path]) -> SessionStore:
+    s = SessionStore(user_dirs["sessions"])
+    make(s, A, "Roman history", [("Who founded Rome?", "Romulus, by legend, in 753 BC."),
+                                 ("And the empire?", "Augustus became the first emperor.")], days_ago=40)
+    make(s, B, "Cooking pasta", [("How long to boil pasta?", "About ten minutes, al dente.")], days_ago=3,
+         model="llama3.2")
+    make(s, C, "Rust lifetimes", [("Explain lifetimes", "A lifetime names how long a borrow lives."),
+                                  ("Retry that", "cut sho"), ("Again", "")], days_ago=0.01,
+         statuses=["ok", "interrupted", "timeout"])
+    return s
+
+
+def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chatcli", *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stdout
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int | None = None) -> str:
+    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.json"))}
+
+
+# -- list -----------------------------------------------------------------------------------------------
+def test_list_newest_first_with_tokens(child_env: dict[str, str], store: SessionStore) -> None:
+    out = ok(run(child_env, "list"))
+    rows = [ln for ln in out.splitlines() if ln[:8].isdigit()]
+    assert [r.split()[0] for r in rows] == [C, B, A]
+    assert "Roman history" in rows[2] and "openai/gpt-4o-mini" in rows[2]
+    assert re.search(r"openai/gpt-4o-mini\s+2\s+30\s", rows[2])  # turns, tokens (2 replies x 15)
+
+
+def test_list_json_filters_and_limit(child_env: dict[str, str], store: SessionStore) -> None:
+    data = json.loads(ok(run(child_env, "list", "--json")))
+    assert [d["id"] for d in data] == [C, B, A]
+    assert data[2] | {"path": None} == {
+        "id": A, "title": "Roman history", "backend": "openai", "model": "gpt-4o-mini", "turns": 2,
+        "messages": 4, "tokens": 30, "created_at": iso(40), "updated_at": iso(40), "path": None}
+    ids = lambda *a: [d["id"] for d in json.loads(ok(run(child_env, "list", "--json", *a)))]  # noqa: E731
+    assert ids("--limit", "1") == [C]
+    assert ids("--since", "7d") == [C, B]
+    assert ids("--since", (NOW - timedelta(days=10)).strftime("%Y-%m-%d")) == [C, B]
+    assert ids("--model", "LLAMA") == [B]
+    assert ids("--limit", "1", "--all") == [C, B, A]
+
+
+def test_list_default_limit_says_how_many_more(child_env: dict[str, str], user_dirs: dict[str, Path]) -> None:
+    s = SessionStore(user_dirs["sessions"])
+    for i in range(53):
+        make(s, f"20260101-0000{i:02d}-zzzz", f"t{i}", [("q", "a")], days_ago=i)
+    out = ok(run(child_env, "list"))
+    assert len([ln for ln in out.splitlines() if ln[:8].isdigit()]) == 50
+    assert "3 more; use --all" in out
+
+
+def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store: SessionStore) -> None:
+    (store.root / "20260404-000000-dddd.json").write_text('{"format": "chatcli.session", "version": 1, "id"')
+    (store.root / "notes.json").write_text('{"hello": "world"}')
+    r = run(child_env, "list")
+    assert r.returncode == 0
+    assert [ln.split()[0] for ln in r.stdout.splitlines() if ln[:8].isdigit()] == [C, B, A]
+    assert "damaged:" in r.stderr and "20260404-000000-dddd.json" in r.stderr and "notes.json" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_list_bad_since(child_env: dict[str, str], store: SessionStore) -> None:
+    assert "not a date" in one_line_error(run(child_env, "list", "--since", "yesterday"), 2)
+
+
+# -- show -----------------------------------------------------------------------------------------------
+def test_show_transcript_with_statuses(child_env: dict[str, str], store: SessionStore) -> None:
+    out = ok(run(child_env, "show", "Rust lifetimes"))  # an exact title works as an id
+    assert "# Rust lifetimes" in out and f"`{C}`" in out
+    assert "## You (turn 2)" in out and "## Model — *interrupted*" in out and "## Model — *timeout*" in out
+    assert "cut sho" in out and "*(no text)*" in out
+    snap = json.loads(ok(run(child_env, "show", "last", "--json")))
+    assert snap == json.loads((store.root / f"{C}.json").read_text())
+    assert "## You (turn 1)" in ok(run(child_env, "show", "20260202", "--raw"))  # a unique prefix
+
+
+def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: SessionStore) -> None:
+    make(store, "20260505-000000-eeee", "esc", [("hi", "red \x1b[31mALERT\x1b]0;pwned\x07 \x9b2J done")])
+    out = ok(run(child_env, "show", "20260505-000000-eeee"))
+    assert "ALERT" in out and "done" in out
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    raw = json.loads((store.root / "20260505-000000-eeee.json").read_text())
+    assert "\x1b[31m" in raw["messages"][1]["content"]  # stored raw
+
+
+@pytest.mark.parametrize("ref, says", [
+    ("20269999", "no session"), ("2026", "matches 3 sessions"), ("../etc/passwd", "not a session id"),
+    ("Roman", "no session"),
+])
+def test_show_bad_ids(child_env: dict[str, str], store: SessionStore, ref: str, says: str) -> None:
+    assert says in one_line_error(run(child_env, "show", ref))
+
+
+# -- search ---------------------------------------------------------------------------------------------
+def test_search_hits_show_where_and_a_snippet(child_env: dict[str, str], store: SessionStore) -> None:
+    out = ok(run(child_env, "search", "emperor"))
+    assert f"{A} · Roman history · turn 2 · assistant" in out
+    assert "Augustus became the first emperor." in out
+    hits = json.loads(ok(run(child_env, "search", "rome", "--json")))
+    assert {(h["session_id"], h["turn"], h["role"]) for h in hits} == {(A, 1, "user")}
+    assert hits[0]["snippet"] == "Who founded Rome?"
+    # several words: every one must be in the message; prefixes match; case ignored
+    assert [h["turn"] for h in json.loads(ok(run(child_env, "search", "FIRST", "emp", "--json")))] == [2]
+    assert json.loads(ok(run(child_env, "search", "first", "pasta", "--json"))) == []
+
+
+def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store: SessionStore) -> None:
+    hits = json.loads(ok(run(child_env, "search", "pasta", "--json")))
+    assert {h["role"] for h in hits} == {"title", "user"}
+    assert [h["role"] for h in json.loads(ok(run(child_env, "search", "pasta", "--role", "title", "--json")))] \
+        == ["title"]
+    assert json.loads(ok(run(child_env, "search", "the", "--session", "Cooking pasta", "--json"))) == []
+    assert len(json.loads(ok(run(child_env, "search", "a", "--json")))) > 1
+    assert len(json.loads(ok(run(child_env, "search", "a", "--limit", "1", "--json")))) == 1
+    assert "role must be" in one_line_error(run(child_env, "search", "x", "--role", "system"), 2)
+    assert "No message or title matches" in ok(run(child_env, "search", "zebra"))
+
+
+def test_search_follows_file_changes_and_the_index_is_only_a_cache(child_env: dict[str, str],
+                                                                   store: SessionStore) -> None:
+    assert json.loads(ok(run(child_env, "search", "gnocchi", "--json"))) == []
+    snap = json.loads((store.root / f"{B}.json").read_text())
+    snap["messages"][1]["content"] = "Gnocchi take two minutes."
+    store.save(snap)
+    assert [h["session_id"] for h in json.loads(ok(run(child_env, "search", "gnocchi", "--json")))] == [B]
+    os.unlink(store.root / f"{B}.json")
+    assert json.loads(ok(run(child_env, "search", "gnocchi", "--json"))) == []
+    before = json.loads(ok(run(child_env, "search", "rome", "--json")))
+    for suffix in ("", "-wal", "-shm"):  # delete the index: nothing is lost
+        Path(str(store.root / INDEX_NAME) + suffix).unlink(missing_ok=True)
+    assert json.loads(ok(run(child_env, "search", "rome", "--json"))) == before
+    (store.root / INDEX_NAME).write_bytes(b"this is not a database" * 100)  # a damaged index is rebuilt
+    for suffix in ("-wal", "-shm"):
+        Path(str(store.root / INDEX_NAME) + suffix).unlink(missing_ok=True)
+    assert json.loads(ok(run(child_env, "search", "rome", "--json"))) == before
+    sqlite3.connect(store.root / INDEX_NAME).close()
+    assert oct((store.root / INDEX_NAME).stat().st_mode & 0o777) == "0o600"
+
+
+# -- rename, delete, restore, prune ---------------------------------------------------------------------
+def test_rename(child_env: dict[str, str], store: SessionStore) -> None:
+    assert "now titled 'Ancient Rome'" in ok(run(child_env, "rename", "Roman history", "  Ancient Rome "))
+    assert json.loads((store.root / f"{A}.json").read_text())["title"] == "Ancient Rome"
+    assert [h["session_id"] for h in json.loads(ok(run(child_env, "search", "ancient", "--json")))] == [A]
+    before = files(store.root)
+    assert "control characters" in one_line_error(run(child_env, "rename", A, "bad\x1b[2Jtitle"), 2)
+    assert "control characters" in one_line_error(run(child_env, "rename", A, "two\nlines"), 2)
+    assert files(store.root) == before
+
+
+def test_library_commands_refuse_a_session_open_elsewhere(child_env: dict[str, str], store: SessionStore) -> None:
+    lock = store.lock(A)  # as a running REPL would hold it
+    try:
+        before = files(store.root)
+        assert "is open in another chatcli" in one_line_error(run(child_env, "rename", A, "x"))
+        assert "is open in another chatcli" in one_line_error(run(child_env, "delete", A))
+        assert "is open in another chatcli" in one_line_error(run(child_env, "delete", "--purge", "--yes", A))
+        assert files(store.root) == before
+        assert "Roman history" in ok(run(child_env, "show", A))  # reading is fine
+    finally:
+        lock.release()
+
+
+def test_delete_restore_purge(child_env: dict[str, str], store: SessionStore) -> None:
+    out = ok(run(child_env, "delete", A, "20260202"))
+    assert "chatcli restore" in out
+    assert not (store.root / f"{A}.json").exists()
+    assert (store.root / ".trash" / f"{A}.json").exists()
+    assert [d["id"] for d in json.loads(ok(run(child_env, "list", "--json")))] == [C]
+    assert json.loads(ok(run(child_env, "search", "rome", "--json"))) == []
+    assert "Restored" in ok(run(child_env, "restore", A[:10]))
+    assert [d["id"] for d in json.loads(ok(run(child_env, "list", "--json")))] == [C, A]
+    # restore never overwrites
+    make(store, B, "a new session with the same id", [("q", "a")])
+    assert "already exists" in one_line_error(run(child_env, "restore", B))
+    assert json.loads((store.root / f"{B}.json").read_text())["title"] == "a new session with the same id"
+    # --purge asks; without a terminal it needs --yes
+    assert "--yes" in one_line_error(run(child_env, "delete", "--purge", C))
+    assert (store.root / f"{C}.json").exists()
+    ok(run(child_env, "delete", "--purge", "--yes", C, B))  # B: the live one; the trashed B stays
+    assert not (store.root / f"{C}.json").exists() and not (store.root / f"{B}.json").exists()
+    assert (store.root / ".trash" / f"{B}.json").exists()
+    ok(run(child_env, "delete", "--purge", "--yes", B))  # now from the trash
+    assert not (store.root / ".trash" / f"{B}.json").exists()
+    assert "no session" in one_line_error(run(child_env, "restore", B))
+    assert "no session" in one_line_error(run(child_env, "delete", "nope"))
+
+
+def test_prune(child_env: dict[str, str], store: SessionStore) -> None:
+    out = ok(run(child_env, "prune", "--older-than", "30d", "--dry-run"))
+    assert A in out and B not in out and "would be moved" in out
+    assert (store.root / f"{A}.json").exists()
+    assert "Moved 1 session(s)" in ok(run(child_env, "prune", "--older-than", "30d"))  # A: 40 days old
+    assert "Moved 1 session(s)" in ok(run(child_env, "prune", "--older-than", "2d"))  # B: 3 days old
+    assert "Moved 0 session(s)" in ok(run(child_env, "prune", "--older-than", "2d"))
+    assert sorted(p.name for p in (store.root / ".trash").iterdir()) == [f"{A}.json", f"{B}.json"]
+    assert "not an age" in one_line_error(run(child_env, "prune", "--older-than", "soon"), 2)
+
+
+# -- export and import ----------------------------------------------------------------------------------
+def test_export_formats(child_env: dict[str, str], store: SessionStore, tmp_path: Path) -> None:
+    md = ok(run(child_env, "export", A, "--format", "md"))
+    assert md.startswith("# Roman history") and "Augustus" in md
+    assert json.loads(ok(run(child_env, "export", A, "-f", "json"))) == json.loads((store.root / f"{A}.json").read_text())
+    lines = [json.loads(x) for x in ok(run(child_env, "export", A, "-f", "jsonl")).splitlines()]
+    assert [(x["role"], x["content"]) for x in lines][:2] == [("user", "Who founded Rome?"),
+                                                             ("assistant", "Romulus, by legend, in 753 BC.")]
+    target = tmp_path / "out.md"
+    assert "Wrote" in ok(run(child_env, "export", A, "-o", str(target)))
+    assert target.read_text().startswith("# Roman history")
+    target.write_text("mine")
+    assert "already exists" in one_line_error(run(child_env, "export", B, "-o", str(target)))
+    assert target.read_text() == "mine"
+    assert "unknown export format" in one_line_error(run(child_env, "export", A, "-f", "pdf"), 2)
+
+
+def test_import_round_trip_and_openai_shapes(child_env: dict[str, str], store: SessionStore,
+                                             tmp_path: Path) -> None:
+    exported = tmp_path / "a.json"
+    exported.write_text(ok(run(child_env, "export", A, "-f", "json")))
+    before = files(store.root)
+    new_id = ok(run(child_env, "import", str(exported))).strip().splitlines()[-1]
+    assert new_id != A  # A exists: the import gets a new id, nothing is overwritten
+    assert files(store.root).items() >= before.items()
+    assert json.loads((store.root / f"{new_id}.json").read_text())["messages"] == \
+        json.loads(exported.read_text())["messages"]
+
+    plain = tmp_path / "openai.json"
+    plain.write_text(json.dumps({"messages": [{"role": "system", "content": "Be terse."},
+                                              {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                              {"role": "assistant", "content": "Hello"}]}))
+    sid = ok(run(child_env, "import", str(plain))).strip().splitlines()[-1]
+    snap = json.loads((store.root / f"{sid}.json").read_text())
+    assert snap["system"] == "Be terse." and [m["content"] for m in snap["messages"]] == ["Hi", "Hello"]
+    assert snap["title"] == "Hi"
+
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]))
+    ok(run(child_env, "import", str(listed)))
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text(ok(run(child_env, "export", B, "-f", "jsonl")))
+    sid = ok(run(child_env, "import", str(jsonl))).strip().splitlines()[-1]
+    assert [m["content"] for m in json.loads((store.root / f"{sid}.json").read_text())["messages"]] == \
+        ["How long to boil pasta?", "About ten minutes, al dente."]
+
+
+@pytest.mark.parametrize("content, says", [
+    ('{"hello": "world"}', "neither a chatcli session"),
+    ('"just a string"', "neither a chatcli session"),
+    ('[{"role": "wizard", "content": "x"}]', "needs a role"),
+    ('[{"role": "user"}]', "needs a role"),
+    ('[42]', "is not an object"),
+    ('[{"role": "system", "content": "only a system prompt"}]', "no user or assistant messages"),
+    ("", "is empty"),
+    ("not json at all", "not JSON"),
+    ('{"format": "chatcli.session", "version": 99, "id": "x"}', "newer"),
+    ('{"format": "chatcli.session", "version": 1, "id": "../../x"}', ""),
+])
+def test_import_wrong_shapes(child_env: dict[str, str], store: SessionStore, tmp_path: Path,
+                             content: str, says: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    before = files(store.root)
+    line = one_line_error(run(child_env, "import", str(bad)))
+    assert says in line
+    assert files(store.root) == before
+
+
+def test_import_missing_file(child_env: dict[str, str], store: SessionStore, tmp_path: Path) -> None:
+    assert "cannot read" in one_line_error(run(child_env, "import", str(tmp_path / "nope.json")))
+
+
+# -- fork and stats -------------------------------------------------------------------------------------
+def test_fork(child_env: dict[str, str], store: SessionStore) -> None:
+    new = ok(run(child_env, "fork", A, "--at", "1")).strip().splitlines()[-1]
+    snap = json.loads((store.root / f"{new}.json").read_text())
+    assert [m["content"] for m in snap["messages"]] == ["Who founded Rome?", "Romulus, by legend, in 753 BC."]
+    assert snap["forked_from"] == A and snap["title"] == "Roman history (fork)"
+    whole = ok(run(child_env, "fork", "Roman history")).strip().splitlines()[-1]
+    assert len(json.loads((store.root / f"{whole}.json").read_text())["messages"]) == 4
+    assert "past its end" in one_line_error(run(child_env, "fork", A, "--at", "5"), 2)
+    assert len(json.loads((store.root / f"{A}.json").read_text())["messages"]) == 4  # the source is untouched
+
+
+def test_stats(child_env: dict[str, str], store: SessionStore) -> None:
+    (store.root / "20260404-000000-dddd.json").write_text("{")
+    t = json.loads(ok(run(child_env, "stats", "--json")))
+    assert t["sessions"] == 3 and t["active_7d"] == 2 and t["damaged"] == 1
+    assert (t["messages"], t["user_messages"], t["assistant_messages"]) == (12, 6, 6)
+    assert (t["prompt_tokens"], t["completion_tokens"], t["cached_tokens"]) == (60, 30, 12)
+    assert t["models"] == [{"model": "openai/gpt-4o-mini", "sessions": 2}, {"model": "openai/llama3.2", "sessions": 1}]
+    assert t["mean_messages"] == 4.0
+    assert t["bytes"] == sum((store.root / f"{i}.json").stat().st_size for i in (A, B, C))
+    out = ok(run(child_env, "stats"))
+    assert "3 (2 active in the last 7 days); 1 damaged file(s)" in out and "openai/gpt-4o-mini (2)" in out
+
+
+def test_every_library_command_has_help(child_env: dict[str, str]) -> None:
+    for cmd in ("list", "show", "search", "rename", "delete", "restore", "prune", "export", "import", "fork",
+                "stats"):
+        r = run(child_env, cmd, "--help")
+        assert r.returncode == 0 and "Usage: chatcli " + cmd in r.stdout, cmd
