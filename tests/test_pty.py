@@ -237,3 +237,26 @@ def test_resume_last_and_the_session_lock(pty_env: dict[str, str], fake_llm: Fak
     again = subprocess.run([sys.executable, "-m", "chatcli", "resume", sid], input="",
                            capture_output=True, text=True, env=pty_env, timeout=30)
     assert again.returncode == 0, again.stderr
+
+
+def test_tab_completes_commands_and_retry_streams_again(pty_env: dict[str, str], fake_llm: FakeLLMServer,
+                                                        chats: list[Chat], user_dirs: dict[str, Path]) -> None:
+    fake_llm.enqueue(Reply(text="first try"), Reply(text="second try"))
+    c, sid = start(chats, pty_env, *new_args(fake_llm))
+    c.command("a question", "first try")
+    c.child.send("/ret")
+    c.child.send("\t")  # Tab completes the command name
+    c.child.send("\r")
+    c.expect("second try")
+    c.expect_prompt()
+    c.child.send("und")
+    c.child.send("\t")
+    c.child.send("\r")
+    c.expect("Took back the last turn")
+    c.expect_prompt()
+    c.quit_with_ctrl_d()
+    assert c.child.exitstatus == 0
+    msgs = load(user_dirs, sid)["messages"]
+    assert [(m["content"], m.get("dropped")) for m in msgs] == [
+        ("a question", "undone"), ("first try", "retried"), ("second try", "undone")]
+    assert len(fake_llm.requests) == 2
