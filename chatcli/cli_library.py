@@ -30,7 +30,15 @@ def _store(sessions_dir: Path | None) -> Any:
 def _index(store: Any) -> Any:
     from chatcli.index import SessionIndex
 
-    return SessionIndex(store)
+    return SessionIndex(store, _progress if sys.stderr.isatty() else None)
+
+
+def _progress(done: int, total: int) -> None:
+    """A one-line counter on the terminal while the index reads many files (the first run on a big folder)."""
+    end = "\n" if done == total else ""
+    sys.stderr.write(f"\rchatcli: indexing session files: {done:,} of {total:,} (later runs read only changes)"
+                     + end)
+    sys.stderr.flush()
 
 
 def resolve(store: Any, ref: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,13 @@ HIGHLIGHT = ("\x02", "\x03")  # start/end of a match inside SearchHit.snippet (n
 class SessionIndex:
     """The index of one SessionStore. Use ``refresh()`` (done by ``summaries`` and ``search``)."""
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        """``on_progress(done, total)`` is called while a refresh (re)reads 500 files or more: every 500
+        and at the end."""
         self.store = store
         self.path = store.root / INDEX_NAME
+        self.on_progress = on_progress
         self._db: sqlite3.Connection | None = None
 
     # -- the database ----------------------------------------------------------------------------------
@@ -135,8 +140,10 @@ class SessionIndex:
         try:
             for sid in gone:
                 self._forget(db, sid)
-            for sid in changed:
+            for n, sid in enumerate(changed, 1):
                 self._index_file(db, sid, seen[sid])
+                if self.on_progress is not None and len(changed) >= 500 and (n % 500 == 0 or n == len(changed)):
+                    self.on_progress(n, len(changed))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
