@@ -96,19 +96,13 @@ def list_sessions(
         store = _store(sessions_dir)
         cutoff = parse_date(since) if since else None
         ix = _index(store)
-        try:
-            rows, damaged = ix.summaries()
+        try:  # only the rows shown are read from the index
+            rows, damaged, total = ix.page(None if show_all else max(0, limit if limit is not None else 50),
+                                           since=cutoff, model=model)
         finally:
             ix.close()
     except ChatcliError as e:
         _fail(e)
-    if cutoff:
-        rows = [r for r in rows if r.updated_at >= cutoff]
-    if model:
-        rows = [r for r in rows if model.lower() in r.model.lower()]
-    total = len(rows)
-    if not show_all:
-        rows = rows[: max(0, limit if limit is not None else 50)]
     if as_json:
         _print_json([{"id": r.id, "title": r.title, "backend": r.backend, "model": r.model, "turns": r.turns,
                       "messages": r.messages, "tokens": r.tokens, "created_at": r.created_at,

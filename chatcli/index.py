@@ -19,7 +19,10 @@ from chatcli.errors import SessionNotFound, SnapshotError
 from chatcli.store import SUFFIX, DamagedFile, SessionStore, SessionSummary, _ID_RE
 
 INDEX_NAME = ".index.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT)
+#: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
+#: deletes one rowid range (an FTS5 UNINDEXED column cannot be searched without reading the whole table)
+_ROWS_SHIFT = 24
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -52,6 +55,7 @@ class SearchHit:
     snippet: str
 
 
+SEARCH_WINDOW = 5_000  # matches ranked by a search: the most recent ones
 HIGHLIGHT = ("\x02", "\x03")  # start/end of a match inside SearchHit.snippet (never in stored text shown raw)
 
 
@@ -133,6 +137,7 @@ class SessionIndex:
                 continue
             seen[sid] = (st.st_size, st.st_mtime_ns)
         changed = [sid for sid, sig in seen.items() if known.get(sid) != sig]
+        changed.sort(key=lambda sid: seen[sid][1])  # oldest change first: rowids grow with recency
         gone = [sid for sid in known if sid not in seen]
         if not changed and not gone:
             return 0
@@ -151,8 +156,12 @@ class SessionIndex:
         return len(changed)
 
     def _forget(self, db: sqlite3.Connection, sid: str) -> None:
+        row = db.execute("SELECT rowid FROM files WHERE id = ?", (sid,)).fetchone()
+        if row is None:
+            return
         db.execute("DELETE FROM files WHERE id = ?", (sid,))
-        db.execute("DELETE FROM texts WHERE session_id = ?", (sid,))
+        first = row[0] << _ROWS_SHIFT
+        db.execute("DELETE FROM texts WHERE rowid BETWEEN ? AND ?", (first, first + (1 << _ROWS_SHIFT) - 1))
 
     def _index_file(self, db: sqlite3.Connection, sid: str, sig: tuple[int, int]) -> None:
         self._forget(db, sid)
@@ -164,23 +173,24 @@ class SessionIndex:
                        (sid, sig[0], sig[1], str(e)))
             return
         summary = summarize(snap)
-        db.execute(
+        cursor = db.execute(
             "INSERT INTO files VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sid, sig[0], sig[1], snap["title"], snap["backend"], snap["model"], summary["turns"],
              summary["messages"], summary["prompt_tokens"], summary["completion_tokens"],
              summary["cached_tokens"], summary["user_messages"], summary["assistant_messages"],
              summary["characters"], snap["created_at"], snap["updated_at"]))
-        rows: list[tuple[str, str, int, str, int]] = []
+        first = (cursor.lastrowid or 0) << _ROWS_SHIFT
+        rows: list[tuple[int, str, str, int, str, int]] = []
         if snap["title"]:
-            rows.append((snap["title"], sid, 0, "title", -1))
+            rows.append((first, snap["title"], sid, 0, "title", -1))
         turn = 0
         for i, m in enumerate(snap["messages"]):
             if m["role"] == "user":
                 turn += 1
             if m["content"]:
-                rows.append((m["content"], sid, max(turn, 1), m["role"], i))
-        db.executemany("INSERT INTO texts (content, session_id, turn, role, position) VALUES (?, ?, ?, ?, ?)",
-                       rows)
+                rows.append((first + len(rows), m["content"], sid, max(turn, 1), m["role"], i))
+        db.executemany("INSERT INTO texts (rowid, content, session_id, turn, role, position) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", rows[: 1 << _ROWS_SHIFT])
 
     # -- reading ---------------------------------------------------------------------------------------
     def summaries(self) -> tuple[list[SessionSummary], list[DamagedFile]]:
@@ -201,6 +211,35 @@ class SessionIndex:
                                        tokens=(r[9] or 0) + (r[10] or 0)))
         damaged.sort(key=lambda d: str(d.path))
         return rows, damaged
+
+    def page(self, limit: int | None = None, since: str | None = None,
+             model: str | None = None) -> tuple[list[SessionSummary], list[DamagedFile], int]:
+        """What ``chatcli list`` shows: the newest ``limit`` sessions (all when None) updated at or after
+        ``since`` (UTC ISO 8601) whose model name holds ``model`` (case ignored), the damaged files, and how
+        many sessions match in all. Only the rows shown are read."""
+        self.refresh()
+        db = self._connect()
+        where = "damaged IS NULL"
+        args: list[Any] = []
+        if since:
+            where += " AND updated_at >= ?"
+            args.append(since)
+        if model:
+            db.create_function("chatcli_holds", 2, lambda text, part: part in (text or "").lower(),
+                               deterministic=True)
+            where += " AND chatcli_holds(model, ?)"
+            args.append(model.lower())
+        total = int(db.execute(f"SELECT count(*) FROM files WHERE {where}", args).fetchone()[0])
+        root = self.store.root
+        sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
+               f"completion_tokens FROM files WHERE {where} ORDER BY updated_at DESC, id DESC LIMIT ?")
+        rows = [SessionSummary(id=r[0], title=r[1], backend=r[2], model=r[3], turns=r[4], messages=r[5],
+                               created_at=r[6], updated_at=r[7], path=root / (r[0] + SUFFIX),
+                               tokens=(r[8] or 0) + (r[9] or 0))
+                for r in db.execute(sql, [*args, -1 if limit is None else limit])]
+        damaged = [DamagedFile(root / (r[0] + SUFFIX), r[1])
+                   for r in db.execute("SELECT id, damaged FROM files WHERE damaged IS NOT NULL ORDER BY id")]
+        return rows, damaged, total
 
     def totals(self) -> dict[str, Any]:
         """Sums over every readable session (see ``chatcli stats``)."""
@@ -227,15 +266,17 @@ class SessionIndex:
                limit: int = 20) -> list[SearchHit]:
         """Messages and titles holding every word of ``text`` (word prefixes, case and accents ignored),
         best matches first. ``role``: only ``user``, ``assistant`` or ``title``; ``session_id``: only that
-        session."""
+        session. Matches are ranked among the ``SEARCH_WINDOW`` most recent ones (every match when there are
+        fewer): ranking all the matches of a word found in most of a million messages would take seconds."""
         query = fts_query(text)
         if not query:
             return []
         self.refresh()
         db = self._connect()
-        sql = ("SELECT t.session_id, f.title, t.turn, t.role, t.position, "
-               "snippet(texts, 0, ?, ?, '…', 16) FROM texts t JOIN files f ON f.id = t.session_id "
-               "WHERE texts MATCH ?")
+        # Newest first (rowids grow with the time a file was indexed, see refresh) the FTS5 doclist stops
+        # after SEARCH_WINDOW matches; only those are ranked.
+        sql = ("SELECT t.session_id, t.turn, t.role, t.position, snippet(texts, 0, ?, ?, '…', 16) AS snip, "
+               "rank AS score FROM texts t WHERE texts MATCH ?")
         args: list[Any] = [HIGHLIGHT[0], HIGHLIGHT[1], query]
         if role:
             sql += " AND t.role = ?"
@@ -243,8 +284,9 @@ class SessionIndex:
         if session_id:
             sql += " AND t.session_id = ?"
             args.append(session_id)
-        sql += " ORDER BY rank LIMIT ?"
-        args.append(max(1, limit))
+        sql = (f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.snip FROM ({sql} ORDER BY t.rowid "
+               f"DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?")
+        args += [SEARCH_WINDOW, max(1, limit)]
         return [SearchHit(*row) for row in db.execute(sql, args)]
 
 

@@ -4,8 +4,8 @@ Model text is stored raw; everything shown passes ``sanitize`` first, so no esca
 (or a session file) reaches the terminal.
 
 Streaming stays linear in the reply's length: a reply is cut into finished blocks at blank lines outside
-code fences; a finished block is printed once, and only the unfinished tail is re-rendered (by rich's Live,
-at most ``REFRESH_PER_SECOND`` times a second, from the text buffered so far).
+code fences (and at the end of a code block); a finished block is printed once, and only the newest lines
+of the unfinished block are re-rendered (by rich's Live, at most ``REFRESH_PER_SECOND`` times a second).
 """
 
 from __future__ import annotations
@@ -54,16 +54,24 @@ class ReplyView:
 
     Use as a context manager; call ``feed(text)`` for each piece. On a terminal, finished blocks are
     printed once and the unfinished tail is redrawn by a rich Live; elsewhere the raw (sanitised) text is
-    written as it comes."""
+    written as it comes.
+
+    The work per piece is constant, however long the reply: a piece without a newline is only appended to
+    the current line; a newline files the finished line into the current block (and prints the block
+    when it ends: a blank line outside a code fence, or the end of a top-level fence). The Live's refresh
+    (``REFRESH_PER_SECOND`` times a second, in rich's thread) renders only the newest lines that fit the
+    screen. At the end the last block is rendered whole."""
 
     def __init__(self, console: Console, label: str = "thinking…") -> None:
         self.console = console
         self.live_mode = console.is_terminal
         self._label = label
-        self._pending = ""       # text not yet printed as a finished block
-        self._scan = 0           # how far _pending has been scanned for block ends
+        self._lines: list[str] = []    # finished lines of the block being streamed
+        self._partial: list[str] = []  # pieces of the line being streamed (no newline yet)
         self._in_fence = False
-        self._fence_line = ""
+        self._fence = ""               # the open fence's marker (``` or ~~~) ...
+        self._fence_line = ""          # ... and its whole opening line (keeps the language)
+        self._final = False            # finish(): render the last block whole
         self._live: Any = None
         self._spinner: Any = None
         self.chars = 0
@@ -92,8 +100,16 @@ class ReplyView:
             self.console.file.write(text)
             self.console.file.flush()
             return
-        self._pending += text
-        self._commit_finished_blocks()
+        if "\n" not in text:
+            self._partial.append(text)  # atomic: the refresh thread sees the piece or not, never half
+            if len(self._partial) > 256:  # keep a very long line cheap to join
+                self._partial = ["".join(self._partial)]
+            return
+        if self._live is None:
+            self._take_lines(text)
+            return
+        with self._live._lock:  # the refresh thread reads _lines and _partial under the same lock
+            self._take_lines(text)
 
     def notice(self, message: str) -> None:
         """A one-line notice shown above the streaming reply (e.g. a rate-limit wait)."""
@@ -106,53 +122,80 @@ class ReplyView:
         """Stop the live view, leaving the whole reply on screen. Safe to call twice."""
         if self._live is not None:
             live, self._live = self._live, None
-            self._spinner = None
-            live.stop()
+            with live._lock:
+                self._final = True
+                self._spinner = None
+            live.stop()  # its last refresh renders the last block whole (rich lets it overflow then)
         elif not self.live_mode and self.chars:
             self.console.file.write("\n")
             self.console.file.flush()
             self.chars = 0
 
     # -- internals --------------------------------------------------------------------------------------
-    def _commit_finished_blocks(self) -> None:
-        pending = self._pending
-        cut = -1
-        pos = self._scan
-        while True:
-            nl = pending.find("\n", pos)
-            if nl < 0:
-                break
-            line = pending[pos:nl]
+    def _take_lines(self, text: str) -> None:
+        """File the lines ``text`` finishes; print each block that ends."""
+        lines = ("".join(self._partial) + text).split("\n")
+        last = lines.pop()  # the unfinished line after the last newline ("" when text ends with one)
+        self._partial = [last] if last else []
+        for line in lines:
             stripped = line.lstrip()
             if stripped.startswith(("```", "~~~")):
                 if not self._in_fence:
-                    self._in_fence, self._fence_line = True, stripped[:3]
-                elif stripped.startswith(self._fence_line):
+                    self._in_fence, self._fence, self._fence_line = True, stripped[:3], stripped
+                    self._lines.append(line)
+                    continue
+                if stripped.startswith(self._fence) and not stripped[3:].strip(" `~"):
                     self._in_fence = False
-            elif not stripped and not self._in_fence and pending[:pos].strip():
-                cut = nl + 1
-            pos = nl + 1
-        self._scan = pos
-        if cut > 0:
-            block, self._pending = pending[:cut], pending[cut:]
-            self._scan -= cut
-            self._live.console.print(self._markdown(block))
+                    self._lines.append(line)
+                    if stripped == line:  # a top-level code block is complete: print it now
+                        self._print_block()
+                    continue
+            if not stripped and not self._in_fence:
+                if self._lines:
+                    self._print_block()
+                continue  # blank lines between blocks are the blocks' margins
+            self._lines.append(line)
+
+    def _print_block(self) -> None:
+        block, self._lines = "\n".join(self._lines), []
+        if self._live is None:
+            self.console.print(self._markdown(block))
+            return
+        # The print redraws the live area below the block: from the tail without it, so the block never
+        # shows twice (rich would redraw the area's last frame until its next refresh).
+        live_render = getattr(self._live, "_live_render", None)
+        if live_render is not None:
+            live_render.set_renderable(self._renderable())
+        self._live.console.print(self._markdown(block))
 
     def _renderable(self) -> RenderableType:
         from rich.text import Text
 
-        if not self._pending and self._spinner is not None and self.chars == 0:
+        partial = "".join(self._partial)
+        if self._final:
+            rest = "\n".join([*self._lines, partial]) if self._lines else partial
+            return self._markdown(rest) if rest.strip() else Text("")
+        if not self._lines and not partial and self._spinner is not None and self.chars == 0:
             return self._spinner
-        tail = self._pending
-        if not tail.strip():
+        if not self._lines and not partial.strip():
             return Text("")
-        height = max(4, self.console.size.height - 2)
-        lines = tail.split("\n")
-        if len(lines) > height:  # show the newest lines of a tall block while it streams
-            keep = lines[-(height - 1):]
-            opener = [self._fence_line + "…"] if self._in_fence else []
-            tail = "\n".join(opener + keep)
-        return self._markdown(tail)
+        # Only the newest lines that fit on the screen (a line wider than the screen takes several rows).
+        width, height = self.console.size
+        rows = max(4, height - 4)  # room for the margins Markdown adds
+        if len(partial) > width * rows:
+            partial = "…" + partial[-width * rows:]
+        rows -= len(partial) // max(1, width) + 1
+        shown: list[str] = []
+        for line in reversed(self._lines):
+            rows -= len(line) // max(1, width) + 1
+            if rows < 0:
+                if self._in_fence:  # keep the code block's opening line, so the tail still renders as code
+                    shown.append(self._fence_line)
+                break
+            shown.append(line)
+        shown.reverse()
+        shown.append(partial)
+        return self._markdown("\n".join(shown))
 
     @staticmethod
     def _markdown(text: str) -> RenderableType:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from chatcli.session import ConversationSession, Message
 
 HELP_HINT = "type help for commands, Ctrl-D to quit"
+RESUME_TURNS = 20  # turns shown on resume (`history` shows all), so a long session opens at once
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Repl:
         """Read and answer until quit or Ctrl-D. Errors of a turn are reported and the loop goes on."""
         self.out.banner(self.session, self.resumed, HELP_HINT)
         if self.resumed and self.session.messages:
-            self.out.history(self.session, last=None)
+            self.out.history(self.session, last=RESUME_TURNS)
         if self.session.backend is not None:
             self.session.backend.prepare()
         prompt = self._make_prompt()

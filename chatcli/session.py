@@ -90,7 +90,19 @@ class Message:
     error: str | None = None
     dropped: str | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_json":
+            object.__setattr__(self, "_json", None)  # the cached to_json() is out of date
+
     def to_json(self) -> dict[str, Any]:
+        """The message as stored in the snapshot. A finished message's dict is built once and reused until
+        one of its attributes is set (a save of a 10,000-message session would otherwise spend most of its
+        time here); so once a message is finished, give it a new ``usage``/``timings`` rather than changing
+        theirs. A message still ``streaming`` is never cached. Treat the result as read-only."""
+        cached: dict[str, Any] | None = self.__dict__.get("_json")
+        if cached is not None:
+            return cached
         d: dict[str, Any] = {"role": self.role, "content": self.content, "created_at": self.created_at,
                              "status": self.status}
         for key in ("finish_reason", "model", "error", "dropped"):
@@ -98,9 +110,15 @@ class Message:
             if value is not None:
                 d[key] = value
         if self.usage is not None:
-            d["usage"] = asdict(self.usage)
+            u = self.usage
+            d["usage"] = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                          "cached_tokens": u.cached_tokens}
         if self.timings is not None:
-            d["timings"] = asdict(self.timings)
+            t = self.timings
+            d["timings"] = {"ttft_s": t.ttft_s, "duration_s": t.duration_s,
+                            "tokens_per_second": t.tokens_per_second, "server": t.server}
+        if self.status != "streaming":
+            object.__setattr__(self, "_json", d)
         return d
 
     @classmethod
