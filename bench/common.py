@@ -71,6 +71,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f}×"
     if unit == "%":
         return f"{value:.0f} %"
+    if unit == "ms" and value >= 10_000:
+        return f"{value / 1000:,.1f} s"
     if abs(value) >= 100:
         text = f"{value:,.0f}"
     elif abs(value) >= 10:
@@ -82,7 +84,7 @@ def fmt(value: float | None, unit: str) -> str:
 
 def format_row(r: Row) -> str:
     floor = fmt(r.floor, r.unit) if r.floor is not None else "–"
-    return f"  {r.case:<52} {fmt(r.value, r.unit):>14} {floor:>14}  {r.target:<22} {r.verdict}"
+    return f"  {r.case:<64} {fmt(r.value, r.unit):>13} {floor:>13}  {r.target:<17} {r.verdict}"
 
 
 def child_env(root: Path, **extra: str) -> dict[str, str]:

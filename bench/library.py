@@ -97,7 +97,7 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
     queries = [
         (planted, f"a word in {PLANTED[planted]:.0%} of messages"),
         (rare, f"a word in {PLANTED[rare]:.2%} of messages"),
-        (words[0], "the most common word (in most messages)"),
+        (words[0], "the most common word: in most messages"),
         (f"{words[3]} {planted}", "two words"),
     ]
     for query, what in queries:

@@ -122,6 +122,11 @@ def write_markdown(report: Report, argv: list[str], seconds: float, path: Path) 
     ]
     for title, text in report.sections.items():
         lines += [f"## {title}", "", text, ""]
+    lines += ["## How each group is measured", ""]
+    for name in GROUPS:
+        doc = (sys.modules[name].__doc__ or "").strip() if name in sys.modules else ""
+        if doc:
+            lines += [f"**{name}** (`bench/{name}.py`): " + doc, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
@@ -145,7 +150,7 @@ def main() -> int:
     report = Report()
     t0 = time.perf_counter()
     print(f"chatcli benchmarks; data in {data}")
-    print(f"  {'case':<52} {'median':>14} {'floor':>14}  {'target':<22} result", flush=True)
+    print(f"  {'case':<64} {'median':>13} {'floor':>13}  {'target':<17} result", flush=True)
     try:
         run_groups(report, [n for n in GROUPS if n in names], data, args.quick)
     finally:
