@@ -211,6 +211,10 @@ def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -
         Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed).run()
     finally:
         session.close()
+    if session.unsaved:  # the last save failed even when quitting: say so, never "is saved"
+        renderer.error(f"session {session.id} could not be saved: its last changes are not in "
+                       f"{session.store.path_for(session.id)}")
+        raise typer.Exit(1)
     where = "" if settings.sessions_dir == Path("sessions") else f" --sessions-dir {settings.sessions_dir}"
     renderer.info(f"Session {session.id} is saved. Resume it with: chatcli resume {session.id}{where}")
 

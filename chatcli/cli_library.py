@@ -286,6 +286,10 @@ def export_cmd(
         store = _store(sessions_dir)
         data = export(store.load(resolve(store, session_id)), fmt)
         if output is None:
+            if sys.stdout.isatty():  # model text may hold escape sequences: never raw to a terminal
+                from chatcli.render import sanitize
+
+                data = sanitize(data.decode("utf-8", "replace")).encode()
             sys.stdout.buffer.write(data)
             return
         try:

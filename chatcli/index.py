@@ -132,7 +132,7 @@ class SessionIndex:
             if not _ID_RE.match(sid):
                 continue
             try:
-                st = e.stat()
+                st = e.stat(follow_symlinks=False)  # a link is listed as damaged, never followed
             except OSError:
                 continue
             seen[sid] = (st.st_size, st.st_mtime_ns)

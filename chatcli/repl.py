@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 HELP_HINT = "type help for commands, Ctrl-D to quit"
 RESUME_TURNS = 20  # turns shown on resume (`history` shows all), so a long session opens at once
+_KEPT = "your message is kept in memory and will be saved at the next attempt"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Repl:
         self.out = renderer
         self.history_path = history_path
         self.resumed = resumed
+        self._warned_unsaved = False  # a quit was refused once because the session could not be saved
 
     # -- input -----------------------------------------------------------------------------------------
     def _make_prompt(self) -> Callable[[], str]:
@@ -157,12 +159,32 @@ class Repl:
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line
             except EOFError:
-                break
-            try:
-                if not self.handle(line):
+                if self._may_leave():
                     break
+                continue
+            try:
+                if not self.handle(_valid_unicode(line)):
+                    if self._may_leave():
+                        break
+                    continue
             except KeyboardInterrupt:
                 self.out.notice("^C")
+            self._warned_unsaved = False
+
+    def _may_leave(self) -> bool:
+        """Whether quitting loses nothing. A save that failed earlier is tried again here; when it fails,
+        the user is told once and the REPL stays, so they can make room and quit again (a second quit
+        leaves anyway, and the CLI then says the session is not saved)."""
+        if not self.session.unsaved or self._warned_unsaved:
+            return True
+        try:
+            self.session.save()
+            return True
+        except SaveError as e:
+            self._warned_unsaved = True
+            self.out.error(f"{e}; the last turn is only in memory: fix this (e.g. make room) and quit again, "
+                           f"chatcli tries to save once more before it leaves")
+            return False
 
     def handle(self, line: str) -> bool:
         """Answer one line of input; False means quit."""
@@ -277,11 +299,14 @@ class Repl:
             with _keys_not_echoed(), view:
                 reply = turn(view)
         except SessionTimeoutError as e:
+            if self.session.unsaved:
+                self.out.error(f"timed out: {e}; {_KEPT}, send another or try again")
+                return
             kept = " (the partial reply is saved)" if e.partial else ""
             self.out.error(f"timed out: {e}{kept}; your message is saved, send another or try again")
             return
         except BackendError as e:
-            self.out.error(f"{e} (your message is saved)")
+            self.out.error(f"{e} ({_KEPT if self.session.unsaved else 'your message is saved'})")
             return
         except SaveError as e:
             self.out.error(f"{e}; the turn is kept in memory and will be saved at the next attempt")
@@ -337,6 +362,20 @@ def _keys_not_echoed() -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSANOW, old)
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with input that was not valid UTF-8 (bytes decoded to lone surrogates) shown as U+FFFD, so
+    it can be saved and sent like any other text."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _is_command_line(text: str) -> bool:

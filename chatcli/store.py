@@ -14,9 +14,11 @@ This module knows the file format (``FORMAT``, ``VERSION``) and nothing of backe
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +44,7 @@ VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: "$" would let a trailing "\n" through
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 SUFFIX = ".json"
+MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024  # a larger file is refused unread: no conversation is that long
 
 
 def utc_now() -> str:
@@ -127,6 +130,11 @@ def validate_snapshot(data: Any, path: Path | str = "<snapshot>") -> dict[str, A
     for key, typ in expect.items():
         if not isinstance(data.get(key), typ):
             raise SnapshotError(f"{path} is damaged: field {key!r} is missing or of the wrong type", path)
+    optional: dict[str, type | tuple[type, ...]] = {"base_url": str, "model_path": str, "clears": list,
+                                                    "changes": list}
+    for key, typ in optional.items():
+        if key in data and not isinstance(data[key], typ):
+            raise SnapshotError(f"{path} is damaged: field {key!r} is of the wrong type", path)
     for i, m in enumerate(data["messages"]):
         if (
             not isinstance(m, dict)
@@ -159,7 +167,7 @@ class SessionLock:
         except Timeout:
             raise SessionLocked(
                 f"session {session_id} is open in another chatcli; close that one first "
-                f"(or read it with `chatcli list`)"
+                f"(`chatcli show {session_id}` reads it meanwhile)"
             ) from None
         except OSError as e:
             raise SessionLocked(f"cannot lock session {session_id} ({self.path}): {e.strerror}") from None
@@ -193,7 +201,12 @@ class SessionStore:
         """Take the session's OS lock (raise SessionLocked if held) and clear its stale temp files."""
         validate_id(session_id)  # before the folder is created: a hostile id touches nothing
         self.ensure_root()
-        lock = SessionLock(self.root / f".{session_id}.lock")
+        lock_path = self.root / f".{session_id}.lock"
+        if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+            # the lock library opens its file with O_TRUNC: never let that follow a link to another file
+            raise SessionLocked(f"{lock_path} is not a regular file (a symbolic link or a folder); "
+                                f"remove it to open session {session_id}")
+        lock = SessionLock(lock_path)
         lock.acquire(session_id)
         self.remove_temp_files(session_id)
         return lock
@@ -211,30 +224,29 @@ class SessionStore:
 
     # -- writing ---------------------------------------------------------------------------------------
     def save(self, snapshot: dict[str, Any]) -> SaveInfo:
-        """Write ``snapshot`` atomically as ``<id>.json`` and return what was written.
+        """Write ``snapshot`` atomically as ``<id>.json`` and return what was written, once the file and the
+        folder are fsynced.
 
-        Raises SaveError (disk full, permissions, file-size limit, ...) with the previous snapshot intact."""
+        Raises SaveError (disk full, permissions, file-size limit, ...). When the failure comes before the
+        rename, the previous snapshot is intact and no temp file is left; when only the final fsync of the
+        folder fails, the new snapshot is in place but not known to be durable, and the message says so."""
         session_id = snapshot["id"]
         path = self.path_for(session_id)
-        data = orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
+        data = _dump(snapshot)
         self.ensure_root()
         tmp: str | None = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{session_id}.", suffix=".tmp", dir=self.root)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
             tmp = None
-            dir_fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as e:
             raise SaveError(
-                f"could not save {path}: {e.strerror or e}; the previous snapshot is intact", path
+                f"could not save {path}: {_why(e)}; the previous snapshot is intact", path
             ) from None
         finally:
             if tmp is not None:
@@ -242,6 +254,13 @@ class SessionStore:
                     os.unlink(tmp)
                 except OSError:
                     pass
+        try:
+            _fsync_folder(self.root)
+        except OSError as e:
+            raise SaveError(
+                f"could not confirm the save of {path} ({_why(e)} while syncing its folder): "
+                f"it may not survive a power loss and will be written again", path
+            ) from None
         return SaveInfo(path=path, size=len(data), saved_at=utc_now())
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -251,14 +270,11 @@ class SessionStore:
         return self.load_path(path, session_id)
 
     def load_path(self, path: Path, session_id: str | None = None) -> dict[str, Any]:
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise SessionNotFound(f"no session {session_id or path.stem} in {self.root}") from None
-        except IsADirectoryError:
-            raise SnapshotError(f"{path} is a folder, not a session file", path) from None
-        except OSError as e:
-            raise SnapshotError(f"cannot read {path}: {e.strerror}", path) from None
+        """Read and validate the snapshot at ``path``. Only a regular file is read: a symbolic link, a
+        folder, a FIFO or a device is refused (nothing is followed or blocked on), and so is a file larger
+        than MAX_SNAPSHOT_BYTES. Raises SessionNotFound or SnapshotError naming the file."""
+        raw = _read_snapshot_bytes(
+            path, lambda: SessionNotFound(f"no session {session_id or path.stem} in {self.root}"))
         if not raw.strip():
             raise SnapshotError(f"{path} is empty (damaged)", path)
         try:
@@ -346,3 +362,82 @@ class SessionStore:
         raise SessionNotFound(
             f"no session {ref!r} in {self.root} ({len(ids)} exist, newest: {recent}); see `chatcli list`"
         )
+
+
+# -- file primitives -----------------------------------------------------------------------------------------
+def _why(e: OSError) -> str:
+    """An OSError in words, e.g. ``No space left on device``."""
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _dump(snapshot: dict[str, Any]) -> bytes:
+    """The snapshot as indented UTF-8 JSON. Text that is not valid Unicode (lone surrogates, e.g. from
+    undecodable bytes on stdin) is written with U+FFFD in their place instead of failing the save."""
+    try:
+        return orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
+    except TypeError:
+        return orjson.dumps(_valid_unicode(snapshot), option=orjson.OPT_INDENT_2)
+
+
+def _valid_unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_unicode(v) for v in value]
+    return value
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "the write made no progress")
+        view = view[n:]
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename inside it is durable."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_snapshot_bytes(path: Path, not_found: Callable[[], Exception]) -> bytes:
+    """The bytes of the regular file at ``path``, read without following a symbolic link and without
+    blocking on a FIFO; SnapshotError for anything else (``not_found()`` when there is no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise not_found() from None
+    except OSError as e:
+        if e.errno == errno.ELOOP and os.path.islink(path):
+            raise SnapshotError(f"{path} is a symbolic link, not a session file (chatcli does not follow "
+                                f"links in its sessions folder)", path) from None
+        raise SnapshotError(f"cannot read {path}: {_why(e)}", path) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SnapshotError(f"{path} is a folder, not a session file", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise SnapshotError(f"{path} is not a regular file (a FIFO, socket or device), not a session file",
+                                path)
+        if st.st_size > MAX_SNAPSHOT_BYTES:
+            raise SnapshotError(f"{path} is too large to be a session file ({st.st_size:,} bytes; the limit is "
+                                f"{MAX_SNAPSHOT_BYTES:,})", path)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_SNAPSHOT_BYTES + 1)
+    except OSError as e:
+        raise SnapshotError(f"cannot read {path}: {_why(e)}", path) from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"{path} is too large to be a session file (more than {MAX_SNAPSHOT_BYTES:,} "
+                            f"bytes)", path)
+    return raw

@@ -112,6 +112,8 @@ class HTTPBackend:
                     response.read()
                     raise self.http_error(response)
                 yield from parse(response, deadline)
+        except BackendError as e:
+            raise self._scrubbed(e)
         except httpx.ConnectTimeout:
             raise BackendTimeout(
                 f"could not connect to {self.base_url} within {timeouts.connect:g} s", "connect", timeouts.connect
@@ -129,6 +131,17 @@ class HTTPBackend:
             raise StreamError(f"the connection to {self.base_url} closed in the middle of the reply") from None
         except httpx.HTTPError as e:
             raise BackendError(f"request to {self.base_url} failed: {_reason(e)}") from None
+
+    def _scrubbed(self, e: BackendError) -> BackendError:
+        """``e`` with the API key blanked out of its message: a server may echo the key in an error, and
+        error messages are shown and saved with the turn."""
+        auth = self._headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else ""
+        if len(key) >= 8:
+            e.args = tuple(a.replace(key, "[API key]") if isinstance(a, str) else a for a in e.args)
+            if isinstance(getattr(e, "server_message", None), str):
+                e.server_message = e.server_message.replace(key, "[API key]")  # type: ignore[attr-defined]
+        return e
 
     @staticmethod
     def check_deadline(deadline: float, timeouts: Timeouts) -> None:
