@@ -7,7 +7,7 @@ the rest run with the index warm. "After one session changed" rewrites one snaps
 before each ``list``, as a chat turn does, so the index has to catch up first.
 
 Messages are ~200 characters (made-up words, Zipf-distributed): long enough to give the full-text index
-real work, short enough that writing 1,000,000 of them and indexing them takes about a minute here.
+real work, short enough that writing 1,000,000 of them and indexing them takes well under a minute here.
 """
 
 from __future__ import annotations

@@ -91,9 +91,9 @@ class Message:
     dropped: str | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if name != "_json":
-            object.__setattr__(self, "_json", None)  # the cached to_json() is out of date
+        d = self.__dict__  # (plain dict stores: this runs for every field of every message loaded)
+        d[name] = value
+        d["_json"] = None  # the cached to_json() is out of date
 
     def to_json(self) -> dict[str, Any]:
         """The message as stored in the snapshot. A finished message's dict is built once and reused until
@@ -118,7 +118,7 @@ class Message:
             d["timings"] = {"ttft_s": t.ttft_s, "duration_s": t.duration_s,
                             "tokens_per_second": t.tokens_per_second, "server": t.server}
         if self.status != "streaming":
-            object.__setattr__(self, "_json", d)
+            self.__dict__["_json"] = d
         return d
 
     @classmethod
