@@ -129,11 +129,17 @@ def _bad_files(root: Path, outside: Path) -> dict[str, Callable[[Path], Any]]:
 
     def flipped(n: int) -> Callable[[Path], Any]:
         def make(p: Path) -> None:  # bits of JSON punctuation, so the file is surely damaged
-            data = bytearray(dump(dict(snapshot("x"), id=p.stem)))
-            where = [i for i, c in enumerate(data) if c in b'{}[]:,"']
-            for _ in range(n):
-                i = r.choice(where)
-                data[i] ^= 1 << r.randrange(8)
+            original = dump(dict(snapshot("x"), id=p.stem))
+            where = [i for i, c in enumerate(original) if c in b'{}[]:,"']
+            for _ in range(1000):
+                data = bytearray(original)
+                for _ in range(n):
+                    i = r.choice(where)
+                    data[i] ^= 1 << r.randrange(8)
+                try:  # a flip can leave valid JSON (an escaped \" turned into \b): draw again
+                    orjson.loads(bytes(data))
+                except orjson.JSONDecodeError:
+                    break
             p.write_bytes(bytes(data))
 
         return make
