@@ -12,7 +12,6 @@ import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from chatcli.errors import SessionNotFound, SnapshotError

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chatcli.errors import (
@@ -31,176 +30,25 @@ from chatcli.errors import (
     SaveError,
     SessionTimeoutError,
 )
+from chatcli.messages import (  # re-exported: the session's data types are part of its interface
+    DROPPED,
+    STATUSES,
+    GenerationParams,
+    Message,
+    Stats,
+    Timeouts,
+    Timings,
+    Usage,
+)
 from chatcli.store import FORMAT, VERSION, SaveInfo, SessionLock, SessionStore, new_session_id, utc_now
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
 
-#: statuses a message can have; ``ok`` is a complete message
-STATUSES = ("ok", "streaming", "interrupted", "timeout", "error")
-#: why a message left the conversation while staying in the file (see Message.dropped)
-DROPPED = ("retried", "undone")
 #: top-level snapshot keys this module writes; any other key found in a file is kept as it was
 _KNOWN_KEYS = frozenset({"format", "version", "id", "title", "created_at", "updated_at", "backend", "model",
                          "base_url", "model_path", "params", "system", "context_start", "messages", "clears",
                          "changes"})
-
-
-@dataclass
-class Usage:
-    """Token counts as the server reported them (None when it did not):
-    ``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` (prompt tokens served from the cache)."""
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None
-
-
-@dataclass
-class Timings:
-    """Timings of one reply, measured by chatcli unless said otherwise.
-
-    ``ttft_s``: seconds from sending the request to the first token; ``duration_s``: seconds for the whole
-    reply; ``tokens_per_second``: completion tokens per second of generation (the server's own figure when
-    it gives one); ``server``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, or
-    Ollama's ``*_duration`` fields in nanoseconds)."""
-
-    ttft_s: float | None = None
-    duration_s: float | None = None
-    tokens_per_second: float | None = None
-    server: dict[str, Any] | None = None
-
-
-@dataclass
-class Message:
-    """One message. ``role`` is ``user`` or ``assistant``; ``created_at`` UTC ISO 8601; ``status`` one of
-    STATUSES; the rest is set on assistant messages: ``finish_reason`` (``stop``, ``length``, ...),
-    ``usage``, ``timings``, ``model`` that wrote it, ``error`` (what went wrong, for status ``error``).
-    ``dropped`` marks a message taken out of the conversation but kept in the file: ``retried`` (a reply
-    replaced by ``retry``) or ``undone`` (a turn taken back by ``undo``); dropped messages are never sent."""
-
-    role: str
-    content: str
-    created_at: str = field(default_factory=utc_now)
-    status: str = "ok"
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    timings: Timings | None = None
-    model: str | None = None
-    error: str | None = None
-    dropped: str | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        d = self.__dict__  # (plain dict stores: this runs for every field of every message loaded)
-        d[name] = value
-        d["_json"] = None  # the cached to_json() is out of date
-
-    def to_json(self) -> dict[str, Any]:
-        """The message as stored in the snapshot. A finished message's dict is built once and reused until
-        one of its attributes is set (a save of a 10,000-message session would otherwise spend most of its
-        time here); so once a message is finished, give it a new ``usage``/``timings`` rather than changing
-        theirs. A message still ``streaming`` is never cached. Treat the result as read-only."""
-        cached: dict[str, Any] | None = self.__dict__.get("_json")
-        if cached is not None:
-            return cached
-        d: dict[str, Any] = {"role": self.role, "content": self.content, "created_at": self.created_at,
-                             "status": self.status}
-        for key in ("finish_reason", "model", "error", "dropped"):
-            value = getattr(self, key)
-            if value is not None:
-                d[key] = value
-        if self.usage is not None:
-            u = self.usage
-            d["usage"] = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                          "cached_tokens": u.cached_tokens}
-        if self.timings is not None:
-            t = self.timings
-            d["timings"] = {"ttft_s": t.ttft_s, "duration_s": t.duration_s,
-                            "tokens_per_second": t.tokens_per_second, "server": t.server}
-        if self.status != "streaming":
-            self.__dict__["_json"] = d
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Message:
-        status = d.get("status", "ok")
-        if status not in STATUSES:
-            status = "ok"
-        if status == "streaming":  # the writer died mid-reply: what was saved is an interrupted reply
-            status = "interrupted"
-        usage = d.get("usage")
-        timings = d.get("timings")
-        return cls(
-            role=d["role"], content=d["content"], created_at=_str_or(d.get("created_at"), ""),
-            status=status, finish_reason=_str_or(d.get("finish_reason"), None),
-            usage=Usage(**{k: _int_or_none(usage.get(k)) for k in ("prompt_tokens", "completion_tokens",
-                                                                     "cached_tokens")})
-            if isinstance(usage, dict) else None,
-            timings=Timings(
-                ttft_s=_num_or_none(timings.get("ttft_s")), duration_s=_num_or_none(timings.get("duration_s")),
-                tokens_per_second=_num_or_none(timings.get("tokens_per_second")),
-                server=timings.get("server") if isinstance(timings.get("server"), dict) else None,
-            ) if isinstance(timings, dict) else None,
-            model=_str_or(d.get("model"), None), error=_str_or(d.get("error"), None),
-            dropped=d["dropped"] if d.get("dropped") in DROPPED else None,
-        )
-
-
-def _str_or(v: Any, default: Any) -> Any:
-    return v if isinstance(v, str) else default
-
-
-def _int_or_none(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _num_or_none(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-@dataclass
-class GenerationParams:
-    """Sampling parameters sent with every request; None means "the server's default"."""
-
-    temperature: float | None = None
-    max_tokens: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> GenerationParams:
-        return cls(temperature=_num_or_none(d.get("temperature")), max_tokens=_int_or_none(d.get("max_tokens")))
-
-
-@dataclass
-class Timeouts:
-    """Limits of one turn, in seconds: ``connect`` to reach the server, ``idle`` with no data while
-    streaming, ``total`` for the whole reply."""
-
-    connect: float = 10.0
-    idle: float = 120.0
-    total: float = 600.0
-
-
-@dataclass
-class Stats:
-    """Figures for the REPL's ``stats``: counts, characters, token sums, timings (seconds, tokens/s)."""
-
-    turns: int
-    messages_by_role: dict[str, int]
-    characters: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    last_ttft_s: float | None
-    mean_ttft_s: float | None
-    last_tokens_per_second: float | None
-    mean_tokens_per_second: float | None
-    snapshot_path: str
-    snapshot_bytes: int | None
-    last_saved_at: str | None
-    context_messages: int
 
 
 class ConversationSession:
@@ -210,7 +58,7 @@ class ConversationSession:
     OS lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done."""
 
     checkpoint_seconds = 2.0
-    max_retries = 2          # for 429 / 503 before any token arrived
+    max_retries = 2          # for 429 (rate limited) before any token arrived
     max_retry_wait = 30.0    # seconds; a longer Retry-After is reported instead of waited for
 
     def __init__(self, store: SessionStore, snapshot: dict[str, Any], backend: Backend | None,
@@ -616,3 +464,7 @@ def _sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+__all__ = ["DROPPED", "STATUSES", "ConversationSession", "GenerationParams", "Message", "Stats", "Timeouts",
+           "Timings", "Usage"]
