@@ -320,9 +320,28 @@ class ConversationSession:
         context = self.context()  # the reply is still empty, so it is not part of it
         started = time.monotonic()
         deadline = started + self.timeouts.total
+        parts: list[str] = []  # joined into reply.content at each save point and at the end: no copy per token
+        try:
+            first = self._receive(reply, context, parts, started, deadline, on_delta, on_notice)
+        finally:  # also on Ctrl-C, a timeout or an error: what arrived is kept
+            reply.content = "".join(parts)
+        end = time.monotonic()
+        reply.status = "ok"
+        reply.timings = reply.timings or Timings()
+        reply.timings.duration_s = round(end - started, 4)
+        if reply.timings.tokens_per_second is None and first is not None and end > first:
+            n = reply.usage.completion_tokens if reply.usage and reply.usage.completion_tokens else len(parts)
+            reply.timings.tokens_per_second = round(n / (end - first), 2)
+
+    def _receive(self, reply: Message, context: list[dict[str, Any]], parts: list[str], started: float,
+                 deadline: float, on_delta: Callable[[str], None] | None,
+                 on_notice: Callable[[str], None] | None) -> float | None:
+        """Read the backend's stream into ``parts`` and ``reply``'s metadata, retrying a 429 that came
+        before any text. Returns the monotonic time of the first text (None: no text). Raises what the
+        backend raises (BackendTimeout, BackendError, RateLimited)."""
+        assert self.backend is not None
         first: float | None = None
         last_checkpoint = started
-        parts: list[str] = []
         for attempt in range(self.max_retries + 1):
             stream = self.backend.stream_chat(context, self.params, self.timeouts, deadline)
             try:
@@ -333,11 +352,11 @@ class ConversationSession:
                             first = now
                             reply.timings = Timings(ttft_s=round(now - started, 4))
                         parts.append(event.text)
-                        reply.content += event.text
                         if on_delta:
                             on_delta(event.text)
                         if now - last_checkpoint >= self.checkpoint_seconds:
                             last_checkpoint = now
+                            reply.content = "".join(parts)
                             self._checkpoint()
                     if event.finish_reason:
                         reply.finish_reason = event.finish_reason
@@ -351,7 +370,7 @@ class ConversationSession:
                 break
             except RateLimited as e:
                 wait = e.retry_after if e.retry_after is not None else 2.0 ** attempt
-                if reply.content or attempt >= self.max_retries or wait > self.max_retry_wait \
+                if parts or attempt >= self.max_retries or wait > self.max_retry_wait \
                         or time.monotonic() + wait > deadline:
                     raise
                 if on_notice:
@@ -359,13 +378,7 @@ class ConversationSession:
                 time.sleep(wait)
             finally:
                 stream.close()  # closes the HTTP response at once, also on Ctrl-C
-        end = time.monotonic()
-        reply.status = "ok"
-        reply.timings = reply.timings or Timings()
-        reply.timings.duration_s = round(end - started, 4)
-        if reply.timings.tokens_per_second is None and first is not None and end > first:
-            n = reply.usage.completion_tokens if reply.usage and reply.usage.completion_tokens else len(parts)
-            reply.timings.tokens_per_second = round(n / (end - first), 2)
+        return first
 
     def _checkpoint(self) -> None:
         """Save mid-reply (status ``streaming``); a failure here is retried at the next save point."""
