@@ -42,16 +42,19 @@ def _progress(done: int, total: int) -> None:
 
 
 def resolve(store: Any, ref: str) -> str:
-    """``store.resolve(ref)``, looking titles up in the index rather than reading every snapshot."""
+    """``store.resolve(ref)``, looking ``last`` and titles up in the index rather than reading every snapshot:
+    only the newest row, or only the rows with that exact title, are read."""
+    last = ref.strip() == "last"
+
     def summaries() -> Any:
         from chatcli.index import INDEX_NAME
 
-        if ref.strip() != "last" and not (store.root / INDEX_NAME).exists():
+        if not last and not (store.root / INDEX_NAME).exists():
             return store.list()  # a title lookup without an index: read the files, create nothing
-            return store.list()
         ix = _index(store)
         try:
-            return ix.summaries()
+            rows, damaged, _ = ix.page(limit=1) if last else ix.page(title=ref.strip())
+            return rows, damaged
         finally:
             ix.close()
 

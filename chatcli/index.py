@@ -211,11 +211,12 @@ class SessionIndex:
         damaged.sort(key=lambda d: str(d.path))
         return rows, damaged
 
-    def page(self, limit: int | None = None, since: str | None = None,
-             model: str | None = None) -> tuple[list[SessionSummary], list[DamagedFile], int]:
+    def page(self, limit: int | None = None, since: str | None = None, model: str | None = None,
+             title: str | None = None) -> tuple[list[SessionSummary], list[DamagedFile], int]:
         """What ``chatcli list`` shows: the newest ``limit`` sessions (all when None) updated at or after
-        ``since`` (UTC ISO 8601) whose model name holds ``model`` (case ignored), the damaged files, and how
-        many sessions match in all. Only the rows shown are read."""
+        ``since`` (UTC ISO 8601) whose model name holds ``model`` (case ignored) and, when given, whose title
+        is exactly ``title``; the damaged files; and how many sessions match in all. Only the rows shown are
+        read."""
         self.refresh()
         db = self._connect()
         where = "damaged IS NULL"
@@ -228,6 +229,9 @@ class SessionIndex:
                                deterministic=True)
             where += " AND chatcli_holds(model, ?)"
             args.append(model.lower())
+        if title is not None:
+            where += " AND title = ?"
+            args.append(title)
         total = int(db.execute(f"SELECT count(*) FROM files WHERE {where}", args).fetchone()[0])
         root = self.store.root
         sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "

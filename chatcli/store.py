@@ -355,7 +355,10 @@ class SessionStore:
                 return titled[0]
             if len(titled) > 1:
                 raise AmbiguousSessionId(f"{len(titled)} sessions are titled {ref!r}: {', '.join(titled[:5])}")
-        validate_id(ref)
+        if not isinstance(ref, str) or not _ID_RE.match(ref):
+            shown = repr(ref[:40] + ("..." if len(ref) > 40 else "")) if isinstance(ref, str) else repr(ref)
+            raise InvalidSessionId(f"{shown} is not a session id (letters, digits, '-' and '_') nor the exact "
+                                   "title of one (case counts); see `chatcli list`")
         if not ids:
             raise SessionNotFound(f"no session {ref!r}: there are no sessions in {self.root} yet")
         recent = ", ".join(ids[-3:][::-1])

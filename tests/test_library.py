@@ -136,6 +136,19 @@ def test_show_transcript_with_statuses(child_env: dict[str, str], store: Session
     assert "## You (turn 1)" in ok(run(child_env, "show", "20260202", "--raw"))  # a unique prefix
 
 
+def test_title_and_last_through_the_index(child_env: dict[str, str], store: SessionStore) -> None:
+    ok(run(child_env, "list"))  # builds the index, so the lookups below read it
+    assert (store.root / ".index.sqlite").exists()
+    assert ok(run(child_env, "show", "last", "--json")).count(C) >= 1
+    assert "# Cooking pasta" in ok(run(child_env, "show", "  Cooking pasta "))
+    make(store, "20260404-000000-dddd", "Cooking pasta", [("q", "a")], days_ago=1)
+    line = one_line_error(run(child_env, "show", "Cooking pasta"))
+    assert "2 sessions are titled 'Cooking pasta'" in line and B in line and "20260404-000000-dddd" in line
+    assert "'cooking pasta' is not a session id (letters, digits, '-' and '_') nor the exact title of one" \
+        in one_line_error(run(child_env, "show", "cooking pasta"))
+    assert json.loads(ok(run(child_env, "show", "last", "--json")))["id"] == C  # C is still the newest
+
+
 def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: SessionStore) -> None:
     make(store, "20260505-000000-eeee", "esc", [("hi", "red \x1b[31mALERT\x1b]0;pwned\x07 \x9b2J done")])
     out = ok(run(child_env, "show", "20260505-000000-eeee"))
