@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from chatcli.errors import ChatcliError, ConfigError
+from chatcli.render import count
 
 SessionsDir = Annotated[Optional[Path], typer.Option(
     "--sessions-dir", metavar="DIR", help="Folder of session snapshots (env: CHATCLI_SESSIONS_DIR; default: "
@@ -216,7 +217,7 @@ def delete(
         if purge and not yes:
             if not sys.stdin.isatty():
                 raise ConfigError("--purge removes sessions for good: confirm with --yes when not at a terminal")
-            answer = input(f"Remove {len(ids)} session(s) for good ({', '.join(ids)})? [y/N] ")
+            answer = input(f"Remove {count(len(ids), 'session')} for good ({', '.join(ids)})? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 out.info("Nothing removed.")
                 return
@@ -261,7 +262,7 @@ def prune(
         if dry_run:
             for sid in ids:
                 print(sid)
-            out.info(f"{len(ids)} session(s) would be moved to the trash.")
+            out.info(f"{count(len(ids), 'session')} would be moved to the trash.")
             return
         moved = 0
         for sid in ids:
@@ -272,7 +273,7 @@ def prune(
                 out.error(str(e))
     except ChatcliError as e:
         _fail(e)
-    out.info(f"Moved {moved} session(s) to the trash.")
+    out.info(f"Moved {count(moved, 'session')} to the trash.")
 
 
 def export_cmd(

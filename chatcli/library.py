@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from chatcli.errors import ChatcliError, ConfigError, SessionNotFound, SnapshotError
+from chatcli.render import count
 from chatcli.store import FORMAT, SUFFIX, VERSION, SessionStore, new_session_id, utc_now, validate_id, \
     validate_snapshot
 
@@ -331,7 +332,7 @@ def fork(store: SessionStore, snap: dict[str, Any], at_turn: int | None = None) 
                     cut = i
                     break
         if turn < at_turn:
-            raise ConfigError(f"session {snap['id']} has only {turn} turn(s); --at {at_turn} is past its end")
+            raise ConfigError(f"session {snap['id']} has only {count(turn, 'turn')}; --at {at_turn} is past its end")
     new = dict(snap)
     changes = [c for c in snap.get("changes", []) if isinstance(c, dict) and isinstance(c.get("at"), int)]
     for c in reversed(changes):  # settings as they were at the cut: undo the changes made after it

@@ -245,7 +245,7 @@ class Renderer:
             self.info("No turns yet.")
             return
         if len(shown) < len(turns):
-            self.info(f"… {len(turns) - len(shown)} earlier turn(s) not shown (history N shows more)")
+            self.info(f"… {count(len(turns) - len(shown), 'earlier turn')} not shown (history N shows more)")
         index = {id(m): i for i, m in enumerate(session.messages)}
         first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
         if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
@@ -336,7 +336,7 @@ class Renderer:
             snippet = " ".join(sanitize(snippet).split())  # one line: newlines in a message become spaces
             marked = _esc(snippet).replace(_MARK_ON, "[bold yellow]").replace(_MARK_OFF, "[/]")
             self.console.print("  " + marked, soft_wrap=True, highlight=False)
-        self.info(f"{len(hits)} hit(s)")
+        self.info(count(len(hits), "hit"))
 
     def library_stats(self, t: dict[str, Any]) -> None:
         """``chatcli stats``: figures over all sessions (keys as SessionIndex.totals plus active_7d,
@@ -347,7 +347,7 @@ class Renderer:
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
         table.add_row("sessions", f"{t['sessions']:,} ({t['active_7d']:,} active in the last 7 days)"
-                      + (f"; {t['damaged']} damaged file(s)" if t["damaged"] else ""))
+                      + (f"; {count(t['damaged'], 'damaged file')}" if t["damaged"] else ""))
         table.add_row("messages", f"{t['messages']:,} ({t['user_messages']:,} user, "
                                   f"{t['assistant_messages']:,} assistant); "
                                   f"{t['mean_messages']} per session on average")
@@ -415,6 +415,11 @@ def _esc(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the right number, e.g. ``1 turn``, ``2 turns``, ``1,204 hits``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def plain_stdout_is_terminal() -> bool:

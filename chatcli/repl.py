@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError
+from chatcli.render import count
 
 if TYPE_CHECKING:
     from chatcli.render import Renderer, ReplyView
@@ -51,7 +52,7 @@ COMMANDS = (
     Command("export", "export [md|json|jsonl]", "write the session to a file in the current folder"),
     Command("fork", "fork", "copy this session into a new one (branch the conversation)"),
     Command("help", "help", "this list", ("?",)),
-    Command("quit", "quit", "leave (also `exit` or Ctrl-D); the session is already saved", ("exit",)),
+    Command("quit", "quit", "leave (also Ctrl-D); the session is already saved", ("exit",)),
 )
 _BY_NAME = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
 _FREE_TEXT = ("system", "title")  # commands whose argument is free text: only with the leading slash
@@ -280,10 +281,10 @@ class Repl:
         try:
             if undo:
                 n = self.session.unclear()
-                self.out.info(f"{n} message(s) are back in the context." if n else "Nothing to bring back.")
+                self.out.info(f"{count(n, 'message')} back in the context." if n else "Nothing to bring back.")
             else:
                 n = self.session.clear()
-                self.out.info(f"Context cleared: the next turn starts afresh ({n} message(s) stay in the "
+                self.out.info(f"Context cleared: the next turn starts afresh ({count(n, 'message')} stay in the "
                               f"session file; `clear undo` brings them back).")
         except SaveError as e:
             self.out.error(str(e))
@@ -317,18 +318,25 @@ class Repl:
         self.out.reply_footer(reply)
 
     def show_help(self) -> None:
-        lines = ["Commands (each also works with a leading /; /model, /system and /title need the slash",
-                 "when they carry text, so a message starting with those words stays a message):"]
+        from rich.table import Table
+        from rich.text import Text
+
+        console = self.out.console
+        console.print("Commands (each also works with a leading /; /model, /system and /title need the slash "
+                      "when they carry text, so a message starting with those words stays a message):",
+                      markup=False, highlight=False)
+        table = Table.grid(padding=(0, 2))  # wrapped summaries stay in their column
+        table.add_column(no_wrap=True)
+        table.add_column()
         for c in COMMANDS:
-            alias = f" (or {', '.join(c.aliases)})" if c.aliases else ""
-            lines.append(f"  {c.usage:<22} {c.summary}{alias}")
-        lines += [
+            table.add_row(Text("  " + ", ".join((c.usage, *c.aliases))), Text(c.summary))
+        console.print(table, markup=False, highlight=False)
+        console.print("\n".join([
             "",
             "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines.",
             "Ctrl-C stops a reply (what arrived is saved) or clears the line; Ctrl-D quits.",
             "To send a command word as a message, start it with a backslash: \\quit sends \"quit\".",
-        ]
-        self.out.console.print("\n".join(lines), markup=False, highlight=False)
+        ]), markup=False, highlight=False)
 
 
 def _preview(text: str, limit: int = 40) -> str:

@@ -123,7 +123,7 @@ def test_messages_and_commands(pty_env: dict[str, str], fake_llm: FakeLLMServer,
 
     out = c.command("/history 1", "Echo: second message")
     assert "first message" not in out
-    assert "1 earlier turn(s) not shown" in out
+    assert "1 earlier turn not shown" in out
 
     out = c.command("help", 'sends "quit"')
     for usage in ("history [N]", "stats", "clear [undo]", "help", "quit", "Ctrl-D"):

@@ -253,7 +253,7 @@ def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) ->
             mark = len(store.attempts)
             raised: SaveError | None = None
             try:
-                reply = session.send(text, on_notice=notices.append)
+                session.send(text, on_notice=notices.append)
             except SaveError as e:
                 raised = e
             attempts = store.attempts[mark:]
