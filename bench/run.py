@@ -30,9 +30,13 @@ from common import REPO, Report, Row, fmt, format_row, machine
 GROUPS = ("startup", "saving", "streaming", "library")
 NOTES = """\
 - **Where start-up goes.** Of the time to the prompt, Python itself is the floor (~20 ms); then come the
-  imports (table above): prompt_toolkit, and typer, which since its pydantic-based parameter conversion
-  imports pydantic (~35 ms) for every command, including `list` and `search`. chatcli's own modules load
-  lazily: `--version` answers before Typer parses anything, rich and prompt_toolkit load only when used.
+  imports (table above): prompt_toolkit, typer and rich. chatcli's own modules load lazily: `--version`
+  answers before Typer parses anything, rich and prompt_toolkit load only when used.
+- **typer is held below 0.29** (pyproject.toml): 0.29 converts every option through a pydantic
+  TypeAdapter, so every command but `--help` imports pydantic and builds validators. Measured on
+  2026-11-26 with `python bench/run.py --only startup --no-write`, run with typer 0.29.2 and then 0.28.0
+  on the same (that day slower) machine, floor ~55 ms both times: time to prompt for `new` 700 → 497 ms,
+  resuming 10,000 messages 1,010 → 696 ms, resident size at an idle prompt 46.1 → 36.0 MB.
 - **Resume** shows the last 20 turns (`history` shows them all); the whole conversation is still loaded
   and sent as context.
 - **Search** ranks the 5,000 most recent matches of a query; for rarer words that is every match.
