@@ -303,18 +303,29 @@ class Renderer:
         if not rows and not damaged:
             self.info("No sessions yet: start one with `chatcli new`.")
             return
-        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=True,
+        # At a terminal the table fits the screen (titles cut with …); piped or redirected it is printed at
+        # its natural width, so nothing is cut from what a script or a pager reads.
+        fit = self.console.is_terminal
+        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=fit,
                   padding=(0, 2, 0, 0))
         t.add_column("id", no_wrap=True, min_width=20)
         t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True, min_width=12)
-        t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=24)
+        t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=24 if fit else None)
         t.add_column("turns", justify="right", no_wrap=True)
         t.add_column("tokens", justify="right", no_wrap=True)
         t.add_column("updated", no_wrap=True)
         for r in rows:
             t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
                       str(r.turns), f"{r.tokens:,}", short_time(r.updated_at))
-        self.console.print(t)
+        if fit:
+            self.console.print(t)
+        else:
+            width = self.console.width
+            self.console.width = 100_000  # print() caps its width argument at the console's width
+            try:
+                self.console.print(t, crop=False)
+            finally:
+                self.console.width = width
         for d in damaged:
             self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}",
                            soft_wrap=True)

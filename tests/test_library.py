@@ -121,6 +121,14 @@ def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store
     assert "Traceback" not in r.stderr
 
 
+def test_list_piped_cuts_nothing(child_env: dict[str, str], store: SessionStore) -> None:
+    long_title = "A rather long title about the history of the Roman Republic and its fall, in detail"
+    make(store, "20260606-000000-ffff", long_title, [("q", "a")], model="a-model-with-a-long-name-for-testing")
+    out = ok(run(child_env, "list"))  # stdout is a pipe: printed at its natural width
+    row = next(line for line in out.splitlines() if line.startswith("20260606-000000-ffff"))
+    assert long_title in row and "openai/a-model-with-a-long-name-for-testing" in row and "…" not in row
+
+
 def test_list_bad_since(child_env: dict[str, str], store: SessionStore) -> None:
     assert "not a date" in one_line_error(run(child_env, "list", "--since", "yesterday"), 2)
 
