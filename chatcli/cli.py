@@ -54,7 +54,7 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     resume: Annotated[Optional[str], typer.Option(
-        "--resume", "-r", metavar="ID", help="Resume a session: a full id, a unique prefix, 'last' or a title "
+        "--resume", "-r", metavar="ID", help="Resume a session: a full id, a unique prefix (or of its last part), 'last' or a title "
         "(same as `chatcli resume ID`).")] = None,
     sessions_dir: SessionsDir = None,
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
@@ -108,7 +108,7 @@ def new(
 @app.command()
 def resume(
     session_id: Annotated[str, typer.Argument(
-        metavar="ID", help="A full id, a unique prefix, 'last' (the most recent) or an exact title.")],
+        metavar="ID", help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.")],
     sessions_dir: SessionsDir = None,
     timeout: Timeout = None,
     base_url: BaseURL = None,

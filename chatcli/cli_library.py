@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from chatcli.errors import ChatcliError, ConfigError
+from chatcli.errors import ChatcliError, ConfigError, SessionNotFound
 from chatcli.render import count
 
 SessionsDir = Annotated[Optional[Path], typer.Option(
@@ -18,7 +18,7 @@ SessionsDir = Annotated[Optional[Path], typer.Option(
     "./sessions).")]
 AsJSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 SessionRef = Annotated[str, typer.Argument(
-    metavar="ID", help="A full id, a unique prefix, 'last' (the most recent) or an exact title.")]
+    metavar="ID", help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.")]
 
 
 def _store(sessions_dir: Path | None) -> Any:
@@ -210,10 +210,13 @@ def delete(
         for ref in session_ids:
             try:
                 ids.append(resolve(store, ref))
-            except ChatcliError:
+            except SessionNotFound as missing:  # an ambiguous id is not looked for in the trash
                 if not purge:
                     raise
-                ids.append(library.resolve_trashed(store, ref))
+                try:
+                    ids.append(library.resolve_trashed(store, ref))
+                except SessionNotFound:
+                    raise SessionNotFound(f"{missing}; nor is it in the trash") from None
         if purge and not yes:
             if not sys.stdin.isatty():
                 raise ConfigError("--purge removes sessions for good: confirm with --yes when not at a terminal")

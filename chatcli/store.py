@@ -326,8 +326,9 @@ class SessionStore:
 
     def resolve(self, ref: str, summaries: Callable[[], tuple[list[SessionSummary], list[DamagedFile]]]
                 | None = None) -> str:
-        """Turn what a user typed into an existing id: a full id, a unique prefix, ``last`` (the most
-        recently updated session) or an exact title. ``summaries`` gives the sessions, newest first, for
+        """Turn what a user typed into an existing id: a full id, a unique prefix, a unique prefix of the
+        id's last part (``0mj0`` for ``20261126-015053-0mj0``), ``last`` (the most recently updated session)
+        or an exact title. ``summaries`` gives the sessions, newest first, for
         ``last`` and the title lookup (default ``self.list``, which reads every file; the CLI passes the
         index's). Raises
         InvalidSessionId, SessionNotFound or AmbiguousSessionId, each saying what exists."""
@@ -342,6 +343,8 @@ class SessionStore:
             if ref in ids:
                 return ref
             matches = [i for i in ids if i.startswith(ref)]
+            if not matches:  # the random last part, e.g. `0mj0` of 20261126-015053-0mj0, or its start
+                matches = [i for i in ids if i.rpartition("-")[2].startswith(ref)]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:

@@ -166,6 +166,22 @@ def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: Se
     assert "\x1b[31m" in raw["messages"][1]["content"]  # stored raw
 
 
+def test_id_by_its_last_part(child_env: dict[str, str], store: SessionStore) -> None:
+    assert "# Cooking pasta" in ok(run(child_env, "show", "bbbb"))
+    assert "# Cooking pasta" in ok(run(child_env, "show", "bb"))  # a unique start of the last part
+    make(store, "20260707-000000-bbzz", "Another b", [("q", "a")])
+    line = one_line_error(run(child_env, "show", "bb"))
+    assert "'bb' matches 2 sessions" in line and B in line and "20260707-000000-bbzz" in line
+    assert f"# {'Cooking pasta'}" in ok(run(child_env, "show", "202602"))  # a prefix of the whole id wins
+
+
+def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], store: SessionStore) -> None:
+    line = one_line_error(run(child_env, "delete", "zzzz", "--purge", "--yes"))
+    assert "no session 'zzzz'" in line and "nor is it in the trash" in line
+    assert "matches 3 sessions" in one_line_error(run(child_env, "delete", "2026", "--purge", "--yes"))
+    assert len(list(store.root.glob("*.json"))) == 3
+
+
 @pytest.mark.parametrize("ref, says", [
     ("20269999", "no session"), ("2026", "matches 3 sessions"), ("../etc/passwd", "not a session id"),
     ("Roman", "no session"),
