@@ -7,14 +7,17 @@ Exit codes: 0 done, 1 an error (unreachable server, unknown session, ...), 2 a u
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from chatcli import __version__
-from chatcli.errors import ChatcliError
+from chatcli.errors import ChatcliError, Terminated
 
 if TYPE_CHECKING:
     from chatcli.config import Settings
@@ -208,7 +211,10 @@ def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -
                                 total=settings.timeout)
     renderer = Renderer()
     try:
-        Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed).run()
+        with _terminate_on_signals():
+            Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed).run()
+    except Terminated as stop:
+        _leave_on_signal(session, renderer, stop)
     finally:
         session.close()
     if session.unsaved:  # the last save failed even when quitting: say so, never "is saved"
@@ -217,6 +223,62 @@ def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -
         raise typer.Exit(1)
     where = "" if settings.sessions_dir == Path("sessions") else f" --sessions-dir {settings.sessions_dir}"
     renderer.info(f"Session {session.id} is saved. Resume it with: chatcli resume {session.id}{where}")
+
+
+@contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    """While the REPL runs, SIGTERM and SIGHUP (the terminal closed) raise Terminated in the main thread
+    instead of killing the process: a reply in progress is saved as interrupted first."""
+    def stop(signum: int, _frame: Any) -> None:
+        app = _running_prompt()
+        if app is None:
+            raise Terminated(signum)
+        # At the prompt an exception raised here would land in prompt_toolkit's event loop, which reports
+        # it and waits for Enter: end the prompt with it instead (call_soon_threadsafe wakes the loop).
+        def end() -> None:
+            if app.future is not None and not app.future.done():
+                app.exit(exception=Terminated(signum))
+
+        app.loop.call_soon_threadsafe(end)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _running_prompt() -> Any:
+    """The prompt_toolkit Application reading input right now, or None (also when it was never loaded)."""
+    if "prompt_toolkit" not in sys.modules:
+        return None
+    from prompt_toolkit.application.current import get_app_or_none
+
+    app = get_app_or_none()
+    return app if app is not None and app.is_running and app.loop is not None else None
+
+
+def _leave_on_signal(session: Any, renderer: Any, stop: Terminated) -> NoReturn:
+    """After SIGTERM or SIGHUP: one more save if one is owed, a line if the terminal is still there, and
+    exit code 128 + the signal number."""
+    from chatcli.errors import SaveError
+
+    saved = True
+    if session.unsaved:
+        try:
+            session.save()
+        except SaveError:
+            saved = False
+    try:  # after SIGHUP the terminal may be gone: writing to it can fail
+        if saved:
+            renderer.info(f"\n{stop}: session {session.id} is saved. Resume it with: chatcli resume {session.id}")
+        else:
+            renderer.error(f"{stop}: session {session.id} could not be saved: its last changes are not in "
+                           f"{session.store.path_for(session.id)}")
+    except OSError:
+        pass
+    raise typer.Exit(128 + stop.signum)  # the caller's finally closes the session (backend, lock)
 
 
 def _exit_with(e: ChatcliError) -> None:

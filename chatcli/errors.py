@@ -21,6 +21,8 @@ Every exception here carries a message written for the user: one sentence they c
         │   ├── ModelNotFound          404 (unknown model or wrong base URL)
         │   └── RateLimited            429 (``retry_after`` seconds, when the server said)
         └── StreamError                the stream broke: cut short, malformed chunk, error inside the stream
+
+    Terminated (a BaseException, like KeyboardInterrupt)   SIGTERM or SIGHUP: stop, keep what was said, leave
 """
 
 from __future__ import annotations
@@ -132,3 +134,16 @@ class SessionTimeoutError(ChatcliError):
         super().__init__(message)
         self.partial = partial
         self.cause = cause
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (the terminal closed) arrived while the REPL ran. Raised in the main thread by the
+    handler the CLI installs; a reply streaming at that moment is saved as ``interrupted`` and chatcli leaves
+    with exit code 128 + ``signum``. Not a ChatcliError: like KeyboardInterrupt it must pass ``except
+    Exception``."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum

@@ -88,8 +88,14 @@ class ReplyView:
             self._live.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.finish()
+            return
+        try:
+            self.finish()
+        except OSError:  # the terminal is gone (SIGHUP): the exception in flight is what matters
+            pass
 
     def feed(self, text: str) -> None:
         text = sanitize(text)

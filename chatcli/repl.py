@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError
+from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError, Terminated
 from chatcli.render import count
 
 if TYPE_CHECKING:
@@ -159,6 +159,11 @@ class Repl:
                 line = prompt()
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line
+            except OSError as e:  # SIGHUP ends the prompt, then its clean-up fails on the closed terminal
+                stop = _terminated_in(e)
+                if stop is None:
+                    raise
+                raise stop from None
             except EOFError:
                 if self._may_leave():
                     break
@@ -369,7 +374,20 @@ def _keys_not_echoed() -> Iterator[None]:
     try:
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSANOW, old)
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, old)
+        except (OSError, termios.error):  # the terminal is gone (SIGHUP): nothing left to restore
+            pass
+
+
+def _terminated_in(error: BaseException) -> Terminated | None:
+    """The Terminated that ``error`` was raised while handling, if any (walks ``__context__``)."""
+    seen: BaseException | None = error.__context__
+    while seen is not None:
+        if isinstance(seen, Terminated):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _valid_unicode(text: str) -> str:

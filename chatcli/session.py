@@ -28,6 +28,7 @@ from chatcli.errors import (
     BackendTimeout,
     RateLimited,
     SaveError,
+    Terminated,
     SessionTimeoutError,
 )
 from chatcli.messages import (  # re-exported: the session's data types are part of its interface
@@ -157,11 +158,11 @@ class ConversationSession:
         return snap
 
     def save(self) -> SaveInfo:
-        """Write the snapshot atomically; returns after the fsyncs. Ctrl-C is held off until the write is
-        done. Raises SaveError (then ``unsaved`` stays True and the next save retries)."""
+        """Write the snapshot atomically; returns after the fsyncs. Ctrl-C, SIGTERM and SIGHUP are held off
+        until the write is done. Raises SaveError (then ``unsaved`` stays True and the next save retries)."""
         self.updated_at = utc_now()
         self.unsaved = True
-        with _sigint_deferred():
+        with _signals_deferred():
             info = self.store.save(self.to_snapshot())
         self.unsaved = False
         self.last_save = info
@@ -292,6 +293,10 @@ class ConversationSession:
             self._stream_into(reply, on_delta, on_notice)
         except KeyboardInterrupt:
             reply.status = "interrupted"
+        except Terminated:  # SIGTERM or SIGHUP: keep what arrived, then let the CLI leave
+            reply.status = "interrupted"
+            self._save_after_failure(None)
+            raise
         except BackendTimeout as e:
             reply.status, reply.error = "timeout", str(e)
             self._save_after_failure(on_notice)
@@ -466,13 +471,13 @@ def _title_from(text: str, limit: int = 60) -> str:
 
 
 @contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold off SIGINT (Ctrl-C) while a snapshot is written, so it lands after the write completes.
-    Only the main thread can do this; elsewhere it does nothing."""
+def _signals_deferred() -> Iterator[None]:
+    """Hold off SIGINT (Ctrl-C), SIGTERM and SIGHUP while a snapshot is written, so they land after the
+    write completes. Only the main thread can do this; elsewhere it does nothing."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
         yield
     finally:

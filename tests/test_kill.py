@@ -87,3 +87,59 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
     assert not list(sessions.glob("*.tmp")) and not list(sessions.glob(".*.tmp"))
     # resuming wrote nothing new, and the snapshot is still the same valid session
     assert SessionStore(sessions).load(sid)["messages"] == msgs
+
+
+@pytest.mark.parametrize("how", ["sigterm", "terminal-closed", "sigterm-at-prompt", "terminal-closed-at-prompt"])
+def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str, str],
+                                                    fake_llm: FakeLLMServer, user_dirs: dict[str, Path]) -> None:
+    """SIGTERM, or SIGHUP from the terminal going away, stops chatcli like Ctrl-C stops a reply: what arrived
+    is saved (before any 2 s checkpoint could have), then it leaves with 128 + the signal number."""
+    env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
+    fake_llm.enqueue(Reply(tokens=["done."]))
+    fake_llm.enqueue(Reply(tokens=TOKENS, delay_each=DELAY_EACH))
+    child = pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--backend", "openai", "--base-url",
+                                           f"{fake_llm.url}/v1"],
+                          env=env, dimensions=(40, 100), timeout=10, encoding="utf-8", codec_errors="replace")
+    try:
+        child.expect(r"New session ([0-9A-Za-z_-]+)")
+        sid = child.match.group(1)
+        child.expect("›")
+        child.sendline("first question")
+        child.expect("done.")
+        child.expect("›")
+        if not how.endswith("at-prompt"):
+            child.sendline("please write a very long answer")
+            child.expect("k005")  # ~0.6 s in: no checkpoint yet
+        if how.startswith("terminal-closed"):
+            os.close(child.child_fd)  # the terminal goes away: the kernel sends SIGHUP
+            _, status = os.waitpid(child.pid, 0)
+            child.ptyproc.terminated = True
+            code = os.waitstatus_to_exitcode(status)
+            expected = 128 + signal.SIGHUP
+        else:
+            os.kill(child.pid, signal.SIGTERM)
+            child.expect(r"stopped by SIGTERM: session \S+ is saved")
+            child.expect(pexpect.EOF)
+            child.close()
+            code = child.exitstatus
+            expected = 128 + signal.SIGTERM
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+    assert code == expected
+
+    sessions = user_dirs["sessions"]
+    msgs = SessionStore(sessions).load(sid)["messages"]
+    assert [m["content"] for m in msgs[:2]] == ["first question", "done."]
+    if how.endswith("at-prompt"):
+        assert len(msgs) == 2
+    else:
+        assert len(msgs) == 4 and msgs[2]["content"] == "please write a very long answer"
+        reply = msgs[3]
+        assert reply["status"] == "interrupted"  # not "streaming": this was a save on the way out
+        assert reply["content"].startswith("k000 k001 k002 k003 k004 k005")
+        assert "".join(TOKENS).startswith(reply["content"])
+    assert not list(sessions.glob(".*.tmp"))
+    r = subprocess.run([sys.executable, "-m", "chatcli", "resume", sid], input="", capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr  # the lock was released
