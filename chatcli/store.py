@@ -245,9 +245,8 @@ class SessionStore:
             os.replace(tmp, path)
             tmp = None
         except OSError as e:
-            raise SaveError(
-                f"could not save {path}: {_why(e)}; the previous snapshot is intact", path
-            ) from None
+            kept = "the previous snapshot is intact" if path.exists() else "nothing was written"
+            raise SaveError(f"could not save {path}: {_why(e)}; {kept}", path) from None
         finally:
             if tmp is not None:
                 try:

@@ -131,6 +131,19 @@ def test_failed_save_keeps_previous_snapshot_byte_identical(
     assert store.load(ID_A)["title"] == ""
 
 
+def test_failed_first_save_says_nothing_was_written(store: SessionStore, root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod.os, "fsync", disk_full)
+    with pytest.raises(SaveError) as info:
+        store.save(snapshot(ID_A))
+    monkeypatch.undo()
+    assert str(info.value).endswith("; nothing was written")  # no "previous snapshot" to speak of
+    assert not (root / f"{ID_A}.json").exists() and tmp_files(root) == []
+
+
 def test_save_into_an_impossible_folder_raises_save_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
