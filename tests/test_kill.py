@@ -21,15 +21,20 @@ TOKENS = [f"k{i:03d} " for i in range(400)]
 DELAY_EACH = 0.1  # so token k030 arrives ~3 s into the reply, past the 2 s checkpoint
 
 
+def _spawn_new(fake_llm: FakeLLMServer, env: dict[str, str]) -> pexpect.spawn:
+    """`chatcli new` on the fake server, in a 40x100 pseudo-terminal."""
+    return pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--backend", "openai", "--base-url",
+                                          f"{fake_llm.url}/v1"],
+                         env=env, dimensions=(40, 100), timeout=10, encoding="utf-8", codec_errors="replace")
+
+
 @pytest.mark.parametrize("moment", ["before-first-token", "k005", "k030"])
 def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str], fake_llm: FakeLLMServer,
                                          user_dirs: dict[str, Path]) -> None:
     env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
     first = 3.0 if moment == "before-first-token" else 0.0
     fake_llm.enqueue(Reply(tokens=TOKENS, delay_first=first, delay_each=DELAY_EACH))
-    child = pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--backend", "openai", "--base-url",
-                                           f"{fake_llm.url}/v1"],
-                          env=env, dimensions=(40, 100), timeout=10, encoding="utf-8", codec_errors="replace")
+    child = _spawn_new(fake_llm, env)
     try:
         child.expect(r"New session ([0-9A-Za-z_-]+)")
         sid = child.match.group(1)
@@ -97,9 +102,7 @@ def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str
     env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
     fake_llm.enqueue(Reply(tokens=["done."]))
     fake_llm.enqueue(Reply(tokens=TOKENS, delay_each=DELAY_EACH))
-    child = pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--backend", "openai", "--base-url",
-                                           f"{fake_llm.url}/v1"],
-                          env=env, dimensions=(40, 100), timeout=10, encoding="utf-8", codec_errors="replace")
+    child = _spawn_new(fake_llm, env)
     try:
         child.expect(r"New session ([0-9A-Za-z_-]+)")
         sid = child.match.group(1)
