@@ -323,15 +323,7 @@ class Renderer:
         for r in rows:
             t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
                       str(r.turns), f"{r.tokens:,}", short_time(r.updated_at))
-        if fit:
-            self.console.print(t)
-        else:
-            width = self.console.width
-            self.console.width = 100_000  # print() caps its width argument at the console's width
-            try:
-                self.console.print(t, crop=False)
-            finally:
-                self.console.width = width
+        self._print_table(t)
         for d in damaged:
             self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}",
                            soft_wrap=True)
@@ -376,7 +368,20 @@ class Renderer:
             models += f", … {len(t['models']) - 10} more"
         table.add_row("models", models)
         table.add_row("disk used", f"{t['bytes']:,} bytes in {_esc(t['sessions_dir'])}")
-        self.console.print(table)
+        self._print_table(table)
+
+    def _print_table(self, table: Any) -> None:
+        """A table fitted to the screen at a terminal; piped or redirected, at its natural width, so that
+        nothing is cut or wrapped for a script or a pager."""
+        if self.console.is_terminal:
+            self.console.print(table)
+            return
+        width = self.console.width
+        self.console.width = 100_000  # print() caps its width argument at the console's width
+        try:
+            self.console.print(table, crop=False)
+        finally:
+            self.console.width = width
 
     def reply_footer(self, message: Message) -> None:
         """A dim line under a reply that did not complete normally."""
