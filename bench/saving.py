@@ -1,7 +1,7 @@
 """Saving: what one snapshot save of a turn costs as a session grows, beside the least any save can cost.
 
 chatcli: ``ConversationSession.save()`` on a session of N messages of ~500 characters (the call every save
-point of a turn makes: before the request, every 2 s while streaming, after the reply).
+point of a turn makes: before the request, every 0.25 s while streaming, after the reply).
 Floor: the same snapshot, already built as a dict, encoded by orjson (2-space indent, as chatcli writes it),
 written to a temp file in the same folder, fsync'd, ``os.replace``'d over the snapshot, and the folder
 fsync'd: the durable write the design requires, with nothing else.

@@ -3,8 +3,9 @@
 A turn (``ConversationSession.send``):
 
 1. the user message is appended and the snapshot saved **before** the request is sent;
-2. the reply streams through the backend; every ``checkpoint_seconds`` of streaming the text so far is
-   saved with status ``streaming`` (a later load reads that as ``interrupted``);
+2. the reply streams through the backend; every ``checkpoint_seconds`` of streaming (longer for a session
+   whose save is slow: ``checkpoint_cost_ratio``) the text so far is saved with status ``streaming`` (a
+   later load reads that as ``interrupted``), so even ``kill -9`` loses only the last moment of a reply;
 3. when the reply completes it is saved with ``finish_reason``, usage and timings;
 4. on Ctrl-C (KeyboardInterrupt), a timeout or a backend error, what arrived is kept with status
    ``interrupted``, ``timeout`` or ``error`` and saved, and the conversation can go on.
@@ -58,7 +59,8 @@ class ConversationSession:
     Create with ``ConversationSession.create`` or ``ConversationSession.resume``; both take the session's
     OS lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done."""
 
-    checkpoint_seconds = 2.0
+    checkpoint_seconds = 0.25     # the least time between two saves while a reply streams
+    checkpoint_cost_ratio = 10.0  # ... and at least this many times the last such save took (a big session)
     max_retries = 2          # for 429 (rate limited) before any token arrived
     max_retry_wait = 30.0    # seconds; a longer Retry-After is reported instead of waited for
 
@@ -347,6 +349,7 @@ class ConversationSession:
         assert self.backend is not None
         first: float | None = None
         last_checkpoint = started
+        interval = self.checkpoint_seconds
         for attempt in range(self.max_retries + 1):
             stream = self.backend.stream_chat(context, self.params, self.timeouts, deadline)
             try:
@@ -359,10 +362,13 @@ class ConversationSession:
                         parts.append(event.text)
                         if on_delta:
                             on_delta(event.text)
-                        if now - last_checkpoint >= self.checkpoint_seconds:
-                            last_checkpoint = now
+                        if now - last_checkpoint >= interval:
                             reply.content = "".join(parts)
+                            saving = time.monotonic()
                             self._checkpoint()
+                            last_checkpoint = time.monotonic()
+                            interval = max(self.checkpoint_seconds,
+                                           self.checkpoint_cost_ratio * (last_checkpoint - saving))
                     if event.finish_reason:
                         reply.finish_reason = event.finish_reason
                     if event.usage is not None:

@@ -18,7 +18,7 @@ from chatcli.store import SessionStore
 from fakellm import FakeLLMServer, Reply
 
 TOKENS = [f"k{i:03d} " for i in range(400)]
-DELAY_EACH = 0.1  # so token k030 arrives ~3 s into the reply, past the 2 s checkpoint
+DELAY_EACH = 0.1  # so token k030 arrives ~3 s into the reply, past several checkpoints
 
 
 def _spawn_new(fake_llm: FakeLLMServer, env: dict[str, str]) -> pexpect.spawn:
@@ -60,7 +60,7 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
     assert msgs[0]["role"] == "user" and msgs[0]["content"] == "please write a very long answer"
     full = "".join(TOKENS)
     if moment == "k030":
-        # more than 2 s of streaming: a checkpoint saved the reply so far, marked as still streaming
+        # 3 s of streaming: a checkpoint saved the reply so far, marked as still streaming
         assert len(msgs) == 2
         reply = msgs[1]
         assert reply["role"] == "assistant" and reply["status"] == "streaming"
@@ -98,7 +98,8 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
 def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str, str],
                                                     fake_llm: FakeLLMServer, user_dirs: dict[str, Path]) -> None:
     """SIGTERM, or SIGHUP from the terminal going away, stops chatcli like Ctrl-C stops a reply: what arrived
-    is saved (before any 2 s checkpoint could have), then it leaves with 128 + the signal number."""
+    is saved on the way out (status interrupted, where a checkpoint writes streaming), then it leaves with
+    128 + the signal number."""
     env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
     fake_llm.enqueue(Reply(tokens=["done."]))
     fake_llm.enqueue(Reply(tokens=TOKENS, delay_each=DELAY_EACH))
@@ -112,7 +113,7 @@ def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str
         child.expect("›")
         if not how.endswith("at-prompt"):
             child.sendline("please write a very long answer")
-            child.expect("k005")  # ~0.6 s in: no checkpoint yet
+            child.expect("k005")  # ~0.6 s in
         if how.startswith("terminal-closed"):
             os.close(child.child_fd)  # the terminal goes away: the kernel sends SIGHUP
             _, status = os.waitpid(child.pid, 0)

@@ -178,7 +178,7 @@ def test_ollama_counts_and_nanosecond_durations(store: SessionStore, fake_llm: F
 def test_checkpoint_saves_partial_reply_as_streaming(store: SessionStore, fake_llm: FakeLLMServer,
                                                      opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
-    s.checkpoint_seconds = 0.0  # save after every token
+    s.checkpoint_seconds = s.checkpoint_cost_ratio = 0.0  # save after every token
     fake_llm.enqueue(Reply(text="alpha beta gamma", delay_each=0.02))
     mid: list[dict[str, Any]] = []
 
@@ -188,6 +188,75 @@ def test_checkpoint_saves_partial_reply_as_streaming(store: SessionStore, fake_l
 
     s.send("go", on_delta=on_delta)
     assert mid == [{**mid[0], "role": "assistant", "content": "alpha beta ", "status": "streaming"}]
+    assert on_disk(s)["messages"][-1]["status"] == "ok"
+
+
+class _Clock:
+    """A monotonic clock the test moves: each streamed token takes 0.1 s, each save ``save_cost`` s."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+class _TickingBackend:
+    name, model, base_url = "openai", "ticking", "http://127.0.0.1:9/v1"
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+
+    def stream_chat(self, messages: Any, params: Any, timeouts: Any, deadline: float) -> Iterator[Any]:
+        from chatcli.backends.base import StreamEvent
+
+        for i in range(40):  # 4 s of reply
+            self.clock.t += 0.1
+            yield StreamEvent(text=f"t{i} ")
+        yield StreamEvent(finish_reason="stop")
+
+    def prepare(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("save_cost", [0.001, 0.2])
+def test_checkpoints_every_quarter_second_unless_saving_is_slow(
+        store: SessionStore, opened: list[ConversationSession], monkeypatch: pytest.MonkeyPatch,
+        save_cost: float) -> None:
+    """kill -9 loses at most the last 0.25 s of a reply; a session whose save is slow saves less often,
+    spending at most a tenth of the streaming time on saves."""
+    import types
+
+    import chatcli.session as session_mod
+
+    clock = _Clock()
+    monkeypatch.setattr(session_mod, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    s = ConversationSession.create(store, _TickingBackend(clock), model="ticking")
+    opened.append(s)
+    checkpoints: list[tuple[float, str]] = []
+    real_save = s.store.save
+
+    def timed_save(snapshot: dict[str, Any]) -> Any:
+        last = snapshot["messages"][-1]
+        if last["status"] == "streaming":
+            checkpoints.append((clock.t, last["content"]))
+        clock.t += save_cost
+        return real_save(snapshot)
+
+    monkeypatch.setattr(s.store, "save", timed_save)
+    s.send("go")
+    gaps = [b[0] - a[0] for a, b in zip(checkpoints, checkpoints[1:])]
+    least = max(0.25, 10 * save_cost)
+    assert checkpoints and all(g >= least - 1e-9 for g in gaps), gaps
+    if save_cost < 0.01:  # a small session: a save every quarter second (the next token after 0.25 s)
+        assert len(checkpoints) >= 10 and all(g <= 0.3 + save_cost + 1e-9 for g in gaps), gaps
+    else:
+        assert len(checkpoints) <= 3, gaps
+    texts = [t for _, t in checkpoints]
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:]))  # each one further
     assert on_disk(s)["messages"][-1]["status"] == "ok"
 
 

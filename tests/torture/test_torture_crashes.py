@@ -2,7 +2,7 @@
 
 Several chains run side by side, each on its own session: `chatcli new`, then after every kill
 `chatcli resume` of the same session, fed messages through a pipe as a user would type them (the next one
-after the previous reply is shown). A third of the processes run as shipped (a checkpoint every 2 s of
+after the previous reply is shown). A third of the processes run as shipped (a checkpoint every 0.25 s of
 streaming); the rest save at every token, so kills land inside saves. One kill in ten hits a `resume`
 while it starts. After every kill the snapshot is checked:
 

@@ -244,7 +244,7 @@ def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) ->
             assert load_checked(root, p.stem)["messages"] == [], where
         assert temp_files(root) == [], where
         return {"fired": faults.fired, "messages": 1, "creation refused": 1}
-    session.checkpoint_seconds = 0.0  # a save at every token: many more calls to fail
+    session.checkpoint_seconds = session.checkpoint_cost_ratio = 0.0  # a save at every token: more calls to fail
     session.timeouts = Timeouts(connect=1, idle=5, total=30)
     told = 0
     try:

@@ -218,12 +218,13 @@ class Turns:
 
 def chatcli_args(*args: str, checkpoint: float | None = None) -> list[str]:
     """``python -m chatcli ARGS``, or with ``checkpoint`` the same entry point with
-    ConversationSession.checkpoint_seconds set (0 saves the reply at every token)."""
+    ConversationSession.checkpoint_seconds set and no interval from the cost of a save (0 saves the reply at
+    every token)."""
     if checkpoint is None:
         return ["-m", "chatcli", *args]
     boot = (
         "import sys; import chatcli.session as s; s.ConversationSession.checkpoint_seconds = "
-        f"{float(checkpoint)!r}; sys.argv[0] = 'chatcli'; from chatcli.cli import main; main()"
+        f"{float(checkpoint)!r}; s.ConversationSession.checkpoint_cost_ratio = 0.0; sys.argv[0] = 'chatcli'; from chatcli.cli import main; main()"
     )
     return ["-c", boot, *args]
 
