@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -210,19 +210,30 @@ def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -
     session.timeouts = Timeouts(connect=settings.connect_timeout, idle=settings.idle_timeout,
                                 total=settings.timeout)
     renderer = Renderer()
+    stop: Terminated | None = None
     try:
         with _terminate_on_signals():
             Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed).run()
-    except Terminated as stop:
-        _leave_on_signal(session, renderer, stop)
+    except Terminated as e:  # SIGTERM or SIGHUP: a reply in progress was saved as interrupted
+        stop = e
     finally:
-        session.close()
-    if session.unsaved:  # the last save failed even when quitting: say so, never "is saved"
-        renderer.error(f"session {session.id} could not be saved: its last changes are not in "
-                       f"{session.store.path_for(session.id)}")
+        session.close()  # saves anything a failed save still owes
+    stopped = "" if stop is None else f"\n{stop}: "
+    try:  # after SIGHUP the terminal may be gone: writing to it can fail
+        if session.unsaved:  # the last save failed even when quitting: say so, never "is saved"
+            renderer.error(f"{stopped}session {session.id} could not be saved: its last changes are not in "
+                           f"{session.store.path_for(session.id)}")
+        else:
+            where = "" if settings.sessions_dir == Path("sessions") else f" --sessions-dir {settings.sessions_dir}"
+            renderer.info(f"{stopped}{'session' if stop else 'Session'} {session.id} is saved. Resume it with: "
+                          f"chatcli resume {session.id}{where}")
+    except OSError:
+        if stop is None:
+            raise
+    if stop is not None:
+        raise typer.Exit(128 + stop.signum)
+    if session.unsaved:
         raise typer.Exit(1)
-    where = "" if settings.sessions_dir == Path("sessions") else f" --sessions-dir {settings.sessions_dir}"
-    renderer.info(f"Session {session.id} is saved. Resume it with: chatcli resume {session.id}{where}")
 
 
 @contextmanager
@@ -257,28 +268,6 @@ def _running_prompt() -> Any:
 
     app = get_app_or_none()
     return app if app is not None and app.is_running and app.loop is not None else None
-
-
-def _leave_on_signal(session: Any, renderer: Any, stop: Terminated) -> NoReturn:
-    """After SIGTERM or SIGHUP: one more save if one is owed, a line if the terminal is still there, and
-    exit code 128 + the signal number."""
-    from chatcli.errors import SaveError
-
-    saved = True
-    if session.unsaved:
-        try:
-            session.save()
-        except SaveError:
-            saved = False
-    try:  # after SIGHUP the terminal may be gone: writing to it can fail
-        if saved:
-            renderer.info(f"\n{stop}: session {session.id} is saved. Resume it with: chatcli resume {session.id}")
-        else:
-            renderer.error(f"{stop}: session {session.id} could not be saved: its last changes are not in "
-                           f"{session.store.path_for(session.id)}")
-    except OSError:
-        pass
-    raise typer.Exit(128 + stop.signum)  # the caller's finally closes the session (backend, lock)
 
 
 def _exit_with(e: ChatcliError) -> None:

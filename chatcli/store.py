@@ -67,11 +67,15 @@ def validate_id(text: str) -> str:
     Accepted: 1-64 characters of ``A-Z a-z 0-9 _ -``, starting with a letter or digit. That rules out
     ``/``, ``..``, NUL, spaces and every other character before the file system is touched."""
     if not isinstance(text, str) or not _ID_RE.match(text):
-        shown = repr(text[:40] + ("..." if len(text) > 40 else "")) if isinstance(text, str) else repr(text)
         raise InvalidSessionId(
-            f"{shown} is not a session id: ids are letters, digits, '-' and '_' (see `chatcli list`)"
+            f"{_shown(text)} is not a session id: ids are letters, digits, '-' and '_' (see `chatcli list`)"
         )
     return text
+
+
+def _shown(text: Any) -> str:
+    """What a user typed, quoted and cut to 40 characters for an error message."""
+    return repr(text[:40] + ("..." if len(text) > 40 else "")) if isinstance(text, str) else repr(text)
 
 
 @dataclass(frozen=True)
@@ -358,8 +362,7 @@ class SessionStore:
             if len(titled) > 1:
                 raise AmbiguousSessionId(f"{len(titled)} sessions are titled {ref!r}: {', '.join(titled[:5])}")
         if not isinstance(ref, str) or not _ID_RE.match(ref):
-            shown = repr(ref[:40] + ("..." if len(ref) > 40 else "")) if isinstance(ref, str) else repr(ref)
-            raise InvalidSessionId(f"{shown} is not a session id (letters, digits, '-' and '_') nor the exact "
+            raise InvalidSessionId(f"{_shown(ref)} is not a session id (letters, digits, '-' and '_') nor the exact "
                                    "title of one (case counts); see `chatcli list`")
         if not ids:
             raise SessionNotFound(f"no session {ref!r}: there are no sessions in {self.root} yet")
