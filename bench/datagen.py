@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from chatcli.store import FORMAT, VERSION
+from chatcli.snapshot import FORMAT, VERSION
 
 VOCABULARY = 20_000
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "pe", "da", "zu", "ri", "fa", "go", "te",

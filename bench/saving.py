@@ -50,9 +50,9 @@ def _chatcli_save(session: object) -> float:
 
 def run(report: Report, folder: Path, quick: bool = False) -> None:
     from chatcli.session import ConversationSession
-    from chatcli.store import SessionStore
+    from chatcli.stores.folder import FolderStore
 
-    store = SessionStore(folder / "save-sessions")
+    store = FolderStore(folder / "save-sessions")
     store.ensure_root()
     corpus = Corpus(seed=3)
     for n in SIZES:

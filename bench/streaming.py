@@ -93,9 +93,9 @@ class Chatcli:
 
         from chatcli.backends.openai import OpenAIBackend
         from chatcli.render import Renderer
-        from chatcli.store import SessionStore
+        from chatcli.stores.folder import FolderStore
 
-        self.store = SessionStore(folder)
+        self.store = FolderStore(folder)
         self.backend = OpenAIBackend("http://127.0.0.1:9/v1", "bench-model")
         self.devnull = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
         console = Console(file=self.devnull, force_terminal=True, width=100, height=40, highlight=False,

@@ -12,16 +12,20 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from chatcli import __version__
+from chatcli.cli_common import StoreOpt, exit_with, fail_usage, open_store, resolve, settings as get_settings, \
+    store_flag
 from chatcli.errors import ChatcliError, Terminated
 
 if TYPE_CHECKING:
+    from chatcli.backends.base import Backend
     from chatcli.config import Settings
     from chatcli.session import ConversationSession
+    from chatcli.stores.base import Store
 
 app = typer.Typer(
     name="chatcli",
@@ -34,15 +38,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-SessionsDir = Annotated[Optional[Path], typer.Option(
-    "--sessions-dir", metavar="DIR", help="Folder of session snapshots (env: CHATCLI_SESSIONS_DIR; default: ./sessions).")]
-Timeout = Annotated[Optional[float], typer.Option(
+Timeout = Annotated[float | None, typer.Option(
     "--timeout", metavar="SECONDS", help="Longest a whole reply may take before it is stopped and kept as "
     "'timeout' (default: 600).")]
-ModelPath = Annotated[Optional[Path], typer.Option(
+ModelPath = Annotated[Path | None, typer.Option(
     "--model-path", metavar="FILE", help="A GGUF model file for the local backend (default: the bundled "
     "SmolLM2-135M-Instruct).")]
-BaseURL = Annotated[Optional[str], typer.Option(
+BaseURL = Annotated[str | None, typer.Option(
     "--base-url", metavar="URL", help="Server address, e.g. http://127.0.0.1:8080/v1 (openai) or "
     "http://127.0.0.1:11434 (ollama) (env: OPENAI_BASE_URL, OLLAMA_HOST).")]
 
@@ -56,83 +58,94 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
-    resume: Annotated[Optional[str], typer.Option(
-        "--resume", "-r", metavar="ID", help="Resume a session: a full id, a unique prefix (or of its last part), 'last' or a title "
-        "(same as `chatcli resume ID`).")] = None,
-    sessions_dir: SessionsDir = None,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", "-r", metavar="ID", help="Resume a session: a full id, a unique prefix (or of its last part), "
+        "'last' or a title (same as `chatcli resume ID`).")] = None,
+    store: StoreOpt = None,
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Chat with LLMs in the terminal; nothing is ever lost."""
     if resume is not None:
         if ctx.invoked_subcommand is not None:
-            _fail_usage("--resume cannot be combined with a command")
-        _resume(resume, {"sessions_dir": sessions_dir})
+            fail_usage("--resume cannot be combined with a command")
+        _resume(resume, {"store": store})
     elif ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
 
 
 @app.command()
 def new(
-    backend: Annotated[Optional[str], typer.Option(
+    backend: Annotated[str | None, typer.Option(
         "--backend", "-b", metavar="local|openai|ollama",
         help="Model server: the embedded local model, any OpenAI-compatible server, or Ollama's native API "
              "(env: CHATCLI_BACKEND; default: local).")] = None,
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", metavar="NAME", help="Model name (env: CHATCLI_MODEL; default: gpt-4o-mini for openai, "
         "llama3.2 for ollama, the GGUF's name for local).")] = None,
     base_url: BaseURL = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", metavar="TEXT",
+    system: Annotated[str | None, typer.Option("--system", "-s", metavar="TEXT",
                                                   help="System prompt sent before every turn.")] = None,
-    title: Annotated[Optional[str], typer.Option(
+    title: Annotated[str | None, typer.Option(
         "--title", "-t", metavar="TEXT", help="Session title (default: from the first message).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(
+    temperature: Annotated[float | None, typer.Option(
         "--temperature", metavar="X", help="Sampling temperature, 0-2 (default: the server's).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(
+    max_tokens: Annotated[int | None, typer.Option(
         "--max-tokens", metavar="N", help="Longest reply in tokens (default: the server's).")] = None,
     timeout: Timeout = None,
-    sessions_dir: SessionsDir = None,
+    store: StoreOpt = None,
     model_path: ModelPath = None,
 ) -> None:
     """Start a new chat session and open the REPL."""
     flags = {"backend": backend, "model": model, "base_url": base_url, "system": system, "title": title,
              "temperature": temperature, "max_tokens": max_tokens, "timeout": timeout,
-             "sessions_dir": sessions_dir, "model_path": model_path}
+             "store": store, "model_path": model_path}
     try:
-        settings = _settings(flags)
+        settings = get_settings(flags)
         if title is not None:
-            _check_title(title)
-        session = _create_session(settings)
+            from chatcli.library import check_title
+
+            check_title(title)
+        notices = _Notices()
+        where = open_store(settings, spool=True, notify=notices)
     except ChatcliError as e:
-        _exit_with(e)
-    _run_repl(session, settings, resumed=False)
+        exit_with(e)
+    try:
+        session = _create_session(settings, where)
+    except ChatcliError as e:
+        where.close()
+        exit_with(e)
+    _run_repl(session, settings, where, notices, resumed=False)
 
 
 @app.command()
 def resume(
     session_id: Annotated[str, typer.Argument(
         metavar="ID", help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.")],
-    sessions_dir: SessionsDir = None,
+    store: StoreOpt = None,
     timeout: Timeout = None,
     base_url: BaseURL = None,
     model_path: ModelPath = None,
 ) -> None:
     """Resume a saved session: shows its history, and the next turn sends the whole context."""
-    _resume(session_id, {"sessions_dir": sessions_dir, "timeout": timeout, "base_url": base_url,
-                         "model_path": model_path})
+    _resume(session_id, {"store": store, "timeout": timeout, "base_url": base_url, "model_path": model_path})
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _settings(flags: dict[str, Any]) -> Settings:
-    from chatcli.config import resolve
+class _Notices:
+    """Where one-line notices from the store go: the session's (so a notice during a reply is shown above
+    it), or stderr before there is a session."""
 
-    return resolve(flags)
+    def __init__(self) -> None:
+        self.session: ConversationSession | None = None
 
+    def __call__(self, message: str) -> None:
+        if self.session is not None:
+            self.session.notify(message)
+            return
+        from chatcli.cli_common import renderer
 
-def _check_title(title: str) -> None:
-    from chatcli.library import check_title
-
-    check_title(title)
+        renderer().notice(message)
 
 
 def _public_url(url: str) -> str:
@@ -165,32 +178,31 @@ def _ensure_dir(path: Path) -> bool:
         return False
 
 
-def _create_session(settings: Settings) -> ConversationSession:
+def _create_session(settings: Settings, store: Store) -> ConversationSession:
     from chatcli.session import ConversationSession, GenerationParams
-    from chatcli.store import SessionStore
 
     backend = _backend_for(settings, settings.backend, settings.model, settings.base_url, settings.model_path)
-    session = ConversationSession.create(
-        SessionStore(settings.sessions_dir), backend, model=backend.model, system=settings.system,
-        title=settings.title, params=GenerationParams(settings.temperature, settings.max_tokens),
-        base_url="" if settings.backend == "local" else _public_url(backend.base_url))
-    if settings.backend == "local" and settings.model_path is not None:
-        session.model_path = str(settings.model_path)
-        session.save()
-    return session
+    local = settings.backend == "local"
+    return ConversationSession.create(
+        store, backend, model=backend.model, system=settings.system, title=settings.title,
+        params=GenerationParams(settings.temperature, settings.max_tokens),
+        base_url="" if local else _public_url(backend.base_url),
+        model_path=str(settings.model_path) if local and settings.model_path is not None else "")
 
 
 def _resume(ref: str, flags: dict[str, Any]) -> None:
-    from chatcli.cli_library import resolve
     from chatcli.session import ConversationSession
-    from chatcli.store import SessionStore
 
     try:
-        settings = _settings(flags)
-        store = SessionStore(settings.sessions_dir)
+        settings = get_settings(flags)
+        notices = _Notices()
+        store = open_store(settings, spool=True, notify=notices)
+    except ChatcliError as e:
+        exit_with(e)
+    try:
         sid = resolve(store, ref)
 
-        def factory(s: ConversationSession) -> Any:
+        def factory(s: ConversationSession) -> Backend:
             path = settings.model_path if flags.get("model_path") else (
                 Path(s.model_path) if s.model_path else None)
             base = flags.get("base_url") or s.base_url
@@ -198,11 +210,13 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
 
         session = ConversationSession.resume(store, sid, factory)
     except ChatcliError as e:
-        _exit_with(e)
-    _run_repl(session, settings, resumed=True)
+        store.close()
+        exit_with(e)
+    _run_repl(session, settings, store, notices, resumed=True)
 
 
-def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -> None:
+def _run_repl(session: ConversationSession, settings: Settings, store: Store, notices: _Notices,
+              resumed: bool) -> None:
     from chatcli.render import Renderer
     from chatcli.repl import Repl
     from chatcli.session import Timeouts
@@ -210,6 +224,8 @@ def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -
     session.timeouts = Timeouts(connect=settings.connect_timeout, idle=settings.idle_timeout,
                                 total=settings.timeout)
     renderer = Renderer()
+    session.on_notice = renderer.notice
+    notices.session = session
     stop: Terminated | None = None
     try:
         with _terminate_on_signals():
@@ -217,16 +233,22 @@ def _run_repl(session: ConversationSession, settings: Settings, resumed: bool) -
     except Terminated as e:  # SIGTERM or SIGHUP: a reply in progress was saved as interrupted
         stop = e
     finally:
-        session.close()  # saves anything a failed save still owes
+        try:
+            session.close()  # saves anything a failed save still owes
+        finally:
+            store.close()
     stopped = "" if stop is None else f"\n{stop}: "
     try:  # after SIGHUP the terminal may be gone: writing to it can fail
         if session.unsaved:  # the last save failed even when quitting: say so, never "is saved"
             renderer.error(f"{stopped}session {session.id} could not be saved: its last changes are not in "
-                           f"{session.store.path_for(session.id)}")
+                           f"{store.location(session.id)}")
+        elif session.last_save is not None and session.last_save.spooled:
+            renderer.notice(f"{stopped}session {session.id} is kept on this machine in "
+                            f"{session.last_save.location} until {store.display} answers; `chatcli sync` or "
+                            f"`chatcli resume {session.id}{store_flag(settings)}` writes it there")
         else:
-            where = "" if settings.sessions_dir == Path("sessions") else f" --sessions-dir {settings.sessions_dir}"
             renderer.info(f"{stopped}{'session' if stop else 'Session'} {session.id} is saved. Resume it with: "
-                          f"chatcli resume {session.id}{where}")
+                          f"chatcli resume {session.id}{store_flag(settings)}")
     except OSError:
         if stop is None:
             raise
@@ -270,28 +292,14 @@ def _running_prompt() -> Any:
     return app if app is not None and app.is_running and app.loop is not None else None
 
 
-def _exit_with(e: ChatcliError) -> None:
-    if os.environ.get("CHATCLI_DEBUG"):
-        raise e
-    from chatcli.render import Renderer
-
-    Renderer().error(str(e))
-    raise typer.Exit(e.exit_code)
-
-
-def _fail_usage(message: str) -> None:
-    from chatcli.errors import ConfigError
-
-    _exit_with(ConfigError(message))
-
-
-def _register_library() -> None:
-    from chatcli import cli_library
+def _register_commands() -> None:
+    from chatcli import cli_library, cli_stores
 
     cli_library.register(app)
+    cli_stores.register(app)
 
 
-_register_library()
+_register_commands()
 
 
 def main() -> None:

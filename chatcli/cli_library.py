@@ -5,90 +5,41 @@ errors to one-line messages and exit codes."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from chatcli.errors import ChatcliError, ConfigError, SessionNotFound
-from chatcli.render import count
+from chatcli.cli_common import AsJSON, SessionRef, StoreOpt, exit_with, open_store, print_json, renderer, resolve, \
+    settings
+from chatcli.errors import ChatcliError, ConfigError, ExportError, SessionNotFound
+from chatcli.text import count
 
-SessionsDir = Annotated[Optional[Path], typer.Option(
-    "--sessions-dir", metavar="DIR", help="Folder of session snapshots (env: CHATCLI_SESSIONS_DIR; default: "
-    "./sessions).")]
-AsJSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-SessionRef = Annotated[str, typer.Argument(
-    metavar="ID", help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.")]
+if TYPE_CHECKING:
+    from chatcli.stores.base import Store
 
 
-def _store(sessions_dir: Path | None) -> Any:
-    from chatcli.cli import _settings
-    from chatcli.store import SessionStore
-
-    return SessionStore(_settings({"sessions_dir": sessions_dir}).sessions_dir)
-
-
-def _index(store: Any) -> Any:
-    from chatcli.index import SessionIndex
-
-    return SessionIndex(store, _progress if sys.stderr.isatty() else None)
-
-
-def _progress(done: int, total: int) -> None:
-    """A one-line counter on the terminal while the index reads many files (the first run on a big folder)."""
-    end = "\n" if done == total else ""
-    sys.stderr.write(f"\rchatcli: indexing session files: {done:,} of {total:,} (later runs read only changes)"
-                     + end)
-    sys.stderr.flush()
-
-
-def resolve(store: Any, ref: str) -> str:
-    """``store.resolve(ref)``, looking ``last`` and titles up in the index rather than reading every snapshot:
-    only the newest row, or only the rows with that exact title, are read."""
-    last = ref.strip() == "last"
-
-    def summaries() -> Any:
-        from chatcli.index import INDEX_NAME
-
-        if not last and not (store.root / INDEX_NAME).exists():
-            return store.list()  # a title lookup without an index: read the files, create nothing
-        ix = _index(store)
-        try:
-            rows, damaged, _ = ix.page(limit=1) if last else ix.page(title=ref.strip())
-            return rows, damaged
-        finally:
-            ix.close()
-
-    return str(store.resolve(ref, summaries))
-
-
-def _fail(e: ChatcliError) -> None:
-    from chatcli.cli import _exit_with
-
-    _exit_with(e)
-
-
-def _print_json(obj: Any) -> None:
-    import orjson
-
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _renderer() -> Any:
-    from chatcli.render import Renderer
-
-    return Renderer()
+@contextmanager
+def _opened(name: str | None) -> Iterator[Store]:
+    """The store named by ``--store`` (or the settings), closed afterwards."""
+    st = open_store(settings({"store": name}), notify=renderer().notice)
+    try:
+        yield st
+    finally:
+        st.close()
 
 
 def list_sessions(
-    sessions_dir: SessionsDir = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", metavar="N",
-                                                 help="Show at most N sessions (default 50; see --all).")] = None,
-    since: Annotated[Optional[str], typer.Option(
+    store_name: StoreOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", metavar="N",
+                                              help="Show at most N sessions (default 50; see --all).")] = None,
+    since: Annotated[str | None, typer.Option(
         "--since", metavar="DATE", help="Only sessions updated since DATE: YYYY-MM-DD, YYYY-MM-DDTHH:MM, or an "
         "age like 7d, 12h.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME",
-                                                 help="Only sessions whose model name contains NAME.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME",
+                                              help="Only sessions whose model name contains NAME.")] = None,
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Show every session (no limit).")] = False,
     as_json: AsJSON = False,
 ) -> None:
@@ -97,43 +48,39 @@ def list_sessions(
     from chatcli.library import parse_date
 
     try:
-        store = _store(sessions_dir)
         cutoff = parse_date(since) if since else None
-        ix = _index(store)
-        try:  # only the rows shown are read from the index
-            rows, damaged, total = ix.page(None if show_all else max(0, limit if limit is not None else 50),
-                                           since=cutoff, model=model)
-        finally:
-            ix.close()
+        with _opened(store_name) as st:  # only the rows shown are read
+            page = st.page(None if show_all else max(0, limit if limit is not None else 50), since=cutoff,
+                           model=model)
     except ChatcliError as e:
-        _fail(e)
+        exit_with(e)
     if as_json:
-        _print_json([{"id": r.id, "title": r.title, "backend": r.backend, "model": r.model, "turns": r.turns,
-                      "messages": r.messages, "tokens": r.tokens, "created_at": r.created_at,
-                      "updated_at": r.updated_at, "path": str(r.path)} for r in rows])
-        for d in damaged:
-            print(f"chatcli: damaged: {d.path}: {d.reason}", file=sys.stderr)
+        print_json([{"id": r.id, "title": r.title, "backend": r.backend, "model": r.model, "turns": r.turns,
+                     "messages": r.messages, "tokens": r.tokens, "created_at": r.created_at,
+                     "updated_at": r.updated_at, "location": r.location} for r in page.rows])
+        for d in page.damaged:
+            print(f"chatcli: damaged: {d.location}: {d.reason}", file=sys.stderr)
         return
-    out = _renderer()
-    out.session_table(rows, damaged)
-    if total > len(rows):
-        out.info(f"{total - len(rows)} more; use --all or --limit N to see them")
+    out = renderer()
+    out.session_table(page.rows, page.damaged)
+    if page.total > len(page.rows):
+        out.info(f"{page.total - len(page.rows)} more; use --all or --limit N to see them")
 
 
 def show(
     session_id: SessionRef,
     raw: Annotated[bool, typer.Option("--raw", help="The transcript as plain Markdown text, not rendered.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The snapshot itself (JSON).")] = False,
-    sessions_dir: SessionsDir = None,
+    store_name: StoreOpt = None,
 ) -> None:
     """Show a session's transcript, each message's status (interrupted, timeout, error) visible."""
-    from chatcli.library import export, transcript_markdown
+    from chatcli.transcript import export, transcript_markdown
 
     try:
-        store = _store(sessions_dir)
-        snap = store.load(resolve(store, session_id))
+        with _opened(store_name) as st:
+            snap = st.load(resolve(st, session_id))
     except ChatcliError as e:
-        _fail(e)
+        exit_with(e)
     from chatcli.render import sanitize
 
     if as_json:
@@ -141,18 +88,17 @@ def show(
     elif raw or not sys.stdout.isatty():
         sys.stdout.write(sanitize(transcript_markdown(snap)) + "\n")  # model text never reaches a terminal raw
     else:
-        _renderer().markdown(transcript_markdown(snap))
+        renderer().markdown(transcript_markdown(snap))
 
 
 def search(
     words: Annotated[list[str], typer.Argument(metavar="TEXT", help="Words to find: a message matches when "
                                                "it holds every word (as a word prefix; case and accents ignored).")],
-    role: Annotated[Optional[str], typer.Option("--role", metavar="ROLE",
-                                                help="Only user, assistant or title.")] = None,
-    session: Annotated[Optional[str], typer.Option("--session", metavar="ID",
-                                                   help="Only this session (id, prefix, last or title).")] = None,
+    role: Annotated[str | None, typer.Option("--role", metavar="ROLE", help="Only user, assistant or title.")] = None,
+    session: Annotated[str | None, typer.Option("--session", metavar="ID",
+                                                help="Only this session (id, prefix, last or title).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", help="At most N hits (default 20).")] = 20,
-    sessions_dir: SessionsDir = None,
+    store_name: StoreOpt = None,
     as_json: AsJSON = False,
 ) -> None:
     """Search every session's messages and titles; each hit shows the session id, title, turn, role and a
@@ -161,137 +107,135 @@ def search(
     try:
         if role is not None and role not in ("user", "assistant", "title"):
             raise ConfigError(f"--role must be user, assistant or title, not {role!r}")
-        store = _store(sessions_dir)
-        sid = resolve(store, session) if session else None
-        ix = _index(store)
-        try:
-            hits = ix.search(text, role=role, session_id=sid, limit=limit)
-        finally:
-            ix.close()
+        with _opened(store_name) as st:
+            sid = resolve(st, session) if session else None
+            hits = st.search(text, role=role, session_id=sid, limit=limit)
     except ChatcliError as e:
-        _fail(e)
+        exit_with(e)
     if as_json:
-        from chatcli.index import HIGHLIGHT
+        from chatcli.snapshot import HIGHLIGHT
 
-        _print_json([{"session_id": h.session_id, "title": h.title, "turn": h.turn, "role": h.role,
-                      "position": h.position,
-                      "snippet": h.snippet.replace(HIGHLIGHT[0], "").replace(HIGHLIGHT[1], "")} for h in hits])
+        print_json([{"session_id": h.session_id, "title": h.title, "turn": h.turn, "role": h.role,
+                     "position": h.position,
+                     "snippet": h.snippet.replace(HIGHLIGHT[0], "").replace(HIGHLIGHT[1], "")} for h in hits])
         return
-    _renderer().search_hits(hits, text)
+    renderer().search_hits(hits, text)
 
 
 def rename(session_id: SessionRef, title: Annotated[str, typer.Argument(metavar="TITLE")],
-           sessions_dir: SessionsDir = None) -> None:
+           store_name: StoreOpt = None) -> None:
     """Give a session a new title."""
     from chatcli.library import rename as do_rename
 
     try:
-        store = _store(sessions_dir)
-        sid = resolve(store, session_id)
-        do_rename(store, sid, title)
+        with _opened(store_name) as st:
+            sid = resolve(st, session_id)
+            do_rename(st, sid, title)
     except ChatcliError as e:
-        _fail(e)
-    _renderer().info(f"Session {sid} is now titled {title.strip()!r}.")
+        exit_with(e)
+    renderer().info(f"Session {sid} is now titled {title.strip()!r}.")
 
 
 def delete(
     session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sessions to delete.")],
     purge: Annotated[bool, typer.Option("--purge", help="Remove for good instead of moving to the trash.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")] = False,
-    sessions_dir: SessionsDir = None,
+    store_name: StoreOpt = None,
 ) -> None:
     """Move sessions to the trash (`chatcli restore ID` undoes it), or remove them for good with --purge."""
-    from chatcli import library
+    from chatcli.library import resolve_trashed
 
-    out = _renderer()
+    out = renderer()
     try:
-        store = _store(sessions_dir)
-        ids = []
-        for ref in session_ids:
-            try:
-                ids.append(resolve(store, ref))
-            except SessionNotFound as missing:  # an ambiguous id is not looked for in the trash
-                if not purge:
-                    raise
+        with _opened(store_name) as st:
+            ids: list[tuple[str, bool]] = []  # (id, in the trash)
+            for ref in session_ids:
                 try:
-                    ids.append(library.resolve_trashed(store, ref))
-                except SessionNotFound:
-                    raise SessionNotFound(f"{missing}; nor is it in the trash") from None
-        if purge and not yes:
-            if not sys.stdin.isatty():
-                raise ConfigError("--purge removes sessions for good: confirm with --yes when not at a terminal")
-            answer = input(f"Remove {count(len(ids), 'session')} for good ({', '.join(ids)})? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                out.info("Nothing removed.")
-                return
-        for sid in ids:
-            if purge:
-                library.purge(store, sid)
-                out.info(f"Removed {sid} for good.")
-            else:
-                library.delete(store, sid)
-                out.info(f"Moved {sid} to the trash (chatcli restore {sid} brings it back).")
+                    ids.append((resolve(st, ref), False))
+                except SessionNotFound as missing:  # an ambiguous id is not looked for in the trash
+                    if not purge:
+                        raise
+                    try:
+                        ids.append((resolve_trashed(st, ref), True))
+                    except SessionNotFound:
+                        raise SessionNotFound(f"{missing}; nor is it in the trash") from None
+            if purge and not yes:
+                if not sys.stdin.isatty():
+                    raise ConfigError("--purge removes sessions for good: confirm with --yes when not at a terminal")
+                listed = ", ".join(sid for sid, _ in ids)
+                answer = input(f"Remove {count(len(ids), 'session')} for good ({listed})? [y/N] ")
+                if answer.strip().lower() not in ("y", "yes"):
+                    out.info("Nothing removed.")
+                    return
+            for sid, trashed in ids:
+                if purge:
+                    st.purge(sid, trashed=trashed)
+                    out.info(f"Removed {sid} for good.")
+                else:
+                    st.trash(sid)
+                    out.info(f"Moved {sid} to the trash (chatcli restore {sid} brings it back).")
     except ChatcliError as e:
-        _fail(e)
+        exit_with(e)
 
 
 def restore(session_id: Annotated[str, typer.Argument(metavar="ID", help="A trashed session's id or prefix.")],
-            sessions_dir: SessionsDir = None) -> None:
+            store_name: StoreOpt = None) -> None:
     """Bring a session back from the trash."""
-    from chatcli import library
+    from chatcli.library import resolve_trashed
 
     try:
-        store = _store(sessions_dir)
-        sid = library.resolve_trashed(store, session_id)
-        library.restore(store, sid)
+        with _opened(store_name) as st:
+            sid = resolve_trashed(st, session_id)
+            st.restore(sid)
     except ChatcliError as e:
-        _fail(e)
-    _renderer().info(f"Restored {sid}.")
+        exit_with(e)
+    renderer().info(f"Restored {sid}.")
 
 
 def prune(
     older_than: Annotated[str, typer.Option("--older-than", metavar="AGE",
                                             help="Sessions not updated for AGE, e.g. 30d, 12h, 2w.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be moved.")] = False,
-    sessions_dir: SessionsDir = None,
+    store_name: StoreOpt = None,
 ) -> None:
     """Move sessions not updated for a while to the trash."""
     from chatcli import library
 
-    out = _renderer()
+    out = renderer()
+    moved = 0
     try:
-        store = _store(sessions_dir)
-        ids = library.older_than(store, library.parse_age(older_than))
-        if dry_run:
+        age = library.parse_age(older_than)
+        with _opened(store_name) as st:
+            ids = library.older_than(st, age)
+            if dry_run:
+                for sid in ids:
+                    print(sid)
+                out.info(f"{count(len(ids), 'session')} would be moved to the trash.")
+                return
             for sid in ids:
-                print(sid)
-            out.info(f"{count(len(ids), 'session')} would be moved to the trash.")
-            return
-        moved = 0
-        for sid in ids:
-            try:
-                library.delete(store, sid)
-                moved += 1
-            except ChatcliError as e:
-                out.error(str(e))
+                try:
+                    st.trash(sid)
+                    moved += 1
+                except ChatcliError as e:
+                    out.error(str(e))
     except ChatcliError as e:
-        _fail(e)
+        exit_with(e)
     out.info(f"Moved {count(moved, 'session')} to the trash.")
 
 
 def export_cmd(
     session_id: SessionRef,
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="md|json|jsonl", help="Output format.")] = "md",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
-                                                   help="Write to FILE (refuses to overwrite) instead of stdout.")] = None,
-    sessions_dir: SessionsDir = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE",
+                                                help="Write to FILE (refuses to overwrite) instead of stdout.")] = None,
+    store_name: StoreOpt = None,
 ) -> None:
     """Export a session as Markdown, its JSON snapshot, or JSON Lines (one message per line)."""
-    from chatcli.library import export
+    from chatcli.transcript import export
 
     try:
-        store = _store(sessions_dir)
-        data = export(store.load(resolve(store, session_id)), fmt)
+        with _opened(store_name) as st:
+            data = export(st.load(resolve(st, session_id)), fmt)
         if output is None:
             if sys.stdout.isatty():  # model text may hold escape sequences: never raw to a terminal
                 from chatcli.render import sanitize
@@ -303,67 +247,64 @@ def export_cmd(
             with open(output, "xb") as f:
                 f.write(data)
         except FileExistsError:
-            raise ChatcliError(f"{output} already exists; choose another file") from None
+            raise ExportError(f"{output} already exists; choose another file") from None
         except OSError as e:
-            raise ChatcliError(f"cannot write {output}: {e.strerror}") from None
+            raise ExportError(f"cannot write {output}: {e.strerror}") from None
     except ChatcliError as e:
-        _fail(e)
-    _renderer().info(f"Wrote {output} ({len(data):,} bytes).")
+        exit_with(e)
+    renderer().info(f"Wrote {output} ({len(data):,} bytes).")
 
 
 def import_cmd(file: Annotated[Path, typer.Argument(metavar="FILE", help="A chatcli session file, an "
                                                     "OpenAI-style {\"messages\": [...]} or a list of messages.")],
-               sessions_dir: SessionsDir = None) -> None:
+               store_name: StoreOpt = None) -> None:
     """Import a conversation as a new session (never overwrites one)."""
     from chatcli.library import import_file
 
     try:
-        sid, kind = import_file(_store(sessions_dir), file)
+        with _opened(store_name) as st:
+            sid, kind = import_file(st, file)
     except ChatcliError as e:
-        _fail(e)
-    _renderer().info(f"Imported {file} ({kind}) as session {sid}.")
+        exit_with(e)
+    renderer().info(f"Imported {file} ({kind}) as session {sid}.")
     print(sid)
 
 
 def fork(session_id: SessionRef,
-         at: Annotated[Optional[int], typer.Option("--at", metavar="TURN",
-                                                   help="Keep the first TURN turns (default: all).")] = None,
-         sessions_dir: SessionsDir = None) -> None:
+         at: Annotated[int | None, typer.Option("--at", metavar="TURN",
+                                                help="Keep the first TURN turns (default: all).")] = None,
+         store_name: StoreOpt = None) -> None:
     """Start a new session from a copy of another's first turns (branch a conversation)."""
     from chatcli.library import fork as do_fork
 
     try:
-        store = _store(sessions_dir)
-        src = resolve(store, session_id)
-        new = do_fork(store, store.load(src), at)
+        with _opened(store_name) as st:
+            src = resolve(st, session_id)
+            new = do_fork(st, st.load(src), at)
     except ChatcliError as e:
-        _fail(e)
-    _renderer().info(f"Forked {src} as {new}: chatcli resume {new}")
+        exit_with(e)
+    renderer().info(f"Forked {src} as {new}: chatcli resume {new}")
     print(new)
 
 
-def stats(sessions_dir: SessionsDir = None, as_json: AsJSON = False) -> None:
+def stats(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
     """Figures over all sessions: sessions, active in the last 7 days, messages by role, characters,
     tokens, sessions per model, average messages per session, disk used."""
     from chatcli.library import parse_date
 
     try:
-        store = _store(sessions_dir)
-        ix = _index(store)
-        try:
-            totals = ix.totals()
-            totals["active_7d"] = ix.updated_since(parse_date("7d"))
-        finally:
-            ix.close()
+        with _opened(store_name) as st:
+            totals = st.totals(active_since=parse_date("7d"))
+            totals["store"] = st.display
     except ChatcliError as e:
-        _fail(e)
+        exit_with(e)
+    totals["active_7d"] = totals.pop("active")
     totals["mean_messages"] = round(totals["messages"] / totals["sessions"], 1) if totals["sessions"] else 0
-    totals["sessions_dir"] = str(store.root)
     if as_json:
         totals["models"] = [{"model": m, "sessions": n} for m, n in totals["models"]]
-        _print_json(totals)
+        print_json(totals)
         return
-    _renderer().library_stats(totals)
+    renderer().library_stats(totals)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,7 @@
 """Settings: command-line flags > environment > TOML config file > defaults.
 
-Environment: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OLLAMA_HOST``, ``CHATCLI_SESSIONS_DIR``,
-``CHATCLI_BACKEND``, ``CHATCLI_MODEL``, ``CHATCLI_CONFIG`` (the config file's path), ``CHATCLI_STATE_DIR``
+Environment: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OLLAMA_HOST``, ``CHATCLI_STORE`` (where sessions
+are kept: a folder or a database URL; ``CHATCLI_SESSIONS_DIR`` is the older name), ``CHATCLI_BACKEND``, ``CHATCLI_MODEL``, ``CHATCLI_CONFIG`` (the config file's path), ``CHATCLI_STATE_DIR``
 (input history, model server log), ``NO_COLOR``. The config file (default: the platform's user config
 folder, e.g. ``~/.config/chatcli/config.toml``) takes the keys in ``FILE_KEYS``.
 
@@ -23,11 +23,10 @@ BACKENDS = ("local", "openai", "ollama")
 FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "backend": str, "model": str, "base_url": str, "system": str, "temperature": (int, float),
     "max_tokens": int, "timeout": (int, float), "connect_timeout": (int, float), "idle_timeout": (int, float),
-    "sessions_dir": str, "model_path": str, "n_ctx": int, "threads": int, "keep_alive": str,
+    "store": str, "sessions_dir": str, "store_timeout": (int, float), "model_path": str, "n_ctx": int,
+    "threads": int, "keep_alive": str,
 }
-
-DEFAULT_MODELS = {"openai": "gpt-4o-mini", "ollama": "llama3.2"}
-
+DEFAULT_STORE = "sessions"
 
 @dataclass
 class Settings:
@@ -44,7 +43,8 @@ class Settings:
     timeout: float = 600.0       # whole turn
     connect_timeout: float = 10.0
     idle_timeout: float = 120.0
-    sessions_dir: Path = Path("sessions")
+    store: str = DEFAULT_STORE    # a folder path or a store URL (see chatcli.stores); may hold a password
+    store_timeout: float = 10.0  # seconds a database statement or connection attempt may take
     model_path: Path | None = None
     n_ctx: int = 8192
     threads: int | None = None
@@ -101,13 +101,17 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     path = config_path(env)
     file = read_config_file(path)
     merged: dict[str, Any] = dict(file)
-    env_map = {"CHATCLI_BACKEND": "backend", "CHATCLI_MODEL": "model", "CHATCLI_SESSIONS_DIR": "sessions_dir"}
+    # The store's older name, sessions_dir, gives way to store at the same level (file < env < flag).
+    if "sessions_dir" in merged:
+        merged.setdefault("store", merged.pop("sessions_dir"))
+    env_map = {"CHATCLI_BACKEND": "backend", "CHATCLI_MODEL": "model", "CHATCLI_SESSIONS_DIR": "store",
+               "CHATCLI_STORE": "store"}
     for var, key in env_map.items():
         if env.get(var):
             merged[key] = env[var]
     for key, value in flags.items():
         if value is not None:
-            merged[key] = value
+            merged["store" if key == "sessions_dir" else key] = value
 
     backend = merged.get("backend")
     if backend is None:
@@ -130,10 +134,13 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     for f in fields(Settings):
         if f.name in merged and f.name not in ("backend", "base_url"):
             setattr(s, f.name, merged[f.name])
-    s.sessions_dir = Path(str(s.sessions_dir)).expanduser()
+    s.store = str(s.store)
+    from chatcli.stores import parse_store
+
+    parse_store(s.store)  # a store name that can never work is a usage error, found before anything runs
     if s.model_path is not None:
         s.model_path = Path(str(s.model_path)).expanduser()
-    for name in ("timeout", "connect_timeout", "idle_timeout"):
+    for name in ("timeout", "connect_timeout", "idle_timeout", "store_timeout"):
         value = getattr(s, name)
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds, not {value!r}")

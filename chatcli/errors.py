@@ -5,13 +5,20 @@ Every exception here carries a message written for the user: one sentence they c
     ChatcliError
     ├── ConfigError                    bad flag, environment variable or config file value
     ├── NothingToDo                    a REPL command with nothing to act on (undo with no turn, ...)
+    ├── ImportFileError                a file given to `import` that holds no conversation chatcli can read
+    ├── ExportError                    an export that cannot be written (the file exists, no permission)
     ├── SessionError
     │   ├── InvalidSessionId           an id that could never name a file (``/``, ``..``, NUL, too long)
     │   ├── SessionNotFound            no session matches the id, prefix or title
     │   ├── AmbiguousSessionId         a prefix that matches several sessions
+    │   ├── SessionExists              a session with that id is already there (import, restore, migrate)
     │   ├── SessionLocked              another chatcli holds the session's lock
-    │   ├── SnapshotError              a snapshot file that cannot be read (damaged, foreign, newer format)
+    │   ├── SnapshotError              a snapshot that cannot be read (damaged, foreign, newer format)
     │   └── SaveError                  a snapshot could not be written (disk full, permissions, ...)
+    ├── StoreError                     a store that cannot be used: wrong password, no such database,
+    │   │                              unsupported server, missing driver (the message says what to do)
+    │   ├── StoreUnavailable           the database does not answer: refused, timed out, connection lost
+    │   └── StoreConflict              another writer saved the session since this one last read it
     ├── SessionTimeoutError            a turn hit a timeout; the partial reply was kept and saved
     └── BackendError                   the model server could not give a reply
         ├── BackendUnavailable         connection refused, unknown host, local model missing or failed
@@ -42,6 +49,14 @@ class NothingToDo(ChatcliError):
     """A command that had nothing to act on (``undo`` with no turn, ``retry`` with no reply, ...)."""
 
 
+class ImportFileError(ChatcliError):
+    """An import file of the wrong shape; the message says what is wrong and where."""
+
+
+class ExportError(ChatcliError):
+    """An export file that cannot be written; nothing is overwritten."""
+
+
 class SessionError(ChatcliError):
     pass
 
@@ -55,6 +70,10 @@ class SessionNotFound(SessionError):
 
 
 class AmbiguousSessionId(SessionError):
+    pass
+
+
+class SessionExists(SessionError):
     pass
 
 
@@ -76,6 +95,19 @@ class SaveError(SessionError):
     def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class StoreError(ChatcliError):
+    """A store that cannot be used as asked. The message names the store (its password masked)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer (connection refused or lost, a timeout): nothing was written there."""
+
+
+class StoreConflict(StoreError):
+    """A save found that the session changed in the store since this writer last read it (another machine
+    wrote it): nothing was overwritten."""
 
 
 class BackendError(ChatcliError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chatcli.store import utc_now
+from chatcli.clock import utc_now
 
 #: statuses a message can have; ``ok`` is a complete message
 STATUSES = ("ok", "streaming", "interrupted", "timeout", "error")
@@ -166,7 +166,7 @@ class Stats:
     mean_ttft_s: float | None
     last_tokens_per_second: float | None
     mean_tokens_per_second: float | None
-    snapshot_path: str
-    snapshot_bytes: int | None
+    location: str               # where the session is kept: a file path, or a database and the id
+    stored_bytes: int | None    # the snapshot file's size (None: a database keeps it in rows)
     last_saved_at: str | None
     context_messages: int

@@ -11,15 +11,16 @@ of the unfinished block are re-rendered (by rich's Live, at most ``REFRESH_PER_S
 from __future__ import annotations
 
 import re
-import sys
 from typing import TYPE_CHECKING, Any, TextIO
+
+from chatcli.text import count
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from chatcli.session import ConversationSession, Message, Stats
-    from chatcli.index import SearchHit
-    from chatcli.store import DamagedFile, SessionSummary
+    from chatcli.messages import Message, Stats
+    from chatcli.session import ConversationSession
+    from chatcli.snapshot import DamagedFile, SearchHit, SessionSummary
 
 REFRESH_PER_SECOND = 12
 
@@ -298,8 +299,8 @@ class Renderer:
                             f"{s.cached_tokens:,} cached")
         t.add_row("time to first token", f"last {_secs(s.last_ttft_s)} · mean {_secs(s.mean_ttft_s)}")
         t.add_row("tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}")
-        size = f"{s.snapshot_bytes:,} bytes" if s.snapshot_bytes is not None else "not written yet"
-        t.add_row("snapshot", f"{_esc(s.snapshot_path)} ({size})")
+        size = f" ({s.stored_bytes:,} bytes)" if s.stored_bytes is not None else ""
+        t.add_row("stored in", f"{_esc(s.location)}{size}")
         t.add_row("last saved", s.last_saved_at or "not in this run")
         self.console.print(t)
 
@@ -325,13 +326,13 @@ class Renderer:
                       str(r.turns), f"{r.tokens:,}", short_time(r.updated_at))
         self._print_table(t)
         for d in damaged:
-            self.err.print(f"[yellow]damaged:[/] {_esc(str(d.path))}: {_esc(sanitize(d.reason))}",
+            self.err.print(f"[yellow]damaged:[/] {_esc(d.location)}: {_esc(sanitize(d.reason))}",
                            soft_wrap=True)
 
     def search_hits(self, hits: list[SearchHit], query: str) -> None:
         """Search results: per hit a header line (session id, title, turn, role) and the snippet with the
         match in bold."""
-        from chatcli.index import HIGHLIGHT
+        from chatcli.snapshot import HIGHLIGHT
 
         if not hits:
             self.info(f"No message or title matches {query!r}.")
@@ -348,8 +349,8 @@ class Renderer:
         self.info(count(len(hits), "hit"))
 
     def library_stats(self, t: dict[str, Any]) -> None:
-        """``chatcli stats``: figures over all sessions (keys as SessionIndex.totals plus active_7d,
-        mean_messages, sessions_dir)."""
+        """``chatcli stats``: figures over all sessions (keys as ``Store.totals``, ``active`` as ``active_7d``,
+        plus ``mean_messages`` and ``store``)."""
         from rich.table import Table
 
         table = Table(show_header=False, box=None, pad_edge=False)
@@ -367,7 +368,7 @@ class Renderer:
         if len(t["models"]) > 10:
             models += f", … {len(t['models']) - 10} more"
         table.add_row("models", models)
-        table.add_row("disk used", f"{t['bytes']:,} bytes in {_esc(t['sessions_dir'])}")
+        table.add_row("disk used", f"{t['bytes']:,} bytes in {_esc(t['store'])}")
         self._print_table(table)
 
     def _print_table(self, table: Any) -> None:
@@ -437,12 +438,3 @@ def _esc(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
-
-
-def count(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` and the noun in the right number, e.g. ``1 turn``, ``2 turns``, ``1,204 hits``."""
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
-
-
-def plain_stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

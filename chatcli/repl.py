@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError, Terminated
-from chatcli.render import count
+from chatcli.snapshot import valid_unicode
+from chatcli.text import count
+from chatcli.transcript import EXPORT_FORMATS
 
 if TYPE_CHECKING:
     from chatcli.render import Renderer, ReplyView
@@ -56,7 +58,6 @@ COMMANDS = (
 )
 _BY_NAME = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
 _FREE_TEXT = ("system", "title")  # commands whose argument is free text: only with the leading slash
-EXPORT_FORMATS = ("md", "json", "jsonl")
 
 
 def parse_command(line: str) -> tuple[Command, list[str]] | None:
@@ -169,7 +170,7 @@ class Repl:
                     break
                 continue
             try:
-                if not self.handle(_valid_unicode(line)):
+                if not self.handle(valid_unicode(line)):
                     if self._may_leave():
                         break
                     continue
@@ -267,7 +268,7 @@ class Repl:
                     s.set_title(check_title(args[0]))
                     self.out.info(f"Session titled {s.title!r}.")
             elif name == "export":
-                from chatcli.library import export_to_folder
+                from chatcli.transcript import export_to_folder
 
                 path = export_to_folder(s.to_snapshot(), args[0].lower() if args else "md", Path.cwd())
                 self.out.info(f"Wrote {path}.")
@@ -388,20 +389,6 @@ def _terminated_in(error: BaseException) -> Terminated | None:
             return seen
         seen = seen.__context__
     return None
-
-
-def _valid_unicode(text: str) -> str:
-    """``text`` with input that was not valid UTF-8 (bytes decoded to lone surrogates) shown as U+FFFD, so
-    it can be saved and sent like any other text."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _is_command_line(text: str) -> bool:

@@ -10,6 +10,9 @@ A turn (``ConversationSession.send``):
 4. on Ctrl-C (KeyboardInterrupt), a timeout or a backend error, what arrived is kept with status
    ``interrupted``, ``timeout`` or ``error`` and saved, and the conversation can go on.
 
+Saves go to a store (``chatcli.stores``: a folder, SQLite, PostgreSQL or MySQL) through its protocol; the
+session tells the store which messages changed since its last save, so a database writes only those.
+
 This module imports neither typer, rich nor prompt_toolkit; the REPL passes callbacks.
 """
 
@@ -42,29 +45,28 @@ from chatcli.messages import (  # re-exported: the session's data types are part
     Timings,
     Usage,
 )
-from chatcli.store import FORMAT, VERSION, SaveInfo, SessionLock, SessionStore, new_session_id, utc_now
+from chatcli.clock import utc_now
+from chatcli.snapshot import FORMAT, KNOWN_KEYS, VERSION, Snapshot, new_session_id, title_from
+from chatcli.stores.base import MessageDicts
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
-
-#: top-level snapshot keys this module writes; any other key found in a file is kept as it was
-_KNOWN_KEYS = frozenset({"format", "version", "id", "title", "created_at", "updated_at", "backend", "model",
-                         "base_url", "model_path", "params", "system", "context_start", "messages", "clears",
-                         "changes"})
+    from chatcli.stores.base import SaveInfo, SessionLock, Store
 
 
 class ConversationSession:
-    """A conversation with one backend, persisted to one snapshot file.
+    """A conversation with one backend, persisted in a store.
 
     Create with ``ConversationSession.create`` or ``ConversationSession.resume``; both take the session's
-    OS lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done."""
+    writer lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done.
+    ``on_notice(text)`` receives one-line notices that come outside a turn (e.g. from the store)."""
 
     checkpoint_seconds = 0.25     # the least time between two saves while a reply streams
     checkpoint_cost_ratio = 10.0  # ... and at least this many times the last such save took (a big session)
     max_retries = 2          # for 429 (rate limited) before any token arrived
     max_retry_wait = 30.0    # seconds; a longer Retry-After is reported instead of waited for
 
-    def __init__(self, store: SessionStore, snapshot: dict[str, Any], backend: Backend | None,
+    def __init__(self, store: Store, snapshot: Snapshot, backend: Backend | None,
                  lock: SessionLock | None) -> None:
         self.store = store
         self.id: str = snapshot["id"]
@@ -81,39 +83,47 @@ class ConversationSession:
         self.context_start: int = snapshot["context_start"]
         self.clears: list[int] = [c for c in snapshot.get("clears", []) if isinstance(c, int)]
         self.changes: list[dict[str, Any]] = [c for c in snapshot.get("changes", []) if isinstance(c, dict)]
-        self.extra = {k: v for k, v in snapshot.items() if k not in _KNOWN_KEYS}  # e.g. forked_from
+        self.extra = {k: v for k, v in snapshot.items() if k not in KNOWN_KEYS}  # e.g. forked_from
         self.backend = backend
         self._lock = lock
         self.last_save: SaveInfo | None = None
-        self.unsaved = False  # True while memory holds something the snapshot does not
+        self.unsaved = False  # True while memory holds something the store does not
         self.timeouts = Timeouts()
+        self.on_notice: Callable[[str], None] | None = None
+        self._turn_notice: Callable[[str], None] | None = None  # the running turn's on_notice
+        self._dirty_from = len(self.messages)  # messages from here on changed since the last save
+        self._streaming: int | None = None     # index of the reply being streamed
 
     # -- opening and closing ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, store: SessionStore, backend: Backend, *, model: str, system: str = "", title: str = "",
-               params: GenerationParams | None = None, base_url: str = "") -> ConversationSession:
-        """A new, empty session; its first snapshot is written at once. Raises SaveError."""
+    def create(cls, store: Store, backend: Backend, *, model: str, system: str = "", title: str = "",
+               params: GenerationParams | None = None, base_url: str = "",
+               model_path: str = "") -> ConversationSession:
+        """A new, empty session; its first snapshot is written at once. Raises SaveError, StoreError."""
         sid = new_session_id()
         lock = store.lock(sid)
         now = utc_now()
-        snap = {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": now,
-                "updated_at": now, "backend": backend.name, "model": model, "base_url": base_url,
-                "params": (params or GenerationParams()).to_json(), "system": system, "messages": [],
-                "context_start": 0}
+        snap: Snapshot = {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": now,
+                          "updated_at": now, "backend": backend.name, "model": model, "base_url": base_url,
+                          "params": (params or GenerationParams()).to_json(), "system": system, "messages": [],
+                          "context_start": 0}
+        if model_path:
+            snap["model_path"] = model_path
         session = cls(store, snap, backend, lock)
+        session._touch(0)  # a new id: nothing of it is in the store yet
         try:
             session.save()
-        except SaveError:
+        except BaseException:
             session.close()
             raise
         return session
 
     @classmethod
-    def resume(cls, store: SessionStore, session_id: str,
+    def resume(cls, store: Store, session_id: str,
                backend_factory: Callable[[ConversationSession], Backend] | None = None) -> ConversationSession:
-        """Open a saved session by exact id (see ``SessionStore.resolve``). Takes the lock, then loads.
+        """Open a saved session by exact id (see ``chatcli.snapshot.resolve``). Takes the lock, then loads.
         ``backend_factory`` builds the backend from the restored settings. Raises SessionLocked,
-        SessionNotFound, SnapshotError."""
+        SessionNotFound, SnapshotError, StoreError."""
         lock = store.lock(session_id)
         try:
             snap = store.load(session_id)
@@ -141,35 +151,59 @@ class ConversationSession:
                 self._lock = None
 
     # -- the snapshot ----------------------------------------------------------------------------------
-    def to_snapshot(self) -> dict[str, Any]:
-        """The session as the JSON object written to disk (see README, "The snapshot format")."""
-        snap: dict[str, Any] = {
+    def _header(self) -> Snapshot:
+        """Every top-level field of the snapshot but ``messages``."""
+        snap: Snapshot = {
             "format": FORMAT, "version": VERSION, "id": self.id, "title": self.title,
             "created_at": self.created_at, "updated_at": self.updated_at, "backend": self.backend_name,
             "model": self.model, "base_url": self.base_url, "params": self.params.to_json(),
             "system": self.system, "context_start": self.context_start,
-            "messages": [m.to_json() for m in self.messages],
         }
         if self.model_path:
             snap["model_path"] = self.model_path
         if self.clears:
-            snap["clears"] = self.clears
+            snap["clears"] = list(self.clears)
         if self.changes:
-            snap["changes"] = self.changes
+            snap["changes"] = list(self.changes)
         snap.update(self.extra)
         return snap
 
-    def save(self) -> SaveInfo:
-        """Write the snapshot atomically; returns after the fsyncs. Ctrl-C, SIGTERM and SIGHUP are held off
+    def to_snapshot(self) -> Snapshot:
+        """The session as its snapshot (see README, "The snapshot format"): a new dict, messages last."""
+        snap = self._header()
+        snap["messages"] = [m.to_json() for m in self.messages]
+        return snap
+
+    def save(self, *, checkpoint: bool = False) -> SaveInfo:
+        """Write the session to its store; returns once the write is durable (the folder: after the fsyncs; a
+        database: after the commit; while a database does not answer, the local spool). Only the messages
+        changed since the last save are handed over as changed. Ctrl-C, SIGTERM and SIGHUP are held off
         until the write is done. Raises SaveError (then ``unsaved`` stays True and the next save retries)."""
         self.updated_at = utc_now()
         self.unsaved = True
-        with _signals_deferred():
-            info = self.store.save(self.to_snapshot())
+        snap = self._header()
+        snap["messages"] = MessageDicts(self.messages)
+        changed = self._dirty_from if self._streaming is None else min(self._dirty_from, self._streaming)
+        try:
+            with _signals_deferred():
+                info = self.store.save(snap, changed_from=changed, checkpoint=checkpoint)
+        except BaseException:
+            self._dirty_from = changed  # the next save writes all of it again
+            raise
         self.unsaved = False
+        self._dirty_from = len(self.messages)
         self.last_save = info
         return info
 
+    def _touch(self, index: int) -> None:
+        """Message ``index`` changed: the next save writes it (and those after it)."""
+        self._dirty_from = min(self._dirty_from, index)
+
+    def notify(self, message: str) -> None:
+        """A one-line notice for the user: to the running turn's ``on_notice``, else to ``on_notice``."""
+        sink = self._turn_notice or self.on_notice
+        if sink is not None:
+            sink(message)
     # -- the turn --------------------------------------------------------------------------------------
     def context(self) -> list[dict[str, str]]:
         """The messages sent to the model: the system prompt, then every message since the last ``clear``
@@ -190,15 +224,20 @@ class ConversationSession:
         save fails (the turn stays in memory and the next save writes it)."""
         if self.backend is None:
             raise BackendError("this session has no backend to talk to")
+        self._touch(len(self.messages))
         self.messages.append(Message(role="user", content=text))
         if not self.title:
-            self.title = _title_from(text)
+            self.title = title_from(text)
+        self._turn_notice = on_notice
         try:
-            self.save()
-        except SaveError as e:
-            if on_notice:
-                on_notice(f"{e} (the message is kept in memory and will be saved at the next attempt)")
-        return self._reply(on_delta, on_notice)
+            try:
+                self.save()
+            except SaveError as e:
+                if on_notice:
+                    on_notice(f"{e} (the message is kept in memory and will be saved at the next attempt)")
+            return self._reply(on_delta, on_notice)
+        finally:
+            self._turn_notice = None
 
     def retry(self, on_delta: Callable[[str], None] | None = None,
               on_notice: Callable[[str], None] | None = None) -> Message:
@@ -215,8 +254,13 @@ class ConversationSession:
             if len(live) < 2 or self.messages[live[-2]].role != "user":
                 raise NothingToDo("there is no turn to retry")
             last.dropped = "retried"
-        self.save()
-        return self._reply(on_delta, on_notice)
+            self._touch(live[-1])
+        self._turn_notice = on_notice
+        try:
+            self.save()
+            return self._reply(on_delta, on_notice)
+        finally:
+            self._turn_notice = None
 
     def undo(self) -> Message:
         """Take back the last turn (the last user message and its reply): they stay in the file, marked
@@ -229,6 +273,7 @@ class ConversationSession:
         for i in live:
             if i >= users[-1]:
                 self.messages[i].dropped = "undone"
+        self._touch(users[-1])
         self.save()
         return self.messages[users[-1]]
 
@@ -248,6 +293,7 @@ class ConversationSession:
         for m in turn:
             if m.dropped == "undone":
                 m.dropped = None
+        self._touch(len(self.messages) - start - 1)
         self.save()
         return turn[0]
 
@@ -290,7 +336,17 @@ class ConversationSession:
     def _reply(self, on_delta: Callable[[str], None] | None,
                on_notice: Callable[[str], None] | None) -> Message:
         reply = Message(role="assistant", content="", status="streaming", model=self.model)
+        self._touch(len(self.messages))
+        self._streaming = len(self.messages)
         self.messages.append(reply)
+        try:
+            self._reply_into(reply, on_delta, on_notice)
+        finally:
+            self._streaming = None
+        return reply
+
+    def _reply_into(self, reply: Message, on_delta: Callable[[str], None] | None,
+                    on_notice: Callable[[str], None] | None) -> None:
         try:
             self._stream_into(reply, on_delta, on_notice)
         except KeyboardInterrupt:
@@ -312,7 +368,6 @@ class ConversationSession:
             self._save_after_failure(on_notice)
             raise
         self.save()
-        return reply
 
     def _save_after_failure(self, on_notice: Callable[[str], None] | None) -> None:
         try:
@@ -394,7 +449,7 @@ class ConversationSession:
     def _checkpoint(self) -> None:
         """Save mid-reply (status ``streaming``); a failure here is retried at the next save point."""
         try:
-            self.save()
+            self.save(checkpoint=True)
         except SaveError:
             pass
 
@@ -449,31 +504,16 @@ class ConversationSession:
                     ttfts.append(m.timings.ttft_s)
                 if m.timings.tokens_per_second is not None:
                     rates.append(m.timings.tokens_per_second)
-        path = self.store.path_for(self.id)
-        try:
-            size: int | None = path.stat().st_size
-        except OSError:
-            size = None
         return Stats(
             turns=by_role.get("user", 0), messages_by_role=by_role, characters=chars, prompt_tokens=prompt,
             completion_tokens=completion, cached_tokens=cached,
             last_ttft_s=ttfts[-1] if ttfts else None, mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
             last_tokens_per_second=rates[-1] if rates else None,
             mean_tokens_per_second=sum(rates) / len(rates) if rates else None,
-            snapshot_path=str(path), snapshot_bytes=size,
+            location=self.store.location(self.id), stored_bytes=self.store.stored_size(self.id),
             last_saved_at=self.last_save.saved_at if self.last_save else None,
             context_messages=sum(1 for m in self.messages[self.context_start:] if m.dropped is None),
         )
-
-
-def _title_from(text: str, limit: int = 60) -> str:
-    """A title from the first user message: its first line, whitespace squeezed, control characters
-    dropped, cut at a word boundary near ``limit`` characters."""
-    line = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    if len(line) <= limit:
-        return line
-    cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
-    return cut + "…"
 
 
 @contextmanager

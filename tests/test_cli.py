@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatcli import __version__
-from chatcli.store import SessionStore
+from chatcli.stores.folder import FolderStore
 from fakellm import FakeLLMServer, Reply
 
 ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-z]{4}")
@@ -117,7 +117,7 @@ def test_new_then_list_and_list_json(child_env: dict[str, str], fake_llm: FakeLL
     one = data[1]
     assert one["title"] == "hello"
     assert (one["backend"], one["model"], one["turns"], one["messages"]) == ("openai", "gpt-4o-mini", 1, 2)
-    assert Path(one["path"]) == user_dirs["sessions"] / f"{first}.json"
+    assert Path(one["location"]) == user_dirs["sessions"] / f"{first}.json"
     assert data[0]["turns"] == 2 and data[0]["messages"] == 4
     assert set(one) >= {"created_at", "updated_at"}
 
@@ -167,7 +167,7 @@ def test_resume_when_there_are_no_sessions(child_env: dict[str, str]) -> None:
 
 
 def test_resume_ambiguous_prefix(child_env: dict[str, str], user_dirs: dict[str, Path]) -> None:
-    store = SessionStore(user_dirs["sessions"])
+    store = FolderStore(user_dirs["sessions"])
     base = json.loads(json.dumps(_minimal_snapshot("x")))
     for sid in ("20250101-120000-aaaa", "20250101-120000-aaab"):
         base["id"] = sid

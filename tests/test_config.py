@@ -9,6 +9,7 @@ import pytest
 
 from chatcli import config
 from chatcli.config import Settings, read_config_file, resolve
+from chatcli.stores import StoreSpec, mask_url, parse_store
 from chatcli.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ def write(cfg: Path, text: str) -> Path:
 def no_flags(**given: Any) -> dict[str, Any]:
     """Flags as the CLI passes them: every known one, None when not given."""
     flags: dict[str, Any] = {k: None for k in ("backend", "model", "base_url", "system", "temperature",
-                                                 "max_tokens", "timeout", "sessions_dir", "title")}
+                                                 "max_tokens", "timeout", "store", "title")}
     flags.update(given)
     return flags
 
@@ -42,7 +43,7 @@ def test_defaults_without_file_or_environment(cfg: Path) -> None:
     assert s.api_key is None
     assert s.temperature is None and s.max_tokens is None
     assert (s.timeout, s.connect_timeout, s.idle_timeout) == (600.0, 10.0, 120.0)
-    assert s.sessions_dir == Path("sessions")
+    assert s.store == "sessions" and s.store_timeout == 10.0
     assert s.model_path is None and s.n_ctx == 8192 and s.keep_alive is None
     assert s.config_path == cfg
     assert s.state_dir == cfg.parent / "state"
@@ -52,19 +53,17 @@ def test_file_then_env_then_flag(cfg: Path, tmp_path: Path) -> None:
     write(cfg, 'backend = "ollama"\nmodel = "file-model"\nsessions_dir = "/file/sessions"\n'
                'system = "file system"\ntemperature = 0.5\nmax_tokens = 100\n')
     from_file = resolve(no_flags(), env_for(cfg))
-    assert (from_file.backend, from_file.model, from_file.sessions_dir) == \
-        ("ollama", "file-model", Path("/file/sessions"))
+    assert (from_file.backend, from_file.model, from_file.store) == ("ollama", "file-model", "/file/sessions")
     assert (from_file.system, from_file.temperature, from_file.max_tokens) == ("file system", 0.5, 100)
 
     env = env_for(cfg, CHATCLI_BACKEND="openai", CHATCLI_MODEL="env-model", CHATCLI_SESSIONS_DIR="/env/s")
     from_env = resolve(no_flags(), env)
-    assert (from_env.backend, from_env.model, from_env.sessions_dir) == ("openai", "env-model", Path("/env/s"))
+    assert (from_env.backend, from_env.model, from_env.store) == ("openai", "env-model", "/env/s")
     assert from_env.system == "file system"  # the environment does not set it: the file still does
 
-    from_flags = resolve(no_flags(backend="local", model="flag-model", sessions_dir=str(tmp_path / "f"),
+    from_flags = resolve(no_flags(backend="local", model="flag-model", store=str(tmp_path / "f"),
                                   system="flag system", temperature=1.5, max_tokens=7), env)
-    assert (from_flags.backend, from_flags.model, from_flags.sessions_dir) == \
-        ("local", "flag-model", tmp_path / "f")
+    assert (from_flags.backend, from_flags.model, from_flags.store) == ("local", "flag-model", str(tmp_path / "f"))
     assert (from_flags.system, from_flags.temperature, from_flags.max_tokens) == ("flag system", 1.5, 7)
 
 
@@ -85,16 +84,55 @@ def test_timeouts_from_file_and_flag(cfg: Path) -> None:
 def test_every_file_key_is_accepted(cfg: Path) -> None:
     write(cfg, 'backend = "ollama"\nmodel = "m"\nbase_url = "http://h:1"\nsystem = "s"\ntemperature = 1\n'
                'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
-               'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n')
+               'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
+               'store = "sqlite:///x/chats.db"\nstore_timeout = 4\n')
     assert set(read_config_file(cfg)) == set(config.FILE_KEYS)
     s = resolve(no_flags(), env_for(cfg, HOME=str(cfg.parent)))
     assert (s.backend, s.base_url, s.n_ctx, s.threads, s.keep_alive) == ("ollama", "http://h:1", 2048, 3, "10m")
+    assert (s.store, s.store_timeout) == ("sqlite:///x/chats.db", 4.0)  # store wins over its older name
     assert s.model_path == Path.home() / "m.gguf"
 
 
 def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:
-    s = resolve(no_flags(sessions_dir="~/chats"), env_for(cfg))
-    assert s.sessions_dir == user_dirs["home"] / "chats"
+    s = resolve(no_flags(store="~/chats"), env_for(cfg))
+    assert parse_store(s.store) == StoreSpec("folder", str(user_dirs["home"] / "chats"),
+                                             str(user_dirs["home"] / "chats"))
+
+
+def test_store_precedence_and_its_older_name(cfg: Path) -> None:
+    write(cfg, 'sessions_dir = "/file/old"\n')
+    assert resolve(no_flags(), env_for(cfg)).store == "/file/old"
+    write(cfg, 'sessions_dir = "/file/old"\nstore = "/file/new"\n')
+    assert resolve(no_flags(), env_for(cfg)).store == "/file/new"
+    env = env_for(cfg, CHATCLI_SESSIONS_DIR="/env/old")
+    assert resolve(no_flags(), env).store == "/env/old"
+    env["CHATCLI_STORE"] = "postgresql://ann@db.example/chats"
+    assert resolve(no_flags(), env).store == "postgresql://ann@db.example/chats"
+    assert resolve(no_flags(store="mysql://bob@h/c"), env).store == "mysql://bob@h/c"
+    assert resolve({**no_flags(), "store": None, "sessions_dir": "/flag/old"}, env).store == "/flag/old"
+
+
+@pytest.mark.parametrize("bad, phrase", [
+    ("redis://h/0", "unknown store"), ("sqlite://", "names no database file"),
+    ("postgresql:///chats", "names no host"), ("mysql://u@h", "names no database"),
+    ("mysql://u:s3cret@h", "names no database"), ("", "empty"),
+])
+def test_a_store_that_can_never_work_is_a_usage_error(cfg: Path, bad: str, phrase: str) -> None:
+    with pytest.raises(ConfigError, match=phrase) as info:
+        resolve(no_flags(store=bad), env_for(cfg))
+    assert "s3cret" not in str(info.value)
+
+
+def test_store_urls_are_shown_with_the_password_masked() -> None:
+    spec = parse_store("postgresql://ann:pa%3Ass@db.example:5433/chats?sslmode=require")
+    assert spec.kind == "postgresql" and spec.target.startswith("postgresql://ann:pa%3Ass@")
+    assert spec.display == "postgresql://ann:***@db.example:5433/chats?sslmode=require"
+    assert "pa%3Ass" not in repr(spec) and "pa:ss" not in repr(spec)
+    assert parse_store("mariadb://bob@h/c").kind == "mysql"
+    assert parse_store("postgres://h/c").kind == "postgresql"
+    assert parse_store("sqlite:///abs/c.db") == StoreSpec("sqlite", "/abs/c.db", "sqlite:///abs/c.db")
+    assert parse_store("sqlite://rel/c.db").target == "rel/c.db"
+    assert mask_url("mysql://u:p@[::1]:3306/d") == "mysql://u:***@[::1]:3306/d"
 
 
 def test_api_key_comes_from_the_environment_only(cfg: Path) -> None:
@@ -110,7 +148,7 @@ def test_os_environ_is_used_by_default(monkeypatch: pytest.MonkeyPatch, user_dir
     monkeypatch.setenv("CHATCLI_MODEL", "from-os-environ")
     s = resolve(no_flags())
     assert s.model == "from-os-environ"
-    assert s.sessions_dir == user_dirs["sessions"]
+    assert s.store == str(user_dirs["sessions"])
     assert s.config_path == user_dirs["config"]
 
 

@@ -14,7 +14,7 @@ import pexpect
 import pytest
 
 from chatcli.session import ConversationSession
-from chatcli.store import SessionStore
+from chatcli.stores.folder import FolderStore
 from fakellm import FakeLLMServer, Reply
 
 TOKENS = [f"k{i:03d} " for i in range(400)]
@@ -54,7 +54,7 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
     sessions = user_dirs["sessions"]
     path = sessions / f"{sid}.json"
     raw = json.loads(path.read_bytes())  # valid JSON, not a half-written file
-    snap = SessionStore(sessions).load(sid)  # and a valid session
+    snap = FolderStore(sessions).load(sid)  # and a valid session
     assert snap == raw
     msgs = snap["messages"]
     assert msgs[0]["role"] == "user" and msgs[0]["content"] == "please write a very long answer"
@@ -84,14 +84,14 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
     if moment == "k030":
         assert "[interrupted]" in r.stdout  # a reply saved as streaming is read back as interrupted
         assert "k000 k001 k002" in r.stdout
-        session = ConversationSession.resume(SessionStore(sessions), sid)
+        session = ConversationSession.resume(FolderStore(sessions), sid)
         try:
             assert session.messages[1].status == "interrupted"
         finally:
             session.close()
     assert not list(sessions.glob("*.tmp")) and not list(sessions.glob(".*.tmp"))
     # resuming wrote nothing new, and the snapshot is still the same valid session
-    assert SessionStore(sessions).load(sid)["messages"] == msgs
+    assert FolderStore(sessions).load(sid)["messages"] == msgs
 
 
 @pytest.mark.parametrize("how", ["sigterm", "terminal-closed", "sigterm-at-prompt", "terminal-closed-at-prompt"])
@@ -133,7 +133,7 @@ def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str
     assert code == expected
 
     sessions = user_dirs["sessions"]
-    msgs = SessionStore(sessions).load(sid)["messages"]
+    msgs = FolderStore(sessions).load(sid)["messages"]
     assert [m["content"] for m in msgs[:2]] == ["first question", "done."]
     if how.endswith("at-prompt"):
         assert len(msgs) == 2

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from chatcli.index import INDEX_NAME
-from chatcli.store import FORMAT, VERSION, SessionStore
+from chatcli.stores.folder_index import INDEX_NAME
+from chatcli.snapshot import FORMAT, VERSION
+from chatcli.stores.folder import FolderStore
 
 NOW = datetime.now(timezone.utc)
 
@@ -25,7 +26,7 @@ def iso(days_ago: float) -> str:
     return (NOW - timedelta(days=days_ago)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def make(store: SessionStore, sid: str, title: str, turns: list[tuple[str, str]], *, days_ago: float = 0,
+def make(store: FolderStore, sid: str, title: str, turns: list[tuple[str, str]], *, days_ago: float = 0,
          model: str = "gpt-4o-mini", statuses: list[str] | None = None, **extra: Any) -> dict:
     msgs = []
     for i, (q, a) in enumerate(turns):
@@ -44,8 +45,8 @@ A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
 
 
 @pytest.fixture
-def store(user_dirs: dict[str, Path]) -> SessionStore:
-    s = SessionStore(user_dirs["sessions"])
+def store(user_dirs: dict[str, Path]) -> FolderStore:
+    s = FolderStore(user_dirs["sessions"])
     make(s, A, "Roman history", [("Who founded Rome?", "Romulus, by legend, in 753 BC."),
                                  ("And the empire?", "Augustus became the first emperor.")], days_ago=40)
     make(s, B, "Cooking pasta", [("How long to boil pasta?", "About ten minutes, al dente.")], days_ago=3,
@@ -80,7 +81,7 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 # -- list -----------------------------------------------------------------------------------------------
-def test_list_newest_first_with_tokens(child_env: dict[str, str], store: SessionStore) -> None:
+def test_list_newest_first_with_tokens(child_env: dict[str, str], store: FolderStore) -> None:
     out = ok(run(child_env, "list"))
     rows = [ln for ln in out.splitlines() if ln[:8].isdigit()]
     assert [r.split()[0] for r in rows] == [C, B, A]
@@ -88,12 +89,12 @@ def test_list_newest_first_with_tokens(child_env: dict[str, str], store: Session
     assert re.search(r"openai/gpt-4o-mini\s+2\s+30\s", rows[2])  # turns, tokens (2 replies x 15)
 
 
-def test_list_json_filters_and_limit(child_env: dict[str, str], store: SessionStore) -> None:
+def test_list_json_filters_and_limit(child_env: dict[str, str], store: FolderStore) -> None:
     data = json.loads(ok(run(child_env, "list", "--json")))
     assert [d["id"] for d in data] == [C, B, A]
-    assert data[2] | {"path": None} == {
+    assert data[2] | {"location": None} == {
         "id": A, "title": "Roman history", "backend": "openai", "model": "gpt-4o-mini", "turns": 2,
-        "messages": 4, "tokens": 30, "created_at": iso(40), "updated_at": iso(40), "path": None}
+        "messages": 4, "tokens": 30, "created_at": iso(40), "updated_at": iso(40), "location": None}
     ids = lambda *a: [d["id"] for d in json.loads(ok(run(child_env, "list", "--json", *a)))]  # noqa: E731
     assert ids("--limit", "1") == [C]
     assert ids("--since", "7d") == [C, B]
@@ -103,7 +104,7 @@ def test_list_json_filters_and_limit(child_env: dict[str, str], store: SessionSt
 
 
 def test_list_default_limit_says_how_many_more(child_env: dict[str, str], user_dirs: dict[str, Path]) -> None:
-    s = SessionStore(user_dirs["sessions"])
+    s = FolderStore(user_dirs["sessions"])
     for i in range(53):
         make(s, f"20260101-0000{i:02d}-zzzz", f"t{i}", [("q", "a")], days_ago=i)
     out = ok(run(child_env, "list"))
@@ -111,7 +112,7 @@ def test_list_default_limit_says_how_many_more(child_env: dict[str, str], user_d
     assert "3 more; use --all" in out
 
 
-def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store: SessionStore) -> None:
+def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store: FolderStore) -> None:
     (store.root / "20260404-000000-dddd.json").write_text('{"format": "chatcli.session", "version": 1, "id"')
     (store.root / "notes.json").write_text('{"hello": "world"}')
     r = run(child_env, "list")
@@ -121,7 +122,7 @@ def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store
     assert "Traceback" not in r.stderr
 
 
-def test_list_piped_cuts_nothing(child_env: dict[str, str], store: SessionStore) -> None:
+def test_list_piped_cuts_nothing(child_env: dict[str, str], store: FolderStore) -> None:
     long_title = "A rather long title about the history of the Roman Republic and its fall, in detail"
     make(store, "20260606-000000-ffff", long_title, [("q", "a")], model="a-model-with-a-long-name-for-testing")
     out = ok(run(child_env, "list"))  # stdout is a pipe: printed at its natural width
@@ -129,12 +130,12 @@ def test_list_piped_cuts_nothing(child_env: dict[str, str], store: SessionStore)
     assert long_title in row and "openai/a-model-with-a-long-name-for-testing" in row and "…" not in row
 
 
-def test_list_bad_since(child_env: dict[str, str], store: SessionStore) -> None:
+def test_list_bad_since(child_env: dict[str, str], store: FolderStore) -> None:
     assert "not a date" in one_line_error(run(child_env, "list", "--since", "yesterday"), 2)
 
 
 # -- show -----------------------------------------------------------------------------------------------
-def test_show_transcript_with_statuses(child_env: dict[str, str], store: SessionStore) -> None:
+def test_show_transcript_with_statuses(child_env: dict[str, str], store: FolderStore) -> None:
     out = ok(run(child_env, "show", "Rust lifetimes"))  # an exact title works as an id
     assert "# Rust lifetimes" in out and f"`{C}`" in out
     assert "## You (turn 2)" in out and "## Model — *interrupted*" in out and "## Model — *timeout*" in out
@@ -144,7 +145,7 @@ def test_show_transcript_with_statuses(child_env: dict[str, str], store: Session
     assert "## You (turn 1)" in ok(run(child_env, "show", "20260202", "--raw"))  # a unique prefix
 
 
-def test_title_and_last_through_the_index(child_env: dict[str, str], store: SessionStore) -> None:
+def test_title_and_last_through_the_index(child_env: dict[str, str], store: FolderStore) -> None:
     ok(run(child_env, "list"))  # builds the index, so the lookups below read it
     assert (store.root / ".index.sqlite").exists()
     assert ok(run(child_env, "show", "last", "--json")).count(C) >= 1
@@ -157,7 +158,7 @@ def test_title_and_last_through_the_index(child_env: dict[str, str], store: Sess
     assert json.loads(ok(run(child_env, "show", "last", "--json")))["id"] == C  # C is still the newest
 
 
-def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: SessionStore) -> None:
+def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: FolderStore) -> None:
     make(store, "20260505-000000-eeee", "esc", [("hi", "red \x1b[31mALERT\x1b]0;pwned\x07 \x9b2J done")])
     out = ok(run(child_env, "show", "20260505-000000-eeee"))
     assert "ALERT" in out and "done" in out
@@ -166,7 +167,7 @@ def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: Se
     assert "\x1b[31m" in raw["messages"][1]["content"]  # stored raw
 
 
-def test_id_by_its_last_part(child_env: dict[str, str], store: SessionStore) -> None:
+def test_id_by_its_last_part(child_env: dict[str, str], store: FolderStore) -> None:
     assert "# Cooking pasta" in ok(run(child_env, "show", "bbbb"))
     assert "# Cooking pasta" in ok(run(child_env, "show", "bb"))  # a unique start of the last part
     make(store, "20260707-000000-bbzz", "Another b", [("q", "a")])
@@ -175,7 +176,7 @@ def test_id_by_its_last_part(child_env: dict[str, str], store: SessionStore) -> 
     assert f"# {'Cooking pasta'}" in ok(run(child_env, "show", "202602"))  # a prefix of the whole id wins
 
 
-def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], store: SessionStore) -> None:
+def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], store: FolderStore) -> None:
     line = one_line_error(run(child_env, "delete", "zzzz", "--purge", "--yes"))
     assert "no session 'zzzz'" in line and "nor is it in the trash" in line
     assert "matches 3 sessions" in one_line_error(run(child_env, "delete", "2026", "--purge", "--yes"))
@@ -186,12 +187,12 @@ def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], sto
     ("20269999", "no session"), ("2026", "matches 3 sessions"), ("../etc/passwd", "not a session id"),
     ("Roman", "no session"),
 ])
-def test_show_bad_ids(child_env: dict[str, str], store: SessionStore, ref: str, says: str) -> None:
+def test_show_bad_ids(child_env: dict[str, str], store: FolderStore, ref: str, says: str) -> None:
     assert says in one_line_error(run(child_env, "show", ref))
 
 
 # -- search ---------------------------------------------------------------------------------------------
-def test_search_hits_show_where_and_a_snippet(child_env: dict[str, str], store: SessionStore) -> None:
+def test_search_hits_show_where_and_a_snippet(child_env: dict[str, str], store: FolderStore) -> None:
     out = ok(run(child_env, "search", "emperor"))
     assert f"{A} · Roman history · turn 2 · assistant" in out
     assert "Augustus became the first emperor." in out
@@ -203,7 +204,7 @@ def test_search_hits_show_where_and_a_snippet(child_env: dict[str, str], store: 
     assert json.loads(ok(run(child_env, "search", "first", "pasta", "--json"))) == []
 
 
-def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store: SessionStore) -> None:
+def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store: FolderStore) -> None:
     hits = json.loads(ok(run(child_env, "search", "pasta", "--json")))
     assert {h["role"] for h in hits} == {"title", "user"}
     assert [h["role"] for h in json.loads(ok(run(child_env, "search", "pasta", "--role", "title", "--json")))] \
@@ -216,7 +217,7 @@ def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store
 
 
 def test_search_follows_file_changes_and_the_index_is_only_a_cache(child_env: dict[str, str],
-                                                                   store: SessionStore) -> None:
+                                                                   store: FolderStore) -> None:
     assert json.loads(ok(run(child_env, "search", "gnocchi", "--json"))) == []
     snap = json.loads((store.root / f"{B}.json").read_text())
     snap["messages"][1]["content"] = "Gnocchi take two minutes."
@@ -237,7 +238,7 @@ def test_search_follows_file_changes_and_the_index_is_only_a_cache(child_env: di
 
 
 # -- rename, delete, restore, prune ---------------------------------------------------------------------
-def test_rename(child_env: dict[str, str], store: SessionStore) -> None:
+def test_rename(child_env: dict[str, str], store: FolderStore) -> None:
     assert "now titled 'Ancient Rome'" in ok(run(child_env, "rename", "Roman history", "  Ancient Rome "))
     assert json.loads((store.root / f"{A}.json").read_text())["title"] == "Ancient Rome"
     assert [h["session_id"] for h in json.loads(ok(run(child_env, "search", "ancient", "--json")))] == [A]
@@ -247,7 +248,7 @@ def test_rename(child_env: dict[str, str], store: SessionStore) -> None:
     assert files(store.root) == before
 
 
-def test_library_commands_refuse_a_session_open_elsewhere(child_env: dict[str, str], store: SessionStore) -> None:
+def test_library_commands_refuse_a_session_open_elsewhere(child_env: dict[str, str], store: FolderStore) -> None:
     lock = store.lock(A)  # as a running REPL would hold it
     try:
         before = files(store.root)
@@ -260,7 +261,7 @@ def test_library_commands_refuse_a_session_open_elsewhere(child_env: dict[str, s
         lock.release()
 
 
-def test_delete_restore_purge(child_env: dict[str, str], store: SessionStore) -> None:
+def test_delete_restore_purge(child_env: dict[str, str], store: FolderStore) -> None:
     out = ok(run(child_env, "delete", A, "20260202"))
     assert "chatcli restore" in out
     assert not (store.root / f"{A}.json").exists()
@@ -285,7 +286,7 @@ def test_delete_restore_purge(child_env: dict[str, str], store: SessionStore) ->
     assert "no session" in one_line_error(run(child_env, "delete", "nope"))
 
 
-def test_prune(child_env: dict[str, str], store: SessionStore) -> None:
+def test_prune(child_env: dict[str, str], store: FolderStore) -> None:
     out = ok(run(child_env, "prune", "--older-than", "30d", "--dry-run"))
     assert A in out and B not in out and "would be moved" in out
     assert (store.root / f"{A}.json").exists()
@@ -297,7 +298,7 @@ def test_prune(child_env: dict[str, str], store: SessionStore) -> None:
 
 
 # -- export and import ----------------------------------------------------------------------------------
-def test_export_formats(child_env: dict[str, str], store: SessionStore, tmp_path: Path) -> None:
+def test_export_formats(child_env: dict[str, str], store: FolderStore, tmp_path: Path) -> None:
     md = ok(run(child_env, "export", A, "--format", "md"))
     assert md.startswith("# Roman history") and "Augustus" in md
     assert json.loads(ok(run(child_env, "export", A, "-f", "json"))) == json.loads((store.root / f"{A}.json").read_text())
@@ -313,7 +314,7 @@ def test_export_formats(child_env: dict[str, str], store: SessionStore, tmp_path
     assert "unknown export format" in one_line_error(run(child_env, "export", A, "-f", "pdf"), 2)
 
 
-def test_import_round_trip_and_openai_shapes(child_env: dict[str, str], store: SessionStore,
+def test_import_round_trip_and_openai_shapes(child_env: dict[str, str], store: FolderStore,
                                              tmp_path: Path) -> None:
     exported = tmp_path / "a.json"
     exported.write_text(ok(run(child_env, "export", A, "-f", "json")))
@@ -355,7 +356,7 @@ def test_import_round_trip_and_openai_shapes(child_env: dict[str, str], store: S
     ('{"format": "chatcli.session", "version": 99, "id": "x"}', "newer"),
     ('{"format": "chatcli.session", "version": 1, "id": "../../x"}', ""),
 ])
-def test_import_wrong_shapes(child_env: dict[str, str], store: SessionStore, tmp_path: Path,
+def test_import_wrong_shapes(child_env: dict[str, str], store: FolderStore, tmp_path: Path,
                              content: str, says: str) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content)
@@ -365,12 +366,12 @@ def test_import_wrong_shapes(child_env: dict[str, str], store: SessionStore, tmp
     assert files(store.root) == before
 
 
-def test_import_missing_file(child_env: dict[str, str], store: SessionStore, tmp_path: Path) -> None:
+def test_import_missing_file(child_env: dict[str, str], store: FolderStore, tmp_path: Path) -> None:
     assert "cannot read" in one_line_error(run(child_env, "import", str(tmp_path / "nope.json")))
 
 
 # -- fork and stats -------------------------------------------------------------------------------------
-def test_fork(child_env: dict[str, str], store: SessionStore) -> None:
+def test_fork(child_env: dict[str, str], store: FolderStore) -> None:
     new = ok(run(child_env, "fork", A, "--at", "1")).strip().splitlines()[-1]
     snap = json.loads((store.root / f"{new}.json").read_text())
     assert [m["content"] for m in snap["messages"]] == ["Who founded Rome?", "Romulus, by legend, in 753 BC."]
@@ -381,7 +382,7 @@ def test_fork(child_env: dict[str, str], store: SessionStore) -> None:
     assert len(json.loads((store.root / f"{A}.json").read_text())["messages"]) == 4  # the source is untouched
 
 
-def test_stats(child_env: dict[str, str], store: SessionStore) -> None:
+def test_stats(child_env: dict[str, str], store: FolderStore) -> None:
     (store.root / "20260404-000000-dddd.json").write_text("{")
     t = json.loads(ok(run(child_env, "stats", "--json")))
     assert t["sessions"] == 3 and t["active_7d"] == 2 and t["damaged"] == 1

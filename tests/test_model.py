@@ -17,7 +17,7 @@ import pytest
 
 from chatcli.backends.local import LocalBackend, default_model_path
 from chatcli.session import ConversationSession, GenerationParams
-from chatcli.store import SessionStore
+from chatcli.stores.folder import FolderStore
 
 pytestmark = pytest.mark.model
 
@@ -54,7 +54,7 @@ def gone(pid: int, within: float = 5.0) -> bool:
 
 
 def test_real_model_reply_saved_and_resumed_with_context(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path / "sessions")
+    store = FolderStore(tmp_path / "sessions")
     backend = LocalBackend(log_path=tmp_path / "server.log")
     params = GenerationParams(temperature=0.0, max_tokens=MAX_TOKENS)
     session = ConversationSession.create(store, backend, model=backend.model, params=params)

@@ -23,15 +23,16 @@ from chatcli.errors import (
     StreamError,
 )
 from chatcli.session import ConversationSession, GenerationParams, Message, Timeouts
-from chatcli.store import FORMAT, VERSION, SessionStore
+from chatcli.snapshot import FORMAT, VERSION
+from chatcli.stores.folder import FolderStore
 from fakellm import FakeLLMServer, Reply
 
 SYSTEM = "You are terse."
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SessionStore:
-    return SessionStore(tmp_path / "sessions")
+def store(tmp_path: Path) -> FolderStore:
+    return FolderStore(tmp_path / "sessions")
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def opened() -> Iterator[list[ConversationSession]]:
         s.close()
 
 
-def openai_session(store: SessionStore, llm: FakeLLMServer, opened: list[ConversationSession], *,
+def openai_session(store: FolderStore, llm: FakeLLMServer, opened: list[ConversationSession], *,
                    api_key: str | None = None, **kwargs: Any) -> ConversationSession:
     backend = OpenAIBackend(llm.url + "/v1", "fake-model", api_key=api_key)
     kwargs.setdefault("system", SYSTEM)
@@ -53,7 +54,7 @@ def openai_session(store: SessionStore, llm: FakeLLMServer, opened: list[Convers
     return s
 
 
-def ollama_session(store: SessionStore, llm: FakeLLMServer,
+def ollama_session(store: FolderStore, llm: FakeLLMServer,
                    opened: list[ConversationSession]) -> ConversationSession:
     backend = OllamaBackend(llm.url, "fake-model")
     s = ConversationSession.create(store, backend, model="fake-model", system=SYSTEM, base_url=llm.url)
@@ -73,7 +74,7 @@ def sent_messages(llm: FakeLLMServer, n: int = -1) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------- the normal turn
 
 
-def test_create_writes_an_empty_snapshot(store: SessionStore, fake_llm: FakeLLMServer,
+def test_create_writes_an_empty_snapshot(store: FolderStore, fake_llm: FakeLLMServer,
                                          opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened, title="my title",
                        params=GenerationParams(temperature=0.2, max_tokens=99))
@@ -87,7 +88,7 @@ def test_create_writes_an_empty_snapshot(store: SessionStore, fake_llm: FakeLLMS
     assert snap["base_url"] == fake_llm.url + "/v1"
 
 
-def test_user_message_is_on_disk_when_the_request_arrives(store: SessionStore, fake_llm: FakeLLMServer,
+def test_user_message_is_on_disk_when_the_request_arrives(store: FolderStore, fake_llm: FakeLLMServer,
                                                           opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     seen: list[dict[str, Any]] = []
@@ -106,7 +107,7 @@ def test_user_message_is_on_disk_when_the_request_arrives(store: SessionStore, f
     assert fake_llm.hook_errors == []
 
 
-def test_completed_reply_is_saved_with_usage_and_timings(store: SessionStore, fake_llm: FakeLLMServer,
+def test_completed_reply_is_saved_with_usage_and_timings(store: FolderStore, fake_llm: FakeLLMServer,
                                                          opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="One two three", usage=(40, 3, 8), delay_first=0.15, delay_each=0.05,
@@ -132,7 +133,7 @@ def test_completed_reply_is_saved_with_usage_and_timings(store: SessionStore, fa
     assert "error" not in saved
 
 
-def test_llamacpp_timings_are_stored_under_server(store: SessionStore, fake_llm: FakeLLMServer,
+def test_llamacpp_timings_are_stored_under_server(store: FolderStore, fake_llm: FakeLLMServer,
                                                   opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="a b c d", usage=(20, 4, 0), timings=True, delay_each=0.01))
@@ -145,7 +146,7 @@ def test_llamacpp_timings_are_stored_under_server(store: SessionStore, fake_llm:
     assert t["ttft_s"] is not None and t["duration_s"] is not None
 
 
-def test_llamacpp_cache_n_fills_cached_tokens(store: SessionStore, fake_llm: FakeLLMServer,
+def test_llamacpp_cache_n_fills_cached_tokens(store: FolderStore, fake_llm: FakeLLMServer,
                                               opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="x y", usage=(30, 2, 12), timings=True))
@@ -154,7 +155,7 @@ def test_llamacpp_cache_n_fills_cached_tokens(store: SessionStore, fake_llm: Fak
                                                    "cached_tokens": 12}
 
 
-def test_ollama_counts_and_nanosecond_durations(store: SessionStore, fake_llm: FakeLLMServer,
+def test_ollama_counts_and_nanosecond_durations(store: FolderStore, fake_llm: FakeLLMServer,
                                                 opened: list[ConversationSession]) -> None:
     s = ollama_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="Hi there friend", usage=(12, 3, 0), delay_each=0.02))
@@ -175,7 +176,7 @@ def test_ollama_counts_and_nanosecond_durations(store: SessionStore, fake_llm: F
     assert saved["timings"]["tokens_per_second"] == round(3 / (server["eval_duration"] / 1e9), 2)
 
 
-def test_checkpoint_saves_partial_reply_as_streaming(store: SessionStore, fake_llm: FakeLLMServer,
+def test_checkpoint_saves_partial_reply_as_streaming(store: FolderStore, fake_llm: FakeLLMServer,
                                                      opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.checkpoint_seconds = s.checkpoint_cost_ratio = 0.0  # save after every token
@@ -224,7 +225,7 @@ class _TickingBackend:
 
 @pytest.mark.parametrize("save_cost", [0.001, 0.2])
 def test_checkpoints_every_quarter_second_unless_saving_is_slow(
-        store: SessionStore, opened: list[ConversationSession], monkeypatch: pytest.MonkeyPatch,
+        store: FolderStore, opened: list[ConversationSession], monkeypatch: pytest.MonkeyPatch,
         save_cost: float) -> None:
     """kill -9 loses at most the last 0.25 s of a reply; a session whose save is slow saves less often,
     spending at most a tenth of the streaming time on saves."""
@@ -239,12 +240,12 @@ def test_checkpoints_every_quarter_second_unless_saving_is_slow(
     checkpoints: list[tuple[float, str]] = []
     real_save = s.store.save
 
-    def timed_save(snapshot: dict[str, Any]) -> Any:
+    def timed_save(snapshot: dict[str, Any], **kw: Any) -> Any:
         last = snapshot["messages"][-1]
         if last["status"] == "streaming":
             checkpoints.append((clock.t, last["content"]))
         clock.t += save_cost
-        return real_save(snapshot)
+        return real_save(snapshot, **kw)
 
     monkeypatch.setattr(s.store, "save", timed_save)
     s.send("go")
@@ -263,7 +264,7 @@ def test_checkpoints_every_quarter_second_unless_saving_is_slow(
 # --------------------------------------------------------------------------------------- timeouts
 
 
-def test_idle_stall_keeps_partial_text_as_timeout(store: SessionStore, fake_llm: FakeLLMServer,
+def test_idle_stall_keeps_partial_text_as_timeout(store: FolderStore, fake_llm: FakeLLMServer,
                                                   opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.timeouts = Timeouts(connect=2.0, idle=0.3, total=10.0)
@@ -289,7 +290,7 @@ def test_idle_stall_keeps_partial_text_as_timeout(store: SessionStore, fake_llm:
         {"role": "assistant", "content": "part one "}, {"role": "user", "content": "go on"}]
 
 
-def test_trickle_past_the_total_deadline_is_a_timeout(store: SessionStore, fake_llm: FakeLLMServer,
+def test_trickle_past_the_total_deadline_is_a_timeout(store: FolderStore, fake_llm: FakeLLMServer,
                                                       opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.timeouts = Timeouts(connect=2.0, idle=5.0, total=0.5)
@@ -311,7 +312,7 @@ def test_trickle_past_the_total_deadline_is_a_timeout(store: SessionStore, fake_
     assert s.send("again").content == "fast"
 
 
-def test_timeout_before_the_first_token(store: SessionStore, fake_llm: FakeLLMServer,
+def test_timeout_before_the_first_token(store: FolderStore, fake_llm: FakeLLMServer,
                                         opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.timeouts = Timeouts(connect=2.0, idle=0.2, total=10.0)
@@ -346,7 +347,7 @@ ERRORS: list[tuple[str, Reply, type[BackendError], str, str]] = [
 
 @pytest.mark.parametrize(("name", "reply", "cls", "phrase", "partial"), ERRORS, ids=[e[0] for e in ERRORS])
 def test_backend_errors_keep_the_turn_and_the_session_goes_on(
-        store: SessionStore, fake_llm: FakeLLMServer, opened: list[ConversationSession],
+        store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession],
         name: str, reply: Reply, cls: type[BackendError], phrase: str, partial: str) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(reply)
@@ -371,7 +372,7 @@ def test_backend_errors_keep_the_turn_and_the_session_goes_on(
     assert on_disk(s)["messages"][-1]["status"] == "ok"
 
 
-def test_ollama_in_stream_error_keeps_partial(store: SessionStore, fake_llm: FakeLLMServer,
+def test_ollama_in_stream_error_keeps_partial(store: FolderStore, fake_llm: FakeLLMServer,
                                               opened: list[ConversationSession]) -> None:
     s = ollama_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="x y z", error_after=1, error_message="model crashed"))
@@ -381,7 +382,7 @@ def test_ollama_in_stream_error_keeps_partial(store: SessionStore, fake_llm: Fak
     assert (saved["content"], saved["status"]) == ("x ", "error")
 
 
-def test_unexpected_exception_in_callback_still_saves(store: SessionStore, fake_llm: FakeLLMServer,
+def test_unexpected_exception_in_callback_still_saves(store: FolderStore, fake_llm: FakeLLMServer,
                                                       opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="one two"))
@@ -396,7 +397,7 @@ def test_unexpected_exception_in_callback_still_saves(store: SessionStore, fake_
     assert saved["error"] == "ValueError: renderer bug"
 
 
-def test_ctrl_c_during_the_reply_keeps_it_as_interrupted(store: SessionStore, fake_llm: FakeLLMServer,
+def test_ctrl_c_during_the_reply_keeps_it_as_interrupted(store: FolderStore, fake_llm: FakeLLMServer,
                                                          opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="one two three four five six", delay_each=0.05))
@@ -421,7 +422,7 @@ def test_ctrl_c_during_the_reply_keeps_it_as_interrupted(store: SessionStore, fa
 # -------------------------------------------------------------------------------------- rate limits
 
 
-def test_429_with_retry_after_zero_is_retried_once(store: SessionStore, fake_llm: FakeLLMServer,
+def test_429_with_retry_after_zero_is_retried_once(store: FolderStore, fake_llm: FakeLLMServer,
                                                    opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(status=429, error_message="slow down", headers={"Retry-After": "0"}),
@@ -438,7 +439,7 @@ def test_429_with_retry_after_zero_is_retried_once(store: SessionStore, fake_llm
     assert [m["status"] for m in on_disk(s)["messages"]] == ["ok", "ok"]
 
 
-def test_429_beyond_max_retries_raises_rate_limited(store: SessionStore, fake_llm: FakeLLMServer,
+def test_429_beyond_max_retries_raises_rate_limited(store: FolderStore, fake_llm: FakeLLMServer,
                                                     opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.max_retries = 2
@@ -456,7 +457,7 @@ def test_429_beyond_max_retries_raises_rate_limited(store: SessionStore, fake_ll
     assert on_disk(s)["messages"][-1]["status"] == "error"
 
 
-def test_429_with_a_long_retry_after_is_not_waited_for(store: SessionStore, fake_llm: FakeLLMServer,
+def test_429_with_a_long_retry_after_is_not_waited_for(store: FolderStore, fake_llm: FakeLLMServer,
                                                        opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(status=429, headers={"Retry-After": "3600"}))
@@ -470,7 +471,7 @@ def test_429_with_a_long_retry_after_is_not_waited_for(store: SessionStore, fake
 
 
 def test_resume_restores_everything_and_sends_the_whole_context(
-        store: SessionStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]) -> None:
+        store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened, title="Trip plan",
                        params=GenerationParams(temperature=0.4, max_tokens=77))
     fake_llm.enqueue(Reply(text="A1"), Reply(text="A2"))
@@ -505,7 +506,7 @@ def test_resume_restores_everything_and_sends_the_whole_context(
     assert len(on_disk(r)["messages"]) == 6
 
 
-def test_resume_of_a_locked_session_is_refused(store: SessionStore, fake_llm: FakeLLMServer,
+def test_resume_of_a_locked_session_is_refused(store: FolderStore, fake_llm: FakeLLMServer,
                                                opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     calls: list[str] = []
@@ -520,7 +521,7 @@ def test_resume_of_a_locked_session_is_refused(store: SessionStore, fake_llm: Fa
         r.send("hi")
 
 
-def test_resume_releases_the_lock_when_the_factory_fails(store: SessionStore, fake_llm: FakeLLMServer,
+def test_resume_releases_the_lock_when_the_factory_fails(store: FolderStore, fake_llm: FakeLLMServer,
                                                          opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.close()
@@ -533,7 +534,7 @@ def test_resume_releases_the_lock_when_the_factory_fails(store: SessionStore, fa
     store.lock(s.id).release()  # not left held
 
 
-def test_clear_and_unclear(store: SessionStore, fake_llm: FakeLLMServer,
+def test_clear_and_unclear(store: FolderStore, fake_llm: FakeLLMServer,
                            opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="A1"), Reply(text="A2"), Reply(text="A3"), Reply(text="A4"))
@@ -563,7 +564,7 @@ def test_clear_and_unclear(store: SessionStore, fake_llm: FakeLLMServer,
         SYSTEM, "Q1", "A1", "Q2", "A2", "fresh start", "A3", "all of it"]
 
 
-def test_clear_survives_resume(store: SessionStore, fake_llm: FakeLLMServer,
+def test_clear_survives_resume(store: FolderStore, fake_llm: FakeLLMServer,
                                opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="A1"), Reply(text="A2"))
@@ -579,7 +580,7 @@ def test_clear_survives_resume(store: SessionStore, fake_llm: FakeLLMServer,
     assert r.context_start == 0
 
 
-def test_streaming_status_on_disk_loads_as_interrupted(store: SessionStore, fake_llm: FakeLLMServer,
+def test_streaming_status_on_disk_loads_as_interrupted(store: FolderStore, fake_llm: FakeLLMServer,
                                                        opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.close()
@@ -612,7 +613,7 @@ def test_message_json_round_trip() -> None:
 # ------------------------------------------------------------------------------------ stats, secrets
 
 
-def test_stats(store: SessionStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]) -> None:
+def test_stats(store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     empty = s.stats()
     assert empty.turns == 0 and empty.mean_ttft_s is None and empty.last_tokens_per_second is None
@@ -634,13 +635,13 @@ def test_stats(store: SessionStore, fake_llm: FakeLLMServer, opened: list[Conver
     assert st.last_tokens_per_second == rates[-1]
     assert st.mean_tokens_per_second == pytest.approx(sum(rates) / 2)  # type: ignore[arg-type]
     path = store.path_for(s.id)
-    assert st.snapshot_path == str(path)
-    assert st.snapshot_bytes == path.stat().st_size
+    assert st.location == str(path)
+    assert st.stored_bytes == path.stat().st_size
     assert s.last_save is not None and st.last_saved_at == s.last_save.saved_at
     assert st.context_messages == 4
 
 
-def test_api_key_is_sent_but_never_saved(store: SessionStore, fake_llm: FakeLLMServer,
+def test_api_key_is_sent_but_never_saved(store: FolderStore, fake_llm: FakeLLMServer,
                                          opened: list[ConversationSession], tmp_path: Path) -> None:
     canary = "sk-CANARY-7f3a9e1d"
     s = openai_session(store, fake_llm, opened, api_key=canary)
@@ -654,14 +655,14 @@ def test_api_key_is_sent_but_never_saved(store: SessionStore, fake_llm: FakeLLMS
         assert b"CANARY" not in p.read_bytes(), p
 
 
-def test_no_authorization_header_without_a_key(store: SessionStore, fake_llm: FakeLLMServer,
+def test_no_authorization_header_without_a_key(store: FolderStore, fake_llm: FakeLLMServer,
                                                opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.send("hello")
     assert "authorization" not in fake_llm.requests[-1]["headers"]
 
 
-def test_close_releases_the_lock_and_closes_the_backend(store: SessionStore, fake_llm: FakeLLMServer,
+def test_close_releases_the_lock_and_closes_the_backend(store: FolderStore, fake_llm: FakeLLMServer,
                                                         opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.send("hello")
@@ -673,7 +674,7 @@ def test_close_releases_the_lock_and_closes_the_backend(store: SessionStore, fak
     s.close()  # twice is harmless
 
 
-def test_close_saves_what_is_unsaved(store: SessionStore, fake_llm: FakeLLMServer,
+def test_close_saves_what_is_unsaved(store: FolderStore, fake_llm: FakeLLMServer,
                                      opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     s.messages.append(Message(role="user", content="kept in memory only"))
@@ -682,7 +683,7 @@ def test_close_saves_what_is_unsaved(store: SessionStore, fake_llm: FakeLLMServe
     assert on_disk(s)["messages"][-1]["content"] == "kept in memory only"
 
 
-def test_title_comes_from_the_first_message(store: SessionStore, fake_llm: FakeLLMServer,
+def test_title_comes_from_the_first_message(store: FolderStore, fake_llm: FakeLLMServer,
                                             opened: list[ConversationSession]) -> None:
     s = openai_session(store, fake_llm, opened)
     long = "word " * 30 + "\x1b[31m"

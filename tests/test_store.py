@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from chatcli import store as store_mod
+from chatcli.stores import folder as store_mod
 from chatcli.errors import (
     AmbiguousSessionId,
     InvalidSessionId,
@@ -25,15 +25,9 @@ from chatcli.errors import (
     SessionNotFound,
     SnapshotError,
 )
-from chatcli.store import (
-    FORMAT,
-    VERSION,
-    DamagedFile,
-    SaveInfo,
-    SessionStore,
-    new_session_id,
-    validate_id,
-)
+from chatcli.snapshot import FORMAT, VERSION, DamagedFile, new_session_id, resolve, validate_id
+from chatcli.stores.folder import FolderStore
+from chatcli.stores.base import SaveInfo
 
 ID_A = "20260101-090000-aaaa"
 ID_B = "20260101-090000-aaab"
@@ -60,8 +54,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(root: Path) -> SessionStore:
-    return SessionStore(root)
+def store(root: Path) -> FolderStore:
+    return FolderStore(root)
 
 
 def tmp_files(root: Path) -> list[str]:
@@ -71,7 +65,7 @@ def tmp_files(root: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------- saving
 
 
-def test_save_is_atomic_with_private_modes_under_umask_022(store: SessionStore, root: Path) -> None:
+def test_save_is_atomic_with_private_modes_under_umask_022(store: FolderStore, root: Path) -> None:
     old = os.umask(0o022)
     try:
         info = store.save(snapshot(ID_A))
@@ -79,7 +73,7 @@ def test_save_is_atomic_with_private_modes_under_umask_022(store: SessionStore, 
         os.umask(old)
     path = root / f"{ID_A}.json"
     assert isinstance(info, SaveInfo)
-    assert info.path == path
+    assert info.location == str(path)
     assert info.size == path.stat().st_size > 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", info.saved_at)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -89,14 +83,14 @@ def test_save_is_atomic_with_private_modes_under_umask_022(store: SessionStore, 
     assert store.load(ID_A) == snapshot(ID_A)
 
 
-def test_save_tightens_an_existing_open_folder(store: SessionStore, root: Path) -> None:
+def test_save_tightens_an_existing_open_folder(store: FolderStore, root: Path) -> None:
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
     store.save(snapshot(ID_A))
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
-def test_save_overwrites_and_reports_the_new_size(store: SessionStore, root: Path) -> None:
+def test_save_overwrites_and_reports_the_new_size(store: FolderStore, root: Path) -> None:
     store.save(snapshot(ID_A))
     bigger = snapshot(ID_A, title="x" * 1000)
     info = store.save(bigger)
@@ -108,7 +102,7 @@ def test_save_overwrites_and_reports_the_new_size(store: SessionStore, root: Pat
 
 @pytest.mark.parametrize("failing", ["replace", "fsync"])
 def test_failed_save_keeps_previous_snapshot_byte_identical(
-        store: SessionStore, root: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+        store: FolderStore, root: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     store.save(snapshot(ID_A))
     path = root / f"{ID_A}.json"
     before = path.read_bytes()
@@ -131,7 +125,7 @@ def test_failed_save_keeps_previous_snapshot_byte_identical(
     assert store.load(ID_A)["title"] == ""
 
 
-def test_failed_first_save_says_nothing_was_written(store: SessionStore, root: Path,
+def test_failed_first_save_says_nothing_was_written(store: FolderStore, root: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -147,13 +141,13 @@ def test_failed_first_save_says_nothing_was_written(store: SessionStore, root: P
 def test_save_into_an_impossible_folder_raises_save_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    store = SessionStore(blocker / "sessions")
+    store = FolderStore(blocker / "sessions")
     with pytest.raises(SaveError) as info:
         store.save(snapshot(ID_A))
     assert str(blocker / "sessions") in str(info.value)
 
 
-def test_save_refuses_a_hostile_id_in_the_snapshot(store: SessionStore, root: Path) -> None:
+def test_save_refuses_a_hostile_id_in_the_snapshot(store: FolderStore, root: Path) -> None:
     with pytest.raises(InvalidSessionId):
         store.save(snapshot("../escape"))
     assert not (root.parent / "escape.json").exists()
@@ -162,7 +156,7 @@ def test_save_refuses_a_hostile_id_in_the_snapshot(store: SessionStore, root: Pa
 # ------------------------------------------------------------------------------------------ locking
 
 
-def test_stale_temp_files_are_removed_when_the_lock_is_taken(store: SessionStore, root: Path) -> None:
+def test_stale_temp_files_are_removed_when_the_lock_is_taken(store: FolderStore, root: Path) -> None:
     store.save(snapshot(ID_A))
     (root / f".{ID_A}.k3j4h5.tmp").write_bytes(b'{"half": ')
     (root / f".{ID_A}.zz9.tmp").write_bytes(b"")
@@ -175,7 +169,7 @@ def test_stale_temp_files_are_removed_when_the_lock_is_taken(store: SessionStore
         lock.release()
 
 
-def test_remove_temp_files_counts(store: SessionStore, root: Path) -> None:
+def test_remove_temp_files_counts(store: FolderStore, root: Path) -> None:
     root.mkdir()
     for name in ("a", "b", "c"):
         (root / f".{ID_A}.{name}.tmp").write_bytes(b"x")
@@ -183,7 +177,7 @@ def test_remove_temp_files_counts(store: SessionStore, root: Path) -> None:
     assert store.remove_temp_files(ID_A) == 0
 
 
-def test_second_lock_is_refused_until_the_first_is_released(store: SessionStore) -> None:
+def test_second_lock_is_refused_until_the_first_is_released(store: FolderStore) -> None:
     first = store.lock(ID_A)
     try:
         with pytest.raises(SessionLocked) as info:
@@ -197,7 +191,7 @@ def test_second_lock_is_refused_until_the_first_is_released(store: SessionStore)
     again.release()
 
 
-def test_lock_file_is_private(store: SessionStore, root: Path) -> None:
+def test_lock_file_is_private(store: FolderStore, root: Path) -> None:
     old = os.umask(0o022)
     try:
         lock = store.lock(ID_A)
@@ -209,11 +203,11 @@ def test_lock_file_is_private(store: SessionStore, root: Path) -> None:
         lock.release()
 
 
-def test_lock_of_a_killed_process_is_free_again(store: SessionStore, root: Path) -> None:
+def test_lock_of_a_killed_process_is_free_again(store: FolderStore, root: Path) -> None:
     code = textwrap.dedent(f"""
         import sys, time
-        from chatcli.store import SessionStore
-        lock = SessionStore({str(root)!r}).lock({ID_A!r})
+        from chatcli.stores.folder import FolderStore
+        lock = FolderStore({str(root)!r}).lock({ID_A!r})
         print("LOCKED", flush=True)
         time.sleep(60)
     """)
@@ -235,7 +229,7 @@ def test_lock_of_a_killed_process_is_free_again(store: SessionStore, root: Path)
     lock.release()
 
 
-def test_lock_with_a_hostile_id_touches_nothing(store: SessionStore, root: Path) -> None:
+def test_lock_with_a_hostile_id_touches_nothing(store: FolderStore, root: Path) -> None:
     with pytest.raises(InvalidSessionId):
         store.lock("../x")
     assert not root.exists()
@@ -298,7 +292,7 @@ def _write_damaged(root: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("sid", [*DAMAGED, "x"])
-def test_damaged_snapshot_raises_snapshot_error_naming_the_path(store: SessionStore, root: Path,
+def test_damaged_snapshot_raises_snapshot_error_naming_the_path(store: FolderStore, root: Path,
                                                                 sid: str) -> None:
     paths = _write_damaged(root)
     with pytest.raises(SnapshotError) as info:
@@ -310,38 +304,38 @@ def test_damaged_snapshot_raises_snapshot_error_naming_the_path(store: SessionSt
     assert phrase in message
 
 
-def test_newer_format_message_says_to_upgrade(store: SessionStore, root: Path) -> None:
+def test_newer_format_message_says_to_upgrade(store: FolderStore, root: Path) -> None:
     _write_damaged(root)
     with pytest.raises(SnapshotError, match=r"format version 999.*upgrade chatcli"):
         store.load("newer")
 
 
-def test_list_lists_good_sessions_and_damaged_files(store: SessionStore, root: Path) -> None:
+def test_list_lists_good_sessions_and_damaged_files(store: FolderStore, root: Path) -> None:
     paths = _write_damaged(root)
     store.save(snapshot(ID_A, title="first", updated_at="2026-01-01T09:00:00.000Z"))
     store.save(snapshot(ID_C, title="second", updated_at="2026-03-01T09:00:00.000Z"))
     (root / "README.txt").write_text("not a session")  # ignored: not a .json
     (root / f".{ID_A}.abc.tmp").write_text("{")      # ignored: a temp file
 
-    rows, damaged = store.list()
+    rows, damaged = store.scan()
 
     assert [r.id for r in rows] == [ID_C, ID_A]  # newest update first
     assert rows[0].title == "second"
     assert rows[1].turns == 1 and rows[1].messages == 2
     assert rows[1].backend == "openai" and rows[1].model == "fake-model"
-    assert rows[1].path == root / f"{ID_A}.json"
+    assert rows[1].location == str(root / f"{ID_A}.json")
     assert all(isinstance(d, DamagedFile) for d in damaged)
-    assert sorted(d.path for d in damaged) == sorted(paths.values())
+    assert sorted(d.location for d in damaged) == sorted(str(p) for p in paths.values())
     for d in damaged:
-        assert str(d.path) in d.reason
+        assert d.location in d.reason
 
 
 def test_list_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
-    assert SessionStore(tmp_path / "nope").list() == ([], [])
-    assert SessionStore(tmp_path / "nope").ids() == []
+    assert FolderStore(tmp_path / "nope").scan() == ([], [])
+    assert FolderStore(tmp_path / "nope").ids() == []
 
 
-def test_load_unknown_id_raises_session_not_found(store: SessionStore) -> None:
+def test_load_unknown_id_raises_session_not_found(store: FolderStore) -> None:
     store.save(snapshot(ID_A))
     with pytest.raises(SessionNotFound, match=ID_B):
         store.load(ID_B)
@@ -351,57 +345,57 @@ def test_load_unknown_id_raises_session_not_found(store: SessionStore) -> None:
 
 
 @pytest.fixture
-def three(store: SessionStore) -> SessionStore:
+def three(store: FolderStore) -> FolderStore:
     store.save(snapshot(ID_A, title="groceries", updated_at="2026-01-05T00:00:00.000Z"))
     store.save(snapshot(ID_B, title="Rust lifetimes", updated_at="2026-01-03T00:00:00.000Z"))
     store.save(snapshot(ID_C, title="groceries plan", updated_at="2026-01-04T00:00:00.000Z"))
     return store
 
 
-def test_resolve_full_id_prefix_last_and_title(three: SessionStore) -> None:
-    assert three.resolve(ID_B) == ID_B
-    assert three.resolve("20260202") == ID_C
-    assert three.resolve(f"  {ID_C[:10]}  ") == ID_C
-    assert three.resolve("last") == ID_A  # most recently updated, not the newest id
-    assert three.resolve("Rust lifetimes") == ID_B
-    assert three.resolve("groceries") == ID_A  # exact title, not a prefix of "groceries plan"
+def test_resolve_full_id_prefix_last_and_title(three: FolderStore) -> None:
+    assert resolve(three, ID_B) == ID_B
+    assert resolve(three, "20260202") == ID_C
+    assert resolve(three, f"  {ID_C[:10]}  ") == ID_C
+    assert resolve(three, "last") == ID_A  # most recently updated, not the newest id
+    assert resolve(three, "Rust lifetimes") == ID_B
+    assert resolve(three, "groceries") == ID_A  # exact title, not a prefix of "groceries plan"
 
 
-def test_resolve_full_id_wins_over_being_a_prefix(store: SessionStore) -> None:
+def test_resolve_full_id_wins_over_being_a_prefix(store: FolderStore) -> None:
     store.save(snapshot("abc"))
     store.save(snapshot("abcd"))
-    assert store.resolve("abc") == "abc"
+    assert resolve(store, "abc") == "abc"
     with pytest.raises(AmbiguousSessionId):
-        store.resolve("ab")
+        resolve(store, "ab")
 
 
-def test_resolve_ambiguous_prefix_lists_candidates(three: SessionStore) -> None:
+def test_resolve_ambiguous_prefix_lists_candidates(three: FolderStore) -> None:
     with pytest.raises(AmbiguousSessionId) as info:
-        three.resolve("20260101")
+        resolve(three, "20260101")
     message = str(info.value)
     assert ID_A in message and ID_B in message
     assert ID_C not in message
     assert "2 sessions" in message
 
 
-def test_resolve_ambiguous_prefix_shortens_a_long_list(store: SessionStore) -> None:
+def test_resolve_ambiguous_prefix_shortens_a_long_list(store: FolderStore) -> None:
     for i in range(8):
         store.save(snapshot(f"20260101-0900{i:02d}-aaaa"))
     with pytest.raises(AmbiguousSessionId, match=r"8 sessions: .* and 3 more"):
-        store.resolve("2026")
+        resolve(store, "2026")
 
 
-def test_resolve_duplicate_title_is_ambiguous(store: SessionStore) -> None:
+def test_resolve_duplicate_title_is_ambiguous(store: FolderStore) -> None:
     store.save(snapshot(ID_A, title="same"))
     store.save(snapshot(ID_C, title="same"))
     with pytest.raises(AmbiguousSessionId) as info:
-        store.resolve("same")
+        resolve(store, "same")
     assert ID_A in str(info.value) and ID_C in str(info.value)
 
 
-def test_resolve_unknown_mentions_what_exists(three: SessionStore) -> None:
+def test_resolve_unknown_mentions_what_exists(three: FolderStore) -> None:
     with pytest.raises(SessionNotFound) as info:
-        three.resolve("zzz")
+        resolve(three, "zzz")
     message = str(info.value)
     assert "'zzz'" in message
     assert "3 exist" in message
@@ -409,17 +403,17 @@ def test_resolve_unknown_mentions_what_exists(three: SessionStore) -> None:
     assert "chatcli list" in message
 
 
-def test_resolve_in_an_empty_store(store: SessionStore) -> None:
+def test_resolve_in_an_empty_store(store: FolderStore) -> None:
     with pytest.raises(SessionNotFound, match="no sessions"):
-        store.resolve("last")
+        resolve(store, "last")
     with pytest.raises(SessionNotFound, match="no sessions"):
-        store.resolve("abc")
+        resolve(store, "abc")
 
 
-def test_resolve_last_skips_damaged_files(store: SessionStore, root: Path) -> None:
+def test_resolve_last_skips_damaged_files(store: FolderStore, root: Path) -> None:
     store.save(snapshot(ID_A))
     (root / "zzzz.json").write_bytes(b"{")
-    assert store.resolve("last") == ID_A
+    assert resolve(store, "last") == ID_A
 
 
 HOSTILE = ["../x", "a/b", "x\x00y", "a" * 500, "..", ".", "é", "", "-x", "x y", "x.json", "C:\\x",
@@ -427,17 +421,17 @@ HOSTILE = ["../x", "a/b", "x\x00y", "a" * 500, "..", ".", "é", "", "-x", "x y",
 
 
 @pytest.mark.parametrize("ref", HOSTILE)
-def test_resolve_rejects_hostile_ids(three: SessionStore, root: Path, ref: str) -> None:
+def test_resolve_rejects_hostile_ids(three: FolderStore, root: Path, ref: str) -> None:
     # A valid-looking snapshot one level up must never be reached through "../x".
     (root.parent / "x.json").write_bytes(orjson.dumps(snapshot("x")))
     with pytest.raises(InvalidSessionId) as info:
-        three.resolve(ref)
+        resolve(three, ref)
     assert len(str(info.value)) < 200  # a 500-character id is not echoed in full
     assert "session id" in str(info.value)
 
 
 @pytest.mark.parametrize("ref", HOSTILE)
-def test_hostile_ids_are_refused_before_any_path_is_built(store: SessionStore, root: Path, ref: str) -> None:
+def test_hostile_ids_are_refused_before_any_path_is_built(store: FolderStore, root: Path, ref: str) -> None:
     for call in (store.path_for, store.load, store.lock, store.remove_temp_files):
         with pytest.raises(InvalidSessionId):
             call(ref)
@@ -447,9 +441,9 @@ def test_hostile_ids_are_refused_before_any_path_is_built(store: SessionStore, r
 
 
 def test_resolve_with_no_folder_and_hostile_id(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path / "missing")
+    store = FolderStore(tmp_path / "missing")
     with pytest.raises(InvalidSessionId):
-        store.resolve("../../etc/passwd")
+        resolve(store, "../../etc/passwd")
     assert not (tmp_path / "missing").exists()
 
 

@@ -16,13 +16,13 @@ from chatcli.backends.openai import OpenAIBackend
 from chatcli.errors import ConfigError, NothingToDo
 from chatcli.repl import parse_command
 from chatcli.session import ConversationSession, Timeouts
-from chatcli.store import SessionStore
+from chatcli.stores.folder import FolderStore
 from fakellm import FakeLLMServer, Reply
 
 
 @pytest.fixture
 def session(tmp_path: Path, fake_llm: FakeLLMServer) -> Iterator[ConversationSession]:
-    store = SessionStore(tmp_path / "sessions")
+    store = FolderStore(tmp_path / "sessions")
     s = ConversationSession.create(store, OpenAIBackend(fake_llm.url + "/v1", "m1"), model="m1",
                                    base_url=fake_llm.url + "/v1")
     s.timeouts = Timeouts(connect=2.0, idle=5.0, total=10.0)
@@ -142,7 +142,7 @@ def test_model_and_system_changes_are_recorded_and_survive_resume(session: Conve
 def test_local_backend_model_cannot_be_switched(tmp_path: Path) -> None:
     from chatcli.backends.local import LocalBackend
 
-    store = SessionStore(tmp_path / "s")
+    store = FolderStore(tmp_path / "s")
     backend = LocalBackend(model_path=tmp_path / "none.gguf", log_path=tmp_path / "log")
     s = ConversationSession.create(store, backend, model="x")
     try:

@@ -4,7 +4,7 @@ locks left behind.
 * A second REPL (and every library command that writes) on an open session is refused with one clear
   line, changes nothing, and the first goes on; `show` reads it meanwhile.
 * CHATCLI_TORTURE_WRITERS chatcli processes, each on its own session in one folder, save at every token
-  while `list`, the index and SessionStore.list read the folder in a loop: no reader ever sees a damaged
+  while `list`, the index and FolderStore.list read the folder in a loop: no reader ever sees a damaged
   or half-written file, and every session ends with exactly its own turns.
 * A lock held by a SIGKILLed process, a lock file with garbage in it, and a lock that is a symbolic link
   (refused: the lock library truncates its file, so a link could destroy the file it points to).
@@ -22,8 +22,8 @@ from pathlib import Path
 from fakellm import FakeLLMServer, Reply, last_user_text
 from torturelib import WRITERS, Chat, Turns, add, chatcli_args, figure, load_checked, temp_files
 
-from chatcli.index import SessionIndex
-from chatcli.store import SessionStore
+from chatcli.stores.folder_index import SessionIndex
+from chatcli.stores.folder import FolderStore
 
 CASE = "concurrency"
 BANNER = re.compile(rb"(?:New|Resumed) session ([0-9A-Za-z_-]+)")
@@ -101,15 +101,16 @@ def test_many_writers_and_readers_never_interfere(
     problems: list[str] = []
 
     def reader() -> None:
-        store = SessionStore(root)
+        store = FolderStore(root)
         while not stop.is_set():
-            rows, damaged = store.list()
+            rows, damaged = store.scan()
             if damaged:
                 problems.append(f"store.list saw damaged files: {damaged}")
             reads["store.list"] += 1
             ix = SessionIndex(store)
             try:
-                rows, damaged = ix.summaries()
+                page = ix.page()
+                rows, damaged = page.rows, page.damaged
                 if damaged:
                     problems.append(f"the index saw damaged files: {damaged}")
             finally:

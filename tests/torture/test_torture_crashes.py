@@ -6,7 +6,7 @@ after the previous reply is shown). A third of the processes run as shipped (a c
 streaming); the rest save at every token, so kills land inside saves. One kill in ten hits a `resume`
 while it starts. After every kill the snapshot is checked:
 
-* it is valid JSON and a valid session (``SessionStore.load``);
+* it is valid JSON and a valid session (``FolderStore.load``);
 * every turn chatcli showed as complete is there, whole, with status ``ok``;
 * every message the server received a request for is there (it is saved before the request is sent),
   in order, and every request carried exactly the user messages saved before it;

@@ -35,9 +35,11 @@ from torturelib import FUZZ, LONG, SEED, add, figure, rng
 
 from chatcli.backends import make_backend
 from chatcli.errors import ChatcliError, SnapshotError
-from chatcli.index import SessionIndex, summarize
+from chatcli.snapshot import summarize
+from chatcli.stores.folder_index import SessionIndex
 from chatcli.session import ConversationSession
-from chatcli.store import FORMAT, VERSION, SessionStore
+from chatcli.snapshot import FORMAT, VERSION
+from chatcli.stores.folder import FolderStore
 
 CASE_FILES = "bad files"
 CASE_FUZZ = "fuzz: mutated snapshots"
@@ -209,7 +211,7 @@ def test_bad_files_get_a_clear_error_and_nothing_is_overwritten(
     root = user_dirs["sessions"]
     outside = tmp_path / "outside"
     outside.mkdir()
-    store = SessionStore(root)
+    store = FolderStore(root)
     for sid in GOOD:
         store.save(snapshot(sid))
     makers = _bad_files(root, outside)
@@ -285,7 +287,7 @@ def test_an_unreadable_file_gets_a_clear_error(tmp_path: Path) -> None:
     try:
         os.chmod(base, 0o711)
         root = base / "sessions"
-        store = SessionStore(root)
+        store = FolderStore(root)
         store.save(snapshot(GOOD[0]))
         locked = "20260301-000000-nope"
         store.save(snapshot(locked))
@@ -307,7 +309,7 @@ def test_an_unreadable_file_gets_a_clear_error(tmp_path: Path) -> None:
 
 
 def _read(root: Path, sid: str) -> str:
-    store = SessionStore(root)
+    store = FolderStore(root)
     try:
         store.load(sid)
         out = "LOADED"
@@ -315,7 +317,7 @@ def _read(root: Path, sid: str) -> str:
         out = f"SnapshotError: {e}"
     except BaseException as e:  # noqa: BLE001 - reported to the parent as a failure
         out = f"UNCAUGHT {type(e).__name__}: {e}"
-    rows, damaged = store.list()
+    rows, damaged = store.scan()
     return out + f"; list ok: {len(rows)} good, {len(damaged)} damaged"
 
 
@@ -362,11 +364,11 @@ def test_a_very_large_session_works(user_dirs: dict[str, Path], child_env: dict[
                 "status": "ok",
             }
         )
-    SessionStore(root).save(snap)
+    FolderStore(root).save(snap)
     size = (root / f"{sid}.json").stat().st_size
     assert size > 40 * 10**6
     t0 = time.monotonic()
-    assert SessionStore(root).load(sid) == snap
+    assert FolderStore(root).load(sid) == snap
     r = run_cli("list", env=child_env)
     assert r.returncode == 0 and sid in r.stdout, r.stderr
     r = run_cli("resume", sid, "--sessions-dir", str(root), env=dict(child_env, COLUMNS="100"))
@@ -510,7 +512,7 @@ def mutate_bytes(data: bytes, r: Any) -> bytes:
     return bytes(b)
 
 
-def exercise(store: SessionStore, sid: str, deep: bool) -> str:
+def exercise(store: FolderStore, sid: str, deep: bool) -> str:
     """Everything a resume does with a snapshot; 'refused' (a clear SnapshotError) or 'loaded'."""
     try:
         snap = store.load(sid)
@@ -547,7 +549,7 @@ def exercise(store: SessionStore, sid: str, deep: bool) -> str:
 
 def test_fuzzed_snapshots_never_raise_anything_but_a_clear_error(tmp_path: Path) -> None:
     root = tmp_path / "fuzz"
-    store = SessionStore(root)
+    store = FolderStore(root)
     sid = "20260101-090000-fuzz"
     base = snapshot(sid, n_turns=4)
     base_bytes = dump(base)
@@ -580,10 +582,10 @@ def test_fuzzed_snapshots_never_raise_anything_but_a_clear_error(tmp_path: Path)
         if n % 1000 == 999:  # the folder view too: list and the index over a handful of bad files
             for j in range(5):
                 (root / f"20260101-090000-ix{j:02d}.json").write_bytes(mutate_bytes(base_bytes, r))
-            store.list()
+            store.scan()
             ix = SessionIndex(store)
             try:
-                ix.summaries()
+                ix.page()
             finally:
                 ix.close()
     assert not failures, "\n".join(failures)

@@ -28,7 +28,8 @@ from torturelib import Chat, Turns, add, chatcli_args, figure, load_checked
 
 from chatcli.errors import InvalidSessionId
 from chatcli.session import ConversationSession
-from chatcli.store import SessionStore, validate_id
+from chatcli.snapshot import validate_id
+from chatcli.stores.folder import FolderStore
 
 CASE_IDS = "hostile input: ids"
 CASE_ESC = "hostile input: control sequences in model output"
@@ -169,7 +170,7 @@ def test_hostile_ids_are_refused_before_touching_the_file_system(
 ) -> None:
     root = user_dirs["sessions"]
     if with_sessions:
-        store = SessionStore(root)
+        store = FolderStore(root)
         store.save(
             {
                 "format": "chatcli.session",
@@ -205,7 +206,7 @@ def test_hostile_ids_are_refused_before_touching_the_file_system(
             validate_id(hostile)
         _seen.clear()
         _watch[:] = fragments(hostile)
-        store = SessionStore(root)
+        store = FolderStore(root)
         for call in (
             lambda: store.path_for(hostile),
             lambda: store.load(hostile),

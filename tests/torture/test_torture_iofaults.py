@@ -38,7 +38,7 @@ from torturelib import SEED, Chat, Turns, chatcli_args, figure, load_checked, rn
 from chatcli.backends.base import StreamEvent
 from chatcli.errors import SaveError
 from chatcli.session import ConversationSession, GenerationParams, Timeouts
-from chatcli.store import SessionStore
+from chatcli.stores.folder import FolderStore, whole
 
 OPS = ("open", "write", "fsync", "close", "replace", "diropen", "dirfsync")
 CODES = {
@@ -151,15 +151,15 @@ class Faults:
         monkeypatch.setattr(os, "replace", fake_replace)
 
 
-class CheckedStore(SessionStore):
-    """A SessionStore that checks every save attempt against the trace of the calls it made."""
+class CheckedStore(FolderStore):
+    """A FolderStore that checks every save attempt against the trace of the calls it made."""
 
     def __init__(self, root: Path, faults: Faults) -> None:
         super().__init__(root)
         self.faults = faults
         self.attempts: list[tuple[str, str, SaveError | None]] = []  # (phase, outcome, error)
 
-    def save(self, snapshot: dict[str, Any]) -> Any:
+    def save(self, snapshot: dict[str, Any], **kw: Any) -> Any:
         path = self.path_for(snapshot["id"])
         before = path.read_bytes() if path.exists() else None
         start, fired = len(self.faults.trace), self.faults.fired
@@ -173,10 +173,11 @@ class CheckedStore(SessionStore):
             if msgs[-1]["status"] == "streaming"
             else "final"
         )
+        snapshot = whole(snapshot)
         new = orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
         where = f"(seed {SEED}, fault {self.faults.op} k={self.faults.k} persistent={self.faults.persistent})"
         try:
-            info = super().save(snapshot)
+            info = super().save(snapshot, **kw)
         except SaveError as e:
             trace = "".join(self.faults.trace[start:])
             after = path.read_bytes() if path.exists() else None
@@ -489,7 +490,7 @@ def test_a_full_disk_loses_nothing(
 # a chatcli whose snapshot writes fail with ENOSPC once a file would pass 100 KiB, while a flag file exists
 ENOSPC_BOOT = """
 import errno, os, sys
-from chatcli import store
+from chatcli.stores import folder as store
 _write = os.write
 def write(fd, data):
     full = os.path.exists(os.environ["CHATCLI_TORTURE_ENOSPC_FLAG"])

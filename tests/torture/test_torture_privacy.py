@@ -15,8 +15,8 @@ import pexpect
 from fakellm import FakeLLMServer, Reply
 from torturelib import Chat, Turns, all_files, assert_no_canary, chatcli_args, figure, load_checked
 
-from chatcli.index import SessionIndex
-from chatcli.store import SessionStore
+from chatcli.stores.folder_index import SessionIndex
+from chatcli.stores.folder import FolderStore
 
 CASE = "privacy"
 CANARY = "sk-privacy-canary-5b2c9e7d1a"
@@ -97,8 +97,8 @@ def test_files_are_private_and_the_key_is_never_written(
     # the index's journal files exist only while it is open: look at them then
     old = os.umask(0o022)
     try:
-        ix = SessionIndex(SessionStore(root))
-        ix.summaries()
+        ix = SessionIndex(FolderStore(root))
+        ix.page()
         journal = sorted(root.glob(".index.sqlite*"))
         assert len(journal) >= 2, journal  # the database and its -wal (and -shm)
         for p in journal:

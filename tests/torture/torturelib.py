@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from chatcli.store import SessionStore
+from chatcli.stores.folder import FolderStore
 
 
 def size(name: str, default: int) -> int:
@@ -237,11 +237,11 @@ def temp_files(root: Path, sid: str | None = None) -> list[Path]:
 
 
 def load_checked(root: Path, sid: str) -> dict[str, Any]:
-    """The snapshot of ``sid``: it must be valid JSON and a valid session (SessionStore.load)."""
+    """The snapshot of ``sid``: it must be valid JSON and a valid session (FolderStore.load)."""
     path = root / f"{sid}.json"
     raw = path.read_bytes()
     decoded = orjson.loads(raw)  # never a half-written file
-    snap = SessionStore(root).load(sid)
+    snap = FolderStore(root).load(sid)
     assert snap == decoded
     return snap
 

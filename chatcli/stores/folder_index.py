@@ -11,11 +11,40 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcli.errors import SessionNotFound, SnapshotError
-from chatcli.store import SUFFIX, DamagedFile, SessionStore, SessionSummary, _ID_RE
+from chatcli.snapshot import (
+    HIGHLIGHT,
+    SEARCH_WINDOW,
+    DamagedFile,
+    SearchHit,
+    SessionSummary,
+    search_words,
+    snippet,
+    summarize,
+)
+from chatcli.stores.base import Page
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from chatcli.snapshot import Snapshot
+
+
+class Files(Protocol):
+    """What the index needs of its folder store."""
+
+    root: Path
+
+    def ensure_root(self) -> None: ...
+
+    def path_for(self, session_id: str) -> Path: ...
+
+    def snapshot_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]: ...
+
+    def load_path(self, path: Path, session_id: str | None = None) -> Snapshot: ...
 
 INDEX_NAME = ".index.sqlite"
 SCHEMA_VERSION = 2  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT)
@@ -40,35 +69,23 @@ CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(
 """
 
 
-@dataclass(frozen=True)
-class SearchHit:
-    """One match: the session, its title, the turn number (1-based), the role (``user``, ``assistant``
-    or ``title``), the message's position in the session, and a snippet with the match between
-    ``HIGHLIGHT`` markers."""
-
-    session_id: str
-    title: str
-    turn: int
-    role: str
-    position: int
-    snippet: str
-
-
-SEARCH_WINDOW = 5_000  # matches ranked by a search: the most recent ones
-HIGHLIGHT = ("\x02", "\x03")  # start/end of a match inside SearchHit.snippet (never in stored text shown raw)
-
-
 class SessionIndex:
-    """The index of one SessionStore. Use ``refresh()`` (done by ``summaries`` and ``search``)."""
+    """The catalog of one FolderStore, kept in ``<folder>/.index.sqlite``. Every reading method first
+    brings it up to date (``refresh``). Use as a context manager, or call ``close``."""
 
-    def __init__(self, store: SessionStore,
-                 on_progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, store: Files, on_progress: Callable[[int, int], None] | None = None) -> None:
         """``on_progress(done, total)`` is called while a refresh (re)reads 500 files or more: every 500
         and at the end."""
         self.store = store
         self.path = store.root / INDEX_NAME
         self.on_progress = on_progress
         self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> SessionIndex:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # -- the database ----------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -98,9 +115,7 @@ class SessionIndex:
 
     def drop(self) -> None:
         """Delete the index files (it is only a cache)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.close()
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.unlink(str(self.path) + suffix)
@@ -119,17 +134,7 @@ class SessionIndex:
         db = self._connect()
         known = {row[0]: (row[1], row[2]) for row in db.execute("SELECT id, size, mtime_ns FROM files")}
         seen: dict[str, tuple[int, int]] = {}
-        try:
-            entries = list(os.scandir(self.store.root))
-        except FileNotFoundError:
-            entries = []
-        for e in entries:
-            name = e.name
-            if not name.endswith(SUFFIX) or name.startswith("."):
-                continue
-            sid = name[: -len(SUFFIX)]
-            if not _ID_RE.match(sid):
-                continue
+        for sid, e in self.store.snapshot_entries():
             try:
                 st = e.stat(follow_symlinks=False)  # a link is listed as damaged, never followed
             except OSError:
@@ -164,20 +169,19 @@ class SessionIndex:
 
     def _index_file(self, db: sqlite3.Connection, sid: str, sig: tuple[int, int]) -> None:
         self._forget(db, sid)
-        path = self.store.root / (sid + SUFFIX)
+        path = self.store.path_for(sid)
         try:
             snap = self.store.load_path(path, sid)
         except (SnapshotError, SessionNotFound) as e:
             db.execute("INSERT INTO files (id, size, mtime_ns, damaged) VALUES (?, ?, ?, ?)",
                        (sid, sig[0], sig[1], str(e)))
             return
-        summary = summarize(snap)
+        c = summarize(snap)
         cursor = db.execute(
             "INSERT INTO files VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sid, sig[0], sig[1], snap["title"], snap["backend"], snap["model"], summary["turns"],
-             summary["messages"], summary["prompt_tokens"], summary["completion_tokens"],
-             summary["cached_tokens"], summary["user_messages"], summary["assistant_messages"],
-             summary["characters"], snap["created_at"], snap["updated_at"]))
+            (sid, sig[0], sig[1], snap["title"], snap["backend"], snap["model"], c.user_messages,
+             c.messages, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.user_messages,
+             c.assistant_messages, c.characters, snap["created_at"], snap["updated_at"]))
         first = (cursor.lastrowid or 0) << _ROWS_SHIFT
         rows: list[tuple[int, str, str, int, str, int]] = []
         if snap["title"]:
@@ -192,31 +196,9 @@ class SessionIndex:
                        "VALUES (?, ?, ?, ?, ?, ?)", rows[: 1 << _ROWS_SHIFT])
 
     # -- reading ---------------------------------------------------------------------------------------
-    def summaries(self) -> tuple[list[SessionSummary], list[DamagedFile]]:
-        """Every session, newest update first, and the damaged files (as ``SessionStore.list``)."""
-        self.refresh()
-        db = self._connect()
-        rows: list[SessionSummary] = []
-        damaged: list[DamagedFile] = []
-        root = self.store.root
-        for r in db.execute("SELECT id, damaged, title, backend, model, turns, messages, created_at, updated_at, "
-                            "prompt_tokens, completion_tokens FROM files ORDER BY updated_at DESC, id DESC"):
-            path = root / (r[0] + SUFFIX)
-            if r[1] is not None:
-                damaged.append(DamagedFile(path, r[1]))
-                continue
-            rows.append(SessionSummary(id=r[0], title=r[2], backend=r[3], model=r[4], turns=r[5], messages=r[6],
-                                       created_at=r[7], updated_at=r[8], path=path,
-                                       tokens=(r[9] or 0) + (r[10] or 0)))
-        damaged.sort(key=lambda d: str(d.path))
-        return rows, damaged
-
-    def page(self, limit: int | None = None, since: str | None = None, model: str | None = None,
-             title: str | None = None) -> tuple[list[SessionSummary], list[DamagedFile], int]:
-        """What ``chatcli list`` shows: the newest ``limit`` sessions (all when None) updated at or after
-        ``since`` (UTC ISO 8601) whose model name holds ``model`` (case ignored) and, when given, whose title
-        is exactly ``title``; the damaged files; and how many sessions match in all. Only the rows shown are
-        read."""
+    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
+             model: str | None = None, title: str | None = None) -> Page:
+        """As ``Store.page``, with the damaged files of the folder. Only the rows shown are read."""
         self.refresh()
         db = self._connect()
         where = "damaged IS NULL"
@@ -224,6 +206,9 @@ class SessionIndex:
         if since:
             where += " AND updated_at >= ?"
             args.append(since)
+        if before:
+            where += " AND updated_at < ?"
+            args.append(before)
         if model:
             db.create_function("chatcli_holds", 2, lambda text, part: part in (text or "").lower(),
                                deterministic=True)
@@ -233,94 +218,65 @@ class SessionIndex:
             where += " AND title = ?"
             args.append(title)
         total = int(db.execute(f"SELECT count(*) FROM files WHERE {where}", args).fetchone()[0])
-        root = self.store.root
+        path_for = self.store.path_for
         sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
                f"completion_tokens FROM files WHERE {where} ORDER BY updated_at DESC, id DESC LIMIT ?")
         rows = [SessionSummary(id=r[0], title=r[1], backend=r[2], model=r[3], turns=r[4], messages=r[5],
-                               created_at=r[6], updated_at=r[7], path=root / (r[0] + SUFFIX),
+                               created_at=r[6], updated_at=r[7], location=str(path_for(r[0])),
                                tokens=(r[8] or 0) + (r[9] or 0))
                 for r in db.execute(sql, [*args, -1 if limit is None else limit])]
-        damaged = [DamagedFile(root / (r[0] + SUFFIX), r[1])
+        damaged = [DamagedFile(str(path_for(r[0])), r[1])
                    for r in db.execute("SELECT id, damaged FROM files WHERE damaged IS NOT NULL ORDER BY id")]
-        return rows, damaged, total
+        return Page(rows, damaged, total)
 
-    def totals(self) -> dict[str, Any]:
-        """Sums over every readable session (see ``chatcli stats``)."""
+    def totals(self, active_since: str) -> dict[str, Any]:
+        """As ``Store.totals``; ``bytes`` is the size of the snapshot files."""
         self.refresh()
         db = self._connect()
         r = db.execute("SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
                        "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-                       "sum(size) FROM files WHERE damaged IS NULL").fetchone()
+                       "sum(size), sum(updated_at >= ?) FROM files WHERE damaged IS NULL",
+                       (active_since,)).fetchone()
         models = db.execute("SELECT backend || '/' || model, count(*) FROM files WHERE damaged IS NULL "
                             "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
         damaged = db.execute("SELECT count(*) FROM files WHERE damaged IS NOT NULL").fetchone()[0]
-        return {"sessions": r[0] or 0, "messages": r[1] or 0, "user_messages": r[2] or 0,
+        return {"sessions": r[0] or 0, "active": r[9] or 0, "messages": r[1] or 0, "user_messages": r[2] or 0,
                 "assistant_messages": r[3] or 0, "characters": r[4] or 0, "prompt_tokens": r[5] or 0,
                 "completion_tokens": r[6] or 0, "cached_tokens": r[7] or 0, "bytes": r[8] or 0,
                 "models": [(m, n) for m, n in models], "damaged": damaged}
 
-    def updated_since(self, iso: str) -> int:
-        """How many sessions were updated at or after ``iso`` (UTC ISO 8601)."""
-        self.refresh()
-        return int(self._connect().execute(
-            "SELECT count(*) FROM files WHERE damaged IS NULL AND updated_at >= ?", (iso,)).fetchone()[0])
-
-    def search(self, text: str, role: str | None = None, session_id: str | None = None,
+    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
                limit: int = 20) -> list[SearchHit]:
-        """Messages and titles holding every word of ``text`` (word prefixes, case and accents ignored),
-        best matches first. ``role``: only ``user``, ``assistant`` or ``title``; ``session_id``: only that
-        session. Matches are ranked among the ``SEARCH_WINDOW`` most recent ones (every match when there are
-        fewer): ranking all the matches of a word found in most of a million messages would take seconds."""
-        query = fts_query(text)
-        if not query:
+        """As ``Store.search``. Matches are ranked among the ``SEARCH_WINDOW`` most recent ones (every
+        match when there are fewer): ranking all the matches of a word found in most of a million messages
+        would take seconds."""
+        words = search_words(text)
+        if not words:
             return []
         self.refresh()
         db = self._connect()
         # Newest first (rowids grow with the time a file was indexed, see refresh) the FTS5 doclist stops
         # after SEARCH_WINDOW matches; only those are ranked.
-        sql = ("SELECT t.session_id, t.turn, t.role, t.position, snippet(texts, 0, ?, ?, '…', 16) AS snip, "
-               "rank AS score FROM texts t WHERE texts MATCH ?")
-        args: list[Any] = [HIGHLIGHT[0], HIGHLIGHT[1], query]
+        sql = ("SELECT t.session_id, t.turn, t.role, t.position, t.content, rank AS score "
+               "FROM texts t WHERE texts MATCH ?")
+        args: list[Any] = [fts_query(words)]
         if role:
             sql += " AND t.role = ?"
             args.append(role)
         if session_id:
             sql += " AND t.session_id = ?"
             args.append(session_id)
-        sql = (f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.snip FROM ({sql} ORDER BY t.rowid "
-               f"DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?")
+        sql = (f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.content FROM ({sql} ORDER BY "
+               f"t.rowid DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?")
         args += [SEARCH_WINDOW, max(1, limit)]
-        return [SearchHit(*row) for row in db.execute(sql, args)]
+        return [SearchHit(sid, title, turn, role, pos, snippet(content, words))
+                for sid, title, turn, role, pos, content in db.execute(sql, args)]
 
 
-def fts_query(text: str) -> str:
-    """An FTS5 query matching every word of ``text`` as a prefix: ``rome empire`` -> ``"rome"* "empire"*``.
-    Quotes and operators in the text are taken literally."""
-    words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
+def fts_query(words: list[str]) -> str:
+    """An FTS5 query matching every word as a prefix: ``[rome, empire]`` -> ``"rome"* "empire"*``. Quotes
+    and operators are taken literally."""
     return " ".join('"' + w.replace('"', '""') + '"*' for w in words)
 
 
-def summarize(snap: dict[str, Any]) -> dict[str, int]:
-    """Counts of one validated snapshot: turns, messages by role, characters, token sums."""
-    out = {"turns": 0, "messages": 0, "user_messages": 0, "assistant_messages": 0, "characters": 0,
-           "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
-    for m in snap["messages"]:
-        if m.get("dropped") is not None:  # a replaced reply or an undone turn: kept, not counted
-            continue
-        out["messages"] += 1
-        out["characters"] += len(m["content"])
-        if m["role"] == "user":
-            out["turns"] += 1
-            out["user_messages"] += 1
-        elif m["role"] == "assistant":
-            out["assistant_messages"] += 1
-        usage = m.get("usage")
-        if isinstance(usage, dict):
-            for key in ("prompt_tokens", "completion_tokens", "cached_tokens"):
-                v = usage.get(key)
-                if isinstance(v, int) and not isinstance(v, bool):
-                    out[key] += v
-    return out
-
-
-__all__ = ["HIGHLIGHT", "SearchHit", "SessionIndex", "fts_query", "summarize"]
+__all__ = ["HIGHLIGHT", "INDEX_NAME", "SessionIndex", "fts_query"]

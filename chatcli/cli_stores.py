@@ -1,0 +1,102 @@
+"""The store commands: ``sync`` (write turns kept on this machine while a database did not answer) and
+``migrate`` (copy every session from one store to another). Registered on the Typer app by ``cli.py``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from chatcli.cli_common import AsJSON, StoreOpt, exit_with, open_store, print_json, renderer, settings
+from chatcli.errors import ChatcliError
+from chatcli.text import count
+
+
+def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
+    """Write to the database the turns this machine kept locally while it did not answer (they are also
+    written by the next save that reaches it and by `chatcli resume`). Exit 1 when some could not be."""
+    from chatcli.stores.spool import spool_folder, spooled
+    from chatcli.stores.spool import sync as do_sync
+    from chatcli.stores.sql import SQLStore
+
+    out = renderer()
+    try:
+        s = settings({"store": store_name})
+        st = open_store(s, sync_spool=False)
+        try:
+            if not isinstance(st, SQLStore):
+                out.info(f"{st.display} is a folder: every turn is written to it directly, there is nothing to sync.")
+                return
+            folder = spool_folder(s.state_dir, st.display)
+            waiting = spooled(folder)
+            outcomes = do_sync(st, folder) if waiting else []
+        finally:
+            st.close()
+    except ChatcliError as e:
+        exit_with(e)
+    if as_json:
+        print_json([{"session_id": o.session_id, "status": o.status, "message": o.message, "path": str(o.path)}
+                    for o in outcomes])
+    else:
+        for o in outcomes:
+            (out.info if o.status == "synced" else out.notice)(o.message)
+        if not outcomes:
+            out.info(f"Nothing to sync: every turn is in {st.display}.")
+    if any(o.status != "synced" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def migrate(
+    to: Annotated[str, typer.Option("--to", metavar="STORE", help="The store to copy into (a folder or a URL).")],
+    source: Annotated[str | None, typer.Option(
+        "--from", metavar="STORE", help="The store to copy from (default: the configured store).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be copied.")] = False,
+    as_json: AsJSON = False,
+) -> None:
+    """Copy every session, the trash included, from one store to another, losslessly. A session already in
+    the target is never overwritten: equal ones are skipped, different ones reported (exit 1)."""
+    from chatcli.library import migrate as do_migrate
+
+    out = renderer()
+    try:
+        src_settings = settings({"store": source})
+        src = open_store(src_settings)
+        try:
+            dst = open_store(settings({"store": to}))
+            try:
+                if src.display == dst.display:
+                    raise ChatcliError(f"--from and --to are the same store ({src.display})")
+                report = do_migrate(src, dst, dry_run=dry_run, on_session=_progress if sys.stderr.isatty() else None)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except ChatcliError as e:
+        exit_with(e)
+    if as_json:
+        print_json({"from": src.display, "to": dst.display, "dry_run": dry_run, "copied": report.copied,
+                    "same": report.same, "differs": report.differs,
+                    "damaged": [{"location": w, "reason": r} for w, r in report.damaged]})
+    else:
+        verb = "would copy" if dry_run else "copied"
+        out.info(f"{src.display} → {dst.display}: {verb} {count(len(report.copied), 'session')}; "
+                 f"{len(report.same):,} already there")
+        for sid in report.differs:
+            out.notice(f"{sid} is in both stores with different content: left as it is in {dst.display}")
+        for where, why in report.damaged:
+            out.notice(f"not copied: {where}: {why}")
+    if report.differs or report.damaged:
+        raise typer.Exit(1)
+
+
+def _progress(done: int, total: int) -> None:
+    end = "\n" if done == total else ""
+    if done == total or done % 50 == 0:
+        sys.stderr.write(f"\rchatcli: migrating: {done:,} of {total:,} sessions" + end)
+        sys.stderr.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sync)
+    app.command()(migrate)

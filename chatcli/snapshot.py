@@ -1,0 +1,370 @@
+"""The snapshot: the engine-agnostic form of one session, as every store reads and writes it.
+
+A snapshot is a JSON object (README, "The snapshot format")::
+
+    format         "chatcli.session"                 version     int, 1..VERSION (older ones are upgraded)
+    id             str (see validate_id)             title       str
+    created_at     str, UTC ISO 8601                 updated_at  str, UTC ISO 8601
+    backend        str ("local", "openai", ...)      model       str
+    params         dict (temperature, max_tokens)    system      str ("" for none)
+    context_start  int, 0..len(messages)             messages    list of message objects
+    optional: base_url str, model_path str, clears list[int], changes list[dict]; any other key is kept as is
+
+    message: role "user" | "assistant" | "system", content str; usually also created_at, status,
+             and on replies finish_reason, model, usage {prompt_tokens, completion_tokens, cached_tokens},
+             timings {ttft_s, duration_s, tokens_per_second, server}, error, dropped
+
+This module holds what is true of a snapshot wherever it is stored: its fields and their validation, the
+format version and its upgrades, session ids, the counts shown by ``list`` and ``stats``, how a typed
+reference becomes an id (``resolve``), and the search words and snippets every engine shares. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from chatcli.errors import AmbiguousSessionId, InvalidSessionId, SessionNotFound, SnapshotError
+
+#: a decoded snapshot (the shape is in this module's docstring)
+Snapshot = dict[str, Any]
+
+FORMAT = "chatcli.session"
+VERSION = 1
+#: upgrades of the format: MIGRATIONS[n] turns a version-n snapshot into a version n+1 one. Version 1 is the
+#: only version so far; a new version adds its function here, with before/after fixtures in the tests.
+MIGRATIONS: dict[int, Callable[[Snapshot], Snapshot]] = {}
+
+#: top-level keys chatcli itself writes; any other key in a snapshot is kept as it is
+KNOWN_KEYS = frozenset({"format", "version", "id", "title", "created_at", "updated_at", "backend", "model",
+                        "base_url", "model_path", "params", "system", "context_start", "messages", "clears",
+                        "changes"})
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "id": str, "title": str, "created_at": str, "updated_at": str, "backend": str, "model": str,
+    "params": dict, "system": str, "messages": list, "context_start": int,
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"base_url": str, "model_path": str, "clears": list,
+                                                 "changes": list}
+ROLES = ("user", "assistant", "system")
+
+# -- ids ---------------------------------------------------------------------------------------------------
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: "$" would let a trailing "\n" through
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def new_session_id(now: float | None = None) -> str:
+    """A new id: ``YYYYMMDD-HHMMSS-xxxx`` (UTC time + 4 random base32 characters).
+
+    Ids sort by creation time and are safe as file names on every platform."""
+    t = time.gmtime(time.time() if now is None else now)
+    rand = "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+    return time.strftime("%Y%m%d-%H%M%S", t) + "-" + rand
+
+
+def is_valid_id(text: object) -> bool:
+    return isinstance(text, str) and ID_RE.match(text) is not None
+
+
+def validate_id(text: str) -> str:
+    """Return ``text`` if it can name a session, else raise InvalidSessionId.
+
+    Accepted: 1-64 characters of ``A-Z a-z 0-9 _ -``, starting with a letter or digit. That rules out
+    ``/``, ``..``, NUL, spaces and every other character before a file system or a database is touched."""
+    if not is_valid_id(text):
+        raise InvalidSessionId(
+            f"{shown(text)} is not a session id: ids are letters, digits, '-' and '_' (see `chatcli list`)"
+        )
+    return text
+
+
+def shown(text: object) -> str:
+    """What a user typed, quoted and cut to 40 characters for an error message."""
+    return repr(text[:40] + ("..." if len(text) > 40 else "")) if isinstance(text, str) else repr(text)
+
+
+# -- validation and upgrades -------------------------------------------------------------------------------
+def validate_snapshot(data: Any, where: Path | str = "<snapshot>") -> Snapshot:
+    """Check the shape of a decoded snapshot and return it, upgraded to ``VERSION`` if older.
+
+    ``where`` names it in messages (a path, or a store and id). Raises SnapshotError (``path`` = ``where``)
+    when the data is not a chatcli session, comes from a newer chatcli, or has fields of the wrong type."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SnapshotError(f"{where} is not a chatcli session file", where)
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SnapshotError(f"{where} has no valid format version", where)
+    if version > VERSION:
+        raise SnapshotError(
+            f"{where} was written by a newer chatcli (format version {version}; "
+            f"this one reads up to {VERSION}): upgrade chatcli to open it",
+            where,
+        )
+    while data["version"] < VERSION:
+        data = MIGRATIONS[data["version"]](data)
+    for key, typ in _REQUIRED.items():
+        value = data.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise SnapshotError(f"{where} is damaged: field {key!r} is missing or of the wrong type", where)
+    for key, typ in _OPTIONAL.items():
+        if key in data and not isinstance(data[key], typ):
+            raise SnapshotError(f"{where} is damaged: field {key!r} is of the wrong type", where)
+    for i, m in enumerate(data["messages"]):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise SnapshotError(f"{where} is damaged: message {i} is not a valid message", where)
+    if not 0 <= data["context_start"] <= len(data["messages"]):
+        raise SnapshotError(f"{where} is damaged: context_start is out of range", where)
+    return data
+
+
+def decode(raw: bytes, where: Path | str) -> Snapshot:
+    """A snapshot from its JSON bytes, validated. Raises SnapshotError naming ``where``."""
+    if not raw.strip():
+        raise SnapshotError(f"{where} is empty (damaged)", where)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SnapshotError(f"{where} is not valid JSON (damaged or truncated)", where) from None
+    return validate_snapshot(data, where)
+
+
+def dumps(snapshot: Snapshot) -> bytes:
+    """The snapshot as indented UTF-8 JSON. Text that is not valid Unicode (lone surrogates, e.g. from
+    undecodable bytes on stdin) is written with U+FFFD in its place instead of failing."""
+    try:
+        return orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
+    except TypeError:
+        return orjson.dumps(valid_unicode(snapshot), option=orjson.OPT_INDENT_2)
+
+
+def valid_unicode(value: Any) -> Any:
+    """``value`` (a str, or dicts and lists of them) with text that is not valid Unicode repaired: bytes
+    that were decoded with ``surrogateescape`` and lone surrogates become U+FFFD. Other values pass as
+    they are."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            pass
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {valid_unicode(k): valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_unicode(v) for v in value]
+    return value
+
+
+def title_from(text: str, limit: int = 60) -> str:
+    """A title from a user message: the whole text on one line (line breaks and runs of whitespace become
+    one space, control characters are dropped), cut at a word boundary near ``limit`` characters."""
+    line = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
+    return cut + "…"
+
+
+# -- counts --------------------------------------------------------------------------------------------------
+class Counts(NamedTuple):
+    """What messages add to a session's figures. Dropped messages (replaced by ``retry``, taken back by
+    ``undo``) count for nothing: they are kept, not part of the conversation."""
+
+    messages: int = 0
+    user_messages: int = 0
+    assistant_messages: int = 0
+    characters: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def plus(self, other: Counts) -> Counts:
+        return Counts(*(a + b for a, b in zip(self, other, strict=True)))
+
+    def minus(self, other: Counts) -> Counts:
+        return Counts(*(a - b for a, b in zip(self, other, strict=True)))
+
+
+NO_COUNTS = Counts()
+_MAX_COUNT = 2**48  # a token count beyond this is damage, not usage: counted as 0 (and fits every database)
+
+
+def message_counts(m: dict[str, Any]) -> Counts:
+    """The counts one message (a snapshot message dict) adds."""
+    if m.get("dropped") is not None:
+        return NO_COUNTS
+    role = m.get("role")
+    usage = m.get("usage")
+    tokens = [0, 0, 0]
+    if isinstance(usage, dict):
+        for k, key in enumerate(("prompt_tokens", "completion_tokens", "cached_tokens")):
+            v = usage.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_COUNT:
+                tokens[k] = v
+    content = m.get("content")
+    return Counts(1, int(role == "user"), int(role == "assistant"), len(content) if isinstance(content, str) else 0,
+                  *tokens)
+
+
+def summarize(snapshot: Snapshot) -> Counts:
+    """The counts of a whole snapshot; its turns are ``user_messages``."""
+    total = NO_COUNTS
+    for m in snapshot["messages"]:
+        total = total.plus(message_counts(m))
+    return total
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One row of ``chatcli list``: fields from the snapshot, ``turns`` = user messages, ``messages`` and
+    ``tokens`` (prompt + completion) over the messages not dropped; ``location`` is where the session is
+    kept (a file path, or the store's address)."""
+
+    id: str
+    title: str
+    backend: str
+    model: str
+    turns: int
+    messages: int
+    created_at: str
+    updated_at: str
+    location: str
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class DamagedFile:
+    """Something in a store that could not be read as a session: ``location`` (a path) and ``reason``."""
+
+    location: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One match: the session, its title, the turn number (1-based), the role (``user``, ``assistant``
+    or ``title``), the message's position in the session (-1 for a title), and a snippet with the matched
+    words between ``HIGHLIGHT`` markers."""
+
+    session_id: str
+    title: str
+    turn: int
+    role: str
+    position: int
+    snippet: str
+
+
+# -- search words and snippets (one behaviour on every engine) ---------------------------------------------
+SEARCH_WINDOW = 5_000  # matches ranked by a search: the most recent ones
+HIGHLIGHT = ("\x02", "\x03")  # start/end of a match inside SearchHit.snippet (never in stored text shown raw)
+SNIPPET_WORDS = 16
+
+
+def fold(text: str) -> str:
+    """``text`` lower-cased with accents removed (``Élan`` -> ``elan``), as search compares words."""
+    text = text.lower()
+    if text.isascii():
+        return text
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a query, folded: runs of letters and digits (``"Rome's empire!"`` -> rome, s, empire).
+    Every word must start a word of a message for it to match."""
+    return "".join(ch if ch.isalnum() else " " for ch in fold(text)).split()
+
+
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, as the engines' tokenizers cut words
+
+
+def snippet(text: str, words: list[str], size: int = SNIPPET_WORDS) -> str:
+    """About ``size`` words of ``text`` around the first word that starts with one of ``words`` (folded),
+    each such word between HIGHLIGHT markers, ``…`` where text was left out."""
+    tokens = list(_WORD.finditer(text))
+    hits = [i for i, t in enumerate(tokens) if any(fold(t.group()).startswith(w) for w in words)]
+    if not tokens:
+        return text[:200]
+    first = hits[0] if hits else 0
+    start = max(0, min(first - size // 4, len(tokens) - size))
+    end = min(len(tokens), start + size)
+    marked = set(hits)
+    out = ["…" if start > 0 else text[: tokens[0].start()]]
+    for i in range(start, end):
+        t = tokens[i]
+        word = t.group()
+        out.append(f"{HIGHLIGHT[0]}{word}{HIGHLIGHT[1]}" if i in marked else word)
+        gap_end = tokens[i + 1].start() if i + 1 < len(tokens) else len(text)
+        if i + 1 < end or end == len(tokens):
+            out.append(text[t.end(): gap_end])
+    if end < len(tokens):
+        out.append("…")
+    return "".join(out).strip()
+
+
+# -- resolving what a user typed -------------------------------------------------------------------------
+class Lookup(Protocol):
+    """What ``resolve`` needs of a store."""
+
+    display: str  # the store as shown to users (a folder, or an address with its password masked)
+
+    def ids(self) -> list[str]:
+        """Every live session's id, in id order (oldest first)."""
+        ...
+
+    def newest_id(self) -> str | None:
+        """The most recently updated session's id (None: no sessions)."""
+        ...
+
+    def ids_titled(self, title: str) -> list[str]:
+        """Ids of the sessions whose title is exactly ``title``, newest update first."""
+        ...
+
+
+def resolve(store: Lookup, ref: str) -> str:
+    """Turn what a user typed into an existing id: a full id, a unique prefix, a unique prefix of the id's
+    last part (``0mj0`` for ``20261126-015053-0mj0``), ``last`` (the most recently updated session) or an
+    exact title. Raises InvalidSessionId, SessionNotFound or AmbiguousSessionId, each saying what exists."""
+    ref = ref.strip() if isinstance(ref, str) else ref
+    if ref == "last":
+        newest = store.newest_id()
+        if newest is None:
+            raise SessionNotFound(f"there are no sessions in {store.display} yet; start one with `chatcli new`")
+        return newest
+    ids = store.ids()
+    if is_valid_id(ref):
+        if ref in ids:
+            return ref
+        matches = [i for i in ids if i.startswith(ref)]
+        if not matches:  # the random last part, e.g. `0mj0` of 20261126-015053-0mj0, or its start
+            matches = [i for i in ids if i.rpartition("-")[2].startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            listed = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+            raise AmbiguousSessionId(f"{ref!r} matches {len(matches)} sessions: {listed}; type more of the id")
+    # An exact title (titles may hold spaces, so this comes after the id checks).
+    if isinstance(ref, str) and ref and "\x00" not in ref:
+        titled = store.ids_titled(ref)
+        if len(titled) == 1:
+            return titled[0]
+        if len(titled) > 1:
+            raise AmbiguousSessionId(f"{len(titled)} sessions are titled {ref!r}: {', '.join(titled[:5])}")
+    if not is_valid_id(ref):
+        raise InvalidSessionId(f"{shown(ref)} is not a session id (letters, digits, '-' and '_') nor the exact "
+                               "title of one (case counts); see `chatcli list`")
+    if not ids:
+        raise SessionNotFound(f"no session {ref!r}: there are no sessions in {store.display} yet")
+    recent = ", ".join(ids[-3:][::-1])
+    raise SessionNotFound(
+        f"no session {ref!r} in {store.display} ({len(ids)} exist, newest: {recent}); see `chatcli list`"
+    )

@@ -1,0 +1,162 @@
+"""The store contract: what every engine (folder, sqlite, postgresql, mysql) does, with the same
+guarantees and the same errors.
+
+A store holds sessions by id, as snapshots (``chatcli.snapshot``). ``save`` returns only once the write is
+durable (the folder: an atomic file replace and fsyncs; a database: a committed transaction). ``lock`` makes
+one writer per session across every process, and every machine, that shares the store; the lock goes when
+its holder does, however it ends. The trash holds deleted sessions until ``restore`` or ``purge``. The
+catalog (``page``, ``search``, ``totals``) answers ``list``, ``search`` and ``stats``.
+
+Errors: SessionNotFound, SessionExists, SessionLocked, SnapshotError, SaveError, InvalidSessionId (an id
+is checked before anything is touched), StoreUnavailable (a database that does not answer), StoreConflict
+(another writer saved the session meanwhile), StoreError (anything else that stops the store being used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chatcli.snapshot import DamagedFile, SearchHit, SessionSummary, Snapshot
+
+KINDS = ("folder", "sqlite", "postgresql", "mysql")
+
+
+@dataclass(frozen=True)
+class SaveInfo:
+    """What a save wrote: ``location`` (a file path, or the store's address and the session id), ``size``
+    in bytes when the store knows it (the snapshot file; None for a database), ``saved_at`` (UTC ISO 8601),
+    and ``spooled`` when the database did not answer and the turn went to the local spool instead
+    (``location`` is then the spool file)."""
+
+    location: str
+    size: int | None
+    saved_at: str
+    spooled: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of ``chatcli list``: the ``rows`` shown, the ``damaged`` entries, and how many sessions match
+    in all (``total``)."""
+
+    rows: list[SessionSummary]
+    damaged: list[DamagedFile] = field(default_factory=list)
+    total: int = 0
+
+
+class SessionLock(Protocol):
+    """A held session lock. ``release`` is safe to call twice."""
+
+    def release(self) -> None: ...
+
+
+class Store(Protocol):
+    """One store of sessions. ``kind`` is one of KINDS; ``display`` is how it is shown (a folder path, or
+    a URL with its password as ``***``)."""
+
+    kind: str
+    display: str
+
+    # -- one session -------------------------------------------------------------------------------------
+    def lock(self, session_id: str) -> SessionLock:
+        """Take the session's writer lock now, or raise SessionLocked (held by another chatcli)."""
+        ...
+
+    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
+        """The session's snapshot, validated (from the trash when ``trashed``). Raises SessionNotFound,
+        SnapshotError."""
+        ...
+
+    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        """Write ``snapshot`` durably over the session's last state (hold its lock). ``messages`` may be any
+        sequence of message dicts; messages before ``changed_from`` are as this store last saved or loaded
+        them for this session, so a database writes only the rest. ``checkpoint``: a save of a reply still
+        streaming (a store may take a cheaper path, e.g. not retry a database that stopped answering).
+        Raises SaveError, StoreUnavailable, StoreConflict, SessionLocked (the lock was lost)."""
+        ...
+
+    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
+        """Write a session that is not in the store yet (into the trash when ``trashed``). Raises
+        SessionExists when its id is taken, live or in the trash; SaveError."""
+        ...
+
+    def exists(self, session_id: str, *, trashed: bool = False) -> bool: ...
+
+    def location(self, session_id: str) -> str:
+        """Where the session is kept, for messages: a file path, or the store's address and the id."""
+        ...
+
+    def stored_size(self, session_id: str) -> int | None:
+        """The size of the session's snapshot in bytes, when the store keeps one (None otherwise)."""
+        ...
+
+    # -- ids ---------------------------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        """Every live session's id, sorted (ids sort by creation time)."""
+        ...
+
+    def trashed_ids(self) -> list[str]: ...
+
+    def newest_id(self) -> str | None: ...
+
+    def ids_titled(self, title: str) -> list[str]: ...
+
+    # -- the trash ---------------------------------------------------------------------------------------
+    def trash(self, session_id: str) -> None:
+        """Move a live session to the trash. Raises SessionNotFound, SessionLocked."""
+        ...
+
+    def restore(self, session_id: str) -> None:
+        """Bring a session back from the trash. Raises SessionNotFound, SessionExists (a live session has
+        that id: nothing is overwritten)."""
+        ...
+
+    def purge(self, session_id: str, *, trashed: bool = False) -> None:
+        """Remove a session for good, live (its lock is taken first) or from the trash. Raises
+        SessionNotFound, SessionLocked."""
+        ...
+
+    # -- the catalog -------------------------------------------------------------------------------------
+    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
+             model: str | None = None, title: str | None = None) -> Page:
+        """Live sessions, most recently updated first: at most ``limit`` (all when None), updated at or after
+        ``since`` and before ``before`` (UTC ISO 8601), whose model name holds ``model`` (case ignored),
+        whose title is exactly ``title``."""
+        ...
+
+    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
+               limit: int = 20) -> list[SearchHit]:
+        """Messages and titles of live sessions holding every word of ``text`` as a word prefix (case and
+        accents ignored), best first, among the SEARCH_WINDOW most recent matches."""
+        ...
+
+    def totals(self, active_since: str) -> dict[str, Any]:
+        """Figures over every live session: ``sessions``, ``active`` (updated at or after ``active_since``),
+        ``messages``, ``user_messages``, ``assistant_messages``, ``characters``, ``prompt_tokens``,
+        ``completion_tokens``, ``cached_tokens``, ``models`` ([(backend/model, sessions)], most used first),
+        ``damaged`` (entries that cannot be read), ``bytes`` (space the store takes on disk)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and locks still held. Safe to call twice."""
+        ...
+
+
+class MessageDicts(Sequence[dict[str, Any]]):
+    """A read-only sequence of message dicts built on demand from objects with ``to_json()`` (the
+    session's Message), so a store that writes only the changed messages never builds the others."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [m.to_json() for m in self._items[index]]
+        return self._items[index].to_json()

@@ -1,0 +1,432 @@
+"""The folder store (the default): one JSON snapshot file per session, written atomically.
+
+Layout of a sessions folder (mode 0700)::
+
+    <id>.json            the session's snapshot (mode 0600), see "The snapshot format" in README.md
+    .<id>.lock           the OS lock a running chatcli holds on the session
+    .<id>.<random>.tmp   a snapshot being written; left behind only by a crash, removed on the next open
+    .trash/<id>.json     a deleted session, until restored or purged
+    .index.sqlite        the catalog's cache (folder_index.py); safe to delete
+
+A save is: temp file in the same folder (0600) -> write -> flush -> fsync -> os.replace -> fsync of the
+folder. Only after all of that does ``save`` return; until then the previous snapshot is intact. The JSON
+files are the source of truth; everything else here can be rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chatcli.clock import utc_now
+from chatcli.errors import SaveError, SessionExists, SessionLocked, SessionNotFound, SnapshotError
+from chatcli.snapshot import (
+    ID_RE,
+    DamagedFile,
+    SearchHit,
+    SessionSummary,
+    Snapshot,
+    decode,
+    dumps,
+    summarize,
+    validate_id,
+)
+from chatcli.stores.base import Page, SaveInfo
+
+if TYPE_CHECKING:
+    from chatcli.stores.folder_index import SessionIndex
+
+SUFFIX = ".json"
+TRASH = ".trash"
+MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024  # a larger file is refused unread: no conversation is that long
+
+
+class FileLock:
+    """An OS lock on a file (the ``filelock`` package), taken at once or refused; released when the
+    process exits, however it exits, so a killed chatcli leaves no stale lock."""
+
+    def __init__(self, path: Path) -> None:
+        from filelock import FileLock as _Lock  # imported here: only writers need it
+
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            # the lock library opens its file with O_TRUNC: never let that follow a link to another file
+            raise SessionLocked(f"{path} is not a regular file (a symbolic link or a folder); remove it")
+        self.path = path
+        self._lock = _Lock(str(path), timeout=0, mode=0o600)
+
+    def acquire(self, session_id: str) -> FileLock:
+        """Take the lock now or raise SessionLocked naming ``session_id``."""
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise SessionLocked(
+                f"session {session_id} is open in another chatcli; close that one first "
+                f"(`chatcli show {session_id}` reads it meanwhile)"
+            ) from None
+        except OSError as e:
+            raise SessionLocked(f"cannot lock session {session_id} ({self.path}): {e.strerror}") from None
+        return self
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def ensure_folder(folder: Path) -> None:
+    """Create ``folder`` (0700, parents too) if needed, and tighten it to 0700 when it is ours; raise
+    SaveError if that is impossible."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(folder, 0o700)
+    except OSError as e:
+        raise SaveError(f"cannot create the folder {folder}: {e.strerror}", folder) from None
+
+
+def write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` as ``path`` atomically and durably (temp file, fsync, rename, fsync of the folder).
+    With ``overwrite=False`` an existing file is never replaced (SessionExists). Raises SaveError, naming
+    the file and saying whether a previous version is intact."""
+    folder = path.parent
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=folder)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails when the name is taken: never overwrites
+            os.unlink(tmp)
+        tmp = None
+    except FileExistsError:
+        raise SessionExists(f"{path} already exists; nothing was written") from None
+    except OSError as e:
+        kept = "the previous snapshot is intact" if path.exists() else "nothing was written"
+        raise SaveError(f"could not save {path}: {why(e)}; {kept}", path) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    try:
+        fsync_folder(folder)
+    except OSError as e:
+        raise SaveError(
+            f"could not confirm the save of {path} ({why(e)} while syncing its folder): "
+            f"it may not survive a power loss and will be written again", path
+        ) from None
+
+
+class FolderStore:
+    """The sessions folder ``root`` (created 0700 on first write). ``on_progress(done, total)`` is told how
+    the catalog's cache is doing while it reads many files (see SessionIndex)."""
+
+    kind = "folder"
+
+    def __init__(self, root: Path | str, on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.root = Path(root).expanduser()
+        self.display = str(self.root)
+        self.on_progress = on_progress
+        self._index: SessionIndex | None = None
+
+    # -- paths -------------------------------------------------------------------------------------------
+    def path_for(self, session_id: str, *, trashed: bool = False) -> Path:
+        """The snapshot path of a (validated) id."""
+        name = validate_id(session_id) + SUFFIX
+        return self.root / TRASH / name if trashed else self.root / name
+
+    def lock_path(self, session_id: str) -> Path:
+        return self.root / f".{validate_id(session_id)}.lock"
+
+    def ensure_root(self) -> None:
+        ensure_folder(self.root)
+
+    def location(self, session_id: str) -> str:
+        return str(self.path_for(session_id))
+
+    def stored_size(self, session_id: str) -> int | None:
+        try:
+            return self.path_for(session_id).stat().st_size
+        except OSError:
+            return None
+
+    # -- one session -------------------------------------------------------------------------------------
+    def lock(self, session_id: str) -> FileLock:
+        """Take the session's OS lock (raise SessionLocked if held) and clear its stale temp files."""
+        lock_path = self.lock_path(session_id)  # validates first: a hostile id touches nothing
+        self.ensure_root()
+        lock = FileLock(lock_path).acquire(session_id)
+        self.remove_temp_files(session_id)
+        return lock
+
+    def remove_temp_files(self, session_id: str) -> int:
+        """Remove temp files a crashed writer of this session left; return how many. Call with the lock."""
+        n = 0
+        for p in self.root.glob(f".{validate_id(session_id)}.*.tmp"):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+        return n
+
+    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        """Write the whole snapshot atomically as ``<id>.json``; returns once the file and the folder are
+        fsynced. Raises SaveError (disk full, permissions, ...): when the failure comes before the rename,
+        the previous snapshot is intact and no temp file is left; when only the final fsync of the folder
+        fails, the new snapshot is in place but not known to be durable, and the message says so."""
+        path = self.path_for(snapshot["id"])
+        data = dumps(whole(snapshot))
+        self.ensure_root()
+        write_atomic(path, data)
+        return SaveInfo(location=str(path), size=len(data), saved_at=utc_now())
+
+    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
+        sid = snapshot["id"]
+        if self.exists(sid) or self.exists(sid, trashed=True):
+            raise SessionExists(f"a session {sid} already exists in {self.display}; nothing was written")
+        path = self.path_for(sid, trashed=trashed)
+        data = dumps(whole(snapshot))
+        ensure_folder(path.parent)
+        write_atomic(path, data, overwrite=False)
+        return SaveInfo(location=str(path), size=len(data), saved_at=utc_now())
+
+    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
+        """Read and validate a snapshot by exact id. Raises SessionNotFound or SnapshotError."""
+        return self.load_path(self.path_for(session_id, trashed=trashed), session_id)
+
+    def load_path(self, path: Path, session_id: str | None = None) -> Snapshot:
+        """Read and validate the snapshot at ``path``. Only a regular file is read: a symbolic link, a
+        folder, a FIFO or a device is refused (nothing is followed or blocked on), and so is a file larger
+        than MAX_SNAPSHOT_BYTES. Raises SessionNotFound or SnapshotError naming the file."""
+        where = "the trash of " if path.parent.name == TRASH else ""
+        raw = read_regular_file(
+            path, lambda: SessionNotFound(f"no session {session_id or path.stem} in {where}{self.root}"))
+        data = decode(raw, path)
+        if data["id"] != path.stem:
+            raise SnapshotError(f"{path} holds session {data['id']!r}, not {path.stem!r}", path)
+        return data
+
+    def exists(self, session_id: str, *, trashed: bool = False) -> bool:
+        return self.path_for(session_id, trashed=trashed).exists()
+
+    # -- ids -----------------------------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        return sorted(self.iter_ids())
+
+    def trashed_ids(self) -> list[str]:
+        return sorted(self.iter_ids(self.root / TRASH))
+
+    def iter_ids(self, folder: Path | None = None) -> Iterator[str]:
+        """Ids with a snapshot file in ``folder`` (default: the sessions folder), unsorted."""
+        return (sid for sid, _ in self.snapshot_entries(folder))
+
+    def snapshot_entries(self, folder: Path | None = None) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(id, directory entry) of every ``<id>.json`` in ``folder`` (default: the sessions folder)."""
+        try:
+            entries = os.scandir(self.root if folder is None else folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with entries:
+            for e in entries:
+                name = e.name
+                if name.endswith(SUFFIX) and not name.startswith("."):
+                    stem = name[: -len(SUFFIX)]
+                    if ID_RE.match(stem):
+                        yield stem, e
+
+    def newest_id(self) -> str | None:
+        rows = self.page(limit=1).rows
+        return rows[0].id if rows else None
+
+    def ids_titled(self, title: str) -> list[str]:
+        from chatcli.stores.folder_index import INDEX_NAME
+
+        if not (self.root / INDEX_NAME).exists():  # without an index: read the files, create nothing
+            return [r.id for r in self.scan()[0] if r.title == title]
+        return [r.id for r in self.page(title=title).rows]
+
+    def scan(self) -> tuple[list[SessionSummary], list[DamagedFile]]:
+        """Summaries of every readable session, newest update first, and the damaged files: every file is
+        read (the catalog methods use the index instead)."""
+        rows: list[SessionSummary] = []
+        damaged: list[DamagedFile] = []
+        for sid in self.iter_ids():
+            path = self.root / (sid + SUFFIX)
+            try:
+                d = self.load_path(path, sid)
+            except (SnapshotError, SessionNotFound) as e:
+                damaged.append(DamagedFile(str(path), str(e)))
+                continue
+            rows.append(summary_of(d, str(path)))
+        rows.sort(key=lambda r: (r.updated_at, r.id), reverse=True)
+        return rows, damaged
+
+    # -- the trash -------------------------------------------------------------------------------------------
+    def trash(self, session_id: str) -> None:
+        lock = self.lock(session_id)
+        try:
+            src = self.path_for(session_id)
+            if not src.exists():
+                raise SessionNotFound(f"no session {session_id} in {self.root}")
+            ensure_folder(self.root / TRASH)
+            try:
+                os.replace(src, self.path_for(session_id, trashed=True))
+            except OSError as e:
+                raise SaveError(f"cannot move {src} to the trash: {why(e)}", src) from None
+        finally:
+            lock.release()
+            _remove_quietly(self.lock_path(session_id))
+
+    def restore(self, session_id: str) -> None:
+        src = self.path_for(session_id, trashed=True)
+        dst = self.path_for(session_id)
+        if not src.exists():
+            raise SessionNotFound(f"no session {session_id} in the trash ({self.root / TRASH})")
+        if dst.exists():
+            raise SessionExists(f"a session {session_id} already exists in {self.root}; nothing was restored")
+        try:
+            os.link(src, dst)  # fails if dst appeared meanwhile: never overwrites
+        except FileExistsError:
+            raise SessionExists(f"a session {session_id} already exists in {self.root}; nothing was restored") \
+                from None
+        except OSError as e:
+            raise SaveError(f"cannot restore {src}: {why(e)}", src) from None
+        src.unlink()
+
+    def purge(self, session_id: str, *, trashed: bool = False) -> None:
+        if trashed:
+            try:
+                self.path_for(session_id, trashed=True).unlink()
+            except FileNotFoundError:
+                raise SessionNotFound(f"no session {session_id} in the trash ({self.root / TRASH})") from None
+            return
+        src = self.path_for(session_id)
+        if not src.exists():
+            raise SessionNotFound(f"no session {session_id} in {self.root}")
+        lock = self.lock(session_id)
+        try:
+            src.unlink()
+        finally:
+            lock.release()
+            _remove_quietly(self.lock_path(session_id))
+
+    # -- the catalog (the SQLite cache beside the files) -------------------------------------------------
+    def index(self) -> SessionIndex:
+        if self._index is None:
+            from chatcli.stores.folder_index import SessionIndex
+
+            self._index = SessionIndex(self, self.on_progress)
+        return self._index
+
+    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
+             model: str | None = None, title: str | None = None) -> Page:
+        return self.index().page(limit, since=since, before=before, model=model, title=title)
+
+    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
+               limit: int = 20) -> list[SearchHit]:
+        return self.index().search(text, role=role, session_id=session_id, limit=limit)
+
+    def totals(self, active_since: str) -> dict[str, Any]:
+        return self.index().totals(active_since)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+
+def summary_of(snap: Snapshot, location: str) -> SessionSummary:
+    """The ``list`` row of a validated snapshot."""
+    c = summarize(snap)
+    return SessionSummary(id=snap["id"], title=snap["title"], backend=snap["backend"], model=snap["model"],
+                          turns=c.user_messages, messages=c.messages, created_at=snap["created_at"],
+                          updated_at=snap["updated_at"], location=location,
+                          tokens=c.prompt_tokens + c.completion_tokens)
+
+
+def whole(snapshot: Snapshot) -> Snapshot:
+    """The snapshot as the folder store writes it: ``messages`` as a list (a store may be handed any
+    sequence), and last."""
+    out = {k: v for k, v in snapshot.items() if k != "messages"}
+    messages = snapshot["messages"]
+    out["messages"] = messages if isinstance(messages, list) else list(messages)
+    return out
+
+
+# -- file primitives ---------------------------------------------------------------------------------------
+def why(e: OSError) -> str:
+    """An OSError in words, e.g. ``No space left on device``."""
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "the write made no progress")
+        view = view[n:]
+
+
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename inside it is durable."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def read_regular_file(path: Path, not_found: Callable[[], Exception], limit: int = MAX_SNAPSHOT_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, read without following a symbolic link and without
+    blocking on a FIFO; SnapshotError for anything else (``not_found()`` when there is no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise not_found() from None
+    except OSError as e:
+        if e.errno == errno.ELOOP and os.path.islink(path):
+            raise SnapshotError(f"{path} is a symbolic link, not a session file (chatcli does not follow "
+                                f"links in its sessions folder)", path) from None
+        raise SnapshotError(f"cannot read {path}: {why(e)}", path) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SnapshotError(f"{path} is a folder, not a session file", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise SnapshotError(f"{path} is not a regular file (a FIFO, socket or device), not a session file",
+                                path)
+        if st.st_size > limit:
+            raise SnapshotError(f"{path} is too large to be a session file ({st.st_size:,} bytes; the limit is "
+                                f"{limit:,})", path)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise SnapshotError(f"cannot read {path}: {why(e)}", path) from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise SnapshotError(f"{path} is too large to be a session file (more than {limit:,} bytes)", path)
+    return raw

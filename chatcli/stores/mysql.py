@@ -1,0 +1,255 @@
+"""The MySQL / MariaDB store: ``mysql://user@host:port/db`` (PyMySQL, the ``chatcli[mysql]`` extra).
+
+The password comes from the URL, ``MYSQL_PWD``, or (at a terminal) a prompt. Tables are InnoDB, utf8mb4;
+ids and timestamps are ASCII with binary collation (exact, case-sensitive, sortable). A session's writer
+lock is ``GET_LOCK(name, 0)`` on the store's connection, released by the server when the connection ends.
+Search uses InnoDB FULLTEXT indexes in BOOLEAN MODE (``+word*``), built with an empty stopword list; words
+shorter than ``innodb_ft_min_token_size`` (3 by default) are not in the index and are matched with REGEXP at
+the start of a word instead (case ignored; such short words also match only without their accents).
+MySQL 8.0 or MariaDB 10.6 and newer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from chatcli.errors import ChatcliError, ConfigError, StoreError, StoreUnavailable
+from chatcli.stores.sql import MESSAGE_COLUMNS, SQLStore, _said
+
+_ID = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
+_TIME = "VARCHAR(40) CHARACTER SET ascii COLLATE ascii_bin"
+_TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
+_TABLES = [
+    f"CREATE TABLE chatcli_schema (version INT PRIMARY KEY, applied_at {_TIME} NOT NULL) {_TABLE}",
+    f"""CREATE TABLE chatcli_sessions (
+        id {_ID} PRIMARY KEY, title LONGTEXT NOT NULL, created_at {_TIME} NOT NULL, updated_at {_TIME} NOT NULL,
+        backend VARCHAR(255) NOT NULL, model VARCHAR(1000) NOT NULL, base_url LONGTEXT, model_path LONGTEXT,
+        params JSON NOT NULL, system LONGTEXT NOT NULL, context_start INT NOT NULL, clears JSON, changes JSON,
+        extra JSON, format_version INT NOT NULL, message_count INT NOT NULL, turns INT NOT NULL,
+        messages INT NOT NULL, user_messages INT NOT NULL, assistant_messages INT NOT NULL,
+        characters BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL, version BIGINT NOT NULL, writer VARCHAR(40), deleted_at {_TIME},
+        KEY chatcli_sessions_updated (updated_at)) {_TABLE}""",
+    f"""CREATE TABLE chatcli_messages (
+        session_id {_ID} NOT NULL, idx INT NOT NULL, mid BIGINT NOT NULL AUTO_INCREMENT, turn INT NOT NULL,
+        role VARCHAR(16) NOT NULL, content LONGTEXT NOT NULL, created_at {_TIME}, status VARCHAR(32),
+        finish_reason VARCHAR(255), model VARCHAR(1000), error LONGTEXT, dropped VARCHAR(32), `usage` JSON,
+        timings JSON, extra JSON, PRIMARY KEY (session_id, idx), UNIQUE KEY chatcli_messages_mid (mid),
+        CONSTRAINT chatcli_messages_session FOREIGN KEY (session_id) REFERENCES chatcli_sessions (id)
+        ON DELETE CASCADE) {_TABLE}""",
+]
+
+
+def _add_search(cur: Any) -> None:
+    """Schema 2: FULLTEXT indexes on message text and titles, with no stopwords (an empty stopword table
+    named before the indexes are built; InnoDB keeps that choice with each index)."""
+    cur.execute("CREATE TABLE chatcli_ft_stopwords (value VARCHAR(30)) ENGINE=InnoDB")
+    cur.execute("SELECT DATABASE()")
+    database = cur.fetchone()[0]
+    cur.execute("SET SESSION innodb_ft_user_stopword_table = %s", (f"{database}/chatcli_ft_stopwords",))
+    cur.execute("ALTER TABLE chatcli_messages ADD FULLTEXT INDEX chatcli_messages_ft (content)")
+    cur.execute("ALTER TABLE chatcli_sessions ADD FULLTEXT INDEX chatcli_sessions_ft (title)")
+
+
+class MySQLStore(SQLStore):
+    """Sessions in a MySQL or MariaDB database. ``url``: ``mysql://user[:password]@host[:port]/db``, with
+    ``?unix_socket=PATH`` to connect through a socket; ``display``: the same with the password masked;
+    ``ask_password(prompt)`` is called when the server wants a password and none was found."""
+
+    kind = "mysql"
+    migrations = (_TABLES, _add_search)
+    begin_write = "START TRANSACTION"
+    begin_read = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+    _for_update = " FOR UPDATE"
+    _title_is = "title = %s COLLATE utf8mb4_bin"
+
+    def __init__(self, url: str, display: str, timeout: float = 10.0,
+                 ask_password: Callable[[str], str] | None = None) -> None:
+        super().__init__(display, timeout)
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.database = unquote(parts.path.lstrip("/"))
+        if not self.database or "/" in self.database:
+            raise ConfigError(f"{display}: name the database after the host, e.g. mysql://user@host/chats")
+        self._params: dict[str, Any] = {
+            "host": parts.hostname or "localhost", "port": parts.port or 3306,
+            "user": unquote(parts.username or "") or os.environ.get("USER", ""), "database": self.database,
+        }
+        if "unix_socket" in query:
+            self._params["unix_socket"] = query["unix_socket"]
+        self._password: str | None = unquote(parts.password) if parts.password is not None else \
+            os.environ.get("MYSQL_PWD")
+        self.ask_password = ask_password
+        self.mariadb = False
+        self.min_token = 3
+
+    def _open(self) -> Any:
+        try:
+            import pymysql
+        except ImportError:
+            raise StoreError("the MySQL store needs PyMySQL: pip install 'chatcli[mysql]'") from None
+        try:
+            conn = pymysql.connect(**self._params, password=self._password or "", charset="utf8mb4",
+                                   autocommit=True, connect_timeout=max(1, round(self.timeout)),
+                                   read_timeout=self.timeout, write_timeout=self.timeout)
+        except pymysql.err.OperationalError as e:
+            code = e.args[0] if e.args else 0
+            if code == 1045 and self._password is None and self.ask_password is not None:
+                self._password = self.ask_password(f"Password for {self.display}: ")
+                return self._open()
+            raise self._failure(e) from None
+        except pymysql.err.Error as e:
+            raise self._failure(e) from None
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT VERSION(), @@innodb_ft_min_token_size")
+            version, self.min_token = cur.fetchone()
+            self._check_version(str(version))
+            seconds = max(1, round(self.timeout))
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")
+            if self.mariadb:
+                cur.execute(f"SET SESSION max_statement_time = {self.timeout:g}")
+            else:
+                cur.execute(f"SET SESSION max_execution_time = {int(self.timeout * 1000)}")
+        except pymysql.err.Error as e:
+            conn.close()
+            raise self._failure(e) from None
+        except StoreError:
+            conn.close()
+            raise
+        return conn
+
+    def _check_version(self, version: str) -> None:
+        self.mariadb = "mariadb" in version.lower()
+        numbers = [int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit()]
+        have = tuple(numbers) if len(numbers) == 2 else (0, 0)
+        need = (10, 6) if self.mariadb else (8, 0)
+        if have < need:
+            product = "MariaDB" if self.mariadb else "MySQL"
+            raise StoreError(f"{self.display} runs {product} {version}; chatcli needs {product} "
+                             f"{need[0]}.{need[1]} or newer")
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        import pymysql
+
+        return (pymysql.err.Error,)
+
+    def _is_lost(self, e: BaseException) -> bool:
+        import pymysql
+
+        if isinstance(e, pymysql.err.InterfaceError):
+            return True
+        code = e.args[0] if isinstance(e, pymysql.err.OperationalError) and e.args else 0
+        return code in (2006, 2013, 2014, 2055, 4031) and "timed out" not in str(e)
+
+    def _failure(self, e: BaseException) -> ChatcliError:
+        code = e.args[0] if getattr(e, "args", None) else 0
+        said = _said(e)
+        if code == 1045:
+            return StoreError(f"{self.display} refused the login (wrong or missing password): give it in the URL "
+                              f"or MYSQL_PWD")
+        if code == 1049:
+            return StoreError(f"{self.display}: the database {self.database!r} does not exist; create it "
+                              f"(CREATE DATABASE) or fix the URL")
+        if code in (1044, 1142, 1227):
+            return StoreError(f"{self.display}: the user may not do this ({said}); chatcli needs to create and "
+                              f"write its tables (chatcli_*)")
+        if code in (1205, 1969, 3024) or "timed out" in said:
+            return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
+        if code in (2003, 2002, 2005, 2006, 2013):
+            return StoreUnavailable(f"cannot connect to {self.display} ({said}); is the server running?")
+        return StoreError(f"{self.display}: {said}")
+
+    # -- locks ----------------------------------------------------------------------------------------------
+    def lock_name(self, name: str) -> str:
+        """A GET_LOCK name (at most 64 characters; names are server-wide, so the database is part of it)."""
+        return "chatcli:" + hashlib.blake2b(f"{self.database}:{name}".encode(), digest_size=16).hexdigest()
+
+    def _try_lock(self, cur: Any, session_id: str) -> bool:
+        cur.execute("SELECT GET_LOCK(%s, 0)", (self.lock_name(session_id),))
+        return cur.fetchone()[0] == 1
+
+    def _unlock(self, cur: Any, session_id: str) -> None:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name(session_id),))
+
+    def _lock_schema(self, cur: Any) -> Any:
+        cur.execute("SELECT GET_LOCK(%s, %s)", (self.lock_name("#schema"), max(1, round(self.timeout))))
+        if cur.fetchone()[0] != 1:
+            raise StoreUnavailable(f"{self.display}: another chatcli is setting up the tables; try again")
+        return None
+
+    def _unlock_schema(self, cur: Any, token: Any) -> None:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name("#schema"),))
+
+    # -- rows ----------------------------------------------------------------------------------------------
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        cols = ["session_id", *MESSAGE_COLUMNS]
+        quoted = [f"`{c}`" for c in cols]
+        updates = ", ".join(f"{q} = VALUES({q})" for q in quoted[2:])
+        cur.executemany(f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
+                        f"ON DUPLICATE KEY UPDATE {updates}", rows)
+
+    def _out(self, column: str) -> str:
+        return f"`{column}`"
+
+    def _holds(self, column: str) -> str:
+        return f"LOCATE(%s, LOWER({column})) > 0"
+
+    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
+                     limit: int) -> list[tuple[Any, ...]]:
+        long = [w for w in words if len(w) >= self.min_token]
+        short = [w for w in words if len(w) < self.min_token]
+        against = " ".join(f"+{w}*" for w in long)
+        found: list[tuple[float, tuple[Any, ...]]] = []
+        for table in ("messages", "titles"):
+            if (table == "titles") != (role == "title") and role is not None:
+                continue
+            column = "m.content" if table == "messages" else "s.title"
+            where: list[str] = []
+            args: list[Any] = []
+            score = "0"
+            if long:
+                where.append(f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)")
+                score = f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)"
+            for w in short:
+                where.append(f"{column} REGEXP %s")
+            if table == "messages":
+                if role:
+                    where.append("m.role = %s")
+                if session_id:
+                    where.append("m.session_id = %s")
+                sql = (f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ("
+                       f"SELECT m.session_id, m.turn, m.role, m.idx, m.content, {score} AS score FROM "
+                       f"chatcli_messages m WHERE {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s) h "
+                       f"JOIN chatcli_sessions s ON s.id = h.session_id WHERE s.deleted_at IS NULL "
+                       f"ORDER BY h.score DESC LIMIT %s")
+            else:
+                where.append("s.deleted_at IS NULL")
+                if session_id:
+                    where.append("s.id = %s")
+                sql = (f"SELECT {score}, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s "
+                       f"WHERE {' AND '.join(where)} ORDER BY 1 DESC LIMIT %s")
+            if long:
+                args += [against, against]
+            args += [f"(?i)(^|[^[:alnum:]]){w}" for w in short]
+            if table == "messages":
+                args += [v for v in (role, session_id) if v]
+                args += [self.window, limit]
+            else:
+                args += [v for v in (session_id,) if v] + [limit]
+            cur.execute(sql, args)
+            found += [(float(r[0]), r[1:]) for r in cur.fetchall()]
+        found.sort(key=lambda sr: -sr[0])
+        return [r for _, r in found[:limit]]
+
+    def disk_bytes(self) -> int:
+        def ask(cur: Any) -> int:
+            cur.execute("SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "
+                        "WHERE table_schema = DATABASE() AND table_name LIKE %s", ("chatcli%",))
+            return int(cur.fetchone()[0])
+
+        return int(self._run("measured its size", ask))

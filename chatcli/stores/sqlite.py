@@ -1,0 +1,214 @@
+"""The SQLite store: ``sqlite:///path/to/chats.db`` (the standard library's ``sqlite3``).
+
+One database file (mode 0600, its folder 0700) in WAL mode with ``synchronous=FULL``: a committed save is
+on disk. The writer lock of a session is an OS file lock in ``<file>.locks/`` beside the database (released
+when its process ends, however it ends), so chatclis on one machine, or on machines sharing the folder
+over a file system with working locks, never write the same session at once. Full-text search is FTS5
+(``unicode61 remove_diacritics 2``: case and accents ignored) over the message and title columns, kept up
+to date by triggers.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
+from chatcli.stores.folder import FileLock, ensure_folder
+from chatcli.stores.folder_index import fts_query
+from chatcli.stores.sql import SQLStore, _said
+
+_TABLES = [
+    "CREATE TABLE chatcli_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    """CREATE TABLE chatcli_sessions (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        backend TEXT NOT NULL, model TEXT NOT NULL, base_url TEXT, model_path TEXT, params TEXT NOT NULL,
+        system TEXT NOT NULL, context_start INTEGER NOT NULL, clears TEXT, changes TEXT, extra TEXT,
+        format_version INTEGER NOT NULL, message_count INTEGER NOT NULL, turns INTEGER NOT NULL,
+        messages INTEGER NOT NULL, user_messages INTEGER NOT NULL, assistant_messages INTEGER NOT NULL,
+        characters INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL, version INTEGER NOT NULL, writer TEXT, deleted_at TEXT)""",
+    "CREATE INDEX chatcli_sessions_updated ON chatcli_sessions (updated_at)",
+    """CREATE TABLE chatcli_messages (
+        mid INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES chatcli_sessions (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL, turn INTEGER NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
+        created_at TEXT, status TEXT, finish_reason TEXT, model TEXT, error TEXT, dropped TEXT,
+        usage TEXT, timings TEXT, extra TEXT, UNIQUE (session_id, idx))""",
+]
+_SEARCH = [
+    """CREATE VIRTUAL TABLE chatcli_messages_fts USING fts5(content, session_id UNINDEXED, role UNINDEXED,
+        content='chatcli_messages', content_rowid='mid', tokenize='unicode61 remove_diacritics 2')""",
+    """CREATE TRIGGER chatcli_messages_ai AFTER INSERT ON chatcli_messages BEGIN
+        INSERT INTO chatcli_messages_fts (rowid, content, session_id, role)
+        VALUES (new.mid, new.content, new.session_id, new.role); END""",
+    """CREATE TRIGGER chatcli_messages_ad AFTER DELETE ON chatcli_messages BEGIN
+        INSERT INTO chatcli_messages_fts (chatcli_messages_fts, rowid, content, session_id, role)
+        VALUES ('delete', old.mid, old.content, old.session_id, old.role); END""",
+    """CREATE TRIGGER chatcli_messages_au AFTER UPDATE OF content, role ON chatcli_messages BEGIN
+        INSERT INTO chatcli_messages_fts (chatcli_messages_fts, rowid, content, session_id, role)
+        VALUES ('delete', old.mid, old.content, old.session_id, old.role);
+        INSERT INTO chatcli_messages_fts (rowid, content, session_id, role)
+        VALUES (new.mid, new.content, new.session_id, new.role); END""",
+    """CREATE VIRTUAL TABLE chatcli_titles_fts USING fts5(title, content='chatcli_sessions', content_rowid='rowid',
+        tokenize='unicode61 remove_diacritics 2')""",
+    """CREATE TRIGGER chatcli_titles_ai AFTER INSERT ON chatcli_sessions BEGIN
+        INSERT INTO chatcli_titles_fts (rowid, title) VALUES (new.rowid, new.title); END""",
+    """CREATE TRIGGER chatcli_titles_ad AFTER DELETE ON chatcli_sessions BEGIN
+        INSERT INTO chatcli_titles_fts (chatcli_titles_fts, rowid, title) VALUES ('delete', old.rowid, old.title);
+        END""",
+    """CREATE TRIGGER chatcli_titles_au AFTER UPDATE OF title ON chatcli_sessions BEGIN
+        INSERT INTO chatcli_titles_fts (chatcli_titles_fts, rowid, title) VALUES ('delete', old.rowid, old.title);
+        INSERT INTO chatcli_titles_fts (rowid, title) VALUES (new.rowid, new.title); END""",
+    "INSERT INTO chatcli_messages_fts (chatcli_messages_fts) VALUES ('rebuild')",
+    "INSERT INTO chatcli_titles_fts (chatcli_titles_fts) VALUES ('rebuild')",
+]
+
+
+class SQLiteStore(SQLStore):
+    """Sessions in the SQLite database at ``path`` (created, with its folder, when missing)."""
+
+    kind = "sqlite"
+    migrations = (_TABLES, _SEARCH)
+    begin_write = "BEGIN IMMEDIATE"
+    begin_read = "BEGIN"
+
+    def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
+        self.path = Path(path).expanduser()
+        super().__init__(f"sqlite://{self.path}", timeout)
+        self.lock_dir = self.path.parent / (self.path.name + ".locks")
+        self._files: dict[str, FileLock] = {}
+
+    def _open(self) -> Any:
+        try:
+            ensure_folder(self.path.parent)
+        except SaveError as e:
+            raise StoreError(f"cannot use {self.display}: {e}") from None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        except OSError as e:
+            raise StoreError(f"cannot open {self.display}: {e.strerror}") from None
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.create_function("chatcli_holds", 2, lambda text, part: part in (text or "").lower(),
+                                 deterministic=True)
+        except sqlite3.DatabaseError as e:
+            raise self._failure(e) from None
+        return conn
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    def _is_lost(self, e: BaseException) -> bool:
+        return False  # a file does not hang up
+
+    def _failure(self, e: BaseException) -> ChatcliError:
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            return StoreUnavailable(f"{self.display} is busy (locked by another program) for more than "
+                                    f"{self.timeout:g} s")
+        if "not a database" in text or "malformed" in text:
+            return StoreError(f"{self.path} is not an SQLite database chatcli can use ({text}); move it away "
+                              f"or choose another file")
+        return StoreError(f"{self.display}: {_said(e)}")
+
+    def _x(self, cur: Any, sql: str, args: Any = ()) -> Any:
+        cur.execute(sql.replace("%s", "?"), args)
+        return cur
+
+    def _many(self, cur: Any, sql: str, rows: Any) -> None:
+        cur.executemany(sql.replace("%s", "?"), rows)
+
+    # -- locks: files beside the database ---------------------------------------------------------------
+    def _try_lock(self, cur: Any, session_id: str) -> bool:
+        try:
+            ensure_folder(self.lock_dir)
+        except SaveError as e:
+            raise SessionLocked(f"cannot lock session {session_id}: {e}") from None
+        lock = FileLock(self.lock_dir / f"{session_id}.lock")
+        try:
+            lock.acquire(session_id)
+        except SessionLocked:
+            return False
+        self._files[session_id] = lock
+        return True
+
+    def _unlock(self, cur: Any, session_id: str) -> None:
+        lock = self._files.pop(session_id, None)
+        if lock is not None:
+            lock.release()
+
+    def _release(self, session_id: str) -> None:
+        self._held.discard(session_id)
+        self._unlock(None, session_id)
+
+    def close(self) -> None:
+        for sid in list(self._files):
+            self._unlock(None, sid)
+        self._held.clear()
+        self._drop()
+
+    def _lock_schema(self, cur: Any) -> Any:
+        ensure_folder(self.lock_dir)
+        from filelock import FileLock as Blocking
+
+        lock = Blocking(str(self.lock_dir / "schema.lock"), timeout=self.timeout, mode=0o600)
+        lock.acquire()
+        return lock
+
+    def _unlock_schema(self, cur: Any, token: Any) -> None:
+        token.release()
+
+    # -- rows ---------------------------------------------------------------------------------------------
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        cols = "session_id, idx, turn, role, content, created_at, status, finish_reason, model, error, dropped, " \
+               "usage, timings, extra"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols.split(", ")[2:])
+        self._many(cur, f"INSERT INTO chatcli_messages ({cols}) VALUES ({', '.join(['?'] * 14)}) "
+                        f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}", rows)
+
+    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
+                     limit: int) -> list[tuple[Any, ...]]:
+        query = fts_query(words)
+        found: list[tuple[float, tuple[Any, ...]]] = []
+        if role in (None, "user", "assistant"):
+            inner = "SELECT rowid AS r, rank AS score FROM chatcli_messages_fts WHERE chatcli_messages_fts MATCH ?"
+            args: list[Any] = [query]
+            if role:
+                inner += " AND role = ?"
+                args.append(role)
+            if session_id:
+                inner += " AND session_id = ?"
+                args.append(session_id)
+            sql = (f"SELECT b.score, m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM ({inner} ORDER BY "
+                   f"rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s ON "
+                   f"s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score LIMIT ?")
+            found += [(r[0], r[1:]) for r in cur.execute(sql, [*args, self.window, limit])]
+        if role in (None, "title"):
+            sql = ("SELECT t.rank, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_titles_fts t JOIN "
+                   "chatcli_sessions s ON s.rowid = t.rowid WHERE chatcli_titles_fts MATCH ? AND s.deleted_at IS NULL")
+            args = [query]
+            if session_id:
+                sql += " AND s.id = ?"
+                args.append(session_id)
+            found += [(r[0], r[1:]) for r in cur.execute(sql + " ORDER BY t.rank LIMIT ?", [*args, limit])]
+        found.sort(key=lambda sr: sr[0])  # bm25: lower is better
+        return [r for _, r in found[:limit]]
+
+    def _holds(self, column: str) -> str:
+        return f"chatcli_holds({column}, %s)"
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except OSError:
+                pass
+        return total
