@@ -55,13 +55,23 @@ def open_store(s: Settings, *, spool: bool = False, notify: Callable[[str], None
                       on_progress=_progress if sys.stderr.isatty() else None)
     if not spec.is_database:
         return store
-    from chatcli.stores.spool import SpoolingStore, spool_folder, sync
+    from chatcli.stores.spool import SpoolingStore, spool_folder, spooled, sync
     from chatcli.stores.sql import SQLStore
 
     assert isinstance(store, SQLStore)
+    from chatcli.errors import StoreUnavailable
+    from chatcli.text import count
+
     folder = spool_folder(s.state_dir, spec.display)
-    if sync_spool and folder.exists():
-        for outcome in sync(store, folder):
+    waiting = spooled(folder)
+    if sync_spool and waiting:
+        try:
+            outcomes = sync(store, folder)
+        except StoreUnavailable as e:
+            store.close()
+            raise StoreUnavailable(f"{e}; {count(len(waiting), 'session')} with turns kept on this machine in "
+                                   f"{folder} will be written there when it answers") from None
+        for outcome in outcomes:
             if outcome.status != "open" and notify is not None:
                 notify(outcome.message)
     return SpoolingStore(store, folder, notify) if spool else store

@@ -298,8 +298,12 @@ def stats(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
             totals["store"] = st.display
     except ChatcliError as e:
         exit_with(e)
+    order = ("sessions", "active_7d", "messages", "user_messages", "assistant_messages", "mean_messages",
+             "characters", "prompt_tokens", "completion_tokens", "cached_tokens", "models", "damaged", "bytes",
+             "store")
     totals["active_7d"] = totals.pop("active")
     totals["mean_messages"] = round(totals["messages"] / totals["sessions"], 1) if totals["sessions"] else 0
+    totals = {k: totals[k] for k in order}
     if as_json:
         totals["models"] = [{"model": m, "sessions": n} for m, n in totals["models"]]
         print_json(totals)

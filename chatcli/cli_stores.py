@@ -29,8 +29,8 @@ def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
                 out.info(f"{st.display} is a folder: every turn is written to it directly, there is nothing to sync.")
                 return
             folder = spool_folder(s.state_dir, st.display)
-            waiting = spooled(folder)
-            outcomes = do_sync(st, folder) if waiting else []
+            outcomes = do_sync(st, folder) if spooled(folder) else []
+            st.newest_id()  # even with nothing to write: say so only once the database answered
         finally:
             st.close()
     except ChatcliError as e:

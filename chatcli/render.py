@@ -123,7 +123,7 @@ class ReplyView:
         from rich.markup import escape
 
         console = self._live.console if self._live is not None else self.console
-        console.print(f"[yellow]{escape(sanitize(message))}[/]")
+        console.print(f"[yellow]{escape(sanitize(message))}[/]", soft_wrap=True)
 
     def finish(self) -> None:
         """Stop the live view, leaving the whole reply on screen. Safe to call twice."""
@@ -372,17 +372,20 @@ class Renderer:
         self._print_table(table)
 
     def _print_table(self, table: Any) -> None:
-        """A table fitted to the screen at a terminal; piped or redirected, at its natural width, so that
-        nothing is cut or wrapped for a script or a pager."""
+        """A table fitted to the screen at a terminal; piped or redirected, at its natural width with no
+        trailing blanks, so that nothing is cut or wrapped for a script or a pager."""
         if self.console.is_terminal:
             self.console.print(table)
             return
         width = self.console.width
         self.console.width = 100_000  # print() caps its width argument at the console's width
         try:
-            self.console.print(table, crop=False)
+            with self.console.capture() as captured:
+                self.console.print(table, crop=False)
         finally:
             self.console.width = width
+        lines = [line.rstrip() for line in captured.get().splitlines()]
+        self.console.file.write("\n".join(lines) + "\n")
 
     def reply_footer(self, message: Message) -> None:
         """A dim line under a reply that did not complete normally."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakellm import FakeLLMServer  # noqa: E402
 
 _SCRUBBED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST", "CHATCLI_BACKEND", "CHATCLI_MODEL",
-             "CHATCLI_DEBUG", "NO_COLOR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
+             "CHATCLI_DEBUG", "CHATCLI_STORE", "NO_COLOR", "PGPASSWORD", "PGPASSFILE", "PGHOST", "PGPORT",
+             "PGUSER", "PGDATABASE", "PGSERVICE", "PGSERVICEFILE", "MYSQL_PWD", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
              "https_proxy", "all_proxy")
 
 
@@ -55,3 +57,62 @@ def child_env() -> dict[str, str]:
     env.update({"NO_COLOR": "1", "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color",
                 "PYTHONUNBUFFERED": "1"})
     return env
+
+
+# -- real database servers -----------------------------------------------------------------------------------
+# PostgreSQL and MariaDB run for the whole test session in a temporary folder (tests/dbservers.py), on free
+# 127.0.0.1 ports, as their own system users. A missing server fails the run: it is never skipped.
+ENGINES = ("folder", "sqlite", "postgresql", "mysql")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import dbservers
+
+    with dbservers.PostgresServer(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import dbservers
+
+    with dbservers.MariaDBServer(tmp_path_factory.mktemp("mariadb")) as server:
+        yield server
+
+
+@pytest.fixture
+def store_for(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """``store_for(engine)``: a fresh, empty store of that engine for this test, as a ``--store`` value (a
+    folder, a SQLite URL, or a new database on the session's PostgreSQL or MariaDB server)."""
+    made: dict[str, str] = {}
+
+    def make(engine: str) -> str:
+        if engine in made:
+            return made[engine]
+        if engine == "folder":
+            spec = str(tmp_path / "sessions")
+        elif engine == "sqlite":
+            spec = f"sqlite://{tmp_path / 'db' / 'chats.db'}"
+        elif engine == "postgresql":
+            spec = request.getfixturevalue("pg_server").new_database()
+        elif engine == "mysql":
+            spec = request.getfixturevalue("mariadb_server").new_database()
+        else:
+            raise ValueError(engine)
+        made[engine] = spec
+        return spec
+
+    return make
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each store engine in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_spec(engine: str, store_for: Callable[[str], str]) -> str:
+    """A fresh store of ``engine``, as a ``--store`` value."""
+    return store_for(engine)

@@ -78,13 +78,17 @@ class FileLock:
         self._lock.release()
 
 
-def ensure_folder(folder: Path) -> None:
-    """Create ``folder`` (0700, parents too) if needed, and tighten it to 0700 when it is ours; raise
+def ensure_folder(folder: Path, *, tighten: bool = True) -> None:
+    """Create ``folder`` (0700, parents too) if needed; with ``tighten`` (for a folder that is chatcli's
+    own, such as the sessions folder) also make an existing one 0700 when it belongs to this user. Raise
     SaveError if that is impossible."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not tighten:
+            return
         st = folder.stat()
-        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        # a sticky folder (/tmp) is shared by design: never ours to close; the files in it are 0600 anyway
+        if st.st_mode & 0o077 and st.st_uid == os.getuid() and not st.st_mode & stat.S_ISVTX:
             os.chmod(folder, 0o700)
     except OSError as e:
         raise SaveError(f"cannot create the folder {folder}: {e.strerror}", folder) from None

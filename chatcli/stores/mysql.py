@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chatcli.errors import ChatcliError, ConfigError, StoreError, StoreUnavailable
-from chatcli.stores.sql import MESSAGE_COLUMNS, SQLStore, _said
+from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
 
 _ID = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
 _TIME = "VARCHAR(40) CHARACTER SET ascii COLLATE ascii_bin"
@@ -148,21 +149,24 @@ class MySQLStore(SQLStore):
 
     def _failure(self, e: BaseException) -> ChatcliError:
         code = e.args[0] if getattr(e, "args", None) else 0
-        said = _said(e)
+        words = said(e)
         if code == 1045:
             return StoreError(f"{self.display} refused the login (wrong or missing password): give it in the URL "
                               f"or MYSQL_PWD")
         if code == 1049:
             return StoreError(f"{self.display}: the database {self.database!r} does not exist; create it "
                               f"(CREATE DATABASE) or fix the URL")
+        if code == 1044 and not self._conn:  # at connect time: a database this user may not open
+            return StoreError(f"{self.display}: the database {self.database!r} does not exist or user "
+                              f"{self._params['user']!r} may not use it; create it or grant access")
         if code in (1044, 1142, 1227):
-            return StoreError(f"{self.display}: the user may not do this ({said}); chatcli needs to create and "
+            return StoreError(f"{self.display}: the user may not do this ({words}); chatcli needs to create and "
                               f"write its tables (chatcli_*)")
-        if code in (1205, 1969, 3024) or "timed out" in said:
+        if code in (1205, 1969, 3024) or "timed out" in words:
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
         if code in (2003, 2002, 2005, 2006, 2013):
-            return StoreUnavailable(f"cannot connect to {self.display} ({said}); is the server running?")
-        return StoreError(f"{self.display}: {said}")
+            return StoreUnavailable(f"cannot connect to {self.display} ({words}); is the server running?")
+        return StoreError(f"{self.display}: {words}")
 
     # -- locks ----------------------------------------------------------------------------------------------
     def lock_name(self, name: str) -> str:

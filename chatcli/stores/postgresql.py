@@ -16,7 +16,8 @@ from typing import Any
 
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.snapshot import fold
-from chatcli.stores.sql import MESSAGE_COLUMNS, SQLStore, _said
+from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
 INDEXED_CHARS = 250_000  # a tsvector holds at most 1 MB: longer messages are searched in their start
@@ -56,6 +57,13 @@ def _add_search(cur: Any) -> None:
                         [(search_text(r[-1]), *r[:-1]) for r in rows])
     cur.execute("CREATE INDEX chatcli_messages_tsv ON chatcli_messages USING gin (tsv)")
     cur.execute("CREATE INDEX chatcli_sessions_title_tsv ON chatcli_sessions USING gin (title_tsv)")
+
+
+def _libpq_reason(e: BaseException) -> str:
+    """The heart of a libpq connection error: ``Connection refused`` out of ``connection failed: connection
+    to server at "h", port 5432 failed: Connection refused\n\tIs the server running...``."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first.rsplit("failed: ", 1)[-1].strip() or first
 
 
 def search_text(text: str) -> str:
@@ -132,8 +140,8 @@ class PostgreSQLStore(SQLStore):
                                     f"up and the address right?")
         if "refused" in text or "could not connect" in text or "translate host name" in text \
                 or "No route" in text or "Connection reset" in text or "server closed" in text:
-            return StoreUnavailable(f"cannot connect to {self.display} ({_said(e)}); is the server running?")
-        return StoreError(f"cannot use {self.display}: {_said(e)}")
+            return StoreUnavailable(f"cannot connect to {self.display} ({_libpq_reason(e)}); is the server running?")
+        return StoreError(f"cannot use {self.display}: {said(e)}")
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -152,11 +160,11 @@ class PostgreSQLStore(SQLStore):
         if isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
         if isinstance(e, psycopg.errors.InsufficientPrivilege):
-            return StoreError(f"{self.display}: the user may not do this ({_said(e)}); chatcli needs to create "
+            return StoreError(f"{self.display}: the user may not do this ({said(e)}); chatcli needs to create "
                               f"and write its tables (chatcli_*)")
         if isinstance(e, psycopg.OperationalError):
             return self._connect_failure(e)
-        return StoreError(f"{self.display}: {_said(e)}")
+        return StoreError(f"{self.display}: {said(e)}")
 
     # -- locks ----------------------------------------------------------------------------------------------
     @staticmethod

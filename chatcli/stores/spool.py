@@ -63,17 +63,20 @@ class _Pending:
 class SpoolingStore:
     """``primary`` (a database store) with the spool in ``folder``. ``notify(message)`` is told, once per
     change, when turns start going to the spool and when they reach the database again. While the database
-    does not answer it is tried again at most every ``retry_seconds``, and never by a checkpoint save of a
-    streaming reply (a hung database must not hold up the reply)."""
+    does not answer it is tried again by the saves between turns (never by a checkpoint save of a streaming
+    reply: a hung database must not hold up the reply), and when a failed attempt took long (a host that
+    does not answer at all) only after ``retry_ratio`` times as long again, so retrying takes at most a
+    tenth of the time."""
 
-    def __init__(self, primary: SQLStore, folder: Path, notify: Callable[[str], None] | None = None,
-                 retry_seconds: float = 10.0) -> None:
+    retry_ratio = 10.0
+    max_retry_wait = 60.0  # seconds
+
+    def __init__(self, primary: SQLStore, folder: Path, notify: Callable[[str], None] | None = None) -> None:
         self.primary = primary
         self.kind = primary.kind
         self.display = primary.display
         self.folder = folder
         self.notify = notify
-        self.retry_seconds = retry_seconds
         self._pending: dict[str, _Pending] = {}
         self._retry_at = 0.0
 
@@ -89,10 +92,12 @@ class SpoolingStore:
             changed_from = min(changed_from, pending.changed_from)
             if pending.conflict or checkpoint or time.monotonic() < self._retry_at:
                 return self._spool(snapshot, changed_from, pending.reason, pending.conflict)
+        started = time.monotonic()
         try:
             info = self.primary.save(snapshot, changed_from=changed_from, checkpoint=checkpoint)
         except StoreUnavailable as e:
-            self._retry_at = time.monotonic() + self.retry_seconds
+            now = time.monotonic()
+            self._retry_at = now + min(self.max_retry_wait, self.retry_ratio * (now - started))
             return self._spool(snapshot, changed_from, str(e), conflict=False)
         except (StoreConflict, SessionLocked) as e:
             return self._spool(snapshot, changed_from, str(e), conflict=True)
@@ -121,12 +126,14 @@ class SpoolingStore:
             raise SaveError(f"{reason}; and keeping the turn on this machine failed too: {e}", path) from None
         self._pending[sid] = _Pending(changed_from, base, reason, conflict, path)
         if first is None or first.conflict != conflict:
+            flag = f" --store {self.display.replace(':***@', '@')}"
             if conflict:
-                self._say(f"{reason}. This conversation goes on in {path} (nothing in the database is "
-                          f"overwritten): bring it in as a new session with `chatcli import {path}`")
+                self._say(f"{reason} — this conversation goes on in {path} (nothing in the database is "
+                          f"overwritten): bring it in as a new session with `chatcli import {path}{flag}`")
             else:
-                self._say(f"{reason}: the turn is kept on this machine in {path}; it goes to the database at the "
-                          f"next save that works, at `chatcli resume {sid}`, or with `chatcli sync`")
+                self._say(f"{reason} — the turn is kept on this machine in {path} and goes to the database at the "
+                          f"next save that reaches it, at `chatcli resume {sid}{flag}`, or with "
+                          f"`chatcli sync{flag}`")
         return SaveInfo(location=str(path), size=len(data), saved_at=utc_now(), spooled=True)
 
     def _say(self, message: str) -> None:

@@ -23,14 +23,11 @@ does not grow with the length of the session.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from chatcli.clock import utc_now
 from chatcli.errors import (
@@ -43,34 +40,20 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
-from chatcli.snapshot import (
-    FORMAT,
-    KNOWN_KEYS,
-    NO_COUNTS,
-    SEARCH_WINDOW,
-    Counts,
-    SearchHit,
-    SessionSummary,
-    Snapshot,
-    message_counts,
-    search_words,
-    snippet,
-    valid_unicode,
-    validate_id,
-    validate_snapshot,
+from chatcli.snapshot import NO_COUNTS, Counts, Snapshot, message_counts, validate_id, validate_snapshot
+from chatcli.stores.base import SaveInfo
+from chatcli.stores.sql_catalog import SQLCatalog
+from chatcli.stores.sql_rows import (
+    JSON_FIELDS,
+    MESSAGE_COLUMNS,
+    MESSAGE_JSON,
+    SESSION_FIELDS,
+    message_from_row,
+    message_row,
+    said,
+    session_from_row,
+    session_params,
 )
-from chatcli.stores.base import Page, SaveInfo
-
-#: message keys kept in text columns (NULL = absent), then in JSON columns
-MESSAGE_TEXT = ("created_at", "status", "finish_reason", "model", "error", "dropped")
-MESSAGE_JSON = ("usage", "timings")
-MESSAGE_COLUMNS = ("idx", "turn", "role", "content", *MESSAGE_TEXT, *MESSAGE_JSON, "extra")
-#: session row columns that hold snapshot fields
-SESSION_FIELDS = ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "params",
-                  "system", "context_start", "clears", "changes", "extra", "format_version")
-COUNT_COLUMNS = ("messages", "user_messages", "assistant_messages", "characters", "prompt_tokens",
-                 "completion_tokens", "cached_tokens")
-_B64 = "$chatcli_b64"  # an extra holding the whole record, for text a column cannot hold (NUL on PostgreSQL)
 
 
 @dataclass
@@ -85,7 +68,7 @@ class _Saved:
     title: str | None = None
 
 
-class SQLStore:
+class SQLStore(SQLCatalog):
     """The shared machinery; see the module docstring. Subclasses set ``kind``, ``migrations`` and the
     driver hooks (``_open``, ``_lost``, ``_failure``, ``_try_lock``, ``_unlock``, ``_search``, ...).
 
@@ -131,10 +114,6 @@ class SQLStore:
     def _unlock(self, cur: Any, session_id: str) -> None:
         raise NotImplementedError
 
-    def _json(self, text: str | None) -> Any:
-        """A JSON value as a parameter (the engine's cast, if it needs one, is in its SQL)."""
-        return text
-
     def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
 
@@ -143,18 +122,6 @@ class SQLStore:
 
     def _index_title(self, cur: Any, session_id: str, title: str) -> None:
         """Keep the full-text index of titles up to date (if the engine needs help)."""
-
-    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
-                     limit: int) -> list[tuple[Any, ...]]:
-        """(session_id, title, turn, role, idx, content) of the best matches, best first."""
-        raise NotImplementedError
-
-    def _holds(self, column: str) -> str:
-        """SQL true when ``column`` holds the (lower-case) parameter, case ignored."""
-        return f"instr(lower({column}), %s) > 0"
-
-    def disk_bytes(self) -> int:
-        return 0
 
     # -- connections ---------------------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -179,9 +146,9 @@ class SQLStore:
     def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
         """``fn(cursor)`` on the connection, reconnecting once when the connection turns out to be gone.
         Driver errors leave as StoreUnavailable / StoreError naming the store and ``what`` was done."""
-        errors = self._driver_errors()
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._connection()  # first: it says so when the driver is missing
+            errors = self._driver_errors()
             try:
                 return fn(conn.cursor())
             except errors as e:
@@ -190,7 +157,7 @@ class SQLStore:
                     if attempt == 1:
                         continue
                     raise StoreUnavailable(f"the database {self.display} stopped answering while it {what} "
-                                           f"({_said(e)})") from None
+                                           f"({said(e)})") from None
                 raise self._failure(e) from None
         raise AssertionError("unreachable")
 
@@ -325,7 +292,7 @@ class SQLStore:
 
     def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
         validate_id(session_id)
-        columns = ", ".join(f"{self._out(c) if c in _JSON_FIELDS else c}" for c in SESSION_FIELDS)
+        columns = ", ".join(self._out(c) if c in JSON_FIELDS else c for c in SESSION_FIELDS)
         mcols = ", ".join(self._out(c) if c in (*MESSAGE_JSON, "extra") else c for c in MESSAGE_COLUMNS)
         deleted = "IS NOT NULL" if trashed else "IS NULL"
 
@@ -344,8 +311,8 @@ class SQLStore:
             where = "the trash of " if trashed else ""
             raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
         where = self.location(session_id)
-        snap = _session_from_row(session_id, row[1:])
-        snap["messages"] = [_message_from_row(r) for r in rows]
+        snap = session_from_row(session_id, row[1:])
+        snap["messages"] = [message_from_row(r) for r in rows]
         snap = validate_snapshot(snap, where)
         counts = [message_counts(m) for m in snap["messages"]]
         total = NO_COUNTS
@@ -397,8 +364,8 @@ class SQLStore:
                 total = total.minus(c)
         for c in counts:
             total = total.plus(c)
-        header = self._session_params(snapshot, total, n)
-        rows = [self._message_row(sid, start + k, turns[k], m) for k, m in enumerate(tail)]
+        header = session_params(snapshot, total, n, self.holds_nul)
+        rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
 
         def write(cur: Any) -> int:
             with self._tx(cur, self.begin_write):
@@ -418,6 +385,8 @@ class SQLStore:
             raise
         except StoreError as e:
             raise SaveError(f"could not save session {sid} in {self.display}: {e}", self.display) from None
+        except SaveError as e:  # a message that cannot be stored at all
+            raise SaveError(f"{e} in {self.display}", self.display) from None
         if state is None:
             state = _Saved(version, [], [], NO_COUNTS)
             self._saved[sid] = state
@@ -484,78 +453,6 @@ class SQLStore:
             self._set_deleted(sid, utc_now(), expect_live=True)
         return info
 
-    def _session_params(self, snap: Snapshot, total: Counts, rows: int) -> dict[str, Any]:
-        extra = {k: v for k, v in snap.items() if k not in KNOWN_KEYS}
-        header: dict[str, Any] = {
-            "title": snap["title"], "created_at": snap["created_at"], "updated_at": snap["updated_at"],
-            "backend": snap["backend"], "model": snap["model"], "base_url": snap.get("base_url"),
-            "model_path": snap.get("model_path"), "params": _dump(snap["params"]), "system": snap["system"],
-            "context_start": snap["context_start"],
-            "clears": _dump(snap["clears"]) if "clears" in snap else None,
-            "changes": _dump(snap["changes"]) if "changes" in snap else None,
-            "extra": _dump(extra) if extra else None, "format_version": snap["version"],
-        }
-        texts = [header[k] for k in ("title", "created_at", "updated_at", "backend", "model", "base_url",
-                                     "model_path", "system")]
-        if not all(isinstance(t, str) or t is None for t in texts) or (not self.holds_nul and _has_nul(header)):
-            # a field a column cannot hold as it is: keep the whole header in extra, the columns cleaned
-            whole = {k: v for k, v in snap.items() if k != "messages"}
-            header["extra"] = _dump({_B64: base64.b64encode(_bytes(whole)).decode()})
-            for k in ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "system"):
-                header[k] = _clean(header[k]) if header[k] is not None else None
-            for k in ("params", "clears", "changes"):
-                header[k] = _clean(header[k]) if header[k] is not None else None
-        header.update(zip(COUNT_COLUMNS, total, strict=True))
-        header["turns"] = total.user_messages
-        header["message_count"] = rows
-        return {k: (self._json(v) if k in _JSON_FIELDS else v) for k, v in header.items()}
-
-    def _message_row(self, sid: str, idx: int, turn: int, m: dict[str, Any]) -> tuple[Any, ...]:
-        extra = {k: v for k, v in m.items() if k not in _MESSAGE_KEYS}
-        texts: list[str | None] = []
-        for k in MESSAGE_TEXT:
-            v = m.get(k)
-            if isinstance(v, str):
-                texts.append(v)
-            else:
-                texts.append(None)
-                if k in m:
-                    extra[k] = v
-        jsons = [_dump(m[k]) if k in m else None for k in MESSAGE_JSON]
-        role, content = m.get("role"), m.get("content")
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise SaveError(f"message {idx} of session {sid} has no text role and content; nothing was saved",
-                            self.display)
-        extra_text = _dump(extra) if extra else None
-        if not self.holds_nul and (_has_nul(m) or _has_nul(extra)):
-            extra_text = _dump({_B64: base64.b64encode(_bytes(m)).decode()})
-            content, role = _clean(content), _clean(role)
-            texts = [_clean(t) if t is not None else None for t in texts]
-            jsons = [_clean(j) if j is not None else None for j in jsons]
-        return (sid, idx, turn, role, _clean_surrogates(content), *[_clean_surrogates(t) for t in texts],
-                *[self._json(j) for j in jsons], self._json(extra_text))
-
-    # -- ids -----------------------------------------------------------------------------------------------
-    def ids(self) -> list[str]:
-        return self._ids("IS NULL")
-
-    def trashed_ids(self) -> list[str]:
-        return self._ids("IS NOT NULL")
-
-    def _ids(self, deleted: str) -> list[str]:
-        def ask(cur: Any) -> list[str]:
-            return [r[0] for r in self._x(cur, f"SELECT id FROM chatcli_sessions WHERE deleted_at {deleted} "
-                                                f"ORDER BY id").fetchall()]
-
-        return list(self._run("listed sessions", ask))
-
-    def newest_id(self) -> str | None:
-        rows = self.page(limit=1).rows
-        return rows[0].id if rows else None
-
-    def ids_titled(self, title: str) -> list[str]:
-        return [r.id for r in self.page(title=title).rows]
-
     # -- the trash ------------------------------------------------------------------------------------------
     def trash(self, session_id: str) -> None:
         lock = self.lock(session_id)
@@ -582,11 +479,9 @@ class SQLStore:
             return "done"
 
         outcome = self._run("moved a session", move)
-        if outcome == "missing" or (outcome == "trashed" and expect_live):
-            where = "the trash of " if not expect_live else ""
+        if outcome != "done":  # a session is either live or in the trash: never both
+            where = "" if expect_live else "the trash of "
             raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
-        if outcome == "live":
-            raise SessionExists(f"a session {session_id} already exists in {self.display}; nothing was restored")
         self._saved.pop(session_id, None)
 
     def purge(self, session_id: str, *, trashed: bool = False) -> None:
@@ -613,73 +508,6 @@ class SQLStore:
                 lock.release()
         self._saved.pop(session_id, None)
 
-    # -- the catalog ----------------------------------------------------------------------------------------
-    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
-             model: str | None = None, title: str | None = None) -> Page:
-        where = "deleted_at IS NULL"
-        args: list[Any] = []
-        if since:
-            where += " AND updated_at >= %s"
-            args.append(since)
-        if before:
-            where += " AND updated_at < %s"
-            args.append(before)
-        if model:
-            where += " AND " + self._holds("model")
-            args.append(model.lower())
-        if title is not None:
-            where += " AND " + self._title_is
-            args.append(title)
-        sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
-               f"completion_tokens FROM chatcli_sessions WHERE {where} ORDER BY updated_at DESC, id DESC")
-        if limit is not None:
-            sql += f" LIMIT {max(0, int(limit))}"
-
-        def ask(cur: Any) -> tuple[int, list[Any]]:
-            total = self._x(cur, f"SELECT count(*) FROM chatcli_sessions WHERE {where}", args).fetchone()[0]
-            return int(total), self._x(cur, sql, args).fetchall()
-
-        total, rows = self._run("listed sessions", ask)
-        return Page([SessionSummary(id=r[0], title=r[1], backend=r[2], model=r[3], turns=int(r[4]),
-                                    messages=int(r[5]), created_at=r[6], updated_at=r[7],
-                                    location=self.location(r[0]), tokens=int(r[8]) + int(r[9]))
-                     for r in rows], [], total)
-
-    _title_is = "title = %s"
-
-    def totals(self, active_since: str) -> dict[str, Any]:
-        def ask(cur: Any) -> tuple[Any, list[Any]]:
-            r = self._x(cur, "SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
-                             "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-                             "sum(CASE WHEN updated_at >= %s THEN 1 ELSE 0 END) FROM chatcli_sessions "
-                             "WHERE deleted_at IS NULL", (active_since,)).fetchone()
-            models = self._x(cur, "SELECT backend, model, count(*) FROM chatcli_sessions WHERE deleted_at IS NULL "
-                                  "GROUP BY backend, model").fetchall()
-            return r, models
-
-        r, models = self._run("added up sessions", ask)
-        by_model = sorted(((f"{b}/{m}", int(n)) for b, m, n in models), key=lambda mn: (-mn[1], mn[0]))
-        keys = ("sessions", "messages", "user_messages", "assistant_messages", "characters", "prompt_tokens",
-                "completion_tokens", "cached_tokens", "active")
-        out: dict[str, Any] = {k: int(v or 0) for k, v in zip(keys, r, strict=True)}
-        out.update(models=by_model, damaged=0, bytes=self.disk_bytes())
-        return out
-
-    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
-               limit: int = 20) -> list[SearchHit]:
-        words = search_words(text)
-        if not words:
-            return []
-
-        def ask(cur: Any) -> list[Any]:
-            return self._search_rows(cur, words, role, session_id, max(1, limit))
-
-        rows = self._run("searched", ask)
-        return [SearchHit(r[0], r[1], int(r[2]), r[3], int(r[4]), snippet(r[5], words)) for r in rows]
-
-    window = SEARCH_WINDOW
-
-
 class _Lock:
     """A session lock held by a SQLStore (on its connection, or a lock file for SQLite)."""
 
@@ -693,90 +521,3 @@ class _Lock:
             store._release(self.session_id)
 
 
-_JSON_FIELDS = frozenset({"params", "clears", "changes", "extra"})
-_MESSAGE_KEYS = frozenset({"role", "content", *MESSAGE_TEXT, *MESSAGE_JSON})
-
-
-def _session_from_row(sid: str, row: Sequence[Any]) -> Snapshot:
-    f = dict(zip(SESSION_FIELDS, row, strict=True))
-    extra = _load(f["extra"]) if f["extra"] is not None else {}
-    if isinstance(extra, dict) and _B64 in extra:
-        whole = orjson.loads(base64.b64decode(extra[_B64]))
-        assert isinstance(whole, dict)
-        return whole
-    snap: Snapshot = {"format": FORMAT, "version": int(f["format_version"]), "id": sid, "title": f["title"],
-                      "created_at": f["created_at"], "updated_at": f["updated_at"], "backend": f["backend"],
-                      "model": f["model"]}
-    if f["base_url"] is not None:
-        snap["base_url"] = f["base_url"]
-    if f["model_path"] is not None:
-        snap["model_path"] = f["model_path"]
-    snap.update(params=_load(f["params"]), system=f["system"], context_start=int(f["context_start"]))
-    for key in ("clears", "changes"):
-        if f[key] is not None:
-            snap[key] = _load(f[key])
-    if isinstance(extra, dict):
-        snap.update(extra)
-    return snap
-
-
-def _message_from_row(row: Sequence[Any]) -> dict[str, Any]:
-    extra = _load(row[-1]) if row[-1] is not None else None
-    if isinstance(extra, dict) and _B64 in extra:
-        whole = orjson.loads(base64.b64decode(extra[_B64]))
-        assert isinstance(whole, dict)
-        return whole
-    m: dict[str, Any] = {"role": row[2], "content": row[3]}
-    for k, v in zip(MESSAGE_TEXT, row[4:10], strict=True):
-        if v is not None:
-            m[k] = v
-    for k, v in zip(MESSAGE_JSON, row[10:12], strict=True):
-        if v is not None:
-            m[k] = _load(v)
-    if isinstance(extra, dict):
-        m.update(extra)
-    return m
-
-
-def _bytes(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return orjson.dumps(valid_unicode(value))
-
-
-def _dump(value: Any) -> str:
-    return _bytes(value).decode()
-
-
-def _load(text: Any) -> Any:
-    if isinstance(text, (dict, list)):  # a driver that decoded JSON itself
-        return text
-    return orjson.loads(text)
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value or "\\u0000" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def _clean(text: Any) -> Any:
-    """Text a column can hold: NUL as U+FFFD (the exact text is kept in ``extra``)."""
-    if isinstance(text, str):
-        return _clean_surrogates(text.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd"))
-    return text
-
-
-def _clean_surrogates(text: Any) -> Any:
-    return valid_unicode(text) if isinstance(text, str) else text
-
-
-def _said(e: BaseException) -> str:
-    """A driver error's own words, on one line."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]

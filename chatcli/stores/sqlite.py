@@ -18,7 +18,8 @@ from typing import Any
 from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import fts_query
-from chatcli.stores.sql import SQLStore, _said
+from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_rows import said
 
 _TABLES = [
     "CREATE TABLE chatcli_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
@@ -83,7 +84,7 @@ class SQLiteStore(SQLStore):
 
     def _open(self) -> Any:
         try:
-            ensure_folder(self.path.parent)
+            ensure_folder(self.path.parent, tighten=False)  # a folder the user chose: created, never changed
         except SaveError as e:
             raise StoreError(f"cannot use {self.display}: {e}") from None
         try:
@@ -116,7 +117,7 @@ class SQLiteStore(SQLStore):
         if "not a database" in text or "malformed" in text:
             return StoreError(f"{self.path} is not an SQLite database chatcli can use ({text}); move it away "
                               f"or choose another file")
-        return StoreError(f"{self.display}: {_said(e)}")
+        return StoreError(f"{self.display}: {said(e)}")
 
     def _x(self, cur: Any, sql: str, args: Any = ()) -> Any:
         cur.execute(sql.replace("%s", "?"), args)

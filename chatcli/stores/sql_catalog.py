@@ -1,0 +1,124 @@
+"""The catalog of the SQL stores: ids, ``list`` pages, ``stats`` totals and ``search``, over the tables of
+``sql.py``. The engines add their full-text query (``_search_rows``) and a few expressions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chatcli.snapshot import SEARCH_WINDOW, SearchHit, SessionSummary, search_words, snippet
+from chatcli.stores.base import Page
+
+
+class SQLCatalog:
+    """The reading side of SQLStore. Subclasses provide ``_run``, ``_x``, ``location``, ``disk_bytes`` and
+    ``_search_rows``."""
+
+    window = SEARCH_WINDOW
+    _title_is = "title = %s"  # exact, case counts (MySQL compares it as binary)
+
+    def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        raise NotImplementedError
+
+    def _x(self, cur: Any, sql: str, args: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def location(self, session_id: str) -> str:
+        raise NotImplementedError
+
+    def disk_bytes(self) -> int:
+        """Space the store's tables take, in bytes."""
+        raise NotImplementedError
+
+    def _holds(self, column: str) -> str:
+        """SQL true when ``column`` holds the (lower-case) parameter, case ignored."""
+        return f"instr(lower({column}), %s) > 0"
+
+    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
+                     limit: int) -> list[tuple[Any, ...]]:
+        """(session_id, title, turn, role, idx, content) of the best matches among the ``window`` most recent,
+        best first."""
+        raise NotImplementedError
+
+    # -- ids -----------------------------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        return self._ids("IS NULL")
+
+    def trashed_ids(self) -> list[str]:
+        return self._ids("IS NOT NULL")
+
+    def _ids(self, deleted: str) -> list[str]:
+        def ask(cur: Any) -> list[str]:
+            return [r[0] for r in self._x(cur, f"SELECT id FROM chatcli_sessions WHERE deleted_at {deleted} "
+                                                f"ORDER BY id").fetchall()]
+
+        return list(self._run("listed sessions", ask))
+
+    def newest_id(self) -> str | None:
+        rows = self.page(limit=1).rows
+        return rows[0].id if rows else None
+
+    def ids_titled(self, title: str) -> list[str]:
+        return [r.id for r in self.page(title=title).rows]
+
+    # -- the catalog ----------------------------------------------------------------------------------------
+    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
+             model: str | None = None, title: str | None = None) -> Page:
+        where = "deleted_at IS NULL"
+        args: list[Any] = []
+        if since:
+            where += " AND updated_at >= %s"
+            args.append(since)
+        if before:
+            where += " AND updated_at < %s"
+            args.append(before)
+        if model:
+            where += " AND " + self._holds("model")
+            args.append(model.lower())
+        if title is not None:
+            where += " AND " + self._title_is
+            args.append(title)
+        sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
+               f"completion_tokens FROM chatcli_sessions WHERE {where} ORDER BY updated_at DESC, id DESC")
+        if limit is not None:
+            sql += f" LIMIT {max(0, int(limit))}"
+
+        def ask(cur: Any) -> tuple[int, list[Any]]:
+            total = self._x(cur, f"SELECT count(*) FROM chatcli_sessions WHERE {where}", args).fetchone()[0]
+            return int(total), self._x(cur, sql, args).fetchall()
+
+        total, rows = self._run("listed sessions", ask)
+        return Page([SessionSummary(id=r[0], title=r[1], backend=r[2], model=r[3], turns=int(r[4]),
+                                    messages=int(r[5]), created_at=r[6], updated_at=r[7],
+                                    location=self.location(r[0]), tokens=int(r[8]) + int(r[9]))
+                     for r in rows], [], total)
+
+    def totals(self, active_since: str) -> dict[str, Any]:
+        def ask(cur: Any) -> tuple[Any, list[Any]]:
+            r = self._x(cur, "SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
+                             "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
+                             "sum(CASE WHEN updated_at >= %s THEN 1 ELSE 0 END) FROM chatcli_sessions "
+                             "WHERE deleted_at IS NULL", (active_since,)).fetchone()
+            models = self._x(cur, "SELECT backend, model, count(*) FROM chatcli_sessions WHERE deleted_at IS NULL "
+                                  "GROUP BY backend, model").fetchall()
+            return r, models
+
+        r, models = self._run("added up sessions", ask)
+        by_model = sorted(((f"{b}/{m}", int(n)) for b, m, n in models), key=lambda mn: (-mn[1], mn[0]))
+        keys = ("sessions", "messages", "user_messages", "assistant_messages", "characters", "prompt_tokens",
+                "completion_tokens", "cached_tokens", "active")
+        out: dict[str, Any] = {k: int(v or 0) for k, v in zip(keys, r, strict=True)}
+        out.update(models=by_model, damaged=0, bytes=self.disk_bytes())
+        return out
+
+    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
+               limit: int = 20) -> list[SearchHit]:
+        words = search_words(text)
+        if not words:
+            return []
+
+        def ask(cur: Any) -> list[Any]:
+            return self._search_rows(cur, words, role, session_id, max(1, limit))
+
+        rows = self._run("searched", ask)
+        return [SearchHit(r[0], r[1], int(r[2]), r[3], int(r[4]), snippet(r[5], words)) for r in rows]

@@ -1,0 +1,198 @@
+"""How a snapshot maps onto the SQL tables (see ``sql.py``): the session row and one row per message.
+
+A column that is NULL means the key is absent from the snapshot; a value that does not fit its column's
+type is kept in the row's ``extra`` JSON, so a record read back equals the one written. On an engine whose
+text cannot hold NUL (PostgreSQL) a record holding NUL is kept whole, base64-encoded, in ``extra``, and its
+columns hold U+FFFD instead. No I/O here.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from chatcli.errors import SaveError
+from chatcli.snapshot import FORMAT, KNOWN_KEYS, Counts, Snapshot, valid_unicode
+
+#: message keys kept in text columns (NULL = absent), then in JSON columns
+MESSAGE_TEXT = ("created_at", "status", "finish_reason", "model", "error", "dropped")
+MESSAGE_JSON = ("usage", "timings")
+MESSAGE_COLUMNS = ("idx", "turn", "role", "content", *MESSAGE_TEXT, *MESSAGE_JSON, "extra")
+#: session row columns that hold snapshot fields
+SESSION_FIELDS = ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "params",
+                  "system", "context_start", "clears", "changes", "extra", "format_version")
+COUNT_COLUMNS = ("messages", "user_messages", "assistant_messages", "characters", "prompt_tokens",
+                 "completion_tokens", "cached_tokens")
+_B64 = "$chatcli_b64"  # an extra holding the whole record, for text a column cannot hold (NUL on PostgreSQL)
+
+
+def session_params(snap: Snapshot, total: Counts, rows: int, holds_nul: bool = True) -> dict[str, Any]:
+    """The session row's columns for ``snap`` (its counts ``total`` over ``rows`` messages). With
+    ``holds_nul=False`` text holding NUL keeps the whole header in ``extra`` (base64) and NUL-free columns."""
+    extra = {k: v for k, v in snap.items() if k not in KNOWN_KEYS}
+    header: dict[str, Any] = {
+        "title": snap["title"], "created_at": snap["created_at"], "updated_at": snap["updated_at"],
+        "backend": snap["backend"], "model": snap["model"], "base_url": snap.get("base_url"),
+        "model_path": snap.get("model_path"), "params": dump(snap["params"]), "system": snap["system"],
+        "context_start": snap["context_start"],
+        "clears": dump(snap["clears"]) if "clears" in snap else None,
+        "changes": dump(snap["changes"]) if "changes" in snap else None,
+        "extra": dump(extra) if extra else None, "format_version": snap["version"],
+    }
+    texts = [header[k] for k in ("title", "created_at", "updated_at", "backend", "model", "base_url",
+                                 "model_path", "system")]
+    if not all(isinstance(t, str) or t is None for t in texts) or (not holds_nul and _has_nul(header)):
+        # a field a column cannot hold as it is: keep the whole header in extra, the columns cleaned
+        whole = {k: v for k, v in snap.items() if k != "messages"}
+        header["extra"] = dump({_B64: base64.b64encode(_bytes(whole)).decode()})
+        for k in ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "system"):
+            header[k] = _clean(header[k]) if header[k] is not None else None
+        for k in ("params", "clears", "changes"):
+            header[k] = _clean(header[k]) if header[k] is not None else None
+    header.update(zip(COUNT_COLUMNS, total, strict=True))
+    header["turns"] = total.user_messages
+    header["message_count"] = rows
+    return header
+
+
+def message_row(sid: str, idx: int, turn: int, m: dict[str, Any], holds_nul: bool = True) -> tuple[Any, ...]:
+    """The message row (``session_id`` then MESSAGE_COLUMNS) for message ``idx`` of session ``sid``."""
+    extra = {k: v for k, v in m.items() if k not in _MESSAGE_KEYS}
+    texts: list[str | None] = []
+    for k in MESSAGE_TEXT:
+        v = m.get(k)
+        if isinstance(v, str):
+            texts.append(v)
+        else:
+            texts.append(None)
+            if k in m:
+                extra[k] = v
+    jsons = [dump(m[k]) if k in m else None for k in MESSAGE_JSON]
+    role, content = m.get("role"), m.get("content")
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise SaveError(f"message {idx} of session {sid} has no text role and content; nothing was saved")
+    extra_text = dump(extra) if extra else None
+    if not holds_nul and (_has_nul(m) or _has_nul(extra)):
+        extra_text = dump({_B64: base64.b64encode(_bytes(m)).decode()})
+        content, role = _clean(content), _clean(role)
+        texts = [_clean(t) if t is not None else None for t in texts]
+        jsons = [_clean(j) if j is not None else None for j in jsons]
+    return (sid, idx, turn, role, _clean_surrogates(content), *[_clean_surrogates(t) for t in texts],
+            *jsons, extra_text)
+
+
+JSON_FIELDS = frozenset({"params", "clears", "changes", "extra"})  # session columns holding JSON
+_MESSAGE_KEYS = frozenset({"role", "content", *MESSAGE_TEXT, *MESSAGE_JSON})
+
+
+def session_from_row(sid: str, row: Sequence[Any]) -> Snapshot:
+    """The snapshot header (no ``messages``) from the SESSION_FIELDS columns of a session row."""
+    f = dict(zip(SESSION_FIELDS, row, strict=True))
+    extra = load(f["extra"]) if f["extra"] is not None else {}
+    if isinstance(extra, dict) and _B64 in extra:
+        whole = orjson.loads(base64.b64decode(extra[_B64]))
+        return whole if isinstance(whole, dict) else {}  # {} fails validation: reported as damaged
+    snap: Snapshot = {"format": FORMAT, "version": int(f["format_version"]), "id": sid, "title": f["title"],
+                      "created_at": f["created_at"], "updated_at": f["updated_at"], "backend": f["backend"],
+                      "model": f["model"]}
+    if f["base_url"] is not None:
+        snap["base_url"] = f["base_url"]
+    snap.update(params=ordered(load(f["params"]), _KEY_ORDER["params"]), system=f["system"],
+                context_start=int(f["context_start"]))
+    if f["model_path"] is not None:
+        snap["model_path"] = f["model_path"]
+    if f["clears"] is not None:
+        snap["clears"] = load(f["clears"])
+    if f["changes"] is not None:
+        changes = load(f["changes"])
+        snap["changes"] = [ordered(c, _KEY_ORDER["changes"]) for c in changes] if isinstance(changes, list) \
+            else changes
+    if isinstance(extra, dict):
+        snap.update(extra)
+    return snap
+
+
+def message_from_row(row: Sequence[Any]) -> dict[str, Any]:
+    """The message from a row of MESSAGE_COLUMNS."""
+    extra = load(row[-1]) if row[-1] is not None else None
+    if isinstance(extra, dict) and _B64 in extra:
+        whole = orjson.loads(base64.b64decode(extra[_B64]))
+        return whole if isinstance(whole, dict) else {}  # {} fails validation: reported as damaged
+    m: dict[str, Any] = {"role": row[2], "content": row[3]}
+    for k, v in zip(MESSAGE_TEXT, row[4:10], strict=True):
+        if v is not None:
+            m[k] = v
+    for k, v in zip(MESSAGE_JSON, row[10:12], strict=True):
+        if v is not None:
+            m[k] = ordered(load(v), _KEY_ORDER[k])
+    if isinstance(extra, dict):
+        m.update(extra)
+    return m
+
+
+#: the key order chatcli writes in its JSON values; jsonb (and MySQL's JSON) keep keys in an order of their
+#: own, so a record read back is put in this order again (keys chatcli does not know follow as they come)
+_KEY_ORDER = {
+    "usage": ("prompt_tokens", "completion_tokens", "cached_tokens"),
+    "timings": ("ttft_s", "duration_s", "tokens_per_second", "server"),
+    "params": ("temperature", "max_tokens"),
+    "changes": ("at", "what", "from", "to", "created_at"),
+}
+
+
+def ordered(value: Any, keys: Sequence[str]) -> Any:
+    """``value`` (a dict) with ``keys`` first in that order, then its other keys; anything else as it is."""
+    if not isinstance(value, dict):
+        return value
+    out = {k: value[k] for k in keys if k in value}
+    out.update((k, v) for k, v in value.items() if k not in out)
+    return out
+
+
+def _bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(valid_unicode(value))
+
+
+def dump(value: Any) -> str:
+    """JSON text (orjson; text that is not valid Unicode repaired)."""
+    return _bytes(value).decode()
+
+
+def load(text: Any) -> Any:
+    """A JSON column's value (text, or what a driver decoded itself)."""
+    if isinstance(text, (dict, list)):  # a driver that decoded JSON itself
+        return text
+    return orjson.loads(text)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value or "\\u0000" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _clean(text: Any) -> Any:
+    """Text a column can hold: NUL as U+FFFD (the exact text is kept in ``extra``)."""
+    if isinstance(text, str):
+        return _clean_surrogates(text.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd"))
+    return text
+
+
+def _clean_surrogates(text: Any) -> Any:
+    return valid_unicode(text) if isinstance(text, str) else text
+
+
+def said(e: BaseException) -> str:
+    """A driver error's own words, on one line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]
