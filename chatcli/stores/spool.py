@@ -64,9 +64,9 @@ class SpoolingStore:
     """``primary`` (a database store) with the spool in ``folder``. ``notify(message)`` is told, once per
     change, when turns start going to the spool and when they reach the database again. While the database
     does not answer it is tried again by the saves between turns (never by a checkpoint save of a streaming
-    reply: a hung database must not hold up the reply), and when a failed attempt took long (a host that
-    does not answer at all) only after ``retry_ratio`` times as long again, so retrying takes at most a
-    tenth of the time."""
+    reply: a hung database must not hold up the reply), and when a failed attempt took long (half a second
+    or more: a host that does not answer at all) only after ``retry_ratio`` times as long again, so retrying
+    takes at most a tenth of the time."""
 
     retry_ratio = 10.0
     max_retry_wait = 60.0  # seconds
@@ -97,7 +97,8 @@ class SpoolingStore:
             info = self.primary.save(snapshot, changed_from=changed_from, checkpoint=checkpoint)
         except StoreUnavailable as e:
             now = time.monotonic()
-            self._retry_at = now + min(self.max_retry_wait, self.retry_ratio * (now - started))
+            spent = now - started  # a refused connection costs nothing to try again; a silent host does
+            self._retry_at = now + min(self.max_retry_wait, self.retry_ratio * spent) if spent >= 0.5 else 0.0
             return self._spool(snapshot, changed_from, str(e), conflict=False)
         except (StoreConflict, SessionLocked) as e:
             return self._spool(snapshot, changed_from, str(e), conflict=True)
