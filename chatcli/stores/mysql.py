@@ -29,7 +29,7 @@ _TABLES = [
     f"""CREATE TABLE chatcli_sessions (
         id {_ID} PRIMARY KEY, title LONGTEXT NOT NULL, created_at {_TIME} NOT NULL, updated_at {_TIME} NOT NULL,
         backend VARCHAR(255) NOT NULL, model VARCHAR(1000) NOT NULL, base_url LONGTEXT, model_path LONGTEXT,
-        params JSON NOT NULL, system LONGTEXT NOT NULL, context_start INT NOT NULL, clears JSON, changes JSON,
+        params JSON NOT NULL, `system` LONGTEXT NOT NULL, context_start INT NOT NULL, clears JSON, changes JSON,
         extra JSON, format_version INT NOT NULL, message_count INT NOT NULL, turns INT NOT NULL,
         messages INT NOT NULL, user_messages INT NOT NULL, assistant_messages INT NOT NULL,
         characters BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
@@ -197,7 +197,7 @@ class MySQLStore(SQLStore):
         cur.executemany(f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
                         f"ON DUPLICATE KEY UPDATE {updates}", rows)
 
-    def _out(self, column: str) -> str:
+    def _q(self, column: str) -> str:
         return f"`{column}`"
 
     def _holds(self, column: str) -> str:

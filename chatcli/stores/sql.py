@@ -292,8 +292,8 @@ class SQLStore(SQLCatalog):
 
     def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
         validate_id(session_id)
-        columns = ", ".join(self._out(c) if c in JSON_FIELDS else c for c in SESSION_FIELDS)
-        mcols = ", ".join(self._out(c) if c in (*MESSAGE_JSON, "extra") else c for c in MESSAGE_COLUMNS)
+        columns = ", ".join(self._out(c) if c in JSON_FIELDS else self._q(c) for c in SESSION_FIELDS)
+        mcols = ", ".join(self._out(c) if c in (*MESSAGE_JSON, "extra") else self._q(c) for c in MESSAGE_COLUMNS)
         deleted = "IS NOT NULL" if trashed else "IS NULL"
 
         def read(cur: Any) -> tuple[Any, list[Any]]:
@@ -323,6 +323,11 @@ class SQLStore(SQLCatalog):
 
     def _out(self, column: str) -> str:
         """How a JSON column is selected so that it arrives as text."""
+        return self._q(column)
+
+    def _q(self, column: str) -> str:
+        """A column name as this engine's SQL writes it (MySQL quotes them: ``system`` and ``usage`` are
+        reserved words there)."""
         return column
 
     def saved_version(self, session_id: str) -> int | None:
@@ -402,13 +407,13 @@ class SQLStore(SQLCatalog):
         """Write the session row; return its new version. Raises StoreConflict when another writer saved
         the session since this store last saw it."""
         names = list(header)
-        sets = ", ".join(f"{c} = {self._param(c)}" for c in names)
+        sets = ", ".join(f"{self._q(c)} = {self._param(c)}" for c in names)
         values = [header[c] for c in names]
         if state is None:
             row = self._x(cur, "SELECT version, deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
                           (sid,)).fetchone()
             if row is None:
-                cols = ", ".join(["id", *names, "version", "writer"])
+                cols = ", ".join(self._q(c) for c in ["id", *names, "version", "writer"])
                 marks = ", ".join(["%s", *(self._param(c) for c in names), "%s", "%s"])
                 self._x(cur, f"INSERT INTO chatcli_sessions ({cols}) VALUES ({marks})",
                         [sid, *values, 1, self.writer])

@@ -165,7 +165,7 @@ def test_every_server_fault_is_one_message_and_the_repl_goes_on(
             assert "your message is saved" in errors[0], errors[0]
             assert "Traceback" not in out + err
         for n in f.notices:
-            assert n in out, f"{f.name}: no notice {n!r} in {out!r}"
+            assert n in err, f"{f.name}: no notice {n!r} in {err!r}"  # notices go to stderr
         assert len(fake_llm.requests) - before == f.requests, (
             f"{f.name}: {len(fake_llm.requests) - before} requests"
         )

@@ -1,0 +1,208 @@
+"""Moving between stores (``chatcli migrate``) and upgrading a database's schema: a round trip through every
+engine gives back every snapshot, trash and unknown keys included; running it twice copies nothing twice; a
+session that differs is reported, never overwritten; a database made with the first schema is upgraded."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatcli.errors import StoreError
+from chatcli.library import migrate
+from chatcli.snapshot import NO_COUNTS, message_counts
+from chatcli.stores import open_store, parse_store
+from chatcli.stores.base import Store
+from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, message_row, session_params
+from test_stores import ODD, A, B, C, put, snap
+
+
+_OPEN: list[Store] = []
+
+
+def opened(spec: str) -> Store:
+    """A store for ``spec``, closed at the end of the test."""
+    st = open_store(parse_store(spec), timeout=10)
+    _OPEN.append(st)
+    return st
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def fill(store: Store) -> dict[str, dict[str, Any]]:
+    """Sessions of every shape, one of them in the trash; returns them by id."""
+    made = {A: copy.deepcopy(ODD), B: snap(B, title="plain", turns=[("q", "a")] * 3),
+            C: snap(C, title="in the trash", system="", params={})}
+    made[B]["messages"][3]["dropped"] = "retried"
+    for s in made.values():
+        put(store, s)
+    store.trash(C)
+    return made
+
+
+def everything(store: Store) -> dict[str, tuple[bool, dict[str, Any]]]:
+    out = {sid: (False, store.load(sid)) for sid in store.ids()}
+    out.update({sid: (True, store.load(sid, trashed=True)) for sid in store.trashed_ids()})
+    return out
+
+
+def test_a_round_trip_through_every_engine_gives_back_every_snapshot(store_for: Any, tmp_path: Path) -> None:
+    specs = [store_for("folder"), store_for("sqlite"), store_for("postgresql"), store_for("mysql"),
+             str(tmp_path / "back")]
+    first = opened(specs[0])
+    made = fill(first)
+    original = everything(first)
+    assert {sid: s for sid, (_, s) in original.items()} == made and original[C][0] is True
+    for src_spec, dst_spec in zip(specs, specs[1:]):
+        src, dst = opened(src_spec), opened(dst_spec)
+        try:
+            report = migrate(src, dst)
+            assert sorted(report.copied) == [A, B, C] and not (report.same or report.differs or report.damaged)
+            assert everything(dst) == original, f"{src_spec} -> {dst_spec}"
+            again = migrate(src, dst)  # a second run copies nothing twice
+            assert again.copied == [] and sorted(again.same) == [A, B, C] and again.differs == []
+        finally:
+            src.close()
+            dst.close()
+    back = opened(specs[-1])
+    assert everything(back) == original
+    assert back.load(A)["messages"][0]["content"].startswith("NUL \x00")  # through PostgreSQL and back
+
+
+def test_a_session_that_differs_is_reported_and_never_overwritten(store_for: Any) -> None:
+    src, dst = opened(store_for("folder")), opened(store_for("postgresql"))
+    fill(src)
+    put(dst, snap(B, title="another machine's B"))
+    report = migrate(src, dst, dry_run=True)
+    assert sorted(report.copied) == [A, C] and report.differs == [B]
+    assert dst.ids() == [B] and dst.trashed_ids() == []  # a dry run writes nothing
+    report = migrate(src, dst)
+    assert report.differs == [B] and dst.load(B)["title"] == "another machine's B"
+    assert sorted(report.copied) == [A, C]
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chatcli", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
+    folder, mysql = store_for("folder"), store_for("mysql")
+    made = fill(opened(folder))
+    r = run(child_env, "migrate", "--to", mysql, "--dry-run")  # --from: the configured store (the folder)
+    assert r.returncode == 0, r.stderr
+    assert "would copy 3 sessions; 0 already there" in r.stdout
+    assert opened(mysql).ids() == []
+    r = run(child_env, "migrate", "--from", folder, "--to", mysql, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert sorted(report["copied"]) == [A, B, C] and report["to"] == parse_store(mysql).display
+    assert "chatcli-secret" not in r.stdout  # the password stays out of the report
+    r = run(child_env, "migrate", "--from", folder, "--to", mysql)
+    assert r.returncode == 0 and "copied 0 sessions; 3 already there" in r.stdout, r.stdout
+    st = opened(mysql)
+    lock = st.lock(A)
+    changed = st.load(A)
+    changed["title"] = "changed there"
+    st.save(changed, changed_from=len(changed["messages"]))
+    lock.release()
+    r = run(child_env, "migrate", "--from", folder, "--to", mysql)
+    assert r.returncode == 1 and f"{A} is in both stores with different content" in r.stderr
+    assert opened(mysql).load(A)["title"] == "changed there" and made[A]["title"] != "changed there"
+    r = run(child_env, "migrate", "--from", mysql, "--to", mysql)
+    assert r.returncode == 1 and "the same store" in r.stderr
+
+
+# -- the schema ----------------------------------------------------------------------------------------------
+def write_as_first_schema(store: SQLStore, s: dict[str, Any]) -> None:
+    """Rows as a chatcli with schema 1 (no search index yet) wrote them."""
+    total = NO_COUNTS
+    for m in s["messages"]:
+        total = total.plus(message_counts(m))
+    header = session_params(s, total, len(s["messages"]))
+    names = ["id", *header, "version", "writer"]
+    cols = [store._q(c) for c in names]
+    rows, turn = [], 0
+    for i, m in enumerate(s["messages"]):
+        turn += m["role"] == "user"
+        rows.append(message_row(s["id"], i, max(turn, 1), m, store.holds_nul))
+    mcols = ["session_id", *MESSAGE_COLUMNS]
+    json_mark = "%s::jsonb" if store.kind == "postgresql" else "%s"
+
+    def insert(cur: Any) -> None:
+        store._x(cur, f"INSERT INTO chatcli_sessions ({', '.join(cols)}) VALUES "
+                      f"({', '.join(store._param(c) for c in names)})", [s["id"], *header.values(), 1, None])
+        for row in rows:
+            marks = [json_mark if c in ("usage", "timings", "extra") else "%s" for c in mcols]
+            store._x(cur, f"INSERT INTO chatcli_messages ({', '.join(store._q(c) for c in mcols)}) VALUES "
+                          f"({', '.join(marks)})", row)
+
+    conn = store._open()
+    try:
+        store._migrate(conn, upto=1)
+        cur = conn.cursor()
+        with store._tx(cur, store.begin_write):
+            insert(cur)
+        assert store.schema_version(cur) == 1
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> None:
+    old = opened(store_spec)
+    assert isinstance(old, SQLStore) and len(old.migrations) == 2
+    write_as_first_schema(old, copy.deepcopy(ODD))
+    write_as_first_schema(old, snap(B, title="Roman history", turns=[("Who founded Rome?", "Romulus.")]))
+    st = opened(store_spec)  # the current chatcli: the missing migration runs on first use
+    try:
+        assert st.load(A) == ODD
+        assert [h.session_id for h in st.search("romulus")] == [B]  # the new search index holds the old rows
+        assert [h.role for h in st.search("roman")] == ["title"]
+        assert {r.id for r in st.page().rows} == {A, B}
+        assert isinstance(st, SQLStore)
+        conn = st._connection()
+        versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
+        assert [int(v[0]) for v in versions] == [1, 2]
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_schema_newer_than_this_chatcli_is_refused(store_spec: str) -> None:
+    st = opened(store_spec)
+    assert isinstance(st, SQLStore)
+    st.ids()  # creates the tables
+    cur = st._connection().cursor()
+    st._x(cur, "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)", (9, "2030-01-01T00:00:00.000Z"))
+    st.close()
+    with pytest.raises(StoreError, match="schema version 9, newer than this chatcli knows"):
+        opened(store_spec).ids()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(store_spec: str,
+                                                                       child_env: dict[str, str]) -> None:
+    procs = [subprocess.Popen([sys.executable, "-m", "chatcli", "list", "--store", store_spec], env=child_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "No sessions yet" in out
+    st = opened(store_spec)
+    assert isinstance(st, SQLStore)
+    rows = st._x(st._connection().cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
+    assert [int(v[0]) for v in rows] == [1, 2]
+    st.close()
