@@ -152,6 +152,7 @@ def test_a_store_that_cannot_be_used_is_one_line_and_writes_nothing(
         assert len(lines) == 1 and phrase in lines[0], (args, r.stderr)
         assert "pw@" not in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "sessions").exists()
+    assert not Path(child_env["CHATCLI_STATE_DIR"]).exists()  # no state folder, no log, no spool
 
 
 def test_wrong_password_missing_database_and_unsupported_server(

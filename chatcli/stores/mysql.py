@@ -111,7 +111,8 @@ class MySQLStore(SQLStore):
             version, self.min_token = cur.fetchone()
             self._check_version(str(version))
             seconds = max(1, round(self.timeout))
-            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")  # row locks
+            cur.execute(f"SET SESSION lock_wait_timeout = {seconds}")  # table and metadata locks
             if self.mariadb:
                 cur.execute(f"SET SESSION max_statement_time = {self.timeout:g}")
             else:
