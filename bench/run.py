@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from common import REPO, Report, Row, fmt, format_row, machine
 
-GROUPS = ("startup", "saving", "streaming", "library")
+GROUPS = ("startup", "saving", "streaming", "library", "stores")
 NOTES = """\
 - **Where start-up goes.** Of the time to the prompt, Python itself is the floor (~20 ms); then come the
   imports (table above): prompt_toolkit, typer and rich. chatcli's own modules load lazily: `--version`
@@ -55,9 +55,10 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
     import library
     import saving
     import startup
+    import stores
     import streaming
 
-    modules = {"startup": startup, "saving": saving, "streaming": streaming, "library": library}
+    modules = {"startup": startup, "saving": saving, "streaming": streaming, "library": library, "stores": stores}
     for name in names:
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()

@@ -113,6 +113,7 @@ def new(
     except ChatcliError as e:
         exit_with(e)
     try:
+        where.exists("0")  # one look-up: a database that does not answer stops us before anything is set up
         session = _create_session(settings, where)
     except ChatcliError as e:
         where.close()

@@ -74,14 +74,7 @@ def open_store(s: Settings, *, spool: bool = False, notify: Callable[[str], None
         for outcome in outcomes:
             if outcome.status != "open" and notify is not None:
                 notify(outcome.message)
-    if not spool:
-        return store
-    try:  # a REPL starts only with a database that answers: nothing else is set up before that is known
-        store.newest_id()
-    except BaseException:
-        store.close()
-        raise
-    return SpoolingStore(store, folder, notify)
+    return SpoolingStore(store, folder, notify) if spool else store
 
 
 def store_flag(s: Settings) -> str:

@@ -61,6 +61,9 @@ class _Trash:
     def ids(self) -> list[str]:
         return self.store.trashed_ids()
 
+    def exists(self, session_id: str, *, trashed: bool = False) -> bool:
+        return self.store.exists(session_id, trashed=True)
+
     def newest_id(self) -> str | None:
         return None
 

@@ -218,10 +218,12 @@ def message_counts(m: dict[str, Any]) -> Counts:
 
 def summarize(snapshot: Snapshot) -> Counts:
     """The counts of a whole snapshot; its turns are ``user_messages``."""
-    total = NO_COUNTS
-    for m in snapshot["messages"]:
-        total = total.plus(message_counts(m))
-    return total
+    return total_of([message_counts(m) for m in snapshot["messages"]])
+
+
+def total_of(counts: list[Counts]) -> Counts:
+    """The sum of many counts."""
+    return Counts(*map(sum, zip(*counts, strict=True))) if counts else NO_COUNTS
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,10 @@ class Lookup(Protocol):
         """Every live session's id, in id order (oldest first)."""
         ...
 
+    def exists(self, session_id: str, *, trashed: bool = False) -> bool:
+        """Whether a live session (or one in the trash) has exactly this id."""
+        ...
+
     def newest_id(self) -> str | None:
         """The most recently updated session's id (None: no sessions)."""
         ...
@@ -340,10 +346,10 @@ def resolve(store: Lookup, ref: str) -> str:
         if newest is None:
             raise SessionNotFound(f"there are no sessions in {store.display} yet; start one with `chatcli new`")
         return newest
+    if is_valid_id(ref) and store.exists(ref):  # the common case, one look-up: a whole id
+        return ref
     ids = store.ids()
     if is_valid_id(ref):
-        if ref in ids:
-            return ref
         matches = [i for i in ids if i.startswith(ref)]
         if not matches:  # the random last part, e.g. `0mj0` of 20261126-015053-0mj0, or its start
             matches = [i for i in ids if i.rpartition("-")[2].startswith(ref)]

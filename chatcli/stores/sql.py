@@ -40,7 +40,7 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
-from chatcli.snapshot import NO_COUNTS, Counts, Snapshot, message_counts, validate_id, validate_snapshot
+from chatcli.snapshot import NO_COUNTS, Counts, Snapshot, message_counts, total_of, validate_id, validate_snapshot
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.sql_catalog import SQLCatalog
 from chatcli.stores.sql_rows import (
@@ -315,9 +315,7 @@ class SQLStore(SQLCatalog):
         snap["messages"] = [message_from_row(r) for r in rows]
         snap = validate_snapshot(snap, where)
         counts = [message_counts(m) for m in snap["messages"]]
-        total = NO_COUNTS
-        for c in counts:
-            total = total.plus(c)
+        total = total_of(counts)
         self._saved[session_id] = _Saved(int(row[0]), counts, [int(r[1]) for r in rows], total, snap["title"])
         return snap
 
@@ -438,7 +436,7 @@ class SQLStore(SQLCatalog):
             seen = int(row[0])  # our own last commit landed though its answer was lost: go on from it
         raise StoreConflict(f"session {sid} could not be saved in {self.display}: its version keeps changing")
 
-    _for_update = ""
+    _for_update = ""  # a row lock on a SELECT inside a write transaction (SQLite locks the database anyway)
 
     def _param(self, column: str) -> str:
         """The placeholder for a session column (JSON columns may need a cast)."""
@@ -457,61 +455,6 @@ class SQLStore(SQLCatalog):
         if trashed:
             self._set_deleted(sid, utc_now(), expect_live=True)
         return info
-
-    # -- the trash ------------------------------------------------------------------------------------------
-    def trash(self, session_id: str) -> None:
-        lock = self.lock(session_id)
-        try:
-            self._set_deleted(session_id, utc_now(), expect_live=True)
-        finally:
-            lock.release()
-
-    def restore(self, session_id: str) -> None:
-        validate_id(session_id)
-        self._set_deleted(session_id, None, expect_live=False)
-
-    def _set_deleted(self, session_id: str, when: str | None, *, expect_live: bool) -> None:
-        def move(cur: Any) -> str:
-            with self._tx(cur, self.begin_write):
-                row = self._x(cur, "SELECT deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
-                              (session_id,)).fetchone()
-                if row is None:
-                    return "missing"
-                if (row[0] is None) != expect_live:
-                    return "live" if row[0] is None else "trashed"
-                self._x(cur, "UPDATE chatcli_sessions SET deleted_at = %s, version = version + 1 WHERE id = %s",
-                        (when, session_id))
-            return "done"
-
-        outcome = self._run("moved a session", move)
-        if outcome != "done":  # a session is either live or in the trash: never both
-            where = "" if expect_live else "the trash of "
-            raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
-        self._saved.pop(session_id, None)
-
-    def purge(self, session_id: str, *, trashed: bool = False) -> None:
-        validate_id(session_id)
-        lock = None if trashed else self.lock(session_id)
-        deleted = "IS NOT NULL" if trashed else "IS NULL"
-
-        def remove(cur: Any) -> int:
-            with self._tx(cur, self.begin_write):
-                found = self._x(cur, f"SELECT 1 FROM chatcli_sessions WHERE id = %s AND deleted_at {deleted}",
-                                (session_id,)).fetchone()
-                if found is None:
-                    return 0
-                self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s", (session_id,))
-                self._x(cur, "DELETE FROM chatcli_sessions WHERE id = %s", (session_id,))
-            return 1
-
-        try:
-            if not self._run("removed a session", remove):
-                where = "the trash of " if trashed else ""
-                raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
-        finally:
-            if lock is not None:
-                lock.release()
-        self._saved.pop(session_id, None)
 
 class _Lock:
     """A session lock held by a SQLStore (on its connection, or a lock file for SQLite)."""

@@ -1,21 +1,35 @@
-"""The catalog of the SQL stores: ids, ``list`` pages, ``stats`` totals and ``search``, over the tables of
-``sql.py``. The engines add their full-text query (``_search_rows``) and a few expressions."""
+"""The catalog of the SQL stores, over the tables of ``sql.py``: ids, the trash (a ``deleted_at`` mark),
+``list`` pages, ``stats`` totals and ``search``. The engines add their full-text query (``_search_rows``)
+and a few expressions."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
-from chatcli.snapshot import SEARCH_WINDOW, SearchHit, SessionSummary, search_words, snippet
-from chatcli.stores.base import Page
+from chatcli.clock import utc_now
+from chatcli.errors import SessionNotFound
+from chatcli.snapshot import SEARCH_WINDOW, SearchHit, SessionSummary, search_words, snippet, validate_id
+from chatcli.stores.base import Page, SessionLock
 
 
 class SQLCatalog:
-    """The reading side of SQLStore. Subclasses provide ``_run``, ``_x``, ``location``, ``disk_bytes`` and
-    ``_search_rows``."""
+    """What SQLStore does over many sessions. Subclasses provide ``_run``, ``_x``, ``_tx``, ``lock``,
+    ``location``, ``disk_bytes`` and ``_search_rows``."""
 
     window = SEARCH_WINDOW
     _title_is = "title = %s"  # exact, case counts (MySQL compares it as binary)
+    _for_update: str  # (see SQLStore)
+    begin_write: str
+    display: str
+    _saved: dict[str, Any]
+
+    def lock(self, session_id: str) -> SessionLock:
+        raise NotImplementedError
+
+    def _tx(self, cur: Any, begin: str) -> AbstractContextManager[Any]:
+        raise NotImplementedError
 
     def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
         raise NotImplementedError
@@ -55,8 +69,12 @@ class SQLCatalog:
         return list(self._run("listed sessions", ask))
 
     def newest_id(self) -> str | None:
-        rows = self.page(limit=1).rows
-        return rows[0].id if rows else None
+        def ask(cur: Any) -> Any:
+            return self._x(cur, "SELECT id FROM chatcli_sessions WHERE deleted_at IS NULL ORDER BY updated_at DESC, "
+                                "id DESC LIMIT 1").fetchone()
+
+        row = self._run("looked for the newest session", ask)
+        return str(row[0]) if row is not None else None
 
     def ids_titled(self, title: str) -> list[str]:
         return [r.id for r in self.page(title=title).rows]
@@ -122,3 +140,58 @@ class SQLCatalog:
 
         rows = self._run("searched", ask)
         return [SearchHit(r[0], r[1], int(r[2]), r[3], int(r[4]), snippet(r[5], words)) for r in rows]
+
+    # -- the trash ------------------------------------------------------------------------------------------
+    def trash(self, session_id: str) -> None:
+        lock = self.lock(session_id)
+        try:
+            self._set_deleted(session_id, utc_now(), expect_live=True)
+        finally:
+            lock.release()
+
+    def restore(self, session_id: str) -> None:
+        validate_id(session_id)
+        self._set_deleted(session_id, None, expect_live=False)
+
+    def _set_deleted(self, session_id: str, when: str | None, *, expect_live: bool) -> None:
+        def move(cur: Any) -> str:
+            with self._tx(cur, self.begin_write):
+                row = self._x(cur, "SELECT deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
+                              (session_id,)).fetchone()
+                if row is None:
+                    return "missing"
+                if (row[0] is None) != expect_live:
+                    return "live" if row[0] is None else "trashed"
+                self._x(cur, "UPDATE chatcli_sessions SET deleted_at = %s, version = version + 1 WHERE id = %s",
+                        (when, session_id))
+            return "done"
+
+        outcome = self._run("moved a session", move)
+        if outcome != "done":  # a session is either live or in the trash: never both
+            where = "" if expect_live else "the trash of "
+            raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
+        self._saved.pop(session_id, None)
+
+    def purge(self, session_id: str, *, trashed: bool = False) -> None:
+        validate_id(session_id)
+        lock = None if trashed else self.lock(session_id)
+        deleted = "IS NOT NULL" if trashed else "IS NULL"
+
+        def remove(cur: Any) -> int:
+            with self._tx(cur, self.begin_write):
+                found = self._x(cur, f"SELECT 1 FROM chatcli_sessions WHERE id = %s AND deleted_at {deleted}",
+                                (session_id,)).fetchone()
+                if found is None:
+                    return 0
+                self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s", (session_id,))
+                self._x(cur, "DELETE FROM chatcli_sessions WHERE id = %s", (session_id,))
+            return 1
+
+        try:
+            if not self._run("removed a session", remove):
+                where = "the trash of " if trashed else ""
+                raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
+        finally:
+            if lock is not None:
+                lock.release()
+        self._saved.pop(session_id, None)
