@@ -289,6 +289,12 @@ def search_words(text: str) -> list[str]:
 _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, as the engines' tokenizers cut words
 
 
+def word_share(text: str, words: list[str]) -> float:
+    """How much of ``text`` is words starting with one of ``words`` (folded): a ranking score, 0 to 1."""
+    tokens = _WORD.findall(fold(text))
+    return sum(1 for t in tokens if t.startswith(tuple(words))) / (len(tokens) + 1)
+
+
 def snippet(text: str, words: list[str], size: int = SNIPPET_WORDS) -> str:
     """About ``size`` words of ``text`` around the first word that starts with one of ``words`` (folded),
     each such word between HIGHLIGHT markers, ``…`` where text was left out."""

@@ -269,6 +269,23 @@ def test_page_orders_filters_and_counts(store: Store) -> None:
 
 def test_search_every_word_as_a_prefix_case_and_accents_ignored(store: Store) -> None:
     library(store)
+    check_search(store)
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_mysql_looks_for_frequent_words_newest_first_with_the_same_results(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A word in much of a big MySQL store is looked for with REGEXP among the newest messages, not by
+    FULLTEXT: made to happen here on a small store.)"""
+    from chatcli.stores import mysql
+
+    monkeypatch.setattr(mysql, "BIG", 0)
+    monkeypatch.setattr(mysql, "FREQUENT", 1e-9)
+    library(store)
+    check_search(store)
+
+
+def check_search(store: Store) -> None:
 
     def found(text: str, **kw: Any) -> list[tuple[str, str, int]]:
         return [(h.session_id, h.role, h.position) for h in store.search(text, **kw)]

@@ -44,6 +44,7 @@ from chatcli.snapshot import NO_COUNTS, Counts, Snapshot, message_counts, total_
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.sql_catalog import SQLCatalog
 from chatcli.stores.sql_rows import (
+    COUNT_COLUMNS,
     JSON_FIELDS,
     MESSAGE_COLUMNS,
     MESSAGE_JSON,
@@ -58,11 +59,13 @@ from chatcli.stores.sql_rows import (
 
 @dataclass
 class _Saved:
-    """What this store knows of a session it loaded or saved: the row's ``version``, and per message its
-    counts and turn number (so a save updates the session's figures from the changed messages alone)."""
+    """What this store knows of a session it loaded or saved: the row's ``version``, the messages as they
+    are in the database (a list of its own; the dicts are not changed in place: a new state replaces one),
+    each message's turn number, the session's counts and title. A save works out the session's new figures
+    from the messages it replaces and the ones it writes alone."""
 
     version: int
-    counts: list[Counts]
+    messages: list[dict[str, Any]]
     turns: list[int]
     total: Counts
     title: str | None = None
@@ -70,7 +73,8 @@ class _Saved:
 
 class SQLStore(SQLCatalog):
     """The shared machinery; see the module docstring. Subclasses set ``kind``, ``migrations`` and the
-    driver hooks (``_open``, ``_lost``, ``_failure``, ``_try_lock``, ``_unlock``, ``_search``, ...).
+    driver hooks (``_open``, ``_is_lost``, ``_failure``, ``_driver_errors``, ``_try_lock``, ``_unlock``,
+    ``_lock_schema``, ``_upsert_messages``, ``_search_rows``, ...).
 
     ``timeout`` is the longest, in seconds, one statement or a connection attempt may take; past it the
     operation fails with StoreUnavailable, so a hung database never hangs chatcli."""
@@ -125,15 +129,32 @@ class SQLStore(SQLCatalog):
 
     # -- connections ---------------------------------------------------------------------------------------
     def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self._open()
-            self._migrate(self._conn)
-            if self._held:  # a new connection after a lost one: take the session locks back
-                cur = self._conn.cursor()
+        """The open connection, or a new one: its schema brought up to date and, after a lost connection,
+        the session locks this store held taken back (those another chatcli took meanwhile are lost).
+        Raises StoreUnavailable or StoreError."""
+        if self._conn is not None:
+            return self._conn
+        conn = self._open()
+        try:
+            self._migrate(conn)
+            if self._held:
+                cur = conn.cursor()
                 for sid in sorted(self._held):
                     if not self._try_lock(cur, sid):
                         self._lost.add(sid)
-        return self._conn
+        except BaseException as e:
+            lost = isinstance(e, self._driver_errors()) and self._is_lost(e)
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is being dropped either way
+                pass
+            if isinstance(e, self._driver_errors()):
+                if lost:
+                    raise StoreUnavailable(f"the database {self.display} stopped answering ({said(e)})") from None
+                raise self._failure(e) from None
+            raise
+        self._conn = conn
+        return conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -298,8 +319,8 @@ class SQLStore(SQLCatalog):
 
         def read(cur: Any) -> tuple[Any, list[Any]]:
             with self._tx(cur, self.begin_read):
-                row = self._x(cur, f"SELECT version, {columns} FROM chatcli_sessions WHERE id = %s AND "
-                              f"deleted_at {deleted}", (session_id,)).fetchone()
+                row = self._x(cur, f"SELECT version, {columns}, {', '.join(COUNT_COLUMNS)} FROM chatcli_sessions "
+                              f"WHERE id = %s AND deleted_at {deleted}", (session_id,)).fetchone()
                 if row is None:
                     return None, []
                 msgs = self._x(cur, f"SELECT {mcols} FROM chatcli_messages WHERE session_id = %s ORDER BY idx",
@@ -311,12 +332,12 @@ class SQLStore(SQLCatalog):
             where = "the trash of " if trashed else ""
             raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
         where = self.location(session_id)
-        snap = session_from_row(session_id, row[1:])
+        snap = session_from_row(session_id, row[1:1 + len(SESSION_FIELDS)])
         snap["messages"] = [message_from_row(r) for r in rows]
         snap = validate_snapshot(snap, where)
-        counts = [message_counts(m) for m in snap["messages"]]
-        total = total_of(counts)
-        self._saved[session_id] = _Saved(int(row[0]), counts, [int(r[1]) for r in rows], total, snap["title"])
+        total = Counts(*(int(v) for v in row[1 + len(SESSION_FIELDS):]))  # kept up to date by every save
+        self._saved[session_id] = _Saved(int(row[0]), [dict(m) for m in snap["messages"]],  # (the caller's may
+                                         [int(r[1]) for r in rows], total, snap["title"])  # change)
         return snap
 
     def _out(self, column: str) -> str:
@@ -351,7 +372,7 @@ class SQLStore(SQLCatalog):
         state = self._saved.get(sid)
         messages = snapshot["messages"]
         n = len(messages)
-        start = 0 if state is None else max(0, min(changed_from, len(state.counts), n))
+        start = 0 if state is None else max(0, min(changed_from, len(state.messages), n))
         tail = list(messages[start:])
         turn = state.turns[start - 1] if state is not None and start > 0 else 0
         turns: list[int] = []
@@ -361,12 +382,9 @@ class SQLStore(SQLCatalog):
                 turn += 1
             turns.append(max(turn, 1))
             counts.append(message_counts(m))
-        total = NO_COUNTS if state is None else state.total
-        if state is not None:
-            for c in state.counts[start:]:
-                total = total.minus(c)
-        for c in counts:
-            total = total.plus(c)
+        total = NO_COUNTS if state is None else state.total.minus(total_of(
+            [message_counts(m) for m in state.messages[start:]]))
+        total = total.plus(total_of(counts))
         header = session_params(snapshot, total, n, self.holds_nul)
         rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
 
@@ -376,7 +394,7 @@ class SQLStore(SQLCatalog):
                 if rows:
                     self._upsert_messages(cur, rows)
                     self._index_texts(cur, sid, rows)
-                if state is None or len(state.counts) > n:
+                if state is None or len(state.messages) > n:
                     self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s AND idx >= %s", (sid, n))
                 if state is None or state.title != snapshot["title"]:
                     self._index_title(cur, sid, header["title"])
@@ -394,8 +412,8 @@ class SQLStore(SQLCatalog):
             state = _Saved(version, [], [], NO_COUNTS)
             self._saved[sid] = state
         state.version = version
-        del state.counts[start:], state.turns[start:]
-        state.counts += counts
+        del state.messages[start:], state.turns[start:]
+        state.messages += tail
         state.turns += turns
         state.total = total
         state.title = snapshot["title"]

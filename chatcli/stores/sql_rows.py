@@ -116,18 +116,31 @@ def session_from_row(sid: str, row: Sequence[Any]) -> Snapshot:
 
 
 def message_from_row(row: Sequence[Any]) -> dict[str, Any]:
-    """The message from a row of MESSAGE_COLUMNS."""
-    extra = load(row[-1]) if row[-1] is not None else None
-    if isinstance(extra, dict) and _B64 in extra:
-        whole = orjson.loads(base64.b64decode(extra[_B64]))
-        return whole if isinstance(whole, dict) else {}  # {} fails validation: reported as damaged
-    m: dict[str, Any] = {"role": row[2], "content": row[3]}
-    for k, v in zip(MESSAGE_TEXT, row[4:10], strict=True):
-        if v is not None:
-            m[k] = v
-    for k, v in zip(MESSAGE_JSON, row[10:12], strict=True):
-        if v is not None:
-            m[k] = ordered(load(v), _KEY_ORDER[k])
+    """The message from a row of MESSAGE_COLUMNS. (Run for each message of a session being loaded: kept
+    to plain statements.)"""
+    _, _, role, content, created_at, status, finish_reason, model, error, dropped, usage, timings, extra = row
+    if extra is not None:
+        extra = load(extra)
+        if isinstance(extra, dict) and _B64 in extra:
+            whole = orjson.loads(base64.b64decode(extra[_B64]))
+            return whole if isinstance(whole, dict) else {}  # {} fails validation: reported as damaged
+    m: dict[str, Any] = {"role": role, "content": content}
+    if created_at is not None:
+        m["created_at"] = created_at
+    if status is not None:
+        m["status"] = status
+    if finish_reason is not None:
+        m["finish_reason"] = finish_reason
+    if model is not None:
+        m["model"] = model
+    if error is not None:
+        m["error"] = error
+    if dropped is not None:
+        m["dropped"] = dropped
+    if usage is not None:
+        m["usage"] = ordered(load(usage), _KEY_ORDER["usage"])
+    if timings is not None:
+        m["timings"] = ordered(load(timings), _KEY_ORDER["timings"])
     if isinstance(extra, dict):
         m.update(extra)
     return m
@@ -148,7 +161,8 @@ def ordered(value: Any, keys: Sequence[str]) -> Any:
     if not isinstance(value, dict):
         return value
     out = {k: value[k] for k in keys if k in value}
-    out.update((k, v) for k, v in value.items() if k not in out)
+    if len(out) < len(value):
+        out.update((k, v) for k, v in value.items() if k not in out)
     return out
 
 
@@ -166,6 +180,8 @@ def dump(value: Any) -> str:
 
 def load(text: Any) -> Any:
     """A JSON column's value (text, or what a driver decoded itself)."""
+    if type(text) is str:
+        return orjson.loads(text)
     if isinstance(text, (dict, list)):  # a driver that decoded JSON itself
         return text
     return orjson.loads(text)
