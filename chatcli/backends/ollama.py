@@ -20,7 +20,7 @@ from chatcli.errors import ModelNotFound, StreamError
 if TYPE_CHECKING:
     import httpx
 
-    from chatcli.session import GenerationParams, Timeouts
+    from chatcli.messages import GenerationParams, Timeouts
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 _DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
@@ -84,7 +84,7 @@ class OllamaBackend(HTTPBackend):
         return self._stream("POST", "/api/chat", body, timeouts, deadline, parse)
 
     def _parse_ndjson(self, response: httpx.Response, deadline: float, timeouts: Timeouts) -> Iterator[StreamEvent]:
-        from chatcli.session import Usage
+        from chatcli.messages import Usage
 
         done = False
         for line in response.iter_lines():

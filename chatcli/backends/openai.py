@@ -22,7 +22,7 @@ from chatcli.errors import StreamError
 if TYPE_CHECKING:
     import httpx
 
-    from chatcli.session import GenerationParams, Timeouts
+    from chatcli.messages import GenerationParams, Timeouts
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -102,7 +102,7 @@ class OpenAIBackend(HTTPBackend):
 
 
 def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
-    from chatcli.session import Usage
+    from chatcli.messages import Usage
 
     event = StreamEvent()
     choices = chunk.get("choices")
