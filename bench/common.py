@@ -90,16 +90,23 @@ def format_row(r: Row) -> str:
 def child_env(root: Path, **extra: str) -> dict[str, str]:
     """The environment of a chatcli child process: every user folder under ``root``, no key or server
     address from the caller's environment, a 100x40 terminal."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CHATCLI_", "OPENAI_", "OLLAMA_")) and k.lower() not in
-           ("http_proxy", "https_proxy", "all_proxy", "no_color")}
-    env.update({
-        "CHATCLI_SESSIONS_DIR": str(root / "sessions"),
-        "CHATCLI_STATE_DIR": str(root / "state"),
-        "CHATCLI_CONFIG": str(root / "config.toml"),  # never created: defaults only
-        "HOME": str(root / "home"),
-        "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CHATCLI_", "OPENAI_", "OLLAMA_"))
+        and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_color")
+    }
+    env.update(
+        {
+            "CHATCLI_SESSIONS_DIR": str(root / "sessions"),
+            "CHATCLI_STATE_DIR": str(root / "state"),
+            "CHATCLI_CONFIG": str(root / "config.toml"),  # never created: defaults only
+            "HOME": str(root / "home"),
+            "COLUMNS": "100",
+            "LINES": "40",
+            "TERM": "xterm-256color",
+        }
+    )
     env.update(extra)
     (root / "home").mkdir(parents=True, exist_ok=True)
     return env
@@ -114,8 +121,9 @@ def chatcli_cmd() -> list[str]:
 def time_command(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
     """Wall time in seconds of one run of ``argv`` to its exit (output discarded). Raises on failure."""
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          check=False)
+    proc = subprocess.run(
+        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
@@ -157,8 +165,13 @@ def machine() -> dict[str, str]:
                 os_name = f"{line.split('=', 1)[1].strip(chr(34))} (Linux {platform.release()})"
     except OSError:
         pass
-    return {"CPU": cpu, "cores": str(os.cpu_count()), "memory": mem,
-            "Python": f"{platform.python_implementation()} {platform.python_version()}", "OS": os_name}
+    return {
+        "CPU": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": mem,
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "OS": os_name,
+    }
 
 
 def rss_mb(pid: int) -> float:

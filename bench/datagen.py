@@ -16,8 +16,38 @@ import orjson
 from chatcli.snapshot import FORMAT, VERSION
 
 VOCABULARY = 20_000
-_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "pe", "da", "zu", "ri", "fa", "go", "te",
-              "ma", "nu", "sa", "be", "ko", "li", "po", "re", "ho", "ju", "wi", "xe", "yo", "ce", "qua"]
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "ta",
+    "vo",
+    "shi",
+    "pe",
+    "da",
+    "zu",
+    "ri",
+    "fa",
+    "go",
+    "te",
+    "ma",
+    "nu",
+    "sa",
+    "be",
+    "ko",
+    "li",
+    "po",
+    "re",
+    "ho",
+    "ju",
+    "wi",
+    "xe",
+    "yo",
+    "ce",
+    "qua",
+]
 #: word -> fraction of messages that hold it, planted on top of the corpus for the search benchmark
 PLANTED = {"quorvex": 0.01, "plimbert": 0.0001}
 
@@ -62,8 +92,10 @@ def _stamp(seconds: int) -> str:
     """A UTC ISO 8601 time ``seconds`` after 2026-01-01 (plain arithmetic: fast for a million messages)."""
     day, rest = divmod(seconds, 86_400)
     month, mday = divmod(day, 28)
-    return (f"2026-{month % 12 + 1:02d}-{mday + 1:02d}T{rest // 3600:02d}:{rest // 60 % 60:02d}:"
-            f"{rest % 60:02d}.000Z")
+    return (
+        f"2026-{month % 12 + 1:02d}-{mday + 1:02d}T{rest // 3600:02d}:{rest // 60 % 60:02d}:"
+        f"{rest % 60:02d}.000Z"
+    )
 
 
 def messages(corpus: Corpus, n: int, chars: int, start: int = 0) -> list[dict[str, Any]]:
@@ -74,22 +106,42 @@ def messages(corpus: Corpus, n: int, chars: int, start: int = 0) -> list[dict[st
         if i % 2 == 0:
             out.append({"role": "user", "content": corpus.text(chars), "created_at": when, "status": "ok"})
         else:
-            out.append({
-                "role": "assistant", "content": corpus.text(chars), "created_at": when, "status": "ok",
-                "finish_reason": "stop", "model": "bench-model",
-                "usage": {"prompt_tokens": 40 * i + 30, "completion_tokens": chars // 4,
-                          "cached_tokens": 40 * i},
-                "timings": {"ttft_s": 0.21, "duration_s": 1.9, "tokens_per_second": 65.5, "server": None},
-            })
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": corpus.text(chars),
+                    "created_at": when,
+                    "status": "ok",
+                    "finish_reason": "stop",
+                    "model": "bench-model",
+                    "usage": {
+                        "prompt_tokens": 40 * i + 30,
+                        "completion_tokens": chars // 4,
+                        "cached_tokens": 40 * i,
+                    },
+                    "timings": {"ttft_s": 0.21, "duration_s": 1.9, "tokens_per_second": 65.5, "server": None},
+                }
+            )
     return out
 
 
 def snapshot(session_id: str, msgs: list[dict[str, Any]], title: str, start: int = 0) -> dict[str, Any]:
     """A version-1 snapshot holding ``msgs``."""
-    return {"format": FORMAT, "version": VERSION, "id": session_id, "title": title,
-            "created_at": _stamp(start), "updated_at": _stamp(start + 7 * len(msgs)), "backend": "openai",
-            "model": "bench-model", "base_url": "http://127.0.0.1:9/v1", "params": {}, "system": "",
-            "context_start": 0, "messages": msgs}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "id": session_id,
+        "title": title,
+        "created_at": _stamp(start),
+        "updated_at": _stamp(start + 7 * len(msgs)),
+        "backend": "openai",
+        "model": "bench-model",
+        "base_url": "http://127.0.0.1:9/v1",
+        "params": {},
+        "system": "",
+        "context_start": 0,
+        "messages": msgs,
+    }
 
 
 def write_snapshot(folder: Path, snap: dict[str, Any]) -> Path:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import orjson
+
 from common import PYTHON, Report, Row, chatcli_cmd, child_env, interleaved, median, time_command
 from datagen import PLANTED, Corpus, make_library, session_id
 
@@ -46,8 +47,14 @@ def _touch_one(sessions: Path, counter: list[int]) -> None:
     counter[0] += 1
     path = sessions / f"{session_id((counter[0] * 7919) % SESSIONS)}.json"
     snap = orjson.loads(path.read_bytes())
-    snap["messages"].append({"role": "user", "content": f"one more message, number {counter[0]}",
-                             "created_at": "2027-01-01T00:00:00.000Z", "status": "ok"})
+    snap["messages"].append(
+        {
+            "role": "user",
+            "content": f"one more message, number {counter[0]}",
+            "created_at": "2027-01-01T00:00:00.000Z",
+            "status": "ok",
+        }
+    )
     snap["updated_at"] = "2027-01-01T00:00:00.000Z"
     path.write_bytes(orjson.dumps(snap, option=orjson.OPT_INDENT_2))
 
@@ -59,38 +66,80 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
     cli = chatcli_cmd()
     took, size = ensure_library(sessions)
     gen = f"generated in {took:.0f} s" if took is not None else "reused"
-    print(f"  {SESSIONS:,} sessions × {PER_SESSION} messages of ~{CHARS} characters: "
-          f"{size / 1e6:,.0f} MB ({gen})", flush=True)
+    print(
+        f"  {SESSIONS:,} sessions × {PER_SESSION} messages of ~{CHARS} characters: "
+        f"{size / 1e6:,.0f} MB ({gen})",
+        flush=True,
+    )
 
     for suffix in ("", "-wal", "-shm"):  # the cold case starts without an index
         (sessions / f".index.sqlite{suffix}").unlink(missing_ok=True)
-    cold = time_command(cli + ["list"], env)
+    cold = time_command([*cli, "list"], env)
     index_mb = sum(p.stat().st_size for p in sessions.glob(".index.sqlite*")) / 1e6
-    report.add(Row(GROUP, f"chatcli list, cold (builds the index of {SESSIONS * PER_SESSION:,} messages)",
-                   cold * 1000, "ms", runs=1,
-                   note=f"{size / 1e6:,.0f} MB of snapshots → {index_mb:,.0f} MB index"))
+    report.add(
+        Row(
+            GROUP,
+            f"chatcli list, cold (builds the index of {SESSIONS * PER_SESSION:,} messages)",
+            cold * 1000,
+            "ms",
+            runs=1,
+            note=f"{size / 1e6:,.0f} MB of snapshots → {index_mb:,.0f} MB index",
+        )
+    )
 
     runs = 5 if quick else 9
-    time_command(cli + ["list"], env)
-    floor, warm, warm_all = interleaved(runs, lambda: time_command([PYTHON, "-c", "pass"], env),
-                                        lambda: time_command(cli + ["list"], env),
-                                        lambda: time_command(cli + ["list", "--all", "--json"], env))
+    time_command([*cli, "list"], env)
+    floor, warm, warm_all = interleaved(
+        runs,
+        lambda: time_command([PYTHON, "-c", "pass"], env),
+        lambda: time_command([*cli, "list"], env),
+        lambda: time_command([*cli, "list", "--all", "--json"], env),
+    )
     f = median(floor)
     w = median(warm)
-    report.add(Row(GROUP, f"chatcli list ({SESSIONS:,} sessions, newest 50 shown)", w * 1000, "ms", f * 1000,
-                   "≤ 300 ms", w <= 0.300, runs=runs))
-    report.add(Row(GROUP, f"chatcli list --all --json (all {SESSIONS:,})", median(warm_all) * 1000, "ms",
-                   f * 1000, runs=runs))
+    report.add(
+        Row(
+            GROUP,
+            f"chatcli list ({SESSIONS:,} sessions, newest 50 shown)",
+            w * 1000,
+            "ms",
+            f * 1000,
+            "≤ 300 ms",
+            w <= 0.300,
+            runs=runs,
+        )
+    )
+    report.add(
+        Row(
+            GROUP,
+            f"chatcli list --all --json (all {SESSIONS:,})",
+            median(warm_all) * 1000,
+            "ms",
+            f * 1000,
+            runs=runs,
+        )
+    )
 
     counter = [0]
 
     def changed() -> float:
         _touch_one(sessions, counter)
-        return time_command(cli + ["list"], env)
+        return time_command([*cli, "list"], env)
 
     after = median([changed() for _ in range(runs)])
-    report.add(Row(GROUP, "chatcli list after one session changed", after * 1000, "ms", f * 1000, "≤ 300 ms",
-                   after <= 0.300, runs=runs, note="one snapshot re-indexed first"))
+    report.add(
+        Row(
+            GROUP,
+            "chatcli list after one session changed",
+            after * 1000,
+            "ms",
+            f * 1000,
+            "≤ 300 ms",
+            after <= 0.300,
+            runs=runs,
+            note="one snapshot re-indexed first",
+        )
+    )
 
     words = Corpus(SEED).words
     rare, planted = min(PLANTED, key=PLANTED.__getitem__), max(PLANTED, key=PLANTED.__getitem__)
@@ -101,10 +150,21 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
         (f"{words[3]} {planted}", "two words"),
     ]
     for query, what in queries:
-        argv = cli + ["search", *query.split()]
+        argv = [*cli, "search", *query.split()]
         time_command(argv, env)
-        f_runs, s_runs = interleaved(runs, lambda: time_command([PYTHON, "-c", "pass"], env),
-                                     lambda argv=argv: time_command(argv, env))
+        f_runs, s_runs = interleaved(
+            runs, lambda: time_command([PYTHON, "-c", "pass"], env), lambda argv=argv: time_command(argv, env)
+        )
         s = median(s_runs)
-        report.add(Row(GROUP, f"chatcli search {query} ({what})", s * 1000, "ms", median(f_runs) * 1000,
-                       "≤ 1 s", s <= 1.0, runs=runs))
+        report.add(
+            Row(
+                GROUP,
+                f"chatcli search {query} ({what})",
+                s * 1000,
+                "ms",
+                median(f_runs) * 1000,
+                "≤ 1 s",
+                s <= 1.0,
+                runs=runs,
+            )
+        )

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import REPO, Report, Row, fmt, format_row, machine
+from common import REPO, Report, Row, fmt, format_row, machine  # noqa: E402 - after the path is set
 
 GROUPS = ("startup", "saving", "streaming", "library", "stores")
 NOTES = """\
@@ -58,7 +58,13 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
     import stores
     import streaming
 
-    modules = {"startup": startup, "saving": saving, "streaming": streaming, "library": library, "stores": stores}
+    modules = {
+        "startup": startup,
+        "saving": saving,
+        "streaming": streaming,
+        "library": library,
+        "stores": stores,
+    }
     for name in names:
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
@@ -84,10 +90,18 @@ def table(rows: list[Row]) -> str:
 def before_after(rows: list[Row], baseline: dict) -> str:
     """The cases a fix moved, from the baseline file (numbers measured before the fixes) to this run."""
     before = baseline.get("rows", {})
-    when = (f"Before: measured at commit `{baseline.get('commit', '?')}` on {baseline.get('date', '?')}, "
-            "same machine, same benchmark code. After: this run.")
-    out = [baseline.get("intro", ""), "", when, "",
-           "| case | before | after | target |", "|---|---:|---:|---|"]
+    when = (
+        f"Before: measured at commit `{baseline.get('commit', '?')}` on {baseline.get('date', '?')}, "
+        "same machine, same benchmark code. After: this run."
+    )
+    out = [
+        baseline.get("intro", ""),
+        "",
+        when,
+        "",
+        "| case | before | after | target |",
+        "|---|---:|---:|---|",
+    ]
     for r in rows:
         b = before.get(r.case)
         if b is None:
@@ -103,8 +117,9 @@ def before_after(rows: list[Row], baseline: dict) -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -116,10 +131,12 @@ def write_markdown(report: Report, argv: list[str], seconds: float, path: Path) 
     lines = [
         "# Benchmarks",
         "",
-        ("Written by `make bench` (`python bench/run.py`); do not edit by hand. How each case is measured is "
-         "in the docstring of its module in `bench/`. Every figure is the median of several runs; the floor "
-         "beside it is the least the same work can cost on this machine, measured in the same run, "
-         "alternating with the case. Timings are never asserted in tests."),
+        (
+            "Written by `make bench` (`python bench/run.py`); do not edit by hand. How each case is measured is "
+            "in the docstring of its module in `bench/`. Every figure is the median of several runs; the floor "
+            "beside it is the least the same work can cost on this machine, measured in the same run, "
+            "alternating with the case. Timings are never asserted in tests."
+        ),
         "",
         "## Machine",
         "",
@@ -158,8 +175,9 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups: " + ", ".join(GROUPS))
     ap.add_argument("--data", type=Path, help="keep generated sessions here (and reuse them)")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/BENCHMARKS.md")
-    ap.add_argument("--save-baseline", type=Path, metavar="FILE",
-                    help="store the medians as 'before' numbers")
+    ap.add_argument(
+        "--save-baseline", type=Path, metavar="FILE", help="store the medians as 'before' numbers"
+    )
     args = ap.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(GROUPS)
@@ -186,13 +204,24 @@ def main() -> int:
     print(f"{sum(1 for r in met if r.ok)} of {len(met)} targets met in {seconds:.0f} s")
 
     if BASELINE.exists():
-        report.sections["Before and after the speed fixes"] = before_after(report.rows,
-                                                                         json.loads(BASELINE.read_text()))
+        report.sections["Before and after the speed fixes"] = before_after(
+            report.rows, json.loads(BASELINE.read_text())
+        )
     if args.save_baseline:
-        args.save_baseline.write_text(json.dumps({
-            "commit": commit(), "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "rows": {r.case: {"value": round(r.value, 3), "unit": r.unit, "ok": r.ok} for r in report.rows},
-        }, indent=2, ensure_ascii=False) + "\n")
+        args.save_baseline.write_text(
+            json.dumps(
+                {
+                    "commit": commit(),
+                    "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                    "rows": {
+                        r.case: {"value": round(r.value, 3), "unit": r.unit, "ok": r.ok} for r in report.rows
+                    },
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         print(f"baseline written to {args.save_baseline}")
     if not args.no_write and set(names) == set(GROUPS):
         argv = [Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]

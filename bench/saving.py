@@ -62,11 +62,24 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
         snap = session.to_snapshot()
         runs = (5 if quick else 9) if n >= 10_000 else (10 if quick else 25)
         session.save()  # warm: the file exists, as it does after the first turn
-        ours, floor = interleaved(runs, lambda s=session: _chatcli_save(s),
-                                  lambda snap=snap, sid=sid: _floor_save(store.root, snap, sid))
+        ours, floor = interleaved(
+            runs,
+            lambda s=session: _chatcli_save(s),
+            lambda snap=snap, sid=sid: _floor_save(store.root, snap, sid),
+        )
         size = session.last_save.size if session.last_save else 0
         m, f = median(ours), median(floor)
         target = n == 10_000
-        report.add(Row(GROUP, f"save, {n:,} messages ({size / 1e6:.2f} MB)", m * 1000, "ms", f * 1000,
-                       target="≤ 2× floor" if target else "", ok=(m <= 2 * f) if target else None,
-                       note=f"{m / f:.2f}× floor", runs=runs))
+        report.add(
+            Row(
+                GROUP,
+                f"save, {n:,} messages ({size / 1e6:.2f} MB)",
+                m * 1000,
+                "ms",
+                f * 1000,
+                target="≤ 2× floor" if target else "",
+                ok=(m <= 2 * f) if target else None,
+                note=f"{m / f:.2f}× floor",
+                runs=runs,
+            )
+        )

@@ -24,12 +24,21 @@ import threading
 import time
 
 _PATH = re.compile(rb"^POST /rate/(\d+)/tokens/(\d+)/v1/chat/completions HTTP/1\.[01]\r\n")
-_TEXT = ("the model streams each token as soon as it is sampled so a reader sees text appear word by "
-         "word while the terminal redraws only what changed since the last frame and keeps the rest "
-         "exactly where it was before")
+_TEXT = (
+    "the model streams each token as soon as it is sampled so a reader sees text appear word by "
+    "word while the terminal redraws only what changed since the last frame and keeps the rest "
+    "exactly where it was before"
+)
 _WORDS = _TEXT.split()
-_CODE = ["def total(values):", "    result = 0", "    for v in values:", "        result += v * 2",
-         "    return result", "", "print(total(range(10)))"]
+_CODE = [
+    "def total(values):",
+    "    result = 0",
+    "    for v in values:",
+    "        result += v * 2",
+    "    return result",
+    "",
+    "print(total(range(10)))",
+]
 
 
 def reply_tokens(n: int) -> list[str]:
@@ -72,24 +81,51 @@ _cache: dict[int, list[bytes]] = {}
 def encoded_stream(n: int) -> list[bytes]:
     """The HTTP chunks of an ``n``-token reply, built once per ``n``."""
     if n not in _cache:
-        base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1767225600,
-                "model": "bench-model"}
+        base = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1767225600,
+            "model": "bench-model",
+        }
         tokens = reply_tokens(n)
-        chunks = [_event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                               "finish_reason": None}]})]
-        chunks += [_event({**base, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]})
-                   for t in tokens]
+        chunks = [
+            _event(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    ],
+                }
+            )
+        ]
+        chunks += [
+            _event({**base, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]})
+            for t in tokens
+        ]
         chunks.append(_event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-        chunks.append(_event({**base, "choices": [], "usage": {
-            "prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}}))
+        chunks.append(
+            _event(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 10,
+                        "completion_tokens": len(tokens),
+                        "total_tokens": 10 + len(tokens),
+                    },
+                }
+            )
+        )
         done = b"data: [DONE]\n\n"
         chunks.append(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
         _cache[n] = chunks
     return _cache[n]
 
 
-_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+)
 
 
 def _serve(conn: socket.socket) -> None:
@@ -118,7 +154,7 @@ def _serve(conn: socket.socket) -> None:
             conn.sendall(_HEAD + chunks[0])
             if rate == 0:
                 for i in range(1, len(chunks), 32):
-                    conn.sendall(b"".join(chunks[i:i + 32]))
+                    conn.sendall(b"".join(chunks[i : i + 32]))
                 return
             start = time.perf_counter()
             sent = 1

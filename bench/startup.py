@@ -38,12 +38,22 @@ def _repl(args: list[str], env: dict[str, str], wrap_stderr: Path | None = None)
 
     argv = [PYTHON, "-m", "chatcli", *args]
     if wrap_stderr is not None:
-        script = (f"exec {shlex.quote(PYTHON)} -X importtime -m chatcli {' '.join(map(shlex.quote, args))} "
-                  f"2>{shlex.quote(str(wrap_stderr))}")
+        script = (
+            f"exec {shlex.quote(PYTHON)} -X importtime -m chatcli {' '.join(map(shlex.quote, args))} "
+            f"2>{shlex.quote(str(wrap_stderr))}"
+        )
         argv = ["/bin/sh", "-c", script]
     t0 = time.perf_counter()
-    child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(40, 100), timeout=120, encoding="utf-8",
-                          codec_errors="replace", maxread=65536)
+    child = pexpect.spawn(
+        argv[0],
+        argv[1:],
+        env=env,
+        dimensions=(40, 100),
+        timeout=120,
+        encoding="utf-8",
+        codec_errors="replace",
+        maxread=65536,
+    )
     try:
         child.expect(PROMPT)
         elapsed = time.perf_counter() - t0
@@ -80,17 +90,21 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
     env = child_env(folder / "startup", NO_COLOR="1")
     cli = chatcli_cmd()
     runs = 5 if quick else 11
-    for argv in ([PYTHON, "-c", "pass"], cli + ["--version"], cli + ["--help"]):  # compile .pyc, fill caches
+    for argv in ([PYTHON, "-c", "pass"], [*cli, "--version"], [*cli, "--help"]):  # compile .pyc, fill caches
         time_command(argv, env)
 
-    floor, version, helptext = interleaved(runs, lambda: _floor(env),
-                                           lambda: time_command(cli + ["--version"], env),
-                                           lambda: time_command(cli + ["--help"], env))
+    floor, version, helptext = interleaved(
+        runs,
+        lambda: _floor(env),
+        lambda: time_command([*cli, "--version"], env),
+        lambda: time_command([*cli, "--help"], env),
+    )
     f = median(floor)
     report.add(Row(GROUP_START, "python -c pass (the floor)", f * 1000, "ms", runs=runs))
     v = median(version)
-    report.add(Row(GROUP_START, "chatcli --version", v * 1000, "ms", f * 1000, "≤ 120 ms", v <= 0.120,
-                   runs=runs))
+    report.add(
+        Row(GROUP_START, "chatcli --version", v * 1000, "ms", f * 1000, "≤ 120 ms", v <= 0.120, runs=runs)
+    )
     h = median(helptext)
     report.add(Row(GROUP_START, "chatcli --help", h * 1000, "ms", f * 1000, runs=runs))
 
@@ -102,41 +116,91 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
     _repl(new_args, repl_env)  # warm
     _repl(resume_args, repl_env)
     prompt_runs = 5 if quick else 9
-    floor, new, resumed = interleaved(prompt_runs, lambda: _floor(repl_env),
-                                      lambda: _repl(new_args, repl_env),
-                                      lambda: _repl(resume_args, repl_env))
+    floor, new, resumed = interleaved(
+        prompt_runs,
+        lambda: _floor(repl_env),
+        lambda: _repl(new_args, repl_env),
+        lambda: _repl(resume_args, repl_env),
+    )
     f = median(floor)
     t_new = median([r[0] for r in new])
-    report.add(Row(GROUP_START, "time to prompt: chatcli new", t_new * 1000, "ms", f * 1000, "≤ 300 ms",
-                   t_new <= 0.300, runs=prompt_runs))
+    report.add(
+        Row(
+            GROUP_START,
+            "time to prompt: chatcli new",
+            t_new * 1000,
+            "ms",
+            f * 1000,
+            "≤ 300 ms",
+            t_new <= 0.300,
+            runs=prompt_runs,
+        )
+    )
     t_res = median([r[0] for r in resumed])
-    report.add(Row(GROUP_START, f"time to prompt: resume {RESUME_MESSAGES:,} messages", t_res * 1000, "ms",
-                   f * 1000, "≤ 500 ms", t_res <= 0.500, runs=prompt_runs,
-                   note=f"{RESUME_MESSAGES:,} messages of ~{RESUME_CHARS} characters"))
+    report.add(
+        Row(
+            GROUP_START,
+            f"time to prompt: resume {RESUME_MESSAGES:,} messages",
+            t_res * 1000,
+            "ms",
+            f * 1000,
+            "≤ 500 ms",
+            t_res <= 0.500,
+            runs=prompt_runs,
+            note=f"{RESUME_MESSAGES:,} messages of ~{RESUME_CHARS} characters",
+        )
+    )
 
     rss_new = median([r[1] for r in new])
-    report.add(Row(GROUP_MEM, "resident size at an idle prompt (new)", rss_new, "MB", target="≤ 80 MB",
-                   ok=rss_new <= 80, runs=prompt_runs))
+    report.add(
+        Row(
+            GROUP_MEM,
+            "resident size at an idle prompt (new)",
+            rss_new,
+            "MB",
+            target="≤ 80 MB",
+            ok=rss_new <= 80,
+            runs=prompt_runs,
+        )
+    )
     rss_res = median([r[1] for r in resumed])
-    report.add(Row(GROUP_MEM, f"resident size after resuming {RESUME_MESSAGES:,} messages", rss_res, "MB",
-                   runs=prompt_runs))
+    report.add(
+        Row(
+            GROUP_MEM,
+            f"resident size after resuming {RESUME_MESSAGES:,} messages",
+            rss_res,
+            "MB",
+            runs=prompt_runs,
+        )
+    )
 
     # Where the time to the prompt goes, by top-level package.
     log = folder / "importtime.log"
     _repl(new_args, repl_env, wrap_stderr=log)
     total, top = import_breakdown(log)
-    head = (f"`python -X importtime -m chatcli {' '.join(new_args)}` up to the prompt: **{total:.0f} ms** of "
-            f"imports in total (self time, summed by top-level package; one run, so ±10 %):")
+    head = (
+        f"`python -X importtime -m chatcli {' '.join(new_args)}` up to the prompt: **{total:.0f} ms** of "
+        f"imports in total (self time, summed by top-level package; one run, so ±10 %):"
+    )
     lines = [head, "", "| package | ms |", "|---|---:|"]
     lines += [f"| {name} | {ms_:.1f} |" for name, ms_ in top]
     log_v = folder / "importtime-version.log"
     import subprocess
 
     with open(log_v, "w") as err:
-        subprocess.run([*cli, "--version"], env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
-                       stdout=subprocess.DEVNULL, stderr=err, check=True)
+        subprocess.run(
+            [*cli, "--version"],
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            check=True,
+        )
     total_v, top_v = import_breakdown(log_v, 5)
-    lines += ["", f"`chatcli --version`: {total_v:.0f} ms of imports ("
-              + ", ".join(f"{n} {t:.1f}" for n, t in top_v) + ")."]
+    lines += [
+        "",
+        f"`chatcli --version`: {total_v:.0f} ms of imports ("
+        + ", ".join(f"{n} {t:.1f}" for n, t in top_v)
+        + ").",
+    ]
     report.sections["Import time"] = "\n".join(lines)
     print("\n".join("  " + x for x in lines), flush=True)

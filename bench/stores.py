@@ -14,6 +14,7 @@ messages, wall time of the command a user types, beside ``python -c pass``.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -60,8 +61,11 @@ def _floor_save(store: Any, session: Any) -> float:
     cur = store._connection().cursor()
     t0 = time.perf_counter()
     with store._tx(cur, store.begin_write):
-        store._x(cur, f"UPDATE chatcli_sessions SET {store._q('updated_at')} = %s WHERE id = %s",
-                 ("2027-01-01T00:00:00.000Z", sid))
+        store._x(
+            cur,
+            f"UPDATE chatcli_sessions SET {store._q('updated_at')} = %s WHERE id = %s",
+            ("2027-01-01T00:00:00.000Z", sid),
+        )
         store._upsert_messages(cur, [row])
     return time.perf_counter() - t0
 
@@ -88,16 +92,26 @@ def bench_saves(report: Report, engine: str, spec: str, quick: bool) -> None:
         session._touch(n - 1)
         session.save()
         runs = (5 if quick else 9) if n >= 10_000 else (10 if quick else 25)
-        ours, floor = interleaved(runs, lambda s=session: _chatcli_save(s),
-                                  lambda s=session: _floor_save(store, s))
+        ours, floor = interleaved(
+            runs, lambda s=session: _chatcli_save(s), lambda s=session: _floor_save(store, s)
+        )
         m, f = median(ours), median(floor)
         costs[n] = m
         last = n == SIZES[-1]
         ratio = m / costs[SIZES[0]]
-        report.add(Row(GROUP, f"{engine}: save, {n:,} messages", m * 1000, "ms", f * 1000,
-                       target="≤ 1.5× at 10" if last else "", ok=ratio <= 1.5 if last else None,
-                       note=f"{m / f:.2f}× floor" + (f"; {ratio:.2f}× the save at 10" if n > SIZES[0] else ""),
-                       runs=runs))
+        report.add(
+            Row(
+                GROUP,
+                f"{engine}: save, {n:,} messages",
+                m * 1000,
+                "ms",
+                f * 1000,
+                target="≤ 1.5× at 10" if last else "",
+                ok=ratio <= 1.5 if last else None,
+                note=f"{m / f:.2f}× floor" + (f"; {ratio:.2f}× the save at 10" if n > SIZES[0] else ""),
+                runs=runs,
+            )
+        )
         lock.release()
     store.create(snapshot(RESUME_ID, messages(Corpus(seed=5), 10_000, CHARS), "ten thousand messages"))
     store.close()
@@ -107,56 +121,112 @@ def bench_resume(report: Report, engine: str, spec: str, env: dict[str, str], qu
     args = ["resume", RESUME_ID, "--store", spec]
     _repl(args, env)
     runs = 5 if quick else 9
-    floor, resumed = interleaved(runs, lambda: time_command([PYTHON, "-c", "pass"], env), lambda: _repl(args, env))
+    floor, resumed = interleaved(
+        runs, lambda: time_command([PYTHON, "-c", "pass"], env), lambda: _repl(args, env)
+    )
     t = median([r[0] for r in resumed])
-    report.add(Row(GROUP, f"{engine}: time to prompt, resume 10,000 messages", t * 1000, "ms",
-                   median(floor) * 1000, "≤ 500 ms", t <= 0.500, runs=runs))
+    report.add(
+        Row(
+            GROUP,
+            f"{engine}: time to prompt, resume 10,000 messages",
+            t * 1000,
+            "ms",
+            median(floor) * 1000,
+            "≤ 500 ms",
+            t <= 0.500,
+            runs=runs,
+        )
+    )
 
 
-def bench_library(report: Report, engine: str, spec: str, library: Path, env: dict[str, str],
-                  quick: bool) -> None:
+def bench_library(
+    report: Report, engine: str, spec: str, library: Path, env: dict[str, str], quick: bool
+) -> None:
     cli = chatcli_cmd()
     t0 = time.perf_counter()
-    time_command(cli + ["migrate", "--from", str(library), "--to", spec], env)
+    time_command([*cli, "migrate", "--from", str(library), "--to", spec], env)
     took = time.perf_counter() - t0
     msgs = SESSIONS * PER_SESSION
-    report.add(Row(GROUP, f"{engine}: chatcli migrate of {SESSIONS:,} sessions (from the folder)", took * 1000,
-                   "ms", runs=1, note=f"{SESSIONS / took:,.0f} sessions/s, {msgs / took:,.0f} messages/s"))
+    report.add(
+        Row(
+            GROUP,
+            f"{engine}: chatcli migrate of {SESSIONS:,} sessions (from the folder)",
+            took * 1000,
+            "ms",
+            runs=1,
+            note=f"{SESSIONS / took:,.0f} sessions/s, {msgs / took:,.0f} messages/s",
+        )
+    )
     runs = 5 if quick else 9
-    argv = cli + ["list", "--store", spec]
+    argv = [*cli, "list", "--store", spec]
     time_command(argv, env)
-    floor, listed = interleaved(runs, lambda: time_command([PYTHON, "-c", "pass"], env),
-                                lambda: time_command(argv, env))
+    floor, listed = interleaved(
+        runs, lambda: time_command([PYTHON, "-c", "pass"], env), lambda: time_command(argv, env)
+    )
     t = median(listed)
-    report.add(Row(GROUP, f"{engine}: chatcli list ({SESSIONS:,} sessions, newest 50 shown)", t * 1000, "ms",
-                   median(floor) * 1000, "≤ 300 ms", t <= 0.300, runs=runs))
+    report.add(
+        Row(
+            GROUP,
+            f"{engine}: chatcli list ({SESSIONS:,} sessions, newest 50 shown)",
+            t * 1000,
+            "ms",
+            median(floor) * 1000,
+            "≤ 300 ms",
+            t <= 0.300,
+            runs=runs,
+        )
+    )
     words = Corpus(SEED).words
     rare, planted = min(PLANTED, key=PLANTED.__getitem__), max(PLANTED, key=PLANTED.__getitem__)
-    for query, what in ((planted, f"a word in {PLANTED[planted]:.0%} of messages"),
-                        (rare, f"a word in {PLANTED[rare]:.2%} of messages"),
-                        (words[0], "the most common word"), (f"{words[3]} {planted}", "two words")):
-        argv = cli + ["search", *query.split(), "--store", spec]
+    for query, what in (
+        (planted, f"a word in {PLANTED[planted]:.0%} of messages"),
+        (rare, f"a word in {PLANTED[rare]:.2%} of messages"),
+        (words[0], "the most common word"),
+        (f"{words[3]} {planted}", "two words"),
+    ):
+        argv = [*cli, "search", *query.split(), "--store", spec]
         time_command(argv, env)
-        floor, found = interleaved(runs, lambda: time_command([PYTHON, "-c", "pass"], env),
-                                   lambda argv=argv: time_command(argv, env))
+        floor, found = interleaved(
+            runs, lambda: time_command([PYTHON, "-c", "pass"], env), lambda argv=argv: time_command(argv, env)
+        )
         t = median(found)
-        report.add(Row(GROUP, f"{engine}: chatcli search {query} ({what}, {msgs:,} messages)", t * 1000, "ms",
-                       median(floor) * 1000, "≤ 1 s", t <= 1.0, runs=runs))
+        report.add(
+            Row(
+                GROUP,
+                f"{engine}: chatcli search {query} ({what}, {msgs:,} messages)",
+                t * 1000,
+                "ms",
+                median(floor) * 1000,
+                "≤ 1 s",
+                t <= 1.0,
+                runs=runs,
+            )
+        )
 
 
 def run(report: Report, folder: Path, quick: bool = False) -> None:
     root = folder / "stores"
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)  # every run starts from empty databases (the library is kept)
+    root.mkdir(parents=True)
     env = child_env(root, NO_COLOR="1", PROMPT_TOOLKIT_NO_CPR="1")
     library = folder / "library" / "sessions"
     took, _ = ensure_library(library)
-    print(f"  library folder {'generated in %.0f s' % took if took is not None else 'reused'}", flush=True)
+    print(
+        f"  library folder {f'generated in {took:.0f} s' if took is not None else 'reused'}",
+        flush=True,
+    )
     pg, maria = _servers(root)
     try:
-        engines = {"sqlite": f"sqlite://{root / 'sqlite' / 'chats.db'}", "postgresql": pg.new_database(),
-                   "mysql": maria.new_database()}
-        libraries = {"sqlite": f"sqlite://{root / 'sqlite' / 'library.db'}", "postgresql": pg.new_database(),
-                     "mysql": maria.new_database()}
+        engines = {
+            "sqlite": f"sqlite://{root / 'sqlite' / 'chats.db'}",
+            "postgresql": pg.new_database(),
+            "mysql": maria.new_database(),
+        }
+        libraries = {
+            "sqlite": f"sqlite://{root / 'sqlite' / 'library.db'}",
+            "postgresql": pg.new_database(),
+            "mysql": maria.new_database(),
+        }
         for engine, spec in engines.items():
             bench_saves(report, engine, spec, quick)
             bench_resume(report, engine, spec, env, quick)

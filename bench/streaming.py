@@ -20,18 +20,18 @@ from typing import Any
 from common import PYTHON, Report, Row, interleaved, median
 
 HERE = Path(__file__).resolve().parent
-PACED_RATE = 2_000     # tokens/s of the paced stream (the target's rate)
-PACED_TOKENS = 4_000   # two seconds
+PACED_RATE = 2_000  # tokens/s of the paced stream (the target's rate)
+PACED_TOKENS = 4_000  # two seconds
 SHORT, LONG = 2_000, 20_000
 GROUP = "Streaming"
 
 
 @dataclass
 class Run:
-    ttft: float      # seconds from the request to the first token
-    seconds: float   # from the first token to the end of the reply
+    ttft: float  # seconds from the request to the first token
+    seconds: float  # from the first token to the end of the reply
     tokens: int
-    cpu: float       # CPU seconds of this process during the reply
+    cpu: float  # CPU seconds of this process during the reply
 
     @property
     def rate(self) -> float:
@@ -61,8 +61,12 @@ def stream_url(server: str, rate: int, tokens: int) -> str:
 def bare_run(client: Any, base: str) -> Run:
     import orjson
 
-    body = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     c0 = time.process_time()
     t0 = time.perf_counter()
     first: float | None = None
@@ -98,8 +102,16 @@ class Chatcli:
         self.store = FolderStore(folder)
         self.backend = OpenAIBackend("http://127.0.0.1:9/v1", "bench-model")
         self.devnull = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
-        console = Console(file=self.devnull, force_terminal=True, width=100, height=40, highlight=False,
-                          soft_wrap=False, emoji=False, color_system="256")
+        console = Console(
+            file=self.devnull,
+            force_terminal=True,
+            width=100,
+            height=40,
+            highlight=False,
+            soft_wrap=False,
+            emoji=False,
+            color_system="256",
+        )
         self.renderer = Renderer(console, console)
 
     def run(self, base: str) -> Run:
@@ -143,8 +155,16 @@ def render_only(tokens: list[str]) -> tuple[float, float]:
     from chatcli.render import ReplyView
 
     with open(os.devnull, "w") as devnull:
-        console = Console(file=devnull, force_terminal=True, width=100, height=40, highlight=False,
-                          soft_wrap=False, emoji=False, color_system="256")
+        console = Console(
+            file=devnull,
+            force_terminal=True,
+            width=100,
+            height=40,
+            highlight=False,
+            soft_wrap=False,
+            emoji=False,
+            color_system="256",
+        )
         c0 = time.process_time()
         t0 = time.perf_counter()
         with ReplyView(console) as view:
@@ -156,6 +176,7 @@ def render_only(tokens: list[str]) -> tuple[float, float]:
 # -- the benchmark -------------------------------------------------------------------------------------
 def run(report: Report, folder: Path, quick: bool = False) -> None:
     import httpx
+
     from sseserver import reply_tokens
 
     runs = 3 if quick else 5
@@ -170,38 +191,80 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
             base = stream_url(server, 0, 20)
             bare, chat = interleaved(runs * 3, lambda: bare_run(client, base), lambda: cc.run(base))
             b_ttft, c_ttft = median([r.ttft for r in bare]), median([r.ttft for r in chat])
-            report.add(Row(GROUP, "time to first token (bare httpx = floor)", c_ttft * 1000, "ms",
-                           b_ttft * 1000, note=f"chatcli adds {(c_ttft - b_ttft) * 1000:.1f} ms (its save of "
-                           f"the user message before sending, with fsync, is part of it)", runs=len(chat)))
+            report.add(
+                Row(
+                    GROUP,
+                    "time to first token (bare httpx = floor)",
+                    c_ttft * 1000,
+                    "ms",
+                    b_ttft * 1000,
+                    note=f"chatcli adds {(c_ttft - b_ttft) * 1000:.1f} ms (its save of "
+                    f"the user message before sending, with fsync, is part of it)",
+                    runs=len(chat),
+                )
+            )
 
             # The target: a stream paced at 2,000 tokens/s.
             base = stream_url(server, PACED_RATE, PACED_TOKENS)
             bare, chat = interleaved(runs, lambda: bare_run(client, base), lambda: cc.run(base))
             b_rate, c_rate = median([r.rate for r in bare]), median([r.rate for r in chat])
-            report.add(Row(GROUP, f"token rate at {PACED_RATE:,} tok/s, rendering on", c_rate, "tok/s",
-                           b_rate,
-                           target="≥ 90 % of floor", ok=c_rate >= 0.9 * b_rate,
-                           note=f"{c_rate / b_rate:.1%} of bare httpx; {PACED_TOKENS:,}-token replies",
-                           runs=len(chat)))
-            report.add(Row(GROUP, f"CPU per token at {PACED_RATE:,} tok/s",
-                           median([r.cpu / r.tokens for r in chat]) * 1e6, "µs/tok",
-                           median([r.cpu / r.tokens for r in bare]) * 1e6,
-                           note="CPU time of the client process per token", runs=len(chat)))
+            report.add(
+                Row(
+                    GROUP,
+                    f"token rate at {PACED_RATE:,} tok/s, rendering on",
+                    c_rate,
+                    "tok/s",
+                    b_rate,
+                    target="≥ 90 % of floor",
+                    ok=c_rate >= 0.9 * b_rate,
+                    note=f"{c_rate / b_rate:.1%} of bare httpx; {PACED_TOKENS:,}-token replies",
+                    runs=len(chat),
+                )
+            )
+            report.add(
+                Row(
+                    GROUP,
+                    f"CPU per token at {PACED_RATE:,} tok/s",
+                    median([r.cpu / r.tokens for r in chat]) * 1e6,
+                    "µs/tok",
+                    median([r.cpu / r.tokens for r in bare]) * 1e6,
+                    note="CPU time of the client process per token",
+                    runs=len(chat),
+                )
+            )
 
             # As fast as the server can send: the headroom, and whether cost per token stays flat.
             per_token: dict[int, float] = {}
             for n in (SHORT, LONG):
                 url = stream_url(server, 0, n)
-                bare, chat = interleaved(max(3, runs - 2), lambda u=url: bare_run(client, u),
-                                         lambda u=url: cc.run(u))
+                bare, chat = interleaved(
+                    max(3, runs - 2), lambda u=url: bare_run(client, u), lambda u=url: cc.run(u)
+                )
                 b_rate, c_rate = median([r.rate for r in bare]), median([r.rate for r in chat])
                 per_token[n] = 1 / c_rate
-                report.add(Row(GROUP, f"max token rate, {n:,}-token reply", c_rate, "tok/s", b_rate,
-                               note=f"{c_rate / b_rate:.0%} of bare httpx", runs=len(chat)))
+                report.add(
+                    Row(
+                        GROUP,
+                        f"max token rate, {n:,}-token reply",
+                        c_rate,
+                        "tok/s",
+                        b_rate,
+                        note=f"{c_rate / b_rate:.0%} of bare httpx",
+                        runs=len(chat),
+                    )
+                )
             ratio = per_token[LONG] / per_token[SHORT]
-            report.add(Row(GROUP, f"time per token, {LONG:,} vs {SHORT:,}-token reply", ratio, "×",
-                           target="≤ 1.5× (linear)", ok=ratio <= 1.5,
-                           note=f"{per_token[SHORT] * 1e6:.0f} → {per_token[LONG] * 1e6:.0f} µs/token"))
+            report.add(
+                Row(
+                    GROUP,
+                    f"time per token, {LONG:,} vs {SHORT:,}-token reply",
+                    ratio,
+                    "×",
+                    target="≤ 1.5× (linear)",
+                    ok=ratio <= 1.5,
+                    note=f"{per_token[SHORT] * 1e6:.0f} → {per_token[LONG] * 1e6:.0f} µs/token",
+                )
+            )
         finally:
             cc.close()
             client.close()
@@ -215,12 +278,27 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
             tokens = make(n)
             results = [render_only(tokens) for _ in range(3)]
             cost[n] = median([r[0] for r in results]) / n
-            report.add(Row(GROUP, f"render only: {n:,}-token {shape}", cost[n] * 1e6, "µs/tok",
-                           note=f"CPU {median([r[1] for r in results]) / n * 1e6:.1f} µs/token",
-                           runs=len(results)))
+            report.add(
+                Row(
+                    GROUP,
+                    f"render only: {n:,}-token {shape}",
+                    cost[n] * 1e6,
+                    "µs/tok",
+                    note=f"CPU {median([r[1] for r in results]) / n * 1e6:.1f} µs/token",
+                    runs=len(results),
+                )
+            )
         ratio = cost[LONG] / cost[SHORT]
-        report.add(Row(GROUP, f"render time per token, {shape}, {LONG:,} vs {SHORT:,}", ratio, "×",
-                       target="≤ 1.5× (linear)", ok=ratio <= 1.5))
+        report.add(
+            Row(
+                GROUP,
+                f"render time per token, {shape}, {LONG:,} vs {SHORT:,}",
+                ratio,
+                "×",
+                target="≤ 1.5× (linear)",
+                ok=ratio <= 1.5,
+            )
+        )
 
 
 def code_block_tokens(n: int) -> list[str]:
@@ -230,4 +308,4 @@ def code_block_tokens(n: int) -> list[str]:
     while len(out) < n - 1:
         out += [f"value_{i}", " =", " compute", "(", f"{i}", ",", " 2", ")\n"]
         i += 1
-    return out[: n - 1] + ["\n```\n"]
+    return [*out[: n - 1], "\n```\n"]

@@ -17,8 +17,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from chatcli import __version__
-from chatcli.cli_common import StoreOpt, exit_with, fail_usage, open_store, resolve, settings as get_settings, \
-    store_flag
+from chatcli.cli_common import (
+    StoreOpt,
+    exit_with,
+    fail_usage,
+    open_store,
+    resolve,
+    store_flag,
+)
+from chatcli.cli_common import (
+    settings as get_settings,
+)
 from chatcli.errors import ChatcliError, Terminated
 
 if TYPE_CHECKING:
@@ -30,25 +39,41 @@ if TYPE_CHECKING:
 app = typer.Typer(
     name="chatcli",
     help="Chat with LLMs in the terminal. Every turn is saved as it happens, so a timeout, Ctrl-C, crash or "
-         "server error loses nothing, and `chatcli resume` brings the whole conversation back. Runs offline on "
-         "an embedded model by default. Sessions are kept in ./sessions (JSON files) unless --store names "
-         "another folder or a database: sqlite:///path/chats.db, postgresql://user@host/db or "
-         "mysql://user@host/db.",
+    "server error loses nothing, and `chatcli resume` brings the whole conversation back. Runs offline on "
+    "an embedded model by default. Sessions are kept in ./sessions (JSON files) unless --store names "
+    "another folder or a database: sqlite:///path/chats.db, postgresql://user@host/db or "
+    "mysql://user@host/db.",
     add_completion=False,
     no_args_is_help=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
-Timeout = Annotated[float | None, typer.Option(
-    "--timeout", metavar="SECONDS", help="Longest a whole reply may take before it is stopped and kept as "
-    "'timeout' (default: 600).")]
-ModelPath = Annotated[Path | None, typer.Option(
-    "--model-path", metavar="FILE", help="A GGUF model file for the local backend (default: the bundled "
-    "SmolLM2-135M-Instruct).")]
-BaseURL = Annotated[str | None, typer.Option(
-    "--base-url", metavar="URL", help="Server address, e.g. http://127.0.0.1:8080/v1 (openai) or "
-    "http://127.0.0.1:11434 (ollama) (env: OPENAI_BASE_URL, OLLAMA_HOST).")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Longest a whole reply may take before it is stopped and kept as 'timeout' (default: 600).",
+    ),
+]
+ModelPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-path",
+        metavar="FILE",
+        help="A GGUF model file for the local backend (default: the bundled SmolLM2-135M-Instruct).",
+    ),
+]
+BaseURL = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        metavar="URL",
+        help="Server address, e.g. http://127.0.0.1:8080/v1 (openai) or "
+        "http://127.0.0.1:11434 (ollama) (env: OPENAI_BASE_URL, OLLAMA_HOST).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -60,12 +85,21 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
-    resume: Annotated[str | None, typer.Option(
-        "--resume", "-r", metavar="ID", help="Resume a session: a full id, a unique prefix (or of its last part), "
-        "'last' or a title (same as `chatcli resume ID`).")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            "-r",
+            metavar="ID",
+            help="Resume a session: a full id, a unique prefix (or of its last part), "
+            "'last' or a title (same as `chatcli resume ID`).",
+        ),
+    ] = None,
     store: StoreOpt = None,
-    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     """Chat with LLMs in the terminal; nothing is ever lost."""
     if resume is not None:
@@ -78,30 +112,62 @@ def root(
 
 @app.command()
 def new(
-    backend: Annotated[str | None, typer.Option(
-        "--backend", "-b", metavar="local|openai|ollama",
-        help="Model server: the embedded local model, any OpenAI-compatible server, or Ollama's native API "
-             "(env: CHATCLI_BACKEND; default: local).")] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", metavar="NAME", help="Model name (env: CHATCLI_MODEL; default: gpt-4o-mini for openai, "
-        "llama3.2 for ollama, the GGUF's name for local).")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            metavar="local|openai|ollama",
+            help="Model server: the embedded local model, any OpenAI-compatible server, or Ollama's native API "
+            "(env: CHATCLI_BACKEND; default: local).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME",
+            help="Model name (env: CHATCLI_MODEL; default: gpt-4o-mini for openai, "
+            "llama3.2 for ollama, the GGUF's name for local).",
+        ),
+    ] = None,
     base_url: BaseURL = None,
-    system: Annotated[str | None, typer.Option("--system", "-s", metavar="TEXT",
-                                                  help="System prompt sent before every turn.")] = None,
-    title: Annotated[str | None, typer.Option(
-        "--title", "-t", metavar="TEXT", help="Session title (default: from the first message).")] = None,
-    temperature: Annotated[float | None, typer.Option(
-        "--temperature", metavar="X", help="Sampling temperature, 0-2 (default: the server's).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", metavar="N", help="Longest reply in tokens (default: the server's).")] = None,
+    system: Annotated[
+        str | None,
+        typer.Option("--system", "-s", metavar="TEXT", help="System prompt sent before every turn."),
+    ] = None,
+    title: Annotated[
+        str | None,
+        typer.Option(
+            "--title", "-t", metavar="TEXT", help="Session title (default: from the first message)."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option("--temperature", metavar="X", help="Sampling temperature, 0-2 (default: the server's)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", metavar="N", help="Longest reply in tokens (default: the server's)."),
+    ] = None,
     timeout: Timeout = None,
     store: StoreOpt = None,
     model_path: ModelPath = None,
 ) -> None:
     """Start a new chat session and open the REPL."""
-    flags = {"backend": backend, "model": model, "base_url": base_url, "system": system, "title": title,
-             "temperature": temperature, "max_tokens": max_tokens, "timeout": timeout,
-             "store": store, "model_path": model_path}
+    flags = {
+        "backend": backend,
+        "model": model,
+        "base_url": base_url,
+        "system": system,
+        "title": title,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "timeout": timeout,
+        "store": store,
+        "model_path": model_path,
+    }
     try:
         settings = get_settings(flags)
         if title is not None:
@@ -123,8 +189,13 @@ def new(
 
 @app.command()
 def resume(
-    session_id: Annotated[str, typer.Argument(
-        metavar="ID", help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.")],
+    session_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID",
+            help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.",
+        ),
+    ],
     store: StoreOpt = None,
     timeout: Timeout = None,
     base_url: BaseURL = None,
@@ -168,9 +239,16 @@ def _backend_for(settings: Settings, backend: str, model: str, base_url: str, mo
     from chatcli.backends import make_backend
 
     return make_backend(
-        backend, model=model, base_url=base_url, api_key=settings.api_key, model_path=model_path,
-        n_ctx=settings.n_ctx, threads=settings.threads, keep_alive=settings.keep_alive,
-        log_path=settings.state_dir / "local-server.log" if _ensure_dir(settings.state_dir) else None)
+        backend,
+        model=model,
+        base_url=base_url,
+        api_key=settings.api_key,
+        model_path=model_path,
+        n_ctx=settings.n_ctx,
+        threads=settings.threads,
+        keep_alive=settings.keep_alive,
+        log_path=settings.state_dir / "local-server.log" if _ensure_dir(settings.state_dir) else None,
+    )
 
 
 def _ensure_dir(path: Path) -> bool:
@@ -187,10 +265,15 @@ def _create_session(settings: Settings, store: Store) -> ConversationSession:
     backend = _backend_for(settings, settings.backend, settings.model, settings.base_url, settings.model_path)
     local = settings.backend == "local"
     return ConversationSession.create(
-        store, backend, model=backend.model, system=settings.system, title=settings.title,
+        store,
+        backend,
+        model=backend.model,
+        system=settings.system,
+        title=settings.title,
         params=GenerationParams(settings.temperature, settings.max_tokens),
         base_url="" if local else _public_url(backend.base_url),
-        model_path=str(settings.model_path) if local and settings.model_path is not None else "")
+        model_path=str(settings.model_path) if local and settings.model_path is not None else "",
+    )
 
 
 def _resume(ref: str, flags: dict[str, Any]) -> None:
@@ -206,8 +289,11 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
         sid = resolve(store, ref)
 
         def factory(s: ConversationSession) -> Backend:
-            path = settings.model_path if flags.get("model_path") else (
-                Path(s.model_path) if s.model_path else None)
+            path = (
+                settings.model_path
+                if flags.get("model_path")
+                else (Path(s.model_path) if s.model_path else None)
+            )
             base = flags.get("base_url") or s.base_url
             return _backend_for(settings, s.backend_name, s.model, base, path)
 
@@ -218,14 +304,16 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
     _run_repl(session, settings, store, notices, resumed=True)
 
 
-def _run_repl(session: ConversationSession, settings: Settings, store: Store, notices: _Notices,
-              resumed: bool) -> None:
+def _run_repl(
+    session: ConversationSession, settings: Settings, store: Store, notices: _Notices, resumed: bool
+) -> None:
     from chatcli.render import Renderer
     from chatcli.repl import Repl
     from chatcli.session import Timeouts
 
-    session.timeouts = Timeouts(connect=settings.connect_timeout, idle=settings.idle_timeout,
-                                total=settings.timeout)
+    session.timeouts = Timeouts(
+        connect=settings.connect_timeout, idle=settings.idle_timeout, total=settings.timeout
+    )
     renderer = Renderer()
     session.on_notice = renderer.notice
     notices.session = session
@@ -243,15 +331,21 @@ def _run_repl(session: ConversationSession, settings: Settings, store: Store, no
     stopped = "" if stop is None else f"\n{stop}: "
     try:  # after SIGHUP the terminal may be gone: writing to it can fail
         if session.unsaved:  # the last save failed even when quitting: say so, never "is saved"
-            renderer.error(f"{stopped}session {session.id} could not be saved: its last changes are not in "
-                           f"{store.location(session.id)}")
+            renderer.error(
+                f"{stopped}session {session.id} could not be saved: its last changes are not in "
+                f"{store.location(session.id)}"
+            )
         elif session.last_save is not None and session.last_save.spooled:
-            renderer.notice(f"{stopped}session {session.id} is kept on this machine in "
-                            f"{session.last_save.location} until {store.display} answers; `chatcli sync` or "
-                            f"`chatcli resume {session.id}{store_flag(settings)}` writes it there")
+            renderer.notice(
+                f"{stopped}session {session.id} is kept on this machine in "
+                f"{session.last_save.location} until {store.display} answers; `chatcli sync` or "
+                f"`chatcli resume {session.id}{store_flag(settings)}` writes it there"
+            )
         else:
-            renderer.info(f"{stopped}{'session' if stop else 'Session'} {session.id} is saved. Resume it with: "
-                          f"chatcli resume {session.id}{store_flag(settings)}")
+            renderer.info(
+                f"{stopped}{'session' if stop else 'Session'} {session.id} is saved. Resume it with: "
+                f"chatcli resume {session.id}{store_flag(settings)}"
+            )
     except OSError:
         if stop is None:
             raise
@@ -265,10 +359,12 @@ def _run_repl(session: ConversationSession, settings: Settings, store: Store, no
 def _terminate_on_signals() -> Iterator[None]:
     """While the REPL runs, SIGTERM and SIGHUP (the terminal closed) raise Terminated in the main thread
     instead of killing the process: a reply in progress is saved as interrupted first."""
+
     def stop(signum: int, _frame: Any) -> None:
         app = _running_prompt()
         if app is None:
             raise Terminated(signum)
+
         # At the prompt an exception raised here would land in prompt_toolkit's event loop, which reports
         # it and waits for Enter: end the prompt with it instead (call_soon_threadsafe wakes the loop).
         def end() -> None:
@@ -318,6 +414,8 @@ def main() -> None:
     except Exception as e:  # a bug: one line, and the traceback only on request
         if os.environ.get("CHATCLI_DEBUG"):
             raise
-        print(f"chatcli: internal error: {type(e).__name__}: {e} (rerun with CHATCLI_DEBUG=1 for details)",
-              file=sys.stderr)
+        print(
+            f"chatcli: internal error: {type(e).__name__}: {e} (rerun with CHATCLI_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         sys.exit(70)

@@ -19,15 +19,25 @@ if TYPE_CHECKING:
     from chatcli.stores import StoreSpec
     from chatcli.stores.base import Store
 
-StoreOpt = Annotated[str | None, typer.Option(
-    "--store", "--sessions-dir", metavar="STORE",
-    help="Where sessions are kept: a folder (default ./sessions) or a database URL: sqlite:///path/chats.db, "
-         "postgresql://user@host/db, mysql://user@host/db (env: CHATCLI_STORE; --sessions-dir is the older "
-         "name).")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        "--sessions-dir",
+        metavar="STORE",
+        help="Where sessions are kept: a folder (default ./sessions) or a database URL: sqlite:///path/chats.db, "
+        "postgresql://user@host/db, mysql://user@host/db (env: CHATCLI_STORE; --sessions-dir is the older "
+        "name).",
+    ),
+]
 AsJSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-SessionRef = Annotated[str, typer.Argument(
-    metavar="ID", help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact "
-                       "title.")]
+SessionRef = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID",
+        help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.",
+    ),
+]
 
 
 def settings(flags: dict[str, Any]) -> Settings:
@@ -43,16 +53,21 @@ def store_spec(s: Settings) -> StoreSpec:
     return parse_store(s.store)
 
 
-def open_store(s: Settings, *, spool: bool = False, notify: Callable[[str], None] | None = None,
-               sync_spool: bool = True) -> Store:
+def open_store(
+    s: Settings, *, spool: bool = False, notify: Callable[[str], None] | None = None, sync_spool: bool = True
+) -> Store:
     """The store the settings name. A database store first writes back turns a killed chatcli left in the
     local spool (told to ``notify``; not with ``sync_spool=False``); with ``spool`` it also keeps new turns
     there while the database does not answer. Raises ConfigError, StoreError."""
     from chatcli.stores import open_store as open_spec
 
     spec = store_spec(s)
-    store = open_spec(spec, timeout=s.store_timeout, ask_password=_ask_password if _interactive() else None,
-                      on_progress=_progress if sys.stderr.isatty() else None)
+    store = open_spec(
+        spec,
+        timeout=s.store_timeout,
+        ask_password=_ask_password if _interactive() else None,
+        on_progress=_progress if sys.stderr.isatty() else None,
+    )
     if not spec.is_database:
         return store
     from chatcli.stores.spool import SpoolingStore, spool_folder, spooled, sync
@@ -69,8 +84,10 @@ def open_store(s: Settings, *, spool: bool = False, notify: Callable[[str], None
             outcomes = sync(store, folder)
         except StoreUnavailable as e:
             store.close()
-            raise StoreUnavailable(f"{e}; {count(len(waiting), 'session')} with turns kept on this machine in "
-                                   f"{folder} will be written there when it answers") from None
+            raise StoreUnavailable(
+                f"{e}; {count(len(waiting), 'session')} with turns kept on this machine in "
+                f"{folder} will be written there when it answers"
+            ) from None
         for outcome in outcomes:
             if outcome.status != "open" and notify is not None:
                 notify(outcome.message)
@@ -137,6 +154,7 @@ def _ask_password(prompt: str) -> str:
 def _progress(done: int, total: int) -> None:
     """A one-line counter on the terminal while the index reads many files (the first run on a big folder)."""
     end = "\n" if done == total else ""
-    sys.stderr.write(f"\rchatcli: indexing session files: {done:,} of {total:,} (later runs read only changes)"
-                     + end)
+    sys.stderr.write(
+        f"\rchatcli: indexing session files: {done:,} of {total:,} (later runs read only changes)" + end
+    )
     sys.stderr.flush()

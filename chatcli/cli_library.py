@@ -12,8 +12,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from chatcli.cli_common import AsJSON, SessionRef, StoreOpt, exit_with, open_store, print_json, renderer, resolve, \
-    settings
+from chatcli.cli_common import (
+    AsJSON,
+    SessionRef,
+    StoreOpt,
+    exit_with,
+    open_store,
+    print_json,
+    renderer,
+    resolve,
+    settings,
+)
 from chatcli.errors import ChatcliError, ConfigError, ExportError, SessionNotFound
 from chatcli.text import count
 
@@ -33,13 +42,22 @@ def _opened(name: str | None) -> Iterator[Store]:
 
 def list_sessions(
     store_name: StoreOpt = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", metavar="N",
-                                              help="Show at most N sessions (default 50; see --all).")] = None,
-    since: Annotated[str | None, typer.Option(
-        "--since", metavar="DATE", help="Only sessions updated since DATE: YYYY-MM-DD, YYYY-MM-DDTHH:MM, or an "
-        "age like 7d, 12h.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME",
-                                              help="Only sessions whose model name contains NAME.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", metavar="N", help="Show at most N sessions (default 50; see --all)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="DATE",
+            help="Only sessions updated since DATE: YYYY-MM-DD, YYYY-MM-DDTHH:MM, or an age like 7d, 12h.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", metavar="NAME", help="Only sessions whose model name contains NAME."),
+    ] = None,
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Show every session (no limit).")] = False,
     as_json: AsJSON = False,
 ) -> None:
@@ -50,14 +68,29 @@ def list_sessions(
     try:
         cutoff = parse_date(since) if since else None
         with _opened(store_name) as st:  # only the rows shown are read
-            page = st.page(None if show_all else max(0, limit if limit is not None else 50), since=cutoff,
-                           model=model)
+            page = st.page(
+                None if show_all else max(0, limit if limit is not None else 50), since=cutoff, model=model
+            )
     except ChatcliError as e:
         exit_with(e)
     if as_json:
-        print_json([{"id": r.id, "title": r.title, "backend": r.backend, "model": r.model, "turns": r.turns,
-                     "messages": r.messages, "tokens": r.tokens, "created_at": r.created_at,
-                     "updated_at": r.updated_at, "location": r.location} for r in page.rows])
+        print_json(
+            [
+                {
+                    "id": r.id,
+                    "title": r.title,
+                    "backend": r.backend,
+                    "model": r.model,
+                    "turns": r.turns,
+                    "messages": r.messages,
+                    "tokens": r.tokens,
+                    "created_at": r.created_at,
+                    "updated_at": r.updated_at,
+                    "location": r.location,
+                }
+                for r in page.rows
+            ]
+        )
         for d in page.damaged:
             print(f"chatcli: damaged: {d.location}: {d.reason}", file=sys.stderr)
         return
@@ -69,7 +102,9 @@ def list_sessions(
 
 def show(
     session_id: SessionRef,
-    raw: Annotated[bool, typer.Option("--raw", help="The transcript as plain Markdown text, not rendered.")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The transcript as plain Markdown text, not rendered.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The snapshot itself (JSON).")] = False,
     store_name: StoreOpt = None,
 ) -> None:
@@ -86,18 +121,32 @@ def show(
     if as_json:
         sys.stdout.buffer.write(export(snap, "json"))  # JSON escapes control characters itself
     elif raw or not sys.stdout.isatty():
-        sys.stdout.write(sanitize(transcript_markdown(snap)) + "\n")  # model text never reaches a terminal raw
+        sys.stdout.write(
+            sanitize(transcript_markdown(snap)) + "\n"
+        )  # model text never reaches a terminal raw
     else:
         renderer().markdown(transcript_markdown(snap))
 
 
 def search(
-    words: Annotated[list[str], typer.Argument(metavar="TEXT", help="Words to find: a message matches when "
-                                               "it holds every word (as a word prefix; case and accents ignored).")],
-    role: Annotated[str | None, typer.Option("--role", metavar="ROLE", help="Only user, assistant or title.")] = None,
-    session: Annotated[str | None, typer.Option("--session", metavar="ID",
-                                                help="Only this session (id, prefix, last or title).")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", help="At most N hits (default 20).")] = 20,
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="TEXT",
+            help="Words to find: a message matches when "
+            "it holds every word (as a word prefix; case and accents ignored).",
+        ),
+    ],
+    role: Annotated[
+        str | None, typer.Option("--role", metavar="ROLE", help="Only user, assistant or title.")
+    ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option("--session", metavar="ID", help="Only this session (id, prefix, last or title)."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", help="At most N hits (default 20).")
+    ] = 20,
     store_name: StoreOpt = None,
     as_json: AsJSON = False,
 ) -> None:
@@ -115,15 +164,28 @@ def search(
     if as_json:
         from chatcli.snapshot import HIGHLIGHT
 
-        print_json([{"session_id": h.session_id, "title": h.title, "turn": h.turn, "role": h.role,
-                     "position": h.position,
-                     "snippet": h.snippet.replace(HIGHLIGHT[0], "").replace(HIGHLIGHT[1], "")} for h in hits])
+        print_json(
+            [
+                {
+                    "session_id": h.session_id,
+                    "title": h.title,
+                    "turn": h.turn,
+                    "role": h.role,
+                    "position": h.position,
+                    "snippet": h.snippet.replace(HIGHLIGHT[0], "").replace(HIGHLIGHT[1], ""),
+                }
+                for h in hits
+            ]
+        )
         return
     renderer().search_hits(hits, text)
 
 
-def rename(session_id: SessionRef, title: Annotated[str, typer.Argument(metavar="TITLE")],
-           store_name: StoreOpt = None) -> None:
+def rename(
+    session_id: SessionRef,
+    title: Annotated[str, typer.Argument(metavar="TITLE")],
+    store_name: StoreOpt = None,
+) -> None:
     """Give a session a new title."""
     from chatcli.library import rename as do_rename
 
@@ -138,8 +200,12 @@ def rename(session_id: SessionRef, title: Annotated[str, typer.Argument(metavar=
 
 def delete(
     session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sessions to delete.")],
-    purge: Annotated[bool, typer.Option("--purge", help="Remove for good instead of moving to the trash.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")] = False,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Remove for good instead of moving to the trash.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")
+    ] = False,
     store_name: StoreOpt = None,
 ) -> None:
     """Move sessions to the trash (`chatcli restore ID` undoes it), or remove them for good with --purge."""
@@ -161,7 +227,9 @@ def delete(
                         raise SessionNotFound(f"{missing}; nor is it in the trash") from None
             if purge and not yes:
                 if not sys.stdin.isatty():
-                    raise ConfigError("--purge removes sessions for good: confirm with --yes when not at a terminal")
+                    raise ConfigError(
+                        "--purge removes sessions for good: confirm with --yes when not at a terminal"
+                    )
                 listed = ", ".join(sid for sid, _ in ids)
                 answer = input(f"Remove {count(len(ids), 'session')} for good ({listed})? [y/N] ")
                 if answer.strip().lower() not in ("y", "yes"):
@@ -178,8 +246,10 @@ def delete(
         exit_with(e)
 
 
-def restore(session_id: Annotated[str, typer.Argument(metavar="ID", help="A trashed session's id or prefix.")],
-            store_name: StoreOpt = None) -> None:
+def restore(
+    session_id: Annotated[str, typer.Argument(metavar="ID", help="A trashed session's id or prefix.")],
+    store_name: StoreOpt = None,
+) -> None:
     """Bring a session back from the trash."""
     from chatcli.library import resolve_trashed
 
@@ -193,8 +263,10 @@ def restore(session_id: Annotated[str, typer.Argument(metavar="ID", help="A tras
 
 
 def prune(
-    older_than: Annotated[str, typer.Option("--older-than", metavar="AGE",
-                                            help="Sessions not updated for AGE, e.g. 30d, 12h, 2w.")],
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", metavar="AGE", help="Sessions not updated for AGE, e.g. 30d, 12h, 2w."),
+    ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be moved.")] = False,
     store_name: StoreOpt = None,
 ) -> None:
@@ -225,9 +297,15 @@ def prune(
 
 def export_cmd(
     session_id: SessionRef,
-    fmt: Annotated[str, typer.Option("--format", "-f", metavar="md|json|jsonl", help="Output format.")] = "md",
-    output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE",
-                                                help="Write to FILE (refuses to overwrite) instead of stdout.")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", metavar="md|json|jsonl", help="Output format.")
+    ] = "md",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write to FILE (refuses to overwrite) instead of stdout."
+        ),
+    ] = None,
     store_name: StoreOpt = None,
 ) -> None:
     """Export a session as Markdown, its JSON snapshot, or JSON Lines (one message per line)."""
@@ -255,9 +333,16 @@ def export_cmd(
     renderer().info(f"Wrote {output} ({len(data):,} bytes).")
 
 
-def import_cmd(file: Annotated[Path, typer.Argument(metavar="FILE", help="A chatcli session file, an "
-                                                    "OpenAI-style {\"messages\": [...]} or a list of messages.")],
-               store_name: StoreOpt = None) -> None:
+def import_cmd(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help='A chatcli session file, an OpenAI-style {"messages": [...]} or a list of messages.',
+        ),
+    ],
+    store_name: StoreOpt = None,
+) -> None:
     """Import a conversation as a new session (never overwrites one)."""
     from chatcli.library import import_file
 
@@ -270,10 +355,13 @@ def import_cmd(file: Annotated[Path, typer.Argument(metavar="FILE", help="A chat
     print(sid)
 
 
-def fork(session_id: SessionRef,
-         at: Annotated[int | None, typer.Option("--at", metavar="TURN",
-                                                help="Keep the first TURN turns (default: all).")] = None,
-         store_name: StoreOpt = None) -> None:
+def fork(
+    session_id: SessionRef,
+    at: Annotated[
+        int | None, typer.Option("--at", metavar="TURN", help="Keep the first TURN turns (default: all).")
+    ] = None,
+    store_name: StoreOpt = None,
+) -> None:
     """Start a new session from a copy of another's first turns (branch a conversation)."""
     from chatcli.library import fork as do_fork
 
@@ -298,9 +386,22 @@ def stats(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
             totals["store"] = st.display
     except ChatcliError as e:
         exit_with(e)
-    order = ("sessions", "active_7d", "messages", "user_messages", "assistant_messages", "mean_messages",
-             "characters", "prompt_tokens", "completion_tokens", "cached_tokens", "models", "damaged", "bytes",
-             "store")
+    order = (
+        "sessions",
+        "active_7d",
+        "messages",
+        "user_messages",
+        "assistant_messages",
+        "mean_messages",
+        "characters",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "models",
+        "damaged",
+        "bytes",
+        "store",
+    )
     totals["active_7d"] = totals.pop("active")
     totals["mean_messages"] = round(totals["messages"] / totals["sessions"], 1) if totals["sessions"] else 0
     totals = {k: totals[k] for k in order}

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from chatcli.cli_common import AsJSON, StoreOpt, exit_with, open_store, print_json, renderer, settings
-from chatcli.errors import ChatcliError
+from chatcli.errors import ChatcliError, ConfigError
 from chatcli.text import count
 
 
@@ -26,7 +26,9 @@ def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
         st = open_store(s, sync_spool=False)
         try:
             if not isinstance(st, SQLStore):
-                out.info(f"{st.display} is a folder: every turn is written to it directly, there is nothing to sync.")
+                out.info(
+                    f"{st.display} is a folder: every turn is written to it directly, there is nothing to sync."
+                )
                 return
             folder = spool_folder(s.state_dir, st.display)
             outcomes = do_sync(st, folder) if spooled(folder) else []
@@ -36,8 +38,12 @@ def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
     except ChatcliError as e:
         exit_with(e)
     if as_json:
-        print_json([{"session_id": o.session_id, "status": o.status, "message": o.message, "path": str(o.path)}
-                    for o in outcomes])
+        print_json(
+            [
+                {"session_id": o.session_id, "status": o.status, "message": o.message, "path": str(o.path)}
+                for o in outcomes
+            ]
+        )
     else:
         for o in outcomes:
             (out.info if o.status == "synced" else out.notice)(o.message)
@@ -48,9 +54,15 @@ def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
 
 
 def migrate(
-    to: Annotated[str, typer.Option("--to", metavar="STORE", help="The store to copy into (a folder or a URL).")],
-    source: Annotated[str | None, typer.Option(
-        "--from", metavar="STORE", help="The store to copy from (default: the configured store).")] = None,
+    to: Annotated[
+        str, typer.Option("--to", metavar="STORE", help="The store to copy into (a folder or a URL).")
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="STORE", help="The store to copy from (default: the configured store)."
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be copied.")] = False,
     as_json: AsJSON = False,
 ) -> None:
@@ -66,8 +78,10 @@ def migrate(
             dst = open_store(settings({"store": to}))
             try:
                 if src.display == dst.display:
-                    raise ChatcliError(f"--from and --to are the same store ({src.display})")
-                report = do_migrate(src, dst, dry_run=dry_run, on_session=_progress if sys.stderr.isatty() else None)
+                    raise ConfigError(f"--from and --to are the same store ({src.display})")
+                report = do_migrate(
+                    src, dst, dry_run=dry_run, on_session=_progress if sys.stderr.isatty() else None
+                )
             finally:
                 dst.close()
         finally:
@@ -75,13 +89,23 @@ def migrate(
     except ChatcliError as e:
         exit_with(e)
     if as_json:
-        print_json({"from": src.display, "to": dst.display, "dry_run": dry_run, "copied": report.copied,
-                    "same": report.same, "differs": report.differs,
-                    "damaged": [{"location": w, "reason": r} for w, r in report.damaged]})
+        print_json(
+            {
+                "from": src.display,
+                "to": dst.display,
+                "dry_run": dry_run,
+                "copied": report.copied,
+                "same": report.same,
+                "differs": report.differs,
+                "damaged": [{"location": w, "reason": r} for w, r in report.damaged],
+            }
+        )
     else:
         verb = "would copy" if dry_run else "copied"
-        out.info(f"{src.display} → {dst.display}: {verb} {count(len(report.copied), 'session')}; "
-                 f"{len(report.same):,} already there")
+        out.info(
+            f"{src.display} → {dst.display}: {verb} {count(len(report.copied), 'session')}; "
+            f"{len(report.same):,} already there"
+        )
         for sid in report.differs:
             out.notice(f"{sid} is in both stores with different content: left as it is in {dst.display}")
         for where, why in report.damaged:

@@ -1,8 +1,9 @@
 """Settings: command-line flags > environment > TOML config file > defaults.
 
 Environment: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OLLAMA_HOST``, ``CHATCLI_STORE`` (where sessions
-are kept: a folder or a database URL; ``CHATCLI_SESSIONS_DIR`` is the older name), ``CHATCLI_BACKEND``, ``CHATCLI_MODEL``, ``CHATCLI_CONFIG`` (the config file's path), ``CHATCLI_STATE_DIR``
-(input history, model server log), ``NO_COLOR``. The config file (default: the platform's user config
+are kept: a folder or a database URL; ``CHATCLI_SESSIONS_DIR`` is the older name), ``CHATCLI_BACKEND``,
+``CHATCLI_MODEL``, ``CHATCLI_CONFIG`` (the config file's path), ``CHATCLI_STATE_DIR`` (input history, model
+server log), ``NO_COLOR``. The config file (default: the platform's user config
 folder, e.g. ``~/.config/chatcli/config.toml``) takes the keys in ``FILE_KEYS``.
 
 An API key is read here and handed to the backend; it is never written to a session file.
@@ -21,29 +22,42 @@ BACKENDS = ("local", "openai", "ollama")
 
 #: keys the config file may hold, with their types
 FILE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "backend": str, "model": str, "base_url": str, "system": str, "temperature": (int, float),
-    "max_tokens": int, "timeout": (int, float), "connect_timeout": (int, float), "idle_timeout": (int, float),
-    "store": str, "sessions_dir": str, "store_timeout": (int, float), "model_path": str, "n_ctx": int,
-    "threads": int, "keep_alive": str,
+    "backend": str,
+    "model": str,
+    "base_url": str,
+    "system": str,
+    "temperature": (int, float),
+    "max_tokens": int,
+    "timeout": (int, float),
+    "connect_timeout": (int, float),
+    "idle_timeout": (int, float),
+    "store": str,
+    "sessions_dir": str,
+    "store_timeout": (int, float),
+    "model_path": str,
+    "n_ctx": int,
+    "threads": int,
+    "keep_alive": str,
 }
 DEFAULT_STORE = "sessions"
+
 
 @dataclass
 class Settings:
     """Everything a command needs to open a session. Times are in seconds."""
 
     backend: str = "local"
-    model: str = ""              # "" = the backend's default
-    base_url: str = ""           # "" = the backend's default
+    model: str = ""  # "" = the backend's default
+    base_url: str = ""  # "" = the backend's default
     api_key: str | None = field(default=None, repr=False)
     system: str = ""
     title: str = ""
     temperature: float | None = None
     max_tokens: int | None = None
-    timeout: float = 600.0       # whole turn
+    timeout: float = 600.0  # whole turn
     connect_timeout: float = 10.0
     idle_timeout: float = 120.0
-    store: str = DEFAULT_STORE    # a folder path or a store URL (see chatcli.stores); may hold a password
+    store: str = DEFAULT_STORE  # a folder path or a store URL (see chatcli.stores); may hold a password
     store_timeout: float = 10.0  # seconds a database statement or connection attempt may take
     model_path: Path | None = None
     n_ctx: int = 8192
@@ -104,8 +118,12 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     # The store's older name, sessions_dir, gives way to store at the same level (file < env < flag).
     if "sessions_dir" in merged:
         merged.setdefault("store", merged.pop("sessions_dir"))
-    env_map = {"CHATCLI_BACKEND": "backend", "CHATCLI_MODEL": "model", "CHATCLI_SESSIONS_DIR": "store",
-               "CHATCLI_STORE": "store"}
+    env_map = {
+        "CHATCLI_BACKEND": "backend",
+        "CHATCLI_MODEL": "model",
+        "CHATCLI_SESSIONS_DIR": "store",
+        "CHATCLI_STORE": "store",
+    }
     for var, key in env_map.items():
         if env.get(var):
             merged[key] = env[var]
@@ -129,8 +147,13 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     if base_url and not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"base URL {base_url!r} must start with http:// or https://")
 
-    s = Settings(backend=backend, base_url=base_url, config_path=path, state_dir=state_dir(env),
-                 api_key=env.get("OPENAI_API_KEY") or None)
+    s = Settings(
+        backend=backend,
+        base_url=base_url,
+        config_path=path,
+        state_dir=state_dir(env),
+        api_key=env.get("OPENAI_API_KEY") or None,
+    )
     for f in fields(Settings):
         if f.name in merged and f.name not in ("backend", "base_url"):
             setattr(s, f.name, merged[f.name])

@@ -42,7 +42,9 @@ class SessionEdits:
         live = [i for i in range(self.context_start, len(self.messages)) if self.messages[i].dropped is None]
         users = [i for i in live if self.messages[i].role == "user"]
         if not users:
-            raise NothingToDo("there is no turn to undo" + (" since the last clear" if self.context_start else ""))
+            raise NothingToDo(
+                "there is no turn to undo" + (" since the last clear" if self.context_start else "")
+            )
         for i in live:
             if i >= users[-1]:
                 self.messages[i].dropped = "undone"
@@ -54,14 +56,16 @@ class SessionEdits:
         """Bring back the turn the last ``undo`` took back, if nothing was said after it. Returns its user
         message. Raises NothingToDo, SaveError."""
         tail: list[Message] = []
-        for m in reversed(self.messages[self.context_start:]):
+        for m in reversed(self.messages[self.context_start :]):
             if m.dropped is None:
                 break
             tail.append(m)
         start = next((k for k, m in enumerate(tail) if m.role == "user" and m.dropped == "undone"), None)
         if start is None:
-            raise NothingToDo("there is no undone turn to bring back (after new turns it stays readable with "
-                              "`chatcli show`)")
+            raise NothingToDo(
+                "there is no undone turn to bring back (after new turns it stays readable with "
+                "`chatcli show`)"
+            )
         turn = list(reversed(tail[: start + 1]))
         for m in turn:
             if m.dropped == "undone":
@@ -77,8 +81,10 @@ class SessionEdits:
         if not name or name == self.model:
             raise NothingToDo(f"the model is already {self.model}")
         if self.backend_name == "local":
-            raise ConfigError("the local backend serves one model file; start a session with "
-                              "`chatcli new --model-path FILE` to use another")
+            raise ConfigError(
+                "the local backend serves one model file; start a session with "
+                "`chatcli new --model-path FILE` to use another"
+            )
         if self.backend is not None:
             self.backend.model = name
         self._record_change("model", self.model, name)
@@ -103,9 +109,9 @@ class SessionEdits:
         self.save()
 
     def _record_change(self, what: str, old: str, new: str) -> None:
-        self.changes.append({"at": len(self.messages), "what": what, "from": old, "to": new,
-                             "created_at": utc_now()})
-
+        self.changes.append(
+            {"at": len(self.messages), "what": what, "from": old, "to": new, "created_at": utc_now()}
+        )
 
     def clear(self) -> int:
         """Start the next turn from an empty context (system prompt kept). Earlier messages stay in the

@@ -5,6 +5,7 @@ Every exception here carries a message written for the user: one sentence they c
     ChatcliError
     ├── ConfigError                    bad flag, environment variable or config file value
     ├── NothingToDo                    a REPL command with nothing to act on (undo with no turn, ...)
+    ├── CommandError                   a REPL line that starts with / but names no command, or misuses one
     ├── ImportFileError                a file given to `import` that holds no conversation chatcli can read
     ├── ExportError                    an export that cannot be written (the file exists, no permission)
     ├── SessionError
@@ -47,6 +48,10 @@ class ConfigError(ChatcliError):
 
 class NothingToDo(ChatcliError):
     """A command that had nothing to act on (``undo`` with no turn, ``retry`` with no reply, ...)."""
+
+
+class CommandError(ChatcliError):
+    """``/word`` that is no REPL command, or a command given arguments it does not take."""
 
 
 class ImportFileError(ChatcliError):
@@ -148,8 +153,9 @@ class ModelNotFound(BackendHTTPError):
 class RateLimited(BackendHTTPError):
     """429. ``retry_after`` is the server's Retry-After in seconds, or None when it gave none."""
 
-    def __init__(self, message: str, status: int, server_message: str = "",
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, status: int, server_message: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(message, status, server_message)
         self.retry_after = retry_after
 

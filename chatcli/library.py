@@ -21,12 +21,21 @@ from chatcli.errors import (
     SessionNotFound,
     SnapshotError,
 )
-from chatcli.snapshot import FORMAT, VERSION, Snapshot, is_valid_id, new_session_id, resolve, title_from, \
-    validate_snapshot
+from chatcli.snapshot import (
+    FORMAT,
+    VERSION,
+    Snapshot,
+    is_valid_id,
+    new_session_id,
+    resolve,
+    title_from,
+    validate_snapshot,
+)
 from chatcli.text import count
 
 if TYPE_CHECKING:
     from chatcli.stores.base import Store
+
 
 def check_title(title: str) -> str:
     """``title`` stripped, or ConfigError if it holds control characters or is too long (200)."""
@@ -100,7 +109,9 @@ def parse_date(text: str) -> str:
     try:
         when = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"{text!r} is not a date: use YYYY-MM-DD, YYYY-MM-DDTHH:MM or an age like 7d") from None
+        raise ConfigError(
+            f"{text!r} is not a date: use YYYY-MM-DD, YYYY-MM-DDTHH:MM or an age like 7d"
+        ) from None
     if when.tzinfo is None:
         when = when.astimezone()  # a date typed by a person is in their local time
     return iso(when)
@@ -140,8 +151,10 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
         elif isinstance(data, list):
             messages, kind = data, "list of messages"
         else:
-            raise ImportFileError(f"{path} is neither a chatcli session, an object with a \"messages\" list, "
-                                  f"nor a list of messages")
+            raise ImportFileError(
+                f'{path} is neither a chatcli session, an object with a "messages" list, '
+                f"nor a list of messages"
+            )
         snap = _snapshot_from_messages(messages, path, data if isinstance(data, dict) else {})
     snap["updated_at"] = utc_now()
     lock = store.lock(snap["id"])
@@ -162,7 +175,9 @@ def _try_jsonl(raw: bytes, path: Path) -> Any:
         try:
             rows.append(orjson.loads(line))
         except orjson.JSONDecodeError:
-            raise ImportFileError(f"{path} is not JSON (nor JSON Lines: line {n} is not valid JSON)") from None
+            raise ImportFileError(
+                f"{path} is not JSON (nor JSON Lines: line {n} is not valid JSON)"
+            ) from None
     if not rows:
         raise ImportFileError(f"{path} is empty")
     return rows
@@ -177,9 +192,13 @@ def _snapshot_from_messages(messages: list[Any], path: Path, extra: dict[str, An
             raise ImportFileError(f"{path}: message {i} is not an object")
         role, content = m.get("role"), m.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            content = "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            )
         if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise ImportFileError(f"{path}: message {i} needs a role (system, user or assistant) and text content")
+            raise ImportFileError(
+                f"{path}: message {i} needs a role (system, user or assistant) and text content"
+            )
         if role == "system":
             system_parts.append(content)
             continue
@@ -189,9 +208,21 @@ def _snapshot_from_messages(messages: list[Any], path: Path, extra: dict[str, An
     title = extra.get("title") if isinstance(extra.get("title"), str) else ""
     first_user = next((m["content"] for m in out if m["role"] == "user"), "")
     model = extra.get("model") if isinstance(extra.get("model"), str) else "imported"
-    return {"format": FORMAT, "version": VERSION, "id": new_session_id(), "title": title or title_from(first_user),
-            "created_at": now, "updated_at": now, "backend": "openai", "model": model, "base_url": "",
-            "params": {}, "system": "\n\n".join(system_parts), "context_start": 0, "messages": out}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "id": new_session_id(),
+        "title": title or title_from(first_user),
+        "created_at": now,
+        "updated_at": now,
+        "backend": "openai",
+        "model": model,
+        "base_url": "",
+        "params": {},
+        "system": "\n\n".join(system_parts),
+        "context_start": 0,
+        "messages": out,
+    }
 
 
 # -- fork ------------------------------------------------------------------------------------------------
@@ -210,16 +241,24 @@ def fork(store: Store, snap: Snapshot, at_turn: int | None = None) -> str:
                     cut = i
                     break
         if turn < at_turn:
-            raise ConfigError(f"session {snap['id']} has only {count(turn, 'turn')}; --at {at_turn} is past its end")
+            raise ConfigError(
+                f"session {snap['id']} has only {count(turn, 'turn')}; --at {at_turn} is past its end"
+            )
     new = dict(snap)
     changes = [c for c in snap.get("changes", []) if isinstance(c, dict) and isinstance(c.get("at"), int)]
     for c in reversed(changes):  # settings as they were at the cut: undo the changes made after it
         if c["at"] > cut and c.get("what") in ("model", "system") and isinstance(c.get("from"), str):
             new[c["what"]] = c["from"]
     now = utc_now()
-    new.update(id=new_session_id(), created_at=now, updated_at=now, messages=[dict(m) for m in messages[:cut]],
-               context_start=min(snap["context_start"], cut), forked_from=snap["id"],
-               title=(snap["title"] + " (fork)") if snap["title"] else "")
+    new.update(
+        id=new_session_id(),
+        created_at=now,
+        updated_at=now,
+        messages=[dict(m) for m in messages[:cut]],
+        context_start=min(snap["context_start"], cut),
+        forked_from=snap["id"],
+        title=(snap["title"] + " (fork)") if snap["title"] else "",
+    )
     new["changes"] = [c for c in changes if c["at"] <= cut]
     if not new["changes"]:
         del new["changes"]
@@ -247,8 +286,9 @@ class MigrationReport:
     damaged: list[tuple[str, str]] = field(default_factory=list)
 
 
-def migrate(src: Store, dst: Store, *, dry_run: bool = False,
-            on_session: Callable[[int, int], None] | None = None) -> MigrationReport:
+def migrate(
+    src: Store, dst: Store, *, dry_run: bool = False, on_session: Callable[[int, int], None] | None = None
+) -> MigrationReport:
     """Copy every session of ``src``, the trash included (it stays in the trash), into ``dst``, losslessly:
     each snapshot arrives field by field as it was, unknown keys too. A session already in ``dst`` is left
     alone: reported as ``same`` when equal, ``differs`` when not (live in one and trashed in the other
@@ -274,5 +314,15 @@ def migrate(src: Store, dst: Store, *, dry_run: bool = False,
     return report
 
 
-__all__ = ["MigrationReport", "check_title", "fork", "import_file", "migrate",
-           "older_than", "parse_age", "parse_date", "rename", "resolve_trashed"]
+__all__ = [
+    "MigrationReport",
+    "check_title",
+    "fork",
+    "import_file",
+    "migrate",
+    "older_than",
+    "parse_age",
+    "parse_date",
+    "rename",
+    "resolve_trashed",
+]

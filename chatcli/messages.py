@@ -72,20 +72,31 @@ class Message:
         cached: dict[str, Any] | None = self.__dict__.get("_json")
         if cached is not None:
             return cached
-        d: dict[str, Any] = {"role": self.role, "content": self.content, "created_at": self.created_at,
-                             "status": self.status}
+        d: dict[str, Any] = {
+            "role": self.role,
+            "content": self.content,
+            "created_at": self.created_at,
+            "status": self.status,
+        }
         for key in ("finish_reason", "model", "error", "dropped"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
         if self.usage is not None:
             u = self.usage
-            d["usage"] = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                          "cached_tokens": u.cached_tokens}
+            d["usage"] = {
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "cached_tokens": u.cached_tokens,
+            }
         if self.timings is not None:
             t = self.timings
-            d["timings"] = {"ttft_s": t.ttft_s, "duration_s": t.duration_s,
-                            "tokens_per_second": t.tokens_per_second, "server": t.server}
+            d["timings"] = {
+                "ttft_s": t.ttft_s,
+                "duration_s": t.duration_s,
+                "tokens_per_second": t.tokens_per_second,
+                "server": t.server,
+            }
         if self.status != "streaming":
             self.__dict__["_json"] = d
         return d
@@ -100,17 +111,29 @@ class Message:
         usage = d.get("usage")
         timings = d.get("timings")
         return cls(
-            role=d["role"], content=d["content"], created_at=_str_or(d.get("created_at"), ""),
-            status=status, finish_reason=_str_or(d.get("finish_reason"), None),
-            usage=Usage(**{k: _int_or_none(usage.get(k)) for k in ("prompt_tokens", "completion_tokens",
-                                                                     "cached_tokens")})
-            if isinstance(usage, dict) else None,
+            role=d["role"],
+            content=d["content"],
+            created_at=_str_or(d.get("created_at"), ""),
+            status=status,
+            finish_reason=_str_or(d.get("finish_reason"), None),
+            usage=Usage(
+                **{
+                    k: _int_or_none(usage.get(k))
+                    for k in ("prompt_tokens", "completion_tokens", "cached_tokens")
+                }
+            )
+            if isinstance(usage, dict)
+            else None,
             timings=Timings(
-                ttft_s=_num_or_none(timings.get("ttft_s")), duration_s=_num_or_none(timings.get("duration_s")),
+                ttft_s=_num_or_none(timings.get("ttft_s")),
+                duration_s=_num_or_none(timings.get("duration_s")),
                 tokens_per_second=_num_or_none(timings.get("tokens_per_second")),
                 server=timings.get("server") if isinstance(timings.get("server"), dict) else None,
-            ) if isinstance(timings, dict) else None,
-            model=_str_or(d.get("model"), None), error=_str_or(d.get("error"), None),
+            )
+            if isinstance(timings, dict)
+            else None,
+            model=_str_or(d.get("model"), None),
+            error=_str_or(d.get("error"), None),
             dropped=d["dropped"] if d.get("dropped") in DROPPED else None,
         )
 
@@ -139,7 +162,9 @@ class GenerationParams:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GenerationParams:
-        return cls(temperature=_num_or_none(d.get("temperature")), max_tokens=_int_or_none(d.get("max_tokens")))
+        return cls(
+            temperature=_num_or_none(d.get("temperature")), max_tokens=_int_or_none(d.get("max_tokens"))
+        )
 
 
 @dataclass
@@ -166,7 +191,7 @@ class Stats:
     mean_ttft_s: float | None
     last_tokens_per_second: float | None
     mean_tokens_per_second: float | None
-    location: str               # where the session is kept: a file path, or a database and the id
-    stored_bytes: int | None    # the snapshot file's size (None: a database keeps it in rows)
+    location: str  # where the session is kept: a file path, or a database and the id
+    stored_bytes: int | None  # the snapshot file's size (None: a database keeps it in rows)
     last_saved_at: str | None
     context_messages: int

@@ -68,12 +68,12 @@ class ReplyView:
         self.err = err or console  # where notices go when there is no live view (stdout is not a terminal)
         self.live_mode = console.is_terminal
         self._label = label
-        self._lines: list[str] = []    # finished lines of the block being streamed
+        self._lines: list[str] = []  # finished lines of the block being streamed
         self._partial: list[str] = []  # pieces of the line being streamed (no newline yet)
         self._in_fence = False
-        self._fence = ""               # the open fence's marker (``` or ~~~) ...
-        self._fence_line = ""          # ... and its whole opening line (keeps the language)
-        self._final = False            # finish(): render the last block whole
+        self._fence = ""  # the open fence's marker (``` or ~~~) ...
+        self._fence_line = ""  # ... and its whole opening line (keeps the language)
+        self._final = False  # finish(): render the last block whole
         self._live: Any = None
         self._spinner: Any = None
         self.chars = 0
@@ -84,9 +84,16 @@ class ReplyView:
             from rich.spinner import Spinner
 
             self._spinner = Spinner("dots", text=self._label, style="dim")
-            self._live = Live(console=self.console, get_renderable=self._renderable, auto_refresh=True,
-                              refresh_per_second=REFRESH_PER_SECOND, transient=False,
-                              redirect_stdout=False, redirect_stderr=False, vertical_overflow="crop")
+            self._live = Live(
+                console=self.console,
+                get_renderable=self._renderable,
+                auto_refresh=True,
+                refresh_per_second=REFRESH_PER_SECOND,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                vertical_overflow="crop",
+            )
             self._live.start()
         return self
 
@@ -191,7 +198,7 @@ class ReplyView:
         width, height = self.console.size
         rows = max(4, height - 4)  # room for the margins Markdown adds
         if len(partial) > width * rows:
-            partial = "…" + partial[-width * rows:]
+            partial = "…" + partial[-width * rows :]
         rows -= len(partial) // max(1, width) + 1
         shown: list[str] = []
         for line in reversed(self._lines):
@@ -243,7 +250,8 @@ class Renderer:
         title = f" · {session.title}" if session.title else ""
         self.console.print(
             f"[bold]{what} session {session.id}[/]{_esc(sanitize(title))} [dim]· "
-            f"{_esc(session.backend_name)}/{_esc(sanitize(session.model))} · {help_hint}[/]")
+            f"{_esc(session.backend_name)}/{_esc(sanitize(session.model))} · {help_hint}[/]"
+        )
 
     def history(self, session: ConversationSession, last: int | None) -> None:
         """The last ``last`` turns (all when None), with statuses and where ``clear`` cut the context."""
@@ -255,7 +263,9 @@ class Renderer:
         if len(shown) < len(turns):
             self.info(f"… {count(len(turns) - len(shown), 'earlier turn')} not shown (history N shows more)")
         index = {id(m): i for i, m in enumerate(session.messages)}
-        first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
+        first_system = next(
+            (c.get("from") for c in session.changes if c.get("what") == "system"), session.system
+        )
         if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
             self.console.print(f"[dim]system:[/] {_esc(sanitize(first_system))}")
         cut_shown = False
@@ -271,8 +281,9 @@ class Renderer:
             self.console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
             self.console.print(_esc(sanitize(user.content)), markup=False, highlight=False)
             if reply is not None:
-                self.console.print(f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]"
-                                   + _status_tag(reply))
+                self.console.print(
+                    f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]" + _status_tag(reply)
+                )
                 self.markdown(reply.content)
             self.console.print()
         for c in changes:
@@ -291,15 +302,25 @@ class Renderer:
         t.add_column(style="bold", no_wrap=True)
         t.add_column(overflow="fold")  # a long snapshot path wraps instead of being cut with "…"
         order = {"user": 0, "assistant": 1}
-        roles = ", ".join(f"{n} {r}" for r, n in sorted(s.messages_by_role.items(),
-                                                        key=lambda kv: order.get(kv[0], 2))) or "none"
+        roles = (
+            ", ".join(
+                f"{n} {r}" for r, n in sorted(s.messages_by_role.items(), key=lambda kv: order.get(kv[0], 2))
+            )
+            or "none"
+        )
         t.add_row("turns", str(s.turns))
-        t.add_row("messages", f"{sum(s.messages_by_role.values())} ({roles}); {s.context_messages} in context")
+        t.add_row(
+            "messages", f"{sum(s.messages_by_role.values())} ({roles}); {s.context_messages} in context"
+        )
         t.add_row("characters", f"{s.characters:,}")
-        t.add_row("tokens", f"{s.prompt_tokens:,} prompt · {s.completion_tokens:,} completion · "
-                            f"{s.cached_tokens:,} cached")
+        t.add_row(
+            "tokens",
+            f"{s.prompt_tokens:,} prompt · {s.completion_tokens:,} completion · {s.cached_tokens:,} cached",
+        )
         t.add_row("time to first token", f"last {_secs(s.last_ttft_s)} · mean {_secs(s.mean_ttft_s)}")
-        t.add_row("tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}")
+        t.add_row(
+            "tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}"
+        )
         size = f" ({s.stored_bytes:,} bytes)" if s.stored_bytes is not None else ""
         t.add_row("stored in", f"{_esc(s.location)}{size}")
         t.add_row("last saved", s.last_saved_at or "not in this run")
@@ -314,8 +335,9 @@ class Renderer:
         # At a terminal the table fits the screen (titles cut with …); piped or redirected it is printed at
         # its natural width, so nothing is cut from what a script or a pager reads.
         fit = self.console.is_terminal
-        t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", expand=fit,
-                  padding=(0, 2, 0, 0))
+        t = Table(
+            show_edge=False, pad_edge=False, box=None, header_style="bold", expand=fit, padding=(0, 2, 0, 0)
+        )
         t.add_column("id", no_wrap=True, min_width=20)
         t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True, min_width=12)
         t.add_column("backend/model", no_wrap=True, overflow="ellipsis", max_width=24 if fit else None)
@@ -323,12 +345,19 @@ class Renderer:
         t.add_column("tokens", justify="right", no_wrap=True)
         t.add_column("updated", no_wrap=True)
         for r in rows:
-            t.add_row(r.id, _esc(sanitize(r.title)) or "[dim](untitled)[/]", _esc(sanitize(f"{r.backend}/{r.model}")),
-                      str(r.turns), f"{r.tokens:,}", short_time(r.updated_at))
+            t.add_row(
+                r.id,
+                _esc(sanitize(r.title)) or "[dim](untitled)[/]",
+                _esc(sanitize(f"{r.backend}/{r.model}")),
+                str(r.turns),
+                f"{r.tokens:,}",
+                short_time(r.updated_at),
+            )
         self._print_table(t)
         for d in damaged:
-            self.err.print(f"[yellow]damaged:[/] {_esc(d.location)}: {_esc(sanitize(d.reason))}",
-                           soft_wrap=True)
+            self.err.print(
+                f"[yellow]damaged:[/] {_esc(d.location)}: {_esc(sanitize(d.reason))}", soft_wrap=True
+            )
 
     def search_hits(self, hits: list[SearchHit], query: str) -> None:
         """Search results: per hit a header line (session id, title, turn, role) and the snippet with the
@@ -340,8 +369,11 @@ class Renderer:
             return
         for h in hits:
             where = "title" if h.role == "title" else f"turn {h.turn} · {h.role}"
-            self.console.print(f"[bold]{h.session_id}[/] [dim]·[/] {_esc(sanitize(h.title)) or '(untitled)'} "
-                               f"[dim]· {where}[/]", soft_wrap=True)
+            self.console.print(
+                f"[bold]{h.session_id}[/] [dim]·[/] {_esc(sanitize(h.title)) or '(untitled)'} "
+                f"[dim]· {where}[/]",
+                soft_wrap=True,
+            )
             snippet = h.snippet.replace(_MARK_ON, "").replace(_MARK_OFF, "")
             snippet = snippet.replace(HIGHLIGHT[0], _MARK_ON).replace(HIGHLIGHT[1], _MARK_OFF)
             snippet = " ".join(sanitize(snippet).split())  # one line: newlines in a message become spaces
@@ -357,14 +389,23 @@ class Renderer:
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
-        table.add_row("sessions", f"{t['sessions']:,} ({t['active_7d']:,} active in the last 7 days)"
-                      + (f"; {count(t['damaged'], 'damaged file')}" if t["damaged"] else ""))
-        table.add_row("messages", f"{t['messages']:,} ({t['user_messages']:,} user, "
-                                  f"{t['assistant_messages']:,} assistant); "
-                                  f"{t['mean_messages']} per session on average")
+        table.add_row(
+            "sessions",
+            f"{t['sessions']:,} ({t['active_7d']:,} active in the last 7 days)"
+            + (f"; {count(t['damaged'], 'damaged file')}" if t["damaged"] else ""),
+        )
+        table.add_row(
+            "messages",
+            f"{t['messages']:,} ({t['user_messages']:,} user, "
+            f"{t['assistant_messages']:,} assistant); "
+            f"{t['mean_messages']} per session on average",
+        )
         table.add_row("characters", f"{t['characters']:,}")
-        table.add_row("tokens", f"{t['prompt_tokens']:,} prompt · {t['completion_tokens']:,} completion · "
-                                f"{t['cached_tokens']:,} cached")
+        table.add_row(
+            "tokens",
+            f"{t['prompt_tokens']:,} prompt · {t['completion_tokens']:,} completion · "
+            f"{t['cached_tokens']:,} cached",
+        )
         models = ", ".join(f"{_esc(sanitize(m))} ({n:,})" for m, n in t["models"][:10]) or "none"
         if len(t["models"]) > 10:
             models += f", … {len(t['models']) - 10} more"

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatcli.errors import BackendError, ChatcliError, SaveError, SessionTimeoutError, Terminated
+from chatcli.errors import (
+    BackendError,
+    ChatcliError,
+    CommandError,
+    NothingToDo,
+    SaveError,
+    SessionTimeoutError,
+    Terminated,
+)
 from chatcli.snapshot import valid_unicode
 from chatcli.text import count
 from chatcli.transcript import EXPORT_FORMATS
@@ -31,40 +39,60 @@ RESUME_TURNS = 20  # turns shown on resume (`history` shows all), so a long sess
 _KEPT = "your message is kept in memory and will be saved at the next attempt"
 
 
+def _none(args: list[str]) -> bool:
+    return not args
+
+
+def _one_of(*choices: str) -> Callable[[list[str]], bool]:
+    return lambda args: not args or (len(args) == 1 and args[0].lower() in choices)
+
+
 @dataclass(frozen=True)
 class Command:
+    """One REPL command, declared once: its ``name`` and ``aliases``; ``usage`` and ``summary`` for
+    ``help``; ``accepts(args)``, whether the words after it make a line this command (else the line is a
+    message); ``free_text`` when its argument is any text (then it needs the leading slash); and
+    ``handler``, the Repl method that runs it with the arguments."""
+
     name: str
     usage: str
     summary: str
+    handler: str
+    accepts: Callable[[list[str]], bool] = _none
     aliases: tuple[str, ...] = ()
+    free_text: bool = False
 
 
 COMMANDS = (
-    Command("history", "history [N]", "show the last N turns (all when N is left out)"),
-    Command("stats", "stats", "turns, messages, tokens, time to first token, tokens/s, snapshot file"),
+    Command("history", "history [N]", "show the last N turns (all when N is left out)", "do_history",
+            lambda args: not args or (len(args) == 1 and args[0].isdigit())),
+    Command("stats", "stats", "turns, messages, tokens, time to first token, tokens/s, where it is stored",
+            "do_stats"),
     Command("clear", "clear [undo]", "start the next turn from an empty context (the system prompt stays); "
-            "`clear undo` brings the cleared messages back"),
-    Command("retry", "retry", "ask again for the last reply (the replaced reply stays in the session file)"),
-    Command("undo", "undo", "take back the last turn (kept in the file; `redo` brings it back)"),
-    Command("redo", "redo", "bring back the turn `undo` took back"),
-    Command("model", "/model [NAME]", "show the model, or use NAME from the next turn on (recorded here)"),
+            "`clear undo` brings the cleared messages back", "do_clear", _one_of("undo")),
+    Command("retry", "retry", "ask again for the last reply (the replaced reply stays in the session file)",
+            "do_retry"),
+    Command("undo", "undo", "take back the last turn (kept in the file; `redo` brings it back)", "do_undo"),
+    Command("redo", "redo", "bring back the turn `undo` took back", "do_redo"),
+    Command("model", "/model [NAME]", "show the model, or use NAME from the next turn on (recorded here)",
+            "do_model", lambda args: len(args) <= 1),
     Command("system", "/system [TEXT]", "show the system prompt, or use TEXT from the next turn on "
-            "(`/system -` removes it; recorded here)"),
-    Command("title", "/title [TEXT]", "show the title, or rename the session"),
-    Command("export", "export [md|json|jsonl]", "write the session to a file in the current folder"),
-    Command("fork", "fork", "copy this session into a new one (branch the conversation)"),
-    Command("help", "help", "this list", ("?",)),
-    Command("quit", "quit", "leave (also Ctrl-D); the session is already saved", ("exit",)),
+            "(`/system -` removes it; recorded here)", "do_system", free_text=True),
+    Command("title", "/title [TEXT]", "show the title, or rename the session", "do_title", free_text=True),
+    Command("export", "export [md|json|jsonl]", "write the session to a file in the current folder",
+            "do_export", _one_of(*EXPORT_FORMATS)),
+    Command("fork", "fork", "copy this session into a new one (branch the conversation)", "do_fork"),
+    Command("help", "help", "this list", "show_help", aliases=("?",)),
+    Command("quit", "quit", "leave (also Ctrl-D); the session is already saved", "do_quit", aliases=("exit",)),
 )
 _BY_NAME = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
-_FREE_TEXT = ("system", "title")  # commands whose argument is free text: only with the leading slash
 
 
 def parse_command(line: str) -> tuple[Command, list[str]] | None:
     """The command a line asks for, with its arguments, or None when the line is a message.
 
-    ``/word ...`` is always a command (an unknown one raises ValueError); a bare word is a command only
-    when the line is exactly that command with valid arguments."""
+    ``/word ...`` is always a command (an unknown one, or one misused, raises CommandError); a bare word
+    is a command only when the line is exactly that command with arguments it accepts."""
     text = line.strip()
     slash = text.startswith("/")
     if slash:
@@ -76,23 +104,16 @@ def parse_command(line: str) -> tuple[Command, list[str]] | None:
     args = words[1:]
     if cmd is None:
         if slash:
-            raise ValueError(f"unknown command /{words[0]}; type help for the list")
+            raise CommandError(f"unknown command /{words[0]}; type help for the list")
         return None
-    if cmd.name in _FREE_TEXT and args:
+    if cmd.free_text and args:
         # free text needs the slash: "title of my thesis?" or "system design question" stay messages
         if not slash:
             return None
         return cmd, [text.split(None, 1)[1].strip()]
-    valid = (
-        (cmd.name == "history" and (not args or (len(args) == 1 and args[0].isdigit())))
-        or (cmd.name == "clear" and (not args or args == ["undo"]))
-        or (cmd.name == "model" and len(args) <= 1)
-        or (cmd.name == "export" and (not args or (len(args) == 1 and args[0].lower() in EXPORT_FORMATS)))
-        or (cmd.name not in ("history", "clear", "model", "export") and not args)
-    )
-    if not valid:
+    if not cmd.accepts(args):
         if slash:
-            raise ValueError(f"usage: /{cmd.usage.lstrip('/')}")
+            raise CommandError(f"usage: /{cmd.usage.lstrip('/')}")
         return None
     return cmd, args
 
@@ -100,8 +121,13 @@ def parse_command(line: str) -> tuple[Command, list[str]] | None:
 class Repl:
     """Runs the loop for one session. ``history_path``: where typed input is remembered (None: nowhere)."""
 
-    def __init__(self, session: ConversationSession, renderer: Renderer, history_path: Path | None,
-                 resumed: bool = False) -> None:
+    def __init__(
+        self,
+        session: ConversationSession,
+        renderer: Renderer,
+        history_path: Path | None,
+        resumed: bool = False,
+    ) -> None:
         self.session = session
         self.out = renderer
         self.history_path = history_path
@@ -133,8 +159,12 @@ class Repl:
                 self.out.notice(f"input history is off: cannot use {self.history_path} ({e.strerror})")
         words = sorted({f"/{n}" for n in _BY_NAME} | set(_BY_NAME))
         ps: PromptSession[str] = PromptSession(
-            history=history, key_bindings=kb, multiline=False, enable_history_search=False,
-            completer=WordCompleter(words, sentence=True), complete_while_typing=False,
+            history=history,
+            key_bindings=kb,
+            multiline=False,
+            enable_history_search=False,
+            completer=WordCompleter(words, sentence=True),
+            complete_while_typing=False,
             prompt_continuation=lambda width, line_no, wrap: "… ".rjust(width),
         )
         return lambda: ps.prompt([("bold", "› ")])
@@ -189,8 +219,10 @@ class Repl:
             return True
         except SaveError as e:
             self._warned_unsaved = True
-            self.out.error(f"{e}; the last turn is only in memory: fix this (e.g. make room) and quit again, "
-                           f"chatcli tries to save once more before it leaves")
+            self.out.error(
+                f"{e}; the last turn is only in memory: fix this (e.g. make room) and quit again, "
+                f"chatcli tries to save once more before it leaves"
+            )
             return False
 
     def handle(self, line: str) -> bool:
@@ -199,7 +231,7 @@ class Repl:
             return True
         try:
             parsed = parse_command(line)
-        except ValueError as e:
+        except CommandError as e:
             self.out.error(str(e))
             return True
         if parsed is None:
@@ -209,91 +241,86 @@ class Repl:
             self.chat(line)
             return True
         cmd, args = parsed
-        if cmd.name == "quit":
-            return False
-        if cmd.name == "help":
-            self.show_help()
-        elif cmd.name == "history":
-            self.out.history(self.session, int(args[0]) if args else None)
-        elif cmd.name == "stats":
-            self.out.stats(self.session.stats())
-        elif cmd.name == "clear":
-            self._clear(undo=bool(args))
-        elif cmd.name == "retry":
-            self._retry()
-        else:
-            self._edit(cmd.name, args)
+        try:
+            return getattr(self, cmd.handler)(args) is not False
+        except NothingToDo as e:
+            self.out.info(str(e)[:1].upper() + str(e)[1:] + ".")
+        except ChatcliError as e:
+            self.out.error(str(e))
         return True
 
-    def _retry(self) -> None:
-        from chatcli.errors import NothingToDo
+    # -- the commands (see COMMANDS): each takes its arguments; False from one means quit ----------------
+    def do_quit(self, args: list[str]) -> bool:
+        return False
 
+    def do_history(self, args: list[str]) -> None:
+        self.out.history(self.session, int(args[0]) if args else None)
+
+    def do_stats(self, args: list[str]) -> None:
+        self.out.stats(self.session.stats())
+
+    def do_retry(self, args: list[str]) -> None:
         try:
             self._stream(lambda view: self.session.retry(on_delta=view.feed, on_notice=view.notice))
         except NothingToDo as e:
             self.out.error(str(e))
 
-    def _edit(self, name: str, args: list[str]) -> None:
-        """undo, redo, model, system, title, export, fork: quick commands that change or copy the session."""
-        from chatcli.errors import NothingToDo
+    def do_undo(self, args: list[str]) -> None:
+        m = self.session.undo()
+        self.out.info(f"Took back the last turn ({_preview(m.content)}); `redo` brings it back.")
+
+    def do_redo(self, args: list[str]) -> None:
+        m = self.session.redo()
+        self.out.info(f"Brought back the turn {_preview(m.content)}.")
+
+    def do_model(self, args: list[str]) -> None:
+        s = self.session
+        if not args:
+            self.out.info(f"model: {s.backend_name}/{s.model}")
+            return
+        old = s.model
+        s.set_model(args[0])
+        self.out.info(f"Model {old} → {s.model} from the next turn on.")
+
+    def do_system(self, args: list[str]) -> None:
+        s = self.session
+        if not args:
+            self.out.info(f"system prompt: {s.system}" if s.system else "No system prompt.")
+            return
+        s.set_system("" if args[0] == "-" else args[0])
+        self.out.info("System prompt removed." if not s.system else "System prompt set; it goes with the next turn.")
+
+    def do_title(self, args: list[str]) -> None:
+        s = self.session
+        if not args:
+            self.out.info(f"title: {s.title}" if s.title else "No title yet.")
+            return
+        from chatcli.library import check_title
+
+        s.set_title(check_title(args[0]))
+        self.out.info(f"Session titled {s.title!r}.")
+
+    def do_export(self, args: list[str]) -> None:
+        from chatcli.transcript import export_to_folder
+
+        path = export_to_folder(self.session.to_snapshot(), args[0].lower() if args else "md", Path.cwd())
+        self.out.info(f"Wrote {path}.")
+
+    def do_fork(self, args: list[str]) -> None:
+        from chatcli.library import fork
 
         s = self.session
-        try:
-            if name == "undo":
-                m = s.undo()
-                self.out.info(f"Took back the last turn ({_preview(m.content)}); `redo` brings it back.")
-            elif name == "redo":
-                m = s.redo()
-                self.out.info(f"Brought back the turn {_preview(m.content)}.")
-            elif name == "model":
-                if not args:
-                    self.out.info(f"model: {s.backend_name}/{s.model}")
-                else:
-                    old = s.model
-                    s.set_model(args[0])
-                    self.out.info(f"Model {old} → {s.model} from the next turn on.")
-            elif name == "system":
-                if not args:
-                    self.out.info(f"system prompt: {s.system}" if s.system else "No system prompt.")
-                else:
-                    s.set_system("" if args[0] == "-" else args[0])
-                    self.out.info("System prompt removed." if not s.system else
-                                  "System prompt set; it goes with the next turn.")
-            elif name == "title":
-                if not args:
-                    self.out.info(f"title: {s.title}" if s.title else "No title yet.")
-                else:
-                    from chatcli.library import check_title
+        new = fork(s.store, s.to_snapshot())
+        self.out.info(f"Forked as {new}; this REPL stays on {s.id}. Open the fork with: chatcli resume {new}")
 
-                    s.set_title(check_title(args[0]))
-                    self.out.info(f"Session titled {s.title!r}.")
-            elif name == "export":
-                from chatcli.transcript import export_to_folder
-
-                path = export_to_folder(s.to_snapshot(), args[0].lower() if args else "md", Path.cwd())
-                self.out.info(f"Wrote {path}.")
-            elif name == "fork":
-                from chatcli.library import fork
-
-                new = fork(s.store, s.to_snapshot())
-                self.out.info(f"Forked as {new}; this REPL stays on {s.id}. Open the fork with: "
-                              f"chatcli resume {new}")
-        except NothingToDo as e:
-            self.out.info(str(e)[:1].upper() + str(e)[1:] + ".")
-        except ChatcliError as e:
-            self.out.error(str(e))
-
-    def _clear(self, undo: bool) -> None:
-        try:
-            if undo:
-                n = self.session.unclear()
-                self.out.info(f"{count(n, 'message')} back in the context." if n else "Nothing to bring back.")
-            else:
-                n = self.session.clear()
-                self.out.info(f"Context cleared: the next turn starts afresh ({count(n, 'message')} stay in the "
-                              f"session file; `clear undo` brings them back).")
-        except SaveError as e:
-            self.out.error(str(e))
+    def do_clear(self, args: list[str]) -> None:
+        if args:
+            n = self.session.unclear()
+            self.out.info(f"{count(n, 'message')} back in the context." if n else "Nothing to bring back.")
+            return
+        n = self.session.clear()
+        self.out.info(f"Context cleared: the next turn starts afresh ({count(n, 'message')} stay in the "
+                      f"session file; `clear undo` brings them back).")
 
     def chat(self, text: str) -> None:
         """Send one message and show the reply as it streams."""
@@ -323,26 +350,35 @@ class Repl:
             return
         self.out.reply_footer(reply)
 
-    def show_help(self) -> None:
+    def show_help(self, args: list[str] | None = None) -> None:
         from rich.table import Table
         from rich.text import Text
 
         console = self.out.console
-        console.print("Commands (each also works with a leading /; /model, /system and /title need the slash "
-                      "when they carry text, so a message starting with those words stays a message):",
-                      markup=False, highlight=False)
+        console.print(
+            "Commands (each also works with a leading /; /model, /system and /title need the slash "
+            "when they carry text, so a message starting with those words stays a message):",
+            markup=False,
+            highlight=False,
+        )
         table = Table.grid(padding=(0, 2))  # wrapped summaries stay in their column
         table.add_column(no_wrap=True)
         table.add_column()
         for c in COMMANDS:
             table.add_row(Text("  " + ", ".join((c.usage, *c.aliases))), Text(c.summary))
         console.print(table, markup=False, highlight=False)
-        console.print("\n".join([
-            "",
-            "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines.",
-            "Ctrl-C stops a reply (what arrived is saved) or clears the line; Ctrl-D quits.",
-            "To send a command word as a message, start it with a backslash: \\quit sends \"quit\".",
-        ]), markup=False, highlight=False)
+        console.print(
+            "\n".join(
+                [
+                    "",
+                    "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines.",
+                    "Ctrl-C stops a reply (what arrived is saved) or clears the line; Ctrl-D quits.",
+                    'To send a command word as a message, start it with a backslash: \\quit sends "quit".',
+                ]
+            ),
+            markup=False,
+            highlight=False,
+        )
 
 
 def _preview(text: str, limit: int = 40) -> str:
@@ -394,5 +430,5 @@ def _terminated_in(error: BaseException) -> Terminated | None:
 def _is_command_line(text: str) -> bool:
     try:
         return parse_command(text) is not None
-    except ValueError:
+    except CommandError:
         return False

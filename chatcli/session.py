@@ -25,14 +25,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from chatcli.clock import utc_now
+from chatcli.edits import SessionEdits
 from chatcli.errors import (
     BackendError,
-    NothingToDo,
     BackendTimeout,
+    NothingToDo,
     RateLimited,
     SaveError,
-    Terminated,
     SessionTimeoutError,
+    Terminated,
 )
 from chatcli.messages import (  # re-exported: the session's data types are part of its interface
     DROPPED,
@@ -44,8 +46,6 @@ from chatcli.messages import (  # re-exported: the session's data types are part
     Timings,
     Usage,
 )
-from chatcli.clock import utc_now
-from chatcli.edits import SessionEdits
 from chatcli.snapshot import FORMAT, KNOWN_KEYS, VERSION, Snapshot, new_session_id, title_from
 from chatcli.stores.base import MessageDicts
 
@@ -61,13 +61,14 @@ class ConversationSession(SessionEdits):
     writer lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done.
     ``on_notice(text)`` receives one-line notices that come outside a turn (e.g. from the store)."""
 
-    checkpoint_seconds = 0.25     # the least time between two saves while a reply streams
+    checkpoint_seconds = 0.25  # the least time between two saves while a reply streams
     checkpoint_cost_ratio = 10.0  # ... and at least this many times the last such save took (a big session)
-    max_retries = 2          # for 429 (rate limited) before any token arrived
-    max_retry_wait = 30.0    # seconds; a longer Retry-After is reported instead of waited for
+    max_retries = 2  # for 429 (rate limited) before any token arrived
+    max_retry_wait = 30.0  # seconds; a longer Retry-After is reported instead of waited for
 
-    def __init__(self, store: Store, snapshot: Snapshot, backend: Backend | None,
-                 lock: SessionLock | None) -> None:
+    def __init__(
+        self, store: Store, snapshot: Snapshot, backend: Backend | None, lock: SessionLock | None
+    ) -> None:
         self.store = store
         self.id: str = snapshot["id"]
         self.title: str = snapshot["title"]
@@ -92,21 +93,41 @@ class ConversationSession(SessionEdits):
         self.on_notice: Callable[[str], None] | None = None
         self._turn_notice: Callable[[str], None] | None = None  # the running turn's on_notice
         self._dirty_from = len(self.messages)  # messages from here on changed since the last save
-        self._streaming: int | None = None     # index of the reply being streamed
+        self._streaming: int | None = None  # index of the reply being streamed
 
     # -- opening and closing ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, store: Store, backend: Backend, *, model: str, system: str = "", title: str = "",
-               params: GenerationParams | None = None, base_url: str = "",
-               model_path: str = "") -> ConversationSession:
+    def create(
+        cls,
+        store: Store,
+        backend: Backend,
+        *,
+        model: str,
+        system: str = "",
+        title: str = "",
+        params: GenerationParams | None = None,
+        base_url: str = "",
+        model_path: str = "",
+    ) -> ConversationSession:
         """A new, empty session; its first snapshot is written at once. Raises SaveError, StoreError."""
         sid = new_session_id()
         lock = store.lock(sid)
         now = utc_now()
-        snap: Snapshot = {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": now,
-                          "updated_at": now, "backend": backend.name, "model": model, "base_url": base_url,
-                          "params": (params or GenerationParams()).to_json(), "system": system, "messages": [],
-                          "context_start": 0}
+        snap: Snapshot = {
+            "format": FORMAT,
+            "version": VERSION,
+            "id": sid,
+            "title": title,
+            "created_at": now,
+            "updated_at": now,
+            "backend": backend.name,
+            "model": model,
+            "base_url": base_url,
+            "params": (params or GenerationParams()).to_json(),
+            "system": system,
+            "messages": [],
+            "context_start": 0,
+        }
         if model_path:
             snap["model_path"] = model_path
         session = cls(store, snap, backend, lock)
@@ -119,8 +140,12 @@ class ConversationSession(SessionEdits):
         return session
 
     @classmethod
-    def resume(cls, store: Store, session_id: str,
-               backend_factory: Callable[[ConversationSession], Backend] | None = None) -> ConversationSession:
+    def resume(
+        cls,
+        store: Store,
+        session_id: str,
+        backend_factory: Callable[[ConversationSession], Backend] | None = None,
+    ) -> ConversationSession:
         """Open a saved session by exact id (see ``chatcli.snapshot.resolve``). Takes the lock, then loads.
         ``backend_factory`` builds the backend from the restored settings. Raises SessionLocked,
         SessionNotFound, SnapshotError, StoreError."""
@@ -154,10 +179,18 @@ class ConversationSession(SessionEdits):
     def _header(self) -> Snapshot:
         """Every top-level field of the snapshot but ``messages``."""
         snap: Snapshot = {
-            "format": FORMAT, "version": VERSION, "id": self.id, "title": self.title,
-            "created_at": self.created_at, "updated_at": self.updated_at, "backend": self.backend_name,
-            "model": self.model, "base_url": self.base_url, "params": self.params.to_json(),
-            "system": self.system, "context_start": self.context_start,
+            "format": FORMAT,
+            "version": VERSION,
+            "id": self.id,
+            "title": self.title,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "backend": self.backend_name,
+            "model": self.model,
+            "base_url": self.base_url,
+            "params": self.params.to_json(),
+            "system": self.system,
+            "context_start": self.context_start,
         }
         if self.model_path:
             snap["model_path"] = self.model_path
@@ -204,17 +237,25 @@ class ConversationSession(SessionEdits):
         sink = self._turn_notice or self.on_notice
         if sink is not None:
             sink(message)
+
     # -- the turn --------------------------------------------------------------------------------------
     def context(self) -> list[dict[str, str]]:
         """The messages sent to the model: the system prompt, then every message since the last ``clear``
         that has text (partial replies included: the user saw them)."""
         out = [{"role": "system", "content": self.system}] if self.system else []
-        out.extend({"role": m.role, "content": m.content}
-                   for m in self.messages[self.context_start:] if m.content and m.dropped is None)
+        out.extend(
+            {"role": m.role, "content": m.content}
+            for m in self.messages[self.context_start :]
+            if m.content and m.dropped is None
+        )
         return out
 
-    def send(self, text: str, on_delta: Callable[[str], None] | None = None,
-             on_notice: Callable[[str], None] | None = None) -> Message:
+    def send(
+        self,
+        text: str,
+        on_delta: Callable[[str], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> Message:
         """Run one turn: save the user message, stream the reply, save it; return the assistant Message.
 
         ``on_delta(text)`` gets each piece of reply text as it arrives; ``on_notice(text)`` gets one-line
@@ -239,8 +280,9 @@ class ConversationSession(SessionEdits):
         finally:
             self._turn_notice = None
 
-    def retry(self, on_delta: Callable[[str], None] | None = None,
-              on_notice: Callable[[str], None] | None = None) -> Message:
+    def retry(
+        self, on_delta: Callable[[str], None] | None = None, on_notice: Callable[[str], None] | None = None
+    ) -> Message:
         """Ask again for the reply to the last user message. The reply it replaces stays in the file,
         marked ``dropped="retried"``. Raises NothingToDo when there is no turn to retry, and otherwise
         what ``send`` raises."""
@@ -262,8 +304,9 @@ class ConversationSession(SessionEdits):
         finally:
             self._turn_notice = None
 
-    def _reply(self, on_delta: Callable[[str], None] | None,
-               on_notice: Callable[[str], None] | None) -> Message:
+    def _reply(
+        self, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
+    ) -> Message:
         reply = Message(role="assistant", content="", status="streaming", model=self.model)
         self._touch(len(self.messages))
         self._streaming = len(self.messages)
@@ -274,8 +317,9 @@ class ConversationSession(SessionEdits):
             self._streaming = None
         return reply
 
-    def _reply_into(self, reply: Message, on_delta: Callable[[str], None] | None,
-                    on_notice: Callable[[str], None] | None) -> None:
+    def _reply_into(
+        self, reply: Message, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
+    ) -> None:
         try:
             self._stream_into(reply, on_delta, on_notice)
         except KeyboardInterrupt:
@@ -305,13 +349,16 @@ class ConversationSession(SessionEdits):
             if on_notice:
                 on_notice(f"{e} (the turn is kept in memory and will be saved at the next attempt)")
 
-    def _stream_into(self, reply: Message, on_delta: Callable[[str], None] | None,
-                     on_notice: Callable[[str], None] | None) -> None:
+    def _stream_into(
+        self, reply: Message, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
+    ) -> None:
         assert self.backend is not None
         context = self.context()  # the reply is still empty, so it is not part of it
         started = time.monotonic()
         deadline = started + self.timeouts.total
-        parts: list[str] = []  # joined into reply.content at each save point and at the end: no copy per token
+        parts: list[
+            str
+        ] = []  # joined into reply.content at each save point and at the end: no copy per token
         try:
             first = self._receive(reply, context, parts, started, deadline, on_delta, on_notice)
         finally:  # also on Ctrl-C, a timeout or an error: what arrived is kept
@@ -324,9 +371,16 @@ class ConversationSession(SessionEdits):
             n = reply.usage.completion_tokens if reply.usage and reply.usage.completion_tokens else len(parts)
             reply.timings.tokens_per_second = round(n / (end - first), 2)
 
-    def _receive(self, reply: Message, context: list[dict[str, Any]], parts: list[str], started: float,
-                 deadline: float, on_delta: Callable[[str], None] | None,
-                 on_notice: Callable[[str], None] | None) -> float | None:
+    def _receive(
+        self,
+        reply: Message,
+        context: list[dict[str, Any]],
+        parts: list[str],
+        started: float,
+        deadline: float,
+        on_delta: Callable[[str], None] | None,
+        on_notice: Callable[[str], None] | None,
+    ) -> float | None:
         """Read the backend's stream into ``parts`` and ``reply``'s metadata, retrying a 429 that came
         before any text. Returns the monotonic time of the first text (None: no text). Raises what the
         backend raises (BackendTimeout, BackendError, RateLimited)."""
@@ -351,8 +405,10 @@ class ConversationSession(SessionEdits):
                             saving = time.monotonic()
                             self._checkpoint()
                             last_checkpoint = time.monotonic()
-                            interval = max(self.checkpoint_seconds,
-                                           self.checkpoint_cost_ratio * (last_checkpoint - saving))
+                            interval = max(
+                                self.checkpoint_seconds,
+                                self.checkpoint_cost_ratio * (last_checkpoint - saving),
+                            )
                     if event.finish_reason:
                         reply.finish_reason = event.finish_reason
                     if event.usage is not None:
@@ -364,12 +420,18 @@ class ConversationSession(SessionEdits):
                             reply.timings.tokens_per_second = round(event.tokens_per_second, 2)
                 break
             except RateLimited as e:
-                wait = e.retry_after if e.retry_after is not None else 2.0 ** attempt
-                if parts or attempt >= self.max_retries or wait > self.max_retry_wait \
-                        or time.monotonic() + wait > deadline:
+                wait = e.retry_after if e.retry_after is not None else 2.0**attempt
+                if (
+                    parts
+                    or attempt >= self.max_retries
+                    or wait > self.max_retry_wait
+                    or time.monotonic() + wait > deadline
+                ):
                     raise
                 if on_notice:
-                    on_notice(f"{e}; retrying in {wait:g} s (attempt {attempt + 2} of {self.max_retries + 1})")
+                    on_notice(
+                        f"{e}; retrying in {wait:g} s (attempt {attempt + 2} of {self.max_retries + 1})"
+                    )
                 time.sleep(wait)
             finally:
                 stream.close()  # closes the HTTP response at once, also on Ctrl-C
@@ -414,14 +476,20 @@ class ConversationSession(SessionEdits):
                 if m.timings.tokens_per_second is not None:
                     rates.append(m.timings.tokens_per_second)
         return Stats(
-            turns=by_role.get("user", 0), messages_by_role=by_role, characters=chars, prompt_tokens=prompt,
-            completion_tokens=completion, cached_tokens=cached,
-            last_ttft_s=ttfts[-1] if ttfts else None, mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
+            turns=by_role.get("user", 0),
+            messages_by_role=by_role,
+            characters=chars,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            last_ttft_s=ttfts[-1] if ttfts else None,
+            mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
             last_tokens_per_second=rates[-1] if rates else None,
             mean_tokens_per_second=sum(rates) / len(rates) if rates else None,
-            location=self.store.location(self.id), stored_bytes=self.store.stored_size(self.id),
+            location=self.store.location(self.id),
+            stored_bytes=self.store.stored_size(self.id),
             last_saved_at=self.last_save.saved_at if self.last_save else None,
-            context_messages=sum(1 for m in self.messages[self.context_start:] if m.dropped is None),
+            context_messages=sum(1 for m in self.messages[self.context_start :] if m.dropped is None),
         )
 
 
@@ -439,5 +507,14 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-__all__ = ["DROPPED", "STATUSES", "ConversationSession", "GenerationParams", "Message", "Stats", "Timeouts",
-           "Timings", "Usage"]
+__all__ = [
+    "DROPPED",
+    "STATUSES",
+    "ConversationSession",
+    "GenerationParams",
+    "Message",
+    "Stats",
+    "Timeouts",
+    "Timings",
+    "Usage",
+]

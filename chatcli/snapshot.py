@@ -44,15 +44,44 @@ VERSION = 1
 MIGRATIONS: dict[int, Callable[[Snapshot], Snapshot]] = {}
 
 #: top-level keys chatcli itself writes; any other key in a snapshot is kept as it is
-KNOWN_KEYS = frozenset({"format", "version", "id", "title", "created_at", "updated_at", "backend", "model",
-                        "base_url", "model_path", "params", "system", "context_start", "messages", "clears",
-                        "changes"})
+KNOWN_KEYS = frozenset(
+    {
+        "format",
+        "version",
+        "id",
+        "title",
+        "created_at",
+        "updated_at",
+        "backend",
+        "model",
+        "base_url",
+        "model_path",
+        "params",
+        "system",
+        "context_start",
+        "messages",
+        "clears",
+        "changes",
+    }
+)
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "id": str, "title": str, "created_at": str, "updated_at": str, "backend": str, "model": str,
-    "params": dict, "system": str, "messages": list, "context_start": int,
+    "id": str,
+    "title": str,
+    "created_at": str,
+    "updated_at": str,
+    "backend": str,
+    "model": str,
+    "params": dict,
+    "system": str,
+    "messages": list,
+    "context_start": int,
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"base_url": str, "model_path": str, "clears": list,
-                                                 "changes": list}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "base_url": str,
+    "model_path": str,
+    "clears": list,
+    "changes": list,
+}
 ROLES = ("user", "assistant", "system")
 
 # -- ids ---------------------------------------------------------------------------------------------------
@@ -212,8 +241,13 @@ def message_counts(m: dict[str, Any]) -> Counts:
             if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_COUNT:
                 tokens[k] = v
     content = m.get("content")
-    return Counts(1, int(role == "user"), int(role == "assistant"), len(content) if isinstance(content, str) else 0,
-                  *tokens)
+    return Counts(
+        1,
+        int(role == "user"),
+        int(role == "assistant"),
+        len(content) if isinstance(content, str) else 0,
+        *tokens,
+    )
 
 
 def summarize(snapshot: Snapshot) -> Counts:
@@ -313,7 +347,7 @@ def snippet(text: str, words: list[str], size: int = SNIPPET_WORDS) -> str:
         out.append(f"{HIGHLIGHT[0]}{word}{HIGHLIGHT[1]}" if i in marked else word)
         gap_end = tokens[i + 1].start() if i + 1 < len(tokens) else len(text)
         if i + 1 < end or end == len(tokens):
-            out.append(text[t.end(): gap_end])
+            out.append(text[t.end() : gap_end])
     if end < len(tokens):
         out.append("…")
     return "".join(out).strip()
@@ -350,7 +384,9 @@ def resolve(store: Lookup, ref: str) -> str:
     if ref == "last":
         newest = store.newest_id()
         if newest is None:
-            raise SessionNotFound(f"there are no sessions in {store.display} yet; start one with `chatcli new`")
+            raise SessionNotFound(
+                f"there are no sessions in {store.display} yet; start one with `chatcli new`"
+            )
         return newest
     if is_valid_id(ref) and store.exists(ref):  # the common case, one look-up: a whole id
         return ref
@@ -363,7 +399,9 @@ def resolve(store: Lookup, ref: str) -> str:
             return matches[0]
         if len(matches) > 1:
             listed = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
-            raise AmbiguousSessionId(f"{ref!r} matches {len(matches)} sessions: {listed}; type more of the id")
+            raise AmbiguousSessionId(
+                f"{ref!r} matches {len(matches)} sessions: {listed}; type more of the id"
+            )
     # An exact title (titles may hold spaces, so this comes after the id checks).
     if isinstance(ref, str) and ref and "\x00" not in ref:
         titled = store.ids_titled(ref)
@@ -372,8 +410,10 @@ def resolve(store: Lookup, ref: str) -> str:
         if len(titled) > 1:
             raise AmbiguousSessionId(f"{len(titled)} sessions are titled {ref!r}: {', '.join(titled[:5])}")
     if not is_valid_id(ref):
-        raise InvalidSessionId(f"{shown(ref)} is not a session id (letters, digits, '-' and '_') nor the exact "
-                               "title of one (case counts); see `chatcli list`")
+        raise InvalidSessionId(
+            f"{shown(ref)} is not a session id (letters, digits, '-' and '_') nor the exact "
+            "title of one (case counts); see `chatcli list`"
+        )
     if not ids:
         raise SessionNotFound(f"no session {ref!r}: there are no sessions in {store.display} yet")
     recent = ", ".join(ids[-3:][::-1])

@@ -33,9 +33,14 @@ def export(snap: dict[str, Any], fmt: str) -> bytes:
 def transcript_markdown(snap: dict[str, Any]) -> str:
     """The session as Markdown: a heading, its settings, then each message under a role heading with its
     status when it is not ``ok``."""
-    out = [f"# {snap['title'] or '(untitled)'}", "",
-           f"- session: `{snap['id']}`", f"- backend/model: {snap['backend']}/{snap['model']}",
-           f"- created: {snap['created_at']}, updated: {snap['updated_at']}", ""]
+    out = [
+        f"# {snap['title'] or '(untitled)'}",
+        "",
+        f"- session: `{snap['id']}`",
+        f"- backend/model: {snap['backend']}/{snap['model']}",
+        f"- created: {snap['created_at']}, updated: {snap['updated_at']}",
+        "",
+    ]
     if snap["system"]:
         out += ["## System", "", snap["system"], ""]
     changes: dict[int, list[dict[str, Any]]] = {}

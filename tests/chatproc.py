@@ -17,8 +17,9 @@ class Chat:
     """A chatcli child process: stdin is a pipe (one line = one message), stdout and stderr are collected
     by reader threads as they arrive, so what was printed before a SIGKILL is still seen."""
 
-    def __init__(self, args: list[str], env: dict[str, str], *, preexec_fn: Any = None,
-                 cwd: Any = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], *, preexec_fn: Any = None, cwd: Any = None
+    ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, *args],

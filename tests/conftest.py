@@ -13,12 +13,33 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakellm import FakeLLMServer  # noqa: E402
+from fakellm import FakeLLMServer
 
-_SCRUBBED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST", "CHATCLI_BACKEND", "CHATCLI_MODEL",
-             "CHATCLI_DEBUG", "CHATCLI_STORE", "NO_COLOR", "PGPASSWORD", "PGPASSFILE", "PGHOST", "PGPORT",
-             "PGUSER", "PGDATABASE", "PGSERVICE", "PGSERVICEFILE", "MYSQL_PWD", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
-             "https_proxy", "all_proxy")
+_SCRUBBED = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OLLAMA_HOST",
+    "CHATCLI_BACKEND",
+    "CHATCLI_MODEL",
+    "CHATCLI_DEBUG",
+    "CHATCLI_STORE",
+    "NO_COLOR",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "MYSQL_PWD",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +75,9 @@ def child_env() -> dict[str, str]:
     """The environment for a chatcli child process: this one (already scrubbed by user_dirs) plus a
     fixed terminal size and no colours, so output can be matched."""
     env = dict(os.environ)
-    env.update({"NO_COLOR": "1", "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {"NO_COLOR": "1", "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color", "PYTHONUNBUFFERED": "1"}
+    )
     return env
 
 

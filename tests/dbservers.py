@@ -45,8 +45,10 @@ DEFAULT_PASSWORD = "chatcli-secret"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # the database and user names accepted
 _LIVE: set[_Server] = set()  # started and not closed yet: for the atexit fallback
 # Reads a line from our pipe: "stop" = all is well; EOF = we died, so SIGKILL the server and its children.
-_WATCHDOG = ('read -r line; [ "$line" = stop ] && exit 0; kill -s STOP "$1"; '
-             'for c in $(cat /proc/"$1"/task/*/children); do kill -s KILL "$c"; done; kill -s KILL "$1"')
+_WATCHDOG = (
+    'read -r line; [ "$line" = stop ] && exit 0; kill -s STOP "$1"; '
+    'for c in $(cat /proc/"$1"/task/*/children); do kill -s KILL "$c"; done; kill -s KILL "$1"'
+)
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 
@@ -68,9 +70,11 @@ def _pg_bindir() -> Path | None:
 
 def _mariadb_binaries() -> tuple[Path, Path] | None:
     """(server, install-db script), or None when either is missing."""
+
     def find(*names: str) -> Path | None:
         paths = [p for name in names for p in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}")]
         return next((Path(p) for p in paths if p and os.access(p, os.X_OK)), None)
+
     server, install = find("mariadbd", "mysqld"), find("mariadb-install-db", "mysql_install_db")
     return (server, install) if server and install else None
 
@@ -194,8 +198,9 @@ class _Server(abc.ABC):
                 _kill_tree(self._proc)
         self._reap()
 
-    def new_database(self, name: str | None = None, *, user: str = "chatcli",
-                     password: str = DEFAULT_PASSWORD) -> str:
+    def new_database(
+        self, name: str | None = None, *, user: str = "chatcli", password: str = DEFAULT_PASSWORD
+    ) -> str:
         """Create a database (a unique name when ``name`` is None) that the login ``user`` owns or has all
         rights on, creating that user with ``password`` on first use; return the database's URL.
         ValueError on a bad name, or when ``user`` was created here with another password."""
@@ -238,8 +243,9 @@ class _Server(abc.ABC):
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _sql(self, *statements: tuple[str, tuple[Any, ...]]) -> Any:
@@ -298,32 +304,54 @@ class _Server(abc.ABC):
     def _run_tool(self, what: str, cmd: list[str], **popen: Any) -> None:
         """Run a setup tool, its output appended to the log; RuntimeError with the log's tail if it fails."""
         with open(self.log_path, "ab") as log:
-            done = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                  cwd=self.base, env=self._env(), timeout=120, **popen)
+            done = subprocess.run(
+                cmd,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.base,
+                env=self._env(),
+                timeout=120,
+                **popen,
+            )
         if done.returncode != 0:
             raise self._failure(f"{what} failed with exit status {done.returncode}")
 
     def _launch(self) -> None:
         """Spawn the server and its watchdog; wait until the server answers (else RuntimeError)."""
         with open(self.log_path, "ab") as log:
-            self._proc = proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=log,
-                                                 stderr=log, cwd=self.base, env=self._env(),
-                                                 start_new_session=True, **self._run_as)
-        self._watchdog = subprocess.Popen(["sh", "-c", _WATCHDOG, "dbservers-watchdog", str(proc.pid)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True)
+            self._proc = proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.base,
+                env=self._env(),
+                start_new_session=True,
+                **self._run_as,
+            )
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", _WATCHDOG, "dbservers-watchdog", str(proc.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline, error = time.monotonic() + START_TIMEOUT, "none"
         while proc.poll() is None:
             try:
                 self._connect(self.admin_user, self._admin_password, self.admin_db, 2).close()
                 return
-            except Exception as exc:  # noqa: BLE001 - any driver error means "not yet"; the last is shown
+            except Exception as exc:
                 error = " ".join(str(exc).split())
             if time.monotonic() > deadline:
                 _kill_tree(proc)
                 self._reap()
-                raise self._failure(f"{self.kind} did not accept connections on {self.host}:{self.port} "
-                                    f"within {START_TIMEOUT:.0f} s (last error: {error})")
+                raise self._failure(
+                    f"{self.kind} did not accept connections on {self.host}:{self.port} "
+                    f"within {START_TIMEOUT:.0f} s (last error: {error})"
+                )
             time.sleep(0.02)
         self._reap()
         raise self._failure(f"{self.kind} exited with status {proc.returncode} while starting")
@@ -359,16 +387,32 @@ class PostgresServer(_Server):
         if self._run_as:
             os.chown(pwfile, self._run_as["user"], self._run_as["group"])
         try:  # --no-sync only skips syncing the new cluster once; the server itself runs with fsync on
-            self._run_tool("initdb", [str(initdb), "-D", str(self.data_dir), "-U", self.admin_user,
-                                      f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                                      "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
-                                      "--no-instructions"], **self._run_as)
+            self._run_tool(
+                "initdb",
+                [
+                    str(initdb),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.admin_user,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                **self._run_as,
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         socket_dir = str(self.run_dir).replace("'", "''")
         with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(f"\n# tests/dbservers.py\nlisten_addresses = '127.0.0.1'\n"
-                       f"unix_socket_directories = '{socket_dir}'\nfsync = on\nsynchronous_commit = on\n")
+            conf.write(
+                f"\n# tests/dbservers.py\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{socket_dir}'\nfsync = on\nsynchronous_commit = on\n"
+            )
         hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"  # no other logins
         (self.data_dir / "pg_hba.conf").write_text(hba)
 
@@ -384,9 +428,17 @@ class PostgresServer(_Server):
 
     def _connect(self, user: str, password: str, dbname: str, timeout: float) -> Any:
         import psycopg  # imported here: `import dbservers` needs neither driver
-        return psycopg.connect(host=self.host, port=self.port, user=user, password=password, dbname=dbname,
-                               autocommit=True, connect_timeout=max(2, round(timeout)),
-                               cursor_factory=psycopg.ClientCursor)
+
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=user,
+            password=password,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=max(2, round(timeout)),
+            cursor_factory=psycopg.ClientCursor,
+        )
 
     def _create(self, name: str, user: str, password: str, new_user: bool) -> None:
         if new_user:
@@ -405,25 +457,45 @@ class MariaDBServer(_Server):
 
     def _binaries(self) -> tuple[Path, Path]:
         if (found := _mariadb_binaries()) is None:
-            raise RuntimeError(f"MariaDB (mariadbd, mariadb-install-db) not found: "
-                               f"apt-get install {self.package}")
+            raise RuntimeError(
+                f"MariaDB (mariadbd, mariadb-install-db) not found: apt-get install {self.package}"
+            )
         return found
 
     def _options(self) -> list[str]:
         """Options for mariadb-install-db (which passes them on) and mariadbd alike."""
-        return ["--no-defaults", f"--datadir={self.data_dir}", f"--tmpdir={self.base / 'tmp'}",
-                "--skip-name-resolve", *([f"--user={self.system_user}"] if self._root else []),
-                "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M"]
+        return [
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--tmpdir={self.base / 'tmp'}",
+            "--skip-name-resolve",
+            *([f"--user={self.system_user}"] if self._root else []),
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-log-file-size=16M",
+        ]
 
     def _initialize(self) -> None:
-        self._run_tool("mariadb-install-db", [str(self._binaries()[1]), *self._options(),
-                                              "--auth-root-authentication-method=normal", "--skip-test-db"])
+        self._run_tool(
+            "mariadb-install-db",
+            [
+                str(self._binaries()[1]),
+                *self._options(),
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+        )
         self._admin_password = ""  # the "normal" root accounts have no password until _after_first_start
 
     def _command(self) -> list[str]:
-        return [str(self._binaries()[0]), *self._options(), f"--port={self.port}", "--bind-address=127.0.0.1",
-                f"--socket={self.run_dir / 'mysqld.sock'}", f"--pid-file={self.run_dir / 'mariadbd.pid'}",
-                f"--log-error={self.log_path}"]
+        return [
+            str(self._binaries()[0]),
+            *self._options(),
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.run_dir / 'mysqld.sock'}",
+            f"--pid-file={self.run_dir / 'mariadbd.pid'}",
+            f"--log-error={self.log_path}",
+        ]
 
     def _request_stop(self, mode: str) -> None:
         if mode == "immediate":  # shut down without flushing InnoDB pages: the next start runs recovery
@@ -433,23 +505,46 @@ class MariaDBServer(_Server):
 
     def _after_first_start(self) -> None:
         # install-db also makes root@HOSTNAME, which --skip-name-resolve leaves unusable (ALTER USER fails)
-        self._sql(*(("ALTER USER root@%s IDENTIFIED BY %s", (host, self.superuser_password))
-                    for host in ("localhost", "127.0.0.1", "::1")))
+        self._sql(
+            *(
+                ("ALTER USER root@%s IDENTIFIED BY %s", (host, self.superuser_password))
+                for host in ("localhost", "127.0.0.1", "::1")
+            )
+        )
         self._admin_password = self.superuser_password
         self.version = str(self._sql(("SELECT VERSION()", ()))[0])
 
     def _connect(self, user: str, password: str, dbname: str, timeout: float) -> Any:
         import pymysql  # type: ignore[import-untyped]
-        return pymysql.connect(host=self.host, port=self.port, user=user, password=password,
-                               database=dbname or None, autocommit=True, connect_timeout=timeout,
-                               read_timeout=timeout, write_timeout=timeout)
+
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=user,
+            password=password,
+            database=dbname or None,
+            autocommit=True,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+        )
 
     def _create(self, name: str, user: str, password: str, new_user: bool) -> None:
         hosts = ("%", "localhost")
-        logins = [(query, (user, host, password)) for host in hosts if new_user for query in
-                  ("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", "ALTER USER %s@%s IDENTIFIED BY %s")]
-        self._sql(*logins, (f"CREATE DATABASE `{name}`", ()),
-                  *((f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@%s", (user, host)) for host in hosts))
+        logins = [
+            (query, (user, host, password))
+            for host in hosts
+            if new_user
+            for query in (
+                "CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s",
+                "ALTER USER %s@%s IDENTIFIED BY %s",
+            )
+        ]
+        self._sql(
+            *logins,
+            (f"CREATE DATABASE `{name}`", ()),
+            *((f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@%s", (user, host)) for host in hosts),
+        )
 
 
 @atexit.register
@@ -464,23 +559,32 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM, clean up. Exit status 0, or 1 (an ``ERROR`` line on stderr) if a server does not start."""
     parser = argparse.ArgumentParser(description="Throwaway PostgreSQL and MariaDB servers on 127.0.0.1.")
     parser.add_argument("--only", choices=("postgresql", "mysql"), help="start only this server")
-    parser.add_argument("--missing", action="store_true",
-                        help="print the Debian packages the servers need that are not installed, and exit")
+    parser.add_argument(
+        "--missing",
+        action="store_true",
+        help="print the Debian packages the servers need that are not installed, and exit",
+    )
     args = parser.parse_args(argv)
     if args.missing:
         print(" ".join(missing_servers()))
         return 0
     base = Path(tempfile.mkdtemp(prefix="chatcli-dbservers-"))
-    servers = [cls(base / kind) for kind, cls in (("postgresql", PostgresServer), ("mysql", MariaDBServer))
-               if args.only in (None, kind)]
+    servers = [
+        cls(base / kind)
+        for kind, cls in (("postgresql", PostgresServer), ("mysql", MariaDBServer))
+        if args.only in (None, kind)
+    ]
     for signum in (signal.SIGINT, signal.SIGTERM):  # both raise KeyboardInterrupt, even if SIGINT was ignored
         signal.signal(signum, signal.default_int_handler)
     try:
         for server in servers:
             server.start()
             print(f"READY {server.new_database()}", flush=True)
-            print(f"{server.kind} {server.version}: admin {server.admin_url}, log {server.log_path}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{server.kind} {server.version}: admin {server.admin_url}, log {server.log_path}",
+                file=sys.stderr,
+                flush=True,
+            )
         while True:
             signal.pause()
     except KeyboardInterrupt:

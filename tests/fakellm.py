@@ -43,9 +43,10 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 MODEL_NAME = "fake-model"
@@ -192,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.fake._untrack(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -252,7 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"models": [{"name": MODEL_NAME}]})
         elif method == "POST" and path in ("/v1/chat/completions", "/api/chat"):
             if not isinstance(parsed, dict):
-                self._send_error(400, "request body is not a JSON object", "invalid_request_error", ollama_style)
+                self._send_error(
+                    400, "request body is not a JSON object", "invalid_request_error", ollama_style
+                )
                 return
             reply = fake._next_reply(record)
             if ollama_style:
@@ -271,8 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
         merged.update(extra)
         return merged
 
-    def _send_json(self, status: int, obj: Any, extra: dict[str, str] | None = None, *,
-                   body: bytes | None = None) -> None:
+    def _send_json(
+        self, status: int, obj: Any, extra: dict[str, str] | None = None, *, body: bytes | None = None
+    ) -> None:
         data = _dumps(obj) if body is None else body
         headers = self._merge_headers({"Content-Type": "application/json"}, extra or {})
         self.send_response(status)
@@ -283,13 +287,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
-    def _send_error(self, status: int, message: str, error_type: str, ollama_style: bool,
-                    extra: dict[str, str] | None = None) -> None:
+    def _send_error(
+        self,
+        status: int,
+        message: str,
+        error_type: str,
+        ollama_style: bool,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         if ollama_style:
             body: dict = {"error": message}
         else:
-            body = {"error": {"message": message, "type": error_type, "param": None,
-                              "code": _OPENAI_ERROR_CODES.get(status)}}
+            body = {
+                "error": {
+                    "message": message,
+                    "type": error_type,
+                    "param": None,
+                    "code": _OPENAI_ERROR_CODES.get(status),
+                }
+            }
         self._send_json(status, body, extra)
 
     def _start_stream(self, content_type: str, extra: dict[str, str]) -> None:
@@ -327,8 +343,14 @@ class _Handler(BaseHTTPRequestHandler):
             return int(prompt), int(completion), int(cached)
         return prompt_chars(body) // 4, len(tokens), 0
 
-    def _emit_tokens(self, tokens: list[str], reply: Reply, send_token: Callable[[str], None],
-                     send_malformed: Callable[[], None], send_error: Callable[[], None]) -> bool:
+    def _emit_tokens(
+        self,
+        tokens: list[str],
+        reply: Reply,
+        send_token: Callable[[str], None],
+        send_malformed: Callable[[], None],
+        send_error: Callable[[], None],
+    ) -> bool:
         """Send the tokens with their delays and scripted breakages; False when the stream ended early."""
         fake = self.server.fake
         n = len(tokens)
@@ -393,27 +415,43 @@ class _Handler(BaseHTTPRequestHandler):
         prompt, completion, cached = self._usage(body, reply, tokens)
 
         def usage_obj() -> dict:
-            return {"prompt_tokens": prompt, "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                    "prompt_tokens_details": {"cached_tokens": cached}}
+            return {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            }
 
         def timings_obj(t_first: float, t_end: float) -> dict:
             prompt_ms = max((t_first - self._t0) * 1000.0, 0.001)
             predicted_ms = max((t_end - t_first) * 1000.0, 0.001)
             prompt_n = max(prompt - cached, 0)
-            return {"cache_n": cached, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
-                    "prompt_per_second": prompt_n * 1000.0 / prompt_ms,
-                    "predicted_n": completion, "predicted_ms": predicted_ms,
-                    "predicted_per_second": completion * 1000.0 / predicted_ms}
+            return {
+                "cache_n": cached,
+                "prompt_n": prompt_n,
+                "prompt_ms": prompt_ms,
+                "prompt_per_second": prompt_n * 1000.0 / prompt_ms,
+                "predicted_n": completion,
+                "predicted_ms": predicted_ms,
+                "predicted_per_second": completion * 1000.0 / predicted_ms,
+            }
 
         if not body.get("stream"):
             if not self._non_stream_breakage(reply, tokens, False):
                 return
             now = time.monotonic()
             result: dict = {
-                "id": CHAT_ID, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                             "finish_reason": reply.finish_reason}],
+                "id": CHAT_ID,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(tokens)},
+                        "finish_reason": reply.finish_reason,
+                    }
+                ],
                 "usage": usage_obj(),
             }
             if reply.timings:
@@ -425,9 +463,13 @@ class _Handler(BaseHTTPRequestHandler):
         include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
 
         def chunk(delta: dict, finish_reason: str | None = None) -> dict:
-            obj: dict = {"id": CHAT_ID, "object": "chat.completion.chunk", "created": created,
-                         "model": model,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            obj: dict = {
+                "id": CHAT_ID,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
             if include_usage:
                 obj["usage"] = None  # as OpenAI does on every chunk but the last when usage is asked for
             return obj
@@ -439,8 +481,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(b'data: {"id":"chatcmpl-fake","choices":[{"delta":\n\n')
 
         def error_event() -> None:
-            event({"error": {"message": reply.error_message, "type": reply.error_type, "param": None,
-                             "code": None}})
+            event(
+                {
+                    "error": {
+                        "message": reply.error_message,
+                        "type": reply.error_type,
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
 
         self._start_stream("text/event-stream", reply.headers)
         self._chunk(b": ping\n\n")
@@ -449,14 +499,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         t_first = time.monotonic()
         event(chunk({"role": "assistant", "content": ""}))
-        if not self._emit_tokens(tokens, reply, lambda tok: event(chunk({"content": tok})),
-                                 malformed, error_event):
+        if not self._emit_tokens(
+            tokens, reply, lambda tok: event(chunk({"content": tok})), malformed, error_event
+        ):
             return
         t_end = time.monotonic()
         event(chunk({}, reply.finish_reason))
         if include_usage:
-            final: dict = {"id": CHAT_ID, "object": "chat.completion.chunk", "created": created,
-                           "model": model, "choices": [], "usage": usage_obj()}
+            final: dict = {
+                "id": CHAT_ID,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage_obj(),
+            }
             if reply.timings:
                 final["timings"] = timings_obj(t_first, t_end)
             event(final)
@@ -478,17 +535,26 @@ class _Handler(BaseHTTPRequestHandler):
             load_ns = 1_000_000
             prompt_ns = max(int((t_first - self._t0) * 1e9), 1)
             eval_ns = max(int((t_end - t_first) * 1e9), 1)
-            return {"done": True, "done_reason": reply.finish_reason,
-                    "total_duration": load_ns + prompt_ns + eval_ns, "load_duration": load_ns,
-                    "prompt_eval_count": prompt, "prompt_eval_duration": prompt_ns,
-                    "eval_count": completion, "eval_duration": eval_ns}
+            return {
+                "done": True,
+                "done_reason": reply.finish_reason,
+                "total_duration": load_ns + prompt_ns + eval_ns,
+                "load_duration": load_ns,
+                "prompt_eval_count": prompt,
+                "prompt_eval_duration": prompt_ns,
+                "eval_count": completion,
+                "eval_duration": eval_ns,
+            }
 
         if body.get("stream") is False:
             if not self._non_stream_breakage(reply, tokens, True):
                 return
             now = time.monotonic()
-            result = {"model": model, "created_at": OLLAMA_CREATED_AT,
-                      "message": {"role": "assistant", "content": "".join(tokens)}}
+            result = {
+                "model": model,
+                "created_at": OLLAMA_CREATED_AT,
+                "message": {"role": "assistant", "content": "".join(tokens)},
+            }
             result.update(final_fields(now, now))
             self._send_json(200, result, reply.headers)
             return
@@ -497,8 +563,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(_dumps(obj) + b"\n")
 
         def token_line(tok: str) -> None:
-            line({"model": model, "created_at": OLLAMA_CREATED_AT,
-                  "message": {"role": "assistant", "content": tok}, "done": False})
+            line(
+                {
+                    "model": model,
+                    "created_at": OLLAMA_CREATED_AT,
+                    "message": {"role": "assistant", "content": tok},
+                    "done": False,
+                }
+            )
 
         def malformed() -> None:
             self._chunk(b'{"model":"fake-model","message":{"role":\n')
@@ -508,11 +580,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort()
             return
         t_first = time.monotonic()
-        if not self._emit_tokens(tokens, reply, token_line, malformed,
-                                 lambda: line({"error": reply.error_message})):
+        if not self._emit_tokens(
+            tokens, reply, token_line, malformed, lambda: line({"error": reply.error_message})
+        ):
             return
-        final = {"model": model, "created_at": OLLAMA_CREATED_AT,
-                 "message": {"role": "assistant", "content": ""}}
+        final = {
+            "model": model,
+            "created_at": OLLAMA_CREATED_AT,
+            "message": {"role": "assistant", "content": ""},
+        }
         final.update(final_fields(t_first, time.monotonic()))
         line(final)
         self._end_chunks()
@@ -550,8 +626,12 @@ class FakeLLMServer:
         self._httpd = _HTTPServer(("127.0.0.1", self._wanted_port), self)
         self.port = int(self._httpd.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fakellm-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fakellm-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -595,8 +675,9 @@ class FakeLLMServer:
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
         with self._changed:
             if not self._changed.wait_for(lambda: len(self.requests) >= n, timeout):
-                raise TimeoutError(f"fake LLM got {len(self.requests)} request(s), expected {n} "
-                                   f"within {timeout}s")
+                raise TimeoutError(
+                    f"fake LLM got {len(self.requests)} request(s), expected {n} within {timeout}s"
+                )
 
     # ---- used by the handler threads
 
@@ -644,9 +725,13 @@ def main(argv: list[str] | None = None) -> int:
 
     default: DefaultReply
     if args.reply_text is None:
+
         def default(record: dict) -> Reply:
-            return Reply(text="Echo: " + last_user_text(record.get("json")),
-                         delay_first=args.delay_first, delay_each=args.delay_each)
+            return Reply(
+                text="Echo: " + last_user_text(record.get("json")),
+                delay_first=args.delay_first,
+                delay_each=args.delay_each,
+            )
     else:
         default = Reply(text=args.reply_text, delay_first=args.delay_first, delay_each=args.delay_each)
 

@@ -25,6 +25,7 @@ from chatcli.errors import (
     StreamError,
 )
 from chatcli.session import GenerationParams, Timeouts, Usage
+
 from fakellm import FakeLLMServer, Reply
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
@@ -45,8 +46,12 @@ def ollama(fake_llm: FakeLLMServer) -> Iterator[OllamaBackend]:
     backend.close()
 
 
-def run(backend: HTTPBackend, params: GenerationParams | None = None, timeouts: Timeouts = TIMEOUTS,
-        messages: list[dict[str, str]] = MESSAGES) -> list[StreamEvent]:
+def run(
+    backend: HTTPBackend,
+    params: GenerationParams | None = None,
+    timeouts: Timeouts = TIMEOUTS,
+    messages: list[dict[str, str]] = MESSAGES,
+) -> list[StreamEvent]:
     deadline = time.monotonic() + timeouts.total
     return list(backend.stream_chat(messages, params or GenerationParams(), timeouts, deadline))  # type: ignore
 
@@ -86,8 +91,12 @@ def test_openai_request_body(openai: OpenAIBackend, fake_llm: FakeLLMServer) -> 
     plain, tuned = (r["json"] for r in fake_llm.requests)
     assert fake_llm.requests[0]["path"] == "/v1/chat/completions"
     assert fake_llm.requests[0]["method"] == "POST"
-    assert plain == {"model": "fake-model", "messages": MESSAGES, "stream": True,
-                     "stream_options": {"include_usage": True}}
+    assert plain == {
+        "model": "fake-model",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     assert tuned["temperature"] == 0.7 and tuned["max_tokens"] == 42
 
 
@@ -159,12 +168,19 @@ def test_wrong_base_url_path_is_model_not_found(fake_llm: FakeLLMServer) -> None
         backend.close()
 
 
-@pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("0", 0.0), ("1.5", 1.5), (None, None),
-                                                  ("soon", None), ("-3", 0.0)])
-def test_openai_429_parses_retry_after(openai: OpenAIBackend, fake_llm: FakeLLMServer,
-                                       header: str | None, expected: float | None) -> None:
-    fake_llm.enqueue(Reply(status=429, error_message="Rate limit reached",
-                           headers={"Retry-After": header} if header is not None else {}))
+@pytest.mark.parametrize(
+    ("header", "expected"), [("7", 7.0), ("0", 0.0), ("1.5", 1.5), (None, None), ("soon", None), ("-3", 0.0)]
+)
+def test_openai_429_parses_retry_after(
+    openai: OpenAIBackend, fake_llm: FakeLLMServer, header: str | None, expected: float | None
+) -> None:
+    fake_llm.enqueue(
+        Reply(
+            status=429,
+            error_message="Rate limit reached",
+            headers={"Retry-After": header} if header is not None else {},
+        )
+    )
     with pytest.raises(RateLimited) as info:
         run(openai)
     assert info.value.retry_after == expected
@@ -189,8 +205,13 @@ def test_openai_500_carries_the_server_message(openai: OpenAIBackend, fake_llm: 
 
 
 def test_openai_400_context_exceeded_suggests_clear(openai: OpenAIBackend, fake_llm: FakeLLMServer) -> None:
-    fake_llm.enqueue(Reply(status=400, error_message="the request exceeds the available context size",
-                           error_type="exceed_context_size_error"))
+    fake_llm.enqueue(
+        Reply(
+            status=400,
+            error_message="the request exceeds the available context size",
+            error_type="exceed_context_size_error",
+        )
+    )
     with pytest.raises(BackendHTTPError, match="use `clear`") as info:
         run(openai)
     assert info.value.status == 400
@@ -227,18 +248,27 @@ def test_unknown_host_is_unavailable() -> None:
 
 def test_a_200_that_is_not_an_event_stream(openai: OpenAIBackend, fake_llm: FakeLLMServer) -> None:
     fake_llm.enqueue(Reply(text="x", headers={"Content-Type": "application/json"}))
-    with pytest.raises(StreamError, match=r"did not answer with a stream \(content type 'application/json'\)"):
+    with pytest.raises(
+        StreamError, match=r"did not answer with a stream \(content type 'application/json'\)"
+    ):
         run(openai)
 
 
-@pytest.mark.parametrize(("reply", "phrase"), [
-    (Reply(text="a b c", cut_after=1), "closed in the middle of the reply"),
-    (Reply(text="a b c", error_after=2, error_message="slot unavailable"),
-     "reported an error during the reply: slot unavailable"),
-    (Reply(text="a b c", malformed_after=1), "malformed chunk"),
-], ids=["cut", "in-stream-error", "malformed"])
-def test_openai_broken_streams(openai: OpenAIBackend, fake_llm: FakeLLMServer, reply: Reply,
-                               phrase: str) -> None:
+@pytest.mark.parametrize(
+    ("reply", "phrase"),
+    [
+        (Reply(text="a b c", cut_after=1), "closed in the middle of the reply"),
+        (
+            Reply(text="a b c", error_after=2, error_message="slot unavailable"),
+            "reported an error during the reply: slot unavailable",
+        ),
+        (Reply(text="a b c", malformed_after=1), "malformed chunk"),
+    ],
+    ids=["cut", "in-stream-error", "malformed"],
+)
+def test_openai_broken_streams(
+    openai: OpenAIBackend, fake_llm: FakeLLMServer, reply: Reply, phrase: str
+) -> None:
     fake_llm.enqueue(reply)
     got: list[str] = []
     with pytest.raises(StreamError, match=phrase):
@@ -276,21 +306,24 @@ def test_close_is_idempotent_and_the_backend_reopens(openai: OpenAIBackend, fake
 # ---------------------------------------------------------------------------------------- ollama
 
 
-@pytest.mark.parametrize(("host", "url"), [
-    (None, "http://127.0.0.1:11434"),
-    ("", "http://127.0.0.1:11434"),
-    ("0.0.0.0:11434", "http://127.0.0.1:11434"),
-    ("0.0.0.0", "http://127.0.0.1:11434"),
-    ("myhost", "http://myhost:11434"),
-    ("myhost:8080", "http://myhost:8080"),
-    ("http://box:1234", "http://box:1234"),
-    ("http://box:1234/", "http://box:1234"),
-    ("https://box", "https://box:11434"),
-    ("http://box:1234/ollama", "http://box:1234/ollama"),
-    ("[::1]", "http://[::1]:11434"),
-    ("[::1]:9000", "http://[::1]:9000"),
-    ("  myhost  ", "http://myhost:11434"),
-])
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        (None, "http://127.0.0.1:11434"),
+        ("", "http://127.0.0.1:11434"),
+        ("0.0.0.0:11434", "http://127.0.0.1:11434"),
+        ("0.0.0.0", "http://127.0.0.1:11434"),
+        ("myhost", "http://myhost:11434"),
+        ("myhost:8080", "http://myhost:8080"),
+        ("http://box:1234", "http://box:1234"),
+        ("http://box:1234/", "http://box:1234"),
+        ("https://box", "https://box:11434"),
+        ("http://box:1234/ollama", "http://box:1234/ollama"),
+        ("[::1]", "http://[::1]:11434"),
+        ("[::1]:9000", "http://[::1]:9000"),
+        ("  myhost  ", "http://myhost:11434"),
+    ],
+)
 def test_base_url_from_host(host: str | None, url: str) -> None:
     assert base_url_from_host(host) == url
     assert DEFAULT_HOST == "http://127.0.0.1:11434"
@@ -304,8 +337,14 @@ def test_ollama_events(ollama: OllamaBackend, fake_llm: FakeLLMServer) -> None:
     assert final.finish_reason == "stop"
     assert final.usage == Usage(prompt_tokens=12, completion_tokens=2, cached_tokens=None)
     assert final.server_timings is not None
-    assert set(final.server_timings) == {"total_duration", "load_duration", "prompt_eval_duration",
-                                         "eval_duration", "prompt_eval_count", "eval_count"}
+    assert set(final.server_timings) == {
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+        "prompt_eval_count",
+        "eval_count",
+    }
     assert final.server_timings["load_duration"] == 1_000_000
     assert final.tokens_per_second == pytest.approx(2 / (final.server_timings["eval_duration"] / 1e9))
     assert all(e.finish_reason is None and e.usage is None for e in events[:-1])
@@ -323,8 +362,13 @@ def test_ollama_request_body(fake_llm: FakeLLMServer) -> None:
     first, second = (r["json"] for r in fake_llm.requests)
     assert fake_llm.requests[0]["path"] == "/api/chat"
     assert first == {"model": "llama3.2", "messages": MESSAGES, "stream": True}
-    assert second == {"model": "qwen", "messages": MESSAGES, "stream": True, "keep_alive": "5m",
-                      "options": {"temperature": 0.3, "num_predict": 50, "num_ctx": 4096}}
+    assert second == {
+        "model": "qwen",
+        "messages": MESSAGES,
+        "stream": True,
+        "keep_alive": "5m",
+        "options": {"temperature": 0.3, "num_predict": 50, "num_ctx": 4096},
+    }
 
 
 def test_ollama_done_reason_length(ollama: OllamaBackend, fake_llm: FakeLLMServer) -> None:
@@ -356,14 +400,21 @@ def test_ollama_429(ollama: OllamaBackend, fake_llm: FakeLLMServer) -> None:
     assert info.value.retry_after == 2.0
 
 
-@pytest.mark.parametrize(("reply", "phrase"), [
-    (Reply(text="a b c", cut_after=1), "closed in the middle of the reply"),
-    (Reply(text="a b c", error_after=1, error_message="out of memory"),
-     "reported an error during the reply: out of memory"),
-    (Reply(text="a b c", malformed_after=2), "malformed line"),
-], ids=["cut", "in-stream-error", "malformed"])
-def test_ollama_broken_streams(ollama: OllamaBackend, fake_llm: FakeLLMServer, reply: Reply,
-                               phrase: str) -> None:
+@pytest.mark.parametrize(
+    ("reply", "phrase"),
+    [
+        (Reply(text="a b c", cut_after=1), "closed in the middle of the reply"),
+        (
+            Reply(text="a b c", error_after=1, error_message="out of memory"),
+            "reported an error during the reply: out of memory",
+        ),
+        (Reply(text="a b c", malformed_after=2), "malformed line"),
+    ],
+    ids=["cut", "in-stream-error", "malformed"],
+)
+def test_ollama_broken_streams(
+    ollama: OllamaBackend, fake_llm: FakeLLMServer, reply: Reply, phrase: str
+) -> None:
     fake_llm.enqueue(reply)
     with pytest.raises(StreamError, match=phrase):
         run(ollama)
@@ -372,7 +423,7 @@ def test_ollama_broken_streams(ollama: OllamaBackend, fake_llm: FakeLLMServer, r
 def test_ollama_connection_refused() -> None:
     backend = OllamaBackend(f"http://127.0.0.1:{closed_port()}", "m")
     try:
-        with pytest.raises(BackendUnavailable, match="(?i)refused"):
+        with pytest.raises(BackendUnavailable, match=r"(?i)refused"):
             run(backend)
     finally:
         backend.close()

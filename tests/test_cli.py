@@ -14,14 +14,23 @@ import pytest
 
 from chatcli import __version__
 from chatcli.stores.folder import FolderStore
+
 from fakellm import FakeLLMServer, Reply
 
 ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-z]{4}")
 
 
-def run(env: dict[str, str], *args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatcli", *args], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=timeout)
+def run(
+    env: dict[str, str], *args: str, stdin: str = "", timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatcli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def new_session(env: dict[str, str], llm: FakeLLMServer, text: str = "hello\n", *extra: str) -> str:
@@ -61,13 +70,29 @@ def test_version(child_env: dict[str, str], flag: str) -> None:
     assert r.stderr == ""
 
 
-@pytest.mark.parametrize(("args", "options"), [
-    ([], ["--resume", "--version", "--sessions-dir", "new", "resume", "list"]),
-    (["new"], ["--backend", "--model", "--base-url", "--system", "--title", "--temperature", "--max-tokens",
-               "--timeout", "--sessions-dir", "--model-path"]),
-    (["resume"], ["ID", "--sessions-dir", "--timeout", "--base-url", "--model-path"]),
-    (["list"], ["--json", "--limit", "--sessions-dir"]),
-])
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        ([], ["--resume", "--version", "--sessions-dir", "new", "resume", "list"]),
+        (
+            ["new"],
+            [
+                "--backend",
+                "--model",
+                "--base-url",
+                "--system",
+                "--title",
+                "--temperature",
+                "--max-tokens",
+                "--timeout",
+                "--sessions-dir",
+                "--model-path",
+            ],
+        ),
+        (["resume"], ["ID", "--sessions-dir", "--timeout", "--base-url", "--model-path"]),
+        (["list"], ["--json", "--limit", "--sessions-dir"]),
+    ],
+)
 def test_help(child_env: dict[str, str], args: list[str], options: list[str]) -> None:
     r = run(child_env, *args, "--help")
     assert r.returncode == 0, r.stderr
@@ -93,8 +118,9 @@ def test_list_empty(child_env: dict[str, str], user_dirs: dict[str, Path]) -> No
     assert not list(user_dirs["sessions"].glob("*.json"))
 
 
-def test_new_then_list_and_list_json(child_env: dict[str, str], fake_llm: FakeLLMServer,
-                                     user_dirs: dict[str, Path]) -> None:
+def test_new_then_list_and_list_json(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     first = new_session(child_env, fake_llm, "hello\n")
     second = new_session(child_env, fake_llm, "second chat\nand more\n")
     assert first != second
@@ -126,11 +152,14 @@ def test_new_then_list_and_list_json(child_env: dict[str, str], fake_llm: FakeLL
 
     snap = snapshot(user_dirs, first)
     assert [(m["role"], m["content"], m["status"]) for m in snap["messages"]] == [
-        ("user", "hello", "ok"), ("assistant", "Echo: hello", "ok")]
+        ("user", "hello", "ok"),
+        ("assistant", "Echo: hello", "ok"),
+    ]
 
 
 def test_list_reports_damaged_file_and_still_lists_good_ones(
-        child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]) -> None:
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     good = new_session(child_env, fake_llm)
     bad = user_dirs["sessions"] / "20200101-000000-dead.json"
     bad.write_text('{"format": "chatcli.session", "version": 1, "id": "20200101-000000-de')  # truncated
@@ -180,8 +209,9 @@ def test_resume_ambiguous_prefix(child_env: dict[str, str], user_dirs: dict[str,
 
 
 @pytest.mark.parametrize("ref", ["../etc", "../../etc/passwd", "/etc/passwd", "a/b"])
-def test_resume_hostile_id(child_env: dict[str, str], fake_llm: FakeLLMServer, ref: str,
-                           user_dirs: dict[str, Path]) -> None:
+def test_resume_hostile_id(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, ref: str, user_dirs: dict[str, Path]
+) -> None:
     new_session(child_env, fake_llm)
     before = sorted(p.name for p in user_dirs["sessions"].parent.rglob("*"))
     r = run(child_env, "resume", ref)
@@ -191,8 +221,9 @@ def test_resume_hostile_id(child_env: dict[str, str], fake_llm: FakeLLMServer, r
     assert sorted(p.name for p in user_dirs["sessions"].parent.rglob("*")) == before  # nothing created
 
 
-def test_resume_last_sends_whole_context(child_env: dict[str, str], fake_llm: FakeLLMServer,
-                                         user_dirs: dict[str, Path]) -> None:
+def test_resume_last_sends_whole_context(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     sid = new_session(child_env, fake_llm, "hello\nhow are you\n")
     assert len(fake_llm.requests) == 2
 
@@ -209,16 +240,19 @@ def test_resume_last_sends_whole_context(child_env: dict[str, str], fake_llm: Fa
     assert len(fake_llm.requests) == 3
     sent = fake_llm.requests[-1]["json"]["messages"]
     assert sent == [
-        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "Echo: hello"},
-        {"role": "user", "content": "how are you"}, {"role": "assistant", "content": "Echo: how are you"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Echo: hello"},
+        {"role": "user", "content": "how are you"},
+        {"role": "assistant", "content": "Echo: how are you"},
         {"role": "user", "content": "and now?"},
     ]
     assert fake_llm.requests[-1]["json"]["model"] == "gpt-4o-mini"
     assert len(snapshot(user_dirs, sid)["messages"]) == 6
 
 
-def test_resume_option_works_like_resume_command(child_env: dict[str, str], fake_llm: FakeLLMServer,
-                                                 user_dirs: dict[str, Path]) -> None:
+def test_resume_option_works_like_resume_command(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     sid = new_session(child_env, fake_llm, "first\n")
     new_session(child_env, fake_llm, "other\n")  # so `last` would be the wrong one
     for args in (["--resume", sid], ["-r", sid[:-1]]):
@@ -228,7 +262,10 @@ def test_resume_option_works_like_resume_command(child_env: dict[str, str], fake
         assert "Echo: first" in r.stdout
         assert fake_llm.requests[-1]["json"]["messages"][0] == {"role": "user", "content": "first"}
     assert [m["content"] for m in snapshot(user_dirs, sid)["messages"] if m["role"] == "user"] == [
-        "first", "more", "more"]
+        "first",
+        "more",
+        "more",
+    ]
 
     r = run(child_env, "--resume", "20000101-000000-zzzz")
     assert_one_line_error(r)
@@ -240,8 +277,15 @@ def test_resume_option_works_like_resume_command(child_env: dict[str, str], fake
 # -- errors ---------------------------------------------------------------------------------------------
 def test_unreachable_server_keeps_the_message(child_env: dict[str, str], user_dirs: dict[str, Path]) -> None:
     port = closed_port()
-    r = run(child_env, "new", "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
-            stdin="are you there?\n")
+    r = run(
+        child_env,
+        "new",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"http://127.0.0.1:{port}/v1",
+        stdin="are you there?\n",
+    )
     assert r.returncode == 0, r.stderr  # the REPL reports the error and goes on; EOF then quits
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -277,10 +321,19 @@ def test_bad_config_file(child_env: dict[str, str], user_dirs: dict[str, Path]) 
     assert str(cfg) in r.stderr and "temperature" in r.stderr
 
 
-@pytest.mark.parametrize("args", [["--temperature", "5"], ["--temperature", "-1"], ["--timeout", "0"],
-                                  ["--backend", "gpt"], ["--base-url", "ftp://x"]])
-def test_bad_flag_values(child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path],
-                         args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temperature", "5"],
+        ["--temperature", "-1"],
+        ["--timeout", "0"],
+        ["--backend", "gpt"],
+        ["--base-url", "ftp://x"],
+    ],
+)
+def test_bad_flag_values(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path], args: list[str]
+) -> None:
     extra = [] if "--backend" in args else ["--backend", "openai"]
     extra += [] if "--base-url" in args else ["--base-url", f"{fake_llm.url}/v1"]
     r = run(child_env, "new", *extra, *args, stdin="hello\n")
@@ -303,8 +356,15 @@ def test_no_color_output_has_no_escape_bytes(child_env: dict[str, str], fake_llm
     # Markdown plus an escape sequence a hostile model might send: neither may reach the output raw.
     fake_llm.enqueue(Reply(text="Some **bold** text \x1b[31mred\x1b[0m and `code`."))
     outputs = []
-    r = run(child_env, "new", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1",
-            stdin="hello\nstats\nhistory\nhelp\n/nope\n")
+    r = run(
+        child_env,
+        "new",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"{fake_llm.url}/v1",
+        stdin="hello\nstats\nhistory\nhelp\n/nope\n",
+    )
     assert r.returncode == 0, r.stderr
     outputs.append(r)
     outputs.append(run(child_env, "list"))
@@ -317,22 +377,35 @@ def test_no_color_output_has_no_escape_bytes(child_env: dict[str, str], fake_llm
     assert "turns" in outputs[0].stdout and "unknown command /nope" in outputs[0].stderr
 
 
-def test_api_key_never_written(child_env: dict[str, str], fake_llm: FakeLLMServer,
-                               user_dirs: dict[str, Path]) -> None:
+def test_api_key_never_written(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     canary = "sk-canary-7f3a9c2e41d8b605"
     child_env["OPENAI_API_KEY"] = canary
     sid = new_session(child_env, fake_llm, "hello\nsecond\n")
     r = run(child_env, "resume", sid, stdin="third\n")
     assert r.returncode == 0, r.stderr
-    r = run(child_env, "new", "--backend", "openai", "--base-url",
-            f"http://127.0.0.1:{closed_port()}/v1", stdin="unreachable\n")
+    r = run(
+        child_env,
+        "new",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"http://127.0.0.1:{closed_port()}/v1",
+        stdin="unreachable\n",
+    )
     assert r.returncode == 0
 
     # the key was used: the server saw it on every request
     assert len(fake_llm.requests) == 3
     assert all(req["headers"].get("authorization") == f"Bearer {canary}" for req in fake_llm.requests)
-    files = [p for d in (user_dirs["sessions"], user_dirs["state"]) if d.exists()
-             for p in d.rglob("*") if p.is_file()]
+    files = [
+        p
+        for d in (user_dirs["sessions"], user_dirs["state"])
+        if d.exists()
+        for p in d.rglob("*")
+        if p.is_file()
+    ]
     assert any(p.suffix == ".json" for p in files)
     for p in files:
         assert canary.encode() not in p.read_bytes(), f"the API key was written to {p}"
@@ -340,8 +413,9 @@ def test_api_key_never_written(child_env: dict[str, str], fake_llm: FakeLLMServe
         assert canary not in out
 
 
-def test_credentials_in_base_url_are_not_saved(child_env: dict[str, str], fake_llm: FakeLLMServer,
-                                               user_dirs: dict[str, Path]) -> None:
+def test_credentials_in_base_url_are_not_saved(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     secret = "pw-canary-55e1"
     url = fake_llm.url.replace("http://", f"http://user:{secret}@") + "/v1"
     r = run(child_env, "new", "--backend", "openai", "--base-url", url, stdin="hello\n")
@@ -358,7 +432,18 @@ def test_credentials_in_base_url_are_not_saved(child_env: dict[str, str], fake_l
 
 
 def _minimal_snapshot(sid: str) -> dict:
-    return {"format": "chatcli.session", "version": 1, "id": sid, "title": "t", "created_at":
-            "2025-01-01T12:00:00.000Z", "updated_at": "2025-01-01T12:00:00.000Z", "backend": "openai",
-            "model": "m", "base_url": "http://127.0.0.1:1/v1", "params": {}, "system": "",
-            "messages": [], "context_start": 0}
+    return {
+        "format": "chatcli.session",
+        "version": 1,
+        "id": sid,
+        "title": "t",
+        "created_at": "2025-01-01T12:00:00.000Z",
+        "updated_at": "2025-01-01T12:00:00.000Z",
+        "backend": "openai",
+        "model": "m",
+        "base_url": "http://127.0.0.1:1/v1",
+        "params": {},
+        "system": "",
+        "messages": [],
+        "context_start": 0,
+    }

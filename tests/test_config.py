@@ -9,8 +9,8 @@ import pytest
 
 from chatcli import config
 from chatcli.config import Settings, read_config_file, resolve
-from chatcli.stores import StoreSpec, mask_url, parse_store
 from chatcli.errors import ConfigError
+from chatcli.stores import StoreSpec, mask_url, parse_store
 
 
 @pytest.fixture
@@ -30,8 +30,20 @@ def write(cfg: Path, text: str) -> Path:
 
 def no_flags(**given: Any) -> dict[str, Any]:
     """Flags as the CLI passes them: every known one, None when not given."""
-    flags: dict[str, Any] = {k: None for k in ("backend", "model", "base_url", "system", "temperature",
-                                                 "max_tokens", "timeout", "store", "title")}
+    flags: dict[str, Any] = {
+        k: None
+        for k in (
+            "backend",
+            "model",
+            "base_url",
+            "system",
+            "temperature",
+            "max_tokens",
+            "timeout",
+            "store",
+            "title",
+        )
+    }
     flags.update(given)
     return flags
 
@@ -50,8 +62,11 @@ def test_defaults_without_file_or_environment(cfg: Path) -> None:
 
 
 def test_file_then_env_then_flag(cfg: Path, tmp_path: Path) -> None:
-    write(cfg, 'backend = "ollama"\nmodel = "file-model"\nsessions_dir = "/file/sessions"\n'
-               'system = "file system"\ntemperature = 0.5\nmax_tokens = 100\n')
+    write(
+        cfg,
+        'backend = "ollama"\nmodel = "file-model"\nsessions_dir = "/file/sessions"\n'
+        'system = "file system"\ntemperature = 0.5\nmax_tokens = 100\n',
+    )
     from_file = resolve(no_flags(), env_for(cfg))
     assert (from_file.backend, from_file.model, from_file.store) == ("ollama", "file-model", "/file/sessions")
     assert (from_file.system, from_file.temperature, from_file.max_tokens) == ("file system", 0.5, 100)
@@ -61,9 +76,22 @@ def test_file_then_env_then_flag(cfg: Path, tmp_path: Path) -> None:
     assert (from_env.backend, from_env.model, from_env.store) == ("openai", "env-model", "/env/s")
     assert from_env.system == "file system"  # the environment does not set it: the file still does
 
-    from_flags = resolve(no_flags(backend="local", model="flag-model", store=str(tmp_path / "f"),
-                                  system="flag system", temperature=1.5, max_tokens=7), env)
-    assert (from_flags.backend, from_flags.model, from_flags.store) == ("local", "flag-model", str(tmp_path / "f"))
+    from_flags = resolve(
+        no_flags(
+            backend="local",
+            model="flag-model",
+            store=str(tmp_path / "f"),
+            system="flag system",
+            temperature=1.5,
+            max_tokens=7,
+        ),
+        env,
+    )
+    assert (from_flags.backend, from_flags.model, from_flags.store) == (
+        "local",
+        "flag-model",
+        str(tmp_path / "f"),
+    )
     assert (from_flags.system, from_flags.temperature, from_flags.max_tokens) == ("flag system", 1.5, 7)
 
 
@@ -82,21 +110,31 @@ def test_timeouts_from_file_and_flag(cfg: Path) -> None:
 
 
 def test_every_file_key_is_accepted(cfg: Path) -> None:
-    write(cfg, 'backend = "ollama"\nmodel = "m"\nbase_url = "http://h:1"\nsystem = "s"\ntemperature = 1\n'
-               'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
-               'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
-               'store = "sqlite:///x/chats.db"\nstore_timeout = 4\n')
+    write(
+        cfg,
+        'backend = "ollama"\nmodel = "m"\nbase_url = "http://h:1"\nsystem = "s"\ntemperature = 1\n'
+        'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
+        'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
+        'store = "sqlite:///x/chats.db"\nstore_timeout = 4\n',
+    )
     assert set(read_config_file(cfg)) == set(config.FILE_KEYS)
     s = resolve(no_flags(), env_for(cfg, HOME=str(cfg.parent)))
-    assert (s.backend, s.base_url, s.n_ctx, s.threads, s.keep_alive) == ("ollama", "http://h:1", 2048, 3, "10m")
+    assert (s.backend, s.base_url, s.n_ctx, s.threads, s.keep_alive) == (
+        "ollama",
+        "http://h:1",
+        2048,
+        3,
+        "10m",
+    )
     assert (s.store, s.store_timeout) == ("sqlite:///x/chats.db", 4.0)  # store wins over its older name
     assert s.model_path == Path.home() / "m.gguf"
 
 
 def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:
     s = resolve(no_flags(store="~/chats"), env_for(cfg))
-    assert parse_store(s.store) == StoreSpec("folder", str(user_dirs["home"] / "chats"),
-                                             str(user_dirs["home"] / "chats"))
+    assert parse_store(s.store) == StoreSpec(
+        "folder", str(user_dirs["home"] / "chats"), str(user_dirs["home"] / "chats")
+    )
 
 
 def test_store_precedence_and_its_older_name(cfg: Path) -> None:
@@ -112,11 +150,17 @@ def test_store_precedence_and_its_older_name(cfg: Path) -> None:
     assert resolve({**no_flags(), "store": None, "sessions_dir": "/flag/old"}, env).store == "/flag/old"
 
 
-@pytest.mark.parametrize("bad, phrase", [
-    ("redis://h/0", "unknown store"), ("sqlite://", "names no database file"),
-    ("postgresql:///chats", "names no host"), ("mysql://u@h", "names no database"),
-    ("mysql://u:s3cret@h", "names no database"), ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "bad, phrase",
+    [
+        ("redis://h/0", "unknown store"),
+        ("sqlite://", "names no database file"),
+        ("postgresql:///chats", "names no host"),
+        ("mysql://u@h", "names no database"),
+        ("mysql://u:s3cret@h", "names no database"),
+        ("", "empty"),
+    ],
+)
 def test_a_store_that_can_never_work_is_a_usage_error(cfg: Path, bad: str, phrase: str) -> None:
     with pytest.raises(ConfigError, match=phrase) as info:
         resolve(no_flags(store=bad), env_for(cfg))
@@ -202,17 +246,20 @@ def test_openai_without_base_url_leaves_the_default_to_the_backend(cfg: Path) ->
 # ------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(("text", "phrase"), [
-    ('colour = "blue"\n', "unknown setting 'colour'"),
-    ('temperature = "hot"\n', "temperature has the wrong type (str)"),
-    ("max_tokens = 1.5\n", "max_tokens has the wrong type (float)"),
-    ("max_tokens = true\n", "max_tokens has the wrong type (bool)"),
-    ("timeout = true\n", "timeout has the wrong type (bool)"),
-    ('model = ["a"]\n', "model has the wrong type (list)"),
-    ("[backend]\nname = 'x'\n", "backend has the wrong type (dict)"),
-    ('model = "unterminated\n', "is not valid TOML"),
-    ("= 3\n", "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ('colour = "blue"\n', "unknown setting 'colour'"),
+        ('temperature = "hot"\n', "temperature has the wrong type (str)"),
+        ("max_tokens = 1.5\n", "max_tokens has the wrong type (float)"),
+        ("max_tokens = true\n", "max_tokens has the wrong type (bool)"),
+        ("timeout = true\n", "timeout has the wrong type (bool)"),
+        ('model = ["a"]\n', "model has the wrong type (list)"),
+        ("[backend]\nname = 'x'\n", "backend has the wrong type (dict)"),
+        ('model = "unterminated\n', "is not valid TOML"),
+        ("= 3\n", "is not valid TOML"),
+    ],
+)
 def test_bad_config_file_names_the_file(cfg: Path, text: str, phrase: str) -> None:
     write(cfg, text)
     with pytest.raises(ConfigError) as info:
@@ -245,10 +292,16 @@ def test_unknown_backend(cfg: Path, source: str, value: str) -> None:
     assert "local, openai, ollama" in str(info.value)
 
 
-@pytest.mark.parametrize(("where", "name", "value"), [
-    ("flag", "timeout", 0), ("flag", "timeout", -5.0),
-    ("file", "timeout", 0), ("file", "connect_timeout", -1), ("file", "idle_timeout", 0.0),
-])
+@pytest.mark.parametrize(
+    ("where", "name", "value"),
+    [
+        ("flag", "timeout", 0),
+        ("flag", "timeout", -5.0),
+        ("file", "timeout", 0),
+        ("file", "connect_timeout", -1),
+        ("file", "idle_timeout", 0.0),
+    ],
+)
 def test_non_positive_timeout(cfg: Path, where: str, name: str, value: float) -> None:
     flags = no_flags()
     if where == "flag":

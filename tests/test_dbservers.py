@@ -25,20 +25,37 @@ ODD_PASSWORD = "p@ss:w/rd %"  # needs percent-encoding in a URL
 def url_parts(url: str) -> dict[str, Any]:
     """The connection parameters in a ``scheme://user:password@host:port/db`` URL."""
     parts = urlsplit(url)
-    return {"host": parts.hostname, "port": parts.port, "user": unquote(parts.username or ""),
-            "password": unquote(parts.password or ""), "db": parts.path.lstrip("/")}
+    return {
+        "host": parts.hostname,
+        "port": parts.port,
+        "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),
+        "db": parts.path.lstrip("/"),
+    }
 
 
 def pg_connect(url: str, **override: Any) -> psycopg.Connection[Any]:
     p = url_parts(url) | override
-    return psycopg.connect(host=p["host"], port=p["port"], user=p["user"], password=p["password"],
-                           dbname=p["db"], connect_timeout=5)
+    return psycopg.connect(
+        host=p["host"],
+        port=p["port"],
+        user=p["user"],
+        password=p["password"],
+        dbname=p["db"],
+        connect_timeout=5,
+    )
 
 
 def my_connect(url: str, **override: Any) -> pymysql.Connection:
     p = url_parts(url) | override
-    return pymysql.connect(host=p["host"], port=p["port"], user=p["user"], password=p["password"],
-                           database=p["db"], connect_timeout=5)
+    return pymysql.connect(
+        host=p["host"],
+        port=p["port"],
+        user=p["user"],
+        password=p["password"],
+        database=p["db"],
+        connect_timeout=5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +133,14 @@ def test_mariadb_rows_survive_immediate_stop_and_kill(maria: dbservers.MariaDBSe
     url = maria.new_database(password=ODD_PASSWORD)
     assert url.startswith(f"mysql://chatcli:p%40ss%3Aw%2Frd%20%25@127.0.0.1:{maria.port}/db_")
     with my_connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT @@innodb_ft_min_token_size, @@innodb_ft_enable_stopword, "
-                    "@@innodb_flush_log_at_trx_commit")
+        cur.execute(
+            "SELECT @@innodb_ft_min_token_size, @@innodb_ft_enable_stopword, @@innodb_flush_log_at_trx_commit"
+        )
         assert cur.fetchone() == (3, 1, 1)
-        cur.execute("CREATE TABLE notes (id INT AUTO_INCREMENT PRIMARY KEY, body TEXT NOT NULL) "
-                    "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+        cur.execute(
+            "CREATE TABLE notes (id INT AUTO_INCREMENT PRIMARY KEY, body TEXT NOT NULL) "
+            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        )
     port = maria.port
     for mode in ("immediate", "kill"):
         with my_connect(url) as conn, conn.cursor() as cur:
@@ -174,8 +194,12 @@ def test_close_stops_the_server_and_removes_its_folder(tmp_path: Path) -> None:
 
 def test_main_prints_ready_and_cleans_up_on_sigterm() -> None:
     script = Path(dbservers.__file__)
-    proc = subprocess.Popen([sys.executable, str(script), "--only", "postgresql"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--only", "postgresql"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         words = proc.stdout.readline().split()

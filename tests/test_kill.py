@@ -15,6 +15,7 @@ import pytest
 
 from chatcli.session import ConversationSession
 from chatcli.stores.folder import FolderStore
+
 from fakellm import FakeLLMServer, Reply
 
 TOKENS = [f"k{i:03d} " for i in range(400)]
@@ -23,14 +24,21 @@ DELAY_EACH = 0.1  # so token k030 arrives ~3 s into the reply, past several chec
 
 def _spawn_new(fake_llm: FakeLLMServer, env: dict[str, str]) -> pexpect.spawn:
     """`chatcli new` on the fake server, in a 40x100 pseudo-terminal."""
-    return pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--backend", "openai", "--base-url",
-                                          f"{fake_llm.url}/v1"],
-                         env=env, dimensions=(40, 100), timeout=10, encoding="utf-8", codec_errors="replace")
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "chatcli", "new", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1"],
+        env=env,
+        dimensions=(40, 100),
+        timeout=10,
+        encoding="utf-8",
+        codec_errors="replace",
+    )
 
 
 @pytest.mark.parametrize("moment", ["before-first-token", "k005", "k030"])
-def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str], fake_llm: FakeLLMServer,
-                                         user_dirs: dict[str, Path]) -> None:
+def test_sigkill_mid_reply_loses_nothing(
+    moment: str, child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
     first = 3.0 if moment == "before-first-token" else 0.0
     fake_llm.enqueue(Reply(tokens=TOKENS, delay_first=first, delay_each=DELAY_EACH))
@@ -76,8 +84,14 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
     stale = sessions / f".{sid}.x1y2z3.tmp"
     stale.write_text("{half a snapshot")
 
-    r = subprocess.run([sys.executable, "-m", "chatcli", "resume", "last"], input="", capture_output=True,
-                       text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "resume", "last"],
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr  # the dead process's lock is free
     assert f"Resumed session {sid}" in r.stdout
     assert "please write a very long answer" in r.stdout
@@ -94,9 +108,12 @@ def test_sigkill_mid_reply_loses_nothing(moment: str, child_env: dict[str, str],
     assert FolderStore(sessions).load(sid)["messages"] == msgs
 
 
-@pytest.mark.parametrize("how", ["sigterm", "terminal-closed", "sigterm-at-prompt", "terminal-closed-at-prompt"])
-def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str, str],
-                                                    fake_llm: FakeLLMServer, user_dirs: dict[str, Path]) -> None:
+@pytest.mark.parametrize(
+    "how", ["sigterm", "terminal-closed", "sigterm-at-prompt", "terminal-closed-at-prompt"]
+)
+def test_sigterm_and_hangup_keep_the_partial_reply(
+    how: str, child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
     """SIGTERM, or SIGHUP from the terminal going away, stops chatcli like Ctrl-C stops a reply: what arrived
     is saved on the way out (status interrupted, where a checkpoint writes streaming), then it leaves with
     128 + the signal number."""
@@ -144,6 +161,12 @@ def test_sigterm_and_hangup_keep_the_partial_reply(how: str, child_env: dict[str
         assert reply["content"].startswith("k000 k001 k002 k003 k004 k005")
         assert "".join(TOKENS).startswith(reply["content"])
     assert not list(sessions.glob(".*.tmp"))
-    r = subprocess.run([sys.executable, "-m", "chatcli", "resume", sid], input="", capture_output=True,
-                       text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "resume", sid],
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr  # the lock was released

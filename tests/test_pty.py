@@ -37,8 +37,15 @@ class Chat:
     """One ``python -m chatcli ...`` in a 40x100 pseudo-terminal."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.child = pexpect.spawn(sys.executable, ["-m", "chatcli", *args], env=env, dimensions=(40, 100),
-                                   timeout=10, encoding="utf-8", codec_errors="replace")
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "chatcli", *args],
+            env=env,
+            dimensions=(40, 100),
+            timeout=10,
+            encoding="utf-8",
+            codec_errors="replace",
+        )
         self.log: list[str] = []
 
     def expect(self, pattern: str | type, **kw: object) -> str:
@@ -99,15 +106,18 @@ def load(user_dirs: dict[str, Path], sid: str) -> dict:
     return json.loads((user_dirs["sessions"] / f"{sid}.json").read_text())
 
 
-def test_messages_and_commands(pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat],
-                               user_dirs: dict[str, Path]) -> None:
+def test_messages_and_commands(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
     c, sid = start(chats, pty_env, *new_args(fake_llm))
     c.command("first message", "Echo: first message")
     c.command("second message", "Echo: second message")
     assert len(fake_llm.requests) == 2
     assert fake_llm.requests[1]["json"]["messages"] == [
-        {"role": "user", "content": "first message"}, {"role": "assistant", "content": "Echo: first message"},
-        {"role": "user", "content": "second message"}]
+        {"role": "user", "content": "first message"},
+        {"role": "assistant", "content": "Echo: first message"},
+        {"role": "user", "content": "second message"},
+    ]
 
     out = c.command("stats", "last saved")
     assert re.search(r"turns\s+2\b", out), out
@@ -137,12 +147,17 @@ def test_messages_and_commands(pty_env: dict[str, str], fake_llm: FakeLLMServer,
     assert f"Resume it with: chatcli resume {sid}" in out
     assert "Traceback" not in "".join(c.log)
     msgs = load(user_dirs, sid)["messages"]
-    assert [m["content"] for m in msgs] == ["first message", "Echo: first message", "second message",
-                                            "Echo: second message"]
+    assert [m["content"] for m in msgs] == [
+        "first message",
+        "Echo: first message",
+        "second message",
+        "Echo: second message",
+    ]
 
 
-def test_backslash_sends_a_command_word_as_a_message(pty_env: dict[str, str], fake_llm: FakeLLMServer,
-                                                     chats: list[Chat]) -> None:
+def test_backslash_sends_a_command_word_as_a_message(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat]
+) -> None:
     c, _ = start(chats, pty_env, *new_args(fake_llm))
     c.command("\\quit", "Echo: quit")
     assert fake_llm.requests[-1]["json"]["messages"][-1] == {"role": "user", "content": "quit"}
@@ -156,8 +171,9 @@ def test_backslash_sends_a_command_word_as_a_message(pty_env: dict[str, str], fa
     assert c.child.exitstatus == 0
 
 
-def test_ctrl_c_stops_a_reply_and_keeps_it(pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat],
-                                           user_dirs: dict[str, Path]) -> None:
+def test_ctrl_c_stops_a_reply_and_keeps_it(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
     slow = Reply(tokens=[f"t{i:03d} " for i in range(200)], delay_each=0.2)
     fake_llm.enqueue(slow)
     c, sid = start(chats, pty_env, *new_args(fake_llm))
@@ -178,15 +194,20 @@ def test_ctrl_c_stops_a_reply_and_keeps_it(pty_env: dict[str, str], fake_llm: Fa
     assert c.child.exitstatus == 0
     msgs = load(user_dirs, sid)["messages"]
     assert [(m["role"], m["status"]) for m in msgs] == [
-        ("user", "ok"), ("assistant", "interrupted"), ("user", "ok"), ("assistant", "ok")]
+        ("user", "ok"),
+        ("assistant", "interrupted"),
+        ("user", "ok"),
+        ("assistant", "ok"),
+    ]
     partial = msgs[1]["content"]
     assert partial.startswith("t000 t001 t002 ")
     assert len(partial) < len(slow.full_text)
     assert slow.full_text.startswith(partial)
 
 
-def test_ctrl_c_at_the_prompt_clears_the_line(pty_env: dict[str, str], fake_llm: FakeLLMServer,
-                                              chats: list[Chat]) -> None:
+def test_ctrl_c_at_the_prompt_clears_the_line(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat]
+) -> None:
     c, _ = start(chats, pty_env, *new_args(fake_llm))
     c.child.send("half typed")
     c.child.sendintr()
@@ -197,8 +218,9 @@ def test_ctrl_c_at_the_prompt_clears_the_line(pty_env: dict[str, str], fake_llm:
     assert c.child.exitstatus == 0
 
 
-def test_resume_last_and_the_session_lock(pty_env: dict[str, str], fake_llm: FakeLLMServer,
-                                          chats: list[Chat], user_dirs: dict[str, Path]) -> None:
+def test_resume_last_and_the_session_lock(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
     c, sid = start(chats, pty_env, *new_args(fake_llm))
     c.command("my name is Ada", "Echo: my name is Ada")
     c.command("I like tea", "Echo: I like tea")
@@ -213,8 +235,14 @@ def test_resume_last_and_the_session_lock(pty_env: dict[str, str], fake_llm: Fak
         assert text in shown
 
     # a second chatcli on the same session is refused while the first one holds it
-    second = subprocess.run([sys.executable, "-m", "chatcli", "resume", sid], input="hijack\n",
-                            capture_output=True, text=True, env=pty_env, timeout=30)
+    second = subprocess.run(
+        [sys.executable, "-m", "chatcli", "resume", sid],
+        input="hijack\n",
+        capture_output=True,
+        text=True,
+        env=pty_env,
+        timeout=30,
+    )
     assert second.returncode == 1
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and "open in another chatcli" in lines[0], second.stderr
@@ -223,24 +251,39 @@ def test_resume_last_and_the_session_lock(pty_env: dict[str, str], fake_llm: Fak
 
     r.command("what is my name?", "Echo: what is my name?")
     sent = fake_llm.requests[-1]["json"]["messages"]
-    assert [m["content"] for m in sent if m["role"] == "user"] == ["my name is Ada", "I like tea",
-                                                                   "what is my name?"]
-    assert [m["content"] for m in sent if m["role"] == "assistant"] == ["Echo: my name is Ada",
-                                                                        "Echo: I like tea"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == [
+        "my name is Ada",
+        "I like tea",
+        "what is my name?",
+    ]
+    assert [m["content"] for m in sent if m["role"] == "assistant"] == [
+        "Echo: my name is Ada",
+        "Echo: I like tea",
+    ]
     r.quit_with_ctrl_d()
     assert r.child.exitstatus == 0
     msgs = load(user_dirs, sid)["messages"]
-    assert [m["content"] for m in msgs if m["role"] == "user"] == ["my name is Ada", "I like tea",
-                                                                   "what is my name?"]
+    assert [m["content"] for m in msgs if m["role"] == "user"] == [
+        "my name is Ada",
+        "I like tea",
+        "what is my name?",
+    ]
 
     # once the first chatcli is gone the session opens again
-    again = subprocess.run([sys.executable, "-m", "chatcli", "resume", sid], input="",
-                           capture_output=True, text=True, env=pty_env, timeout=30)
+    again = subprocess.run(
+        [sys.executable, "-m", "chatcli", "resume", sid],
+        input="",
+        capture_output=True,
+        text=True,
+        env=pty_env,
+        timeout=30,
+    )
     assert again.returncode == 0, again.stderr
 
 
-def test_tab_completes_commands_and_retry_streams_again(pty_env: dict[str, str], fake_llm: FakeLLMServer,
-                                                        chats: list[Chat], user_dirs: dict[str, Path]) -> None:
+def test_tab_completes_commands_and_retry_streams_again(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
     fake_llm.enqueue(Reply(text="first try"), Reply(text="second try"))
     c, sid = start(chats, pty_env, *new_args(fake_llm))
     c.command("a question", "first try")
@@ -258,5 +301,8 @@ def test_tab_completes_commands_and_retry_streams_again(pty_env: dict[str, str],
     assert c.child.exitstatus == 0
     msgs = load(user_dirs, sid)["messages"]
     assert [(m["content"], m.get("dropped")) for m in msgs] == [
-        ("a question", "undone"), ("first try", "retried"), ("second try", "undone")]
+        ("a question", "undone"),
+        ("first try", "retried"),
+        ("second try", "undone"),
+    ]
     assert len(fake_llm.requests) == 2

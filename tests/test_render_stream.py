@@ -34,7 +34,7 @@ def screen(output: str) -> list[str]:
                 row = max(0, row - int(arg or 1))
         else:
             line = lines[row].ljust(col)
-            lines[row] = line[:col] + tok + line[col + len(tok):]
+            lines[row] = line[:col] + tok + line[col + len(tok) :]
             col += len(tok)
     return [line.rstrip() for line in lines]
 
@@ -64,9 +64,11 @@ def test_an_unfinished_tall_block_is_shown_whole_at_the_end() -> None:
 
 @pytest.mark.parametrize("size", [1, 3, 7, 1000])
 def test_pieces_of_any_size_give_the_same_screen(size: int) -> None:
-    text = ("First paragraph with **bold** words.\n\n- one\n- two\n\n```\ncode line\n\nafter a blank\n```\n"
-            "Right after the fence.\n\nLast paragraph, no newline at the end")
-    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    text = (
+        "First paragraph with **bold** words.\n\n- one\n- two\n\n```\ncode line\n\nafter a blank\n```\n"
+        "Right after the fence.\n\nLast paragraph, no newline at the end"
+    )
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
     assert [line.strip() for line in stream(pieces)] == [
         "First paragraph with bold words.",
         "• one",

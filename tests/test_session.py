@@ -3,6 +3,7 @@ other, and the snapshot on disk checked at every step."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from chatcli.errors import (
 from chatcli.session import ConversationSession, GenerationParams, Message, Timeouts
 from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores.folder import FolderStore
+
 from fakellm import FakeLLMServer, Reply
 
 SYSTEM = "You are terse."
@@ -44,8 +46,14 @@ def opened() -> Iterator[list[ConversationSession]]:
         s.close()
 
 
-def openai_session(store: FolderStore, llm: FakeLLMServer, opened: list[ConversationSession], *,
-                   api_key: str | None = None, **kwargs: Any) -> ConversationSession:
+def openai_session(
+    store: FolderStore,
+    llm: FakeLLMServer,
+    opened: list[ConversationSession],
+    *,
+    api_key: str | None = None,
+    **kwargs: Any,
+) -> ConversationSession:
     backend = OpenAIBackend(llm.url + "/v1", "fake-model", api_key=api_key)
     kwargs.setdefault("system", SYSTEM)
     s = ConversationSession.create(store, backend, model="fake-model", base_url=llm.url + "/v1", **kwargs)
@@ -54,8 +62,9 @@ def openai_session(store: FolderStore, llm: FakeLLMServer, opened: list[Conversa
     return s
 
 
-def ollama_session(store: FolderStore, llm: FakeLLMServer,
-                   opened: list[ConversationSession]) -> ConversationSession:
+def ollama_session(
+    store: FolderStore, llm: FakeLLMServer, opened: list[ConversationSession]
+) -> ConversationSession:
     backend = OllamaBackend(llm.url, "fake-model")
     s = ConversationSession.create(store, backend, model="fake-model", system=SYSTEM, base_url=llm.url)
     s.timeouts = Timeouts(connect=2.0, idle=5.0, total=10.0)
@@ -74,10 +83,12 @@ def sent_messages(llm: FakeLLMServer, n: int = -1) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------- the normal turn
 
 
-def test_create_writes_an_empty_snapshot(store: FolderStore, fake_llm: FakeLLMServer,
-                                         opened: list[ConversationSession]) -> None:
-    s = openai_session(store, fake_llm, opened, title="my title",
-                       params=GenerationParams(temperature=0.2, max_tokens=99))
+def test_create_writes_an_empty_snapshot(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
+    s = openai_session(
+        store, fake_llm, opened, title="my title", params=GenerationParams(temperature=0.2, max_tokens=99)
+    )
     snap = on_disk(s)
     assert snap["format"] == FORMAT and snap["version"] == VERSION
     assert snap["id"] == s.id
@@ -88,8 +99,9 @@ def test_create_writes_an_empty_snapshot(store: FolderStore, fake_llm: FakeLLMSe
     assert snap["base_url"] == fake_llm.url + "/v1"
 
 
-def test_user_message_is_on_disk_when_the_request_arrives(store: FolderStore, fake_llm: FakeLLMServer,
-                                                          opened: list[ConversationSession]) -> None:
+def test_user_message_is_on_disk_when_the_request_arrives(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     seen: list[dict[str, Any]] = []
     fake_llm.on_request = lambda record: seen.append(on_disk(s))
@@ -99,19 +111,26 @@ def test_user_message_is_on_disk_when_the_request_arrives(store: FolderStore, fa
 
     assert len(seen) == 1
     assert [(m["role"], m["content"], m["status"]) for m in seen[0]["messages"]] == [
-        ("user", "hello there", "ok")]
+        ("user", "hello there", "ok")
+    ]
     assert seen[0]["title"] == "hello there"
     assert reply.content == "Hello back"
     assert [(m["role"], m["content"], m["status"]) for m in on_disk(s)["messages"]] == [
-        ("user", "hello there", "ok"), ("assistant", "Hello back", "ok")]
+        ("user", "hello there", "ok"),
+        ("assistant", "Hello back", "ok"),
+    ]
     assert fake_llm.hook_errors == []
 
 
-def test_completed_reply_is_saved_with_usage_and_timings(store: FolderStore, fake_llm: FakeLLMServer,
-                                                         opened: list[ConversationSession]) -> None:
+def test_completed_reply_is_saved_with_usage_and_timings(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
-    fake_llm.enqueue(Reply(text="One two three", usage=(40, 3, 8), delay_first=0.15, delay_each=0.05,
-                           finish_reason="length"))
+    fake_llm.enqueue(
+        Reply(
+            text="One two three", usage=(40, 3, 8), delay_first=0.15, delay_each=0.05, finish_reason="length"
+        )
+    )
     deltas: list[str] = []
 
     reply = s.send("count", on_delta=deltas.append)
@@ -133,8 +152,9 @@ def test_completed_reply_is_saved_with_usage_and_timings(store: FolderStore, fak
     assert "error" not in saved
 
 
-def test_llamacpp_timings_are_stored_under_server(store: FolderStore, fake_llm: FakeLLMServer,
-                                                  opened: list[ConversationSession]) -> None:
+def test_llamacpp_timings_are_stored_under_server(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="a b c d", usage=(20, 4, 0), timings=True, delay_each=0.01))
     s.send("go")
@@ -146,17 +166,22 @@ def test_llamacpp_timings_are_stored_under_server(store: FolderStore, fake_llm: 
     assert t["ttft_s"] is not None and t["duration_s"] is not None
 
 
-def test_llamacpp_cache_n_fills_cached_tokens(store: FolderStore, fake_llm: FakeLLMServer,
-                                              opened: list[ConversationSession]) -> None:
+def test_llamacpp_cache_n_fills_cached_tokens(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="x y", usage=(30, 2, 12), timings=True))
     s.send("go")
-    assert on_disk(s)["messages"][-1]["usage"] == {"prompt_tokens": 30, "completion_tokens": 2,
-                                                   "cached_tokens": 12}
+    assert on_disk(s)["messages"][-1]["usage"] == {
+        "prompt_tokens": 30,
+        "completion_tokens": 2,
+        "cached_tokens": 12,
+    }
 
 
-def test_ollama_counts_and_nanosecond_durations(store: FolderStore, fake_llm: FakeLLMServer,
-                                                opened: list[ConversationSession]) -> None:
+def test_ollama_counts_and_nanosecond_durations(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = ollama_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="Hi there friend", usage=(12, 3, 0), delay_each=0.02))
     reply = s.send("hello")
@@ -171,13 +196,15 @@ def test_ollama_counts_and_nanosecond_durations(store: FolderStore, fake_llm: Fa
     for key in ("total_duration", "prompt_eval_duration", "eval_duration"):
         assert isinstance(server[key], int) and server[key] > 0
     assert server["eval_duration"] >= 40_000_000  # two 20 ms gaps, in nanoseconds
-    assert server["total_duration"] == (server["load_duration"] + server["prompt_eval_duration"]
-                                        + server["eval_duration"])
+    assert server["total_duration"] == (
+        server["load_duration"] + server["prompt_eval_duration"] + server["eval_duration"]
+    )
     assert saved["timings"]["tokens_per_second"] == round(3 / (server["eval_duration"] / 1e9), 2)
 
 
-def test_checkpoint_saves_partial_reply_as_streaming(store: FolderStore, fake_llm: FakeLLMServer,
-                                                     opened: list[ConversationSession]) -> None:
+def test_checkpoint_saves_partial_reply_as_streaming(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.checkpoint_seconds = s.checkpoint_cost_ratio = 0.0  # save after every token
     fake_llm.enqueue(Reply(text="alpha beta gamma", delay_each=0.02))
@@ -225,8 +252,8 @@ class _TickingBackend:
 
 @pytest.mark.parametrize("save_cost", [0.001, 0.2])
 def test_checkpoints_every_quarter_second_unless_saving_is_slow(
-        store: FolderStore, opened: list[ConversationSession], monkeypatch: pytest.MonkeyPatch,
-        save_cost: float) -> None:
+    store: FolderStore, opened: list[ConversationSession], monkeypatch: pytest.MonkeyPatch, save_cost: float
+) -> None:
     """kill -9 loses at most the last 0.25 s of a reply; a session whose save is slow saves less often,
     spending at most a tenth of the streaming time on saves."""
     import types
@@ -249,7 +276,7 @@ def test_checkpoints_every_quarter_second_unless_saving_is_slow(
 
     monkeypatch.setattr(s.store, "save", timed_save)
     s.send("go")
-    gaps = [b[0] - a[0] for a, b in zip(checkpoints, checkpoints[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(checkpoints)]
     least = max(0.25, 10 * save_cost)
     assert checkpoints and all(g >= least - 1e-9 for g in gaps), gaps
     if save_cost < 0.01:  # a small session: a save every quarter second (the next token after 0.25 s)
@@ -257,15 +284,16 @@ def test_checkpoints_every_quarter_second_unless_saving_is_slow(
     else:
         assert len(checkpoints) <= 3, gaps
     texts = [t for _, t in checkpoints]
-    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:]))  # each one further
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(texts))  # each one further
     assert on_disk(s)["messages"][-1]["status"] == "ok"
 
 
 # --------------------------------------------------------------------------------------- timeouts
 
 
-def test_idle_stall_keeps_partial_text_as_timeout(store: FolderStore, fake_llm: FakeLLMServer,
-                                                  opened: list[ConversationSession]) -> None:
+def test_idle_stall_keeps_partial_text_as_timeout(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.timeouts = Timeouts(connect=2.0, idle=0.3, total=10.0)
     fake_llm.enqueue(Reply(text="part one then more", stall_after=2, stall_seconds=3.0))
@@ -279,19 +307,25 @@ def test_idle_stall_keeps_partial_text_as_timeout(store: FolderStore, fake_llm: 
     assert "0.3 s" in str(info.value)
     msgs = on_disk(s)["messages"]
     assert [(m["role"], m["content"], m["status"]) for m in msgs] == [
-        ("user", "tell me", "ok"), ("assistant", "part one ", "timeout")]
+        ("user", "tell me", "ok"),
+        ("assistant", "part one ", "timeout"),
+    ]
     assert "idle" in msgs[-1]["error"]
 
     fake_llm.enqueue(Reply(text="recovered"))
     reply = s.send("go on")
     assert reply.content == "recovered" and reply.status == "ok"
     assert sent_messages(fake_llm) == [
-        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "tell me"},
-        {"role": "assistant", "content": "part one "}, {"role": "user", "content": "go on"}]
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "tell me"},
+        {"role": "assistant", "content": "part one "},
+        {"role": "user", "content": "go on"},
+    ]
 
 
-def test_trickle_past_the_total_deadline_is_a_timeout(store: FolderStore, fake_llm: FakeLLMServer,
-                                                      opened: list[ConversationSession]) -> None:
+def test_trickle_past_the_total_deadline_is_a_timeout(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.timeouts = Timeouts(connect=2.0, idle=5.0, total=0.5)
     text = " ".join(f"w{i}" for i in range(20))
@@ -312,8 +346,9 @@ def test_trickle_past_the_total_deadline_is_a_timeout(store: FolderStore, fake_l
     assert s.send("again").content == "fast"
 
 
-def test_timeout_before_the_first_token(store: FolderStore, fake_llm: FakeLLMServer,
-                                        opened: list[ConversationSession]) -> None:
+def test_timeout_before_the_first_token(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.timeouts = Timeouts(connect=2.0, idle=0.2, total=10.0)
     fake_llm.enqueue(Reply(text="late", delay_first=2.0))
@@ -326,8 +361,10 @@ def test_timeout_before_the_first_token(store: FolderStore, fake_llm: FakeLLMSer
     assert s.send("hi again").content == "ok now"
     # the empty timed-out reply is not sent back to the model
     assert sent_messages(fake_llm) == [
-        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"},
-        {"role": "user", "content": "hi again"}]
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": "hi again"},
+    ]
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -335,20 +372,38 @@ def test_timeout_before_the_first_token(store: FolderStore, fake_llm: FakeLLMSer
 
 ERRORS: list[tuple[str, Reply, type[BackendError], str, str]] = [
     # name, reply, error class, a phrase of the message, the partial text kept
-    ("500", Reply(status=500, error_message="CUDA out of memory"), BackendHTTPError, "CUDA out of memory", ""),
+    (
+        "500",
+        Reply(status=500, error_message="CUDA out of memory"),
+        BackendHTTPError,
+        "CUDA out of memory",
+        "",
+    ),
     ("401", Reply(status=401, error_message="Incorrect API key"), AuthenticationError, "API key", ""),
     ("404", Reply(status=404, error_message="no such model"), ModelNotFound, "fake-model", ""),
     ("cut", Reply(text="a b c d", cut_after=2), StreamError, "closed in the middle", "a b "),
-    ("in-stream", Reply(text="a b c d", error_after=3, error_message="backend exploded"), StreamError,
-     "backend exploded", "a b c "),
+    (
+        "in-stream",
+        Reply(text="a b c d", error_after=3, error_message="backend exploded"),
+        StreamError,
+        "backend exploded",
+        "a b c ",
+    ),
     ("malformed", Reply(text="a b c d", malformed_after=1), StreamError, "malformed", "a "),
 ]
 
 
 @pytest.mark.parametrize(("name", "reply", "cls", "phrase", "partial"), ERRORS, ids=[e[0] for e in ERRORS])
 def test_backend_errors_keep_the_turn_and_the_session_goes_on(
-        store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession],
-        name: str, reply: Reply, cls: type[BackendError], phrase: str, partial: str) -> None:
+    store: FolderStore,
+    fake_llm: FakeLLMServer,
+    opened: list[ConversationSession],
+    name: str,
+    reply: Reply,
+    cls: type[BackendError],
+    phrase: str,
+    partial: str,
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(reply)
 
@@ -359,7 +414,9 @@ def test_backend_errors_keep_the_turn_and_the_session_goes_on(
     assert phrase in str(info.value)
     msgs = on_disk(s)["messages"]
     assert [(m["role"], m["content"], m["status"]) for m in msgs] == [
-        ("user", "question", "ok"), ("assistant", partial, "error")]
+        ("user", "question", "ok"),
+        ("assistant", partial, "error"),
+    ]
     assert msgs[-1]["error"] == str(info.value)
 
     fake_llm.enqueue(Reply(text="back to normal"))
@@ -372,8 +429,9 @@ def test_backend_errors_keep_the_turn_and_the_session_goes_on(
     assert on_disk(s)["messages"][-1]["status"] == "ok"
 
 
-def test_ollama_in_stream_error_keeps_partial(store: FolderStore, fake_llm: FakeLLMServer,
-                                              opened: list[ConversationSession]) -> None:
+def test_ollama_in_stream_error_keeps_partial(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = ollama_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="x y z", error_after=1, error_message="model crashed"))
     with pytest.raises(StreamError, match="model crashed"):
@@ -382,8 +440,9 @@ def test_ollama_in_stream_error_keeps_partial(store: FolderStore, fake_llm: Fake
     assert (saved["content"], saved["status"]) == ("x ", "error")
 
 
-def test_unexpected_exception_in_callback_still_saves(store: FolderStore, fake_llm: FakeLLMServer,
-                                                      opened: list[ConversationSession]) -> None:
+def test_unexpected_exception_in_callback_still_saves(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="one two"))
 
@@ -397,8 +456,9 @@ def test_unexpected_exception_in_callback_still_saves(store: FolderStore, fake_l
     assert saved["error"] == "ValueError: renderer bug"
 
 
-def test_ctrl_c_during_the_reply_keeps_it_as_interrupted(store: FolderStore, fake_llm: FakeLLMServer,
-                                                         opened: list[ConversationSession]) -> None:
+def test_ctrl_c_during_the_reply_keeps_it_as_interrupted(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="one two three four five six", delay_each=0.05))
     got: list[str] = []
@@ -422,11 +482,13 @@ def test_ctrl_c_during_the_reply_keeps_it_as_interrupted(store: FolderStore, fak
 # -------------------------------------------------------------------------------------- rate limits
 
 
-def test_429_with_retry_after_zero_is_retried_once(store: FolderStore, fake_llm: FakeLLMServer,
-                                                   opened: list[ConversationSession]) -> None:
+def test_429_with_retry_after_zero_is_retried_once(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
-    fake_llm.enqueue(Reply(status=429, error_message="slow down", headers={"Retry-After": "0"}),
-                     Reply(text="made it"))
+    fake_llm.enqueue(
+        Reply(status=429, error_message="slow down", headers={"Retry-After": "0"}), Reply(text="made it")
+    )
     notices: list[str] = []
 
     reply = s.send("hi", on_notice=notices.append)
@@ -439,8 +501,9 @@ def test_429_with_retry_after_zero_is_retried_once(store: FolderStore, fake_llm:
     assert [m["status"] for m in on_disk(s)["messages"]] == ["ok", "ok"]
 
 
-def test_429_beyond_max_retries_raises_rate_limited(store: FolderStore, fake_llm: FakeLLMServer,
-                                                    opened: list[ConversationSession]) -> None:
+def test_429_beyond_max_retries_raises_rate_limited(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.max_retries = 2
     limited = Reply(status=429, error_message="quota", headers={"Retry-After": "0"})
@@ -457,8 +520,9 @@ def test_429_beyond_max_retries_raises_rate_limited(store: FolderStore, fake_llm
     assert on_disk(s)["messages"][-1]["status"] == "error"
 
 
-def test_429_with_a_long_retry_after_is_not_waited_for(store: FolderStore, fake_llm: FakeLLMServer,
-                                                       opened: list[ConversationSession]) -> None:
+def test_429_with_a_long_retry_after_is_not_waited_for(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(status=429, headers={"Retry-After": "3600"}))
     with pytest.raises(RateLimited) as info:
@@ -471,9 +535,11 @@ def test_429_with_a_long_retry_after_is_not_waited_for(store: FolderStore, fake_
 
 
 def test_resume_restores_everything_and_sends_the_whole_context(
-        store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]) -> None:
-    s = openai_session(store, fake_llm, opened, title="Trip plan",
-                       params=GenerationParams(temperature=0.4, max_tokens=77))
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
+    s = openai_session(
+        store, fake_llm, opened, title="Trip plan", params=GenerationParams(temperature=0.4, max_tokens=77)
+    )
     fake_llm.enqueue(Reply(text="A1"), Reply(text="A2"))
     s.send("Q1")
     s.send("Q2")
@@ -492,22 +558,30 @@ def test_resume_restores_everything_and_sends_the_whole_context(
     assert r.title == "Trip plan" and r.system == SYSTEM and r.model == "fake-model"
     assert r.params == GenerationParams(temperature=0.4, max_tokens=77)
     assert [(m.role, m.content, m.status) for m in r.messages] == [
-        ("user", "Q1", "ok"), ("assistant", "A1", "ok"), ("user", "Q2", "ok"), ("assistant", "A2", "ok")]
+        ("user", "Q1", "ok"),
+        ("assistant", "A1", "ok"),
+        ("user", "Q2", "ok"),
+        ("assistant", "A2", "ok"),
+    ]
 
     fake_llm.enqueue(Reply(text="A3"))
     r.send("Q3")
     body = fake_llm.requests[-1]["json"]
     assert body["messages"] == [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"},
-        {"role": "user", "content": "Q3"}]
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"},
+        {"role": "user", "content": "Q3"},
+    ]
     assert body["temperature"] == 0.4 and body["max_tokens"] == 77 and body["model"] == "fake-model"
     assert len(on_disk(r)["messages"]) == 6
 
 
-def test_resume_of_a_locked_session_is_refused(store: FolderStore, fake_llm: FakeLLMServer,
-                                               opened: list[ConversationSession]) -> None:
+def test_resume_of_a_locked_session_is_refused(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     calls: list[str] = []
     with pytest.raises(SessionLocked):
@@ -521,8 +595,9 @@ def test_resume_of_a_locked_session_is_refused(store: FolderStore, fake_llm: Fak
         r.send("hi")
 
 
-def test_resume_releases_the_lock_when_the_factory_fails(store: FolderStore, fake_llm: FakeLLMServer,
-                                                         opened: list[ConversationSession]) -> None:
+def test_resume_releases_the_lock_when_the_factory_fails(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.close()
 
@@ -534,8 +609,9 @@ def test_resume_releases_the_lock_when_the_factory_fails(store: FolderStore, fak
     store.lock(s.id).release()  # not left held
 
 
-def test_clear_and_unclear(store: FolderStore, fake_llm: FakeLLMServer,
-                           opened: list[ConversationSession]) -> None:
+def test_clear_and_unclear(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="A1"), Reply(text="A2"), Reply(text="A3"), Reply(text="A4"))
     s.send("Q1")
@@ -548,8 +624,10 @@ def test_clear_and_unclear(store: FolderStore, fake_llm: FakeLLMServer,
     assert len(snap["messages"]) == 4
 
     s.send("fresh start")
-    assert sent_messages(fake_llm) == [{"role": "system", "content": SYSTEM},
-                                       {"role": "user", "content": "fresh start"}]
+    assert sent_messages(fake_llm) == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "fresh start"},
+    ]
     snap = on_disk(s)
     assert [m["content"] for m in snap["messages"]] == ["Q1", "A1", "Q2", "A2", "fresh start", "A3"]
     assert s.stats().context_messages == 2
@@ -561,18 +639,26 @@ def test_clear_and_unclear(store: FolderStore, fake_llm: FakeLLMServer,
 
     s.send("all of it")
     assert [m["content"] for m in sent_messages(fake_llm)] == [
-        SYSTEM, "Q1", "A1", "Q2", "A2", "fresh start", "A3", "all of it"]
+        SYSTEM,
+        "Q1",
+        "A1",
+        "Q2",
+        "A2",
+        "fresh start",
+        "A3",
+        "all of it",
+    ]
 
 
-def test_clear_survives_resume(store: FolderStore, fake_llm: FakeLLMServer,
-                               opened: list[ConversationSession]) -> None:
+def test_clear_survives_resume(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     fake_llm.enqueue(Reply(text="A1"), Reply(text="A2"))
     s.send("Q1")
     s.clear()
     s.close()
-    r = ConversationSession.resume(store, s.id,
-                                   backend_factory=lambda x: OpenAIBackend(x.base_url, x.model))
+    r = ConversationSession.resume(store, s.id, backend_factory=lambda x: OpenAIBackend(x.base_url, x.model))
     opened.append(r)
     r.send("Q2")
     assert [m["content"] for m in sent_messages(fake_llm)] == [SYSTEM, "Q2"]
@@ -580,15 +666,20 @@ def test_clear_survives_resume(store: FolderStore, fake_llm: FakeLLMServer,
     assert r.context_start == 0
 
 
-def test_streaming_status_on_disk_loads_as_interrupted(store: FolderStore, fake_llm: FakeLLMServer,
-                                                       opened: list[ConversationSession]) -> None:
+def test_streaming_status_on_disk_loads_as_interrupted(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.close()
     snap = json.loads(store.path_for(s.id).read_bytes())
     snap["messages"] = [
         {"role": "user", "content": "q", "created_at": "2026-01-01T00:00:00.000Z", "status": "ok"},
-        {"role": "assistant", "content": "half an ans", "created_at": "2026-01-01T00:00:01.000Z",
-         "status": "streaming"},
+        {
+            "role": "assistant",
+            "content": "half an ans",
+            "created_at": "2026-01-01T00:00:01.000Z",
+            "status": "streaming",
+        },
         {"role": "user", "content": "odd", "status": "weird-status"},
     ]
     store.save(snap)
@@ -600,9 +691,16 @@ def test_streaming_status_on_disk_loads_as_interrupted(store: FolderStore, fake_
 
 
 def test_message_json_round_trip() -> None:
-    m = Message.from_json({"role": "assistant", "content": "x", "status": "timeout", "finish_reason": 3,
-                           "usage": {"prompt_tokens": True, "completion_tokens": 5},
-                           "timings": {"ttft_s": "fast", "duration_s": 2, "server": [1]}})
+    m = Message.from_json(
+        {
+            "role": "assistant",
+            "content": "x",
+            "status": "timeout",
+            "finish_reason": 3,
+            "usage": {"prompt_tokens": True, "completion_tokens": 5},
+            "timings": {"ttft_s": "fast", "duration_s": 2, "server": [1]},
+        }
+    )
     assert m.finish_reason is None
     assert m.usage is not None and m.usage.prompt_tokens is None and m.usage.completion_tokens == 5
     assert m.timings is not None and m.timings.ttft_s is None and m.timings.duration_s == 2.0
@@ -641,8 +739,9 @@ def test_stats(store: FolderStore, fake_llm: FakeLLMServer, opened: list[Convers
     assert st.context_messages == 4
 
 
-def test_api_key_is_sent_but_never_saved(store: FolderStore, fake_llm: FakeLLMServer,
-                                         opened: list[ConversationSession], tmp_path: Path) -> None:
+def test_api_key_is_sent_but_never_saved(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession], tmp_path: Path
+) -> None:
     canary = "sk-CANARY-7f3a9e1d"
     s = openai_session(store, fake_llm, opened, api_key=canary)
     fake_llm.enqueue(Reply(text="fine"))
@@ -655,15 +754,17 @@ def test_api_key_is_sent_but_never_saved(store: FolderStore, fake_llm: FakeLLMSe
         assert b"CANARY" not in p.read_bytes(), p
 
 
-def test_no_authorization_header_without_a_key(store: FolderStore, fake_llm: FakeLLMServer,
-                                               opened: list[ConversationSession]) -> None:
+def test_no_authorization_header_without_a_key(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.send("hello")
     assert "authorization" not in fake_llm.requests[-1]["headers"]
 
 
-def test_close_releases_the_lock_and_closes_the_backend(store: FolderStore, fake_llm: FakeLLMServer,
-                                                        opened: list[ConversationSession]) -> None:
+def test_close_releases_the_lock_and_closes_the_backend(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.send("hello")
     with pytest.raises(SessionLocked):
@@ -674,8 +775,9 @@ def test_close_releases_the_lock_and_closes_the_backend(store: FolderStore, fake
     s.close()  # twice is harmless
 
 
-def test_close_saves_what_is_unsaved(store: FolderStore, fake_llm: FakeLLMServer,
-                                     opened: list[ConversationSession]) -> None:
+def test_close_saves_what_is_unsaved(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     s.messages.append(Message(role="user", content="kept in memory only"))
     s.unsaved = True
@@ -683,8 +785,9 @@ def test_close_saves_what_is_unsaved(store: FolderStore, fake_llm: FakeLLMServer
     assert on_disk(s)["messages"][-1]["content"] == "kept in memory only"
 
 
-def test_title_comes_from_the_first_message(store: FolderStore, fake_llm: FakeLLMServer,
-                                            opened: list[ConversationSession]) -> None:
+def test_title_comes_from_the_first_message(
+    store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
+) -> None:
     s = openai_session(store, fake_llm, opened)
     long = "word " * 30 + "\x1b[31m"
     s.send("  first\tline\nsecond  ")
@@ -695,4 +798,3 @@ def test_title_comes_from_the_first_message(store: FolderStore, fake_llm: FakeLL
     t.send(long)
     assert t.title.endswith("…") and len(t.title) <= 61 and "\x1b" not in t.title
     assert on_disk(t)["title"] == t.title
-

@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 import pytest
 
-from chatcli.stores import folder as store_mod
 from chatcli.errors import (
     AmbiguousSessionId,
     InvalidSessionId,
@@ -26,22 +25,38 @@ from chatcli.errors import (
     SnapshotError,
 )
 from chatcli.snapshot import FORMAT, VERSION, DamagedFile, new_session_id, resolve, validate_id
-from chatcli.stores.folder import FolderStore
+from chatcli.stores import folder as store_mod
 from chatcli.stores.base import SaveInfo
+from chatcli.stores.folder import FolderStore
 
 ID_A = "20260101-090000-aaaa"
 ID_B = "20260101-090000-aaab"
 ID_C = "20260202-100000-cccc"
 
 
-def snapshot(sid: str, *, title: str = "", updated_at: str = "2026-01-01T09:00:00.000Z",
-             messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def snapshot(
+    sid: str,
+    *,
+    title: str = "",
+    updated_at: str = "2026-01-01T09:00:00.000Z",
+    messages: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
-        "format": FORMAT, "version": VERSION, "id": sid, "title": title,
-        "created_at": "2026-01-01T09:00:00.000Z", "updated_at": updated_at,
-        "backend": "openai", "model": "fake-model", "base_url": "http://127.0.0.1:1/v1",
-        "params": {}, "system": "Be brief.", "context_start": 0,
-        "messages": messages if messages is not None else [
+        "format": FORMAT,
+        "version": VERSION,
+        "id": sid,
+        "title": title,
+        "created_at": "2026-01-01T09:00:00.000Z",
+        "updated_at": updated_at,
+        "backend": "openai",
+        "model": "fake-model",
+        "base_url": "http://127.0.0.1:1/v1",
+        "params": {},
+        "system": "Be brief.",
+        "context_start": 0,
+        "messages": messages
+        if messages is not None
+        else [
             {"role": "user", "content": "hello", "created_at": "2026-01-01T09:00:00.000Z", "status": "ok"},
             {"role": "assistant", "content": "Hi!", "created_at": "2026-01-01T09:00:01.000Z", "status": "ok"},
         ],
@@ -102,7 +117,8 @@ def test_save_overwrites_and_reports_the_new_size(store: FolderStore, root: Path
 
 @pytest.mark.parametrize("failing", ["replace", "fsync"])
 def test_failed_save_keeps_previous_snapshot_byte_identical(
-        store: FolderStore, root: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    store: FolderStore, root: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
     store.save(snapshot(ID_A))
     path = root / f"{ID_A}.json"
     before = path.read_bytes()
@@ -125,8 +141,9 @@ def test_failed_save_keeps_previous_snapshot_byte_identical(
     assert store.load(ID_A)["title"] == ""
 
 
-def test_failed_first_save_says_nothing_was_written(store: FolderStore, root: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_first_save_says_nothing_was_written(
+    store: FolderStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -245,7 +262,7 @@ def _good_bytes(sid: str) -> bytes:
 
 def _flipped(sid: str) -> bytes:
     data = bytearray(_good_bytes(sid))
-    data[0] ^= 0xFF          # '{' becomes a byte that is not even UTF-8
+    data[0] ^= 0xFF  # '{' becomes a byte that is not even UTF-8
     data[len(data) // 2] ^= 0x55
     return bytes(data)
 
@@ -263,7 +280,7 @@ DAMAGED: dict[str, tuple[Any, str]] = {
     "truncated": (lambda sid: _good_bytes(sid)[: len(_good_bytes(sid)) // 2], "not valid JSON"),
     "flipped": (_flipped, "not valid JSON"),
     "badutf8": (lambda sid: _good_bytes(sid).replace(b'"Hi!"', b'"H\xff!"'), "not valid JSON"),
-    "alist": (b'[1, 2, 3]', "not a chatcli session"),
+    "alist": (b"[1, 2, 3]", "not a chatcli session"),
     "foreign": (b'{"a": 1}', "not a chatcli session"),
     "newer": (lambda sid: _with(sid, version=999), "newer chatcli"),
     "noversion": (lambda sid: _with(sid, version="1"), "format version"),
@@ -292,8 +309,9 @@ def _write_damaged(root: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("sid", [*DAMAGED, "x"])
-def test_damaged_snapshot_raises_snapshot_error_naming_the_path(store: FolderStore, root: Path,
-                                                                sid: str) -> None:
+def test_damaged_snapshot_raises_snapshot_error_naming_the_path(
+    store: FolderStore, root: Path, sid: str
+) -> None:
     paths = _write_damaged(root)
     with pytest.raises(SnapshotError) as info:
         store.load(sid)
@@ -315,7 +333,7 @@ def test_list_lists_good_sessions_and_damaged_files(store: FolderStore, root: Pa
     store.save(snapshot(ID_A, title="first", updated_at="2026-01-01T09:00:00.000Z"))
     store.save(snapshot(ID_C, title="second", updated_at="2026-03-01T09:00:00.000Z"))
     (root / "README.txt").write_text("not a session")  # ignored: not a .json
-    (root / f".{ID_A}.abc.tmp").write_text("{")      # ignored: a temp file
+    (root / f".{ID_A}.abc.tmp").write_text("{")  # ignored: a temp file
 
     rows, damaged = store.scan()
 
@@ -416,8 +434,22 @@ def test_resolve_last_skips_damaged_files(store: FolderStore, root: Path) -> Non
     assert resolve(store, "last") == ID_A
 
 
-HOSTILE = ["../x", "a/b", "x\x00y", "a" * 500, "..", ".", "é", "", "-x", "x y", "x.json", "C:\\x",
-           "/etc/passwd", "x\ny"]
+HOSTILE = [
+    "../x",
+    "a/b",
+    "x\x00y",
+    "a" * 500,
+    "..",
+    ".",
+    "é",
+    "",
+    "-x",
+    "x y",
+    "x.json",
+    "C:\\x",
+    "/etc/passwd",
+    "x\ny",
+]
 
 
 @pytest.mark.parametrize("ref", HOSTILE)
@@ -466,7 +498,7 @@ def test_new_session_id_format_and_order() -> None:
     assert new_session_id(1_800_000_000).startswith("20270115-080000-")
     times = [1_700_000_000 + k for k in (50, 3, 86_400, 0, 7, 3_600 * 24 * 400)]
     ids = [new_session_id(t) for t in times]
-    assert [t for _, t in sorted(zip(ids, times))] == sorted(times)
+    assert [t for _, t in sorted(zip(ids, times, strict=False))] == sorted(times)
     # the random part differs between ids made in the same second (4 chars of base32: 1 in a million)
     assert len({new_session_id(5) for _ in range(20)}) > 1
     now = new_session_id()

@@ -26,20 +26,53 @@ from chatcli.stores.base import Store
 A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
 
 
-def snap(sid: str, *, title: str = "", updated: str = "2026-01-01T09:00:00.000Z", model: str = "fake-model",
-         turns: list[tuple[str, str]] | None = None, **extra: Any) -> dict[str, Any]:
+def snap(
+    sid: str,
+    *,
+    title: str = "",
+    updated: str = "2026-01-01T09:00:00.000Z",
+    model: str = "fake-model",
+    turns: list[tuple[str, str]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     for q, a in turns if turns is not None else [("hello", "Hi!")]:
-        messages.append({"role": "user", "content": q, "created_at": "2026-01-01T09:00:00.000Z", "status": "ok"})
-        messages.append({"role": "assistant", "content": a, "created_at": "2026-01-01T09:00:01.000Z",
-                         "status": "ok", "finish_reason": "stop", "model": model,
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2},
-                         "timings": {"ttft_s": 0.31, "duration_s": 0.42, "tokens_per_second": 27.3,
-                                     "server": {"predicted_ms": 12.5}}})
-    return {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": "2026-01-01T09:00:00.000Z",
-            "updated_at": updated, "backend": "openai", "model": model, "base_url": "http://127.0.0.1:1/v1",
-            "params": {"temperature": 0.7}, "system": "Be brief.", "context_start": 0, "messages": messages,
-            **extra}
+        messages.append(
+            {"role": "user", "content": q, "created_at": "2026-01-01T09:00:00.000Z", "status": "ok"}
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": a,
+                "created_at": "2026-01-01T09:00:01.000Z",
+                "status": "ok",
+                "finish_reason": "stop",
+                "model": model,
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2},
+                "timings": {
+                    "ttft_s": 0.31,
+                    "duration_s": 0.42,
+                    "tokens_per_second": 27.3,
+                    "server": {"predicted_ms": 12.5},
+                },
+            }
+        )
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "id": sid,
+        "title": title,
+        "created_at": "2026-01-01T09:00:00.000Z",
+        "updated_at": updated,
+        "backend": "openai",
+        "model": model,
+        "base_url": "http://127.0.0.1:1/v1",
+        "params": {"temperature": 0.7},
+        "system": "Be brief.",
+        "context_start": 0,
+        "messages": messages,
+        **extra,
+    }
 
 
 def opened(spec: str) -> Store:
@@ -63,14 +96,20 @@ def put(store: Store, s: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- a session read back equals the snapshot written --------------------------------------------------------
-ODD = snap(A, title="Café ☕ \"quotes\" and 'apostrophes'", forked_from="x", custom={"nested": [1, 2.5, None]},
-           turns=[("NUL \x00 in text, emoji 👩‍💻, RTL שלום", "a\nmultiline\n```code```"), ("", "")],
-           clears=[0], changes=[{"at": 2, "what": "model", "from": "a", "to": "b", "created_at": "t"}],
-           model_path="/m.gguf")
+ODD = snap(
+    A,
+    title="Café ☕ \"quotes\" and 'apostrophes'",
+    forked_from="x",
+    custom={"nested": [1, 2.5, None]},
+    turns=[("NUL \x00 in text, emoji 👩‍💻, RTL שלום", "a\nmultiline\n```code```"), ("", "")],
+    clears=[0],
+    changes=[{"at": 2, "what": "model", "from": "a", "to": "b", "created_at": "t"}],
+    model_path="/m.gguf",
+)
 ODD["messages"][0]["weird_key"] = {"deep": ["x", {"y": True}]}
-ODD["messages"][1]["finish_reason"] = None           # explicit null, not absent
-ODD["messages"][1]["error"] = 42                     # a field of an unexpected type
-ODD["messages"][2].pop("created_at")                 # absent, not null
+ODD["messages"][1]["finish_reason"] = None  # explicit null, not absent
+ODD["messages"][1]["error"] = 42  # a field of an unexpected type
+ODD["messages"][2].pop("created_at")  # absent, not null
 ODD["messages"][3]["usage"] = None
 
 
@@ -110,7 +149,12 @@ def test_incremental_saves_write_what_changed(store: Store, store_spec: str) -> 
     assert back["messages"][1]["dropped"] == "retried"
     assert s["title"] == "" and back["title"] == "renamed"
     row = store.page().rows[0]
-    assert (row.turns, row.messages, row.tokens, row.title) == (2, 3, 0, "renamed")  # dropped ones not counted
+    assert (row.turns, row.messages, row.tokens, row.title) == (
+        2,
+        3,
+        0,
+        "renamed",
+    )  # dropped ones not counted
 
 
 def test_a_save_without_a_load_writes_the_whole_snapshot(store: Store, store_spec: str) -> None:
@@ -240,13 +284,39 @@ def test_trash_restore_purge(store: Store) -> None:
 
 # -- the catalog -----------------------------------------------------------------------------------------------
 def library(store: Store) -> None:
-    put(store, snap(A, title="Roman history", updated="2025-11-20T09:00:00.000Z", model="gpt-4o-mini",
-                    turns=[("Who founded Rome?", "Romulus, by legend, in 753 BC."),
-                           ("And the empire?", "Augustus became the first emperor.")]))
-    put(store, snap(B, title="Cooking pasta", updated="2026-02-02T10:00:00.000Z", model="Llama3.2",
-                    turns=[("How long to boil pasta?", "About ten minutes, al dente.")]))
-    put(store, snap(C, title="Café crème", updated="2026-03-03T11:00:00.000Z", model="gpt-4o-mini",
-                    turns=[("Naïve question about élan", "Elan means momentum; of a kind.")]))
+    put(
+        store,
+        snap(
+            A,
+            title="Roman history",
+            updated="2025-11-20T09:00:00.000Z",
+            model="gpt-4o-mini",
+            turns=[
+                ("Who founded Rome?", "Romulus, by legend, in 753 BC."),
+                ("And the empire?", "Augustus became the first emperor."),
+            ],
+        ),
+    )
+    put(
+        store,
+        snap(
+            B,
+            title="Cooking pasta",
+            updated="2026-02-02T10:00:00.000Z",
+            model="Llama3.2",
+            turns=[("How long to boil pasta?", "About ten minutes, al dente.")],
+        ),
+    )
+    put(
+        store,
+        snap(
+            C,
+            title="Café crème",
+            updated="2026-03-03T11:00:00.000Z",
+            model="gpt-4o-mini",
+            turns=[("Naïve question about élan", "Elan means momentum; of a kind.")],
+        ),
+    )
 
 
 def test_page_orders_filters_and_counts(store: Store) -> None:
@@ -254,8 +324,14 @@ def test_page_orders_filters_and_counts(store: Store) -> None:
     page = store.page()
     assert [r.id for r in page.rows] == [C, B, A] and page.total == 3 and page.damaged == []
     rome = page.rows[2]
-    assert (rome.title, rome.backend, rome.model, rome.turns, rome.messages, rome.tokens) == \
-        ("Roman history", "openai", "gpt-4o-mini", 2, 4, 30)
+    assert (rome.title, rome.backend, rome.model, rome.turns, rome.messages, rome.tokens) == (
+        "Roman history",
+        "openai",
+        "gpt-4o-mini",
+        2,
+        4,
+        30,
+    )
     assert rome.created_at == "2026-01-01T09:00:00.000Z" and rome.updated_at == "2025-11-20T09:00:00.000Z"
     assert [r.id for r in store.page(1).rows] == [C] and store.page(1).total == 3
     assert [r.id for r in store.page(since="2026-01-01").rows] == [C, B]
@@ -274,7 +350,8 @@ def test_search_every_word_as_a_prefix_case_and_accents_ignored(store: Store) ->
 
 @pytest.mark.parametrize("engine", ["mysql"], indirect=True)
 def test_mysql_looks_for_frequent_words_newest_first_with_the_same_results(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """(A word in much of a big MySQL store is looked for with REGEXP among the newest messages, not by
     FULLTEXT: made to happen here on a small store.)"""
     from chatcli.stores import mysql
@@ -296,7 +373,7 @@ def check_search(store: Store) -> None:
     assert found("naive") == [(C, "user", 0)]
     assert found("cafe") == [(C, "title", -1)]
     assert found("about ten") == [(B, "assistant", 1)]  # every word; "about" is a stopword elsewhere
-    assert found("of") == [(C, "assistant", 1)]       # shorter than InnoDB's minimum word size
+    assert found("of") == [(C, "assistant", 1)]  # shorter than InnoDB's minimum word size
     assert found("pasta", role="user") == [(B, "user", 0)]
     assert found("pasta", role="title") == [(B, "title", -1)]
     assert found("pasta", session_id=A) == []
@@ -312,10 +389,17 @@ def check_search(store: Store) -> None:
 def test_totals(store: Store) -> None:
     library(store)
     t = store.totals(active_since="2026-01-01T00:00:00.000Z")
-    assert (t["sessions"], t["active"], t["messages"], t["user_messages"], t["assistant_messages"]) == (3, 2, 8, 4, 4)
+    assert (t["sessions"], t["active"], t["messages"], t["user_messages"], t["assistant_messages"]) == (
+        3,
+        2,
+        8,
+        4,
+        4,
+    )
     assert (t["prompt_tokens"], t["completion_tokens"], t["cached_tokens"]) == (40, 20, 8)
-    assert t["characters"] == sum(len(m["content"]) for s in (store.load(A), store.load(B), store.load(C))
-                                  for m in s["messages"])
+    assert t["characters"] == sum(
+        len(m["content"]) for s in (store.load(A), store.load(B), store.load(C)) for m in s["messages"]
+    )
     assert t["models"] == [("openai/gpt-4o-mini", 2), ("openai/Llama3.2", 1)]
     assert t["damaged"] == 0 and t["bytes"] > 0
 
@@ -333,7 +417,7 @@ def test_a_save_over_another_writers_version_is_refused(store: Store, store_spec
     finally:
         other.close()
     mine["messages"].append({"role": "user", "content": "mine", "status": "ok"})
-    with pytest.raises(StoreConflict, match="changed .* by another chatcli"):
+    with pytest.raises(StoreConflict, match=r"changed .* by another chatcli"):
         store.save(mine, changed_from=2)
     check = opened(store_spec)
     try:

@@ -14,6 +14,7 @@ import pytest
 
 from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores import parse_store
+
 from fakellm import FakeLLMServer
 
 A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
@@ -21,34 +22,76 @@ ID_RE = re.compile(r"\b\d{8}-\d{6}-[0-9a-z]{4}\b")
 
 
 def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatcli", *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "chatcli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
-def snapshot(sid: str, title: str, updated: str, turns: list[tuple[str, str]], model: str = "gpt-4o-mini",
-             **extra: Any) -> dict[str, Any]:
+def snapshot(
+    sid: str, title: str, updated: str, turns: list[tuple[str, str]], model: str = "gpt-4o-mini", **extra: Any
+) -> dict[str, Any]:
     msgs: list[dict[str, Any]] = []
     for q, a in turns:
         msgs.append({"role": "user", "content": q, "created_at": updated, "status": "ok"})
-        msgs.append({"role": "assistant", "content": a, "created_at": updated, "status": "ok",
-                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2}})
-    return {"format": FORMAT, "version": VERSION, "id": sid, "title": title, "created_at": updated,
-            "updated_at": updated, "backend": "openai", "model": model, "base_url": "", "params": {},
-            "system": "", "context_start": 0, "messages": msgs, **extra}
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": a,
+                "created_at": updated,
+                "status": "ok",
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cached_tokens": 2},
+            }
+        )
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "id": sid,
+        "title": title,
+        "created_at": updated,
+        "updated_at": updated,
+        "backend": "openai",
+        "model": model,
+        "base_url": "",
+        "params": {},
+        "system": "",
+        "context_start": 0,
+        "messages": msgs,
+        **extra,
+    }
 
 
 SESSIONS = [
-    snapshot(A, "Roman history", "2025-10-01T09:00:00.000Z", [("Who founded Rome?", "Romulus, by legend."),
-                                                           ("And the empire?", "Augustus was first.")]),
-    snapshot(B, "Cooking pasta", "2026-02-02T10:00:00.000Z", [("How long to boil pasta?", "About ten minutes.")],
-             model="llama3.2"),
-    snapshot(C, "Rust lifetimes", "2026-03-03T11:00:00.000Z", [("Explain lifetimes", "A lifetime names a borrow.")]),
+    snapshot(
+        A,
+        "Roman history",
+        "2025-10-01T09:00:00.000Z",
+        [("Who founded Rome?", "Romulus, by legend."), ("And the empire?", "Augustus was first.")],
+    ),
+    snapshot(
+        B,
+        "Cooking pasta",
+        "2026-02-02T10:00:00.000Z",
+        [("How long to boil pasta?", "About ten minutes.")],
+        model="llama3.2",
+    ),
+    snapshot(
+        C, "Rust lifetimes", "2026-03-03T11:00:00.000Z", [("Explain lifetimes", "A lifetime names a borrow.")]
+    ),
 ]
 
 
 def normalised(text: str, store: str, tmp_path: Path) -> str:
     """Output with what differs by engine taken out: the store's name, file paths, sizes on disk."""
-    text = text.replace(store, "<STORE>").replace(parse_store(store).display, "<STORE>").replace(str(tmp_path), "<TMP>")
+    text = (
+        text.replace(store, "<STORE>")
+        .replace(parse_store(store).display, "<STORE>")
+        .replace(str(tmp_path), "<TMP>")
+    )
     text = re.sub(r"<STORE>(/[0-9a-z-]+\.json| \(session [0-9a-z-]+\))", "<STORE>(session)", text)
     text = re.sub(r"[\d,]+ bytes in", "N bytes in", text)
     text = re.sub(r'"bytes": \d+', '"bytes": N', text)
@@ -57,20 +100,41 @@ def normalised(text: str, store: str, tmp_path: Path) -> str:
 
 
 SCRIPT: list[tuple[str, ...]] = [
-    ("list",), ("list", "--json"), ("list", "--model", "LLAMA"), ("list", "--since", "2026-01-01", "--limit", "1"),
-    ("show", "aaaa"), ("show", "Cooking pasta", "--raw"), ("show", "last", "--json"),
-    ("search", "romulus"), ("search", "pasta", "--role", "user", "--json"), ("search", "zzzz"),
-    ("stats",), ("stats", "--json"),
-    ("rename", "bbbb", "Boiling pasta"), ("show", "bbbb", "--raw"),
-    ("export", "cccc", "--format", "jsonl"), ("export", "aaaa", "--format", "md"),
-    ("delete", "aaaa"), ("list",), ("restore", "aaaa"), ("delete", "cccc", "--purge", "--yes"),
-    ("prune", "--older-than", "30d", "--dry-run"), ("prune", "--older-than", "30d"), ("list", "--all"),
-    ("show", "zzzz"), ("show", "../etc"), ("rename", "bbbb", "bad\ntitle"), ("restore", "bbbb"),
-    ("delete", "cccc"), ("search", "x", "--role", "bot"),
+    ("list",),
+    ("list", "--json"),
+    ("list", "--model", "LLAMA"),
+    ("list", "--since", "2026-01-01", "--limit", "1"),
+    ("show", "aaaa"),
+    ("show", "Cooking pasta", "--raw"),
+    ("show", "last", "--json"),
+    ("search", "romulus"),
+    ("search", "pasta", "--role", "user", "--json"),
+    ("search", "zzzz"),
+    ("stats",),
+    ("stats", "--json"),
+    ("rename", "bbbb", "Boiling pasta"),
+    ("show", "bbbb", "--raw"),
+    ("export", "cccc", "--format", "jsonl"),
+    ("export", "aaaa", "--format", "md"),
+    ("delete", "aaaa"),
+    ("list",),
+    ("restore", "aaaa"),
+    ("delete", "cccc", "--purge", "--yes"),
+    ("prune", "--older-than", "30d", "--dry-run"),
+    ("prune", "--older-than", "30d"),
+    ("list", "--all"),
+    ("show", "zzzz"),
+    ("show", "../etc"),
+    ("rename", "bbbb", "bad\ntitle"),
+    ("restore", "bbbb"),
+    ("delete", "cccc"),
+    ("search", "x", "--role", "bot"),
 ]
 
 
-def transcript(env: dict[str, str], store: str, tmp_path: Path) -> list[tuple[tuple[str, ...], int, str, str]]:
+def transcript(
+    env: dict[str, str], store: str, tmp_path: Path
+) -> list[tuple[tuple[str, ...], int, str, str]]:
     files = tmp_path / "in"
     files.mkdir(parents=True, exist_ok=True)
     for s in SESSIONS:
@@ -81,18 +145,29 @@ def transcript(env: dict[str, str], store: str, tmp_path: Path) -> list[tuple[tu
     out = []
     for args in SCRIPT:
         r = run(env, *args, "--store", store)
-        out.append((args, r.returncode, normalised(r.stdout, store, tmp_path), normalised(r.stderr, store, tmp_path)))
+        out.append(
+            (args, r.returncode, normalised(r.stdout, store, tmp_path), normalised(r.stderr, store, tmp_path))
+        )
     return out
 
 
 def test_every_library_command_gives_the_same_output_on_every_engine(
-        child_env: dict[str, str], store_for: Any, tmp_path: Path) -> None:
-    results = {engine: transcript(child_env, store_for(engine), tmp_path / engine)
-               for engine in ("folder", "sqlite", "postgresql", "mysql")}
+    child_env: dict[str, str], store_for: Any, tmp_path: Path
+) -> None:
+    results = {
+        engine: transcript(child_env, store_for(engine), tmp_path / engine)
+        for engine in ("folder", "sqlite", "postgresql", "mysql")
+    }
     folder = results["folder"]
-    failing = {("show", "zzzz"), ("show", "../etc"), ("rename", "bbbb", "bad\ntitle"), ("restore", "bbbb"),
-               ("delete", "cccc"), ("search", "x", "--role", "bot")}
-    for args, code, out, err in folder:
+    failing = {
+        ("show", "zzzz"),
+        ("show", "../etc"),
+        ("rename", "bbbb", "bad\ntitle"),
+        ("restore", "bbbb"),
+        ("delete", "cccc"),
+        ("search", "x", "--role", "bot"),
+    }
+    for args, code, _, err in folder:
         assert "Traceback" not in err, (args, err)
         if args in failing:
             assert code != 0 and len(err.strip().splitlines()) == 1, (args, code, err)
@@ -104,8 +179,9 @@ def test_every_library_command_gives_the_same_output_on_every_engine(
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
-def test_new_resume_fork_and_import_on_a_database(child_env: dict[str, str], store_spec: str,
-                                                  fake_llm: FakeLLMServer, tmp_path: Path) -> None:
+def test_new_resume_fork_and_import_on_a_database(
+    child_env: dict[str, str], store_spec: str, fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
     base = ["--base-url", fake_llm.url + "/v1", "--store", store_spec]
     r = run(child_env, "new", *base, stdin="my name is Ada\nand I like tea\n")
     assert r.returncode == 0, r.stderr
@@ -116,15 +192,25 @@ def test_new_resume_fork_and_import_on_a_database(child_env: dict[str, str], sto
     assert r.returncode == 0, r.stderr
     assert "my name is Ada" in r.stdout  # the history is shown
     sent = fake_llm.requests[-1]["json"]["messages"]
-    assert [m["content"] for m in sent] == ["my name is Ada", "Echo: my name is Ada", "and I like tea",
-                                            "Echo: and I like tea", "what is my name"]
+    assert [m["content"] for m in sent] == [
+        "my name is Ada",
+        "Echo: my name is Ada",
+        "and I like tea",
+        "Echo: and I like tea",
+        "what is my name",
+    ]
     r = run(child_env, "fork", sid, "--at", "1", "--store", store_spec)
     assert r.returncode == 0, r.stderr
     fork = r.stdout.strip().splitlines()[-1]
     shown = json.loads(run(child_env, "show", fork, "--json", "--store", store_spec).stdout)
     assert shown["forked_from"] == sid and len(shown["messages"]) == 2
     exported = tmp_path / "x.json"
-    assert run(child_env, "export", sid, "--format", "json", "-o", str(exported), "--store", store_spec).returncode == 0
+    assert (
+        run(
+            child_env, "export", sid, "--format", "json", "-o", str(exported), "--store", store_spec
+        ).returncode
+        == 0
+    )
     r = run(child_env, "import", str(exported), "--store", store_spec)
     assert r.returncode == 0 and r.stdout.split()[-1] != sid  # the id is taken: a new one
     r = run(child_env, "stats", "--store", store_spec)
@@ -136,17 +222,35 @@ def test_new_resume_fork_and_import_on_a_database(child_env: dict[str, str], sto
     assert f"storedin{parse_store(store_spec).display}(session{new})" in stats, r.stdout
 
 
-@pytest.mark.parametrize("spec, phrase, code", [
-    ("postgresql://nobody@127.0.0.1:9/chats", "cannot connect to postgresql://nobody@127.0.0.1:9/chats", 1),
-    ("mysql://nobody:pw@127.0.0.1:9/chats", "cannot connect to mysql://nobody:***@127.0.0.1:9/chats", 1),
-    ("redis://127.0.0.1/0", "unknown store", 2),
-    ("mysql://u@h", "names no database", 2),
-])
+@pytest.mark.parametrize(
+    "spec, phrase, code",
+    [
+        (
+            "postgresql://nobody@127.0.0.1:9/chats",
+            "cannot connect to postgresql://nobody@127.0.0.1:9/chats",
+            1,
+        ),
+        ("mysql://nobody:pw@127.0.0.1:9/chats", "cannot connect to mysql://nobody:***@127.0.0.1:9/chats", 1),
+        ("redis://127.0.0.1/0", "unknown store", 2),
+        ("mysql://u@h", "names no database", 2),
+    ],
+)
 def test_a_store_that_cannot_be_used_is_one_line_and_writes_nothing(
-        child_env: dict[str, str], tmp_path: Path, spec: str, phrase: str, code: int) -> None:
-    for args in (("list",), ("new", "--base-url", "http://127.0.0.1:9/v1"), ("resume", "last"), ("search", "x"),
-                 ("sync",), ("migrate", "--to", str(tmp_path / "out"))):
-        r = run(child_env, *args, "--store", spec) if args[0] != "migrate" else run(child_env, *args, "--from", spec)
+    child_env: dict[str, str], tmp_path: Path, spec: str, phrase: str, code: int
+) -> None:
+    for args in (
+        ("list",),
+        ("new", "--base-url", "http://127.0.0.1:9/v1"),
+        ("resume", "last"),
+        ("search", "x"),
+        ("sync",),
+        ("migrate", "--to", str(tmp_path / "out")),
+    ):
+        r = (
+            run(child_env, *args, "--store", spec)
+            if args[0] != "migrate"
+            else run(child_env, *args, "--from", spec)
+        )
         assert r.returncode == code, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and phrase in lines[0], (args, r.stderr)
@@ -156,7 +260,8 @@ def test_a_store_that_cannot_be_used_is_one_line_and_writes_nothing(
 
 
 def test_wrong_password_missing_database_and_unsupported_server(
-        child_env: dict[str, str], pg_server: Any, mariadb_server: Any) -> None:
+    child_env: dict[str, str], pg_server: Any, mariadb_server: Any
+) -> None:
     pg = pg_server.new_database(user="pwtest", password="right-one")
     my = mariadb_server.new_database(user="pwtest", password="right-one")
     cases = [
@@ -175,28 +280,49 @@ def test_wrong_password_missing_database_and_unsupported_server(
     for spec in (pg, my):
         r = run(env, "list", "--store", spec.replace(":right-one@", "@"))
         assert r.returncode == 0, r.stderr
-    code = ("import sys, chatcli.stores.postgresql as p; p.MIN_VERSION = 990000; sys.argv = ['chatcli', 'list', "
-            f"'--store', {pg!r}]; from chatcli.cli import main; main()")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=60)
+    code = (
+        "import sys, chatcli.stores.postgresql as p; p.MIN_VERSION = 990000; sys.argv = ['chatcli', 'list', "
+        f"'--store', {pg!r}]; from chatcli.cli import main; main()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=60
+    )
     assert r.returncode == 1 and "chatcli needs PostgreSQL 12 or newer" in r.stderr, r.stderr
 
 
-def test_a_missing_driver_says_which_extra_to_install(child_env: dict[str, str], pg_server: Any,
-                                                     mariadb_server: Any) -> None:
-    for module, spec, extra in (("psycopg", pg_server.new_database(), "chatcli[postgresql]"),
-                                ("pymysql", mariadb_server.new_database(), "chatcli[mysql]")):
-        code = (f"import sys; sys.modules[{module!r}] = None; sys.argv = ['chatcli', 'list', '--store', {spec!r}]; "
-                "from chatcli.cli import main; main()")
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=60)
+def test_a_missing_driver_says_which_extra_to_install(
+    child_env: dict[str, str], pg_server: Any, mariadb_server: Any
+) -> None:
+    for module, spec, extra in (
+        ("psycopg", pg_server.new_database(), "chatcli[postgresql]"),
+        ("pymysql", mariadb_server.new_database(), "chatcli[mysql]"),
+    ):
+        code = (
+            f"import sys; sys.modules[{module!r}] = None; sys.argv = ['chatcli', 'list', '--store', {spec!r}]; "
+            "from chatcli.cli import main; main()"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=60
+        )
         assert r.returncode == 1 and extra in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_the_folder_store_needs_no_database_driver(child_env: dict[str, str], fake_llm: FakeLLMServer) -> None:
-    code = ("import sys; sys.argv = ['chatcli', 'new', '--base-url', sys.argv[1]]; from chatcli.cli import main\n"
-            "try:\n    main()\nfinally:\n"
-            "    loaded = sorted(m for m in ('psycopg', 'pymysql', 'sqlite3') if m in sys.modules)\n"
-            "    print('LOADED', loaded, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, fake_llm.url + "/v1"], input="hi\n", capture_output=True,
-                       text=True, env=child_env, timeout=60)
+def test_the_folder_store_needs_no_database_driver(
+    child_env: dict[str, str], fake_llm: FakeLLMServer
+) -> None:
+    code = (
+        "import sys; sys.argv = ['chatcli', 'new', '--base-url', sys.argv[1]]; from chatcli.cli import main\n"
+        "try:\n    main()\nfinally:\n"
+        "    loaded = sorted(m for m in ('psycopg', 'pymysql', 'sqlite3') if m in sys.modules)\n"
+        "    print('LOADED', loaded, file=sys.stderr)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, fake_llm.url + "/v1"],
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "LOADED []" in r.stderr  # a driver is imported only when its engine is used

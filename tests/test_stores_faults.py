@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatproc import Chat, Turns
 
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
+
+from chatproc import Chat, Turns
 from fakellm import FakeLLMServer, Reply
 
 
@@ -54,7 +55,8 @@ def spool_files(env: dict[str, str]) -> list[Path]:
 
 
 def test_sigkill_mid_reply_keeps_the_message_and_the_reply_so_far(
-        store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str]) -> None:
+    store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str]
+) -> None:
     words = [f"w{i} " for i in range(300)]
     fake_llm.enqueue(Reply(tokens=words, delay_each=0.02))
     chat = Chat(chatcli("new", "--base-url", fake_llm.url + "/v1", "--store", store_spec), child_env)
@@ -80,7 +82,8 @@ def test_sigkill_mid_reply_keeps_the_message_and_the_reply_so_far(
 
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
 def test_the_database_stopped_hard_mid_session_loses_nothing(
-        engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]) -> None:
+    engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
+) -> None:
     chat = Chat(chatcli("new", "--base-url", fake_llm.url + "/v1", "--store", store_spec), child_env)
     turns = Turns(chat)
     assert "Echo: first" in turns.turn("first")[0]
@@ -101,15 +104,21 @@ def test_the_database_stopped_hard_mid_session_loses_nothing(
     assert "is saved. Resume it with" in chat.text()
     assert spool_files(child_env) == []
     assert [(r, c) for r, c, _ in messages(store_spec)] == [
-        ("user", "first"), ("assistant", "Echo: first"),
-        ("user", "second, the database is down"), ("assistant", "Echo: second, the database is down"),
-        ("user", "third, still down"), ("assistant", "Echo: third, still down"),
-        ("user", "fourth, it is back"), ("assistant", "Echo: fourth, it is back")]
+        ("user", "first"),
+        ("assistant", "Echo: first"),
+        ("user", "second, the database is down"),
+        ("assistant", "Echo: second, the database is down"),
+        ("user", "third, still down"),
+        ("assistant", "Echo: third, still down"),
+        ("user", "fourth, it is back"),
+        ("assistant", "Echo: fourth, it is back"),
+    ]
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
 def test_killed_while_the_database_is_away_the_turn_comes_back_at_resume(
-        engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]) -> None:
+    engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
+) -> None:
     chat = Chat(chatcli("new", "--base-url", fake_llm.url + "/v1", "--store", store_spec), child_env)
     turns = Turns(chat)
     turns.turn("before")
@@ -131,15 +140,24 @@ def test_killed_while_the_database_is_away_the_turn_comes_back_at_resume(
     assert chat.wait() == 0, chat.text("err")
     assert "the turns kept on this machine are in" in chat.text("err")
     assert "while it was away" in chat.text()
-    assert [c for _, c, _ in messages(store_spec)] == ["before", "Echo: before", "while it was away",
-                                                       "Echo: while it was away"]
+    assert [c for _, c, _ in messages(store_spec)] == [
+        "before",
+        "Echo: before",
+        "while it was away",
+        "Echo: while it was away",
+    ]
     assert spool_files(child_env) == []
 
 
 @pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
 def test_turns_kept_locally_never_overwrite_another_machines_turns(
-        engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str],
-        tmp_path: Path) -> None:
+    engine: str,
+    store_spec: str,
+    server: Any,
+    fake_llm: FakeLLMServer,
+    child_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
     chat = Chat(chatcli("new", "--base-url", fake_llm.url + "/v1", "--store", store_spec), child_env)
     turns = Turns(chat)
     turns.turn("mine, saved")
@@ -170,8 +188,10 @@ def test_turns_kept_locally_never_overwrite_another_machines_turns(
     st = opened(store_spec)
     try:
         new = r.text().split()[-1]
-        assert [m["content"] for m in st.load(new)["messages"]][-2:] == ["mine, kept locally",
-                                                                          "Echo: mine, kept locally"]
+        assert [m["content"] for m in st.load(new)["messages"]][-2:] == [
+            "mine, kept locally",
+            "Echo: mine, kept locally",
+        ]
     finally:
         st.close()
 
@@ -179,14 +199,23 @@ def test_turns_kept_locally_never_overwrite_another_machines_turns(
 def machine(child_env: dict[str, str], root: Path) -> dict[str, str]:
     """The environment of another computer: its own home, config and state folders."""
     (root / "home").mkdir(parents=True)
-    return dict(child_env, HOME=str(root / "home"), CHATCLI_STATE_DIR=str(root / "state"),
-                CHATCLI_CONFIG=str(root / "config.toml"), XDG_CONFIG_HOME=str(root / "home" / ".config"))
+    return dict(
+        child_env,
+        HOME=str(root / "home"),
+        CHATCLI_STATE_DIR=str(root / "state"),
+        CHATCLI_CONFIG=str(root / "config.toml"),
+        XDG_CONFIG_HOME=str(root / "home" / ".config"),
+    )
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
 def test_two_machines_share_sessions_and_one_writes_at_a_time(
-        store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path) -> None:
-    laptop, workstation = machine(child_env, tmp_path / "laptop"), machine(child_env, tmp_path / "workstation")
+    store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    laptop, workstation = (
+        machine(child_env, tmp_path / "laptop"),
+        machine(child_env, tmp_path / "workstation"),
+    )
     a = Chat(chatcli("new", "--base-url", fake_llm.url + "/v1", "--store", store_spec), laptop)
     Turns(a).turn("my secret word is ostrich")
     listed = Chat(chatcli("list", "--store", store_spec), workstation)
@@ -200,7 +229,10 @@ def test_two_machines_share_sessions_and_one_writes_at_a_time(
     b = Chat(chatcli("resume", "last", "--store", store_spec), workstation)
     assert "Echo: what is my secret word" in Turns(b).turn("what is my secret word")[0]
     assert [m["content"] for m in fake_llm.requests[-1]["json"]["messages"]] == [
-        "my secret word is ostrich", "Echo: my secret word is ostrich", "what is my secret word"]
+        "my secret word is ostrich",
+        "Echo: my secret word is ostrich",
+        "what is my secret word",
+    ]
     refused = Chat(chatcli("resume", "last", "--store", store_spec), laptop)
     assert refused.wait() == 1 and "is open in another chatcli" in refused.text("err")
     b.kill()  # the server lets go of a killed chatcli's lock with its connection
@@ -216,8 +248,8 @@ def test_two_machines_share_sessions_and_one_writes_at_a_time(
 
 
 def test_a_database_password_is_written_to_no_file(
-        pg_server: Any, mariadb_server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str],
-        tmp_path: Path) -> None:
+    pg_server: Any, mariadb_server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
+) -> None:
     canary = "canary-" + secrets.token_hex(6)
     cwd = tmp_path / "work"
     cwd.mkdir()
@@ -240,9 +272,17 @@ def test_a_database_password_is_written_to_no_file(
             assert all(b"***" in p.read_bytes() for p in kept)  # the store is named in it, masked
         finally:
             srv.start()
-        for args in (("list",), ("search", "hello"), ("show", "last"), ("stats",), ("sync",),
-                     ("export", "last", "-o", str(cwd / f"out-{srv.kind}.md")), ("fork", "last"),
-                     ("rename", "last", "renamed"), ("resume", "last")):
+        for args in (
+            ("list",),
+            ("search", "hello"),
+            ("show", "last"),
+            ("stats",),
+            ("sync",),
+            ("export", "last", "-o", str(cwd / f"out-{srv.kind}.md")),
+            ("fork", "last"),
+            ("rename", "last", "renamed"),
+            ("resume", "last"),
+        ):
             r = Chat(chatcli(*args, "--store", spec), child_env, cwd=cwd)
             r.close_stdin()
             assert r.wait() == 0, (args, r.text("err"))
@@ -254,5 +294,7 @@ def test_a_database_password_is_written_to_no_file(
             if path.is_file() and not path.is_symlink():
                 assert canary.encode() not in path.read_bytes(), path
                 checked.append(path.name)
-    assert len([n for n in checked if n.startswith("chatcli-") and n.endswith(".md")]) == 2  # the REPL's exports
+    assert (
+        len([n for n in checked if n.startswith("chatcli-") and n.endswith(".md")]) == 2
+    )  # the REPL's exports
     assert {"out-PostgreSQL.md", "out-MariaDB.md"} <= set(checked)

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatproc import Chat, Turns
 
 from chatcli.backends.openai import OpenAIBackend
 from chatcli.session import ConversationSession, Timeouts
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
+
+from chatproc import Chat, Turns
 from fakellm import FakeLLMServer, Reply
 
 _OPEN: list[Any] = []
@@ -39,8 +40,9 @@ def _close_all() -> Iterator[None]:
 
 def test_each_save_point_of_a_turn_reaches_the_store(store_spec: str, fake_llm: FakeLLMServer) -> None:
     store = opened(store_spec)
-    session = ConversationSession.create(store, OpenAIBackend(fake_llm.url + "/v1", "fake-model"),
-                                         model="fake-model", system="Be brief.")
+    session = ConversationSession.create(
+        store, OpenAIBackend(fake_llm.url + "/v1", "fake-model"), model="fake-model", system="Be brief."
+    )
     _OPEN.append(session)
     session.timeouts = Timeouts(connect=2, idle=5, total=20)
     seen_at_request: list[list[tuple[str, str]]] = []
@@ -51,7 +53,8 @@ def test_each_save_point_of_a_turn_reaches_the_store(store_spec: str, fake_llm: 
         return list(other.load(session.id)["messages"])
 
     fake_llm.on_request = lambda record: seen_at_request.append(
-        [(m["role"], m["content"]) for m in read_back()])
+        [(m["role"], m["content"]) for m in read_back()]
+    )
     fake_llm.enqueue(Reply(tokens=[f"t{i} " for i in range(40)], delay_each=0.02))
 
     def on_delta(text: str) -> None:
@@ -61,16 +64,35 @@ def test_each_save_point_of_a_turn_reaches_the_store(store_spec: str, fake_llm: 
 
     reply = session.send("hello", on_delta=on_delta)
     assert seen_at_request == [[("user", "hello")]]  # saved before the request was sent
-    assert mid_reply and mid_reply[0][:2] == ("assistant", "streaming") and mid_reply[0][2].startswith("t0 t1 ")
+    assert (
+        mid_reply and mid_reply[0][:2] == ("assistant", "streaming") and mid_reply[0][2].startswith("t0 t1 ")
+    )
     final = read_back()
     assert final[-1]["status"] == "ok" and final[-1]["content"] == reply.content == "".join(
-        f"t{i} " for i in range(40))
+        f"t{i} " for i in range(40)
+    )
     assert final[-1]["finish_reason"] == "stop" and final[-1]["timings"]["ttft_s"] is not None
 
 
-SCRIPT = ["first question", "second question", "retry", "undo", "redo", "/model other-model", "/system Be terse.",
-          "/title A test session", "third question", "undo",
-          "history", "title", "system", "model", "export json", "fork", "help"]
+SCRIPT = [
+    "first question",
+    "second question",
+    "retry",
+    "undo",
+    "redo",
+    "/model other-model",
+    "/system Be terse.",
+    "/title A test session",
+    "third question",
+    "undo",
+    "history",
+    "title",
+    "system",
+    "model",
+    "export json",
+    "fork",
+    "help",
+]
 
 
 def repl(env: dict[str, str], spec: str, llm: FakeLLMServer, cwd: Path) -> tuple[list[str], dict[str, Any]]:
@@ -99,6 +121,7 @@ def normalised(text: str, spec: str) -> str:
 
 def session_shape(s: dict[str, Any]) -> dict[str, Any]:
     """A snapshot with what differs from run to run taken out: ids, times, durations."""
+
     def clean(m: dict[str, Any]) -> dict[str, Any]:
         m = {k: v for k, v in m.items() if k not in ("created_at", "timings")}
         return m
@@ -110,27 +133,36 @@ def session_shape(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_repl_command_gives_the_same_session_on_every_engine(
-        store_for: Any, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path) -> None:
-    runs = {engine: repl(child_env, store_for(engine), fake_llm, tmp_path / engine)
-            for engine in ("folder", "sqlite", "postgresql", "mysql")}
+    store_for: Any, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    runs = {
+        engine: repl(child_env, store_for(engine), fake_llm, tmp_path / engine)
+        for engine in ("folder", "sqlite", "postgresql", "mysql")
+    }
     out, snap = runs["folder"]
     assert [m["content"] for m in snap["messages"] if m.get("dropped") is None][:2] == [
-        "first question", "Echo: first question"]
-    assert snap["title"] == "A test session" and snap["model"] == "other-model" and snap["system"] == "Be terse."
+        "first question",
+        "Echo: first question",
+    ]
+    assert (
+        snap["title"] == "A test session" and snap["model"] == "other-model" and snap["system"] == "Be terse."
+    )
     assert {c["what"] for c in snap["changes"]} == {"model", "system", "title"}
     for engine in ("sqlite", "postgresql", "mysql"):
         their_out, their_snap = runs[engine]
         assert session_shape(their_snap) == session_shape(snap), engine
         spec = store_for(engine)
         for line, mine, theirs in zip(SCRIPT, out, their_out, strict=True):
-            assert normalised(theirs.replace(str(tmp_path / engine), "<CWD>"), spec) == \
-                normalised(mine.replace(str(tmp_path / "folder"), "<CWD>"), store_for("folder")), f"{engine}: {line}"
+            assert normalised(theirs.replace(str(tmp_path / engine), "<CWD>"), spec) == normalised(
+                mine.replace(str(tmp_path / "folder"), "<CWD>"), store_for("folder")
+            ), f"{engine}: {line}"
         assert len(list((tmp_path / engine).glob("chatcli-*.json"))) == 1  # `export json` wrote one file
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
 def test_a_hung_database_holds_the_repl_up_no_longer_than_the_store_timeout(
-        engine: str, store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path) -> None:
+    engine: str, store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
+) -> None:
     config = tmp_path / "hung.toml"
     config.write_text("store_timeout = 1\n")
     env = dict(child_env, CHATCLI_CONFIG=str(config))
@@ -175,21 +207,33 @@ def test_a_hung_database_holds_the_repl_up_no_longer_than_the_store_timeout(
     st = opened(store_spec)
     (sid,) = st.ids()
     assert [m["content"] for m in st.load(sid)["messages"]] == [
-        "before", "Echo: before", "while the tables are locked", "Echo: while the tables are locked", "after",
-        "Echo: after"]
+        "before",
+        "Echo: before",
+        "while the tables are locked",
+        "Echo: while the tables are locked",
+        "after",
+        "Echo: after",
+    ]
 
 
 def test_a_password_left_out_of_the_url_is_asked_for_at_a_terminal(
-        pg_server: Any, mariadb_server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]) -> None:
+    pg_server: Any, mariadb_server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
+) -> None:
     import pexpect
 
     env = dict(child_env, PROMPT_TOOLKIT_NO_CPR="1")
     for srv in (pg_server, mariadb_server):
         spec = srv.new_database(user="asked", password="typed-at-the-prompt")
         bare = spec.replace(":typed-at-the-prompt@", "@")
-        child = pexpect.spawn(sys.executable, ["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1",
-                                               "--store", bare], env=env, dimensions=(40, 100), timeout=20,
-                              encoding="utf-8", codec_errors="replace")
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1", "--store", bare],
+            env=env,
+            dimensions=(40, 100),
+            timeout=20,
+            encoding="utf-8",
+            codec_errors="replace",
+        )
         child.expect("Password for ")
         assert "***" not in child.before
         child.sendline("typed-at-the-prompt")  # (not echoed: getpass)
@@ -202,8 +246,14 @@ def test_a_password_left_out_of_the_url_is_asked_for_at_a_terminal(
         child.close()
         assert child.exitstatus == 0
         assert "typed-at-the-prompt" not in child.before
-        wrong = pexpect.spawn(sys.executable, ["-m", "chatcli", "list", "--store", bare], env=env, timeout=20,
-                              encoding="utf-8", codec_errors="replace")
+        wrong = pexpect.spawn(
+            sys.executable,
+            ["-m", "chatcli", "list", "--store", bare],
+            env=env,
+            timeout=20,
+            encoding="utf-8",
+            codec_errors="replace",
+        )
         wrong.expect("Password for ")
         wrong.sendline("not-it")
         wrong.expect(pexpect.EOF)

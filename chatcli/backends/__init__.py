@@ -12,9 +12,18 @@ if TYPE_CHECKING:
     from chatcli.backends.base import Backend
 
 
-def make_backend(name: str, *, model: str = "", base_url: str = "", api_key: str | None = None,
-                 model_path: Path | None = None, n_ctx: int = 8192, threads: int | None = None,
-                 keep_alive: str | None = None, log_path: Path | None = None) -> Backend:
+def make_backend(
+    name: str,
+    *,
+    model: str = "",
+    base_url: str = "",
+    api_key: str | None = None,
+    model_path: Path | None = None,
+    n_ctx: int = 8192,
+    threads: int | None = None,
+    keep_alive: str | None = None,
+    log_path: Path | None = None,
+) -> Backend:
     """A backend by name. ``model``/``base_url`` "" mean the backend's default. Raises ConfigError."""
     if name == "openai":
         from chatcli.backends.openai import DEFAULT_BASE_URL, OpenAIBackend

@@ -45,12 +45,13 @@ class StreamEvent:
 class Backend(Protocol):
     """What ConversationSession needs of a model server."""
 
-    name: str       # "openai", "ollama" or "local"
-    model: str      # the model name sent in requests
-    base_url: str   # where requests go (never holds credentials)
+    name: str  # "openai", "ollama" or "local"
+    model: str  # the model name sent in requests
+    base_url: str  # where requests go (never holds credentials)
 
-    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
-                    deadline: float) -> Iterator[StreamEvent]:
+    def stream_chat(
+        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+    ) -> Iterator[StreamEvent]:
         """Stream the reply to ``messages`` (``{"role", "content"}`` dicts). ``deadline`` is a
         ``time.monotonic()`` value for the whole reply. Raises BackendError subclasses only."""
         ...
@@ -98,8 +99,9 @@ class HTTPBackend:
         t = self._timeouts
         return httpx.Timeout(connect=t.connect, read=self._read_limit, write=self._read_limit, pool=t.connect)
 
-    def _stream(self, method: str, path: str, body: dict[str, Any], timeouts: Timeouts,
-                deadline: float, parse: Any) -> Iterator[StreamEvent]:
+    def _stream(
+        self, method: str, path: str, body: dict[str, Any], timeouts: Timeouts, deadline: float, parse: Any
+    ) -> Iterator[StreamEvent]:
         """POST ``body`` and yield what ``parse(response, deadline)`` yields, mapping every transport
         failure to a BackendError."""
         import httpx
@@ -113,22 +115,29 @@ class HTTPBackend:
                     raise self.http_error(response)
                 yield from parse(response, deadline)
         except BackendError as e:
-            raise self._scrubbed(e)
+            raise self._scrubbed(e) from e.__cause__
         except httpx.ConnectTimeout:
             raise BackendTimeout(
-                f"could not connect to {self.base_url} within {timeouts.connect:g} s", "connect", timeouts.connect
+                f"could not connect to {self.base_url} within {timeouts.connect:g} s",
+                "connect",
+                timeouts.connect,
             ) from None
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
             if time.monotonic() >= deadline - 0.001:
-                raise BackendTimeout(f"the reply took longer than the {timeouts.total:g} s limit",
-                                     "total", timeouts.total) from None
-            raise BackendTimeout(f"the model sent nothing for {self._read_limit:g} s (idle timeout)",
-                                 "idle", self._read_limit) from None
+                raise BackendTimeout(
+                    f"the reply took longer than the {timeouts.total:g} s limit", "total", timeouts.total
+                ) from None
+            raise BackendTimeout(
+                f"the model sent nothing for {self._read_limit:g} s (idle timeout)", "idle", self._read_limit
+            ) from None
         except httpx.ConnectError as e:
-            raise BackendUnavailable(f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?") \
-                from None
+            raise BackendUnavailable(
+                f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?"
+            ) from None
         except httpx.RemoteProtocolError:
-            raise StreamError(f"the connection to {self.base_url} closed in the middle of the reply") from None
+            raise StreamError(
+                f"the connection to {self.base_url} closed in the middle of the reply"
+            ) from None
         except httpx.HTTPError as e:
             raise BackendError(f"request to {self.base_url} failed: {_reason(e)}") from None
 
@@ -147,8 +156,9 @@ class HTTPBackend:
     def check_deadline(deadline: float, timeouts: Timeouts) -> None:
         """Raise BackendTimeout(kind="total") once ``deadline`` (time.monotonic) has passed."""
         if time.monotonic() > deadline:
-            raise BackendTimeout(f"the reply took longer than the {timeouts.total:g} s limit",
-                                 "total", timeouts.total)
+            raise BackendTimeout(
+                f"the reply took longer than the {timeouts.total:g} s limit", "total", timeouts.total
+            )
 
     def error_message(self, payload: Any, text: str) -> tuple[str, str]:
         """(message, type) from an error body; subclasses know their protocol's shape."""
@@ -167,18 +177,29 @@ class HTTPBackend:
         if status in (401, 403):
             return AuthenticationError(
                 f"{where} refused the request ({status}){said}; check the API key (OPENAI_API_KEY)",
-                status, server_msg)
+                status,
+                server_msg,
+            )
         if status == 404:
             return ModelNotFound(
                 f"model {self.model!r} or the endpoint was not found at {where} (404){said}; "
-                f"check --model and --base-url", status, server_msg)
+                f"check --model and --base-url",
+                status,
+                server_msg,
+            )
         if status == 429:
-            return RateLimited(f"rate limited by {where} (429){said}", status, server_msg,
-                               retry_after=_retry_after(response.headers.get("retry-after")))
+            return RateLimited(
+                f"rate limited by {where} (429){said}",
+                status,
+                server_msg,
+                retry_after=_retry_after(response.headers.get("retry-after")),
+            )
         if status == 400 and "exceed_context" in (err_type or ""):
             return BackendHTTPError(
                 f"the conversation no longer fits the model's context{said}; use `clear` to start afresh",
-                status, server_msg)
+                status,
+                server_msg,
+            )
         if status >= 500:
             return BackendHTTPError(f"{where} had a server error ({status}){said}", status, server_msg)
         return BackendHTTPError(f"{where} rejected the request ({status}){said}", status, server_msg)
@@ -213,4 +234,4 @@ def _reason(e: Exception) -> str:
     return text.split("] ", 1)[-1] if text.startswith("[Errno") else text
 
 
-__all__ = ["Backend", "BackendError", "HTTPBackend", "StreamEvent", "StreamError"]
+__all__ = ["Backend", "BackendError", "HTTPBackend", "StreamError", "StreamEvent"]

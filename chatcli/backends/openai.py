@@ -33,22 +33,28 @@ class OpenAIBackend(HTTPBackend):
 
     name = "openai"
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, model: str = "gpt-4o-mini",
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_BASE_URL, model: str = "gpt-4o-mini", api_key: str | None = None
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(base_url, model, headers)
 
     def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
-                                "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if params.temperature is not None:
             body["temperature"] = params.temperature
         if params.max_tokens is not None:
             body["max_tokens"] = params.max_tokens
         return body
 
-    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts,
-                    deadline: float) -> Iterator[StreamEvent]:
+    def stream_chat(
+        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+    ) -> Iterator[StreamEvent]:
         body = self.request_body(messages, params)
 
         def parse(response: httpx.Response, deadline: float) -> Iterator[StreamEvent]:
@@ -56,13 +62,17 @@ class OpenAIBackend(HTTPBackend):
 
         return self._stream("POST", "/chat/completions", body, timeouts, deadline, parse)
 
-    def _parse_sse(self, response: httpx.Response, deadline: float, timeouts: Timeouts) -> Iterator[StreamEvent]:
+    def _parse_sse(
+        self, response: httpx.Response, deadline: float, timeouts: Timeouts
+    ) -> Iterator[StreamEvent]:
         from httpx_sse import EventSource
 
         ctype = response.headers.get("content-type", "")
         if "text/event-stream" not in ctype:
-            raise StreamError(f"{self.base_url} did not answer with a stream (content type {ctype or 'none'!r}); "
-                              f"is it an OpenAI-compatible server?")
+            raise StreamError(
+                f"{self.base_url} did not answer with a stream (content type {ctype or 'none'!r}); "
+                f"is it an OpenAI-compatible server?"
+            )
         done = finished = False
         for sse in EventSource(response).iter_sse():
             self.check_deadline(deadline, timeouts)
@@ -117,15 +127,22 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
     if isinstance(usage, dict):
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        event.usage = Usage(prompt_tokens=_int(usage.get("prompt_tokens")),
-                            completion_tokens=_int(usage.get("completion_tokens")), cached_tokens=_int(cached))
+        event.usage = Usage(
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            cached_tokens=_int(cached),
+        )
     timings = chunk.get("timings")
     if isinstance(timings, dict):
         event.server_timings = timings
         rate = timings.get("predicted_per_second")
         if isinstance(rate, (int, float)) and rate > 0:
             event.tokens_per_second = float(rate)
-        if event.usage is not None and event.usage.cached_tokens is None and _int(timings.get("cache_n")) is not None:
+        if (
+            event.usage is not None
+            and event.usage.cached_tokens is None
+            and _int(timings.get("cache_n")) is not None
+        ):
             event.usage.cached_tokens = _int(timings.get("cache_n"))
     return event
 

@@ -22,8 +22,13 @@ from chatcli.errors import ConfigError
 if TYPE_CHECKING:
     from chatcli.stores.base import Store
 
-SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql",
-           "mariadb": "mysql"}
+SCHEMES = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,10 @@ def parse_store(name: str | Path) -> StoreSpec:
     scheme = text.split("://", 1)[0].lower()
     kind = SCHEMES.get(scheme)
     if kind is None:
-        raise ConfigError(f"unknown store {mask_url(text)!r}: use a folder path, sqlite:///FILE, "
-                          f"postgresql://user@host/db or mysql://user@host/db")
+        raise ConfigError(
+            f"unknown store {mask_url(text)!r}: use a folder path, sqlite:///FILE, "
+            f"postgresql://user@host/db or mysql://user@host/db"
+        )
     if kind == "sqlite":
         path = text.split("://", 1)[1]
         if not path or path.endswith("/"):
@@ -87,8 +94,13 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
-def open_store(spec: StoreSpec, *, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> Store:
+def open_store(
+    spec: StoreSpec,
+    *,
+    timeout: float = 10.0,
+    ask_password: Callable[[str], str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Store:
     """Open the store ``spec`` names (nothing is connected or created until it is used). ``timeout``:
     seconds a database statement or connection attempt may take; ``ask_password(prompt)``: how to ask for
     a password a database wants (None: never ask); ``on_progress``: the folder store's index progress."""

@@ -119,15 +119,23 @@ class Store(Protocol):
         ...
 
     # -- the catalog -------------------------------------------------------------------------------------
-    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
-             model: str | None = None, title: str | None = None) -> Page:
+    def page(
+        self,
+        limit: int | None = None,
+        *,
+        since: str | None = None,
+        before: str | None = None,
+        model: str | None = None,
+        title: str | None = None,
+    ) -> Page:
         """Live sessions, most recently updated first: at most ``limit`` (all when None), updated at or after
         ``since`` and before ``before`` (UTC ISO 8601), whose model name holds ``model`` (case ignored),
         whose title is exactly ``title``."""
         ...
 
-    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
-               limit: int = 20) -> list[SearchHit]:
+    def search(
+        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+    ) -> list[SearchHit]:
         """Messages and titles of live sessions holding every word of ``text`` as a word prefix (case and
         accents ignored), best first, among the SEARCH_WINDOW most recent matches."""
         ...

@@ -129,7 +129,8 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     except OSError as e:
         raise SaveError(
             f"could not confirm the save of {path} ({why(e)} while syncing its folder): "
-            f"it may not survive a power loss and will be written again", path
+            f"it may not survive a power loss and will be written again",
+            path,
         ) from None
 
 
@@ -217,7 +218,8 @@ class FolderStore:
         than MAX_SNAPSHOT_BYTES. Raises SessionNotFound or SnapshotError naming the file."""
         where = "the trash of " if path.parent.name == TRASH else ""
         raw = read_regular_file(
-            path, lambda: SessionNotFound(f"no session {session_id or path.stem} in {where}{self.root}"))
+            path, lambda: SessionNotFound(f"no session {session_id or path.stem} in {where}{self.root}")
+        )
         data = decode(raw, path)
         if data["id"] != path.stem:
             raise SnapshotError(f"{path} holds session {data['id']!r}, not {path.stem!r}", path)
@@ -304,8 +306,9 @@ class FolderStore:
         try:
             os.link(src, dst)  # fails if dst appeared meanwhile: never overwrites
         except FileExistsError:
-            raise SessionExists(f"a session {session_id} already exists in {self.root}; nothing was restored") \
-                from None
+            raise SessionExists(
+                f"a session {session_id} already exists in {self.root}; nothing was restored"
+            ) from None
         except OSError as e:
             raise SaveError(f"cannot restore {src}: {why(e)}", src) from None
         src.unlink()
@@ -335,12 +338,20 @@ class FolderStore:
             self._index = SessionIndex(self, self.on_progress)
         return self._index
 
-    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
-             model: str | None = None, title: str | None = None) -> Page:
+    def page(
+        self,
+        limit: int | None = None,
+        *,
+        since: str | None = None,
+        before: str | None = None,
+        model: str | None = None,
+        title: str | None = None,
+    ) -> Page:
         return self.index().page(limit, since=since, before=before, model=model, title=title)
 
-    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
-               limit: int = 20) -> list[SearchHit]:
+    def search(
+        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+    ) -> list[SearchHit]:
         return self.index().search(text, role=role, session_id=session_id, limit=limit)
 
     def totals(self, active_since: str) -> dict[str, Any]:
@@ -355,10 +366,18 @@ class FolderStore:
 def summary_of(snap: Snapshot, location: str) -> SessionSummary:
     """The ``list`` row of a validated snapshot."""
     c = summarize(snap)
-    return SessionSummary(id=snap["id"], title=snap["title"], backend=snap["backend"], model=snap["model"],
-                          turns=c.user_messages, messages=c.messages, created_at=snap["created_at"],
-                          updated_at=snap["updated_at"], location=location,
-                          tokens=c.prompt_tokens + c.completion_tokens)
+    return SessionSummary(
+        id=snap["id"],
+        title=snap["title"],
+        backend=snap["backend"],
+        model=snap["model"],
+        turns=c.user_messages,
+        messages=c.messages,
+        created_at=snap["created_at"],
+        updated_at=snap["updated_at"],
+        location=location,
+        tokens=c.prompt_tokens + c.completion_tokens,
+    )
 
 
 def whole(snapshot: Snapshot) -> Snapshot:
@@ -402,29 +421,42 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def read_regular_file(path: Path, not_found: Callable[[], Exception], limit: int = MAX_SNAPSHOT_BYTES) -> bytes:
+def read_regular_file(
+    path: Path, not_found: Callable[[], Exception], limit: int = MAX_SNAPSHOT_BYTES
+) -> bytes:
     """The bytes of the regular file at ``path``, read without following a symbolic link and without
     blocking on a FIFO; SnapshotError for anything else (``not_found()`` when there is no file)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(
+            path,
+            os.O_RDONLY
+            | getattr(os, "O_NOFOLLOW", 0)
+            | getattr(os, "O_NONBLOCK", 0)
+            | getattr(os, "O_CLOEXEC", 0),
+        )
     except FileNotFoundError:
         raise not_found() from None
     except OSError as e:
         if e.errno == errno.ELOOP and os.path.islink(path):
-            raise SnapshotError(f"{path} is a symbolic link, not a session file (chatcli does not follow "
-                                f"links in its sessions folder)", path) from None
+            raise SnapshotError(
+                f"{path} is a symbolic link, not a session file (chatcli does not follow "
+                f"links in its sessions folder)",
+                path,
+            ) from None
         raise SnapshotError(f"cannot read {path}: {why(e)}", path) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise SnapshotError(f"{path} is a folder, not a session file", path)
         if not stat.S_ISREG(st.st_mode):
-            raise SnapshotError(f"{path} is not a regular file (a FIFO, socket or device), not a session file",
-                                path)
+            raise SnapshotError(
+                f"{path} is not a regular file (a FIFO, socket or device), not a session file", path
+            )
         if st.st_size > limit:
-            raise SnapshotError(f"{path} is too large to be a session file ({st.st_size:,} bytes; the limit is "
-                                f"{limit:,})", path)
+            raise SnapshotError(
+                f"{path} is too large to be a session file ({st.st_size:,} bytes; the limit is {limit:,})",
+                path,
+            )
         with os.fdopen(os.dup(fd), "rb") as f:
             raw = f.read(limit + 1)
     except OSError as e:

@@ -46,6 +46,7 @@ class Files(Protocol):
 
     def load_path(self, path: Path, session_id: str | None = None) -> Snapshot: ...
 
+
 INDEX_NAME = ".index.sqlite"
 SCHEMA_VERSION = 2  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT)
 #: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
@@ -151,7 +152,11 @@ class SessionIndex:
                 self._forget(db, sid)
             for n, sid in enumerate(changed, 1):
                 self._index_file(db, sid, seen[sid])
-                if self.on_progress is not None and len(changed) >= 500 and (n % 500 == 0 or n == len(changed)):
+                if (
+                    self.on_progress is not None
+                    and len(changed) >= 500
+                    and (n % 500 == 0 or n == len(changed))
+                ):
                     self.on_progress(n, len(changed))
             db.execute("COMMIT")
         except BaseException:
@@ -173,15 +178,33 @@ class SessionIndex:
         try:
             snap = self.store.load_path(path, sid)
         except (SnapshotError, SessionNotFound) as e:
-            db.execute("INSERT INTO files (id, size, mtime_ns, damaged) VALUES (?, ?, ?, ?)",
-                       (sid, sig[0], sig[1], str(e)))
+            db.execute(
+                "INSERT INTO files (id, size, mtime_ns, damaged) VALUES (?, ?, ?, ?)",
+                (sid, sig[0], sig[1], str(e)),
+            )
             return
         c = summarize(snap)
         cursor = db.execute(
             "INSERT INTO files VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sid, sig[0], sig[1], snap["title"], snap["backend"], snap["model"], c.user_messages,
-             c.messages, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.user_messages,
-             c.assistant_messages, c.characters, snap["created_at"], snap["updated_at"]))
+            (
+                sid,
+                sig[0],
+                sig[1],
+                snap["title"],
+                snap["backend"],
+                snap["model"],
+                c.user_messages,
+                c.messages,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.cached_tokens,
+                c.user_messages,
+                c.assistant_messages,
+                c.characters,
+                snap["created_at"],
+                snap["updated_at"],
+            ),
+        )
         first = (cursor.lastrowid or 0) << _ROWS_SHIFT
         rows: list[tuple[int, str, str, int, str, int]] = []
         if snap["title"]:
@@ -192,12 +215,21 @@ class SessionIndex:
                 turn += 1
             if m["content"]:
                 rows.append((first + len(rows), m["content"], sid, max(turn, 1), m["role"], i))
-        db.executemany("INSERT INTO texts (rowid, content, session_id, turn, role, position) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", rows[: 1 << _ROWS_SHIFT])
+        db.executemany(
+            "INSERT INTO texts (rowid, content, session_id, turn, role, position) VALUES (?, ?, ?, ?, ?, ?)",
+            rows[: 1 << _ROWS_SHIFT],
+        )
 
     # -- reading ---------------------------------------------------------------------------------------
-    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
-             model: str | None = None, title: str | None = None) -> Page:
+    def page(
+        self,
+        limit: int | None = None,
+        *,
+        since: str | None = None,
+        before: str | None = None,
+        model: str | None = None,
+        title: str | None = None,
+    ) -> Page:
         """As ``Store.page``, with the damaged files of the folder. Only the rows shown are read."""
         self.refresh()
         db = self._connect()
@@ -210,8 +242,9 @@ class SessionIndex:
             where += " AND updated_at < ?"
             args.append(before)
         if model:
-            db.create_function("chatcli_holds", 2, lambda text, part: part in (text or "").lower(),
-                               deterministic=True)
+            db.create_function(
+                "chatcli_holds", 2, lambda text, part: part in (text or "").lower(), deterministic=True
+            )
             where += " AND chatcli_holds(model, ?)"
             args.append(model.lower())
         if title is not None:
@@ -219,34 +252,64 @@ class SessionIndex:
             args.append(title)
         total = int(db.execute(f"SELECT count(*) FROM files WHERE {where}", args).fetchone()[0])
         path_for = self.store.path_for
-        sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
-               f"completion_tokens FROM files WHERE {where} ORDER BY updated_at DESC, id DESC LIMIT ?")
-        rows = [SessionSummary(id=r[0], title=r[1], backend=r[2], model=r[3], turns=r[4], messages=r[5],
-                               created_at=r[6], updated_at=r[7], location=str(path_for(r[0])),
-                               tokens=(r[8] or 0) + (r[9] or 0))
-                for r in db.execute(sql, [*args, -1 if limit is None else limit])]
-        damaged = [DamagedFile(str(path_for(r[0])), r[1])
-                   for r in db.execute("SELECT id, damaged FROM files WHERE damaged IS NOT NULL ORDER BY id")]
+        sql = (
+            f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
+            f"completion_tokens FROM files WHERE {where} ORDER BY updated_at DESC, id DESC LIMIT ?"
+        )
+        rows = [
+            SessionSummary(
+                id=r[0],
+                title=r[1],
+                backend=r[2],
+                model=r[3],
+                turns=r[4],
+                messages=r[5],
+                created_at=r[6],
+                updated_at=r[7],
+                location=str(path_for(r[0])),
+                tokens=(r[8] or 0) + (r[9] or 0),
+            )
+            for r in db.execute(sql, [*args, -1 if limit is None else limit])
+        ]
+        damaged = [
+            DamagedFile(str(path_for(r[0])), r[1])
+            for r in db.execute("SELECT id, damaged FROM files WHERE damaged IS NOT NULL ORDER BY id")
+        ]
         return Page(rows, damaged, total)
 
     def totals(self, active_since: str) -> dict[str, Any]:
         """As ``Store.totals``; ``bytes`` is the size of the snapshot files."""
         self.refresh()
         db = self._connect()
-        r = db.execute("SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
-                       "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-                       "sum(size), sum(updated_at >= ?) FROM files WHERE damaged IS NULL",
-                       (active_since,)).fetchone()
-        models = db.execute("SELECT backend || '/' || model, count(*) FROM files WHERE damaged IS NULL "
-                            "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+        r = db.execute(
+            "SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
+            "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
+            "sum(size), sum(updated_at >= ?) FROM files WHERE damaged IS NULL",
+            (active_since,),
+        ).fetchone()
+        models = db.execute(
+            "SELECT backend || '/' || model, count(*) FROM files WHERE damaged IS NULL "
+            "GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
         damaged = db.execute("SELECT count(*) FROM files WHERE damaged IS NOT NULL").fetchone()[0]
-        return {"sessions": r[0] or 0, "active": r[9] or 0, "messages": r[1] or 0, "user_messages": r[2] or 0,
-                "assistant_messages": r[3] or 0, "characters": r[4] or 0, "prompt_tokens": r[5] or 0,
-                "completion_tokens": r[6] or 0, "cached_tokens": r[7] or 0, "bytes": r[8] or 0,
-                "models": [(m, n) for m, n in models], "damaged": damaged}
+        return {
+            "sessions": r[0] or 0,
+            "active": r[9] or 0,
+            "messages": r[1] or 0,
+            "user_messages": r[2] or 0,
+            "assistant_messages": r[3] or 0,
+            "characters": r[4] or 0,
+            "prompt_tokens": r[5] or 0,
+            "completion_tokens": r[6] or 0,
+            "cached_tokens": r[7] or 0,
+            "bytes": r[8] or 0,
+            "models": [(m, n) for m, n in models],
+            "damaged": damaged,
+        }
 
-    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
-               limit: int = 20) -> list[SearchHit]:
+    def search(
+        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+    ) -> list[SearchHit]:
         """As ``Store.search``. Matches are ranked among the ``SEARCH_WINDOW`` most recent ones (every
         match when there are fewer): ranking all the matches of a word found in most of a million messages
         would take seconds."""
@@ -257,8 +320,10 @@ class SessionIndex:
         db = self._connect()
         # Newest first (rowids grow with the time a file was indexed, see refresh) the FTS5 doclist stops
         # after SEARCH_WINDOW matches; only those are ranked.
-        sql = ("SELECT t.session_id, t.turn, t.role, t.position, t.content, rank AS score "
-               "FROM texts t WHERE texts MATCH ?")
+        sql = (
+            "SELECT t.session_id, t.turn, t.role, t.position, t.content, rank AS score "
+            "FROM texts t WHERE texts MATCH ?"
+        )
         args: list[Any] = [fts_query(words)]
         if role:
             sql += " AND t.role = ?"
@@ -266,11 +331,15 @@ class SessionIndex:
         if session_id:
             sql += " AND t.session_id = ?"
             args.append(session_id)
-        sql = (f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.content FROM ({sql} ORDER BY "
-               f"t.rowid DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?")
+        sql = (
+            f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.content FROM ({sql} ORDER BY "
+            f"t.rowid DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?"
+        )
         args += [SEARCH_WINDOW, max(1, limit)]
-        return [SearchHit(sid, title, turn, role, pos, snippet(content, words))
-                for sid, title, turn, role, pos, content in db.execute(sql, args)]
+        return [
+            SearchHit(sid, title, turn, role, pos, snippet(content, words))
+            for sid, title, turn, role, pos, content in db.execute(sql, args)
+        ]
 
 
 def fts_query(words: list[str]) -> str:

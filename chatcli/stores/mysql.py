@@ -22,9 +22,9 @@ from chatcli.snapshot import fold, word_share
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
 
-BIG = 100_000     # messages (by ``mid``) from which a search first checks how frequent its words are
-SAMPLE = 1_000    # newest messages it samples for that
-FREQUENT = 0.05   # a share of messages from which a word is looked for newest first instead of by FULLTEXT
+BIG = 100_000  # messages (by ``mid``) from which a search first checks how frequent its words are
+SAMPLE = 1_000  # newest messages it samples for that
+FREQUENT = 0.05  # a share of messages from which a word is looked for newest first instead of by FULLTEXT
 _ID = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
 _TIME = "VARCHAR(40) CHARACTER SET ascii COLLATE ascii_bin"
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
@@ -91,8 +91,9 @@ class MySQLStore(SQLStore):
     _for_update = " FOR UPDATE"
     _title_is = "title = %s COLLATE utf8mb4_bin"
 
-    def __init__(self, url: str, display: str, timeout: float = 10.0,
-                 ask_password: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self, url: str, display: str, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+    ) -> None:
         super().__init__(display, timeout)
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -100,13 +101,16 @@ class MySQLStore(SQLStore):
         if not self.database or "/" in self.database:
             raise ConfigError(f"{display}: name the database after the host, e.g. mysql://user@host/chats")
         self._params: dict[str, Any] = {
-            "host": parts.hostname or "localhost", "port": parts.port or 3306,
-            "user": unquote(parts.username or "") or os.environ.get("USER", ""), "database": self.database,
+            "host": parts.hostname or "localhost",
+            "port": parts.port or 3306,
+            "user": unquote(parts.username or "") or os.environ.get("USER", ""),
+            "database": self.database,
         }
         if "unix_socket" in query:
             self._params["unix_socket"] = query["unix_socket"]
-        self._password: str | None = unquote(parts.password) if parts.password is not None else \
-            os.environ.get("MYSQL_PWD")
+        self._password: str | None = (
+            unquote(parts.password) if parts.password is not None else os.environ.get("MYSQL_PWD")
+        )
         self.ask_password = ask_password
         self.mariadb = False
         self.min_token = 3
@@ -117,9 +121,15 @@ class MySQLStore(SQLStore):
         except ImportError:
             raise StoreError("the MySQL store needs PyMySQL: pip install 'chatcli[mysql]'") from None
         try:
-            conn = pymysql.connect(**self._params, password=self._password or "", charset="utf8mb4",
-                                   autocommit=True, connect_timeout=max(1, round(self.timeout)),
-                                   read_timeout=self.timeout, write_timeout=self.timeout)
+            conn = pymysql.connect(
+                **self._params,
+                password=self._password or "",
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=max(1, round(self.timeout)),
+                read_timeout=self.timeout,
+                write_timeout=self.timeout,
+            )
         except pymysql.err.OperationalError as e:
             code = e.args[0] if e.args else 0
             if code == 1045 and self._password is None and self.ask_password is not None:
@@ -155,8 +165,10 @@ class MySQLStore(SQLStore):
         need = (10, 6) if self.mariadb else (8, 0)
         if have < need:
             product = "MariaDB" if self.mariadb else "MySQL"
-            raise StoreError(f"{self.display} runs {product} {version}; chatcli needs {product} "
-                             f"{need[0]}.{need[1]} or newer")
+            raise StoreError(
+                f"{self.display} runs {product} {version}; chatcli needs {product} "
+                f"{need[0]}.{need[1]} or newer"
+            )
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         import pymysql
@@ -175,17 +187,25 @@ class MySQLStore(SQLStore):
         code = e.args[0] if getattr(e, "args", None) else 0
         words = said(e)
         if code == 1045:
-            return StoreError(f"{self.display} refused the login (wrong or missing password): give it in the URL "
-                              f"or MYSQL_PWD")
+            return StoreError(
+                f"{self.display} refused the login (wrong or missing password): give it in the URL "
+                f"or MYSQL_PWD"
+            )
         if code == 1049:
-            return StoreError(f"{self.display}: the database {self.database!r} does not exist; create it "
-                              f"(CREATE DATABASE) or fix the URL")
+            return StoreError(
+                f"{self.display}: the database {self.database!r} does not exist; create it "
+                f"(CREATE DATABASE) or fix the URL"
+            )
         if code == 1044 and not self._conn:  # at connect time: a database this user may not open
-            return StoreError(f"{self.display}: the database {self.database!r} does not exist or user "
-                              f"{self._params['user']!r} may not use it; create it or grant access")
+            return StoreError(
+                f"{self.display}: the database {self.database!r} does not exist or user "
+                f"{self._params['user']!r} may not use it; create it or grant access"
+            )
         if code in (1044, 1142, 1227):
-            return StoreError(f"{self.display}: the user may not do this ({words}); chatcli needs to create and "
-                              f"write its tables (chatcli_*)")
+            return StoreError(
+                f"{self.display}: the user may not do this ({words}); chatcli needs to create and "
+                f"write its tables (chatcli_*)"
+            )
         if code in (1205, 1969, 3024) or "timed out" in words:
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
         if code in (2003, 2002, 2005, 2006, 2013):
@@ -218,8 +238,11 @@ class MySQLStore(SQLStore):
         cols = ["session_id", *MESSAGE_COLUMNS]
         quoted = [f"`{c}`" for c in cols]
         updates = ", ".join(f"{q} = VALUES({q})" for q in quoted[2:])
-        cur.executemany(f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-                        f"ON DUPLICATE KEY UPDATE {updates}", rows)
+        cur.executemany(
+            f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
+            f"ON DUPLICATE KEY UPDATE {updates}",
+            rows,
+        )
 
     def _q(self, column: str) -> str:
         return f"`{column}`"
@@ -227,8 +250,9 @@ class MySQLStore(SQLStore):
     def _holds(self, column: str) -> str:
         return f"LOCATE(%s, LOWER({column})) > 0"
 
-    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
-                     limit: int) -> list[tuple[Any, ...]]:
+    def _search_rows(
+        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
         found: list[tuple[float, tuple[Any, ...]]] = []
         if role != "title":
             found += self._messages(cur, words, role, session_id, limit)
@@ -245,19 +269,25 @@ class MySQLStore(SQLStore):
         if not long:
             return conditions, args, "0", []
         against = " ".join(f"+{w}*" for w in long)
-        return ([f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)", *conditions], [against, *args],
-                f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)", [against])
+        return (
+            [f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)", *conditions],
+            [against, *args],
+            f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)",
+            [against],
+        )
 
     @staticmethod
     def _regexps(column: str, words: list[str]) -> tuple[list[str], list[Any]]:
         """``words`` at the start of a word of ``column``, by REGEXP; a LIKE on each first (several times
         faster, and never false where the REGEXP is true: the column's collation ignores case and accents)."""
         likes = [f"{column} LIKE %s" for _ in words]
-        return likes + [f"{column} REGEXP %s" for _ in words], \
-            [f"%{w}%" for w in words] + [f"(?i)(^|[^[:alnum:]]){accents_ignored(w)}" for w in words]
+        return likes + [f"{column} REGEXP %s" for _ in words], [f"%{w}%" for w in words] + [
+            f"(?i)(^|[^[:alnum:]]){accents_ignored(w)}" for w in words
+        ]
 
-    def _messages(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
-                  limit: int) -> list[tuple[float, tuple[Any, ...]]]:
+    def _messages(
+        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+    ) -> list[tuple[float, tuple[Any, ...]]]:
         """Matching messages, best first. InnoDB reads every match of a FULLTEXT query, which takes seconds
         for a word in most of a million messages: so the newest messages are sampled first, and a word found
         in a large share of them (FREQUENT) is looked for newest first with REGEXP instead, until ``window``
@@ -268,8 +298,11 @@ class MySQLStore(SQLStore):
         high = int(cur.fetchone()[0])
         if high < BIG:
             return self._indexed(cur, words, filters, None, limit)
-        cur.execute(f"SELECT count(*), sum({' AND '.join(where)}) FROM (SELECT content FROM chatcli_messages "
-                    f"ORDER BY mid DESC LIMIT {SAMPLE}) m", args)
+        cur.execute(
+            f"SELECT count(*), sum({' AND '.join(where)}) FROM (SELECT content FROM chatcli_messages "
+            f"ORDER BY mid DESC LIMIT {SAMPLE}) m",
+            args,
+        )
         sampled, hits = cur.fetchone()
         share = int(hits or 0) / max(1, int(sampled))
         if share < FREQUENT:
@@ -277,43 +310,56 @@ class MySQLStore(SQLStore):
         low = 0 if session_id else max(0, high - int(self.window / share * 2))
         where += [c for c, _ in filters]
         args += [v for _, v in filters]
-        cur.execute(f"SELECT m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM chatcli_messages m "
-                    f"JOIN chatcli_sessions s ON s.id = m.session_id WHERE m.mid >= %s AND s.deleted_at IS NULL "
-                    f"AND {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s", [low, *args, self.window])
+        cur.execute(
+            f"SELECT m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM chatcli_messages m "
+            f"JOIN chatcli_sessions s ON s.id = m.session_id WHERE m.mid >= %s AND s.deleted_at IS NULL "
+            f"AND {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s",
+            [low, *args, self.window],
+        )
         rows = [tuple(r) for r in cur.fetchall()]
         if len(rows) < self.window and low > 0:
             rows += [r for _, r in self._indexed(cur, words, filters, low, self.window - len(rows))]
         return sorted(((word_share(r[5], words), r) for r in rows), key=lambda sr: -sr[0])[:limit]
 
-    def _indexed(self, cur: Any, words: list[str], filters: list[tuple[str, Any]], below: int | None,
-                 limit: int) -> list[tuple[float, tuple[Any, ...]]]:
+    def _indexed(
+        self, cur: Any, words: list[str], filters: list[tuple[str, Any]], below: int | None, limit: int
+    ) -> list[tuple[float, tuple[Any, ...]]]:
         """The FULLTEXT query: the ``window`` most recent matches (older than ``below``, when given), best
         first."""
         where, args, score, score_args = self._match("m.content", words)
         where += [c for c, _ in filters] + (["m.mid < %s"] if below is not None else [])
         args += [v for _, v in filters] + ([below] if below is not None else [])
-        cur.execute(f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ("
-                    f"SELECT m.session_id, m.turn, m.role, m.idx, m.content, {score} AS score FROM chatcli_messages m "
-                    f"WHERE {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s "
-                    f"ON s.id = h.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC LIMIT %s",
-                    [*score_args, *args, self.window, limit])
+        cur.execute(
+            f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ("
+            f"SELECT m.session_id, m.turn, m.role, m.idx, m.content, {score} AS score FROM chatcli_messages m "
+            f"WHERE {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s "
+            f"ON s.id = h.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC LIMIT %s",
+            [*score_args, *args, self.window, limit],
+        )
         return [(float(r[0]), tuple(r[1:])) for r in cur.fetchall()]
 
-    def _titles(self, cur: Any, words: list[str], session_id: str | None,
-                limit: int) -> list[tuple[float, tuple[Any, ...]]]:
+    def _titles(
+        self, cur: Any, words: list[str], session_id: str | None, limit: int
+    ) -> list[tuple[float, tuple[Any, ...]]]:
         where, args, score, score_args = self._match("s.title", words)
         where.append("s.deleted_at IS NULL")
         if session_id:
             where.append("s.id = %s")
             args.append(session_id)
-        cur.execute(f"SELECT {score}, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s "
-                    f"WHERE {' AND '.join(where)} ORDER BY 1 DESC LIMIT %s", [*score_args, *args, limit])
+        cur.execute(
+            f"SELECT {score}, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s "
+            f"WHERE {' AND '.join(where)} ORDER BY 1 DESC LIMIT %s",
+            [*score_args, *args, limit],
+        )
         return [(float(r[0]), r[1:]) for r in cur.fetchall()]
 
     def disk_bytes(self) -> int:
         def ask(cur: Any) -> int:
-            cur.execute("SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "
-                        "WHERE table_schema = DATABASE() AND table_name LIKE %s", ("chatcli%",))
+            cur.execute(
+                "SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "
+                "WHERE table_schema = DATABASE() AND table_name LIKE %s",
+                ("chatcli%",),
+            )
             return int(cur.fetchone()[0])
 
         return int(self._run("measured its size", ask))

@@ -49,12 +49,16 @@ def _add_search(cur: Any) -> None:
     text with accents removed, so it is done here rather than in SQL) and builds the GIN indexes."""
     cur.execute("ALTER TABLE chatcli_messages ADD COLUMN tsv tsvector")
     cur.execute("ALTER TABLE chatcli_sessions ADD COLUMN title_tsv tsvector")
-    for table, key, column, target in (("chatcli_messages", "session_id, idx", "content", "tsv"),
-                                       ("chatcli_sessions", "id", "title", "title_tsv")):
+    for table, key, column, target in (
+        ("chatcli_messages", "session_id, idx", "content", "tsv"),
+        ("chatcli_sessions", "id", "title", "title_tsv"),
+    ):
         rows = cur.execute(f"SELECT {key}, {column} FROM {table}").fetchall()
         where = " AND ".join(f"{k.strip()} = %s" for k in key.split(","))
-        cur.executemany(f"UPDATE {table} SET {target} = to_tsvector('simple', %s) WHERE {where}",
-                        [(search_text(r[-1]), *r[:-1]) for r in rows])
+        cur.executemany(
+            f"UPDATE {table} SET {target} = to_tsvector('simple', %s) WHERE {where}",
+            [(search_text(r[-1]), *r[:-1]) for r in rows],
+        )
     cur.execute("CREATE INDEX chatcli_messages_tsv ON chatcli_messages USING gin (tsv)")
     cur.execute("CREATE INDEX chatcli_sessions_title_tsv ON chatcli_sessions USING gin (title_tsv)")
 
@@ -89,8 +93,9 @@ class PostgreSQLStore(SQLStore):
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     _for_update = " FOR UPDATE"
 
-    def __init__(self, url: str, display: str, timeout: float = 10.0,
-                 ask_password: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self, url: str, display: str, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+    ) -> None:
         super().__init__(display, timeout)
         self.url = url
         self.ask_password = ask_password
@@ -100,12 +105,19 @@ class PostgreSQLStore(SQLStore):
         try:
             import psycopg
         except ImportError:
-            raise StoreError("the PostgreSQL store needs psycopg: pip install 'chatcli[postgresql]'") from None
+            raise StoreError(
+                "the PostgreSQL store needs psycopg: pip install 'chatcli[postgresql]'"
+            ) from None
         ms = int(self.timeout * 1000)
         kwargs: dict[str, Any] = {
-            "autocommit": True, "connect_timeout": max(1, round(self.timeout)), "application_name": "chatcli",
+            "autocommit": True,
+            "connect_timeout": max(1, round(self.timeout)),
+            "application_name": "chatcli",
             "options": f"-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout="
-                       f"{ms * 6}", "tcp_user_timeout": ms, "keepalives": 1, "keepalives_idle": 30,
+            f"{ms * 6}",
+            "tcp_user_timeout": ms,
+            "keepalives": 1,
+            "keepalives_idle": 30,
         }
         if self._password is not None:
             kwargs["password"] = self._password
@@ -113,34 +125,51 @@ class PostgreSQLStore(SQLStore):
             conn = psycopg.connect(self.url, **kwargs)
         except psycopg.Error as e:
             text = str(e)
-            if ("no password supplied" in text or "password authentication failed" in text) \
-                    and self._password is None and self.ask_password is not None:
+            if (
+                ("no password supplied" in text or "password authentication failed" in text)
+                and self._password is None
+                and self.ask_password is not None
+            ):
                 self._password = self.ask_password(f"Password for {self.display}: ")
                 return self._open()
             raise self._connect_failure(e) from None
         if conn.info.server_version < MIN_VERSION:
             version = conn.info.server_version
             conn.close()
-            raise StoreError(f"{self.display} runs PostgreSQL {version // 10000}; chatcli needs PostgreSQL 12 "
-                             f"or newer")
+            raise StoreError(
+                f"{self.display} runs PostgreSQL {version // 10000}; chatcli needs PostgreSQL 12 or newer"
+            )
         return conn
 
     def _connect_failure(self, e: BaseException) -> ChatcliError:
         text = " ".join(str(e).split())
         if "password authentication failed" in text or "no password supplied" in text:
-            return StoreError(f"{self.display} refused the login ({'wrong password' if 'failed' in text else 'no password given'}): "
-                              f"give it in the URL, PGPASSWORD or ~/.pgpass")
+            return StoreError(
+                f"{self.display} refused the login ({'wrong password' if 'failed' in text else 'no password given'}): "
+                f"give it in the URL, PGPASSWORD or ~/.pgpass"
+            )
         if "does not exist" in text and "database" in text:
-            return StoreError(f"{self.display}: the database does not exist; create it (e.g. `createdb`) or "
-                              f"fix the URL")
+            return StoreError(
+                f"{self.display}: the database does not exist; create it (e.g. `createdb`) or fix the URL"
+            )
         if "role" in text and "does not exist" in text:
             return StoreError(f"{self.display}: no such user on the server; fix the URL")
         if "timeout" in text:
-            return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s; is the server "
-                                    f"up and the address right?")
-        if "refused" in text or "could not connect" in text or "translate host name" in text \
-                or "No route" in text or "Connection reset" in text or "server closed" in text:
-            return StoreUnavailable(f"cannot connect to {self.display} ({_libpq_reason(e)}); is the server running?")
+            return StoreUnavailable(
+                f"{self.display} did not answer within {self.timeout:g} s; is the server "
+                f"up and the address right?"
+            )
+        if (
+            "refused" in text
+            or "could not connect" in text
+            or "translate host name" in text
+            or "No route" in text
+            or "Connection reset" in text
+            or "server closed" in text
+        ):
+            return StoreUnavailable(
+                f"cannot connect to {self.display} ({_libpq_reason(e)}); is the server running?"
+            )
         return StoreError(f"cannot use {self.display}: {said(e)}")
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
@@ -160,8 +189,10 @@ class PostgreSQLStore(SQLStore):
         if isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
         if isinstance(e, psycopg.errors.InsufficientPrivilege):
-            return StoreError(f"{self.display}: the user may not do this ({said(e)}); chatcli needs to create "
-                              f"and write its tables (chatcli_*)")
+            return StoreError(
+                f"{self.display}: the user may not do this ({said(e)}); chatcli needs to create "
+                f"and write its tables (chatcli_*)"
+            )
         if isinstance(e, psycopg.OperationalError):
             return self._connect_failure(e)
         return StoreError(f"{self.display}: {said(e)}")
@@ -174,7 +205,9 @@ class PostgreSQLStore(SQLStore):
         return int.from_bytes(digest, "big", signed=True)
 
     def _try_lock(self, cur: Any, session_id: str) -> bool:
-        return bool(cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key(session_id),)).fetchone()[0])
+        return bool(
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key(session_id),)).fetchone()[0]
+        )
 
     def _unlock(self, cur: Any, session_id: str) -> None:
         cur.execute("SELECT pg_advisory_unlock(%s)", (self.lock_key(session_id),))
@@ -197,25 +230,32 @@ class PostgreSQLStore(SQLStore):
         cols = ["session_id", *(c for c in MESSAGE_COLUMNS)]
         marks = ["%s::jsonb" if c in ("usage", "timings", "extra") else "%s" for c in cols]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
-        sql = (f"INSERT INTO chatcli_messages ({', '.join(cols)}, tsv) VALUES ({', '.join(marks)}, "
-               f"to_tsvector('simple', %s)) ON CONFLICT (session_id, idx) DO UPDATE SET {updates}, "
-               f"tsv = excluded.tsv")
+        sql = (
+            f"INSERT INTO chatcli_messages ({', '.join(cols)}, tsv) VALUES ({', '.join(marks)}, "
+            f"to_tsvector('simple', %s)) ON CONFLICT (session_id, idx) DO UPDATE SET {updates}, "
+            f"tsv = excluded.tsv"
+        )
         cur.executemany(sql, [(*r, search_text(r[4])) for r in rows])
 
     def _index_title(self, cur: Any, session_id: str, title: str) -> None:
-        cur.execute("UPDATE chatcli_sessions SET title_tsv = to_tsvector('simple', %s) WHERE id = %s",
-                    (search_text(title), session_id))
+        cur.execute(
+            "UPDATE chatcli_sessions SET title_tsv = to_tsvector('simple', %s) WHERE id = %s",
+            (search_text(title), session_id),
+        )
 
     def _holds(self, column: str) -> str:
         return f"strpos(lower({column}), %s) > 0"
 
-    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
-                     limit: int) -> list[tuple[Any, ...]]:
+    def _search_rows(
+        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
         query = tsquery(words)
         found: list[tuple[float, tuple[Any, ...]]] = []
         if role in (None, "user", "assistant"):
-            inner = ("SELECT m.session_id, m.turn, m.role, m.idx, m.content, ts_rank(m.tsv, q) AS score "
-                     "FROM chatcli_messages m, to_tsquery('simple', %s) q WHERE m.tsv @@ q")
+            inner = (
+                "SELECT m.session_id, m.turn, m.role, m.idx, m.content, ts_rank(m.tsv, q) AS score "
+                "FROM chatcli_messages m, to_tsquery('simple', %s) q WHERE m.tsv @@ q"
+            )
             args: list[Any] = [query]
             if role:
                 inner += " AND m.role = %s"
@@ -223,26 +263,34 @@ class PostgreSQLStore(SQLStore):
             if session_id:
                 inner += " AND m.session_id = %s"
                 args.append(session_id)
-            sql = (f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ({inner} "
-                   f"ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s ON s.id = h.session_id "
-                   f"WHERE s.deleted_at IS NULL ORDER BY h.score DESC LIMIT %s")
+            sql = (
+                f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ({inner} "
+                f"ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s ON s.id = h.session_id "
+                f"WHERE s.deleted_at IS NULL ORDER BY h.score DESC LIMIT %s"
+            )
             found += [(float(r[0]), r[1:]) for r in cur.execute(sql, [*args, self.window, limit]).fetchall()]
         if role in (None, "title"):
-            sql = ("SELECT ts_rank(s.title_tsv, q), s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s, "
-                   "to_tsquery('simple', %s) q WHERE s.title_tsv @@ q AND s.deleted_at IS NULL")
+            sql = (
+                "SELECT ts_rank(s.title_tsv, q), s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s, "
+                "to_tsquery('simple', %s) q WHERE s.title_tsv @@ q AND s.deleted_at IS NULL"
+            )
             args = [query]
             if session_id:
                 sql += " AND s.id = %s"
                 args.append(session_id)
-            found += [(float(r[0]), r[1:]) for r in
-                      cur.execute(sql + " ORDER BY 1 DESC LIMIT %s", [*args, limit]).fetchall()]
+            found += [
+                (float(r[0]), r[1:])
+                for r in cur.execute(sql + " ORDER BY 1 DESC LIMIT %s", [*args, limit]).fetchall()
+            ]
         found.sort(key=lambda sr: -sr[0])
         return [r for _, r in found[:limit]]
 
     def disk_bytes(self) -> int:
         def ask(cur: Any) -> int:
-            row = cur.execute("SELECT coalesce(sum(pg_total_relation_size(c)), 0) FROM (VALUES "
-                              "('chatcli_sessions'::regclass), ('chatcli_messages'::regclass)) AS t (c)").fetchone()
+            row = cur.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c)), 0) FROM (VALUES "
+                "('chatcli_sessions'::regclass), ('chatcli_messages'::regclass)) AS t (c)"
+            ).fetchone()
             return int(row[0])
 
         return int(self._run("measured its size", ask))

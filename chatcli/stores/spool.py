@@ -105,8 +105,10 @@ class SpoolingStore:
         if pending is not None:
             del self._pending[sid]
             _remove(pending.path)
-            self._say(f"{self.display} answers again: session {sid} is saved there, with the turns kept "
-                      f"on this machine meanwhile")
+            self._say(
+                f"{self.display} answers again: session {sid} is saved there, with the turns kept "
+                f"on this machine meanwhile"
+            )
         return info
 
     def _spool(self, snapshot: Snapshot, changed_from: int, reason: str, conflict: bool) -> SaveInfo:
@@ -114,10 +116,19 @@ class SpoolingStore:
         first = self._pending.get(sid)
         path = self.folder / f"{sid}.json"
         base = first.base_version if first is not None else self.primary.saved_version(sid)
-        record = {"format": SPOOL_FORMAT, "version": SPOOL_VERSION, "store": self.display, "session_id": sid,
-                  "base_version": base, "writer": self.primary.writer, "changed_from": changed_from,
-                  "reason": reason, "conflict": conflict, "spooled_at": utc_now(),
-                  "snapshot": {**snapshot, "messages": list(snapshot["messages"])}}
+        record = {
+            "format": SPOOL_FORMAT,
+            "version": SPOOL_VERSION,
+            "store": self.display,
+            "session_id": sid,
+            "base_version": base,
+            "writer": self.primary.writer,
+            "changed_from": changed_from,
+            "reason": reason,
+            "conflict": conflict,
+            "spooled_at": utc_now(),
+            "snapshot": {**snapshot, "messages": list(snapshot["messages"])},
+        }
         data = dumps(record)
         try:
             ensure_folder(self.folder.parent)
@@ -129,12 +140,16 @@ class SpoolingStore:
         if first is None or first.conflict != conflict:
             flag = f" --store {self.display.replace(':***@', '@')}"
             if conflict:
-                self._say(f"{reason} — this conversation goes on in {path} (nothing in the database is "
-                          f"overwritten): bring it in as a new session with `chatcli import {path}{flag}`")
+                self._say(
+                    f"{reason} — this conversation goes on in {path} (nothing in the database is "
+                    f"overwritten): bring it in as a new session with `chatcli import {path}{flag}`"
+                )
             else:
-                self._say(f"{reason} — the turn is kept on this machine in {path} and goes to the database at the "
-                          f"next save that reaches it, at `chatcli resume {sid}{flag}`, or with "
-                          f"`chatcli sync{flag}`")
+                self._say(
+                    f"{reason} — the turn is kept on this machine in {path} and goes to the database at the "
+                    f"next save that reaches it, at `chatcli resume {sid}{flag}`, or with "
+                    f"`chatcli sync{flag}`"
+                )
         return SaveInfo(location=str(path), size=len(data), saved_at=utc_now(), spooled=True)
 
     def _say(self, message: str) -> None:
@@ -188,12 +203,20 @@ class SpoolingStore:
     def purge(self, session_id: str, *, trashed: bool = False) -> None:
         self.primary.purge(session_id, trashed=trashed)
 
-    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
-             model: str | None = None, title: str | None = None) -> Page:
+    def page(
+        self,
+        limit: int | None = None,
+        *,
+        since: str | None = None,
+        before: str | None = None,
+        model: str | None = None,
+        title: str | None = None,
+    ) -> Page:
         return self.primary.page(limit, since=since, before=before, model=model, title=title)
 
-    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
-               limit: int = 20) -> list[SearchHit]:
+    def search(
+        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+    ) -> list[SearchHit]:
         return self.primary.search(text, role=role, session_id=session_id, limit=limit)
 
     def totals(self, active_since: str) -> dict[str, Any]:
@@ -260,21 +283,35 @@ def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutc
     try:
         lock = primary.lock(sid)
     except SessionLocked:
-        return SyncOutcome(sid, "open", f"session {sid} is open in a running chatcli, which saves these turns "
-                                        f"itself; kept in {path}", path)
+        return SyncOutcome(
+            sid,
+            "open",
+            f"session {sid} is open in a running chatcli, which saves these turns itself; kept in {path}",
+            path,
+        )
     try:
         row = primary.row_version(sid)
         ours = row is not None and (row[0] == record.get("base_version") or row[1] == record.get("writer"))
         if not ours or record.get("conflict"):
             why = "it is no longer in the database" if row is None else "it has other turns there now"
-            return SyncOutcome(sid, "conflict", f"session {sid} was not written back from {path}: {why}; nothing "
-                                                f"was overwritten. Bring it in as a new session with "
-                                                f"`chatcli import {path}`", path)
+            return SyncOutcome(
+                sid,
+                "conflict",
+                f"session {sid} was not written back from {path}: {why}; nothing "
+                f"was overwritten. Bring it in as a new session with "
+                f"`chatcli import {path}`",
+                path,
+            )
         try:
             primary.load(sid)
         except SessionNotFound:
-            return SyncOutcome(sid, "conflict", f"session {sid} is in the trash of {primary.display}; restore it "
-                                                f"and sync again, or `chatcli import {path}`", path)
+            return SyncOutcome(
+                sid,
+                "conflict",
+                f"session {sid} is in the trash of {primary.display}; restore it "
+                f"and sync again, or `chatcli import {path}`",
+                path,
+            )
         changed = record.get("changed_from")
         primary.save(snap, changed_from=changed if isinstance(changed, int) else 0)
     except (StoreConflict, StoreError) as e:
@@ -284,8 +321,9 @@ def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutc
     finally:
         lock.release()
     _remove(path)
-    return SyncOutcome(sid, "synced", f"session {sid}: the turns kept on this machine are in {primary.display}",
-                       path)
+    return SyncOutcome(
+        sid, "synced", f"session {sid}: the turns kept on this machine are in {primary.display}", path
+    )
 
 
 def _remove(path: Path) -> None:

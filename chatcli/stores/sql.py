@@ -40,7 +40,15 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
-from chatcli.snapshot import NO_COUNTS, Counts, Snapshot, message_counts, total_of, validate_id, validate_snapshot
+from chatcli.snapshot import (
+    NO_COUNTS,
+    Counts,
+    Snapshot,
+    message_counts,
+    total_of,
+    validate_id,
+    validate_snapshot,
+)
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.sql_catalog import SQLCatalog
 from chatcli.stores.sql_rows import (
@@ -83,7 +91,7 @@ class SQLStore(SQLCatalog):
     #: migrations[n] brings the schema from version n to n + 1 (a list of statements, or a function of a
     #: cursor); the schema's version is the number of migrations applied
     migrations: Sequence[Sequence[str] | Callable[[Any], None]] = ()
-    holds_nul = True       # False: text columns cannot hold NUL (PostgreSQL)
+    holds_nul = True  # False: text columns cannot hold NUL (PostgreSQL)
     begin_write = "BEGIN"
     begin_read = "BEGIN"
 
@@ -93,8 +101,8 @@ class SQLStore(SQLCatalog):
         self.writer = secrets.token_hex(8)  # this process's mark on the rows it saves
         self._conn: Any = None
         self._saved: dict[str, _Saved] = {}
-        self._held: set[str] = set()     # session locks this store holds
-        self._lost: set[str] = set()     # locks lost with a connection and taken by someone else since
+        self._held: set[str] = set()  # session locks this store holds
+        self._lost: set[str] = set()  # locks lost with a connection and taken by someone else since
 
     # -- driver hooks (each engine) ------------------------------------------------------------------------
     def _open(self) -> Any:
@@ -146,11 +154,13 @@ class SQLStore(SQLCatalog):
             lost = isinstance(e, self._driver_errors()) and self._is_lost(e)
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001 - it is being dropped either way
+            except Exception:
                 pass
             if isinstance(e, self._driver_errors()):
                 if lost:
-                    raise StoreUnavailable(f"the database {self.display} stopped answering ({said(e)})") from None
+                    raise StoreUnavailable(
+                        f"the database {self.display} stopped answering ({said(e)})"
+                    ) from None
                 raise self._failure(e) from None
             raise
         self._conn = conn
@@ -161,7 +171,7 @@ class SQLStore(SQLCatalog):
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001 - it is gone either way
+            except Exception:
                 pass
 
     def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
@@ -177,8 +187,9 @@ class SQLStore(SQLCatalog):
                     self._drop()
                     if attempt == 1:
                         continue
-                    raise StoreUnavailable(f"the database {self.display} stopped answering while it {what} "
-                                           f"({said(e)})") from None
+                    raise StoreUnavailable(
+                        f"the database {self.display} stopped answering while it {what} ({said(e)})"
+                    ) from None
                 raise self._failure(e) from None
         raise AssertionError("unreachable")
 
@@ -190,7 +201,7 @@ class SQLStore(SQLCatalog):
         except BaseException:
             try:
                 cur.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001 - a lost connection rolls back by itself
+            except Exception:
                 pass
             raise
         cur.execute("COMMIT")
@@ -209,7 +220,7 @@ class SQLStore(SQLCatalog):
                 cur = self._conn.cursor()
                 for sid in list(self._held):
                     self._unlock(cur, sid)
-            except Exception:  # noqa: BLE001 - closing the connection releases them anyway
+            except Exception:
                 pass
         self._held.clear()
         self._drop()
@@ -229,7 +240,7 @@ class SQLStore(SQLCatalog):
     def _rollback_quietly(self, cur: Any) -> None:
         try:
             cur.execute("ROLLBACK")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     def _migrate(self, conn: Any, upto: int | None = None) -> None:
@@ -240,8 +251,10 @@ class SQLStore(SQLCatalog):
         want = len(self.migrations) if upto is None else upto
         have = self.schema_version(cur)
         if have > len(self.migrations):
-            raise StoreError(f"the database {self.display} has chatcli schema version {have}, newer than this "
-                             f"chatcli knows ({len(self.migrations)}): upgrade chatcli")
+            raise StoreError(
+                f"the database {self.display} has chatcli schema version {have}, newer than this "
+                f"chatcli knows ({len(self.migrations)}): upgrade chatcli"
+            )
         if have >= want:
             return
         token = self._lock_schema(cur)
@@ -254,8 +267,11 @@ class SQLStore(SQLCatalog):
                     else:
                         for statement in step:
                             self._x(cur, statement)
-                    self._x(cur, "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
-                            (version + 1, utc_now()))
+                    self._x(
+                        cur,
+                        "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
+                        (version + 1, utc_now()),
+                    )
         finally:
             self._unlock_schema(cur, token)
 
@@ -276,9 +292,11 @@ class SQLStore(SQLCatalog):
         if session_id in self._held:
             raise SessionLocked(f"session {session_id} is already open in this chatcli")
         if not self._run("took a session lock", take):
-            raise SessionLocked(f"session {session_id} is open in another chatcli (on this machine or another "
-                                f"one sharing {self.display}); close that one first (`chatcli show {session_id}` "
-                                f"reads it meanwhile)")
+            raise SessionLocked(
+                f"session {session_id} is open in another chatcli (on this machine or another "
+                f"one sharing {self.display}); close that one first (`chatcli show {session_id}` "
+                f"reads it meanwhile)"
+            )
         self._held.add(session_id)
         self._lost.discard(session_id)
         return _Lock(self, session_id)
@@ -290,7 +308,7 @@ class SQLStore(SQLCatalog):
         if self._conn is not None and session_id not in self._lost:
             try:
                 self._unlock(self._conn.cursor(), session_id)
-            except Exception:  # noqa: BLE001 - a dead connection has released it
+            except Exception:
                 self._drop()
         self._lost.discard(session_id)
 
@@ -306,25 +324,40 @@ class SQLStore(SQLCatalog):
         deleted = "IS NOT NULL" if trashed else "IS NULL"
 
         def ask(cur: Any) -> bool:
-            return self._x(cur, f"SELECT 1 FROM chatcli_sessions WHERE id = %s AND deleted_at {deleted}",
-                           (session_id,)).fetchone() is not None
+            return (
+                self._x(
+                    cur,
+                    f"SELECT 1 FROM chatcli_sessions WHERE id = %s AND deleted_at {deleted}",
+                    (session_id,),
+                ).fetchone()
+                is not None
+            )
 
         return bool(self._run("looked a session up", ask))
 
     def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
         validate_id(session_id)
         columns = ", ".join(self._out(c) if c in JSON_FIELDS else self._q(c) for c in SESSION_FIELDS)
-        mcols = ", ".join(self._out(c) if c in (*MESSAGE_JSON, "extra") else self._q(c) for c in MESSAGE_COLUMNS)
+        mcols = ", ".join(
+            self._out(c) if c in (*MESSAGE_JSON, "extra") else self._q(c) for c in MESSAGE_COLUMNS
+        )
         deleted = "IS NOT NULL" if trashed else "IS NULL"
 
         def read(cur: Any) -> tuple[Any, list[Any]]:
             with self._tx(cur, self.begin_read):
-                row = self._x(cur, f"SELECT version, {columns}, {', '.join(COUNT_COLUMNS)} FROM chatcli_sessions "
-                              f"WHERE id = %s AND deleted_at {deleted}", (session_id,)).fetchone()
+                row = self._x(
+                    cur,
+                    f"SELECT version, {columns}, {', '.join(COUNT_COLUMNS)} FROM chatcli_sessions "
+                    f"WHERE id = %s AND deleted_at {deleted}",
+                    (session_id,),
+                ).fetchone()
                 if row is None:
                     return None, []
-                msgs = self._x(cur, f"SELECT {mcols} FROM chatcli_messages WHERE session_id = %s ORDER BY idx",
-                               (session_id,)).fetchall()
+                msgs = self._x(
+                    cur,
+                    f"SELECT {mcols} FROM chatcli_messages WHERE session_id = %s ORDER BY idx",
+                    (session_id,),
+                ).fetchall()
             return row, msgs
 
         row, rows = self._run("read a session", read)
@@ -332,12 +365,17 @@ class SQLStore(SQLCatalog):
             where = "the trash of " if trashed else ""
             raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
         where = self.location(session_id)
-        snap = session_from_row(session_id, row[1:1 + len(SESSION_FIELDS)])
+        snap = session_from_row(session_id, row[1 : 1 + len(SESSION_FIELDS)])
         snap["messages"] = [message_from_row(r) for r in rows]
         snap = validate_snapshot(snap, where)
-        total = Counts(*(int(v) for v in row[1 + len(SESSION_FIELDS):]))  # kept up to date by every save
-        self._saved[session_id] = _Saved(int(row[0]), [dict(m) for m in snap["messages"]],  # (the caller's may
-                                         [int(r[1]) for r in rows], total, snap["title"])  # change)
+        total = Counts(*(int(v) for v in row[1 + len(SESSION_FIELDS) :]))  # kept up to date by every save
+        self._saved[session_id] = _Saved(
+            int(row[0]),
+            [dict(m) for m in snap["messages"]],  # (the caller's may
+            [int(r[1]) for r in rows],
+            total,
+            snap["title"],
+        )  # change)
         return snap
 
     def _out(self, column: str) -> str:
@@ -356,9 +394,11 @@ class SQLStore(SQLCatalog):
 
     def row_version(self, session_id: str) -> tuple[int, str | None] | None:
         """The session row's (version, writer) in the database now, or None when there is no row."""
+
         def ask(cur: Any) -> Any:
-            return self._x(cur, "SELECT version, writer FROM chatcli_sessions WHERE id = %s",
-                           (session_id,)).fetchone()
+            return self._x(
+                cur, "SELECT version, writer FROM chatcli_sessions WHERE id = %s", (session_id,)
+            ).fetchone()
 
         row = self._run("read a session's version", ask)
         return (int(row[0]), row[1]) if row is not None else None
@@ -367,8 +407,10 @@ class SQLStore(SQLCatalog):
     def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
         sid = validate_id(snapshot["id"])
         if sid in self._lost:
-            raise SessionLocked(f"session {sid} was opened by another chatcli while the connection to "
-                                f"{self.display} was lost; nothing was overwritten")
+            raise SessionLocked(
+                f"session {sid} was opened by another chatcli while the connection to "
+                f"{self.display} was lost; nothing was overwritten"
+            )
         state = self._saved.get(sid)
         messages = snapshot["messages"]
         n = len(messages)
@@ -382,8 +424,11 @@ class SQLStore(SQLCatalog):
                 turn += 1
             turns.append(max(turn, 1))
             counts.append(message_counts(m))
-        total = NO_COUNTS if state is None else state.total.minus(total_of(
-            [message_counts(m) for m in state.messages[start:]]))
+        total = (
+            NO_COUNTS
+            if state is None
+            else state.total.minus(total_of([message_counts(m) for m in state.messages[start:]]))
+        )
         total = total.plus(total_of(counts))
         header = session_params(snapshot, total, n, self.holds_nul)
         rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
@@ -426,31 +471,50 @@ class SQLStore(SQLCatalog):
         sets = ", ".join(f"{self._q(c)} = {self._param(c)}" for c in names)
         values = [header[c] for c in names]
         if state is None:
-            row = self._x(cur, "SELECT version, deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
-                          (sid,)).fetchone()
+            row = self._x(
+                cur,
+                "SELECT version, deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
+                (sid,),
+            ).fetchone()
             if row is None:
                 cols = ", ".join(self._q(c) for c in ["id", *names, "version", "writer"])
                 marks = ", ".join(["%s", *(self._param(c) for c in names), "%s", "%s"])
-                self._x(cur, f"INSERT INTO chatcli_sessions ({cols}) VALUES ({marks})",
-                        [sid, *values, 1, self.writer])
+                self._x(
+                    cur,
+                    f"INSERT INTO chatcli_sessions ({cols}) VALUES ({marks})",
+                    [sid, *values, 1, self.writer],
+                )
                 return 1
             version = int(row[0]) + 1
-            self._x(cur, f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s WHERE id = %s",
-                    [*values, version, self.writer, sid])
+            self._x(
+                cur,
+                f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s WHERE id = %s",
+                [*values, version, self.writer, sid],
+            )
             return version
         seen = state.version
         for _ in (1, 2):
-            cur = self._x(cur, f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s "
-                               f"WHERE id = %s AND version = %s", [*values, seen + 1, self.writer, sid, seen])
+            cur = self._x(
+                cur,
+                f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s "
+                f"WHERE id = %s AND version = %s",
+                [*values, seen + 1, self.writer, sid, seen],
+            )
             if cur.rowcount == 1:
                 return seen + 1
-            row = self._x(cur, "SELECT version, writer FROM chatcli_sessions WHERE id = %s", (sid,)).fetchone()
+            row = self._x(
+                cur, "SELECT version, writer FROM chatcli_sessions WHERE id = %s", (sid,)
+            ).fetchone()
             if row is None:
-                raise StoreConflict(f"session {sid} is no longer in {self.display} (deleted by another chatcli "
-                                    f"meanwhile); nothing was overwritten")
+                raise StoreConflict(
+                    f"session {sid} is no longer in {self.display} (deleted by another chatcli "
+                    f"meanwhile); nothing was overwritten"
+                )
             if row[1] != self.writer:
-                raise StoreConflict(f"session {sid} was changed in {self.display} by another chatcli since this "
-                                    f"one read it (version {row[0]}, not {seen}); nothing was overwritten")
+                raise StoreConflict(
+                    f"session {sid} was changed in {self.display} by another chatcli since this "
+                    f"one read it (version {row[0]}, not {seen}); nothing was overwritten"
+                )
             seen = int(row[0])  # our own last commit landed though its answer was lost: go on from it
         raise StoreConflict(f"session {sid} could not be saved in {self.display}: its version keeps changing")
 
@@ -474,6 +538,7 @@ class SQLStore(SQLCatalog):
             self._set_deleted(sid, utc_now(), expect_live=True)
         return info
 
+
 class _Lock:
     """A session lock held by a SQLStore (on its connection, or a lock file for SQLite)."""
 
@@ -485,5 +550,3 @@ class _Lock:
         store, self._store = self._store, None
         if store is not None:
             store._release(self.session_id)
-
-

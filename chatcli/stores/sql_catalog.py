@@ -48,8 +48,9 @@ class SQLCatalog:
         """SQL true when ``column`` holds the (lower-case) parameter, case ignored."""
         return f"instr(lower({column}), %s) > 0"
 
-    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
-                     limit: int) -> list[tuple[Any, ...]]:
+    def _search_rows(
+        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
         """(session_id, title, turn, role, idx, content) of the best matches among the ``window`` most recent,
         best first."""
         raise NotImplementedError
@@ -63,15 +64,22 @@ class SQLCatalog:
 
     def _ids(self, deleted: str) -> list[str]:
         def ask(cur: Any) -> list[str]:
-            return [r[0] for r in self._x(cur, f"SELECT id FROM chatcli_sessions WHERE deleted_at {deleted} "
-                                                f"ORDER BY id").fetchall()]
+            return [
+                r[0]
+                for r in self._x(
+                    cur, f"SELECT id FROM chatcli_sessions WHERE deleted_at {deleted} ORDER BY id"
+                ).fetchall()
+            ]
 
         return list(self._run("listed sessions", ask))
 
     def newest_id(self) -> str | None:
         def ask(cur: Any) -> Any:
-            return self._x(cur, "SELECT id FROM chatcli_sessions WHERE deleted_at IS NULL ORDER BY updated_at DESC, "
-                                "id DESC LIMIT 1").fetchone()
+            return self._x(
+                cur,
+                "SELECT id FROM chatcli_sessions WHERE deleted_at IS NULL ORDER BY updated_at DESC, "
+                "id DESC LIMIT 1",
+            ).fetchone()
 
         row = self._run("looked for the newest session", ask)
         return str(row[0]) if row is not None else None
@@ -80,8 +88,15 @@ class SQLCatalog:
         return [r.id for r in self.page(title=title).rows]
 
     # -- the catalog ----------------------------------------------------------------------------------------
-    def page(self, limit: int | None = None, *, since: str | None = None, before: str | None = None,
-             model: str | None = None, title: str | None = None) -> Page:
+    def page(
+        self,
+        limit: int | None = None,
+        *,
+        since: str | None = None,
+        before: str | None = None,
+        model: str | None = None,
+        title: str | None = None,
+    ) -> Page:
         where = "deleted_at IS NULL"
         args: list[Any] = []
         if since:
@@ -96,8 +111,10 @@ class SQLCatalog:
         if title is not None:
             where += " AND " + self._title_is
             args.append(title)
-        sql = (f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
-               f"completion_tokens FROM chatcli_sessions WHERE {where} ORDER BY updated_at DESC, id DESC")
+        sql = (
+            f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
+            f"completion_tokens FROM chatcli_sessions WHERE {where} ORDER BY updated_at DESC, id DESC"
+        )
         if limit is not None:
             sql += f" LIMIT {max(0, int(limit))}"
 
@@ -106,31 +123,63 @@ class SQLCatalog:
             return int(total), self._x(cur, sql, args).fetchall()
 
         total, rows = self._run("listed sessions", ask)
-        return Page([SessionSummary(id=r[0], title=r[1], backend=r[2], model=r[3], turns=int(r[4]),
-                                    messages=int(r[5]), created_at=r[6], updated_at=r[7],
-                                    location=self.location(r[0]), tokens=int(r[8]) + int(r[9]))
-                     for r in rows], [], total)
+        return Page(
+            [
+                SessionSummary(
+                    id=r[0],
+                    title=r[1],
+                    backend=r[2],
+                    model=r[3],
+                    turns=int(r[4]),
+                    messages=int(r[5]),
+                    created_at=r[6],
+                    updated_at=r[7],
+                    location=self.location(r[0]),
+                    tokens=int(r[8]) + int(r[9]),
+                )
+                for r in rows
+            ],
+            [],
+            total,
+        )
 
     def totals(self, active_since: str) -> dict[str, Any]:
         def ask(cur: Any) -> tuple[Any, list[Any]]:
-            r = self._x(cur, "SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
-                             "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-                             "sum(CASE WHEN updated_at >= %s THEN 1 ELSE 0 END) FROM chatcli_sessions "
-                             "WHERE deleted_at IS NULL", (active_since,)).fetchone()
-            models = self._x(cur, "SELECT backend, model, count(*) FROM chatcli_sessions WHERE deleted_at IS NULL "
-                                  "GROUP BY backend, model").fetchall()
+            r = self._x(
+                cur,
+                "SELECT count(*), sum(messages), sum(user_messages), sum(assistant_messages), "
+                "sum(characters), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
+                "sum(CASE WHEN updated_at >= %s THEN 1 ELSE 0 END) FROM chatcli_sessions "
+                "WHERE deleted_at IS NULL",
+                (active_since,),
+            ).fetchone()
+            models = self._x(
+                cur,
+                "SELECT backend, model, count(*) FROM chatcli_sessions WHERE deleted_at IS NULL "
+                "GROUP BY backend, model",
+            ).fetchall()
             return r, models
 
         r, models = self._run("added up sessions", ask)
         by_model = sorted(((f"{b}/{m}", int(n)) for b, m, n in models), key=lambda mn: (-mn[1], mn[0]))
-        keys = ("sessions", "messages", "user_messages", "assistant_messages", "characters", "prompt_tokens",
-                "completion_tokens", "cached_tokens", "active")
+        keys = (
+            "sessions",
+            "messages",
+            "user_messages",
+            "assistant_messages",
+            "characters",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "active",
+        )
         out: dict[str, Any] = {k: int(v or 0) for k, v in zip(keys, r, strict=True)}
         out.update(models=by_model, damaged=0, bytes=self.disk_bytes())
         return out
 
-    def search(self, text: str, *, role: str | None = None, session_id: str | None = None,
-               limit: int = 20) -> list[SearchHit]:
+    def search(
+        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+    ) -> list[SearchHit]:
         words = search_words(text)
         if not words:
             return []
@@ -156,14 +205,20 @@ class SQLCatalog:
     def _set_deleted(self, session_id: str, when: str | None, *, expect_live: bool) -> None:
         def move(cur: Any) -> str:
             with self._tx(cur, self.begin_write):
-                row = self._x(cur, "SELECT deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
-                              (session_id,)).fetchone()
+                row = self._x(
+                    cur,
+                    "SELECT deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
+                    (session_id,),
+                ).fetchone()
                 if row is None:
                     return "missing"
                 if (row[0] is None) != expect_live:
                     return "live" if row[0] is None else "trashed"
-                self._x(cur, "UPDATE chatcli_sessions SET deleted_at = %s, version = version + 1 WHERE id = %s",
-                        (when, session_id))
+                self._x(
+                    cur,
+                    "UPDATE chatcli_sessions SET deleted_at = %s, version = version + 1 WHERE id = %s",
+                    (when, session_id),
+                )
             return "done"
 
         outcome = self._run("moved a session", move)
@@ -179,8 +234,11 @@ class SQLCatalog:
 
         def remove(cur: Any) -> int:
             with self._tx(cur, self.begin_write):
-                found = self._x(cur, f"SELECT 1 FROM chatcli_sessions WHERE id = %s AND deleted_at {deleted}",
-                                (session_id,)).fetchone()
+                found = self._x(
+                    cur,
+                    f"SELECT 1 FROM chatcli_sessions WHERE id = %s AND deleted_at {deleted}",
+                    (session_id,),
+                ).fetchone()
                 if found is None:
                     return 0
                 self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s", (session_id,))

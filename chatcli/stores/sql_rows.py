@@ -22,10 +22,31 @@ MESSAGE_TEXT = ("created_at", "status", "finish_reason", "model", "error", "drop
 MESSAGE_JSON = ("usage", "timings")
 MESSAGE_COLUMNS = ("idx", "turn", "role", "content", *MESSAGE_TEXT, *MESSAGE_JSON, "extra")
 #: session row columns that hold snapshot fields
-SESSION_FIELDS = ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "params",
-                  "system", "context_start", "clears", "changes", "extra", "format_version")
-COUNT_COLUMNS = ("messages", "user_messages", "assistant_messages", "characters", "prompt_tokens",
-                 "completion_tokens", "cached_tokens")
+SESSION_FIELDS = (
+    "title",
+    "created_at",
+    "updated_at",
+    "backend",
+    "model",
+    "base_url",
+    "model_path",
+    "params",
+    "system",
+    "context_start",
+    "clears",
+    "changes",
+    "extra",
+    "format_version",
+)
+COUNT_COLUMNS = (
+    "messages",
+    "user_messages",
+    "assistant_messages",
+    "characters",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+)
 _B64 = "$chatcli_b64"  # an extra holding the whole record, for text a column cannot hold (NUL on PostgreSQL)
 
 
@@ -34,21 +55,39 @@ def session_params(snap: Snapshot, total: Counts, rows: int, holds_nul: bool = T
     ``holds_nul=False`` text holding NUL keeps the whole header in ``extra`` (base64) and NUL-free columns."""
     extra = {k: v for k, v in snap.items() if k not in KNOWN_KEYS}
     header: dict[str, Any] = {
-        "title": snap["title"], "created_at": snap["created_at"], "updated_at": snap["updated_at"],
-        "backend": snap["backend"], "model": snap["model"], "base_url": snap.get("base_url"),
-        "model_path": snap.get("model_path"), "params": dump(snap["params"]), "system": snap["system"],
+        "title": snap["title"],
+        "created_at": snap["created_at"],
+        "updated_at": snap["updated_at"],
+        "backend": snap["backend"],
+        "model": snap["model"],
+        "base_url": snap.get("base_url"),
+        "model_path": snap.get("model_path"),
+        "params": dump(snap["params"]),
+        "system": snap["system"],
         "context_start": snap["context_start"],
         "clears": dump(snap["clears"]) if "clears" in snap else None,
         "changes": dump(snap["changes"]) if "changes" in snap else None,
-        "extra": dump(extra) if extra else None, "format_version": snap["version"],
+        "extra": dump(extra) if extra else None,
+        "format_version": snap["version"],
     }
-    texts = [header[k] for k in ("title", "created_at", "updated_at", "backend", "model", "base_url",
-                                 "model_path", "system")]
+    texts = [
+        header[k]
+        for k in ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "system")
+    ]
     if not all(isinstance(t, str) or t is None for t in texts) or (not holds_nul and _has_nul(header)):
         # a field a column cannot hold as it is: keep the whole header in extra, the columns cleaned
         whole = {k: v for k, v in snap.items() if k != "messages"}
         header["extra"] = dump({_B64: base64.b64encode(_bytes(whole)).decode()})
-        for k in ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "system"):
+        for k in (
+            "title",
+            "created_at",
+            "updated_at",
+            "backend",
+            "model",
+            "base_url",
+            "model_path",
+            "system",
+        ):
             header[k] = _clean(header[k]) if header[k] is not None else None
         for k in ("params", "clears", "changes"):
             header[k] = _clean(header[k]) if header[k] is not None else None
@@ -80,8 +119,16 @@ def message_row(sid: str, idx: int, turn: int, m: dict[str, Any], holds_nul: boo
         content, role = _clean(content), _clean(role)
         texts = [_clean(t) if t is not None else None for t in texts]
         jsons = [_clean(j) if j is not None else None for j in jsons]
-    return (sid, idx, turn, role, _clean_surrogates(content), *[_clean_surrogates(t) for t in texts],
-            *jsons, extra_text)
+    return (
+        sid,
+        idx,
+        turn,
+        role,
+        _clean_surrogates(content),
+        *[_clean_surrogates(t) for t in texts],
+        *jsons,
+        extra_text,
+    )
 
 
 JSON_FIELDS = frozenset({"params", "clears", "changes", "extra"})  # session columns holding JSON
@@ -95,21 +142,32 @@ def session_from_row(sid: str, row: Sequence[Any]) -> Snapshot:
     if isinstance(extra, dict) and _B64 in extra:
         whole = orjson.loads(base64.b64decode(extra[_B64]))
         return whole if isinstance(whole, dict) else {}  # {} fails validation: reported as damaged
-    snap: Snapshot = {"format": FORMAT, "version": int(f["format_version"]), "id": sid, "title": f["title"],
-                      "created_at": f["created_at"], "updated_at": f["updated_at"], "backend": f["backend"],
-                      "model": f["model"]}
+    snap: Snapshot = {
+        "format": FORMAT,
+        "version": int(f["format_version"]),
+        "id": sid,
+        "title": f["title"],
+        "created_at": f["created_at"],
+        "updated_at": f["updated_at"],
+        "backend": f["backend"],
+        "model": f["model"],
+    }
     if f["base_url"] is not None:
         snap["base_url"] = f["base_url"]
-    snap.update(params=ordered(load(f["params"]), _KEY_ORDER["params"]), system=f["system"],
-                context_start=int(f["context_start"]))
+    snap.update(
+        params=ordered(load(f["params"]), _KEY_ORDER["params"]),
+        system=f["system"],
+        context_start=int(f["context_start"]),
+    )
     if f["model_path"] is not None:
         snap["model_path"] = f["model_path"]
     if f["clears"] is not None:
         snap["clears"] = load(f["clears"])
     if f["changes"] is not None:
         changes = load(f["changes"])
-        snap["changes"] = [ordered(c, _KEY_ORDER["changes"]) for c in changes] if isinstance(changes, list) \
-            else changes
+        snap["changes"] = (
+            [ordered(c, _KEY_ORDER["changes"]) for c in changes] if isinstance(changes, list) else changes
+        )
     if isinstance(extra, dict):
         snap.update(extra)
     return snap

@@ -97,8 +97,9 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.create_function("chatcli_holds", 2, lambda text, part: part in (text or "").lower(),
-                                 deterministic=True)
+            conn.create_function(
+                "chatcli_holds", 2, lambda text, part: part in (text or "").lower(), deterministic=True
+            )
         except sqlite3.DatabaseError as e:
             raise self._failure(e) from None
         return conn
@@ -112,11 +113,14 @@ class SQLiteStore(SQLStore):
     def _failure(self, e: BaseException) -> ChatcliError:
         text = str(e)
         if "locked" in text or "busy" in text:
-            return StoreUnavailable(f"{self.display} is busy (locked by another program) for more than "
-                                    f"{self.timeout:g} s")
+            return StoreUnavailable(
+                f"{self.display} is busy (locked by another program) for more than {self.timeout:g} s"
+            )
         if "not a database" in text or "malformed" in text:
-            return StoreError(f"{self.path} is not an SQLite database chatcli can use ({text}); move it away "
-                              f"or choose another file")
+            return StoreError(
+                f"{self.path} is not an SQLite database chatcli can use ({text}); move it away "
+                f"or choose another file"
+            )
         return StoreError(f"{self.display}: {said(e)}")
 
     def _x(self, cur: Any, sql: str, args: Any = ()) -> Any:
@@ -168,14 +172,21 @@ class SQLiteStore(SQLStore):
 
     # -- rows ---------------------------------------------------------------------------------------------
     def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        cols = "session_id, idx, turn, role, content, created_at, status, finish_reason, model, error, dropped, " \
-               "usage, timings, extra"
+        cols = (
+            "session_id, idx, turn, role, content, created_at, status, finish_reason, model, error, dropped, "
+            "usage, timings, extra"
+        )
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols.split(", ")[2:])
-        self._many(cur, f"INSERT INTO chatcli_messages ({cols}) VALUES ({', '.join(['?'] * 14)}) "
-                        f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}", rows)
+        self._many(
+            cur,
+            f"INSERT INTO chatcli_messages ({cols}) VALUES ({', '.join(['?'] * 14)}) "
+            f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}",
+            rows,
+        )
 
-    def _search_rows(self, cur: Any, words: list[str], role: str | None, session_id: str | None,
-                     limit: int) -> list[tuple[Any, ...]]:
+    def _search_rows(
+        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
         query = fts_query(words)
         found: list[tuple[float, tuple[Any, ...]]] = []
         if role in (None, "user", "assistant"):
@@ -187,13 +198,17 @@ class SQLiteStore(SQLStore):
             if session_id:
                 inner += " AND session_id = ?"
                 args.append(session_id)
-            sql = (f"SELECT b.score, m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM ({inner} ORDER BY "
-                   f"rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s ON "
-                   f"s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score LIMIT ?")
+            sql = (
+                f"SELECT b.score, m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM ({inner} ORDER BY "
+                f"rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s ON "
+                f"s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score LIMIT ?"
+            )
             found += [(r[0], r[1:]) for r in cur.execute(sql, [*args, self.window, limit])]
         if role in (None, "title"):
-            sql = ("SELECT t.rank, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_titles_fts t JOIN "
-                   "chatcli_sessions s ON s.rowid = t.rowid WHERE chatcli_titles_fts MATCH ? AND s.deleted_at IS NULL")
+            sql = (
+                "SELECT t.rank, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_titles_fts t JOIN "
+                "chatcli_sessions s ON s.rowid = t.rowid WHERE chatcli_titles_fts MATCH ? AND s.deleted_at IS NULL"
+            )
             args = [query]
             if session_id:
                 sql += " AND s.id = ?"

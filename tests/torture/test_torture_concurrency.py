@@ -19,11 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+from chatcli.stores.folder import FolderStore
+from chatcli.stores.folder_index import SessionIndex
+
 from fakellm import FakeLLMServer, Reply, last_user_text
 from torturelib import WRITERS, Chat, Turns, add, chatcli_args, figure, load_checked, temp_files
-
-from chatcli.stores.folder_index import SessionIndex
-from chatcli.stores.folder import FolderStore
 
 CASE = "concurrency"
 BANNER = re.compile(rb"(?:New|Resumed) session ([0-9A-Za-z_-]+)")
@@ -103,14 +103,14 @@ def test_many_writers_and_readers_never_interfere(
     def reader() -> None:
         store = FolderStore(root)
         while not stop.is_set():
-            rows, damaged = store.scan()
+            _, damaged = store.scan()
             if damaged:
                 problems.append(f"store.list saw damaged files: {damaged}")
             reads["store.list"] += 1
             ix = SessionIndex(store)
             try:
                 page = ix.page()
-                rows, damaged = page.rows, page.damaged
+                _rows, damaged = page.rows, page.damaged
                 if damaged:
                     problems.append(f"the index saw damaged files: {damaged}")
             finally:
@@ -153,7 +153,7 @@ def test_many_writers_and_readers_never_interfere(
         for chat, _ in writers:
             assert chat.wait() == 0, chat.text("err")
     assert not problems, problems[:5]
-    for w, (chat, sid) in enumerate(writers):
+    for w, (_, sid) in enumerate(writers):
         msgs = load_checked(root, sid)["messages"]
         assert [m["content"] for m in msgs if m["role"] == "user"] == [
             f"writer{w}-turn{j}" for j in range(turns_each)

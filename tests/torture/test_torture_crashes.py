@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fakellm import FakeLLMServer, Reply, last_user_text
 from torturelib import (
     KILLS,

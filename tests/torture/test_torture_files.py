@@ -31,15 +31,15 @@ from typing import Any
 
 import orjson
 import pytest
-from torturelib import FUZZ, LONG, SEED, add, figure, rng
 
 from chatcli.backends import make_backend
 from chatcli.errors import ChatcliError, SnapshotError
-from chatcli.snapshot import summarize
-from chatcli.stores.folder_index import SessionIndex
 from chatcli.session import ConversationSession
-from chatcli.snapshot import FORMAT, VERSION
+from chatcli.snapshot import FORMAT, VERSION, summarize
 from chatcli.stores.folder import FolderStore
+from chatcli.stores.folder_index import SessionIndex
+
+from torturelib import FUZZ, LONG, SEED, add, figure, rng
 
 CASE_FILES = "bad files"
 CASE_FUZZ = "fuzz: mutated snapshots"
@@ -265,7 +265,7 @@ def test_bad_files_get_a_clear_error_and_nothing_is_overwritten(
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one_file, by_file.values()))
-    for (name, path, args), r in zip(runs, results):
+    for (name, path, args), r in zip(runs, results, strict=False):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 1, f"{name} {args}: {r.returncode} {r.stderr}"
         assert len(lines) == 1 and lines[0].startswith("error:"), f"{name} {args}: {r.stderr}"
@@ -315,7 +315,7 @@ def _read(root: Path, sid: str) -> str:
         out = "LOADED"
     except SnapshotError as e:
         out = f"SnapshotError: {e}"
-    except BaseException as e:  # noqa: BLE001 - reported to the parent as a failure
+    except BaseException as e:
         out = f"UNCAUGHT {type(e).__name__}: {e}"
     rows, damaged = store.scan()
     return out + f"; list ok: {len(rows)} good, {len(damaged)} damaged"
@@ -419,10 +419,10 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     out = [prefix]
     if isinstance(obj, dict):
         for k, v in obj.items():
-            out += _paths(v, prefix + (k,))
+            out += _paths(v, (*prefix, k))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            out += _paths(v, prefix + (i,))
+            out += _paths(v, (*prefix, i))
     return out
 
 
@@ -573,7 +573,7 @@ def test_fuzzed_snapshots_never_raise_anything_but_a_clear_error(tmp_path: Path)
         path.write_bytes(data)
         try:
             outcomes[f"{how} {exercise(store, sid, deep=n % 20 == 0)}"] += 1
-        except Exception as e:  # noqa: BLE001 - every such is a failure, reported with its input
+        except Exception as e:
             keep = tmp_path / f"failure-{n}.json"
             keep.write_bytes(data)
             failures.append(f"case {n} ({how}, seed {SEED}): {type(e).__name__}: {e} -> {keep}")

@@ -23,13 +23,14 @@ from typing import Any
 import orjson
 import pexpect
 import pytest
-from fakellm import FakeLLMServer, Reply
-from torturelib import Chat, Turns, add, chatcli_args, figure, load_checked
 
 from chatcli.errors import InvalidSessionId
 from chatcli.session import ConversationSession
 from chatcli.snapshot import validate_id
 from chatcli.stores.folder import FolderStore
+
+from fakellm import FakeLLMServer, Reply
+from torturelib import Chat, Turns, add, chatcli_args, figure, load_checked
 
 CASE_IDS = "hostile input: ids"
 CASE_ESC = "hostile input: control sequences in model output"
@@ -208,13 +209,13 @@ def test_hostile_ids_are_refused_before_touching_the_file_system(
         _watch[:] = fragments(hostile)
         store = FolderStore(root)
         for call in (
-            lambda: store.path_for(hostile),
-            lambda: store.load(hostile),
-            lambda: store.lock(hostile),
-            lambda: ConversationSession.resume(store, hostile),
+            store.path_for,
+            store.load,
+            store.lock,
+            lambda sid, store=store: ConversationSession.resume(store, sid),
         ):
             with pytest.raises(InvalidSessionId):
-                call()
+                call(hostile)
         for cmd in commands:
             args = [a.format(hostile) if "{}" in a else a for a in cmd]
             rc = _cli(args)
@@ -410,7 +411,7 @@ def test_every_byte_a_terminal_receives_is_clean(
         )
         add(CASE_ESC, "views checked (terminal)", 1)
     snap = load_checked(user_dirs["sessions"], sid)
-    assert [m for m in snap["messages"] if m["role"] == "assistant"][0]["content"] == raw
+    assert next(m for m in snap["messages"] if m["role"] == "assistant")["content"] == raw
     add(CASE_ESC, "views checked (terminal)", 2)
 
 

@@ -32,13 +32,14 @@ from typing import Any
 
 import orjson
 import pytest
-from fakellm import FakeLLMServer
-from torturelib import SEED, Chat, Turns, chatcli_args, figure, load_checked, rng, temp_files
 
 from chatcli.backends.base import StreamEvent
 from chatcli.errors import SaveError
 from chatcli.session import ConversationSession, GenerationParams, Timeouts
 from chatcli.stores.folder import FolderStore, whole
+
+from fakellm import FakeLLMServer
+from torturelib import SEED, Chat, Turns, chatcli_args, figure, load_checked, rng, temp_files
 
 OPS = ("open", "write", "fsync", "close", "replace", "diropen", "dirfsync")
 CODES = {
@@ -245,7 +246,9 @@ def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) ->
             assert load_checked(root, p.stem)["messages"] == [], where
         assert temp_files(root) == [], where
         return {"fired": faults.fired, "messages": 1, "creation refused": 1}
-    session.checkpoint_seconds = session.checkpoint_cost_ratio = 0.0  # a save at every token: more calls to fail
+    session.checkpoint_seconds = session.checkpoint_cost_ratio = (
+        0.0  # a save at every token: more calls to fail
+    )
     session.timeouts = Timeouts(connect=1, idle=5, total=30)
     told = 0
     try:
@@ -511,7 +514,7 @@ def test_a_file_size_limit_loses_nothing(
 ) -> None:
     """RLIMIT_FSIZE: a write past the limit fails with EFBIG (Python ignores SIGXFSZ), never a crash."""
     root = user_dirs["sessions"]
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (60 * 1024, hard))

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pexpect
+
+from chatcli.stores.folder import FolderStore
+from chatcli.stores.folder_index import SessionIndex
+
 from fakellm import FakeLLMServer, Reply
 from torturelib import Chat, Turns, all_files, assert_no_canary, chatcli_args, figure, load_checked
-
-from chatcli.stores.folder_index import SessionIndex
-from chatcli.stores.folder import FolderStore
 
 CASE = "privacy"
 CANARY = "sk-privacy-canary-5b2c9e7d1a"

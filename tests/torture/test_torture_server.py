@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from fakellm import FakeLLMServer, Reply, last_user_text
 from torturelib import Chat, Turns, add, chatcli_args, figure, load_checked
 

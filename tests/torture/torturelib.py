@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from chatcli.stores.folder import FolderStore
+
 from chatproc import Chat, Turns  # noqa: F401 - the suite's tests import them from here
 
 
