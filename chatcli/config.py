@@ -1,9 +1,10 @@
 """Settings: command-line flags > environment > TOML config file > defaults.
 
-Environment: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OLLAMA_HOST``, ``CHATCLI_STORE`` (where sessions
+Environment: ``CHATCLI_STORE`` (where sessions
 are kept: a folder or a database URL; ``CHATCLI_SESSIONS_DIR`` is the older name), ``CHATCLI_BACKEND``,
 ``CHATCLI_MODEL``, ``CHATCLI_CONFIG`` (the config file's path), ``CHATCLI_STATE_DIR`` (input history, model
-server log), ``NO_COLOR``. The config file (default: the platform's user config
+server log), ``NO_COLOR``; the backends read their own (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
+``OLLAMA_HOST``: ``chatcli.backends``). The config file (default: the platform's user config
 folder, e.g. ``~/.config/chatcli/config.toml``) takes the keys in ``FILE_KEYS``.
 
 An API key is read here and handed to the backend; it is never written to a session file.
@@ -17,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.errors import ConfigError
-
-BACKENDS = ("local", "openai", "ollama")
 
 #: keys the config file may hold, with their types
 FILE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -131,28 +130,15 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
         if value is not None:
             merged["store" if key == "sessions_dir" else key] = value
 
-    backend = merged.get("backend")
-    if backend is None:
-        # Nothing chose a backend: a given base URL means an OpenAI-compatible server, else the embedded model.
-        backend = "openai" if (merged.get("base_url") or env.get("OPENAI_BASE_URL")) else "local"
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    base_url = merged.get("base_url") or ""
-    if not base_url and backend == "openai":
-        base_url = env.get("OPENAI_BASE_URL", "")
-    if not base_url and backend == "ollama":
-        from chatcli.backends.ollama import base_url_from_host
+    from chatcli import backends
 
-        base_url = base_url_from_host(env.get("OLLAMA_HOST"))
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"base URL {base_url!r} must start with http:// or https://")
-
+    backend, base_url = backends.choose(merged.get("backend"), merged.get("base_url") or "", env)
     s = Settings(
         backend=backend,
         base_url=base_url,
         config_path=path,
         state_dir=state_dir(env),
-        api_key=env.get("OPENAI_API_KEY") or None,
+        api_key=backends.api_key(env),
     )
     for f in fields(Settings):
         if f.name in merged and f.name not in ("backend", "base_url"):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chatcli.backends import check_model_change
 from chatcli.clock import utc_now
-from chatcli.errors import ConfigError, NothingToDo
+from chatcli.errors import NothingToDo
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
@@ -76,15 +77,11 @@ class SessionEdits:
 
     def set_model(self, name: str) -> None:
         """Use model ``name`` from the next turn on; the change is recorded at this point of the
-        conversation. Raises NothingToDo (same model), ConfigError (the local backend serves one file)."""
+        conversation. Raises NothingToDo (same model), ConfigError (a backend that serves one model)."""
         name = name.strip()
         if not name or name == self.model:
             raise NothingToDo(f"the model is already {self.model}")
-        if self.backend_name == "local":
-            raise ConfigError(
-                "the local backend serves one model file; start a session with "
-                "`chatcli new --model-path FILE` to use another"
-            )
+        check_model_change(self.backend_name)
         if self.backend is not None:
             self.backend.model = name
         self._record_change("model", self.model, name)

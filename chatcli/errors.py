@@ -31,19 +31,35 @@ Every exception here carries a message written for the user: one sentence they c
         └── StreamError                the stream broke: cut short, malformed chunk, error inside the stream
 
     Terminated (a BaseException, like KeyboardInterrupt)   SIGTERM or SIGHUP: stop, keep what was said, leave
+
+Each error's ``exit_code`` is an ExitStatus.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """chatcli's exit statuses (README, "Commands")."""
+
+    OK = 0
+    ERROR = 1  # a backend, store or session error: one line on stderr
+    USAGE = 2  # a usage or configuration error
+    INTERNAL = 70  # a bug (rerun with CHATCLI_DEBUG=1 for the traceback)
+    HANGUP = 129  # 128 + SIGHUP: the terminal closed
+    INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
+    TERMINATED = 143  # 128 + SIGTERM
 
 
 class ChatcliError(Exception):
     """Base of every error chatcli reports to the user; ``str(e)`` is the message."""
 
-    exit_code = 1
+    exit_code = ExitStatus.ERROR
 
 
 class ConfigError(ChatcliError):
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class NothingToDo(ChatcliError):
@@ -67,7 +83,7 @@ class SessionError(ChatcliError):
 
 
 class InvalidSessionId(SessionError):
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class SessionNotFound(SessionError):

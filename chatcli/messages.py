@@ -31,7 +31,8 @@ class Timings:
 
     ``ttft_s``: seconds from sending the request to the first token; ``duration_s``: seconds for the whole
     reply; ``tokens_per_second``: completion tokens per second of generation (the server's own figure when
-    it gives one); ``server``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, or
+    it gives one; when the server reports no token count, text pieces per second, which servers send one
+    token at a time); ``server``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, or
     Ollama's ``*_duration`` fields in nanoseconds)."""
 
     ttft_s: float | None = None
@@ -42,11 +43,12 @@ class Timings:
 
 @dataclass
 class Message:
-    """One message. ``role`` is ``user`` or ``assistant``; ``created_at`` UTC ISO 8601; ``status`` one of
-    STATUSES; the rest is set on assistant messages: ``finish_reason`` (``stop``, ``length``, ...),
-    ``usage``, ``timings``, ``model`` that wrote it, ``error`` (what went wrong, for status ``error``).
-    ``dropped`` marks a message taken out of the conversation but kept in the file: ``retried`` (a reply
-    replaced by ``retry``) or ``undone`` (a turn taken back by ``undo``); dropped messages are never sent."""
+    """One message. ``role`` is ``user`` or ``assistant`` (a snapshot from elsewhere may hold ``system``);
+    ``created_at`` UTC ISO 8601; ``status`` one of STATUSES; the rest is set on assistant messages:
+    ``finish_reason`` (``stop``, ``length``, ...), ``usage``, ``timings``, ``model`` that wrote it, ``error``
+    (what went wrong, for status ``error``). ``dropped`` marks a message taken out of the conversation but
+    kept in the file: ``retried`` (a reply replaced by ``retry``) or ``undone`` (a turn taken back by
+    ``undo``); dropped messages are never sent."""
 
     role: str
     content: str
@@ -118,16 +120,16 @@ class Message:
             finish_reason=_str_or(d.get("finish_reason"), None),
             usage=Usage(
                 **{
-                    k: _int_or_none(usage.get(k))
+                    k: int_or_none(usage.get(k))
                     for k in ("prompt_tokens", "completion_tokens", "cached_tokens")
                 }
             )
             if isinstance(usage, dict)
             else None,
             timings=Timings(
-                ttft_s=_num_or_none(timings.get("ttft_s")),
-                duration_s=_num_or_none(timings.get("duration_s")),
-                tokens_per_second=_num_or_none(timings.get("tokens_per_second")),
+                ttft_s=num_or_none(timings.get("ttft_s")),
+                duration_s=num_or_none(timings.get("duration_s")),
+                tokens_per_second=num_or_none(timings.get("tokens_per_second")),
                 server=timings.get("server") if isinstance(timings.get("server"), dict) else None,
             )
             if isinstance(timings, dict)
@@ -142,11 +144,13 @@ def _str_or(v: Any, default: Any) -> Any:
     return v if isinstance(v, str) else default
 
 
-def _int_or_none(v: Any) -> int | None:
+def int_or_none(v: Any) -> int | None:
+    """``v`` when it is an int (not a bool), else None: for numbers read from JSON."""
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _num_or_none(v: Any) -> float | None:
+def num_or_none(v: Any) -> float | None:
+    """``v`` as a float when it is a number (not a bool), else None: for numbers read from JSON."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -162,9 +166,7 @@ class GenerationParams:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GenerationParams:
-        return cls(
-            temperature=_num_or_none(d.get("temperature")), max_tokens=_int_or_none(d.get("max_tokens"))
-        )
+        return cls(temperature=num_or_none(d.get("temperature")), max_tokens=int_or_none(d.get("max_tokens")))
 
 
 @dataclass

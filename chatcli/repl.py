@@ -64,26 +64,62 @@ class Command:
 
 
 COMMANDS = (
-    Command("history", "history [N]", "show the last N turns (all when N is left out)", "do_history",
-            lambda args: not args or (len(args) == 1 and args[0].isdigit())),
-    Command("stats", "stats", "turns, messages, tokens, time to first token, tokens/s, where it is stored",
-            "do_stats"),
-    Command("clear", "clear [undo]", "start the next turn from an empty context (the system prompt stays); "
-            "`clear undo` brings the cleared messages back", "do_clear", _one_of("undo")),
-    Command("retry", "retry", "ask again for the last reply (the replaced reply stays in the session file)",
-            "do_retry"),
+    Command(
+        "history",
+        "history [N]",
+        "show the last N turns (all when N is left out)",
+        "do_history",
+        lambda args: not args or (len(args) == 1 and args[0].isdigit()),
+    ),
+    Command(
+        "stats",
+        "stats",
+        "turns, messages, tokens, time to first token, tokens/s, where it is stored",
+        "do_stats",
+    ),
+    Command(
+        "clear",
+        "clear [undo]",
+        "start the next turn from an empty context (the system prompt stays); "
+        "`clear undo` brings the cleared messages back",
+        "do_clear",
+        _one_of("undo"),
+    ),
+    Command(
+        "retry",
+        "retry",
+        "ask again for the last reply (the replaced reply stays in the session file)",
+        "do_retry",
+    ),
     Command("undo", "undo", "take back the last turn (kept in the file; `redo` brings it back)", "do_undo"),
     Command("redo", "redo", "bring back the turn `undo` took back", "do_redo"),
-    Command("model", "/model [NAME]", "show the model, or use NAME from the next turn on (recorded here)",
-            "do_model", lambda args: len(args) <= 1),
-    Command("system", "/system [TEXT]", "show the system prompt, or use TEXT from the next turn on "
-            "(`/system -` removes it; recorded here)", "do_system", free_text=True),
+    Command(
+        "model",
+        "/model [NAME]",
+        "show the model, or use NAME from the next turn on (recorded here)",
+        "do_model",
+        lambda args: len(args) <= 1,
+    ),
+    Command(
+        "system",
+        "/system [TEXT]",
+        "show the system prompt, or use TEXT from the next turn on (`/system -` removes it; recorded here)",
+        "do_system",
+        free_text=True,
+    ),
     Command("title", "/title [TEXT]", "show the title, or rename the session", "do_title", free_text=True),
-    Command("export", "export [md|json|jsonl]", "write the session to a file in the current folder",
-            "do_export", _one_of(*EXPORT_FORMATS)),
+    Command(
+        "export",
+        "export [md|json|jsonl]",
+        "write the session to a file in the current folder",
+        "do_export",
+        _one_of(*EXPORT_FORMATS),
+    ),
     Command("fork", "fork", "copy this session into a new one (branch the conversation)", "do_fork"),
     Command("help", "help", "this list", "show_help", aliases=("?",)),
-    Command("quit", "quit", "leave (also Ctrl-D); the session is already saved", "do_quit", aliases=("exit",)),
+    Command(
+        "quit", "quit", "leave (also Ctrl-D); the session is already saved", "do_quit", aliases=("exit",)
+    ),
 )
 _BY_NAME = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
 
@@ -288,7 +324,9 @@ class Repl:
             self.out.info(f"system prompt: {s.system}" if s.system else "No system prompt.")
             return
         s.set_system("" if args[0] == "-" else args[0])
-        self.out.info("System prompt removed." if not s.system else "System prompt set; it goes with the next turn.")
+        self.out.info(
+            "System prompt removed." if not s.system else "System prompt set; it goes with the next turn."
+        )
 
     def do_title(self, args: list[str]) -> None:
         s = self.session
@@ -319,8 +357,10 @@ class Repl:
             self.out.info(f"{count(n, 'message')} back in the context." if n else "Nothing to bring back.")
             return
         n = self.session.clear()
-        self.out.info(f"Context cleared: the next turn starts afresh ({count(n, 'message')} stay in the "
-                      f"session file; `clear undo` brings them back).")
+        self.out.info(
+            f"Context cleared: the next turn starts afresh ({count(n, 'message')} stay in the "
+            f"session file; `clear undo` brings them back)."
+        )
 
     def chat(self, text: str) -> None:
         """Send one message and show the reply as it streams."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from chatcli.backends.base import public_url
 from chatcli.clock import utc_now
 from chatcli.edits import SessionEdits
 from chatcli.errors import (
@@ -106,10 +107,15 @@ class ConversationSession(SessionEdits):
         system: str = "",
         title: str = "",
         params: GenerationParams | None = None,
-        base_url: str = "",
-        model_path: str = "",
+        base_url: str | None = None,
+        model_path: str | None = None,
     ) -> ConversationSession:
-        """A new, empty session; its first snapshot is written at once. Raises SaveError, StoreError."""
+        """A new, empty session; its first snapshot is written at once. ``base_url`` and ``model_path``
+        (what the snapshot records of where it runs) default to what the backend says; credentials in
+        the URL are never recorded. Raises SaveError, StoreError."""
+        where = backend.recorded()
+        base_url = public_url(where.get("base_url", "") if base_url is None else base_url)
+        model_path = where.get("model_path", "") if model_path is None else model_path
         sid = new_session_id()
         lock = store.lock(sid)
         now = utc_now()

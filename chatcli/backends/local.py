@@ -74,6 +74,7 @@ class LocalBackend(OpenAIBackend):
         log_path: Path | None = None,
         ready_timeout: float = 60.0,
     ) -> None:
+        self.given_model_path = model_path  # None: the bundled model
         self.model_path = model_path if model_path is not None else default_model_path()
         super().__init__(
             base_url="http://127.0.0.1:0/v1",
@@ -149,6 +150,10 @@ class LocalBackend(OpenAIBackend):
                 log.close()  # type: ignore[union-attr]
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self._port = port
+
+    def recorded(self) -> dict[str, str]:
+        """No address (a new port each time), and the model file when the user gave one."""
+        return {"base_url": "", "model_path": str(self.given_model_path) if self.given_model_path else ""}
 
     def wait_ready(self) -> None:
         """Start the server if needed and wait until ``GET /health`` answers 200.

@@ -16,6 +16,7 @@ import orjson
 
 from chatcli.backends.base import HTTPBackend, StreamEvent
 from chatcli.errors import ModelNotFound, StreamError
+from chatcli.messages import int_or_none
 
 if TYPE_CHECKING:
     import httpx
@@ -113,15 +114,19 @@ class OllamaBackend(HTTPBackend):
                     obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else "stop"
                 )
                 event.usage = Usage(
-                    prompt_tokens=_int(obj.get("prompt_eval_count")),
-                    completion_tokens=_int(obj.get("eval_count")),
+                    prompt_tokens=int_or_none(obj.get("prompt_eval_count")),
+                    completion_tokens=int_or_none(obj.get("eval_count")),
                 )
-                server = {k: obj[k] for k in _DURATIONS if _int(obj.get(k)) is not None}
+                server = {k: obj[k] for k in _DURATIONS if int_or_none(obj.get(k)) is not None}
                 server.update(
-                    {k: obj[k] for k in ("prompt_eval_count", "eval_count") if _int(obj.get(k)) is not None}
+                    {
+                        k: obj[k]
+                        for k in ("prompt_eval_count", "eval_count")
+                        if int_or_none(obj.get(k)) is not None
+                    }
                 )
                 event.server_timings = server
-                n, ns = _int(obj.get("eval_count")), _int(obj.get("eval_duration"))
+                n, ns = int_or_none(obj.get("eval_count")), int_or_none(obj.get("eval_duration"))
                 if n and ns:
                     event.tokens_per_second = n / (ns / 1e9)
                 yield event
@@ -146,7 +151,3 @@ class OllamaBackend(HTTPBackend):
                 err.server_message,
             )
         return err
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None

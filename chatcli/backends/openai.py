@@ -18,6 +18,7 @@ import orjson
 
 from chatcli.backends.base import HTTPBackend, StreamEvent
 from chatcli.errors import StreamError
+from chatcli.messages import int_or_none
 
 if TYPE_CHECKING:
     import httpx
@@ -128,9 +129,9 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         event.usage = Usage(
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-            cached_tokens=_int(cached),
+            prompt_tokens=int_or_none(usage.get("prompt_tokens")),
+            completion_tokens=int_or_none(usage.get("completion_tokens")),
+            cached_tokens=int_or_none(cached),
         )
     timings = chunk.get("timings")
     if isinstance(timings, dict):
@@ -141,11 +142,7 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
         if (
             event.usage is not None
             and event.usage.cached_tokens is None
-            and _int(timings.get("cache_n")) is not None
+            and int_or_none(timings.get("cache_n")) is not None
         ):
-            event.usage.cached_tokens = _int(timings.get("cache_n"))
+            event.usage.cached_tokens = int_or_none(timings.get("cache_n"))
     return event
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
