@@ -219,7 +219,9 @@ class _Notices:
         renderer().notice(message)
 
 
-def _backend_for(settings: Settings, backend: str, model: str, base_url: str, model_path: Path | None) -> Any:
+def _backend_for(
+    settings: Settings, backend: str, model: str, base_url: str, model_path: Path | None
+) -> Backend:
     from chatcli.backends import make_backend
 
     return make_backend(

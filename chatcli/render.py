@@ -11,7 +11,7 @@ of the unfinished block are re-rendered (by rich's Live, at most ``REFRESH_PER_S
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from chatcli.text import count
 
@@ -191,7 +191,7 @@ class ReplyView:
             rest = "\n".join([*self._lines, partial]) if self._lines else partial
             return self._markdown(rest) if rest.strip() else Text("")
         if not self._lines and not partial and self._spinner is not None and self.chars == 0:
-            return self._spinner
+            return cast("RenderableType", self._spinner)
         if not self._lines and not partial.strip():
             return Text("")
         # Only the newest lines that fit on the screen (a line wider than the screen takes several rows).

@@ -150,7 +150,8 @@ def validate_snapshot(data: Any, where: Path | str = "<snapshot>") -> Snapshot:
             raise SnapshotError(f"{where} is damaged: message {i} is not a valid message", where)
     if not 0 <= data["context_start"] <= len(data["messages"]):
         raise SnapshotError(f"{where} is damaged: context_start is out of range", where)
-    return data
+    snapshot: Snapshot = data
+    return snapshot
 
 
 def decode(raw: bytes, where: Path | str) -> Snapshot:

@@ -249,6 +249,9 @@ class _TickingBackend:
     def close(self) -> None:
         pass
 
+    def recorded(self) -> dict[str, str]:
+        return {"base_url": self.base_url}
+
 
 @pytest.mark.parametrize("save_cost", [0.001, 0.2])
 def test_checkpoints_every_quarter_second_unless_saving_is_slow(

@@ -8,7 +8,7 @@ nothing of sessions, files or the terminal. Every failure leaves as a ``BackendE
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,7 +51,7 @@ class Backend(Protocol):
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Stream the reply to ``messages`` (``{"role", "content"}`` dicts). ``deadline`` is a
         ``time.monotonic()`` value for the whole reply. Raises BackendError subclasses only."""
         ...
@@ -122,7 +122,7 @@ class HTTPBackend:
 
     def _stream(
         self, method: str, path: str, body: dict[str, Any], timeouts: Timeouts, deadline: float, parse: Any
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """POST ``body`` and yield what ``parse(response, deadline)`` yields, mapping every transport
         failure to a BackendError."""
         import httpx

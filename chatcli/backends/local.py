@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,7 +198,7 @@ class LocalBackend(OpenAIBackend):
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         self.wait_ready()
         return super().stream_chat(messages, params, timeouts, deadline)
 

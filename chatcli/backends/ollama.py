@@ -9,7 +9,7 @@ The last line has ``"done": true``, ``done_reason`` (``stop``/``length``) and th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -79,17 +79,17 @@ class OllamaBackend(HTTPBackend):
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         body = self.request_body(messages, params)
 
-        def parse(response: httpx.Response, deadline: float) -> Iterator[StreamEvent]:
+        def parse(response: httpx.Response, deadline: float) -> Generator[StreamEvent, None, None]:
             return self._parse_ndjson(response, deadline, timeouts)
 
         return self._stream("POST", "/api/chat", body, timeouts, deadline, parse)
 
     def _parse_ndjson(
         self, response: httpx.Response, deadline: float, timeouts: Timeouts
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         from chatcli.messages import Usage
 
         done = False

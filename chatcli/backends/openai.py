@@ -11,7 +11,7 @@ choice chunk; with ``stream_options.include_usage`` a final chunk with ``choices
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,17 +55,17 @@ class OpenAIBackend(HTTPBackend):
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         body = self.request_body(messages, params)
 
-        def parse(response: httpx.Response, deadline: float) -> Iterator[StreamEvent]:
+        def parse(response: httpx.Response, deadline: float) -> Generator[StreamEvent, None, None]:
             return self._parse_sse(response, deadline, timeouts)
 
         return self._stream("POST", "/chat/completions", body, timeouts, deadline, parse)
 
     def _parse_sse(
         self, response: httpx.Response, deadline: float, timeouts: Timeouts
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         from httpx_sse import EventSource
 
         ctype = response.headers.get("content-type", "")

@@ -219,7 +219,7 @@ class MySQLStore(SQLStore):
 
     def _try_lock(self, cur: Any, session_id: str) -> bool:
         cur.execute("SELECT GET_LOCK(%s, 0)", (self.lock_name(session_id),))
-        return cur.fetchone()[0] == 1
+        return bool(cur.fetchone()[0] == 1)
 
     def _unlock(self, cur: Any, session_id: str) -> None:
         cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name(session_id),))

@@ -224,6 +224,9 @@ class ScriptedBackend:
     def close(self) -> None:
         pass
 
+    def recorded(self) -> dict[str, str]:
+        return {"base_url": self.base_url}
+
 
 def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) -> dict[str, int]:
     """One conversation under one fault plan; returns what happened."""
