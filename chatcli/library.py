@@ -25,6 +25,7 @@ from chatcli.snapshot import (
     FORMAT,
     VERSION,
     Snapshot,
+    is_turn,
     is_valid_id,
     new_session_id,
     resolve,
@@ -235,7 +236,7 @@ def fork(store: Store, snap: Snapshot, at_turn: int | None = None) -> str:
             raise ConfigError("--at must be 0 or more turns")
         turn = 0
         for i, m in enumerate(messages):
-            if m["role"] == "user" and m.get("dropped") is None:
+            if is_turn(m):
                 turn += 1
                 if turn > at_turn:
                     cut = i

@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import orjson
 
@@ -205,6 +205,13 @@ def title_from(text: str, limit: int = 60) -> str:
     return cut + "…"
 
 
+# -- turns and counts --------------------------------------------------------------------------------------
+def is_turn(m: dict[str, Any]) -> bool:
+    """Whether a message (a snapshot message dict) starts a turn: a user message that was not dropped (a
+    turn taken back by ``undo`` is no turn). Turns are numbered from 1 by counting these."""
+    return m.get("role") == "user" and m.get("dropped") is None
+
+
 # -- counts --------------------------------------------------------------------------------------------------
 class Counts(NamedTuple):
     """What messages add to a session's figures. Dropped messages (replaced by ``retry``, taken back by
@@ -244,7 +251,7 @@ def message_counts(m: dict[str, Any]) -> Counts:
     content = m.get("content")
     return Counts(
         1,
-        int(role == "user"),
+        int(role == "user"),  # not dropped: a turn (is_turn)
         int(role == "assistant"),
         len(content) if isinstance(content, str) else 0,
         *tokens,
@@ -277,6 +284,36 @@ class SessionSummary:
     updated_at: str
     location: str
     tokens: int = 0
+
+    #: the columns ``from_columns`` reads, in order, as the catalogs select them
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "title",
+        "backend",
+        "model",
+        "turns",
+        "messages",
+        "created_at",
+        "updated_at",
+        "prompt_tokens",
+        "completion_tokens",
+    )
+
+    @classmethod
+    def from_columns(cls, r: Any, location: str) -> SessionSummary:
+        """A summary from a catalog row of COLUMNS."""
+        return cls(
+            id=r[0],
+            title=r[1],
+            backend=r[2],
+            model=r[3],
+            turns=int(r[4]),
+            messages=int(r[5]),
+            created_at=r[6],
+            updated_at=r[7],
+            location=location,
+            tokens=int(r[8] or 0) + int(r[9] or 0),
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from chatcli.errors import ConfigError, ExportError
-from chatcli.snapshot import dumps
+from chatcli.snapshot import dumps, is_turn
 
 EXPORT_FORMATS = ("md", "json", "jsonl")
 
@@ -62,9 +62,8 @@ def transcript_markdown(snap: dict[str, Any]) -> str:
         m = messages[i]
         dropped = m.get("dropped")
         if m["role"] == "user":
-            if dropped is None:
-                turn += 1
-            head = f"## You (turn {turn})" if dropped is None else "## You"
+            turn += is_turn(m)
+            head = f"## You (turn {turn})" if is_turn(m) else "## You"
         else:
             head = "## Model"
         status = m.get("status", "ok")

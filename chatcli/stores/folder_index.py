@@ -20,6 +20,7 @@ from chatcli.snapshot import (
     DamagedFile,
     SearchHit,
     SessionSummary,
+    is_turn,
     search_words,
     snippet,
     summarize,
@@ -48,7 +49,7 @@ class Files(Protocol):
 
 
 INDEX_NAME = ".index.sqlite"
-SCHEMA_VERSION = 2  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT)
+SCHEMA_VERSION = 3  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones
 #: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
 #: deletes one rowid range (an FTS5 UNINDEXED column cannot be searched without reading the whole table)
 _ROWS_SHIFT = 24
@@ -211,8 +212,7 @@ class SessionIndex:
             rows.append((first, snap["title"], sid, 0, "title", -1))
         turn = 0
         for i, m in enumerate(snap["messages"]):
-            if m["role"] == "user":
-                turn += 1
+            turn += is_turn(m)
             if m["content"]:
                 rows.append((first + len(rows), m["content"], sid, max(turn, 1), m["role"], i))
         db.executemany(
@@ -253,22 +253,11 @@ class SessionIndex:
         total = int(db.execute(f"SELECT count(*) FROM files WHERE {where}", args).fetchone()[0])
         path_for = self.store.path_for
         sql = (
-            f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
-            f"completion_tokens FROM files WHERE {where} ORDER BY updated_at DESC, id DESC LIMIT ?"
+            f"SELECT {', '.join(SessionSummary.COLUMNS)} FROM files WHERE {where} ORDER BY updated_at DESC, "
+            f"id DESC LIMIT ?"
         )
         rows = [
-            SessionSummary(
-                id=r[0],
-                title=r[1],
-                backend=r[2],
-                model=r[3],
-                turns=r[4],
-                messages=r[5],
-                created_at=r[6],
-                updated_at=r[7],
-                location=str(path_for(r[0])),
-                tokens=(r[8] or 0) + (r[9] or 0),
-            )
+            SessionSummary.from_columns(r, str(path_for(r[0])))
             for r in db.execute(sql, [*args, -1 if limit is None else limit])
         ]
         damaged = [

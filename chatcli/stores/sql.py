@@ -44,6 +44,7 @@ from chatcli.snapshot import (
     NO_COUNTS,
     Counts,
     Snapshot,
+    is_turn,
     message_counts,
     total_of,
     validate_id,
@@ -420,8 +421,7 @@ class SQLStore(SQLCatalog):
         turns: list[int] = []
         counts: list[Counts] = []
         for m in tail:
-            if m.get("role") == "user":
-                turn += 1
+            turn += is_turn(m)
             turns.append(max(turn, 1))
             counts.append(message_counts(m))
         total = (

@@ -112,8 +112,8 @@ class SQLCatalog:
             where += " AND " + self._title_is
             args.append(title)
         sql = (
-            f"SELECT id, title, backend, model, turns, messages, created_at, updated_at, prompt_tokens, "
-            f"completion_tokens FROM chatcli_sessions WHERE {where} ORDER BY updated_at DESC, id DESC"
+            f"SELECT {', '.join(SessionSummary.COLUMNS)} FROM chatcli_sessions WHERE {where} "
+            f"ORDER BY updated_at DESC, id DESC"
         )
         if limit is not None:
             sql += f" LIMIT {max(0, int(limit))}"
@@ -124,21 +124,7 @@ class SQLCatalog:
 
         total, rows = self._run("listed sessions", ask)
         return Page(
-            [
-                SessionSummary(
-                    id=r[0],
-                    title=r[1],
-                    backend=r[2],
-                    model=r[3],
-                    turns=int(r[4]),
-                    messages=int(r[5]),
-                    created_at=r[6],
-                    updated_at=r[7],
-                    location=self.location(r[0]),
-                    tokens=int(r[8]) + int(r[9]),
-                )
-                for r in rows
-            ],
+            [SessionSummary.from_columns(r, self.location(r[0])) for r in rows],
             [],
             total,
         )
