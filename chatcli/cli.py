@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,12 +12,26 @@ import typer
 
 from chatcli import __version__
 from chatcli.cli_common import (
+    BackendOpt,
+    BaseURLOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    ModelPathOpt,
+    RepeatPenaltyOpt,
     StoreOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TimeoutOpt,
+    TitleOpt,
+    TopPOpt,
+    backend_for,
+    create_session,
     exit_with,
     fail_usage,
     open_store,
     resolve,
     store_flag,
+    terminate_on_signals,
 )
 from chatcli.cli_common import (
     settings as get_settings,
@@ -45,32 +56,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-
-Timeout = Annotated[
-    float | None,
-    typer.Option(
-        "--timeout",
-        metavar="SECONDS",
-        help="Longest a whole reply may take before it is stopped and kept as 'timeout' (default: 600).",
-    ),
-]
-ModelPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--model-path",
-        metavar="FILE",
-        help="A GGUF model file for the local backend (default: the bundled SmolLM2-135M-Instruct).",
-    ),
-]
-BaseURL = Annotated[
-    str | None,
-    typer.Option(
-        "--base-url",
-        metavar="URL",
-        help="Server address, e.g. http://127.0.0.1:8080/v1 (openai) or "
-        "http://127.0.0.1:11434 (ollama) (env: OPENAI_BASE_URL, OLLAMA_HOST).",
-    ),
-]
 
 
 def _version(value: bool) -> None:
@@ -109,62 +94,21 @@ def root(
 
 @app.command()
 def new(
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            "--backend",
-            "-b",
-            metavar="local|openai|ollama",
-            help="Model server: the embedded local model, any OpenAI-compatible server, or Ollama's native API "
-            "(env: CHATCLI_BACKEND; default: local).",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="NAME",
-            help="Model name (env: CHATCLI_MODEL; default: gpt-4o-mini for openai, "
-            "llama3.2 for ollama, the GGUF's name for local).",
-        ),
-    ] = None,
-    base_url: BaseURL = None,
-    system: Annotated[
-        str | None,
-        typer.Option("--system", "-s", metavar="TEXT", help="System prompt sent before every turn."),
-    ] = None,
-    title: Annotated[
-        str | None,
-        typer.Option(
-            "--title", "-t", metavar="TEXT", help="Session title (default: from the first message)."
-        ),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option("--temperature", metavar="X", help="Sampling temperature, 0-2 (default: the server's)."),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option("--max-tokens", metavar="N", help="Longest reply in tokens (default: the server's)."),
-    ] = None,
-    timeout: Timeout = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseURLOpt = None,
+    system: SystemOpt = None,
+    title: TitleOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    timeout: TimeoutOpt = None,
     store: StoreOpt = None,
-    model_path: ModelPath = None,
+    model_path: ModelPathOpt = None,
 ) -> None:
     """Start a new chat session and open the REPL."""
-    flags = {
-        "backend": backend,
-        "model": model,
-        "base_url": base_url,
-        "system": system,
-        "title": title,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "timeout": timeout,
-        "store": store,
-        "model_path": model_path,
-    }
+    flags = dict(locals())
     try:
         settings = get_settings(flags)
         if title is not None:
@@ -177,7 +121,7 @@ def new(
         exit_with(e)
     try:
         where.exists("0")  # one look-up: a database that does not answer stops us before anything is set up
-        session = _create_session(settings, where)
+        session = create_session(settings, where)
     except ChatcliError as e:
         where.close()
         exit_with(e)
@@ -194,9 +138,9 @@ def resume(
         ),
     ],
     store: StoreOpt = None,
-    timeout: Timeout = None,
-    base_url: BaseURL = None,
-    model_path: ModelPath = None,
+    timeout: TimeoutOpt = None,
+    base_url: BaseURLOpt = None,
+    model_path: ModelPathOpt = None,
 ) -> None:
     """Resume a saved session: shows its history, and the next turn sends the whole context."""
     _resume(session_id, {"store": store, "timeout": timeout, "base_url": base_url, "model_path": model_path})
@@ -219,46 +163,6 @@ class _Notices:
         renderer().notice(message)
 
 
-def _backend_for(
-    settings: Settings, backend: str, model: str, base_url: str, model_path: Path | None
-) -> Backend:
-    from chatcli.backends import make_backend
-
-    return make_backend(
-        backend,
-        model=model,
-        base_url=base_url,
-        api_key=settings.api_key,
-        model_path=model_path,
-        n_ctx=settings.n_ctx,
-        threads=settings.threads,
-        keep_alive=settings.keep_alive,
-        log_path=settings.state_dir / "local-server.log" if _ensure_dir(settings.state_dir) else None,
-    )
-
-
-def _ensure_dir(path: Path) -> bool:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return True
-    except OSError:
-        return False
-
-
-def _create_session(settings: Settings, store: Store) -> ConversationSession:
-    from chatcli.session import ConversationSession, GenerationParams
-
-    backend = _backend_for(settings, settings.backend, settings.model, settings.base_url, settings.model_path)
-    return ConversationSession.create(
-        store,
-        backend,
-        model=backend.model,
-        system=settings.system,
-        title=settings.title,
-        params=GenerationParams(settings.temperature, settings.max_tokens),
-    )
-
-
 def _resume(ref: str, flags: dict[str, Any]) -> None:
     from chatcli.session import ConversationSession
 
@@ -278,7 +182,7 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
                 else (Path(s.model_path) if s.model_path else None)
             )
             base = flags.get("base_url") or s.base_url
-            return _backend_for(settings, s.backend_name, s.model, base, path)
+            return backend_for(settings, s.backend_name, s.model, base, path)
 
         session = ConversationSession.resume(store, sid, factory)
     except ChatcliError as e:
@@ -301,9 +205,10 @@ def _run_repl(
     session.on_notice = renderer.notice
     notices.session = session
     stop: Terminated | None = None
+    repl = Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed)
     try:
-        with _terminate_on_signals():
-            Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed).run()
+        with terminate_on_signals():
+            repl.run()
     except Terminated as e:  # SIGTERM or SIGHUP: a reply in progress was saved as interrupted
         stop = e
     finally:
@@ -334,49 +239,17 @@ def _run_repl(
             raise
     if stop is not None:
         raise typer.Exit(128 + stop.signum)
-    if session.unsaved:
+    failed = None if sys.stdin.isatty() else repl.summary()  # a piped REPL says when a turn failed
+    if failed is not None:
+        renderer.error(failed)
+    if session.unsaved or failed is not None:
         raise typer.Exit(ExitStatus.ERROR)
 
 
-@contextmanager
-def _terminate_on_signals() -> Iterator[None]:
-    """While the REPL runs, SIGTERM and SIGHUP (the terminal closed) raise Terminated in the main thread
-    instead of killing the process: a reply in progress is saved as interrupted first."""
-
-    def stop(signum: int, _frame: Any) -> None:
-        app = _running_prompt()
-        if app is None:
-            raise Terminated(signum)
-
-        # At the prompt an exception raised here would land in prompt_toolkit's event loop, which reports
-        # it and waits for Enter: end the prompt with it instead (call_soon_threadsafe wakes the loop).
-        def end() -> None:
-            if app.future is not None and not app.future.done():
-                app.exit(exception=Terminated(signum))
-
-        app.loop.call_soon_threadsafe(end)
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def _running_prompt() -> Any:
-    """The prompt_toolkit Application reading input right now, or None (also when it was never loaded)."""
-    if "prompt_toolkit" not in sys.modules:
-        return None
-    from prompt_toolkit.application.current import get_app_or_none
-
-    app = get_app_or_none()
-    return app if app is not None and app.is_running and app.loop is not None else None
-
-
 def _register_commands() -> None:
-    from chatcli import cli_library, cli_stores
+    from chatcli import cli_ask, cli_library, cli_stores
 
+    cli_ask.register(app)
     cli_library.register(app)
     cli_stores.register(app)
 

@@ -5,17 +5,23 @@ and an exit code. Imported by those modules only; it imports none of them."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from chatcli.errors import ChatcliError, ConfigError
+from chatcli.errors import ChatcliError, ConfigError, Terminated
 
 if TYPE_CHECKING:
+    from chatcli.backends.base import Backend
     from chatcli.config import Settings
+    from chatcli.messages import GenerationParams
     from chatcli.render import Renderer
+    from chatcli.session import ConversationSession
     from chatcli.stores import StoreSpec
     from chatcli.stores.base import Store
 
@@ -31,6 +37,86 @@ StoreOpt = Annotated[
     ),
 ]
 AsJSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+# -- the options of a new session, shared by `new` and `ask` (declared here once) --------------------------
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        "-b",
+        metavar="local|openai|ollama",
+        help="Model server: the embedded local model, any OpenAI-compatible server, or Ollama's native API "
+        "(env: CHATCLI_BACKEND; default: local).",
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="Model name (env: CHATCLI_MODEL; default: gpt-4o-mini for openai, llama3.2 for ollama, the GGUF's "
+        "name for local).",
+    ),
+]
+BaseURLOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        metavar="URL",
+        help="Server address, e.g. http://127.0.0.1:8080/v1 (openai) or http://127.0.0.1:11434 (ollama) (env: "
+        "OPENAI_BASE_URL, OLLAMA_HOST).",
+    ),
+]
+SystemOpt = Annotated[
+    str | None, typer.Option("--system", "-s", metavar="TEXT", help="System prompt sent before every turn.")
+]
+TitleOpt = Annotated[
+    str | None,
+    typer.Option("--title", "-t", metavar="TEXT", help="Session title (default: from the first message)."),
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature", metavar="X", help="Sampling temperature, 0-2 (default: the model's; 0.2 for local)."
+    ),
+]
+TopPOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p", metavar="P", help="Nucleus sampling, above 0 to 1 (default: the model's; 0.9 for local)."
+    ),
+]
+RepeatPenaltyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--repeat-penalty",
+        metavar="X",
+        help="Above 1 discourages repeating text (local and ollama; default: 1.1 for local).",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens", metavar="N", help="Longest reply in tokens (default: the server's; 512 for local)."
+    ),
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Longest a whole reply may take before it is stopped and kept as 'timeout' (default: 600).",
+    ),
+]
+ModelPathOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-path",
+        metavar="FILE",
+        help="A GGUF model file for the local backend (default: the bundled SmolLM2-135M-Instruct).",
+    ),
+]
 SessionRef = Annotated[
     str,
     typer.Argument(
@@ -45,6 +131,61 @@ def settings(flags: dict[str, Any]) -> Settings:
     from chatcli.config import resolve
 
     return resolve(flags)
+
+
+def generation_params(s: Settings) -> GenerationParams:
+    """The sampling parameters a new session records: what the user set (flags, environment, config file)
+    over the backend's defaults (``chatcli.backends.default_params``)."""
+    from chatcli.backends import default_params
+    from chatcli.messages import GenerationParams
+
+    given = GenerationParams(
+        temperature=s.temperature, max_tokens=s.max_tokens, top_p=s.top_p, repeat_penalty=s.repeat_penalty
+    )
+    return given.over(default_params(s.backend))
+
+
+def backend_for(
+    settings: Settings, backend: str, model: str, base_url: str, model_path: Path | None
+) -> Backend:
+    """The backend ``backend`` for these settings (its log in the state folder). Raises ConfigError."""
+    from chatcli.backends import make_backend
+
+    return make_backend(
+        backend,
+        model=model,
+        base_url=base_url,
+        api_key=settings.api_key,
+        model_path=model_path,
+        n_ctx=settings.n_ctx,
+        threads=settings.threads,
+        keep_alive=settings.keep_alive,
+        log_path=settings.state_dir / "local-server.log" if _ensure_dir(settings.state_dir) else None,
+    )
+
+
+def _ensure_dir(path: Path) -> bool:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return True
+    except OSError:
+        return False
+
+
+def create_session(settings: Settings, store: Store) -> ConversationSession:
+    """A new session in ``store`` with the settings' backend, model, system prompt, title and sampling.
+    Raises ConfigError, SaveError, StoreError."""
+    from chatcli.session import ConversationSession
+
+    backend = backend_for(settings, settings.backend, settings.model, settings.base_url, settings.model_path)
+    return ConversationSession.create(
+        store,
+        backend,
+        model=backend.model,
+        system=settings.system,
+        title=settings.title,
+        params=generation_params(settings),
+    )
 
 
 def store_spec(s: Settings) -> StoreSpec:
@@ -158,3 +299,39 @@ def _progress(done: int, total: int) -> None:
         f"\rchatcli: indexing session files: {done:,} of {total:,} (later runs read only changes)" + end
     )
     sys.stderr.flush()
+
+
+@contextmanager
+def terminate_on_signals() -> Iterator[None]:
+    """While the REPL runs, SIGTERM and SIGHUP (the terminal closed) raise Terminated in the main thread
+    instead of killing the process: a reply in progress is saved as interrupted first."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        app = _running_prompt()
+        if app is None:
+            raise Terminated(signum)
+
+        # At the prompt an exception raised here would land in prompt_toolkit's event loop, which reports
+        # it and waits for Enter: end the prompt with it instead (call_soon_threadsafe wakes the loop).
+        def end() -> None:
+            if app.future is not None and not app.future.done():
+                app.exit(exception=Terminated(signum))
+
+        app.loop.call_soon_threadsafe(end)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _running_prompt() -> Any:
+    """The prompt_toolkit Application reading input right now, or None (also when it was never loaded)."""
+    if "prompt_toolkit" not in sys.modules:
+        return None
+    from prompt_toolkit.application.current import get_app_or_none
+
+    app = get_app_or_none()
+    return app if app is not None and app.is_running and app.loop is not None else None

@@ -26,6 +26,8 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "base_url": str,
     "system": str,
     "temperature": (int, float),
+    "top_p": (int, float),
+    "repeat_penalty": (int, float),
     "max_tokens": int,
     "timeout": (int, float),
     "connect_timeout": (int, float),
@@ -52,6 +54,8 @@ class Settings:
     system: str = ""
     title: str = ""
     temperature: float | None = None
+    top_p: float | None = None
+    repeat_penalty: float | None = None
     max_tokens: int | None = None
     timeout: float = 600.0  # whole turn
     connect_timeout: float = 10.0
@@ -156,4 +160,10 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
         setattr(s, name, float(value))
     if s.temperature is not None and not 0 <= s.temperature <= 2:
         raise ConfigError(f"temperature must be between 0 and 2, not {s.temperature}")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        raise ConfigError(f"top_p must be above 0 and at most 1, not {s.top_p}")
+    if s.repeat_penalty is not None and not 0 < s.repeat_penalty <= 10:
+        raise ConfigError(f"repeat_penalty must be above 0 (1 is none), not {s.repeat_penalty}")
+    if s.max_tokens is not None and s.max_tokens < 1:
+        raise ConfigError(f"max_tokens must be 1 or more, not {s.max_tokens}")
     return s

@@ -7,6 +7,7 @@ Every exception here carries a message written for the user: one sentence they c
     ├── NothingToDo                    a REPL command with nothing to act on (undo with no turn, ...)
     ├── CommandError                   a REPL line that starts with / but names no command, or misuses one
     ├── ImportFileError                a file given to `import` that holds no conversation chatcli can read
+    ├── AttachmentError                a file given to put in a message that is missing, a folder, binary, too big
     ├── ExportError                    an export that cannot be written (the file exists, no permission)
     ├── SessionError
     │   ├── InvalidSessionId           an id that could never name a file (``/``, ``..``, NUL, too long)
@@ -47,6 +48,7 @@ class ExitStatus(IntEnum):
     ERROR = 1  # a backend, store or session error: one line on stderr
     USAGE = 2  # a usage or configuration error
     INTERNAL = 70  # a bug (rerun with CHATCLI_DEBUG=1 for the traceback)
+    TIMEOUT = 124  # `chatcli ask`: the reply timed out (what arrived is printed and saved)
     HANGUP = 129  # 128 + SIGHUP: the terminal closed
     INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
     TERMINATED = 143  # 128 + SIGTERM
@@ -68,6 +70,10 @@ class NothingToDo(ChatcliError):
 
 class CommandError(ChatcliError):
     """``/word`` that is no REPL command, or a command given arguments it does not take."""
+
+
+class AttachmentError(ChatcliError):
+    """A file that cannot go into a message; nothing was sent."""
 
 
 class ImportFileError(ChatcliError):

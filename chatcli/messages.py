@@ -156,17 +156,32 @@ def num_or_none(v: Any) -> float | None:
 
 @dataclass
 class GenerationParams:
-    """Sampling parameters sent with every request; None means "the server's default"."""
+    """Sampling parameters sent with every request; None means "the server's default". ``temperature``
+    0-2, ``top_p`` 0-1 (nucleus sampling), ``repeat_penalty`` (llama.cpp and Ollama: above 1 discourages
+    repeating text), ``max_tokens`` the longest reply in tokens."""
 
     temperature: float | None = None
     max_tokens: int | None = None
+    top_p: float | None = None
+    repeat_penalty: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def over(self, defaults: GenerationParams) -> GenerationParams:
+        """These parameters, with ``defaults`` filling the ones not set."""
+        return GenerationParams(
+            **{k: v if v is not None else getattr(defaults, k) for k, v in asdict(self).items()}
+        )
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GenerationParams:
-        return cls(temperature=num_or_none(d.get("temperature")), max_tokens=int_or_none(d.get("max_tokens")))
+        return cls(
+            temperature=num_or_none(d.get("temperature")),
+            max_tokens=int_or_none(d.get("max_tokens")),
+            top_p=num_or_none(d.get("top_p")),
+            repeat_penalty=num_or_none(d.get("repeat_penalty")),
+        )
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from chatcli.attachments import folded
 from chatcli.text import count
 
 if TYPE_CHECKING:
@@ -279,7 +280,7 @@ class Renderer:
                     self.console.rule("[dim]context cleared here[/]", style="dim")
                 cut_shown = True
             self.console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
-            self.console.print(_esc(sanitize(user.content)), markup=False, highlight=False)
+            self.console.print(_esc(sanitize(folded(user.content))), markup=False, highlight=False)
             if reply is not None:
                 self.console.print(
                     f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]" + _status_tag(reply)

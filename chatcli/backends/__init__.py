@@ -11,6 +11,7 @@ from chatcli.errors import ConfigError
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
+    from chatcli.messages import GenerationParams
 
 NAMES = ("local", "openai", "ollama")
 
@@ -38,6 +39,17 @@ def choose(backend: str | None, base_url: str, env: Mapping[str, str]) -> tuple[
 def api_key(env: Mapping[str, str]) -> str | None:
     """The key sent to an OpenAI-compatible server: ``OPENAI_API_KEY`` (never read from a file)."""
     return env.get("OPENAI_API_KEY") or None
+
+
+def default_params(name: str) -> GenerationParams:
+    """The sampling a backend's model gets unless the user sets another: for the embedded SmolLM2-135M,
+    its model card's (temperature 0.2, top_p 0.9), a repeat penalty, and a reply cap that stops a
+    runaway repetition (512 tokens); for the others, the server's own defaults."""
+    from chatcli.messages import GenerationParams
+
+    if name == "local":
+        return GenerationParams(temperature=0.2, top_p=0.9, repeat_penalty=1.1, max_tokens=512)
+    return GenerationParams()
 
 
 def check_model_change(name: str) -> None:

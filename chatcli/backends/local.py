@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatcli.backends.base import StreamEvent
 from chatcli.backends.openai import OpenAIBackend
@@ -195,6 +195,13 @@ class LocalBackend(OpenAIBackend):
         except OSError:
             return ""
         return f": {lines[-1].strip()[:200]} (log: {self.log_path})" if lines else ""
+
+    def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        """The OpenAI-compatible body, plus llama.cpp's ``repeat_penalty`` when it is set."""
+        body = super().request_body(messages, params)
+        if params.repeat_penalty is not None:
+            body["repeat_penalty"] = params.repeat_penalty
+        return body
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float

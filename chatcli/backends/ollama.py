@@ -68,6 +68,10 @@ class OllamaBackend(HTTPBackend):
             options["temperature"] = params.temperature
         if params.max_tokens is not None:
             options["num_predict"] = params.max_tokens
+        if params.top_p is not None:
+            options["top_p"] = params.top_p
+        if params.repeat_penalty is not None:
+            options["repeat_penalty"] = params.repeat_penalty
         if self.num_ctx is not None:
             options["num_ctx"] = self.num_ctx
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}

@@ -49,6 +49,8 @@ class OpenAIBackend(HTTPBackend):
         }
         if params.temperature is not None:
             body["temperature"] = params.temperature
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
         if params.max_tokens is not None:
             body["max_tokens"] = params.max_tokens
         return body

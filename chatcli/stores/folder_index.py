@@ -49,7 +49,9 @@ class Files(Protocol):
 
 
 INDEX_NAME = ".index.sqlite"
-SCHEMA_VERSION = 3  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones
+SCHEMA_VERSION = (
+    3  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones
+)
 #: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
 #: deletes one rowid range (an FTS5 UNINDEXED column cannot be searched without reading the whole table)
 _ROWS_SHIFT = 24

@@ -178,7 +178,7 @@ def test_every_server_fault_is_one_message_and_the_repl_goes_on(
         assert any(m.get("content") == f"fault: {f.name}" for m in last["messages"]), f.name
         add(CASE, f"{protocol}: faults", 1)
     chat.close_stdin()
-    assert chat.wait() == 0, chat.text("err")
+    assert chat.wait() == 1, chat.text("err")  # turns failed: a piped REPL exits 1
     msgs = load_checked(user_dirs["sessions"], sid)["messages"]
     by_user = {
         msgs[i]["content"]: msgs[i + 1]
@@ -228,7 +228,7 @@ def test_unreachable_server_keeps_the_messages_and_resume_goes_on(
         errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and expect in errors[0] and "your message is saved" in errors[0], err
     chat.close_stdin()
-    assert chat.wait() == 0
+    assert chat.wait() == 1  # both turns failed
     # the server is back (or the user gives the right address): the conversation goes on, whole
     chat = Chat(chatcli_args("resume", sid, "--base-url", url_for(protocol, fake_llm.url)), child_env)
     turns = Turns(chat)

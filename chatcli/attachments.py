@@ -1,0 +1,109 @@
+"""Text files put into a message (``chatcli ask -f PATH``, ``/file PATH`` in the REPL).
+
+Each file becomes a block of the user message, saved with it like any text::
+
+    File `notes/plan.md`:
+    ````
+    ...the file's text...
+    ````
+
+The fence is longer than any run of backticks in the file, so the file's own code fences stay inside it.
+A file that is missing, a folder, not text (NUL bytes, or not UTF-8) or larger than MAX_FILE_BYTES is
+refused with one line, and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatcli.errors import AttachmentError
+
+MAX_FILE_BYTES = 512 * 1024  # a larger file is refused: it would not fit a small model's context anyway
+_BACKTICKS = re.compile(r"`+")
+_HEADER = re.compile(r"^File `(?P<path>[^`\n]+)`:\n(?P<fence>`{3,})\n", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A text file read for a message: ``path`` as the user gave it, its ``text``."""
+
+    path: str
+    text: str
+
+    @property
+    def lines(self) -> int:
+        return self.text.count("\n") + (0 if self.text.endswith("\n") or not self.text else 1)
+
+    def block(self) -> str:
+        """The file as a fenced block headed by its path."""
+        longest = max((len(m) for m in _BACKTICKS.findall(self.text)), default=0)
+        fence = "`" * max(3, longest + 1)
+        body = self.text if self.text.endswith("\n") or not self.text else self.text + "\n"
+        return f"File `{self.path}`:\n{fence}\n{body}{fence}"
+
+
+def read(path: str | Path) -> Attachment:
+    """The text file at ``path``. Raises AttachmentError (missing, a folder, not text, too large)."""
+    shown = str(path)
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise AttachmentError(f"{shown}: no such file; nothing was sent") from None
+    except OSError as e:
+        raise AttachmentError(f"{shown}: {e.strerror}; nothing was sent") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AttachmentError(f"{shown} is a folder, not a file; nothing was sent")
+    if not stat.S_ISREG(st.st_mode):
+        raise AttachmentError(f"{shown} is not a regular file; nothing was sent")
+    if st.st_size > MAX_FILE_BYTES:
+        raise AttachmentError(
+            f"{shown} is too large to put in a message ({st.st_size:,} bytes; the limit is "
+            f"{MAX_FILE_BYTES:,}); nothing was sent"
+        )
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise AttachmentError(f"{shown}: {e.strerror}; nothing was sent") from None
+    if b"\x00" in raw[:8192] or _binary(raw):
+        raise AttachmentError(f"{shown} is not a text file (binary data); nothing was sent")
+    return Attachment(shown, raw.decode("utf-8"))
+
+
+def _binary(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def message(attachments: list[Attachment], text: str) -> str:
+    """A user message: the files' blocks, then ``text``."""
+    parts = [a.block() for a in attachments]
+    if text.strip():
+        parts.append(text)
+    return "\n\n".join(parts)
+
+
+def folded(content: str) -> str:
+    """``content`` with each file block replaced by one line (``[file notes/plan.md: 12 lines]``), for views
+    that show a conversation at a glance."""
+    out: list[str] = []
+    pos = 0
+    while (m := _HEADER.search(content, pos)) is not None:
+        end = content.find(f"\n{m['fence']}", m.end() - 1)
+        if end < 0:
+            break
+        body = content[m.end() : end + 1]
+        out.append(content[pos : m.start()])
+        out.append(f"[file {m['path']}: {body.count(chr(10)):,} lines]")
+        pos = end + 1 + len(m["fence"])
+    out.append(content[pos:])
+    return "".join(out)
