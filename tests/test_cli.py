@@ -289,7 +289,10 @@ def test_unreachable_server_keeps_the_message(child_env: dict[str, str], user_di
     assert r.returncode == 1, r.stderr  # the REPL reports the error and goes on; EOF quits, saying it failed
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(errors) == 2 and errors[1] == "error: 1 of 1 turn failed (turn 1); every message is kept in the session"
+    assert (
+        len(errors) == 2
+        and errors[1] == "error: 1 of 1 turn failed (turn 1); every message is kept in the session"
+    )
     assert errors[0].startswith("error: cannot connect to")
     assert f"127.0.0.1:{port}" in errors[0] and "your message is saved" in errors[0]
 
