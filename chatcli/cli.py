@@ -246,12 +246,16 @@ def _run_repl(
         raise typer.Exit(ExitStatus.ERROR)
 
 
+COMPLETE_VAR = "_CHATCLI_COMPLETE"
+
+
 def _register_commands() -> None:
-    from chatcli import cli_ask, cli_library, cli_stores
+    from chatcli import cli_ask, cli_library, cli_stores, cli_tools
 
     cli_ask.register(app)
     cli_library.register(app)
     cli_stores.register(app)
+    cli_tools.register(app)
 
 
 _register_commands()
@@ -262,6 +266,10 @@ def main() -> None:
     if sys.argv[1:] in (["--version"], ["-V"]):  # answer at once, without loading the rest
         print(f"chatcli {__version__}")
         return
+    if COMPLETE_VAR in os.environ:  # the shell asks for completions (`chatcli completion` set it up)
+        from typer.completion import completion_init  # type: ignore[attr-defined]  # re-exported
+
+        completion_init()
     try:
         app(prog_name="chatcli")
     except KeyboardInterrupt:

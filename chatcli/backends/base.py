@@ -69,6 +69,19 @@ class Backend(Protocol):
         (and ``model_path`` for a model file given by the user)."""
         ...
 
+    def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
+        """The models the server offers. Raises BackendError subclasses."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a server offers: its ``name`` (what ``--model`` takes) and what else the server says of it
+    (``details``: size in bytes, context length in tokens, ...)."""
+
+    name: str
+    details: dict[str, Any]
+
 
 def public_url(url: str) -> str:
     """``url`` without ``user:password@``, so credentials never reach a file."""
@@ -99,6 +112,30 @@ class HTTPBackend:
 
     def recorded(self) -> dict[str, str]:
         return {"base_url": self.base_url}
+
+    def get_json(self, path: str, timeouts: Timeouts) -> Any:
+        """GET ``base_url + path`` as JSON. Raises BackendError subclasses (as a reply would)."""
+        import httpx
+
+        client = self._http(timeouts, time.monotonic() + timeouts.total)
+        url = self.base_url + path
+        try:
+            response = client.get(url, timeout=self._timeout_config())
+            if response.status_code >= 400:
+                raise self.http_error(response)
+            return response.json()
+        except BackendError as e:
+            raise self._scrubbed(e) from None
+        except httpx.TimeoutException:
+            raise BackendTimeout(
+                f"{self.base_url} did not answer within {timeouts.connect:g} s", "connect", timeouts.connect
+            ) from None
+        except httpx.ConnectError as e:
+            raise BackendUnavailable(
+                f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?"
+            ) from None
+        except (httpx.HTTPError, ValueError) as e:
+            raise BackendError(f"{self.base_url} did not answer as expected: {_reason(e)}") from None
 
     def close(self) -> None:
         if self._client is not None:

@@ -19,7 +19,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chatcli.backends.base import StreamEvent
+from chatcli.backends.base import ModelInfo, StreamEvent
 from chatcli.backends.openai import OpenAIBackend
 from chatcli.errors import BackendUnavailable
 
@@ -195,6 +195,20 @@ class LocalBackend(OpenAIBackend):
         except OSError:
             return ""
         return f": {lines[-1].strip()[:200]} (log: {self.log_path})" if lines else ""
+
+    def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
+        """The one model file it serves (the server is started to ask it): its name, file, size, the
+        context length it runs with (``n_ctx``) and the one it was trained for (``n_ctx_train``)."""
+        from chatcli.backends.openai import list_models
+
+        self.wait_ready()
+        served = list_models(self, timeouts)
+        details: dict[str, Any] = {"path": str(self.model_path), "n_ctx": self.n_ctx}
+        for m in served:
+            details.update(
+                {k: v for k, v in m.details.items() if k in ("n_ctx", "n_ctx_train", "n_params", "size")}
+            )
+        return [ModelInfo(self.model, details)]
 
     def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
         """The OpenAI-compatible body, plus llama.cpp's ``repeat_penalty`` when it is set."""

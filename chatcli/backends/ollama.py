@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatcli.backends.base import HTTPBackend, StreamEvent
+from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
 from chatcli.errors import ModelNotFound, StreamError
 from chatcli.messages import int_or_none
 
@@ -139,6 +139,23 @@ class OllamaBackend(HTTPBackend):
                 yield event
         if not done:
             raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+
+    def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
+        """``GET /api/tags``: the models pulled into this Ollama."""
+        payload = self.get_json("/api/tags", timeouts)
+        models = payload.get("models") if isinstance(payload, dict) else None
+        if not isinstance(models, list):
+            raise StreamError(f"{self.base_url}/api/tags did not list models")
+        out = []
+        for m in models:
+            if isinstance(m, dict) and isinstance(m.get("name"), str):
+                details = {k: m[k] for k in ("size", "modified_at") if k in m}
+                extra: dict[str, Any] = m["details"] if isinstance(m.get("details"), dict) else {}
+                details.update(
+                    {k: extra[k] for k in ("parameter_size", "quantization_level", "family") if k in extra}
+                )
+                out.append(ModelInfo(m["name"], details))
+        return out
 
     def error_message(self, payload: Any, text: str) -> tuple[str, str]:
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatcli.backends.base import HTTPBackend, StreamEvent
+from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
 from chatcli.errors import StreamError
 from chatcli.messages import int_or_none
 
@@ -102,6 +102,9 @@ class OpenAIBackend(HTTPBackend):
         if not done and not finished:
             raise StreamError(f"the reply from {self.base_url} ended before it was complete")
 
+    def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
+        return list_models(self, timeouts)
+
     def error_message(self, payload: Any, text: str) -> tuple[str, str]:
         if isinstance(payload, dict):
             err = payload.get("error")
@@ -148,3 +151,19 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
         ):
             event.usage.cached_tokens = int_or_none(timings.get("cache_n"))
     return event
+
+
+def list_models(backend: HTTPBackend, timeouts: Timeouts) -> list[ModelInfo]:
+    """``GET /models`` of an OpenAI-compatible server (``data[].id``; llama.cpp adds ``meta``)."""
+    payload = backend.get_json("/models", timeouts)
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise StreamError(f"{backend.base_url}/models did not list models")
+    out = []
+    for m in data:
+        if isinstance(m, dict) and isinstance(m.get("id"), str):
+            meta: dict[str, Any] = m["meta"] if isinstance(m.get("meta"), dict) else {}
+            details = {k: m[k] for k in ("owned_by", "created") if k in m}
+            details.update({k: meta[k] for k in ("n_ctx", "n_ctx_train", "n_params", "size") if k in meta})
+            out.append(ModelInfo(m["id"], details))
+    return out
