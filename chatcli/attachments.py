@@ -103,7 +103,8 @@ def folded(content: str) -> str:
             break
         body = content[m.end() : end + 1]
         out.append(content[pos : m.start()])
-        out.append(f"[file {m['path']}: {body.count(chr(10)):,} lines]")
+        n = body.count("\n")
+        out.append(f"[file {m['path']}: {n:,} line{'' if n == 1 else 's'}]")
         pos = end + 1 + len(m["fence"])
     out.append(content[pos:])
     return "".join(out)

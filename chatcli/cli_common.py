@@ -247,9 +247,26 @@ def store_flag(s: Settings) -> str:
 
 
 def resolve(store: Store, ref: str) -> str:
+    """``snapshot.resolve`` for a command; when a relative sessions folder (the default ``./sessions``)
+    holds nothing, the error says where that is and how to keep sessions in one place."""
+    from chatcli.errors import SessionNotFound
     from chatcli.snapshot import resolve as resolve_ref
 
-    return resolve_ref(store, ref)
+    try:
+        return resolve_ref(store, ref)
+    except SessionNotFound as e:
+        root = getattr(store, "root", None)
+        if store.kind != "folder" or not isinstance(root, Path) or root.is_absolute() or store.newest_id():
+            raise
+        from chatcli.config import config_path
+
+        first = str(e).removesuffix("; start one with `chatcli new`").removesuffix(" yet")
+        raise SessionNotFound(
+            f"{first} ({Path.cwd()}{os.sep}{root}): sessions are kept in the folder chatcli runs in; to keep "
+            "them in one "
+            f'place wherever you run it, set store = "~/chatcli-sessions" in {config_path(dict(os.environ))} '
+            "(or CHATCLI_STORE, or --store)"
+        ) from None
 
 
 def exit_with(e: ChatcliError) -> NoReturn:

@@ -73,7 +73,10 @@ class CommandError(ChatcliError):
 
 
 class AttachmentError(ChatcliError):
-    """A file that cannot go into a message; nothing was sent."""
+    """A file that cannot go into a message; nothing was sent. A usage error, like a missing file named
+    to any command-line tool."""
+
+    exit_code = ExitStatus.USAGE
 
 
 class ImportFileError(ChatcliError):

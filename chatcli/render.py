@@ -280,7 +280,7 @@ class Renderer:
                     self.console.rule("[dim]context cleared here[/]", style="dim")
                 cut_shown = True
             self.console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
-            self.console.print(_esc(sanitize(folded(user.content))), markup=False, highlight=False)
+            self.console.print(sanitize(folded(user.content)), markup=False, highlight=False)
             if reply is not None:
                 self.console.print(
                     f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]" + _status_tag(reply)

@@ -177,3 +177,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for line in _NO_MODEL:
         terminalreporter.write_line(line, yellow=True)
+
+
+# -- the REPL in a pseudo-terminal (tests/ptyproc.py) -------------------------------------------------------
+@pytest.fixture
+def pty_env(child_env: dict[str, str]) -> dict[str, str]:
+    env = dict(child_env)
+    # pexpect does not answer prompt-toolkit's cursor-position request; without this prompt-toolkit waits
+    # for the answer and then prints a warning about the terminal.
+    env["PROMPT_TOOLKIT_NO_CPR"] = "1"
+    return env
+
+
+@pytest.fixture
+def chats() -> Iterator[list[Any]]:
+    opened: list[Any] = []
+    yield opened
+    for c in opened:
+        c.close()

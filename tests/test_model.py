@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -187,3 +188,50 @@ def test_repl_on_the_default_local_backend(child_env: dict[str, str], user_dirs:
     assert not words or any(w in shown for w in words), (reply["content"], shown[-2000:])
     assert all(gone(pid) for pid in servers), "the embedded model server outlived chatcli"
     assert (user_dirs["state"] / "local-server.log").exists()
+
+
+def test_ask_on_the_embedded_model_with_its_defaults(
+    child_env: dict[str, str], user_dirs: dict[str, Path]
+) -> None:
+    # no flags, no config: the embedded model with its model card's sampling and the default reply cap
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "ask", "--json", "What is the capital of France?"],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "ok" and out["reply"].strip()
+    assert out["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    snap = json.loads((user_dirs["sessions"] / f"{out['session_id']}.json").read_text())
+    assert snap["params"] == {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1, "max_tokens": 512}
+    assert [m["role"] for m in snap["messages"]] == ["user", "assistant"]
+    # piped, without --json: the reply text alone, ready for the next command of the pipeline
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "ask", "-c", "Answer in one word."],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "\x1b" not in r.stdout and r.stderr == ""
+    snap = json.loads((user_dirs["sessions"] / f"{out['session_id']}.json").read_text())
+    assert len(snap["messages"]) == 4 and snap["messages"][3]["content"] == r.stdout.removesuffix("\n")
+
+
+def test_models_on_the_embedded_model(child_env: dict[str, str]) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "models", "--json"],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    [m] = json.loads(r.stdout)
+    assert m["name"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert m["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert m["n_ctx"] > 0 and m["n_ctx_train"] == 8192

@@ -134,6 +134,9 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
         ) from None
 
 
+GITIGNORE = "# created by chatcli: conversations stay out of git\n*\n"
+
+
 class FolderStore:
     """The sessions folder ``root`` (created 0700 on first write). ``on_progress(done, total)`` is told how
     the catalog's cache is doing while it reads many files (see SessionIndex)."""
@@ -142,7 +145,8 @@ class FolderStore:
 
     def __init__(self, root: Path | str, on_progress: Callable[[int, int], None] | None = None) -> None:
         self.root = Path(root).expanduser()
-        self.display = str(self.root)
+        relative = not self.root.is_absolute() and not str(self.root).startswith(".")
+        self.display = f".{os.sep}{self.root}" if relative else str(self.root)  # ./sessions
         self.on_progress = on_progress
         self._index: SessionIndex | None = None
 
@@ -156,7 +160,17 @@ class FolderStore:
         return self.root / f".{validate_id(session_id)}.lock"
 
     def ensure_root(self) -> None:
+        """Create the folder if needed. A folder chatcli creates gets a ``.gitignore`` holding ``*`` (as a
+        venv does), so sessions kept in a git checkout's ``./sessions`` are never committed by accident; an
+        existing folder's files are left alone."""
+        if self.root.is_dir():
+            ensure_folder(self.root)
+            return
         ensure_folder(self.root)
+        try:
+            (self.root / ".gitignore").write_text(GITIGNORE)
+        except OSError:
+            pass  # a nicety: a folder that takes sessions but not this file still works
 
     def location(self, session_id: str) -> str:
         return str(self.path_for(session_id))
@@ -347,11 +361,15 @@ class FolderStore:
         model: str | None = None,
         title: str | None = None,
     ) -> Page:
+        if not self.root.is_dir():  # nothing saved yet: reading creates nothing
+            return Page([])
         return self.index().page(limit, since=since, before=before, model=model, title=title)
 
     def search(
         self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
     ) -> list[SearchHit]:
+        if not self.root.is_dir():
+            return []
         return self.index().search(text, role=role, session_id=session_id, limit=limit)
 
     def totals(self, active_since: str) -> dict[str, Any]:
