@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from common import REPO, Report, Row, fmt, format_row, machine  # noqa: E402 - after the path is set
 
-GROUPS = ("startup", "saving", "streaming", "library", "stores")
+GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot")
 NOTES = """\
 - **Where start-up goes.** Of the time to the prompt, Python itself is the floor (~20 ms); then come the
   imports (table above): prompt_toolkit, typer and rich. chatcli's own modules load lazily: `--version`
@@ -46,6 +46,8 @@ NOTES = """\
   import (psycopg ~60 ms, PyMySQL ~25 ms) and the connection. On MariaDB a word found in most messages is
   searched newest first with REGEXP instead of FULLTEXT (InnoDB reads every FULLTEXT match: 5.2 s for that
   word before, 0.6 s now).
+- **One-shot.** `llm` (simonw/llm) is pip-installed into its own venv in the data folder (`llm-venv`),
+  never into chatcli's; a temporary data folder installs it again each run (`--data DIR` keeps it).
 - **Noise.** The machine is shared: other work running at the same time shows most in the fsync-bound
   rows (saves, time to first token), where a median can move by several milliseconds between runs.
 - **Data.** Saving: messages of ~500 characters. Resume: one session of 10,000 messages of ~500
@@ -59,6 +61,7 @@ OUTPUT = REPO / "docs" / "BENCHMARKS.md"
 
 def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> None:
     import library
+    import oneshot
     import saving
     import startup
     import stores
@@ -70,6 +73,7 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
         "streaming": streaming,
         "library": library,
         "stores": stores,
+        "oneshot": oneshot,
     }
     for name in names:
         print(f"\n== {name}", flush=True)
