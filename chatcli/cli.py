@@ -14,6 +14,7 @@ from chatcli import __version__
 from chatcli.cli_common import (
     BackendOpt,
     BaseURLOpt,
+    ContextWindowOpt,
     MaxTokensOpt,
     ModelOpt,
     ModelPathOpt,
@@ -32,6 +33,7 @@ from chatcli.cli_common import (
     resolve,
     store_flag,
     terminate_on_signals,
+    with_context_settings,
 )
 from chatcli.cli_common import (
     settings as get_settings,
@@ -106,6 +108,7 @@ def new(
     timeout: TimeoutOpt = None,
     store: StoreOpt = None,
     model_path: ModelPathOpt = None,
+    context_window: ContextWindowOpt = None,
 ) -> None:
     """Start a new chat session and open the REPL."""
     flags = dict(locals())
@@ -141,9 +144,19 @@ def resume(
     timeout: TimeoutOpt = None,
     base_url: BaseURLOpt = None,
     model_path: ModelPathOpt = None,
+    context_window: ContextWindowOpt = None,
 ) -> None:
-    """Resume a saved session: shows its history, and the next turn sends the whole context."""
-    _resume(session_id, {"store": store, "timeout": timeout, "base_url": base_url, "model_path": model_path})
+    """Resume a saved session: shows its history, and the next turn sends the context again."""
+    _resume(
+        session_id,
+        {
+            "store": store,
+            "timeout": timeout,
+            "base_url": base_url,
+            "model_path": model_path,
+            "context_window": context_window,
+        },
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -184,7 +197,7 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
             base = flags.get("base_url") or s.base_url
             return backend_for(settings, s.backend_name, s.model, base, path)
 
-        session = ConversationSession.resume(store, sid, factory)
+        session = with_context_settings(ConversationSession.resume(store, sid, factory), settings)
     except ChatcliError as e:
         store.close()
         exit_with(e)

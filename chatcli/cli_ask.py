@@ -20,6 +20,7 @@ from chatcli.cli_common import (
     AsJSON,
     BackendOpt,
     BaseURLOpt,
+    ContextWindowOpt,
     MaxTokensOpt,
     ModelOpt,
     ModelPathOpt,
@@ -40,6 +41,7 @@ from chatcli.cli_common import (
     settings,
     store_flag,
     terminate_on_signals,
+    with_context_settings,
 )
 from chatcli.errors import (
     BackendError,
@@ -115,6 +117,7 @@ def ask(
     timeout: TimeoutOpt = None,
     store: StoreOpt = None,
     model_path: ModelPathOpt = None,
+    context_window: ContextWindowOpt = None,
 ) -> None:
     """Ask one question and print the reply: for pipes and scripts (`git diff | chatcli ask "review this"`).
     The turn is saved as a session (see `chatcli resume`) unless --no-save; -c goes on with the last one."""
@@ -145,6 +148,8 @@ def ask(
         where.close()
         exit_with(e)
     talk.session = session
+    if session.backend is not None:
+        session.backend.prepare()  # the embedded model loads while the message is read and saved
     _turn(session, s, where, text, as_json=as_json, raw=raw, markdown=markdown, talk=talk, saved=not no_save)
 
 
@@ -161,6 +166,7 @@ _SESSION_FLAGS = (
     "timeout",
     "store",
     "model_path",
+    "context_window",
 )
 
 
@@ -223,7 +229,7 @@ def _open(s: Settings, store: Store, ref: str | None, flags: dict[str, Any]) -> 
         )
         return backend_for(s, found.backend_name, found.model, flags.get("base_url") or found.base_url, path)
 
-    session = ConversationSession.resume(store, sid, factory)
+    session = with_context_settings(ConversationSession.resume(store, sid, factory), s)
     try:
         if flags.get("model") and flags["model"] != session.model:
             session.set_model(flags["model"])
@@ -304,6 +310,7 @@ def _as_json(reply: Message, session_id: str | None) -> dict[str, Any]:
         "model": reply.model,
         "usage": d.get("usage"),
         "timings": d.get("timings"),
+        "context": d.get("context"),
         "session_id": session_id,
     }
 

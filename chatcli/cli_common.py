@@ -109,6 +109,15 @@ TimeoutOpt = Annotated[
         help="Longest a whole reply may take before it is stopped and kept as 'timeout' (default: 600).",
     ),
 ]
+ContextWindowOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--context-window",
+        metavar="TOKENS",
+        help="The model's context window: older turns are left out of a request that would not fit (default: "
+        "what the server states; n_ctx for local).",
+    ),
+]
 ModelPathOpt = Annotated[
     Path | None,
     typer.Option(
@@ -158,6 +167,7 @@ def backend_for(
         api_key=settings.api_key,
         model_path=model_path,
         n_ctx=settings.n_ctx,
+        context_window=settings.context_window,
         threads=settings.threads,
         keep_alive=settings.keep_alive,
         log_path=settings.state_dir / "local-server.log" if _ensure_dir(settings.state_dir) else None,
@@ -178,7 +188,7 @@ def create_session(settings: Settings, store: Store) -> ConversationSession:
     from chatcli.session import ConversationSession
 
     backend = backend_for(settings, settings.backend, settings.model, settings.base_url, settings.model_path)
-    return ConversationSession.create(
+    session = ConversationSession.create(
         store,
         backend,
         model=backend.model,
@@ -186,6 +196,15 @@ def create_session(settings: Settings, store: Store) -> ConversationSession:
         title=settings.title,
         params=generation_params(settings),
     )
+    return with_context_settings(session, settings)
+
+
+def with_context_settings(session: ConversationSession, settings: Settings) -> ConversationSession:
+    """``session`` with the ``context_window`` and ``compact_at`` settings applied (they are never saved:
+    each run takes them from its own settings)."""
+    session.window_setting = settings.context_window
+    session.compact_at = settings.compact_at
+    return session
 
 
 def store_spec(s: Settings) -> StoreSpec:

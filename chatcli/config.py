@@ -37,6 +37,8 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "store_timeout": (int, float),
     "model_path": str,
     "n_ctx": int,
+    "context_window": int,
+    "compact_at": (int, float),
     "threads": int,
     "keep_alive": str,
 }
@@ -64,6 +66,8 @@ class Settings:
     store_timeout: float = 10.0  # seconds a database statement or connection attempt may take
     model_path: Path | None = None
     n_ctx: int = 8192
+    context_window: int | None = None  # tokens; None: what the server states (see chatcli.session_context)
+    compact_at: float | None = None  # share of the window at which /compact runs by itself (None: never)
     threads: int | None = None
     keep_alive: str | None = None
     state_dir: Path = Path(".")
@@ -166,4 +170,12 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
         raise ConfigError(f"repeat_penalty must be above 0 (1 is none), not {s.repeat_penalty}")
     if s.max_tokens is not None and s.max_tokens < 1:
         raise ConfigError(f"max_tokens must be 1 or more, not {s.max_tokens}")
+    if s.context_window is not None and s.context_window < 64:
+        raise ConfigError(f"context_window must be at least 64 tokens, not {s.context_window}")
+    if s.n_ctx < 64:
+        raise ConfigError(f"n_ctx must be at least 64 tokens, not {s.n_ctx}")
+    if s.compact_at is not None and not 0 < s.compact_at <= 1:
+        raise ConfigError(
+            f"compact_at must be above 0 and at most 1 (a share of the window), not {s.compact_at}"
+        )
     return s

@@ -28,7 +28,10 @@ Every exception here carries a message written for the user: one sentence they c
         ├── BackendHTTPError           an HTTP error status (``status``, server ``message``)
         │   ├── AuthenticationError    401 / 403
         │   ├── ModelNotFound          404 (unknown model or wrong base URL)
-        │   └── RateLimited            429 (``retry_after`` seconds, when the server said)
+        │   ├── RateLimited            429 (``retry_after`` seconds, when the server said)
+        │   └── ContextOverflow        400: the request did not fit the context window (``window``,
+        │                              ``prompt_tokens``, when the server said)
+        ├── MessageTooLarge            a message that cannot fit the context window even alone: not sent
         └── StreamError                the stream broke: cut short, malformed chunk, error inside the stream
 
     Terminated (a BaseException, like KeyboardInterrupt)   SIGTERM or SIGHUP: stop, keep what was said, leave
@@ -183,6 +186,36 @@ class RateLimited(BackendHTTPError):
     ) -> None:
         super().__init__(message, status, server_message)
         self.retry_after = retry_after
+
+
+class ContextOverflow(BackendHTTPError):
+    """The server refused a request longer than its context window (llama.cpp ``exceed_context_size_error``,
+    OpenAI ``context_length_exceeded``, Ollama's "exceeds the available context size"). ``window``: the
+    context window in tokens, ``prompt_tokens``: the size of the refused request, each None when the server
+    did not say."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        server_message: str = "",
+        window: int | None = None,
+        prompt_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message, status, server_message)
+        self.window = window
+        self.prompt_tokens = prompt_tokens
+
+
+class MessageTooLarge(BackendError):
+    """The newest message cannot fit the model's context window even alone (with the system prompt and the
+    room kept for the reply). It stays in the session, marked as not sent. ``tokens``: its size as
+    counted, ``room``: what the window leaves for it (tokens)."""
+
+    def __init__(self, message: str, tokens: int, room: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.room = room
 
 
 class StreamError(BackendError):

@@ -12,7 +12,11 @@ from chatcli.clock import utc_now
 #: statuses a message can have; ``ok`` is a complete message
 STATUSES = ("ok", "streaming", "interrupted", "timeout", "error")
 #: why a message left the conversation while staying in the file (see Message.dropped)
-DROPPED = ("retried", "undone")
+DROPPED = ("retried", "undone", "unsent")
+#: bytes of UTF-8 per token in chatcli's estimate of a text's size (see chatcli.context)
+BYTES_PER_TOKEN = 3
+#: tokens a chat template adds around each message (role markers), in that estimate
+MESSAGE_OVERHEAD = 4
 
 
 @dataclass
@@ -42,13 +46,54 @@ class Timings:
 
 
 @dataclass
+class ContextUsed:
+    """What the request for a reply held (the ``context`` of an assistant message in the snapshot): the
+    messages from index ``start`` on (earlier ones were left out to fit the window), after the system
+    prompt and, when ``summary`` is set, the summary message at that index. ``tokens``: the prompt's size
+    as chatcli counted it before sending (``exact``: counted by the server, else estimated; None: not
+    counted); ``window``: the context window it was sized for, in tokens (None: unknown)."""
+
+    start: int
+    tokens: int | None = None
+    exact: bool = False
+    window: int | None = None
+    summary: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"start": self.start}
+        if self.tokens is not None:
+            d["tokens"] = self.tokens
+            d["exact"] = self.exact
+        if self.window is not None:
+            d["window"] = self.window
+        if self.summary is not None:
+            d["summary"] = self.summary
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> ContextUsed | None:
+        if not isinstance(d, dict) or int_or_none(d.get("start")) is None or d["start"] < 0:
+            return None
+        return cls(
+            start=d["start"],
+            tokens=int_or_none(d.get("tokens")),
+            exact=d.get("exact") is True,
+            window=int_or_none(d.get("window")),
+            summary=int_or_none(d.get("summary")),
+        )
+
+
+@dataclass
 class Message:
     """One message. ``role`` is ``user`` or ``assistant`` (a snapshot from elsewhere may hold ``system``);
     ``created_at`` UTC ISO 8601; ``status`` one of STATUSES; the rest is set on assistant messages:
     ``finish_reason`` (``stop``, ``length``, ...), ``usage``, ``timings``, ``model`` that wrote it, ``error``
-    (what went wrong, for status ``error``). ``dropped`` marks a message taken out of the conversation but
-    kept in the file: ``retried`` (a reply replaced by ``retry``) or ``undone`` (a turn taken back by
-    ``undo``); dropped messages are never sent."""
+    (what went wrong, for status ``error``), ``context`` (what its request held, see ContextUsed).
+    ``dropped`` marks a message taken out of the conversation but kept in the file: ``retried`` (a reply
+    replaced by ``retry``), ``undone`` (a turn taken back by ``undo``) or ``unsent`` (a user message too
+    large for the context window; ``error`` says by how much); dropped messages are never sent.
+    ``summary_of`` marks a summary written by ``/compact`` (role ``system``): ``[first, end)``, the indexes
+    of the messages it stands for in requests."""
 
     role: str
     content: str
@@ -60,11 +105,26 @@ class Message:
     model: str | None = None
     error: str | None = None
     dropped: str | None = None
+    context: ContextUsed | None = None
+    summary_of: list[int] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__  # (plain dict stores: this runs for every field of every message loaded)
         d[name] = value
         d["_json"] = None  # the cached to_json() is out of date
+        d["_size"] = None  # ... and so is the cached size estimate
+
+    def estimated_tokens(self) -> int:
+        """This message's size in tokens by chatcli's estimate: UTF-8 bytes / BYTES_PER_TOKEN (rounded up)
+        plus MESSAGE_OVERHEAD. Cached until an attribute is set (see ``to_json``)."""
+        size: int | None = self.__dict__.get("_size")
+        if size is None:
+            size = (
+                -(-len(self.content.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD
+            )
+            if self.status != "streaming":
+                self.__dict__["_size"] = size
+        return size
 
     def to_json(self) -> dict[str, Any]:
         """The message as stored in the snapshot. A finished message's dict is built once and reused until
@@ -80,10 +140,12 @@ class Message:
             "created_at": self.created_at,
             "status": self.status,
         }
-        for key in ("finish_reason", "model", "error", "dropped"):
+        for key in ("finish_reason", "model", "error", "dropped", "summary_of"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
+        if self.context is not None:
+            d["context"] = self.context.to_json()
         if self.usage is not None:
             u = self.usage
             d["usage"] = {
@@ -137,7 +199,21 @@ class Message:
             model=_str_or(d.get("model"), None),
             error=_str_or(d.get("error"), None),
             dropped=d["dropped"] if d.get("dropped") in DROPPED else None,
+            context=ContextUsed.from_json(d.get("context")),
+            summary_of=_span(d.get("summary_of")),
         )
+
+
+def _span(v: Any) -> list[int] | None:
+    """``[first, end)`` message indexes, or None when ``v`` is not such a pair."""
+    if (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(int_or_none(x) is not None for x in v)
+        and 0 <= v[0] <= v[1]
+    ):
+        return [v[0], v[1]]
+    return None
 
 
 def _str_or(v: Any, default: Any) -> Any:
@@ -212,3 +288,6 @@ class Stats:
     stored_bytes: int | None  # the snapshot file's size (None: a database keeps it in rows)
     last_saved_at: str | None
     context_messages: int
+    #: the newest reply's request (``ContextMixin.context_figures``): tokens, window, share, turns_sent,
+    #: left_out, summarised, at
+    context: dict[str, Any] = field(default_factory=dict)

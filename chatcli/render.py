@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from chatcli.attachments import folded
 from chatcli.text import count
 
 if TYPE_CHECKING:
@@ -255,46 +254,10 @@ class Renderer:
         )
 
     def history(self, session: ConversationSession, last: int | None) -> None:
-        """The last ``last`` turns (all when None), with statuses and where ``clear`` cut the context."""
-        turns = session.turns()
-        shown = turns if last is None else turns[-last:] if last > 0 else []
-        if not shown:
-            self.info("No turns yet.")
-            return
-        if len(shown) < len(turns):
-            self.info(f"… {count(len(turns) - len(shown), 'earlier turn')} not shown (history N shows more)")
-        index = {id(m): i for i, m in enumerate(session.messages)}
-        first_system = next(
-            (c.get("from") for c in session.changes if c.get("what") == "system"), session.system
-        )
-        if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
-            self.console.print(f"[dim]system:[/] {_esc(sanitize(first_system))}")
-        cut_shown = False
-        first_at = index[id(shown[0][0])]
-        changes = [c for c in session.changes if isinstance(c.get("at"), int) and c["at"] > first_at]
-        for user, reply in shown:
-            while changes and changes[0]["at"] <= index[id(user)]:
-                self._change(changes.pop(0))
-            if not cut_shown and session.context_start and index[id(user)] >= session.context_start:
-                if index[id(user)] == session.context_start or user is shown[0][0]:
-                    self.console.rule("[dim]context cleared here[/]", style="dim")
-                cut_shown = True
-            self.console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
-            self.console.print(sanitize(folded(user.content)), markup=False, highlight=False)
-            if reply is not None:
-                self.console.print(
-                    f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]" + _status_tag(reply)
-                )
-                self.markdown(reply.content)
-            self.console.print()
-        for c in changes:
-            self._change(c)
+        """The last ``last`` turns (all when None): see ``render_history``."""
+        from chatcli.render_history import show_history
 
-    def _change(self, c: dict[str, Any]) -> None:
-        """One recorded change (``model``, ``system``, ``title``) as a dim rule in the history."""
-        new = str(c.get("to", ""))
-        text = f"{c.get('what', '')} changed to {new!r}" if new else f"{c.get('what', '')} removed"
-        self.console.rule(f"[dim]{_esc(sanitize(text))}[/]", style="dim")
+        show_history(self, session, last)
 
     def stats(self, s: Stats) -> None:
         from rich.table import Table
@@ -322,6 +285,7 @@ class Renderer:
         t.add_row(
             "tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}"
         )
+        t.add_row("context", _context_line(s.context))
         size = f" ({s.stored_bytes:,} bytes)" if s.stored_bytes is not None else ""
         t.add_row("stored in", f"{_esc(s.location)}{size}")
         t.add_row("last saved", s.last_saved_at or "not in this run")
@@ -466,6 +430,25 @@ def local_time(iso: str) -> str:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return _esc(sanitize(iso))
+
+
+def _context_line(c: dict[str, Any]) -> str:
+    """The ``stats`` line on the context window (see ContextMixin.context_figures)."""
+    window = c.get("window")
+    if c.get("turns_sent") is None:
+        return f"window {window:,} tokens; nothing sent yet" if window else "nothing sent yet"
+    sent = f"{count(c['turns_sent'], 'turn')} sent"
+    left = c.get("left_out", 0)
+    if left:
+        summarised = c.get("summarised", 0)
+        sent += f", {left:,} left out" + (f" ({summarised:,} as a summary)" if summarised else "")
+    tokens = c.get("tokens")
+    if not window:
+        size = f"{tokens:,} tokens in the last request" if tokens else "the last request's size is unknown"
+        return f"{size}; window unknown (set context_window); {sent}"
+    share = f" ({c['share'] * 100:.0f} %)" if c.get("share") is not None else ""
+    size = f"{tokens:,} of {window:,} tokens{share}" if tokens else f"window {window:,} tokens"
+    return f"{size} in the last request; {sent}"
 
 
 def _status_tag(m: Message) -> str:

@@ -21,6 +21,7 @@ from chatcli.errors import (
     BackendError,
     ChatcliError,
     CommandError,
+    MessageTooLarge,
     NothingToDo,
     SaveError,
     SessionTimeoutError,
@@ -205,7 +206,9 @@ class Repl(ReplCommands):
     def _report_failure(self, e: ChatcliError) -> None:
         """A failed turn's error, in one line, saying what became of the message."""
         kept = _KEPT if self.session.unsaved else "your message is saved"
-        if isinstance(e, SessionTimeoutError):
+        if isinstance(e, MessageTooLarge):
+            self.out.error(str(e))
+        elif isinstance(e, SessionTimeoutError):
             partial = " (the partial reply is saved)" if e.partial and not self.session.unsaved else ""
             self.out.error(f"timed out: {e}{partial}; {kept}, send another or try again")
         elif isinstance(e, BackendError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatcli import attachments
+from chatcli.context import estimate
 from chatcli.errors import CommandError, ConfigError, NothingToDo
 from chatcli.text import count
 from chatcli.transcript import EXPORT_FORMATS
@@ -70,6 +71,14 @@ COMMANDS = (
         "start the next turn from an empty context (the system prompt stays); "
         "`clear undo` brings the cleared messages back",
         "do_clear",
+        _one_of("undo"),
+    ),
+    Command(
+        "compact",
+        "compact [undo]",
+        "summarise the turns left out of the model's context and send the summary in their place "
+        "(`compact undo` takes it back; the turns stay in the session either way)",
+        "do_compact",
         _one_of("undo"),
     ),
     Command(
@@ -241,6 +250,28 @@ class ReplCommands:
             f"session file; `clear undo` brings them back)."
         )
 
+    def do_compact(self, args: list[str]) -> None:
+        if args:
+            m = self.session.uncompact()
+            first, end = m.summary_of or [0, 0]
+            self.out.info(
+                f"Summary taken back (it stays in the session file, marked undone): the turns it stood for "
+                f"({count(_turns_in(self.session.messages, first, end), 'turn')}) are left out plainly again."
+            )
+            return
+        try:
+            m = self.session.compact(self.out.info)
+        except KeyboardInterrupt:
+            self.out.info("Compaction stopped: nothing changed.")
+            return
+        first, end = m.summary_of or [0, 0]
+        tokens = estimate(m.content)
+        self.out.info(
+            f"Summary of {count(_turns_in(self.session.messages, first, end), 'turn')} saved (about "
+            f"{tokens:,} tokens): it is sent in their place from now on; the turns stay in the session "
+            "(`compact undo` takes the summary back)."
+        )
+
     def do_file(self, args: list[str]) -> None:
         if not args:
             listed = ", ".join(f"{a.path} ({count(a.lines, 'line')})" for a in self.pending)
@@ -331,6 +362,10 @@ def is_command_line(text: str) -> bool:
         return parse_command(text) is not None
     except CommandError:
         return False
+
+
+def _turns_in(messages: list[Message], first: int, end: int) -> int:
+    return sum(1 for m in messages[first:end] if m.role == "user" and m.dropped is None)
 
 
 def compose_in_editor(initial: str = "") -> str:

@@ -31,6 +31,8 @@ from chatcli.edits import SessionEdits
 from chatcli.errors import (
     BackendError,
     BackendTimeout,
+    ContextOverflow,
+    MessageTooLarge,
     NothingToDo,
     RateLimited,
     SaveError,
@@ -40,6 +42,7 @@ from chatcli.errors import (
 from chatcli.messages import (  # re-exported: the session's data types are part of its interface
     DROPPED,
     STATUSES,
+    ContextUsed,
     GenerationParams,
     Message,
     Stats,
@@ -47,20 +50,24 @@ from chatcli.messages import (  # re-exported: the session's data types are part
     Timings,
     Usage,
 )
+from chatcli.session_context import ContextMixin
 from chatcli.snapshot import FORMAT, KNOWN_KEYS, VERSION, Snapshot, new_session_id, title_from
 from chatcli.stores.base import MessageDicts
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
+    from chatcli.context import Plan
     from chatcli.stores.base import SaveInfo, SessionLock, Store
 
 
-class ConversationSession(SessionEdits):
+class ConversationSession(SessionEdits, ContextMixin):
     """A conversation with one backend, persisted in a store.
 
     Create with ``ConversationSession.create`` or ``ConversationSession.resume``; both take the session's
     writer lock (raise SessionLocked when another chatcli holds it). Call ``close`` when done.
-    ``on_notice(text)`` receives one-line notices that come outside a turn (e.g. from the store)."""
+    ``on_notice(text)`` receives one-line notices that come outside a turn (e.g. from the store).
+    ``window_setting`` (tokens) and ``compact_at`` (0-1) are the ``context_window`` and ``compact_at``
+    settings (see ``session_context``)."""
 
     checkpoint_seconds = 0.25  # the least time between two saves while a reply streams
     checkpoint_cost_ratio = 10.0  # ... and at least this many times the last such save took (a big session)
@@ -83,6 +90,10 @@ class ConversationSession(SessionEdits):
         self.system: str = snapshot["system"]
         self.messages: list[Message] = [Message.from_json(m) for m in snapshot["messages"]]
         self.context_start: int = snapshot["context_start"]
+        self.context_window: int | None = snapshot.get("context_window")  # learned from an overflow
+        self.window_setting: int | None = None
+        self.compact_at: float | None = None
+        self._backend_window: int | bool | None = False
         self.clears: list[int] = [c for c in snapshot.get("clears", []) if isinstance(c, int)]
         self.changes: list[dict[str, Any]] = [c for c in snapshot.get("changes", []) if isinstance(c, dict)]
         self.extra = {k: v for k, v in snapshot.items() if k not in KNOWN_KEYS}  # e.g. forked_from
@@ -204,6 +215,8 @@ class ConversationSession(SessionEdits):
             snap["clears"] = list(self.clears)
         if self.changes:
             snap["changes"] = list(self.changes)
+        if self.context_window:
+            snap["context_window"] = self.context_window
         snap.update(self.extra)
         return snap
 
@@ -246,15 +259,10 @@ class ConversationSession(SessionEdits):
 
     # -- the turn --------------------------------------------------------------------------------------
     def context(self) -> list[dict[str, str]]:
-        """The messages sent to the model: the system prompt, then every message since the last ``clear``
-        that has text (partial replies included: the user saw them)."""
-        out = [{"role": "system", "content": self.system}] if self.system else []
-        out.extend(
-            {"role": m.role, "content": m.content}
-            for m in self.messages[self.context_start :]
-            if m.content and m.dropped is None
-        )
-        return out
+        """The messages the next request sends (see ``plan_request``): the system prompt, then the messages
+        since the last ``clear`` that have text (partial replies included: the user saw them) and fit the
+        context window. Raises MessageTooLarge."""
+        return self.plan_request().messages
 
     def send(
         self,
@@ -267,8 +275,9 @@ class ConversationSession(SessionEdits):
         ``on_delta(text)`` gets each piece of reply text as it arrives; ``on_notice(text)`` gets one-line
         notices (a save that failed but will be retried, a rate-limit wait). Ctrl-C while streaming ends the
         reply with status ``interrupted`` and returns normally. Raises SessionTimeoutError (partial reply
-        saved as ``timeout``), BackendError (partial reply saved as ``error``), or SaveError when the final
-        save fails (the turn stays in memory and the next save writes it)."""
+        saved as ``timeout``), BackendError (partial reply saved as ``error``; MessageTooLarge: no reply,
+        the message kept and marked ``unsent``), or SaveError when the final save fails (the turn stays in
+        memory and the next save writes it)."""
         if self.backend is None:
             raise BackendError("this session has no backend to talk to")
         self._touch(len(self.messages))
@@ -313,21 +322,32 @@ class ConversationSession(SessionEdits):
     def _reply(
         self, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
     ) -> Message:
+        plan = self.plan_turn()  # MessageTooLarge: the message is marked unsent, there is no reply
         reply = Message(role="assistant", content="", status="streaming", model=self.model)
         self._touch(len(self.messages))
         self._streaming = len(self.messages)
         self.messages.append(reply)
         try:
-            self._reply_into(reply, on_delta, on_notice)
+            self._reply_into(reply, plan, on_delta, on_notice)
         finally:
             self._streaming = None
         return reply
 
     def _reply_into(
-        self, reply: Message, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
+        self,
+        reply: Message,
+        plan: Plan,
+        on_delta: Callable[[str], None] | None,
+        on_notice: Callable[[str], None] | None,
     ) -> None:
         try:
-            self._stream_into(reply, on_delta, on_notice)
+            self._stream_into(reply, plan, on_delta, on_notice)
+        except MessageTooLarge:  # after an overflow, even the newest turn alone did not fit: no reply
+            if self.messages and self.messages[-1] is reply:
+                self.messages.pop()
+            self._streaming = None
+            self._save_after_failure(on_notice)
+            raise
         except KeyboardInterrupt:
             reply.status = "interrupted"
         except Terminated:  # SIGTERM or SIGHUP: keep what arrived, then let the CLI leave
@@ -356,17 +376,20 @@ class ConversationSession(SessionEdits):
                 on_notice(f"{e} (the turn is kept in memory and will be saved at the next attempt)")
 
     def _stream_into(
-        self, reply: Message, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
+        self,
+        reply: Message,
+        plan: Plan,
+        on_delta: Callable[[str], None] | None,
+        on_notice: Callable[[str], None] | None,
     ) -> None:
         assert self.backend is not None
-        context = self.context()  # the reply is still empty, so it is not part of it
         started = time.monotonic()
         deadline = started + self.timeouts.total
         parts: list[
             str
         ] = []  # joined into reply.content at each save point and at the end: no copy per token
         try:
-            first = self._receive(reply, context, parts, started, deadline, on_delta, on_notice)
+            first = self._receive(reply, plan, parts, started, deadline, on_delta, on_notice)
         finally:  # also on Ctrl-C, a timeout or an error: what arrived is kept
             reply.content = "".join(parts)
         end = time.monotonic()
@@ -380,7 +403,7 @@ class ConversationSession(SessionEdits):
     def _receive(
         self,
         reply: Message,
-        context: list[dict[str, Any]],
+        plan: Plan,
         parts: list[str],
         started: float,
         deadline: float,
@@ -388,14 +411,19 @@ class ConversationSession(SessionEdits):
         on_notice: Callable[[str], None] | None,
     ) -> float | None:
         """Read the backend's stream into ``parts`` and ``reply``'s metadata, retrying a 429 that came
-        before any text. Returns the monotonic time of the first text (None: no text). Raises what the
-        backend raises (BackendTimeout, BackendError, RateLimited)."""
+        before any text, and once a request the server refused as longer than its context (with fewer
+        turns). Returns the monotonic time of the first text (None: no text). Raises what the backend
+        raises (BackendTimeout, BackendError, RateLimited, ContextOverflow) and MessageTooLarge."""
         assert self.backend is not None
         first: float | None = None
         last_checkpoint = started
         interval = self.checkpoint_seconds
+        overflowed = False
         for attempt in range(self.max_retries + 1):
-            stream = self.backend.stream_chat(context, self.params, self.timeouts, deadline)
+            reply.context = ContextUsed(plan.start, plan.tokens, plan.exact, plan.window, plan.summary)
+            stream = self.backend.stream_chat(
+                plan.messages, self.request_params(plan), self.timeouts, deadline
+            )
             try:
                 for event in stream:
                     if event.text:
@@ -425,6 +453,11 @@ class ConversationSession(SessionEdits):
                         if event.tokens_per_second is not None:
                             reply.timings.tokens_per_second = round(event.tokens_per_second, 2)
                 break
+            except ContextOverflow as e:
+                if parts or overflowed or attempt >= self.max_retries:
+                    raise
+                overflowed = True
+                plan = self.replan_after_overflow(e, plan)
             except RateLimited as e:
                 wait = e.retry_after if e.retry_after is not None else 2.0**attempt
                 if (
@@ -461,42 +494,6 @@ class ConversationSession(SessionEdits):
             elif m.role == "assistant" and out and out[-1][1] is None:
                 out[-1] = (out[-1][0], m)
         return out
-
-    def stats(self) -> Stats:
-        by_role: dict[str, int] = {}
-        chars = prompt = completion = cached = 0
-        ttfts: list[float] = []
-        rates: list[float] = []
-        for m in self.messages:
-            if m.dropped is not None:  # replaced or undone: kept in the file, not part of the conversation
-                continue
-            by_role[m.role] = by_role.get(m.role, 0) + 1
-            chars += len(m.content)
-            if m.usage:
-                prompt += m.usage.prompt_tokens or 0
-                completion += m.usage.completion_tokens or 0
-                cached += m.usage.cached_tokens or 0
-            if m.timings:
-                if m.timings.ttft_s is not None:
-                    ttfts.append(m.timings.ttft_s)
-                if m.timings.tokens_per_second is not None:
-                    rates.append(m.timings.tokens_per_second)
-        return Stats(
-            turns=by_role.get("user", 0),
-            messages_by_role=by_role,
-            characters=chars,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cached_tokens=cached,
-            last_ttft_s=ttfts[-1] if ttfts else None,
-            mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
-            last_tokens_per_second=rates[-1] if rates else None,
-            mean_tokens_per_second=sum(rates) / len(rates) if rates else None,
-            location=self.store.location(self.id),
-            stored_bytes=self.store.stored_size(self.id),
-            last_saved_at=self.last_save.saved_at if self.last_save else None,
-            context_messages=sum(1 for m in self.messages[self.context_start :] if m.dropped is None),
-        )
 
 
 @contextmanager

@@ -8,11 +8,13 @@ A snapshot is a JSON object (README, "The snapshot format")::
     backend        str ("local", "openai", ...)      model       str
     params         dict (temperature, max_tokens)    system      str ("" for none)
     context_start  int, 0..len(messages)             messages    list of message objects
-    optional: base_url str, model_path str, clears list[int], changes list[dict]; any other key is kept as is
+    optional: base_url str, model_path str, clears list[int], changes list[dict], context_window int (the
+    window a server's overflow error stated, in tokens); any other key is kept as is
 
     message: role "user" | "assistant" | "system", content str; usually also created_at, status,
              and on replies finish_reason, model, usage {prompt_tokens, completion_tokens, cached_tokens},
-             timings {ttft_s, duration_s, tokens_per_second, server}, error, dropped
+             timings {ttft_s, duration_s, tokens_per_second, server}, error, dropped, context {start, tokens,
+             exact, window, summary} (what its request held); summaries (role system) summary_of [first, end)
 
 This module holds what is true of a snapshot wherever it is stored: its fields and their validation, the
 format version and its upgrades, session ids, the counts shown by ``list`` and ``stats``, how a typed
@@ -62,6 +64,7 @@ KNOWN_KEYS = frozenset(
         "messages",
         "clears",
         "changes",
+        "context_window",
     }
 )
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -81,6 +84,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "model_path": str,
     "clears": list,
     "changes": list,
+    "context_window": int,
 }
 ROLES = ("user", "assistant", "system")
 

@@ -50,6 +50,9 @@ def transcript_markdown(snap: dict[str, Any]) -> str:
     cuts = {c for c in snap.get("clears", []) if isinstance(c, int)} | {snap.get("context_start", 0)}
     turn = 0
     messages = snap["messages"]
+    turns_before = [0]  # turns_before[i]: the turns that start before message i
+    for x in messages:
+        turns_before.append(turns_before[-1] + is_turn(x))
     for i in range(len(messages) + 1):
         if i in cuts and 0 < i < len(messages):
             out += ["---", "", "*(context cleared here)*", ""]
@@ -64,8 +67,10 @@ def transcript_markdown(snap: dict[str, Any]) -> str:
         if m["role"] == "user":
             turn += is_turn(m)
             head = f"## You (turn {turn})" if is_turn(m) else "## You"
+        elif m["role"] == "system" and isinstance(m.get("summary_of"), list):
+            head = "## Summary of the turns before it (sent in their place)"
         else:
-            head = "## Model"
+            head = "## Model" + _left_out(m, turns_before, snap.get("context_start", 0))
         status = m.get("status", "ok")
         if status != "ok":
             status = "interrupted" if status == "streaming" else status
@@ -74,10 +79,25 @@ def transcript_markdown(snap: dict[str, Any]) -> str:
             head += " — *replaced by a retry*"
         elif dropped == "undone":
             head += " — *undone*"
+        elif dropped == "unsent":
+            head += " — *not sent: too large for the model's context*"
         out += [head, "", m["content"] or "*(no text)*", ""]
         if m.get("error"):
             out += [f"> error: {m['error']}", ""]
     return "\n".join(out)
+
+
+def _left_out(m: dict[str, Any], turns_before: list[int], context_start: int) -> str:
+    """`` — *turns 1–4 not sent*`` when the request for reply ``m`` left earlier turns out."""
+    ctx = m.get("context")
+    start = ctx.get("start") if isinstance(ctx, dict) else None
+    if not isinstance(start, int) or not context_start < start < len(turns_before):
+        return ""
+    first, last = turns_before[context_start] + 1, turns_before[start]
+    if last < first:
+        return ""
+    span = f"turn {last}" if last == first else f"turns {first}–{last}"
+    return f" — *{span} not sent (context window)*"
 
 
 def export_to_folder(snap: dict[str, Any], fmt: str, folder: Path) -> Path:

@@ -11,8 +11,20 @@ It speaks two protocols:
 plus ``GET /health``, ``GET /v1/models`` and ``GET /api/tags``. Streams use HTTP/1.1 chunked framing
 and every event is written (and flushed) on its own, so a client sees the tokens one by one.
 
+A context window can be set (``context_window=N`` tokens, counted as ``prompt_chars // 4``, the same count
+as the default usage): a longer request is refused with HTTP 400 in the shape of ``overflow``: ``llamacpp``
+(``exceed_context_size_error`` with ``n_prompt_tokens``, ``n_ctx``; the prompt alone counts), ``openai``
+(``context_length_exceeded``, "maximum context length is N tokens ... M in the messages"; prompt plus
+``max_tokens`` counts) or ``ollama`` (``{"error": "<llama.cpp's error as a JSON string>"}``; the request's
+``options.num_ctx`` wins over the window). In ``llamacpp`` mode it also serves llama.cpp's ``GET /props``
+(``default_generation_settings.n_ctx``), ``POST /apply-template`` (the contents joined) and ``POST
+/tokenize`` (one token per 4 characters); Ollama's ``POST /api/show`` always answers, with
+``model_info["llama.context_length"]``. Those side requests are recorded in ``probes``, not ``requests``.
+
 Each chat POST consumes one scripted :class:`Reply` from a FIFO queue (``enqueue``); when the queue
 is empty the server's default reply is used, which echoes the last user message unless told otherwise.
+A reply longer than the request's ``max_tokens`` (Ollama: ``options.num_predict``) is cut there, with
+finish reason ``length``.
 A reply can be slow (``delay_first``, ``delay_each``), fail with an HTTP status, or break mid-stream
 (``cut_after``, ``stall_after``, ``error_after``, ``malformed_after``).
 
@@ -44,7 +56,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -136,6 +148,17 @@ def last_user_text(body: Any) -> str:
         if message.get("role") == "user":
             return _content_text(message.get("content"))
     return ""
+
+
+def _capped(reply: Reply, max_tokens: Any) -> Reply:
+    """``reply`` cut at ``max_tokens`` tokens (finish reason ``length``), as a server honours the limit."""
+    tokens = reply.token_list()
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or len(tokens) <= max_tokens:
+        return reply
+    return replace(reply, tokens=tokens[: max(0, max_tokens)], finish_reason="length")
+
+
+_PROBES = ("/props", "/apply-template", "/tokenize", "/api/show")
 
 
 def echo_reply(request: dict) -> Reply:
@@ -233,6 +256,10 @@ class _Handler(BaseHTTPRequestHandler):
             key = key.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         record = {"path": path, "method": method, "headers": headers, "json": parsed}
+        if path in _PROBES:
+            fake.probes.append(record)
+            self._probe(path, parsed)
+            return
         fake._record(record)
 
         ollama_style = path.startswith("/api/")
@@ -257,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
                     400, "request body is not a JSON object", "invalid_request_error", ollama_style
                 )
                 return
+            if self._overflows(parsed, ollama_style):
+                return
             reply = fake._next_reply(record)
             if ollama_style:
                 self._ollama(parsed, reply)
@@ -264,6 +293,67 @@ class _Handler(BaseHTTPRequestHandler):
                 self._openai(parsed, reply)
         else:
             self._send_error(404, f"no route for {method} {path}", "invalid_request_error", ollama_style)
+
+    # ---- the context window
+
+    def _probe(self, path: str, body: Any) -> None:
+        fake = self.server.fake
+        if path == "/api/show":
+            self._send_json(200, {"model_info": {"llama.context_length": fake.model_context_length}})
+            return
+        if fake.context_window is None or fake.overflow != "llamacpp":
+            self._send_error(404, f"no route for {path}", "invalid_request_error", False)
+        elif path == "/props":
+            self._send_json(200, {"default_generation_settings": {"n_ctx": fake.context_window}})
+        elif path == "/apply-template":
+            text = "".join(_content_text(m.get("content")) for m in _messages(body))
+            self._send_json(200, {"prompt": text})
+        else:
+            content = body.get("content") if isinstance(body, dict) else ""
+            self._send_json(200, {"tokens": list(range(len(content or "") // 4))})
+
+    def _overflows(self, body: dict, ollama_style: bool) -> bool:
+        """Refuse a request longer than the window (in the configured shape); True when it did."""
+        fake = self.server.fake
+        window = fake.context_window
+        if ollama_style:
+            options = body.get("options") if isinstance(body.get("options"), dict) else {}
+            window = options.get("num_ctx", window)  # type: ignore[union-attr]
+        if window is None:
+            return False
+        prompt = prompt_chars(body) // 4
+        if fake.overflow == "openai" and not ollama_style:
+            asked = prompt + int(body.get("max_tokens") or 0)
+            if asked <= window:
+                return False
+            message = (
+                f"This model's maximum context length is {window} tokens. However, you requested {asked} "
+                f"tokens ({prompt} in the messages, {asked - prompt} in the completion). Please reduce the "
+                "length of the messages or completion."
+            )
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+            self._send_json(400, {"error": error})
+            return True
+        if prompt <= window:
+            return False
+        inner = {
+            "code": 400,
+            "message": f"request ({prompt} tokens) exceeds the available context size ({window} tokens), "
+            "try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt,
+            "n_ctx": window,
+        }
+        if ollama_style:
+            self._send_json(400, {"error": json.dumps({"error": inner})})
+        else:
+            self._send_json(400, {"error": inner})
+        return True
 
     # ---- low-level writers
 
@@ -409,6 +499,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.status != 200:
             self._send_error(reply.status, reply.error_message, reply.error_type, False, reply.headers)
             return
+        reply = _capped(reply, body.get("max_tokens"))
         model = body.get("model") or MODEL_NAME
         tokens = reply.token_list()
         created = int(time.time())
@@ -527,6 +618,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.status != 200:
             self._send_error(reply.status, reply.error_message, reply.error_type, True, reply.headers)
             return
+        options = body.get("options") if isinstance(body.get("options"), dict) else {}
+        reply = _capped(reply, options.get("num_predict"))  # type: ignore[union-attr]
         model = body.get("model") or MODEL_NAME
         tokens = reply.token_list()
         prompt, completion, _cached = self._usage(body, reply, tokens)
@@ -600,11 +693,23 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeLLMServer:
     """The fake server. ``start()`` (or ``with``) binds 127.0.0.1 and serves in a daemon thread."""
 
-    def __init__(self, default: DefaultReply = None, *, port: int = 0) -> None:
+    def __init__(
+        self,
+        default: DefaultReply = None,
+        *,
+        port: int = 0,
+        context_window: int | None = None,
+        overflow: str = "llamacpp",
+        model_context_length: int = 131072,
+    ) -> None:
         # default: a Reply, or a callable taking the recorded request and returning one; None means echo.
         self.default = default
+        self.context_window = context_window
+        self.overflow = overflow
+        self.model_context_length = model_context_length
         self.on_request: Callable[[dict], None] | None = None
         self.requests: list[dict] = []
+        self.probes: list[dict] = []  # /props, /tokenize, /apply-template, /api/show
         self.hook_errors: list[BaseException] = []
         self.port = 0
         self.url = ""

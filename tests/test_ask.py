@@ -143,7 +143,16 @@ def test_json_gives_the_reply_and_what_came_with_it(
     r = ask(child_env, fake_llm, "--json", "the answer?")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"reply", "status", "finish_reason", "model", "usage", "timings", "session_id"}
+    assert set(out) == {
+        "reply",
+        "status",
+        "finish_reason",
+        "model",
+        "usage",
+        "timings",
+        "context",
+        "session_id",
+    }
     assert out["reply"] == "Forty-two."
     assert out["status"] == "ok" and out["finish_reason"] == "stop"
     assert out["usage"]["prompt_tokens"] == 11 and out["usage"]["completion_tokens"] == 3

@@ -20,6 +20,7 @@ from chatcli.errors import (
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
+    ContextOverflow,
     ModelNotFound,
     RateLimited,
     StreamError,
@@ -204,7 +205,9 @@ def test_openai_500_carries_the_server_message(openai: OpenAIBackend, fake_llm: 
     assert "server error (503): Loading model, try again" in str(info.value)
 
 
-def test_openai_400_context_exceeded_suggests_clear(openai: OpenAIBackend, fake_llm: FakeLLMServer) -> None:
+def test_a_context_error_without_numbers_is_still_an_overflow(
+    openai: OpenAIBackend, fake_llm: FakeLLMServer
+) -> None:
     fake_llm.enqueue(
         Reply(
             status=400,
@@ -212,9 +215,60 @@ def test_openai_400_context_exceeded_suggests_clear(openai: OpenAIBackend, fake_
             error_type="exceed_context_size_error",
         )
     )
-    with pytest.raises(BackendHTTPError, match="use `clear`") as info:
+    with pytest.raises(ContextOverflow, match="did not fit the model's context") as info:
         run(openai)
-    assert info.value.status == 400
+    assert (info.value.status, info.value.window, info.value.prompt_tokens) == (400, None, None)
+
+
+@pytest.mark.parametrize(
+    ("style", "backend"), [("llamacpp", "openai"), ("openai", "openai"), ("ollama", "ollama")]
+)
+def test_overflow_errors_of_each_server_say_the_window_and_the_size(style: str, backend: str) -> None:
+    with FakeLLMServer(context_window=100, overflow=style) as llm:
+        b = (
+            OpenAIBackend(llm.url + "/v1", "m")
+            if backend == "openai"
+            else OllamaBackend(llm.url, "m", num_ctx=100)
+        )
+        big = [{"role": "user", "content": "x" * 800}]  # 200 tokens as the fake counts
+        with pytest.raises(ContextOverflow) as info:
+            list(b.stream_chat(big, GenerationParams(max_tokens=10), Timeouts(), time.monotonic() + 10))
+        b.close()
+    assert info.value.window == 100
+    assert info.value.prompt_tokens == 200
+    assert "did not fit the model's context" in str(info.value)
+
+
+def test_llama_cpp_states_its_window_and_counts_exactly() -> None:
+    with FakeLLMServer(context_window=512, overflow="llamacpp") as llm:
+        b = OpenAIBackend(llm.url + "/v1", "m")
+        assert b.context_window(Timeouts()) == 512
+        assert b.count_tokens([{"role": "user", "content": "y" * 40}], Timeouts()) == 10
+        assert [r["path"] for r in llm.probes] == ["/props", "/apply-template", "/tokenize"]
+        b.close()
+    with FakeLLMServer() as other:  # a server without /props: no window, no exact count, asked once
+        b = OpenAIBackend(other.url + "/v1", "m")
+        assert b.context_window(Timeouts()) is None
+        assert b.count_tokens([{"role": "user", "content": "y"}], Timeouts()) is None
+        assert [r["path"] for r in other.probes] == ["/props"]
+        b.close()
+
+
+def test_ollama_window_is_the_setting_or_the_model_length_at_most_4096() -> None:
+    with FakeLLMServer(model_context_length=2048) as llm:
+        b = OllamaBackend(llm.url, "m")
+        assert b.context_window(Timeouts()) == 2048
+        b.close()
+    with FakeLLMServer(model_context_length=131072) as llm:
+        b = OllamaBackend(llm.url, "m")
+        assert b.context_window(Timeouts()) == 4096
+        reply = b.stream_chat(
+            [{"role": "user", "content": "hi"}], GenerationParams(), Timeouts(), time.monotonic() + 10
+        )
+        list(reply)
+        b.close()
+        assert llm.requests[-1]["json"]["options"]["num_ctx"] == 4096  # sent, so the server runs with it
+        assert OllamaBackend(llm.url, "m", num_ctx=16384).context_window(Timeouts()) == 16384
 
 
 def test_openai_other_4xx(openai: OpenAIBackend, fake_llm: FakeLLMServer) -> None:

@@ -115,7 +115,8 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
         'backend = "ollama"\nmodel = "m"\nbase_url = "http://h:1"\nsystem = "s"\ntemperature = 1\n'
         'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
         'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
-        'store = "sqlite:///x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n',
+        'store = "sqlite:///x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n'
+        "context_window = 4096\ncompact_at = 0.8\n",
     )
     assert set(read_config_file(cfg)) == set(config.FILE_KEYS)
     s = resolve(no_flags(), env_for(cfg, HOME=str(cfg.parent)))

@@ -235,3 +235,53 @@ def test_models_on_the_embedded_model(child_env: dict[str, str]) -> None:
     assert m["name"] == "SmolLM2-135M-Instruct.Q4_1"
     assert m["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert m["n_ctx"] > 0 and m["n_ctx_train"] == 8192
+
+
+def test_a_long_conversation_on_a_small_context_never_stops(
+    child_env: dict[str, str], user_dirs: dict[str, Path]
+) -> None:
+    # the embedded model with a 512-token context: twenty long messages, every one answered
+    user_dirs["config"].parent.mkdir(parents=True)
+    user_dirs["config"].write_text("n_ctx = 512\nmax_tokens = 40\n")
+    messages = [
+        f"Message {i}: here is a long note about topic number {i}. " + "It has many words in it. " * 12
+        for i in range(20)
+    ]
+
+    def repl(args: list[str], lines: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chatcli", *args],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            env=child_env,
+            timeout=300,
+        )
+
+    r = repl(["new"], [*messages, "stats"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert re.search(r"\d+ earlier turns not sent to the model \(context 512 tokens\)", out)
+    assert re.search(r"context\s+\d+ of 512 tokens \(\d+ %\) in the last request", out)
+    sid = re.search(r"New session (\S+)", r.stdout).group(1)  # type: ignore[union-attr]
+    snap = json.loads((user_dirs["sessions"] / f"{sid}.json").read_text())
+    replies = [m for m in snap["messages"] if m["role"] == "assistant"]
+    assert len(replies) == 20 and all(m["status"] == "ok" and m["content"].strip() for m in replies)
+    assert all(m["context"]["window"] == 512 and m["usage"]["prompt_tokens"] <= 512 - 40 for m in replies)
+    shown = subprocess.run(
+        [sys.executable, "-m", "chatcli", "show", sid, "--raw"], capture_output=True, text=True, env=child_env
+    ).stdout
+    assert all(m in shown for m in messages)  # every word is still in the session
+
+    # resume goes on with the same window, /compact writes a summary that is sent, a huge paste is refused
+    r = repl(["resume", sid], ["compact", "And one more question about topic one?", "word " * 700, "stats"])
+    out = r.stdout + r.stderr
+    assert "Summary of " in out and "saved" in out, out[-3000:]
+    assert "more than the model's context leaves for it" in out
+    assert r.returncode == 1  # the paste failed, and the piped REPL says so
+    snap = json.loads((user_dirs["sessions"] / f"{sid}.json").read_text())
+    summary = next(i for i, m in enumerate(snap["messages"]) if m.get("summary_of"))
+    assert snap["messages"][summary]["role"] == "system" and snap["messages"][summary]["content"].strip()
+    after = snap["messages"][summary + 2]
+    assert after["role"] == "assistant" and after["status"] == "ok" and after["context"]["summary"] == summary
+    assert snap["messages"][-1]["dropped"] == "unsent"

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pexpect
 
-from ptyproc import Chat, new_args, plain, start
-
 from fakellm import FakeLLMServer, Reply
+from ptyproc import Chat, new_args, plain, start
 
 
 def load(user_dirs: dict[str, Path], sid: str) -> dict:

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from chatcli.attachments import MAX_FILE_BYTES
-from ptyproc import Chat, new_args, start
 
 from fakellm import FakeLLMServer, Reply
+from ptyproc import Chat, new_args, start
 
 
 def load(user_dirs: dict[str, Path], sid: str) -> dict:

@@ -249,6 +249,12 @@ class _TickingBackend:
     def close(self) -> None:
         pass
 
+    def context_window(self, timeouts: Any) -> int | None:
+        return None  # unknown: every message is sent
+
+    def count_tokens(self, messages: Any, timeouts: Any) -> int | None:
+        return None
+
     def recorded(self) -> dict[str, str]:
         return {"base_url": self.base_url}
 

@@ -73,8 +73,11 @@ def make_backend(
     threads: int | None = None,
     keep_alive: str | None = None,
     log_path: Path | None = None,
+    context_window: int | None = None,
 ) -> Backend:
-    """A backend by name. ``model``/``base_url`` "" mean the backend's default. Raises ConfigError."""
+    """A backend by name. ``model``/``base_url`` "" mean the backend's default. ``context_window`` (tokens)
+    is what Ollama is asked to run with (``num_ctx``) and what the local model server is started with
+    (over ``n_ctx``). Raises ConfigError."""
     if name == "openai":
         from chatcli.backends.openai import DEFAULT_BASE_URL, OpenAIBackend
 
@@ -82,11 +85,13 @@ def make_backend(
     if name == "ollama":
         from chatcli.backends.ollama import DEFAULT_HOST, OllamaBackend
 
-        return OllamaBackend(base_url or DEFAULT_HOST, model or "llama3.2", keep_alive=keep_alive)
+        return OllamaBackend(
+            base_url or DEFAULT_HOST, model or "llama3.2", keep_alive=keep_alive, num_ctx=context_window
+        )
     if name == "local":
         from chatcli.backends.local import LocalBackend
 
-        backend = LocalBackend(model_path, n_ctx=n_ctx, threads=threads, log_path=log_path)
+        backend = LocalBackend(model_path, n_ctx=context_window or n_ctx, threads=threads, log_path=log_path)
         if model:
             backend.model = model
         return backend

@@ -7,6 +7,7 @@ nothing of sessions, files or the terminal. Every failure leaves as a ``BackendE
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from chatcli.errors import (
     BackendHTTPError,
     BackendTimeout,
     BackendUnavailable,
+    ContextOverflow,
     ModelNotFound,
     RateLimited,
     StreamError,
 )
+from chatcli.messages import int_or_none
 
 if TYPE_CHECKING:
     import httpx
@@ -73,6 +76,16 @@ class Backend(Protocol):
         """The models the server offers. Raises BackendError subclasses."""
         ...
 
+    def context_window(self, timeouts: Timeouts) -> int | None:
+        """The model's context window in tokens as the server states it (llama.cpp ``/props`` ``n_ctx``,
+        Ollama's ``num_ctx``), or None when it cannot say. At most one request per backend; never raises."""
+        ...
+
+    def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+        """The exact prompt size of a request holding ``messages``, in tokens, when the server can count it
+        (llama.cpp's ``/apply-template`` then ``/tokenize``); else None. Never raises."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -113,14 +126,24 @@ class HTTPBackend:
     def recorded(self) -> dict[str, str]:
         return {"base_url": self.base_url}
 
-    def get_json(self, path: str, timeouts: Timeouts) -> Any:
-        """GET ``base_url + path`` as JSON. Raises BackendError subclasses (as a reply would)."""
+    def context_window(self, timeouts: Timeouts) -> int | None:
+        return None
+
+    def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+        return None
+
+    def get_json(self, path: str, timeouts: Timeouts, body: Any = None, *, url: str | None = None) -> Any:
+        """GET ``base_url + path`` (POST ``body`` when given; ``url`` instead of ``base_url + path``) and
+        return the JSON answer. Raises BackendError subclasses (as a reply would)."""
         import httpx
 
         client = self._http(timeouts, time.monotonic() + timeouts.total)
-        url = self.base_url + path
+        url = url or self.base_url + path
         try:
-            response = client.get(url, timeout=self._timeout_config())
+            if body is None:
+                response = client.get(url, timeout=self._timeout_config())
+            else:
+                response = client.post(url, json=body, timeout=self._timeout_config())
             if response.status_code >= 400:
                 raise self.http_error(response)
             return response.json()
@@ -252,15 +275,70 @@ class HTTPBackend:
                 server_msg,
                 retry_after=_retry_after(response.headers.get("retry-after")),
             )
-        if status == 400 and "exceed_context" in (err_type or ""):
-            return BackendHTTPError(
-                f"the conversation no longer fits the model's context{said}; use `clear` to start afresh",
-                status,
-                server_msg,
+        overflow = context_overflow(status, payload, server_msg, err_type)
+        if overflow is not None:
+            window, prompt = overflow
+            return ContextOverflow(
+                f"the request did not fit the model's context{said}", status, server_msg, window, prompt
             )
         if status >= 500:
             return BackendHTTPError(f"{where} had a server error ({status}){said}", status, server_msg)
         return BackendHTTPError(f"{where} rejected the request ({status}){said}", status, server_msg)
+
+
+_WINDOW_RES = (
+    re.compile(r"maximum context length is (\d+) tokens"),  # OpenAI
+    re.compile(r"available context size \((\d+) tokens\)"),  # llama.cpp, Ollama
+    re.compile(r"context length (?:of|is) (\d+)"),
+)
+_PROMPT_RES = (
+    re.compile(r"resulted in (\d+) tokens"),  # OpenAI, older
+    re.compile(r"\((\d+) in the messages"),  # OpenAI
+    re.compile(r"request \((\d+) tokens\) exceeds"),  # llama.cpp, Ollama
+)
+
+
+def context_overflow(
+    status: int, payload: Any, message: str, err_type: str
+) -> tuple[int | None, int | None] | None:
+    """(window, prompt tokens) when an error response says the request did not fit the context window,
+    each None when not stated; None when it is another error. Shapes: llama.cpp 400 ``{"error": {"type":
+    "exceed_context_size_error", "n_ctx", "n_prompt_tokens"}}``; OpenAI 400 ``code``
+    ``context_length_exceeded`` ("maximum context length is N tokens ... M in the messages"); Ollama 400
+    ``{"error": "..."}`` holding llama.cpp's message (or its whole JSON as a string)."""
+    if status not in (400, 413, 500):
+        return None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, str) and err.lstrip().startswith("{"):  # Ollama passes llama.cpp's body on as text
+        import orjson
+
+        try:
+            inner = orjson.loads(err)
+        except orjson.JSONDecodeError:
+            inner = None
+        if isinstance(inner, dict):
+            err = inner.get("error", inner)
+    window = prompt = None
+    said = message
+    if isinstance(err, dict):
+        said = str(err.get("message") or message)
+        kind = f"{err.get('type') or ''} {err.get('code') or ''} {err_type}"
+        window, prompt = int_or_none(err.get("n_ctx")), int_or_none(err.get("n_prompt_tokens"))
+        named = "exceed_context" in kind or "context_length_exceeded" in kind
+    else:
+        said = err if isinstance(err, str) else message
+        named = False
+    lowered = said.lower()
+    stated = any(r.search(said) for r in (*_WINDOW_RES, *_PROMPT_RES))
+    if not (named or stated or ("context" in lowered and "exceed" in lowered)):
+        return None
+    for r in _WINDOW_RES:
+        if window is None and (m := r.search(said)):
+            window = int(m.group(1))
+    for r in _PROMPT_RES:
+        if prompt is None and (m := r.search(said)):
+            prompt = int(m.group(1))
+    return window, prompt
 
 
 def _retry_after(value: str | None) -> float | None:

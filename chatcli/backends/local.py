@@ -181,7 +181,7 @@ class LocalBackend(OpenAIBackend):
             except httpx.HTTPError:
                 pass
             time.sleep(delay)
-            delay = min(0.2, delay * 1.5)
+            delay = min(0.05, delay * 1.5)  # the model loads in about half a second: look often
         self.close()
         raise BackendUnavailable(
             f"the embedded model did not become ready within {self.ready_timeout:g} s" + self._log_tail()
@@ -195,6 +195,15 @@ class LocalBackend(OpenAIBackend):
         except OSError:
             return ""
         return f": {lines[-1].strip()[:200]} (log: {self.log_path})" if lines else ""
+
+    def context_window(self, timeouts: Timeouts) -> int | None:
+        """The ``n_ctx`` the server runs with (``/props``; the one it was started with if it cannot say).
+        Starts the server if needed; never raises (a server that cannot start fails the turn instead)."""
+        try:
+            self.wait_ready()
+        except BackendUnavailable:
+            return self.n_ctx
+        return super().context_window(timeouts) or self.n_ctx
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
         """The one model file it serves (the server is started to ask it): its name, file, size, the

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
-from chatcli.errors import ModelNotFound, StreamError
+from chatcli.errors import BackendError, ModelNotFound, StreamError
 from chatcli.messages import int_or_none
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from chatcli.messages import GenerationParams, Timeouts
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
+DEFAULT_NUM_CTX = 4096  # tokens: Ollama's default window below 24 GiB of VRAM (its docs), the least it uses
 _DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
 
 
@@ -139,6 +140,25 @@ class OllamaBackend(HTTPBackend):
                 yield event
         if not done:
             raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+
+    def context_window(self, timeouts: Timeouts) -> int | None:
+        """``num_ctx`` when set (``context_window``); else the model's own context length (``POST
+        /api/show``, ``model_info["<arch>.context_length"]``) but at most DEFAULT_NUM_CTX, Ollama's
+        smallest default. Either way it is then sent as ``options.num_ctx``, so the server runs with the
+        window chatcli sizes requests for (Ollama would otherwise cut a longer prompt silently)."""
+        if self.num_ctx is None:
+            try:
+                shown = self.get_json("/api/show", timeouts, {"model": self.model})
+            except BackendError:
+                shown = None
+            info = shown.get("model_info") if isinstance(shown, dict) else None
+            lengths = [
+                v
+                for k, v in (info.items() if isinstance(info, dict) else ())
+                if k.endswith(".context_length") and int_or_none(v)
+            ]
+            self.num_ctx = min([DEFAULT_NUM_CTX, *lengths])
+        return self.num_ctx
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
         """``GET /api/tags``: the models pulled into this Ollama."""

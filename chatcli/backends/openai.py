@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
-from chatcli.errors import StreamError
+from chatcli.errors import BackendError, StreamError
 from chatcli.messages import int_or_none
 
 if TYPE_CHECKING:
@@ -101,6 +101,47 @@ class OpenAIBackend(HTTPBackend):
                 yield event
         if not done and not finished:
             raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+
+    # -- llama.cpp's own endpoints, when the server is llama.cpp (it serves them beside /v1) ---------------
+    _props: dict[str, Any] | None = None  # GET /props, once; {} when the server has none
+
+    def _root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def _llama_props(self, timeouts: Timeouts) -> dict[str, Any]:
+        if self._props is None:
+            from chatcli.messages import Timeouts
+
+            quick = Timeouts(connect=min(timeouts.connect, 3.0), idle=min(timeouts.idle, 3.0), total=5.0)
+            try:
+                props = self.get_json("", quick, url=self._root() + "/props")
+            except BackendError:
+                props = None
+            self._props = props if isinstance(props, dict) else {}
+        return self._props
+
+    def context_window(self, timeouts: Timeouts) -> int | None:
+        """llama.cpp's ``GET /props`` ``default_generation_settings.n_ctx`` (asked once); None from any
+        other server."""
+        settings = self._llama_props(timeouts).get("default_generation_settings")
+        n_ctx = int_or_none(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        return n_ctx if n_ctx and n_ctx > 0 else None
+
+    def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+        """On llama.cpp: ``POST /apply-template`` (the exact prompt the chat template makes of ``messages``),
+        then ``POST /tokenize``; the number of tokens. None from any other server, or on any failure."""
+        if self.context_window(timeouts) is None:
+            return None
+        root = self._root()
+        try:
+            prompt = self.get_json("", timeouts, {"messages": messages}, url=root + "/apply-template")
+            if not isinstance(prompt, dict) or not isinstance(prompt.get("prompt"), str):
+                return None
+            tokens = self.get_json("", timeouts, {"content": prompt["prompt"]}, url=root + "/tokenize")
+        except BackendError:
+            return None
+        found = tokens.get("tokens") if isinstance(tokens, dict) else None
+        return len(found) if isinstance(found, list) else None
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
         return list_models(self, timeouts)

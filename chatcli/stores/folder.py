@@ -168,7 +168,9 @@ class FolderStore:
             return
         ensure_folder(self.root)
         try:
-            (self.root / ".gitignore").write_text(GITIGNORE)
+            fd = os.open(self.root / ".gitignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(GITIGNORE)
         except OSError:
             pass  # a nicety: a folder that takes sessions but not this file still works
 

@@ -227,6 +227,12 @@ class ScriptedBackend:
     def recorded(self) -> dict[str, str]:
         return {"base_url": self.base_url}
 
+    def context_window(self, timeouts: Any) -> int | None:
+        return None  # unknown: every message is sent
+
+    def count_tokens(self, messages: Any, timeouts: Any) -> int | None:
+        return None
+
 
 def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) -> dict[str, int]:
     """One conversation under one fault plan; returns what happened."""

@@ -1,0 +1,315 @@
+"""The context window: which messages of a session one request holds, and how many tokens they are.
+
+A request holds the system prompt (and, after ``/compact``, a summary of earlier turns), then the newest
+turns that fit in the window less the room kept for the reply. The oldest turns are left out first, whole
+turns at a time; the newest turn is always sent, and a message that cannot fit even alone is refused
+(MessageTooLarge). Nothing is removed from the session: this only decides what one request carries.
+
+**Room for the reply**: ``max_tokens`` when it is set, but at most half the window; otherwise a quarter of
+the window, at most MAX_RESERVE tokens.
+
+**Counting.** Every message has an estimate (``Message.estimated_tokens``: UTF-8 bytes / 3, rounded up, plus
+4 for the chat template's role markers; 3 more prime the reply). Once a reply came back with
+``usage.prompt_tokens``, the estimate is calibrated: scaled by the ratio of that measured size to the
+estimate of the very request it measured, so the previous turn's usage plus an estimate of what is new
+decides the window, without an extra request. An estimate must come in under the limit with a margin
+(15 % uncalibrated, 5 % calibrated). When the backend can count exactly (llama.cpp's ``/apply-template``
+and ``/tokenize``) and the request comes near the limit, the planned request is counted exactly and moved on
+by a turn while it does not fit. The window itself comes from the backend or the settings (see
+``ContextMixin``); when it is unknown, everything since the last ``clear`` is sent and a server's overflow
+error teaches it.
+
+No I/O here: the exact count is a callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from chatcli.errors import MessageTooLarge
+from chatcli.messages import BYTES_PER_TOKEN, MESSAGE_OVERHEAD, Message
+
+REPLY_PRIMING = 3  # tokens a chat template adds to start the reply (``<|im_start|>assistant\n``)
+MAX_RESERVE = 4096  # the most tokens kept for a reply when max_tokens is not set
+MARGIN = 1.15  # an uncalibrated estimate must fit this many times over
+CALIBRATED_MARGIN = 1.05  # ... and a calibrated one
+NEAR = 0.7  # an estimate above this share of the limit is counted exactly (when the backend can)
+EXACT_TRIES = 4  # exact counts per request at most
+CALIBRATE_FROM = 64  # tokens: a smaller request does not calibrate the estimate
+
+#: the exact count of a request's messages (role/content dicts), or None when the server cannot say
+Counter = Callable[[list[dict[str, str]]], "int | None"]
+
+SUMMARY_HEADER = "Summary of the earlier part of this conversation (those turns are not shown):"
+
+
+def estimate(text: str) -> int:
+    """The estimated size of ``text`` as one message, in tokens (see the module docstring)."""
+    if not text:
+        return 0
+    return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD
+
+
+def reserve_for(window: int, max_tokens: int | None) -> int:
+    """Tokens of ``window`` kept for the reply: ``max_tokens``, at most half the window; else a quarter of
+    it, at most MAX_RESERVE."""
+    if max_tokens is not None and max_tokens > 0:
+        return min(max_tokens, window // 2)
+    return min(window // 4, MAX_RESERVE)
+
+
+def system_text(system: str, summary: Message | None) -> str:
+    """The system message a request starts with: the system prompt, then the summary (if any)."""
+    if summary is None:
+        return system
+    block = f"{SUMMARY_HEADER}\n{summary.content}"
+    return f"{system}\n\n{block}" if system else block
+
+
+def is_summary(m: Message) -> bool:
+    return m.summary_of is not None
+
+
+@dataclass
+class Plan:
+    """One request, decided: the messages from index ``start`` on (``indexes``: the ones sent, in order),
+    ``messages`` the request's role/content dicts (the system message first), ``tokens`` their size as
+    counted (``exact``: by the server; None when the window is unknown and nothing was counted),
+    ``window`` and ``reserve`` (tokens; window None: unknown), ``summary`` the index of the summary sent
+    (None: none), ``left_out`` the turns since the last clear that were not sent and ``summarised`` how
+    many of those the summary stands for."""
+
+    start: int
+    indexes: list[int]
+    messages: list[dict[str, str]]
+    tokens: int | None
+    exact: bool
+    window: int | None
+    reserve: int
+    summary: int | None = None
+    left_out: int = 0
+    summarised: int = 0
+    calibration: float | None = field(default=None, repr=False)
+
+    @property
+    def reply_room(self) -> int | None:
+        """Tokens the window leaves for the reply (None: unknown)."""
+        if self.window is None or self.tokens is None:
+            return None
+        return max(1, self.window - self.tokens)
+
+
+def candidates(messages: Sequence[Message], context_start: int, end: int) -> list[int]:
+    """Indexes of the messages a request may carry: those since ``context_start`` (before ``end``) that
+    have text and were not dropped, summaries excluded (a summary goes in the system message)."""
+    return [
+        i
+        for i in range(context_start, end)
+        if messages[i].content and messages[i].dropped is None and messages[i].summary_of is None
+    ]
+
+
+def active_summary(messages: Sequence[Message], context_start: int, end: int) -> int | None:
+    """The index of the newest summary (not dropped) written since ``context_start``, or None."""
+    for i in range(end - 1, context_start - 1, -1):
+        m = messages[i]
+        if m.summary_of is not None and m.dropped is None and m.summary_of[0] >= context_start:
+            return i
+    return None
+
+
+def calibration(messages: Sequence[Message], context_start: int, system: str, end: int) -> float | None:
+    """Measured / estimated size of the newest request whose size the server reported (``usage.prompt_tokens``
+    of the newest reply before ``end`` that has it), or None when no reply says or that request was under
+    CALIBRATE_FROM tokens. Clamped to 0.5-2."""
+    for r in range(end - 1, context_start - 1, -1):
+        m = messages[r]
+        if m.role != "assistant" or m.dropped is not None:
+            continue
+        measured = m.usage.prompt_tokens if m.usage else None
+        if not measured:
+            return None
+        start = m.context.start if m.context is not None else context_start
+        summary = m.context.summary if m.context is not None else None
+        summary_msg = messages[summary] if summary is not None and summary < len(messages) else None
+        est = estimate(system_text(system, summary_msg)) + REPLY_PRIMING
+        est += sum(messages[i].estimated_tokens() for i in candidates(messages, max(start, context_start), r))
+        if est < CALIBRATE_FROM:  # too small a request to tell the tokenizer from the template's overhead
+            return None
+        return min(2.0, max(0.5, measured / est))
+    return None
+
+
+def plan(
+    messages: Sequence[Message],
+    *,
+    context_start: int,
+    system: str,
+    window: int | None,
+    max_tokens: int | None,
+    end: int | None = None,
+    count: Counter | None = None,
+    min_start: int = 0,
+) -> Plan:
+    """The request for a reply to the conversation ``messages[:end]`` (default: all of them).
+
+    ``window``: the context window in tokens (None: unknown, everything since ``context_start`` is sent);
+    ``count``: the backend's exact count, or None; ``min_start``: send nothing before this index (after an
+    overflow, to send less than the refused request). Raises MessageTooLarge when the newest turn cannot
+    fit even alone (the caller marks it unsent)."""
+    end = len(messages) if end is None else end
+    sent = candidates(messages, context_start, end)
+    if window is None or not sent:
+        return Plan(context_start, sent, _request(messages, sent, system, None), None, False, window, 0)
+    reserve = reserve_for(window, max_tokens)
+    limit = window - reserve
+    factor = calibration(messages, context_start, system, end)
+    newest = _newest_turn(messages, sent)
+    fit = _Fit(messages, sent, newest, system, limit, factor, count)
+    summary = active_summary(messages, context_start, end)
+    chosen: tuple[int, int, bool] | None = None
+    if summary is not None:
+        whole = fit(None, min_start, must=False)  # everything may fit without the summary
+        if whole is not None and whole[0] == sent[0]:
+            chosen, summary = whole, None
+        else:
+            span = messages[summary].summary_of
+            assert span is not None
+            chosen = fit(messages[summary], max(min_start, span[1]), must=False)
+            if chosen is None:  # the summary itself does not fit: plain trimming
+                summary = None
+    if chosen is None:
+        chosen = fit(None, min_start, must=True)
+        assert chosen is not None
+    start, tokens, exact = chosen
+    indexes = [i for i in sent if i >= start]
+    left = [i for i in sent if i < start]
+    covered = 0
+    if summary is not None:
+        span = messages[summary].summary_of
+        assert span is not None
+        covered = _turns(messages, [i for i in left if span[0] <= i < span[1]])
+    return Plan(
+        start=start,
+        indexes=indexes,
+        messages=_request(messages, indexes, system, messages[summary] if summary is not None else None),
+        tokens=tokens,
+        exact=exact,
+        window=window,
+        reserve=reserve,
+        summary=summary,
+        left_out=_turns(messages, left),
+        summarised=covered,
+        calibration=factor,
+    )
+
+
+class _Fit:
+    """Finds the longest run of whole turns, ending with the newest, that fits ``limit`` tokens."""
+
+    def __init__(
+        self,
+        messages: Sequence[Message],
+        sent: list[int],
+        newest: int,
+        system: str,
+        limit: int,
+        factor: float | None,
+        count: Counter | None,
+    ) -> None:
+        self.messages, self.sent, self.newest, self.system = messages, sent, newest, system
+        self.limit, self.factor, self.count = limit, factor, count
+
+    def __call__(self, summary: Message | None, floor: int, *, must: bool) -> tuple[int, int, bool] | None:
+        """(start, tokens, exact) with nothing sent before ``floor`` (but the newest turn always), or None
+        when even the newest turn does not fit (MessageTooLarge instead when ``must``)."""
+        messages, sent, newest = self.messages, self.sent, self.newest
+        fixed = estimate(system_text(self.system, summary)) + REPLY_PRIMING
+        scale = self.factor if self.factor is not None else 1.0
+        margin = CALIBRATED_MARGIN if self.factor is not None else MARGIN
+        starts = [i for i in sent if floor <= i <= newest and (i == sent[0] or messages[i].role == "user")]
+        starts = starts or [newest]
+        allowed = set(starts)
+        total = fixed
+        best: int | None = None
+        best_tokens = 0
+        for i in reversed(sent):  # from the newest message back, to the earliest start that fits
+            if i < starts[0]:
+                break
+            total += messages[i].estimated_tokens()
+            tokens = round(total * scale)
+            if tokens * margin > self.limit:
+                break
+            if i in allowed:
+                best, best_tokens = i, tokens
+        if best is not None and (
+            self.count is None or self.factor is not None or best_tokens <= NEAR * self.limit
+        ):
+            return best, best_tokens, False  # clear of the limit, or calibrated by the last reply's usage
+        # near the limit with an estimate nothing has calibrated: count exactly where the server can
+        assert self.count is not None or best is None
+        exact: int | None = None
+        tried = [s for s in starts if s >= (best if best is not None else newest)][:EXACT_TRIES]
+        for start in tried if self.count is not None else []:
+            exact = self.count(_request(messages, [i for i in sent if i >= start], self.system, summary))  # type: ignore[misc]
+            if exact is None:
+                break
+            if exact <= self.limit:
+                return start, exact, True
+        if best is not None and (exact is None or tried[-1] != newest):
+            # the server cannot count, or EXACT_TRIES counts were all over: the newest turn alone is left
+            return (best, best_tokens, False) if exact is None else (newest, best_tokens, False)
+        if not must:
+            return None
+        alone = (
+            exact
+            if exact is not None
+            else round((fixed + sum(messages[i].estimated_tokens() for i in sent if i >= newest)) * scale)
+        )
+        _too_large(alone, self.limit, round(fixed * scale), summary is not None, exact=exact is not None)
+        return None
+
+
+def _too_large(tokens: int, limit: int, fixed: int, summary: bool, *, exact: bool) -> None:
+    """Raise MessageTooLarge for a newest turn of ``tokens`` (with the ``fixed`` part: system prompt,
+    summary, priming) against ``limit``."""
+    room = max(0, limit - fixed)
+    about = "" if exact else "about "
+    if fixed >= limit:
+        what = "the system prompt" + (" and the summary" if summary else "")
+        raise MessageTooLarge(
+            f"{what} ({about}{fixed:,} tokens) leaves no room in the model's context ({limit:,} tokens once "
+            "the room for the reply is kept); shorten it (/system) or use a larger context",
+            tokens,
+            room,
+        )
+    size = tokens - fixed
+    raise MessageTooLarge(
+        f"this message is {about}{size:,} tokens, {size - room:,} more than the model's context leaves for it "
+        f"({room:,} of {limit:,} tokens, after the system prompt and the room kept for the reply); it stays in "
+        "the session, not sent: shorten it, or use a larger context (context_window, n_ctx)",
+        tokens,
+        room,
+    )
+
+
+def _newest_turn(messages: Sequence[Message], sent: list[int]) -> int:
+    """The index where the newest turn starts: its user message (or the first message when none is)."""
+    for i in reversed(sent):
+        if messages[i].role == "user":
+            return i
+    return sent[0] if sent else 0
+
+
+def _turns(messages: Sequence[Message], indexes: list[int]) -> int:
+    return sum(1 for i in indexes if messages[i].role == "user")
+
+
+def _request(
+    messages: Sequence[Message], indexes: list[int], system: str, summary: Message | None
+) -> list[dict[str, str]]:
+    head = system_text(system, summary)
+    out = [{"role": "system", "content": head}] if head else []
+    out.extend({"role": messages[i].role, "content": messages[i].content} for i in indexes)
+    return out

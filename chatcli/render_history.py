@@ -1,0 +1,119 @@
+"""The REPL's ``history``: turns with their statuses, where ``clear`` cut the context, the model, system
+prompt and title changes at their place, the summaries ``/compact`` wrote, messages too large to send,
+and, on each reply, how many earlier turns its request left out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chatcli.attachments import folded
+from chatcli.text import count
+
+if TYPE_CHECKING:
+    from chatcli.messages import Message
+    from chatcli.render import Renderer
+    from chatcli.session import ConversationSession
+
+
+def show_history(out: Renderer, session: ConversationSession, last: int | None) -> None:
+    """The last ``last`` turns (all when None) on ``out``'s console."""
+    from chatcli.render import _esc, _status_tag, local_time, sanitize
+
+    console = out.console
+    turns = session.turns()
+    shown = turns if last is None else turns[-last:] if last > 0 else []
+    if not shown:
+        out.info("No turns yet.")
+        return
+    if len(shown) < len(turns):
+        out.info(f"… {count(len(turns) - len(shown), 'earlier turn')} not shown (history N shows more)")
+    messages = session.messages
+    index = {id(m): i for i, m in enumerate(messages)}
+    turn_at = _turn_numbers(messages)
+    first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
+    if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
+        console.print(f"[dim]system:[/] {_esc(sanitize(first_system))}")
+    cut_shown = False
+    first_at = index[id(shown[0][0])]
+    changes = [c for c in session.changes if isinstance(c.get("at"), int) and c["at"] > first_at]
+    marks = [
+        i
+        for i, m in enumerate(messages)
+        if i > first_at and (m.summary_of is not None or m.dropped == "unsent")
+    ]
+    for user, reply in shown:
+        at = index[id(user)]
+        while changes and changes[0]["at"] <= at:
+            _change(out, changes.pop(0))
+        while marks and marks[0] < at:
+            _mark(out, messages[marks.pop(0)], turn_at)
+        if not cut_shown and session.context_start and at >= session.context_start:
+            if at == session.context_start or user is shown[0][0]:
+                console.rule("[dim]context cleared here[/]", style="dim")
+            cut_shown = True
+        console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
+        console.print(sanitize(folded(user.content)), markup=False, highlight=False)
+        if reply is not None:
+            console.print(
+                f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]"
+                + _status_tag(reply)
+                + _left_out_tag(reply, turn_at, session.context_start)
+            )
+            out.markdown(reply.content)
+        console.print()
+    for i in marks:
+        _mark(out, messages[i], turn_at)
+    for c in changes:
+        _change(out, c)
+
+
+def _turn_numbers(messages: list[Message]) -> list[int]:
+    """For each index, the number of turns that start before it."""
+    out, n = [], 0
+    for m in messages:
+        out.append(n)
+        if m.role == "user" and m.dropped is None:
+            n += 1
+    return out
+
+
+def _left_out_tag(reply: Message, turn_at: list[int], context_start: int) -> str:
+    """`` · turns 1–4 not sent`` when the reply's request left earlier turns out."""
+    ctx = reply.context
+    if ctx is None or ctx.start >= len(turn_at):
+        return ""
+    first = turn_at[min(context_start, len(turn_at) - 1)] + 1
+    last = turn_at[ctx.start]
+    if last < first:
+        return ""
+    span = f"turn {first}" if first == last else f"turns {first}–{last}"
+    how = " (as a summary)" if ctx.summary is not None else ""
+    return f" [dim]· {span} not sent{how}[/]"
+
+
+def _mark(out: Renderer, m: Message, turn_at: list[int]) -> None:
+    from chatcli.render import _esc, local_time, sanitize
+
+    if m.summary_of is not None:
+        first, end = (
+            turn_at[min(m.summary_of[0], len(turn_at) - 1)] + 1,
+            turn_at[min(m.summary_of[1], len(turn_at) - 1)],
+        )
+        taken = " (taken back)" if m.dropped else ""
+        out.console.rule(f"[dim]summary of turns {first}–{end}{taken}[/]", style="dim")
+        out.console.print(f"[dim]{_esc(sanitize(m.content))}[/]")
+        return
+    out.console.print(f"[bold cyan]you[/] [dim]{local_time(m.created_at)}[/] [yellow]\\[not sent][/]")
+    out.console.print(sanitize(folded(m.content))[:2000], markup=False, highlight=False)
+    if m.error:
+        out.console.print(f"[yellow]{_esc(sanitize(m.error))}[/]")
+    out.console.print()
+
+
+def _change(out: Renderer, c: dict[str, Any]) -> None:
+    """One recorded change (``model``, ``system``, ``title``) as a dim rule in the history."""
+    from chatcli.render import _esc, sanitize
+
+    new = str(c.get("to", ""))
+    text = f"{c.get('what', '')} changed to {new!r}" if new else f"{c.get('what', '')} removed"
+    out.console.rule(f"[dim]{_esc(sanitize(text))}[/]", style="dim")
