@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from common import REPO, Report, Row, fmt, format_row, machine  # noqa: E402 - after the path is set
 
-GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot")
+GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot", "context")
 NOTES = """\
 - **Where start-up goes.** Of the time to the prompt, Python itself is the floor (~20 ms); then come the
   imports (table above): prompt_toolkit, typer and rich. chatcli's own modules load lazily: `--version`
@@ -60,6 +60,7 @@ OUTPUT = REPO / "docs" / "BENCHMARKS.md"
 
 
 def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> None:
+    import context
     import library
     import oneshot
     import saving
@@ -74,6 +75,7 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
         "library": library,
         "stores": stores,
         "oneshot": oneshot,
+        "context": context,
     }
     for name in names:
         print(f"\n== {name}", flush=True)

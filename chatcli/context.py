@@ -159,19 +159,26 @@ def plan(
     overflow, to send less than the refused request). Raises MessageTooLarge when the newest turn cannot
     fit even alone (the caller marks it unsent)."""
     end = len(messages) if end is None else end
-    sent = candidates(messages, context_start, end)
-    if window is None or not sent:
+    if window is None:
+        sent = candidates(messages, context_start, end)
         return Plan(context_start, sent, _request(messages, sent, system, None), None, False, window, 0)
     reserve = reserve_for(window, max_tokens)
     limit = window - reserve
+    # only the newest messages can be sent: look back no further than twice the window (the estimate is
+    # never scaled below half), so a long session costs what its window holds, not what it has
+    sent, complete = _recent(messages, context_start, end, 2 * limit)
+    if not sent:
+        return Plan(
+            context_start, [], _request(messages, [], system, None), estimate(system), False, window, reserve
+        )
     factor = calibration(messages, context_start, system, end)
     newest = _newest_turn(messages, sent)
-    fit = _Fit(messages, sent, newest, system, limit, factor, count)
+    fit = _Fit(messages, sent, newest, system, limit, factor, count, complete)
     summary = active_summary(messages, context_start, end)
     chosen: tuple[int, int, bool] | None = None
     if summary is not None:
         whole = fit(None, min_start, must=False)  # everything may fit without the summary
-        if whole is not None and whole[0] == sent[0]:
+        if whole is not None and complete and whole[0] == sent[0]:
             chosen, summary = whole, None
         else:
             span = messages[summary].summary_of
@@ -184,12 +191,11 @@ def plan(
         assert chosen is not None
     start, tokens, exact = chosen
     indexes = [i for i in sent if i >= start]
-    left = [i for i in sent if i < start]
     covered = 0
     if summary is not None:
         span = messages[summary].summary_of
         assert span is not None
-        covered = _turns(messages, [i for i in left if span[0] <= i < span[1]])
+        covered = turns_between(messages, max(span[0], context_start), min(span[1], start))
     return Plan(
         start=start,
         indexes=indexes,
@@ -199,7 +205,7 @@ def plan(
         window=window,
         reserve=reserve,
         summary=summary,
-        left_out=_turns(messages, left),
+        left_out=turns_between(messages, context_start, start),
         summarised=covered,
         calibration=factor,
     )
@@ -217,9 +223,11 @@ class _Fit:
         limit: int,
         factor: float | None,
         count: Counter | None,
+        complete: bool = True,
     ) -> None:
         self.messages, self.sent, self.newest, self.system = messages, sent, newest, system
         self.limit, self.factor, self.count = limit, factor, count
+        self.complete = complete  # sent reaches back to the clear (else only a turn may start a window)
 
     def __call__(self, summary: Message | None, floor: int, *, must: bool) -> tuple[int, int, bool] | None:
         """(start, tokens, exact) with nothing sent before ``floor`` (but the newest turn always), or None
@@ -228,7 +236,8 @@ class _Fit:
         fixed = estimate(system_text(self.system, summary)) + REPLY_PRIMING
         scale = self.factor if self.factor is not None else 1.0
         margin = CALIBRATED_MARGIN if self.factor is not None else MARGIN
-        starts = [i for i in sent if floor <= i <= newest and (i == sent[0] or messages[i].role == "user")]
+        first = sent[0] if self.complete else -1
+        starts = [i for i in sent if floor <= i <= newest and (i == first or messages[i].role == "user")]
         starts = starts or [newest]
         allowed = set(starts)
         total = fixed
@@ -302,8 +311,32 @@ def _newest_turn(messages: Sequence[Message], sent: list[int]) -> int:
     return sent[0] if sent else 0
 
 
-def _turns(messages: Sequence[Message], indexes: list[int]) -> int:
-    return sum(1 for i in indexes if messages[i].role == "user")
+def turns_between(messages: Sequence[Message], first: int, end: int) -> int:
+    """The turns (user messages not dropped) among ``messages[first:end]``."""
+    n = 0
+    for i in range(first, end):
+        m = messages[i]
+        if m.role == "user" and m.dropped is None:
+            n += 1
+    return n
+
+
+def _recent(messages: Sequence[Message], context_start: int, end: int, enough: int) -> tuple[list[int], bool]:
+    """The candidates (see ``candidates``) from the newest back until their estimate passes ``enough``
+    tokens and a turn begins, oldest first; and whether they reach back to ``context_start``."""
+    out: list[int] = []
+    total = 0
+    i = end - 1
+    while i >= context_start:
+        m = messages[i]
+        i -= 1
+        if m.content and m.dropped is None and m.summary_of is None:
+            out.append(i + 1)
+            total += m.estimated_tokens()
+            if total > enough and m.role == "user":
+                break
+    out.reverse()
+    return out, i < context_start
 
 
 def _request(

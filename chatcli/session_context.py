@@ -159,12 +159,12 @@ class ContextMixin:
         self.save()
 
     def _say_window(self, p: Plan) -> None:
-        """A notice when this request leaves out other turns than the previous one did."""
-        before = self._previous_left_out()
-        if p.window is None or (p.left_out, p.summarised) == before:
+        """A notice when this request's window starts elsewhere than the previous reply's did."""
+        if p.window is None or self._previous_window() == (p.start, p.summary):
             return
         if p.left_out == 0:
-            self.notify(f"every turn since the last clear is sent again (context {p.window:,} tokens)")
+            if self._previous_window() is not None and self._previous_window() != (self.context_start, None):
+                self.notify(f"every turn since the last clear is sent again (context {p.window:,} tokens)")
             return
         bare = p.left_out - p.summarised
         parts = []
@@ -175,15 +175,13 @@ class ContextMixin:
         stay = "it stays" if p.left_out == 1 else "they stay"
         self.notify(f"{' and '.join(parts)} (context {p.window:,} tokens); {stay} in the session")
 
-    def _previous_left_out(self) -> tuple[int, int]:
-        """(left out, summarised) of the newest reply's request, (0, 0) when none said."""
+    def _previous_window(self) -> tuple[int, int | None] | None:
+        """(start, summary) of the newest reply's request, None when no reply recorded one."""
         for i in range(len(self.messages) - 1, self.context_start - 1, -1):
             m = self.messages[i]
             if m.role == "assistant" and m.dropped is None and m.content:
-                if m.context is None:
-                    return 0, 0
-                return self._left_out_of(m.context.start, m.context.summary)
-        return 0, 0
+                return (m.context.start, m.context.summary) if m.context is not None else None
+        return None
 
     def _left_out_of(self, start: int, summary: int | None) -> tuple[int, int]:
         left = [
