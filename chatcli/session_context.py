@@ -250,6 +250,9 @@ class ContextMixin:
         except BackendError as e:
             self.notify(f"could not summarise the earlier turns ({e}); they are left out instead")
             return p
+        except KeyboardInterrupt:
+            self.notify("summarising stopped (Ctrl-C): the earlier turns are left out instead")
+            return p
         return self.plan_request()
 
     def _keep_from(self, budget: int, window_start: int, end: int) -> int:
