@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatcli.context import MARGIN, Plan, active_summary, candidates, estimate, plan, reserve_for
+from chatcli.context import (
+    MARGIN,
+    Plan,
+    active_summary,
+    candidates,
+    estimate,
+    plan,
+    reserve_for,
+    turns_between,
+)
 from chatcli.errors import BackendError, ContextOverflow, MessageTooLarge, NothingToDo
 from chatcli.messages import (
     BYTES_PER_TOKEN,
@@ -44,6 +53,7 @@ class ContextMixin:
 
     messages: list[Message]
     context_start: int
+    clears: list[int]
     system: str
     model: str
     params: GenerationParams
@@ -183,10 +193,10 @@ class ContextMixin:
                 return (m.context.start, m.context.summary) if m.context is not None else None
         return None
 
-    def _left_out_of(self, start: int, summary: int | None) -> tuple[int, int]:
-        left = [
-            i for i in candidates(self.messages, self.context_start, start) if self.messages[i].role == "user"
-        ]
+    def _left_out_of(self, start: int, summary: int | None, since: int) -> tuple[int, int]:
+        """(turns left out, of them summarised) by a request whose window began at ``start``, counted from
+        the clear at ``since``."""
+        left = [i for i in candidates(self.messages, since, start) if self.messages[i].role == "user"]
         if summary is None or summary >= len(self.messages) or self.messages[summary].summary_of is None:
             return len(left), 0
         a, b = self.messages[summary].summary_of  # type: ignore[misc]
@@ -209,8 +219,16 @@ class ContextMixin:
             )
         end = len(self.messages) if before is None else before
         limit = window - reserve_for(window, self.params.max_tokens)
-        p = self.plan_request(end=end)
-        keep = self._keep_from(limit // 2, p.start, end)
+        try:
+            window_start = self.plan_request(end=end).start
+        except MessageTooLarge:  # the newest turn (a message and its long reply) fills the window alone
+            users = [
+                i
+                for i in candidates(self.messages, self.context_start, end)
+                if self.messages[i].role == "user"
+            ]
+            window_start = users[-1] if users else end
+        keep = self._keep_from(limit // 2, window_start, end)
         summary = active_summary(self.messages, self.context_start, end)
         span = self.messages[summary].summary_of if summary is not None else None
         first, after = (span[0], span[1]) if span is not None else (self.context_start, self.context_start)
@@ -338,12 +356,10 @@ class ContextMixin:
                 ctx: ContextUsed = m.context
                 tokens = m.usage.prompt_tokens if m.usage and m.usage.prompt_tokens else ctx.tokens
                 window = ctx.window or self.window_setting or self.context_window
-                left, summarised = self._left_out_of(ctx.start, ctx.summary)
-                sent = sum(
-                    1
-                    for j in candidates(self.messages, max(ctx.start, self.context_start), i)
-                    if self.messages[j].role == "user"
-                )
+                # counted from the clear that came before that request (a later clear does not change it)
+                since = max([0, *(c for c in (*self.clears, self.context_start) if c <= ctx.start)])
+                left, summarised = self._left_out_of(ctx.start, ctx.summary, since)
+                sent = turns_between(self.messages, ctx.start, i)
                 return {
                     "tokens": tokens,
                     "window": window,

@@ -290,3 +290,31 @@ def test_the_repl_says_what_was_left_out_and_shows_it(
     assert re.search(r"## Model — \*turns? 1(–\d+)? not sent \(context window\)\*", shown)
     snap = json.loads((user_dirs["sessions"] / f"{sid}.json").read_text())
     assert snap["messages"][-1]["context"]["window"] == WINDOW
+
+
+def test_compact_when_the_newest_turn_fills_the_window_alone(
+    store: FolderStore, opened: list[ConversationSession]
+) -> None:
+    with FakeLLMServer(context_window=WINDOW, overflow="llamacpp") as llm:
+        s = new(store, llm, "llamacpp", opened)
+        s.params = GenerationParams(max_tokens=200)  # replies of up to 200 tokens: a turn fills the window
+        for i in range(3):
+            s.send(long_message(i) + " " + long_message(i))
+        llm.default = Reply(text="Three long notes.")
+        summary = s.compact()
+        assert summary.summary_of == [0, 4]  # every turn but the newest
+        stats = s.stats()
+        assert stats.context["turns_sent"] == 1 and stats.context["left_out"] == 2
+
+
+def test_stats_count_the_last_request_as_it_was_after_a_clear(
+    store: FolderStore, opened: list[ConversationSession]
+) -> None:
+    with FakeLLMServer(context_window=WINDOW, overflow="llamacpp") as llm:
+        s = new(store, llm, "llamacpp", opened)
+        for i in range(6):
+            s.send(long_message(i))
+        before = s.stats().context
+        s.clear()
+        after = s.stats().context
+        assert after == before and after["turns_sent"] >= 1 and after["left_out"] >= 1
