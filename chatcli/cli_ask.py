@@ -174,6 +174,7 @@ class _Talk:
     """Where notices go: stderr, when it is a terminal or -v asked for them."""
 
     def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
         self.on = verbose or _isatty(sys.stderr)
         self.session: ConversationSession | None = None
 
@@ -292,7 +293,8 @@ def _turn(
         renderer().error(f"timed out: {error}" if status == ExitStatus.TIMEOUT else str(error))
     elif reply is not None and reply.finish_reason == "length":
         talk("the reply was cut at the token limit (finish reason: length; --max-tokens sets it)")
-    if saved and session.last_save is not None:
+    if saved and session.last_save is not None and (status != ExitStatus.ERROR or talk.verbose):
+        # (a failed turn is one line on stderr, the error; -v adds where the message was kept)
         talk(f"session {session.id}: chatcli resume {session.id}{store_flag(s)}")
     if session.unsaved and status == ExitStatus.OK:
         status = ExitStatus.ERROR

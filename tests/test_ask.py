@@ -420,3 +420,50 @@ def test_reading_an_absent_folder_creates_nothing_and_says_where_sessions_are(
     assert r.returncode == 1
     line = one_error_line(r)
     assert str(work / "sessions") in line and "--store" in line and "store =" in line
+
+
+def test_at_a_terminal_a_failed_turn_is_still_one_line_on_stderr(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
+    import pty
+
+    fake_llm.enqueue(Reply(status=401, error_message="Incorrect API key provided"))
+    fake_llm.enqueue(Reply(text="fine"))
+    outputs = []
+    for _ in range(2):
+        master, slave = pty.openpty()  # stderr is a terminal (notices on), stdout a pipe
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chatcli",
+                "ask",
+                "--backend",
+                "openai",
+                "--base-url",
+                f"{fake_llm.url}/v1",
+                "hi",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=child_env,
+        )
+        os.close(slave)
+        out, _ = proc.communicate(timeout=30)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(master)
+        outputs.append((proc.returncode, out.decode(), err.decode().replace("\r", "")))
+    (code, out, err), (code2, out2, err2) = outputs
+    assert code == 1 and out == ""
+    assert [line for line in err.splitlines() if line.strip()] == [err.strip()]  # one line (wrapped at most)
+    assert "401" in err and "chatcli resume" not in err
+    assert code2 == 0 and out2 == "fine\n" and "chatcli resume " in err2  # a good turn says where it is
