@@ -159,9 +159,16 @@ def plan(
     overflow, to send less than the refused request). Raises MessageTooLarge when the newest turn cannot
     fit even alone (the caller marks it unsent)."""
     end = len(messages) if end is None else end
-    if window is None:
+    if window is None:  # everything since the clear; after an overflow, the turns from min_start on
         sent = candidates(messages, context_start, end)
-        return Plan(context_start, sent, _request(messages, sent, system, None), None, False, window, 0)
+        start = context_start
+        if min_start > context_start and sent:
+            turns = [i for i in sent if messages[i].role == "user"]
+            later = [i for i in turns if i >= min_start]
+            start = later[0] if later else (turns[-1] if turns else sent[0])
+            sent = [i for i in sent if i >= start]
+        left = turns_between(messages, context_start, start)
+        return Plan(start, sent, _request(messages, sent, system, None), None, False, None, 0, left_out=left)
     reserve = reserve_for(window, max_tokens)
     limit = window - reserve
     # only the newest messages can be sent: look back no further than twice the window (the estimate is
@@ -257,11 +264,12 @@ class _Fit:
         ):
             return best, best_tokens, False  # clear of the limit, or calibrated by the last reply's usage
         # near the limit with an estimate nothing has calibrated: count exactly where the server can
-        assert self.count is not None or best is None
+        count = self.count
         exact: int | None = None
         tried = [s for s in starts if s >= (best if best is not None else newest)][:EXACT_TRIES]
-        for start in tried if self.count is not None else []:
-            exact = self.count(_request(messages, [i for i in sent if i >= start], self.system, summary))  # type: ignore[misc]
+        for start in tried if count is not None else []:
+            assert count is not None
+            exact = count(_request(messages, [i for i in sent if i >= start], self.system, summary))
             if exact is None:
                 break
             if exact <= self.limit:

@@ -11,7 +11,9 @@ is sent until an overflow error teaches it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from chatcli.context import (
@@ -79,8 +81,8 @@ class ContextMixin:
     # -- the window ------------------------------------------------------------------------------------
     def window(self) -> int | None:
         """The context window in tokens (see the module docstring), or None when unknown."""
-        if self.window_setting:
-            return self.window_setting
+        if self.window_setting:  # the setting, unless a server's overflow error stated less
+            return min(self.window_setting, self.context_window or self.window_setting)
         if self.context_window:
             return self.context_window
         if self._backend_window is False:
@@ -112,16 +114,9 @@ class ContextMixin:
     def request_params(self, p: Plan) -> GenerationParams:
         """The sampling parameters for the request ``p``: ``max_tokens`` no more than the window leaves."""
         room = p.reply_room
-        if room is None or (self.params.max_tokens is not None and self.params.max_tokens <= room):
+        if room is None or self.params.max_tokens is None or self.params.max_tokens <= room:
             return self.params
-        if self.params.max_tokens is None:
-            return self.params
-        return GenerationParams(
-            temperature=self.params.temperature,
-            max_tokens=room,
-            top_p=self.params.top_p,
-            repeat_penalty=self.params.repeat_penalty,
-        )
+        return replace(self.params, max_tokens=room)
 
     def plan_turn(self) -> Plan:
         """The request for the reply about to be asked for; compacts first when ``compact_at`` says so.
@@ -199,7 +194,7 @@ class ContextMixin:
         left = [i for i in candidates(self.messages, since, start) if self.messages[i].role == "user"]
         if summary is None or summary >= len(self.messages) or self.messages[summary].summary_of is None:
             return len(left), 0
-        a, b = self.messages[summary].summary_of  # type: ignore[misc]
+        a, b = self.messages[summary].summary_of or (0, 0)
         return len(left), sum(1 for i in left if a <= i < b)
 
     # -- compaction ------------------------------------------------------------------------------------
@@ -317,8 +312,6 @@ class ContextMixin:
 
     def _ask_summary(self, earlier: str, transcript: str, max_tokens: int) -> tuple[str, Usage | None]:
         """One summary request: the instructions, the summary so far and the next part of the transcript."""
-        import time
-
         assert self.backend is not None
         so_far = (
             f"Summary so far:\n{earlier}\n\nThe conversation goes on:\n" if earlier else "The conversation:\n"

@@ -318,3 +318,25 @@ def test_stats_count_the_last_request_as_it_was_after_a_clear(
         s.clear()
         after = s.stats().context
         assert after == before and after["turns_sent"] >= 1 and after["left_out"] >= 1
+
+
+def test_an_overflow_that_states_no_numbers_still_sends_less(
+    store: FolderStore, opened: list[ConversationSession]
+) -> None:
+    with FakeLLMServer() as llm:  # no window anywhere: neither /props nor numbers in the error
+        s = new(store, llm, "openai", opened)
+        for i in range(3):
+            s.send(long_message(i))
+        llm.enqueue(
+            Reply(status=400, error_message="too long for me", error_type="exceed_context_size_error")
+        )
+        notices: list[str] = []
+        reply = s.send(long_message(3), on_notice=notices.append)
+        assert reply.status == "ok"
+        refused_body, retried = llm.requests[-2]["json"], llm.requests[-1]["json"]
+        assert len(refused_body["messages"]) == 7 and len(retried["messages"]) == 5  # one turn fewer
+        assert notices == [
+            "the request did not fit the model's context: sending it again with 1 earlier turn left out "
+            "(it stays in the session)"
+        ]
+        assert reply.context is not None and reply.context.start == 2

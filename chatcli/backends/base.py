@@ -154,9 +154,7 @@ class HTTPBackend:
                 f"{self.base_url} did not answer within {timeouts.connect:g} s", "connect", timeouts.connect
             ) from None
         except httpx.ConnectError as e:
-            raise BackendUnavailable(
-                f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?"
-            ) from None
+            raise self._unreachable(e) from None
         except (httpx.HTTPError, ValueError) as e:
             raise BackendError(f"{self.base_url} did not answer as expected: {_reason(e)}") from None
 
@@ -212,15 +210,16 @@ class HTTPBackend:
                 f"the model sent nothing for {self._read_limit:g} s (idle timeout)", "idle", self._read_limit
             ) from None
         except httpx.ConnectError as e:
-            raise BackendUnavailable(
-                f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?"
-            ) from None
+            raise self._unreachable(e) from None
         except httpx.RemoteProtocolError:
             raise StreamError(
                 f"the connection to {self.base_url} closed in the middle of the reply"
             ) from None
         except httpx.HTTPError as e:
             raise BackendError(f"request to {self.base_url} failed: {_reason(e)}") from None
+
+    def _unreachable(self, e: Exception) -> BackendUnavailable:
+        return BackendUnavailable(f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?")
 
     def _scrubbed(self, e: BackendError) -> BackendError:
         """``e`` with the API key blanked out of its message: a server may echo the key in an error, and
