@@ -18,11 +18,8 @@ This module imports neither typer, rich nor prompt_toolkit; the REPL passes call
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatcli.backends.base import public_url
@@ -51,6 +48,7 @@ from chatcli.messages import (  # re-exported: the session's data types are part
     Usage,
 )
 from chatcli.session_context import ContextMixin
+from chatcli.signals import signals_deferred
 from chatcli.snapshot import FORMAT, KNOWN_KEYS, VERSION, Snapshot, new_session_id, title_from
 from chatcli.stores.base import MessageDicts
 
@@ -237,7 +235,7 @@ class ConversationSession(SessionEdits, ContextMixin):
         snap["messages"] = MessageDicts(self.messages)
         changed = self._dirty_from if self._streaming is None else min(self._dirty_from, self._streaming)
         try:
-            with _signals_deferred():
+            with signals_deferred():
                 info = self.store.save(snap, changed_from=changed, checkpoint=checkpoint)
         except BaseException:
             self._dirty_from = changed  # the next save writes all of it again
@@ -258,12 +256,6 @@ class ConversationSession(SessionEdits, ContextMixin):
             sink(message)
 
     # -- the turn --------------------------------------------------------------------------------------
-    def context(self) -> list[dict[str, str]]:
-        """The messages the next request sends (see ``plan_request``): the system prompt, then the messages
-        since the last ``clear`` that have text (partial replies included: the user saw them) and fit the
-        context window. Raises MessageTooLarge."""
-        return self.plan_request().messages
-
     def send(
         self,
         text: str,
@@ -385,9 +377,7 @@ class ConversationSession(SessionEdits, ContextMixin):
         assert self.backend is not None
         started = time.monotonic()
         deadline = started + self.timeouts.total
-        parts: list[
-            str
-        ] = []  # joined into reply.content at each save point and at the end: no copy per token
+        parts: list[str] = []  # joined into reply.content at each save point and at the end
         try:
             first = self._receive(reply, plan, parts, started, deadline, on_delta, on_notice)
         finally:  # also on Ctrl-C, a timeout or an error: what arrived is kept
@@ -494,20 +484,6 @@ class ConversationSession(SessionEdits, ContextMixin):
             elif m.role == "assistant" and out and out[-1][1] is None:
                 out[-1] = (out[-1][0], m)
         return out
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold off SIGINT (Ctrl-C), SIGTERM and SIGHUP while a snapshot is written, so they land after the
-    write completes. Only the main thread can do this; elsewhere it does nothing."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 __all__ = [

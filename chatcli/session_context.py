@@ -90,6 +90,12 @@ class ContextMixin:
             self._backend_window = stated if stated and stated > 0 else None
         return self._backend_window if isinstance(self._backend_window, int) else None
 
+    def context(self) -> list[dict[str, str]]:
+        """The messages the next request sends (see ``plan_request``): the system prompt, then the messages
+        since the last ``clear`` that have text (partial replies included: the user saw them) and fit the
+        context window. Raises MessageTooLarge."""
+        return self.plan_request().messages
+
     def plan_request(self, end: int | None = None, min_start: int = 0) -> Plan:
         """The request for a reply to ``messages[:end]``. Raises MessageTooLarge."""
         backend = self.backend

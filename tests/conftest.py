@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,19 +88,27 @@ def child_env() -> dict[str, str]:
 ENGINES = ("folder", "sqlite", "postgresql", "mysql")
 
 
+# Their folders are not under pytest's own temporary folder: another pytest run on the machine resets that to
+# 0700, which would shut the servers' system users out of their data mid-run.
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def pg_server() -> Iterator[Any]:
     import dbservers
 
-    with dbservers.PostgresServer(tmp_path_factory.mktemp("pg")) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="chatcli-pg-") as base,
+        dbservers.PostgresServer(Path(base)) as server,
+    ):
         yield server
 
 
 @pytest.fixture(scope="session")
-def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def mariadb_server() -> Iterator[Any]:
     import dbservers
 
-    with dbservers.MariaDBServer(tmp_path_factory.mktemp("mariadb")) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="chatcli-mariadb-") as base,
+        dbservers.MariaDBServer(Path(base)) as server,
+    ):
         yield server
 
 

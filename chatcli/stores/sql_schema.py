@@ -1,0 +1,88 @@
+"""The numbered schema migrations of the SQL stores: the schema's version (how many migrations the database
+has), applying the missing ones under a lock, and refusing a database newer than this chatcli. A mixin of
+SQLStore (``sql.py``), whose engines give the migrations and the lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from chatcli.clock import utc_now
+from chatcli.errors import StoreError
+
+
+class SQLSchema:
+    """Schema versions and migrations. Needs SQLStore's ``_x``, ``_tx``, driver hooks and settings."""
+
+    display: str
+    migrations: Sequence[Sequence[str] | Callable[[Any], None]]
+    begin_write: str
+
+    def _x(self, cur: Any, sql: str, args: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def _tx(self, cur: Any, begin: str) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        raise NotImplementedError
+
+    def _is_lost(self, e: BaseException) -> bool:
+        raise NotImplementedError
+
+    def schema_version(self, cur: Any) -> int:
+        """How many migrations the database has (0: none yet)."""
+        try:
+            row = self._x(cur, "SELECT max(version) FROM chatcli_schema").fetchone()
+        except self._driver_errors() as e:
+            if self._is_lost(e):
+                raise
+            self._rollback_quietly(cur)
+            return 0
+        return int(row[0] or 0)
+
+    def _rollback_quietly(self, cur: Any) -> None:
+        try:
+            cur.execute("ROLLBACK")
+        except Exception:
+            pass
+
+    def _migrate(self, conn: Any, upto: int | None = None) -> None:
+        """Apply the migrations the database lacks, each in its own transaction, under a lock that keeps
+        two chatclis from migrating at once; refuse a database whose schema is newer than this chatcli
+        knows. ``upto`` stops at that version (tests build old databases with it)."""
+        cur = conn.cursor()
+        want = len(self.migrations) if upto is None else upto
+        have = self.schema_version(cur)
+        if have > len(self.migrations):
+            raise StoreError(
+                f"the database {self.display} has chatcli schema version {have}, newer than this "
+                f"chatcli knows ({len(self.migrations)}): upgrade chatcli"
+            )
+        if have >= want:
+            return
+        token = self._lock_schema(cur)
+        try:
+            for version in range(self.schema_version(cur), want):  # again, under the lock
+                step = self.migrations[version]
+                with self._tx(cur, self.begin_write):
+                    if callable(step):
+                        step(cur)
+                    else:
+                        for statement in step:
+                            self._x(cur, statement)
+                    self._x(
+                        cur,
+                        "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
+                        (version + 1, utc_now()),
+                    )
+        finally:
+            self._unlock_schema(cur, token)
+
+    def _lock_schema(self, cur: Any) -> Any:
+        """Take the lock that serialises migrations (waits up to ``timeout``); returns what unlocks it."""
+        raise NotImplementedError
+
+    def _unlock_schema(self, cur: Any, token: Any) -> None:
+        raise NotImplementedError
