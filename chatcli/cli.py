@@ -208,7 +208,7 @@ def _run_repl(
     session: ConversationSession, settings: Settings, store: Store, notices: _Notices, resumed: bool
 ) -> None:
     from chatcli.render import Renderer
-    from chatcli.repl import Repl
+    from chatcli.repl import Repl, running_prompt
     from chatcli.session import Timeouts
 
     session.timeouts = Timeouts(
@@ -220,7 +220,7 @@ def _run_repl(
     stop: Terminated | None = None
     repl = Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed)
     try:
-        with terminate_on_signals():
+        with terminate_on_signals(at_prompt=running_prompt):
             repl.run()
     except Terminated as e:  # SIGTERM or SIGHUP: a reply in progress was saved as interrupted
         stop = e

@@ -338,12 +338,15 @@ def _progress(done: int, total: int) -> None:
 
 
 @contextmanager
-def terminate_on_signals() -> Iterator[None]:
-    """While the REPL runs, SIGTERM and SIGHUP (the terminal closed) raise Terminated in the main thread
-    instead of killing the process: a reply in progress is saved as interrupted first."""
+def terminate_on_signals(at_prompt: Callable[[], Any] | None = None) -> Iterator[None]:
+    """While a turn or the REPL runs, SIGTERM and SIGHUP (the terminal closed) raise Terminated in the main
+    thread instead of killing the process: a reply in progress is saved as interrupted first.
+
+    ``at_prompt`` returns the prompt_toolkit Application reading input right now, or None (the REPL passes
+    ``repl.running_prompt``): a signal that arrives at the prompt ends the prompt with Terminated."""
 
     def stop(signum: int, _frame: Any) -> None:
-        app = _running_prompt()
+        app = at_prompt() if at_prompt is not None else None
         if app is None:
             raise Terminated(signum)
 
@@ -361,13 +364,3 @@ def terminate_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-def _running_prompt() -> Any:
-    """The prompt_toolkit Application reading input right now, or None (also when it was never loaded)."""
-    if "prompt_toolkit" not in sys.modules:
-        return None
-    from prompt_toolkit.application.current import get_app_or_none
-
-    app = get_app_or_none()
-    return app if app is not None and app.is_running and app.loop is not None else None

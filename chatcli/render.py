@@ -244,6 +244,21 @@ class Renderer:
     def markdown(self, text: str) -> None:
         self.console.print(ReplyView._markdown(sanitize(text)))
 
+    def command_help(self, heading: str, rows: list[tuple[str, str]], notes: list[str]) -> None:
+        """The REPL's ``help``: the heading, one row per command (usage with aliases, summary) in two
+        columns whose summaries wrap inside their column, then the notes, one per line."""
+        from rich.table import Table
+        from rich.text import Text
+
+        self.console.print(heading, markup=False, highlight=False)
+        table = Table.grid(padding=(0, 2))
+        table.add_column(no_wrap=True)
+        table.add_column()
+        for usage, summary in rows:
+            table.add_row(Text("  " + usage), Text(summary))
+        self.console.print(table, markup=False, highlight=False)
+        self.console.print("\n".join(["", *notes]), markup=False, highlight=False)
+
     # -- session views ---------------------------------------------------------------------------------
     def banner(self, session: ConversationSession, resumed: bool, help_hint: str) -> None:
         what = "Resumed" if resumed else "New"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatcli import attachments
 from chatcli.errors import (
@@ -258,3 +258,13 @@ def _terminated_in(error: BaseException) -> Terminated | None:
             return seen
         seen = seen.__context__
     return None
+
+
+def running_prompt() -> Any:
+    """The prompt_toolkit Application reading input right now, or None (also when it was never loaded)."""
+    if "prompt_toolkit" not in sys.modules:
+        return None
+    from prompt_toolkit.application.current import get_app_or_none
+
+    app = get_app_or_none()
+    return app if app is not None and app.is_running and app.loop is not None else None

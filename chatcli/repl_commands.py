@@ -321,34 +321,16 @@ class ReplCommands:
         )
 
     def show_help(self, args: list[str] | None = None) -> None:
-        from rich.table import Table
-        from rich.text import Text
-
-        console = self.out.console
-        console.print(
+        self.out.command_help(
             "Commands (each also works with a leading /; /model, /system and /title need the slash "
             "when they carry text, so a message starting with those words stays a message):",
-            markup=False,
-            highlight=False,
-        )
-        table = Table.grid(padding=(0, 2))  # wrapped summaries stay in their column
-        table.add_column(no_wrap=True)
-        table.add_column()
-        for c in COMMANDS:
-            table.add_row(Text("  " + ", ".join((c.usage, *c.aliases))), Text(c.summary))
-        console.print(table, markup=False, highlight=False)
-        console.print(
-            "\n".join(
-                [
-                    "",
-                    "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines;",
-                    "Ctrl-X Ctrl-E writes the line in your editor.",
-                    "Ctrl-C stops a reply (what arrived is saved) or clears the line; Ctrl-D quits.",
-                    'To send a command word as a message, start it with a backslash: \\quit sends "quit".',
-                ]
-            ),
-            markup=False,
-            highlight=False,
+            [(", ".join((c.usage, *c.aliases)), c.summary) for c in COMMANDS],
+            [
+                "Enter sends; Alt+Enter (or Esc then Enter) adds a new line; pasted text keeps its newlines;",
+                "Ctrl-X Ctrl-E writes the line in your editor.",
+                "Ctrl-C stops a reply (what arrived is saved) or clears the line; Ctrl-D quits.",
+                'To send a command word as a message, start it with a backslash: \\quit sends "quit".',
+            ],
         )
 
 
