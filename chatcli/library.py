@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -21,6 +21,7 @@ from chatcli.errors import (
     SessionNotFound,
     SnapshotError,
 )
+from chatcli.messages import MessageJSON
 from chatcli.snapshot import (
     FORMAT,
     VERSION,
@@ -186,7 +187,7 @@ def _try_jsonl(raw: bytes, path: Path) -> Any:
 
 def _snapshot_from_messages(messages: list[Any], path: Path, extra: dict[str, Any]) -> Snapshot:
     system_parts: list[str] = []
-    out: list[dict[str, Any]] = []
+    out: list[MessageJSON] = []
     now = utc_now()
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
@@ -208,7 +209,7 @@ def _snapshot_from_messages(messages: list[Any], path: Path, extra: dict[str, An
         raise ImportFileError(f"{path} holds no user or assistant messages")
     title = extra.get("title") if isinstance(extra.get("title"), str) else ""
     first_user = next((m["content"] for m in out if m["role"] == "user"), "")
-    model = extra.get("model") if isinstance(extra.get("model"), str) else "imported"
+    model = extra["model"] if isinstance(extra.get("model"), str) else "imported"
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -245,7 +246,7 @@ def fork(store: Store, snap: Snapshot, at_turn: int | None = None) -> str:
             raise ConfigError(
                 f"session {snap['id']} has only {count(turn, 'turn')}; --at {at_turn} is past its end"
             )
-    new = dict(snap)
+    new: dict[str, Any] = dict(snap)
     changes = [c for c in snap.get("changes", []) if isinstance(c, dict) and isinstance(c.get("at"), int)]
     for c in reversed(changes):  # settings as they were at the cut: undo the changes made after it
         if c["at"] > cut and c.get("what") in ("model", "system") and isinstance(c.get("from"), str):
@@ -268,7 +269,7 @@ def fork(store: Store, snap: Snapshot, at_turn: int | None = None) -> str:
         del new["clears"]
     lock = store.lock(new["id"])
     try:
-        store.create(new)
+        store.create(cast("Snapshot", new))
     finally:
         lock.release()
     return str(new["id"])

@@ -5,7 +5,7 @@ format"). Plain dataclasses; no I/O."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from chatcli.clock import utc_now
 
@@ -17,6 +17,24 @@ DROPPED = ("retried", "undone", "unsent")
 BYTES_PER_TOKEN = 3
 #: tokens a chat template adds around each message (role markers), in that estimate
 MESSAGE_OVERHEAD = 4
+
+
+class MessageJSON(TypedDict, total=False):
+    """One message of a snapshot, as stored (README, "The snapshot format"); built by ``Message.to_json``
+    and read back by ``Message.from_json``. Only ``role`` and ``content`` are required."""
+
+    role: Required[str]  # "user" | "assistant" | "system"
+    content: Required[str]
+    created_at: str  # UTC ISO 8601
+    status: str  # one of STATUSES
+    finish_reason: str | None
+    model: str
+    usage: dict[str, int | None]  # prompt_tokens, completion_tokens, cached_tokens
+    timings: dict[str, Any]  # ttft_s, duration_s (seconds), tokens_per_second, server
+    error: str
+    dropped: str  # one of DROPPED: kept in the file, no longer part of the conversation
+    context: dict[str, Any]  # start, tokens, exact, window, summary: what the reply's request held
+    summary_of: list[int]  # a summary message: [first, end) of the messages it stands for
 
 
 @dataclass
@@ -126,24 +144,30 @@ class Message:
                 self.__dict__["_size"] = size
         return size
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> MessageJSON:
         """The message as stored in the snapshot. A finished message's dict is built once and reused until
         one of its attributes is set (a save of a 10,000-message session would otherwise spend most of its
         time here); so once a message is finished, give it a new ``usage``/``timings`` rather than changing
         theirs. A message still ``streaming`` is never cached. Treat the result as read-only."""
-        cached: dict[str, Any] | None = self.__dict__.get("_json")
+        cached: MessageJSON | None = self.__dict__.get("_json")
         if cached is not None:
             return cached
-        d: dict[str, Any] = {
+        d: MessageJSON = {
             "role": self.role,
             "content": self.content,
             "created_at": self.created_at,
             "status": self.status,
         }
-        for key in ("finish_reason", "model", "error", "dropped", "summary_of"):
-            value = getattr(self, key)
-            if value is not None:
-                d[key] = value
+        if self.finish_reason is not None:
+            d["finish_reason"] = self.finish_reason
+        if self.model is not None:
+            d["model"] = self.model
+        if self.error is not None:
+            d["error"] = self.error
+        if self.dropped is not None:
+            d["dropped"] = self.dropped
+        if self.summary_of is not None:
+            d["summary_of"] = self.summary_of
         if self.context is not None:
             d["context"] = self.context.to_json()
         if self.usage is not None:
@@ -166,7 +190,7 @@ class Message:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Message:
+    def from_json(cls, d: MessageJSON) -> Message:
         status = d.get("status", "ok")
         if status not in STATUSES:
             status = "ok"

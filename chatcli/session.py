@@ -19,8 +19,8 @@ This module imports neither typer, rich nor prompt_toolkit; the REPL passes call
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from chatcli.backends.base import public_url
 from chatcli.clock import utc_now
@@ -42,6 +42,7 @@ from chatcli.messages import (  # re-exported: the session's data types are part
     ContextUsed,
     GenerationParams,
     Message,
+    MessageJSON,
     Stats,
     Timeouts,
     Timings,
@@ -191,9 +192,9 @@ class ConversationSession(SessionEdits, ContextMixin):
                 self._lock = None
 
     # -- the snapshot ----------------------------------------------------------------------------------
-    def _header(self) -> Snapshot:
-        """Every top-level field of the snapshot but ``messages``."""
-        snap: Snapshot = {
+    def _snapshot(self, messages: Sequence[MessageJSON]) -> Snapshot:
+        """The snapshot with ``messages`` (keys in the file's order: ``messages`` last)."""
+        snap: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "id": self.id,
@@ -216,13 +217,12 @@ class ConversationSession(SessionEdits, ContextMixin):
         if self.context_window:
             snap["context_window"] = self.context_window
         snap.update(self.extra)
-        return snap
+        snap["messages"] = messages
+        return cast("Snapshot", snap)
 
     def to_snapshot(self) -> Snapshot:
         """The session as its snapshot (see README, "The snapshot format"): a new dict, messages last."""
-        snap = self._header()
-        snap["messages"] = [m.to_json() for m in self.messages]
-        return snap
+        return self._snapshot([m.to_json() for m in self.messages])
 
     def save(self, *, checkpoint: bool = False) -> SaveInfo:
         """Write the session to its store; returns once the write is durable (the folder: after the fsyncs; a
@@ -231,8 +231,7 @@ class ConversationSession(SessionEdits, ContextMixin):
         until the write is done. Raises SaveError (then ``unsaved`` stays True and the next save retries)."""
         self.updated_at = utc_now()
         self.unsaved = True
-        snap = self._header()
-        snap["messages"] = MessageDicts(self.messages)
+        snap = self._snapshot(MessageDicts(self.messages))
         changed = self._dirty_from if self._streaming is None else min(self._dirty_from, self._streaming)
         try:
             with signals_deferred():

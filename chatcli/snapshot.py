@@ -1,20 +1,7 @@
 """The snapshot: the engine-agnostic form of one session, as every store reads and writes it.
 
-A snapshot is a JSON object (README, "The snapshot format")::
-
-    format         "chatcli.session"                 version     int, 1..VERSION (older ones are upgraded)
-    id             str (see validate_id)             title       str
-    created_at     str, UTC ISO 8601                 updated_at  str, UTC ISO 8601
-    backend        str ("local", "openai", ...)      model       str
-    params         dict (temperature, max_tokens)    system      str ("" for none)
-    context_start  int, 0..len(messages)             messages    list of message objects
-    optional: base_url str, model_path str, clears list[int], changes list[dict], context_window int (the
-    window a server's overflow error stated, in tokens); any other key is kept as is
-
-    message: role "user" | "assistant" | "system", content str; usually also created_at, status,
-             and on replies finish_reason, model, usage {prompt_tokens, completion_tokens, cached_tokens},
-             timings {ttft_s, duration_s, tokens_per_second, server}, error, dropped, context {start, tokens,
-             exact, window, summary} (what its request held); summaries (role system) summary_of [first, end)
+A snapshot is a JSON object (README, "The snapshot format"), typed once as ``Snapshot`` below; its
+messages are ``chatcli.messages.MessageJSON``. Keys chatcli does not know are kept as they are.
 
 This module holds what is true of a snapshot wherever it is stored: its fields and their validation, the
 format version and its upgrades, session ids, the counts shown by ``list`` and ``stats``, how a typed
@@ -27,23 +14,47 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, Required, TypedDict, cast
 
 import orjson
 
 from chatcli.errors import AmbiguousSessionId, InvalidSessionId, SessionNotFound, SnapshotError
+from chatcli.messages import MessageJSON
 
-#: a decoded snapshot (the shape is in this module's docstring)
-Snapshot = dict[str, Any]
+
+class Snapshot(TypedDict, total=False):
+    """A decoded snapshot: one session as every store reads and writes it (the fields in this module's
+    docstring). Keys outside ``KNOWN_KEYS`` are kept at run time, so a snapshot read back equals the one
+    saved; they are not part of this type."""
+
+    format: Required[str]  # FORMAT
+    version: Required[int]  # 1..VERSION (older ones are upgraded on reading)
+    id: Required[str]  # see validate_id
+    title: Required[str]
+    created_at: Required[str]  # UTC ISO 8601
+    updated_at: Required[str]  # UTC ISO 8601
+    backend: Required[str]  # "local", "openai", "ollama"
+    model: Required[str]
+    params: Required[dict[str, Any]]  # GenerationParams.to_json: temperature, top_p, max_tokens, ...
+    system: Required[str]  # the system prompt, "" for none
+    context_start: Required[int]  # 0..len(messages): messages before it were cleared
+    messages: Required[Sequence[MessageJSON]]  # a list when read; a save may pass a lazy sequence
+    base_url: str  # the server's URL without credentials
+    model_path: str  # the GGUF file of the local backend
+    clears: list[int]  # earlier context_start values, for `clear undo`
+    changes: list[dict[str, Any]]  # model/system/title changes: at (message index), what, from, to, created_at
+    context_window: int  # tokens, as a server's overflow error stated it
+
 
 FORMAT = "chatcli.session"
 VERSION = 1
-#: upgrades of the format: MIGRATIONS[n] turns a version-n snapshot into a version n+1 one. Version 1 is the
-#: only version so far; a new version adds its function here, with before/after fixtures in the tests.
-MIGRATIONS: dict[int, Callable[[Snapshot], Snapshot]] = {}
+#: upgrades of the format: MIGRATIONS[n] turns a version-n snapshot (decoded JSON, not yet validated) into a
+#: version n+1 one. Version 1 is the only version so far; a new version adds its function here, with
+#: before/after fixtures in the tests.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 #: top-level keys chatcli itself writes; any other key in a snapshot is kept as it is
 KNOWN_KEYS = frozenset(
@@ -154,8 +165,7 @@ def validate_snapshot(data: Any, where: Path | str = "<snapshot>") -> Snapshot:
             raise SnapshotError(f"{where} is damaged: message {i} is not a valid message", where)
     if not 0 <= data["context_start"] <= len(data["messages"]):
         raise SnapshotError(f"{where} is damaged: context_start is out of range", where)
-    snapshot: Snapshot = data
-    return snapshot
+    return cast("Snapshot", data)
 
 
 def decode(raw: bytes, where: Path | str) -> Snapshot:
@@ -169,7 +179,7 @@ def decode(raw: bytes, where: Path | str) -> Snapshot:
     return validate_snapshot(data, where)
 
 
-def dumps(snapshot: Snapshot) -> bytes:
+def dumps(snapshot: Mapping[str, Any]) -> bytes:
     """The snapshot as indented UTF-8 JSON. Text that is not valid Unicode (lone surrogates, e.g. from
     undecodable bytes on stdin) is written with U+FFFD in its place instead of failing."""
     try:
@@ -210,7 +220,7 @@ def title_from(text: str, limit: int = 60) -> str:
 
 
 # -- turns and counts --------------------------------------------------------------------------------------
-def is_turn(m: dict[str, Any]) -> bool:
+def is_turn(m: MessageJSON) -> bool:
     """Whether a message (a snapshot message dict) starts a turn: a user message that was not dropped (a
     turn taken back by ``undo`` is no turn). Turns are numbered from 1 by counting these."""
     return m.get("role") == "user" and m.get("dropped") is None
@@ -240,7 +250,7 @@ NO_COUNTS = Counts()
 _MAX_COUNT = 2**48  # a token count beyond this is damage, not usage: counted as 0 (and fits every database)
 
 
-def message_counts(m: dict[str, Any]) -> Counts:
+def message_counts(m: MessageJSON) -> Counts:
     """The counts one message (a snapshot message dict) adds."""
     if m.get("dropped") is not None:
         return NO_COUNTS

@@ -9,12 +9,13 @@ from typing import Any
 import orjson
 
 from chatcli.errors import ConfigError, ExportError
-from chatcli.snapshot import dumps, is_turn
+from chatcli.messages import MessageJSON
+from chatcli.snapshot import Snapshot, dumps, is_turn
 
 EXPORT_FORMATS = ("md", "json", "jsonl")
 
 
-def export(snap: dict[str, Any], fmt: str) -> bytes:
+def export(snap: Snapshot, fmt: str) -> bytes:
     """A snapshot as ``md`` (a readable transcript), ``json`` (the snapshot itself) or ``jsonl`` (one
     message per line, OpenAI-style ``role``/``content`` plus chatcli's fields; the system prompt first)."""
     if fmt == "json":
@@ -30,7 +31,7 @@ def export(snap: dict[str, Any], fmt: str) -> bytes:
     raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-def transcript_markdown(snap: dict[str, Any]) -> str:
+def transcript_markdown(snap: Snapshot) -> str:
     """The session as Markdown: a heading, its settings, then each message under a role heading with its
     status when it is not ``ok``."""
     out = [
@@ -87,7 +88,7 @@ def transcript_markdown(snap: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _left_out(m: dict[str, Any], turns_before: list[int], context_start: int) -> str:
+def _left_out(m: MessageJSON, turns_before: list[int], context_start: int) -> str:
     """`` — *turns 1–4 not sent*`` when the request for reply ``m`` left earlier turns out."""
     ctx = m.get("context")
     start = ctx.get("start") if isinstance(ctx, dict) else None
@@ -100,7 +101,7 @@ def _left_out(m: dict[str, Any], turns_before: list[int], context_start: int) ->
     return f" — *{span} not sent (context window)*"
 
 
-def export_to_folder(snap: dict[str, Any], fmt: str, folder: Path) -> Path:
+def export_to_folder(snap: Snapshot, fmt: str, folder: Path) -> Path:
     """Write ``export(snap, fmt)`` to ``folder/chatcli-<id>.<fmt>`` (``-2``, ``-3``... when taken; never
     overwrites). Returns the path. Raises ConfigError (format), ChatcliError (cannot write)."""
     data = export(snap, fmt)

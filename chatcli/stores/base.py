@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chatcli.messages import MessageJSON
 from chatcli.snapshot import DamagedFile, SearchHit, SessionSummary, Snapshot
 
 KINDS = ("folder", "sqlite", "postgresql", "mysql")
@@ -152,7 +153,7 @@ class Store(Protocol):
         ...
 
 
-class MessageDicts(Sequence[dict[str, Any]]):
+class MessageDicts(Sequence[MessageJSON]):
     """A read-only sequence of message dicts built on demand from objects with ``to_json()`` (the
     session's Message), so a store that writes only the changed messages never builds the others."""
 

@@ -21,7 +21,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from chatcli.clock import utc_now
 from chatcli.errors import SaveError, SessionExists, SessionLocked, SessionNotFound, SnapshotError
@@ -403,10 +403,10 @@ def summary_of(snap: Snapshot, location: str) -> SessionSummary:
 def whole(snapshot: Snapshot) -> Snapshot:
     """The snapshot as the folder store writes it: ``messages`` as a list (a store may be handed any
     sequence), and last."""
-    out = {k: v for k, v in snapshot.items() if k != "messages"}
+    out: dict[str, Any] = {k: v for k, v in snapshot.items() if k != "messages"}
     messages = snapshot["messages"]
     out["messages"] = messages if isinstance(messages, list) else list(messages)
-    return out
+    return cast("Snapshot", out)
 
 
 # -- file primitives ---------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
+from chatcli.messages import MessageJSON
 from chatcli.snapshot import (
     NO_COUNTS,
     Counts,
@@ -75,7 +76,7 @@ class _Saved:
     from the messages it replaces and the ones it writes alone."""
 
     version: int
-    messages: list[dict[str, Any]]
+    messages: list[MessageJSON]
     turns: list[int]
     total: Counts
     title: str | None = None
@@ -310,13 +311,13 @@ class SQLStore(SQLCatalog, SQLSchema):
             where = "the trash of " if trashed else ""
             raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
         where = self.location(session_id)
-        snap = session_from_row(session_id, row[1 : 1 + len(SESSION_FIELDS)])
-        snap["messages"] = [message_from_row(r) for r in rows]
-        snap = validate_snapshot(snap, where)
+        header = session_from_row(session_id, row[1 : 1 + len(SESSION_FIELDS)])
+        header["messages"] = [message_from_row(r) for r in rows]
+        snap = validate_snapshot(header, where)
         total = Counts(*(int(v) for v in row[1 + len(SESSION_FIELDS) :]))  # kept up to date by every save
         self._saved[session_id] = _Saved(
             int(row[0]),
-            [dict(m) for m in snap["messages"]],  # (the caller's may
+            [m.copy() for m in snap["messages"]],  # (the caller's may
             [int(r[1]) for r in rows],
             total,
             snap["title"],

@@ -9,7 +9,7 @@ columns hold U+FFFD instead. No I/O here.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -97,7 +97,9 @@ def session_params(snap: Snapshot, total: Counts, rows: int, holds_nul: bool = T
     return header
 
 
-def message_row(sid: str, idx: int, turn: int, m: dict[str, Any], holds_nul: bool = True) -> tuple[Any, ...]:
+def message_row(
+    sid: str, idx: int, turn: int, m: Mapping[str, Any], holds_nul: bool = True
+) -> tuple[Any, ...]:
     """The message row (``session_id`` then MESSAGE_COLUMNS) for message ``idx`` of session ``sid``."""
     extra = {k: v for k, v in m.items() if k not in _MESSAGE_KEYS}
     texts: list[str | None] = []
@@ -135,14 +137,14 @@ JSON_FIELDS = frozenset({"params", "clears", "changes", "extra"})  # session col
 _MESSAGE_KEYS = frozenset({"role", "content", *MESSAGE_TEXT, *MESSAGE_JSON})
 
 
-def session_from_row(sid: str, row: Sequence[Any]) -> Snapshot:
-    """The snapshot header (no ``messages``) from the SESSION_FIELDS columns of a session row."""
+def session_from_row(sid: str, row: Sequence[Any]) -> dict[str, Any]:
+    """The snapshot header (no ``messages``; not yet validated) from the SESSION_FIELDS columns of a session row."""
     f = dict(zip(SESSION_FIELDS, row, strict=True))
     extra = load(f["extra"]) if f["extra"] is not None else {}
     if isinstance(extra, dict) and _B64 in extra:
         whole = orjson.loads(base64.b64decode(extra[_B64]))
         return whole if isinstance(whole, dict) else {}  # {} fails validation: reported as damaged
-    snap: Snapshot = {
+    snap: dict[str, Any] = {
         "format": FORMAT,
         "version": int(f["format_version"]),
         "id": sid,
