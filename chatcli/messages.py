@@ -78,6 +78,8 @@ class ContextUsed:
     summary: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The snapshot's ``context`` object: ``start``, and ``tokens``/``exact``, ``window``, ``summary`` when
+        known."""
         d: dict[str, Any] = {"start": self.start}
         if self.tokens is not None:
             d["tokens"] = self.tokens
@@ -90,6 +92,7 @@ class ContextUsed:
 
     @classmethod
     def from_json(cls, d: Any) -> ContextUsed | None:
+        """Read back a ``context`` object; None when it is missing or damaged (no valid ``start``)."""
         if not isinstance(d, dict) or int_or_none(d.get("start")) is None or d["start"] < 0:
             return None
         return cls(
@@ -191,6 +194,8 @@ class Message:
 
     @classmethod
     def from_json(cls, d: MessageJSON) -> Message:
+        """A message from its snapshot form (validated: ``role`` and ``content`` are there). Damaged
+        optional fields are read as absent; a ``streaming`` reply (its writer died) becomes ``interrupted``."""
         status = d.get("status", "ok")
         if status not in STATUSES:
             status = "ok"
@@ -266,6 +271,7 @@ class GenerationParams:
     repeat_penalty: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The snapshot's ``params``: the parameters that are set."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def over(self, defaults: GenerationParams) -> GenerationParams:
@@ -276,6 +282,7 @@ class GenerationParams:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GenerationParams:
+        """Read back ``params``; a value of the wrong type is read as not set."""
         return cls(
             temperature=num_or_none(d.get("temperature")),
             max_tokens=int_or_none(d.get("max_tokens")),

@@ -70,12 +70,14 @@ class ContextMixin:
     last_save: SaveInfo | None
 
     def save(self, *, checkpoint: bool = False) -> SaveInfo:
+        """ConversationSession.save (this mixin is only used inside it)."""
         raise NotImplementedError
 
     def _touch(self, index: int) -> None:
         raise NotImplementedError
 
     def notify(self, message: str) -> None:
+        """ConversationSession.notify: one line to the user (the REPL's notice callback)."""
         raise NotImplementedError
 
     # -- the window ------------------------------------------------------------------------------------

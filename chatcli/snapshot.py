@@ -45,7 +45,9 @@ class Snapshot(TypedDict, total=False):
     base_url: str  # the server's URL without credentials
     model_path: str  # the GGUF file of the local backend
     clears: list[int]  # earlier context_start values, for `clear undo`
-    changes: list[dict[str, Any]]  # model/system/title changes: at (message index), what, from, to, created_at
+    changes: list[
+        dict[str, Any]
+    ]  # model/system/title changes: at (message index), what, from, to, created_at
     context_window: int  # tokens, as a server's overflow error stated it
 
 
@@ -114,6 +116,7 @@ def new_session_id(now: float | None = None) -> str:
 
 
 def is_valid_id(text: object) -> bool:
+    """Whether ``text`` can name a session (see validate_id)."""
     return isinstance(text, str) and ID_RE.match(text) is not None
 
 
@@ -240,9 +243,11 @@ class Counts(NamedTuple):
     cached_tokens: int = 0
 
     def plus(self, other: Counts) -> Counts:
+        """Field by field sum."""
         return Counts(*(a + b for a, b in zip(self, other, strict=True)))
 
     def minus(self, other: Counts) -> Counts:
+        """Field by field difference."""
         return Counts(*(a - b for a, b in zip(self, other, strict=True)))
 
 

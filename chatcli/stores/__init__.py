@@ -43,6 +43,7 @@ class StoreSpec:
 
     @property
     def is_database(self) -> bool:
+        """Whether the store is a database (sqlite, postgresql, mysql) rather than the folder."""
         return self.kind != "folder"
 
 

@@ -48,14 +48,18 @@ class Page:
 
 
 class SessionLock(Protocol):
-    """A held session lock. ``release`` is safe to call twice."""
+    """A held session lock (a lock file, or a database lock held by the store's connection)."""
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Let the lock go. Safe to call twice; never raises."""
+        ...
 
 
 class Store(Protocol):
     """One store of sessions. ``kind`` is one of KINDS; ``display`` is how it is shown (a folder path, or
-    a URL with its password as ``***``)."""
+    a URL with its password as ``***``). The engines implement these methods as documented here. Besides
+    the errors each method names, a database store raises StoreUnavailable when the server does not answer
+    (within its connect and statement timeouts) and StoreError for what the server refuses."""
 
     kind: str
     display: str
@@ -83,7 +87,9 @@ class Store(Protocol):
         SessionExists when its id is taken, live or in the trash; SaveError."""
         ...
 
-    def exists(self, session_id: str, *, trashed: bool = False) -> bool: ...
+    def exists(self, session_id: str, *, trashed: bool = False) -> bool:
+        """Whether the store holds that session (in the trash when ``trashed``). Raises InvalidSessionId."""
+        ...
 
     def location(self, session_id: str) -> str:
         """Where the session is kept, for messages: a file path, or the store's address and the id."""
@@ -98,11 +104,17 @@ class Store(Protocol):
         """Every live session's id, sorted (ids sort by creation time)."""
         ...
 
-    def trashed_ids(self) -> list[str]: ...
+    def trashed_ids(self) -> list[str]:
+        """Every trashed session's id, sorted."""
+        ...
 
-    def newest_id(self) -> str | None: ...
+    def newest_id(self) -> str | None:
+        """The id of the most recently updated live session (``resume last``), None when there is none."""
+        ...
 
-    def ids_titled(self, title: str) -> list[str]: ...
+    def ids_titled(self, title: str) -> list[str]:
+        """Ids of the live sessions whose title is exactly ``title`` (``resolve`` by title)."""
+        ...
 
     # -- the trash ---------------------------------------------------------------------------------------
     def trash(self, session_id: str) -> None:

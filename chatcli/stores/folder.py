@@ -157,6 +157,7 @@ class FolderStore:
         return self.root / TRASH / name if trashed else self.root / name
 
     def lock_path(self, session_id: str) -> Path:
+        """The session's lock file, ``.ID.lock`` beside its snapshot. Raises InvalidSessionId."""
         return self.root / f".{validate_id(session_id)}.lock"
 
     def ensure_root(self) -> None:
@@ -348,6 +349,7 @@ class FolderStore:
 
     # -- the catalog (the SQLite cache beside the files) -------------------------------------------------
     def index(self) -> SessionIndex:
+        """The folder's search and listing cache (opened on first use, closed by ``close``)."""
         if self._index is None:
             from chatcli.stores.folder_index import SessionIndex
 

@@ -39,13 +39,21 @@ class Files(Protocol):
 
     root: Path
 
-    def ensure_root(self) -> None: ...
+    def ensure_root(self) -> None:
+        """Create the sessions folder if it is missing."""
+        ...
 
-    def path_for(self, session_id: str) -> Path: ...
+    def path_for(self, session_id: str) -> Path:
+        """The snapshot file of a live session."""
+        ...
 
-    def snapshot_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]: ...
+    def snapshot_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(session id, directory entry) for every snapshot file in the folder, in no order."""
+        ...
 
-    def load_path(self, path: Path, session_id: str | None = None) -> Snapshot: ...
+    def load_path(self, path: Path, session_id: str | None = None) -> Snapshot:
+        """The validated snapshot in ``path``. Raises SnapshotError (damaged or foreign), OSError."""
+        ...
 
 
 INDEX_NAME = ".index.sqlite"
@@ -127,6 +135,7 @@ class SessionIndex:
                 pass
 
     def close(self) -> None:
+        """Close the index database (also done by leaving the ``with`` block). Safe to call twice."""
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -354,6 +354,8 @@ class MySQLStore(SQLStore):
         return [(float(r[0]), r[1:]) for r in cur.fetchall()]
 
     def disk_bytes(self) -> int:
+        """Bytes chatcli's tables take, data and indexes (``information_schema.tables``)."""
+
         def ask(cur: Any) -> int:
             cur.execute(
                 "SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "

@@ -286,6 +286,8 @@ class PostgreSQLStore(SQLStore):
         return [r for _, r in found[:limit]]
 
     def disk_bytes(self) -> int:
+        """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""
+
         def ask(cur: Any) -> int:
             row = cur.execute(
                 "SELECT coalesce(sum(pg_total_relation_size(c)), 0) FROM (VALUES "

@@ -221,6 +221,7 @@ class SQLiteStore(SQLStore):
         return f"chatcli_holds({column}, %s)"
 
     def disk_bytes(self) -> int:
+        """Bytes the database takes on disk: its file with its -wal and -shm files."""
         total = 0
         for suffix in ("", "-wal", "-shm"):
             try:
