@@ -29,17 +29,20 @@ _HEADER = re.compile(r"^File `(?P<path>[^`\n]+)`:\n(?P<fence>`{3,})\n", re.MULTI
 
 @dataclass(frozen=True)
 class Attachment:
-    """A text file read for a message: ``path`` as the user gave it, its ``text``."""
+    """A text file read for a message: ``path`` as the user gave it (not expanded), its ``text`` (decoded
+    UTF-8, at most MAX_FILE_BYTES bytes)."""
 
     path: str
     text: str
 
     @property
     def lines(self) -> int:
+        """How many lines the text has (a last line without a newline counts; 0 for "")."""
         return self.text.count("\n") + (0 if self.text.endswith("\n") or not self.text else 1)
 
     def block(self) -> str:
-        """The file as a fenced block headed by its path."""
+        """The file as a fenced block headed by its path (the shape in the module docstring); the fence
+        is one backtick longer than the longest run in the text, at least three."""
         longest = max((len(m) for m in _BACKTICKS.findall(self.text)), default=0)
         fence = "`" * max(3, longest + 1)
         body = self.text if self.text.endswith("\n") or not self.text else self.text + "\n"
@@ -47,7 +50,9 @@ class Attachment:
 
 
 def read(path: str | Path) -> Attachment:
-    """The text file at ``path``. Raises AttachmentError (missing, a folder, not text, too large)."""
+    """The text file at ``path`` (``~`` expanded). Raises AttachmentError when it is missing, unreadable, a
+    folder or not a regular file, over MAX_FILE_BYTES bytes, or not text (a NUL byte in its first 8 KiB,
+    or not UTF-8)."""
     shown = str(path)
     p = Path(path).expanduser()
     try:
@@ -85,7 +90,8 @@ def _binary(raw: bytes) -> bool:
 
 
 def message(attachments: list[Attachment], text: str) -> str:
-    """A user message: the files' blocks, then ``text``."""
+    """A user message: the files' blocks, then ``text`` (left out when blank), separated by blank
+    lines."""
     parts = [a.block() for a in attachments]
     if text.strip():
         parts.append(text)
@@ -93,8 +99,8 @@ def message(attachments: list[Attachment], text: str) -> str:
 
 
 def folded(content: str) -> str:
-    """``content`` with each file block replaced by one line (``[file notes/plan.md: 12 lines]``), for views
-    that show a conversation at a glance."""
+    """``content`` with each complete file block replaced by one line (``[file notes/plan.md: 12 lines]``),
+    for views that show a conversation at a glance; a block with no closing fence is left as it is."""
     out: list[str] = []
     pos = 0
     while (m := _HEADER.search(content, pos)) is not None:

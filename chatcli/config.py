@@ -47,7 +47,7 @@ DEFAULT_STORE = "sessions"
 
 @dataclass
 class Settings:
-    """Everything a command needs to open a session. Times are in seconds."""
+    """Everything a command needs to open a session. Times are in seconds, sizes in tokens."""
 
     backend: str = "local"
     model: str = ""  # "" = the backend's default
@@ -61,20 +61,22 @@ class Settings:
     max_tokens: int | None = None
     timeout: float = 600.0  # whole turn
     connect_timeout: float = 10.0
-    idle_timeout: float = 120.0
+    idle_timeout: float = 120.0  # the longest the model may send nothing
     store: str = DEFAULT_STORE  # a folder path or a store URL (see chatcli.stores); may hold a password
     store_timeout: float = 10.0  # seconds a database statement or connection attempt may take
     model_path: Path | None = None
-    n_ctx: int = 8192
+    n_ctx: int = 8192  # tokens: the embedded model's window when context_window is not set
     context_window: int | None = None  # tokens; None: what the server states (see chatcli.session_context)
     compact_at: float | None = None  # share of the window at which /compact runs by itself (None: never)
-    threads: int | None = None
-    keep_alive: str | None = None
+    threads: int | None = None  # the embedded model's CPU threads (None: all cores)
+    keep_alive: str | None = None  # Ollama's keep_alive, e.g. "5m" (None: not sent)
     state_dir: Path = Path(".")
     config_path: Path | None = None
 
 
 def config_path(env: dict[str, str]) -> Path:
+    """The config file's path: ``CHATCLI_CONFIG`` (``~`` expanded), else ``config.toml`` in the platform's
+    user config folder. The file need not exist."""
     if env.get("CHATCLI_CONFIG"):
         return Path(env["CHATCLI_CONFIG"]).expanduser()
     from platformdirs import user_config_path
@@ -83,7 +85,8 @@ def config_path(env: dict[str, str]) -> Path:
 
 
 def state_dir(env: dict[str, str]) -> Path:
-    """Where chatcli keeps the REPL's input history and the model server's log."""
+    """Where chatcli keeps the REPL's input history and the model server's log: ``CHATCLI_STATE_DIR``
+    (``~`` expanded), else the platform's user state folder. Not created here."""
     if env.get("CHATCLI_STATE_DIR"):
         return Path(env["CHATCLI_STATE_DIR"]).expanduser()
     from platformdirs import user_state_path
@@ -92,8 +95,9 @@ def state_dir(env: dict[str, str]) -> Path:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The config file's settings ({} when it does not exist). Raises ConfigError naming the file on a
-    TOML error, an unknown key or a value of the wrong type."""
+    """The config file's settings, a dict of FILE_KEYS keys to TOML values ({} when the file does not
+    exist). Raises ConfigError naming the file when it cannot be read, is not valid TOML, or holds an
+    unknown key or a value of the wrong type (a boolean is never the right type)."""
     import tomllib
 
     try:
@@ -116,8 +120,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
-    """Merge ``flags`` (None = not given) over the environment, the config file and the defaults.
-    Raises ConfigError for an unknown backend or a bad value."""
+    """The Settings from ``flags`` (a dict of Settings field names, ``sessions_dir`` meaning ``store``;
+    None = not given) over the environment (``env``, default ``os.environ``), the config file and the
+    defaults. Raises ConfigError for a bad config file, an unknown backend, a base URL that is not
+    http(s), a store that can never work, or a value out of range (timeouts must be positive seconds)."""
     env = dict(os.environ) if env is None else env
     path = config_path(env)
     file = read_config_file(path)

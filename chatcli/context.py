@@ -9,13 +9,14 @@ turns at a time; the newest turn is always sent, and a message that cannot fit e
 the window, at most MAX_RESERVE tokens.
 
 **Counting.** Every message has an estimate (``Message.estimated_tokens``: UTF-8 bytes / 3, rounded up, plus
-4 for the chat template's role markers; 3 more prime the reply). Once a reply came back with
+4 for the chat template's role markers; 3 more prime the reply). When the newest reply came back with
 ``usage.prompt_tokens``, the estimate is calibrated: scaled by the ratio of that measured size to the
 estimate of the very request it measured, so the previous turn's usage plus an estimate of what is new
 decides the window, without an extra request. An estimate must come in under the limit with a margin
 (15 % uncalibrated, 5 % calibrated). When the backend can count exactly (llama.cpp's ``/apply-template``
-and ``/tokenize``) and the request comes near the limit, the planned request is counted exactly and moved on
-by a turn while it does not fit. The window itself comes from the backend or the settings (see
+and ``/tokenize``) and an uncalibrated estimate comes near the limit (above NEAR of it), or no turn fits by
+the estimate, the planned request is counted exactly and moved on by a turn while it does not fit (at most
+EXACT_TRIES counts). The window itself comes from the backend or the settings (see
 ``ContextMixin``); when it is unknown, everything since the last ``clear`` is sent and a server's overflow
 error teaches it.
 
@@ -45,22 +46,24 @@ SUMMARY_HEADER = "Summary of the earlier part of this conversation (those turns 
 
 
 def estimate(text: str) -> int:
-    """The estimated size of ``text`` as one message, in tokens (see the module docstring)."""
+    """The estimated size of ``text`` as one message, in tokens (see the module docstring); 0 for ""
+    (an empty system prompt is not sent)."""
     if not text:
         return 0
     return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD
 
 
 def reserve_for(window: int, max_tokens: int | None) -> int:
-    """Tokens of ``window`` kept for the reply: ``max_tokens``, at most half the window; else a quarter of
-    it, at most MAX_RESERVE."""
+    """Tokens of ``window`` (tokens) kept for the reply: ``max_tokens`` (when above 0), at most half the
+    window; else a quarter of it, at most MAX_RESERVE."""
     if max_tokens is not None and max_tokens > 0:
         return min(max_tokens, window // 2)
     return min(window // 4, MAX_RESERVE)
 
 
 def system_text(system: str, summary: Message | None) -> str:
-    """The system message a request starts with: the system prompt, then the summary (if any)."""
+    """The system message's text a request starts with: the system prompt, then a blank line and the
+    summary under SUMMARY_HEADER (if any); "" when there is neither."""
     if summary is None:
         return system
     block = f"{SUMMARY_HEADER}\n{summary.content}"
@@ -68,6 +71,7 @@ def system_text(system: str, summary: Message | None) -> str:
 
 
 def is_summary(m: Message) -> bool:
+    """Whether ``m`` is a summary written by ``/compact`` (it has ``summary_of``)."""
     return m.summary_of is not None
 
 
@@ -77,8 +81,9 @@ class Plan:
     ``messages`` the request's role/content dicts (the system message first), ``tokens`` their size as
     counted (``exact``: by the server; None when the window is unknown and nothing was counted),
     ``window`` and ``reserve`` (tokens; window None: unknown), ``summary`` the index of the summary sent
-    (None: none), ``left_out`` the turns since the last clear that were not sent and ``summarised`` how
-    many of those the summary stands for."""
+    (None: none), ``left_out`` the turns since the last clear that were not sent, ``summarised`` how
+    many of those the summary stands for, and ``calibration`` the measured/estimated factor the estimate
+    was scaled by (None: not calibrated; see ``calibration``)."""
 
     start: int
     indexes: list[int]
@@ -101,8 +106,8 @@ class Plan:
 
 
 def candidates(messages: Sequence[Message], context_start: int, end: int) -> list[int]:
-    """Indexes of the messages a request may carry: those since ``context_start`` (before ``end``) that
-    have text and were not dropped, summaries excluded (a summary goes in the system message)."""
+    """Indexes, in order, of the messages a request may carry: those in ``messages[context_start:end]``
+    that have text and were not dropped, summaries excluded (a summary goes in the system message)."""
     return [
         i
         for i in range(context_start, end)
@@ -111,7 +116,8 @@ def candidates(messages: Sequence[Message], context_start: int, end: int) -> lis
 
 
 def active_summary(messages: Sequence[Message], context_start: int, end: int) -> int | None:
-    """The index of the newest summary (not dropped) written since ``context_start``, or None."""
+    """The index of the newest summary before ``end`` (not dropped) whose span starts at or after
+    ``context_start``, or None."""
     for i in range(end - 1, context_start - 1, -1):
         m = messages[i]
         if m.summary_of is not None and m.dropped is None and m.summary_of[0] >= context_start:
@@ -120,9 +126,10 @@ def active_summary(messages: Sequence[Message], context_start: int, end: int) ->
 
 
 def calibration(messages: Sequence[Message], context_start: int, system: str, end: int) -> float | None:
-    """Measured / estimated size of the newest request whose size the server reported (``usage.prompt_tokens``
-    of the newest reply before ``end`` that has it), or None when no reply says or that request was under
-    CALIBRATE_FROM tokens. Clamped to 0.5-2."""
+    """Measured / estimated size of the request of the newest reply (not dropped) in
+    ``messages[context_start:end]``: its ``usage.prompt_tokens`` (tokens) over the estimate of what it was
+    sent (per its ``context``), clamped to 0.5-2. None when there is no such reply, the newest one reported
+    no prompt size (older replies are not consulted), or its request is estimated under CALIBRATE_FROM."""
     for r in range(end - 1, context_start - 1, -1):
         m = messages[r]
         if m.role != "assistant" or m.dropped is not None:
@@ -152,8 +159,10 @@ def plan(
     count: Counter | None = None,
     min_start: int = 0,
 ) -> Plan:
-    """The request for a reply to the conversation ``messages[:end]`` (default: all of them).
+    """The request (a Plan) for a reply to the conversation ``messages[:end]`` (default: all of them).
 
+    ``context_start``: the index after the last clear; ``system``: the system prompt (may be "");
+    ``max_tokens``: the reply cap in tokens (None: not set; see ``reserve_for``);
     ``window``: the context window in tokens (None: unknown, everything since ``context_start`` is sent);
     ``count``: the backend's exact count, or None; ``min_start``: send nothing before this index (after an
     overflow, to send less than the refused request). Raises MessageTooLarge when the newest turn cannot
@@ -320,7 +329,7 @@ def _newest_turn(messages: Sequence[Message], sent: list[int]) -> int:
 
 
 def turns_between(messages: Sequence[Message], first: int, end: int) -> int:
-    """The turns (user messages not dropped) among ``messages[first:end]``."""
+    """How many turns (user messages not dropped) ``messages[first:end]`` holds."""
     n = 0
     for i in range(first, end):
         m = messages[i]
@@ -350,6 +359,8 @@ def _recent(messages: Sequence[Message], context_start: int, end: int, enough: i
 def _request(
     messages: Sequence[Message], indexes: list[int], system: str, summary: Message | None
 ) -> list[dict[str, str]]:
+    """The request's ``{"role", "content"}`` dicts: the system message (when it has text), then the
+    messages at ``indexes``."""
     head = system_text(system, summary)
     out = [{"role": "system", "content": head}] if head else []
     out.extend({"role": messages[i].role, "content": messages[i].content} for i in indexes)

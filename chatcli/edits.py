@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 class SessionEdits:
-    """Undo/redo, model/system/title changes, clear/unclear. Each saves the session; each raises
-    NothingToDo when there is nothing to change, and SaveError when the save fails."""
+    """Undo/redo, model/system/title changes, clear/unclear. Each saves the session when it changes
+    something, and raises what the store's save raises when it fails (SaveError, StoreUnavailable,
+    StoreConflict, SessionLocked: "the save's errors" below); undo, redo and the ``set_*`` raise
+    NothingToDo when there is nothing to change, clear and unclear return 0 instead."""
 
     messages: list[Message]
     context_start: int
@@ -31,15 +33,16 @@ class SessionEdits:
     backend: Backend | None
 
     def save(self, *, checkpoint: bool = False) -> SaveInfo:
+        """Provided by ConversationSession: write the session to its store."""
         raise NotImplementedError
 
     def _touch(self, index: int) -> None:
         raise NotImplementedError
 
     def undo(self) -> Message:
-        """Take back the last turn (the last user message and its reply): they stay in the file, marked
-        ``dropped="undone"``, and ``redo`` brings them back. Returns the user message taken back. Raises
-        NothingToDo, SaveError."""
+        """Take back the last turn since the clear (its user message and all after it): they stay in the
+        file, marked ``dropped="undone"``, and ``redo`` brings them back. Returns the user message taken
+        back. Raises NothingToDo, the save's errors."""
         live = [i for i in range(self.context_start, len(self.messages)) if self.messages[i].dropped is None]
         users = [i for i in live if self.messages[i].role == "user"]
         if not users:
@@ -55,7 +58,7 @@ class SessionEdits:
 
     def redo(self) -> Message:
         """Bring back the turn the last ``undo`` took back, if nothing was said after it. Returns its user
-        message. Raises NothingToDo, SaveError."""
+        message. Raises NothingToDo, the save's errors."""
         tail: list[Message] = []
         for m in reversed(self.messages[self.context_start :]):
             if m.dropped is None:
@@ -77,7 +80,8 @@ class SessionEdits:
 
     def set_model(self, name: str) -> None:
         """Use model ``name`` from the next turn on; the change is recorded at this point of the
-        conversation. Raises NothingToDo (same model), ConfigError (a backend that serves one model)."""
+        conversation. Raises NothingToDo (the same model, or an empty name), ConfigError (a backend that
+        serves one model), the save's errors."""
         name = name.strip()
         if not name or name == self.model:
             raise NothingToDo(f"the model is already {self.model}")
@@ -89,7 +93,8 @@ class SessionEdits:
         self.save()
 
     def set_system(self, text: str) -> None:
-        """Use system prompt ``text`` (empty: none) from the next turn on; recorded at this point."""
+        """Use system prompt ``text`` (stripped; empty: none) from the next turn on; recorded at this
+        point. Raises NothingToDo (the same prompt), the save's errors."""
         text = text.strip()
         if text == self.system:
             raise NothingToDo("the system prompt is already that")
@@ -98,7 +103,8 @@ class SessionEdits:
         self.save()
 
     def set_title(self, title: str) -> None:
-        """Rename the session (``title`` already checked by the caller); recorded at this point."""
+        """Rename the session (``title`` already checked by the caller); recorded at this point. Raises
+        NothingToDo (the same title), the save's errors."""
         if title == self.title:
             raise NothingToDo("the title is already that")
         self._record_change("title", self.title, title)
@@ -112,7 +118,8 @@ class SessionEdits:
 
     def clear(self) -> int:
         """Start the next turn from an empty context (system prompt kept). Earlier messages stay in the
-        snapshot and ``uncleared`` brings them back. Returns how many messages left the context."""
+        snapshot and ``unclear`` brings them back. Returns how many messages left the context (0: it was
+        already empty, nothing saved)."""
         n = len(self.messages) - self.context_start
         if n:
             self.clears.append(self.context_start)
@@ -121,7 +128,8 @@ class SessionEdits:
         return n
 
     def unclear(self) -> int:
-        """Undo the last ``clear``: its messages rejoin the context. Returns how many came back (0: none)."""
+        """Undo the last ``clear``: its messages rejoin the context. Returns how many came back (0: there
+        was no clear, nothing saved)."""
         if not self.clears:
             return 0
         before = self.context_start

@@ -29,8 +29,8 @@ Every exception here carries a message written for the user: one sentence they c
         │   ├── AuthenticationError    401 / 403
         │   ├── ModelNotFound          404 (unknown model or wrong base URL)
         │   ├── RateLimited            429 (``retry_after`` seconds, when the server said)
-        │   └── ContextOverflow        400: the request did not fit the context window (``window``,
-        │                              ``prompt_tokens``, when the server said)
+        │   └── ContextOverflow        400 (413, 500): the request did not fit the context window
+        │                              (``window``, ``prompt_tokens``, when the server said)
         ├── MessageTooLarge            a message that cannot fit the context window even alone: not sent
         └── StreamError                the stream broke: cut short, malformed chunk, error inside the stream
 
@@ -64,6 +64,8 @@ class ChatcliError(Exception):
 
 
 class ConfigError(ChatcliError):
+    """A bad flag, environment variable or config file value; the message names it. Exit status 2."""
+
     exit_code = ExitStatus.USAGE
 
 
@@ -91,27 +93,31 @@ class ExportError(ChatcliError):
 
 
 class SessionError(ChatcliError):
-    pass
+    """A session that cannot be used as asked (see the subclasses)."""
 
 
 class InvalidSessionId(SessionError):
+    """An id that could never name a file (``/``, ``..``, NUL, too long); nothing was touched. Exit
+    status 2."""
+
     exit_code = ExitStatus.USAGE
 
 
 class SessionNotFound(SessionError):
-    pass
+    """No session matches the id, id prefix or title given."""
 
 
 class AmbiguousSessionId(SessionError):
-    pass
+    """An id prefix or title that matches more than one session."""
 
 
 class SessionExists(SessionError):
-    pass
+    """A session with that id is already in the store (import, restore, migrate): nothing overwritten."""
 
 
 class SessionLocked(SessionError):
-    pass
+    """The session's writer lock cannot be taken: another chatcli (or this one) has the session open, or
+    the lock file cannot be used."""
 
 
 class SnapshotError(SessionError):
@@ -144,11 +150,13 @@ class StoreConflict(StoreError):
 
 
 class BackendError(ChatcliError):
-    pass
+    """The model server could not give a reply (or answered in a shape chatcli cannot read). The only
+    kind of error a backend raises (``chatcli.backends.base``)."""
 
 
 class BackendUnavailable(BackendError):
-    pass
+    """The server cannot be reached (connection refused, unknown host), or the embedded model is not
+    installed or failed to start."""
 
 
 class BackendTimeout(BackendError):
@@ -171,11 +179,11 @@ class BackendHTTPError(BackendError):
 
 
 class AuthenticationError(BackendHTTPError):
-    pass
+    """HTTP 401 or 403: the API key is missing or refused."""
 
 
 class ModelNotFound(BackendHTTPError):
-    pass
+    """HTTP 404: an unknown model, or a base URL that is not the API's."""
 
 
 class RateLimited(BackendHTTPError):
@@ -219,7 +227,8 @@ class MessageTooLarge(BackendError):
 
 
 class StreamError(BackendError):
-    pass
+    """The reply's stream broke: cut short, a malformed chunk or line, an error sent inside the stream, or
+    an answer that is not the protocol's (not an event stream, no model list)."""
 
 
 class SessionTimeoutError(ChatcliError):
