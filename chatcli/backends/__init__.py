@@ -17,10 +17,11 @@ NAMES = ("local", "openai", "ollama")
 
 
 def choose(backend: str | None, base_url: str, env: Mapping[str, str]) -> tuple[str, str]:
-    """The backend and base URL to use, from what was chosen (``None``/``""``: nothing) and the
-    environment: with no backend chosen, a base URL (given, or ``OPENAI_BASE_URL``) means an OpenAI-compatible
-    server, else the embedded model; the openai backend's default address is ``OPENAI_BASE_URL``, Ollama's
-    ``OLLAMA_HOST``. Raises ConfigError for an unknown backend or an address that is not http(s)."""
+    """The tuple (backend name, base URL; "" for the backend's default) to use, from what was chosen
+    (``None``/``""``: nothing) and the environment: with no backend chosen, a base URL (given, or
+    ``OPENAI_BASE_URL``) means an OpenAI-compatible server, else the embedded model; the openai backend's
+    default address is ``OPENAI_BASE_URL``, Ollama's ``OLLAMA_HOST``. Raises ConfigError for an unknown
+    backend or an address that is not http(s)."""
     if backend is None:
         backend = "openai" if (base_url or env.get("OPENAI_BASE_URL")) else "local"
     if backend not in NAMES:
@@ -37,7 +38,8 @@ def choose(backend: str | None, base_url: str, env: Mapping[str, str]) -> tuple[
 
 
 def api_key(env: Mapping[str, str]) -> str | None:
-    """The key sent to an OpenAI-compatible server: ``OPENAI_API_KEY`` (never read from a file)."""
+    """The key sent to an OpenAI-compatible server: ``OPENAI_API_KEY`` (never read from a file); None when
+    unset or empty."""
     return env.get("OPENAI_API_KEY") or None
 
 
@@ -75,9 +77,12 @@ def make_backend(
     log_path: Path | None = None,
     context_window: int | None = None,
 ) -> Backend:
-    """A backend by name. ``model``/``base_url`` "" mean the backend's default. ``context_window`` (tokens)
+    """A backend by name (one of NAMES); nothing is connected or started yet. ``model``/``base_url`` ""
+    mean the backend's default (openai: ``gpt-4o-mini`` at api.openai.com; ollama: ``llama3.2`` at its
+    DEFAULT_HOST; local: named after its model file, ``base_url`` unused). ``context_window`` (tokens)
     is what Ollama is asked to run with (``num_ctx``) and what the local model server is started with
-    (over ``n_ctx``). Raises ConfigError."""
+    (over ``n_ctx``, tokens); ``threads``, ``log_path``: the local server's; ``keep_alive``: Ollama's.
+    Raises ConfigError for an unknown name."""
     if name == "openai":
         from chatcli.backends.openai import DEFAULT_BASE_URL, OpenAIBackend
 

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 @dataclass
 class StreamEvent:
     """One step of a streamed reply. ``text``: new reply text (may be empty); ``finish_reason`` on the
-    last choice (``stop``, ``length``, ...); ``usage`` when the server sends counts; ``server_timings``: the
-    server's raw timing fields; ``tokens_per_second``: generation speed derived from them."""
+    last choice (``stop``, ``length``, ...; the server's word); ``usage`` when the server sends token counts;
+    ``server_timings``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, Ollama's
+    ``*_duration`` in nanoseconds); ``tokens_per_second``: completion tokens per second of generation as
+    the server measured it (llama.cpp ``predicted_per_second``, Ollama ``eval_count / eval_duration``)."""
 
     text: str = ""
     finish_reason: str | None = None
@@ -46,21 +48,28 @@ class StreamEvent:
 
 
 class Backend(Protocol):
-    """What ConversationSession needs of a model server."""
+    """What ConversationSession needs of a model server. Every method that can fail raises only
+    BackendError subclasses (``chatcli.errors``); the ones that say "never raises" answer None instead."""
 
     name: str  # "openai", "ollama" or "local"
     model: str  # the model name sent in requests
-    base_url: str  # where requests go (never holds credentials)
+    base_url: str  # where requests go; may hold user:password@ (``public_url`` before it is shown or saved)
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
-        """Stream the reply to ``messages`` (``{"role", "content"}`` dicts). ``deadline`` is a
-        ``time.monotonic()`` value for the whole reply. Raises BackendError subclasses only."""
+        """Stream the reply to ``messages`` (a list of ``{"role", "content"}`` dicts, system message first)
+        as StreamEvents; one carries ``finish_reason``, and usage and timings come when the server sends them
+        (with it or in a later event).
+        ``params``: sampling (None fields are not sent); ``timeouts``: connect and idle limits in seconds;
+        ``deadline``: a ``time.monotonic()`` value (seconds) for the whole reply. Raises, when called or while
+        iterating: BackendUnavailable, BackendTimeout (``kind`` connect/idle/total), BackendHTTPError and its
+        subclasses (ContextOverflow, RateLimited, ...), StreamError (cut short, malformed, error inside)."""
         ...
 
     def prepare(self) -> None:
-        """Get ready in the background (start a local server); never blocks, never raises."""
+        """Get ready in the background (start a local server, without waiting for it); never blocks for
+        long and never raises: a problem is reported by the first turn."""
         ...
 
     def close(self) -> None:
@@ -68,36 +77,43 @@ class Backend(Protocol):
         ...
 
     def recorded(self) -> dict[str, str]:
-        """What a session's snapshot records of where it runs, so a resume finds it again: ``base_url``
-        (and ``model_path`` for a model file given by the user)."""
+        """What a session's snapshot records of where it runs, so a resume finds it again: a dict with
+        ``base_url`` (as is: the caller strips credentials with ``public_url``; "" when it changes each
+        run) and, for the local backend,
+        ``model_path`` (the model file the user gave, "" for the bundled one)."""
         ...
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
-        """The models the server offers. Raises BackendError subclasses."""
+        """The models the server offers, as ModelInfo (``details`` per backend: sizes in bytes, context
+        lengths in tokens). Raises BackendUnavailable, BackendTimeout, BackendHTTPError, or StreamError
+        when the answer lists no models."""
         ...
 
     def context_window(self, timeouts: Timeouts) -> int | None:
-        """The model's context window in tokens as the server states it (llama.cpp ``/props`` ``n_ctx``,
-        Ollama's ``num_ctx``), or None when it cannot say. At most one request per backend; never raises."""
+        """The model's context window in tokens as the server states it (llama.cpp ``GET /props``
+        ``default_generation_settings.n_ctx``; Ollama: the ``num_ctx`` it is sent), or None when it cannot
+        say. The answer is remembered: at most one request per backend. Never raises."""
         ...
 
     def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
-        """The exact prompt size of a request holding ``messages``, in tokens, when the server can count it
-        (llama.cpp's ``/apply-template`` then ``/tokenize``); else None. Never raises."""
+        """The exact prompt size of a request holding ``messages`` (``{"role", "content"}`` dicts), in
+        tokens, when the server can count it (llama.cpp's ``POST /apply-template`` then ``POST /tokenize``);
+        else None. On llama.cpp two requests each call; never raises."""
         ...
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """A model a server offers: its ``name`` (what ``--model`` takes) and what else the server says of it
-    (``details``: size in bytes, context length in tokens, ...)."""
+    (``details``: e.g. ``size`` in bytes, ``n_ctx`` in tokens; the keys each backend's ``list_models``
+    names)."""
 
     name: str
     details: dict[str, Any]
 
 
 def public_url(url: str) -> str:
-    """``url`` without ``user:password@``, so credentials never reach a file."""
+    """``url`` without ``user:password@`` (the rest unchanged), so credentials never reach a file."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
@@ -110,7 +126,9 @@ def public_url(url: str) -> str:
 
 
 class HTTPBackend:
-    """Shared machinery of the HTTP backends: one httpx.Client, error mapping, deadline checks."""
+    """Shared machinery of the HTTP backends: one httpx.Client (opened on first use, no proxy from the
+    environment), error mapping, deadline checks. ``base_url``: where requests go, without a trailing
+    ``/``; ``headers``: sent with every request (e.g. ``Authorization``)."""
 
     name = "http"
 
@@ -121,20 +139,26 @@ class HTTPBackend:
         self._client: httpx.Client | None = None
 
     def prepare(self) -> None:
-        pass
+        """Nothing to do: a remote server is already running (or the first turn says it is not)."""
 
     def recorded(self) -> dict[str, str]:
+        """``{"base_url": ...}``: the server's address."""
         return {"base_url": self.base_url}
 
     def context_window(self, timeouts: Timeouts) -> int | None:
+        """None: a plain HTTP server states no window (subclasses that can, override)."""
         return None
 
     def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+        """None: a plain HTTP server cannot count tokens (subclasses that can, override)."""
         return None
 
     def get_json(self, path: str, timeouts: Timeouts, body: Any = None, *, url: str | None = None) -> Any:
-        """GET ``base_url + path`` (POST ``body`` when given; ``url`` instead of ``base_url + path``) and
-        return the JSON answer. Raises BackendError subclasses (as a reply would)."""
+        """GET ``base_url + path`` (POST ``body`` as JSON when given; ``url`` instead of ``base_url +
+        path``) and return the decoded JSON answer (any shape: callers check it). Waits at most
+        ``timeouts.connect`` seconds to connect and min(idle, total) for the answer. Raises BackendTimeout,
+        BackendUnavailable, BackendHTTPError (as ``http_error`` maps it), BackendError (not JSON, or another
+        transport failure)."""
         import httpx
 
         client = self._http(timeouts, time.monotonic() + timeouts.total)
@@ -159,6 +183,7 @@ class HTTPBackend:
             raise BackendError(f"{self.base_url} did not answer as expected: {_reason(e)}") from None
 
     def close(self) -> None:
+        """Close the HTTP connections; the next request opens new ones. Safe to call twice."""
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -234,18 +259,24 @@ class HTTPBackend:
 
     @staticmethod
     def check_deadline(deadline: float, timeouts: Timeouts) -> None:
-        """Raise BackendTimeout(kind="total") once ``deadline`` (time.monotonic) has passed."""
+        """Raise BackendTimeout(kind="total", seconds=``timeouts.total``) once ``deadline`` (a
+        ``time.monotonic()`` value, seconds) has passed."""
         if time.monotonic() > deadline:
             raise BackendTimeout(
                 f"the reply took longer than the {timeouts.total:g} s limit", "total", timeouts.total
             )
 
     def error_message(self, payload: Any, text: str) -> tuple[str, str]:
-        """(message, type) from an error body; subclasses know their protocol's shape."""
+        """(message, type) from an error body: ``payload`` the decoded JSON (None when it was not JSON),
+        ``text`` the raw body. The message is cut to 300 characters; type "" when none. This base reads
+        the body as text; subclasses know their protocol's shape."""
         return text.strip()[:300], ""
 
     def http_error(self, response: httpx.Response) -> BackendHTTPError:
-        """Map an HTTP error response to the matching BackendHTTPError with a message a user can act on."""
+        """The BackendHTTPError (returned, not raised) for an HTTP error response, with a message a user
+        can act on: 401/403 AuthenticationError, 404 ModelNotFound, 429 RateLimited (``retry_after`` seconds
+        from the Retry-After header), an overflow ContextOverflow (see ``context_overflow``), else
+        BackendHTTPError."""
         status = response.status_code
         try:
             payload = response.json()
@@ -300,9 +331,10 @@ _PROMPT_RES = (
 def context_overflow(
     status: int, payload: Any, message: str, err_type: str
 ) -> tuple[int | None, int | None] | None:
-    """(window, prompt tokens) when an error response says the request did not fit the context window,
-    each None when not stated; None when it is another error. Shapes: llama.cpp 400 ``{"error": {"type":
-    "exceed_context_size_error", "n_ctx", "n_prompt_tokens"}}``; OpenAI 400 ``code``
+    """(window, prompt tokens), both in tokens, when an error response (HTTP 400, 413 or 500; ``payload``
+    the decoded body, ``message``/``err_type`` as ``error_message`` gave them) says the request did not
+    fit the context window, each None when not stated; None when it is another error. Shapes: llama.cpp
+    400 ``{"error": {"type": "exceed_context_size_error", "n_ctx", "n_prompt_tokens"}}``; OpenAI 400 ``code``
     ``context_length_exceeded`` ("maximum context length is N tokens ... M in the messages"); Ollama 400
     ``{"error": "..."}`` holding llama.cpp's message (or its whole JSON as a string)."""
     if status not in (400, 413, 500):

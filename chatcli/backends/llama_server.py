@@ -14,6 +14,9 @@ import time
 
 
 def main() -> None:
+    """Serve ``--model`` on 127.0.0.1:``--port`` with a ``--ctx``-token window and ``--threads`` CPU
+    threads until SIGTERM or until ``--parent`` (a pid; 0: none) is gone, checked every 0.5 s; then
+    exits at once with status 0 (``os._exit``: no cleanup)."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--port", type=int, required=True)

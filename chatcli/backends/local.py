@@ -59,10 +59,11 @@ def _free_port() -> int:
 
 
 class LocalBackend(OpenAIBackend):
-    """The embedded model. ``model_path``: a GGUF file; ``n_ctx``: context length in tokens; ``threads``:
-    CPU threads (default: all cores); ``log_path``: where the server's own log goes (None: discarded).
-    ``ready_timeout``: seconds to wait for the model to load. Raises BackendUnavailable when the model
-    file or xllamacpp is missing, or the server does not come up."""
+    """The embedded model. ``model_path``: a GGUF file (None: the bundled one); ``n_ctx``: context length
+    in tokens; ``threads``: CPU threads (default: all cores); ``log_path``: where the server's own log goes
+    (None: discarded; overwritten at each start). ``ready_timeout``: seconds to wait for the model to load.
+    Building one starts nothing; a turn (or ``wait_ready``, ``list_models``) raises BackendUnavailable when
+    the model file or xllamacpp is missing, or the server does not come up."""
 
     name = "local"
 
@@ -152,12 +153,14 @@ class LocalBackend(OpenAIBackend):
         self._port = port
 
     def recorded(self) -> dict[str, str]:
-        """No address (a new port each time), and the model file when the user gave one."""
+        """``base_url`` "" (a new port each run) and ``model_path``: the model file the user gave, or ""
+        for the bundled one."""
         return {"base_url": "", "model_path": str(self.given_model_path) if self.given_model_path else ""}
 
     def wait_ready(self) -> None:
-        """Start the server if needed and wait until ``GET /health`` answers 200.
-        Raises BackendUnavailable (with the server's last log line) if it exits or does not come up."""
+        """Start the server if needed and wait, at most ``ready_timeout`` seconds, until ``GET /health``
+        answers 200 (llama.cpp answers 503 while loading). Raises BackendUnavailable (with the server's last
+        log line when there is a log) if it cannot start, exits, or does not come up in time."""
         if self._ready and self._proc is not None and self._proc.poll() is None:
             return
         import httpx
@@ -197,8 +200,9 @@ class LocalBackend(OpenAIBackend):
         return f": {lines[-1].strip()[:200]} (log: {self.log_path})" if lines else ""
 
     def context_window(self, timeouts: Timeouts) -> int | None:
-        """The ``n_ctx`` the server runs with (``/props``; the one it was started with if it cannot say).
-        Starts the server if needed; never raises (a server that cannot start fails the turn instead)."""
+        """The window in tokens the server runs with (llama.cpp ``/props``
+        ``default_generation_settings.n_ctx``; the ``n_ctx`` it was started with if it cannot say). Starts
+        the server and waits for it if needed; never raises (a server that cannot start fails the turn)."""
         try:
             self.wait_ready()
         except BackendUnavailable:
@@ -206,8 +210,10 @@ class LocalBackend(OpenAIBackend):
         return super().context_window(timeouts) or self.n_ctx
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
-        """The one model file it serves (the server is started to ask it): its name, file, size, the
-        context length it runs with (``n_ctx``) and the one it was trained for (``n_ctx_train``)."""
+        """The one model file it serves (the server is started to ask it): its name and ``details``:
+        ``path``, and from llama.cpp's ``/v1/models`` ``meta`` the ``size`` (bytes), ``n_params``, the context
+        length it runs with (``n_ctx``, tokens; the one it was started with when meta has none) and the one
+        it was trained for (``n_ctx_train``). Raises BackendUnavailable, and as ``openai.list_models``."""
         from chatcli.backends.openai import list_models
 
         self.wait_ready()
@@ -229,11 +235,14 @@ class LocalBackend(OpenAIBackend):
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
+        """Wait for the server (BackendUnavailable is raised here, at the call, before any event), then
+        stream as ``OpenAIBackend.stream_chat``."""
         self.wait_ready()
         return super().stream_chat(messages, params, timeouts, deadline)
 
     def close(self) -> None:
-        """Stop the model server (SIGTERM, then SIGKILL after 3 s) and close connections."""
+        """Stop the model server (SIGTERM, then SIGKILL after 3 s) and close connections. Safe to call
+        twice; the next turn starts a new server."""
         super().close()
         proc, self._proc = self._proc, None
         self._ready = False

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
-from chatcli.errors import BackendError, ModelNotFound, StreamError
+from chatcli.errors import BackendError, BackendHTTPError, ModelNotFound, StreamError
 from chatcli.messages import int_or_none
 
 if TYPE_CHECKING:
@@ -47,8 +47,9 @@ def base_url_from_host(host: str | None) -> str:
 
 
 class OllamaBackend(HTTPBackend):
-    """Streams from Ollama's native chat API. ``keep_alive`` (e.g. ``"5m"``) is passed through when set;
-    ``num_ctx`` sets the context length in tokens."""
+    """Streams from Ollama's native chat API. ``keep_alive`` (a duration such as ``"5m"``, Ollama's
+    format) is passed through when set; ``num_ctx``: the context window in tokens sent as
+    ``options.num_ctx`` (None: decided by ``context_window``, and not sent before that)."""
 
     name = "ollama"
 
@@ -64,6 +65,9 @@ class OllamaBackend(HTTPBackend):
         self.num_ctx = num_ctx
 
     def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        """The ``/api/chat`` JSON body: ``model``, ``messages``, ``stream``, ``keep_alive`` when set, and
+        ``options`` holding what is set of ``temperature``, ``top_p``, ``repeat_penalty``, ``num_predict``
+        (``max_tokens``, tokens) and ``num_ctx`` (tokens)."""
         options: dict[str, Any] = {}
         if params.temperature is not None:
             options["temperature"] = params.temperature
@@ -85,6 +89,11 @@ class OllamaBackend(HTTPBackend):
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
+        """Stream ``POST /api/chat`` (see ``Backend.stream_chat``; Ollama /api/chat NDJSON lines). The
+        last event has ``done_reason`` (``stop`` when absent), usage from ``prompt_eval_count`` and
+        ``eval_count``, the ``*_duration`` fields (nanoseconds) and tokens/s from ``eval_count /
+        eval_duration``. Raises, while iterating, the errors of ``Backend.stream_chat``; StreamError for a
+        line that is not a JSON object, an ``error`` line, or a stream that ends before ``"done": true``."""
         body = self.request_body(messages, params)
 
         def parse(response: httpx.Response, deadline: float) -> Generator[StreamEvent, None, None]:
@@ -142,10 +151,11 @@ class OllamaBackend(HTTPBackend):
             raise StreamError(f"the reply from {self.base_url} ended before it was complete")
 
     def context_window(self, timeouts: Timeouts) -> int | None:
-        """``num_ctx`` when set (``context_window``); else the model's own context length (``POST
-        /api/show``, ``model_info["<arch>.context_length"]``) but at most DEFAULT_NUM_CTX, Ollama's
-        smallest default. Either way it is then sent as ``options.num_ctx``, so the server runs with the
-        window chatcli sizes requests for (Ollama would otherwise cut a longer prompt silently)."""
+        """The window in tokens: ``num_ctx`` when set (``context_window``); else the model's own context
+        length (``POST /api/show``, ``model_info["<arch>.context_length"]``) but at most DEFAULT_NUM_CTX,
+        Ollama's smallest default (DEFAULT_NUM_CTX when ``/api/show`` fails or says none). Either way it is
+        kept as ``num_ctx`` and sent as ``options.num_ctx``, so the server runs with the window chatcli sizes
+        requests for (Ollama would otherwise cut a longer prompt silently). Never None; never raises."""
         if self.num_ctx is None:
             try:
                 shown = self.get_json("/api/show", timeouts, {"model": self.model})
@@ -161,7 +171,9 @@ class OllamaBackend(HTTPBackend):
         return self.num_ctx
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
-        """``GET /api/tags``: the models pulled into this Ollama."""
+        """``GET /api/tags``: the models pulled into this Ollama, ``details`` from ``size`` (bytes),
+        ``modified_at`` and ``details.{parameter_size, quantization_level, family}``. Raises as
+        ``HTTPBackend.get_json``, and StreamError when the answer holds no ``models`` list."""
         payload = self.get_json("/api/tags", timeouts)
         models = payload.get("models") if isinstance(payload, dict) else None
         if not isinstance(models, list):
@@ -178,11 +190,14 @@ class OllamaBackend(HTTPBackend):
         return out
 
     def error_message(self, payload: Any, text: str) -> tuple[str, str]:
+        """(message, "") from Ollama's ``{"error": "..."}``, else the raw text; cut to 300 characters."""
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
             return payload["error"].strip()[:300], ""
         return text.strip()[:300], ""
 
-    def http_error(self, response: httpx.Response):  # type: ignore[no-untyped-def]
+    def http_error(self, response: httpx.Response) -> BackendHTTPError:
+        """As ``HTTPBackend.http_error``, but a 404 is Ollama's "model not found": ModelNotFound saying to
+        ``ollama pull`` it."""
         err = super().http_error(response)
         if response.status_code == 404:
             return ModelNotFound(

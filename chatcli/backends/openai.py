@@ -41,6 +41,9 @@ class OpenAIBackend(HTTPBackend):
         super().__init__(base_url, model, headers)
 
     def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        """The ``/chat/completions`` JSON body: ``model``, ``messages`` (``{"role", "content"}`` dicts),
+        ``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``, ``max_tokens``
+        (tokens) when set; ``repeat_penalty`` is not an OpenAI field and is left out here."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -58,6 +61,10 @@ class OpenAIBackend(HTTPBackend):
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
+        """Stream ``POST /chat/completions`` (see ``Backend.stream_chat``; fields as in the OpenAI
+        chat.completion.chunk). Raises, while iterating, the errors of ``Backend.stream_chat``; StreamError
+        when the answer is not ``text/event-stream``, a chunk is not JSON, a chunk holds ``error``, or the
+        stream ends with neither ``[DONE]`` nor a ``finish_reason``."""
         body = self.request_body(messages, params)
 
         def parse(response: httpx.Response, deadline: float) -> Generator[StreamEvent, None, None]:
@@ -121,8 +128,8 @@ class OpenAIBackend(HTTPBackend):
         return self._props
 
     def context_window(self, timeouts: Timeouts) -> int | None:
-        """llama.cpp's ``GET /props`` ``default_generation_settings.n_ctx`` (asked once); None from any
-        other server."""
+        """llama.cpp's ``GET /props`` ``default_generation_settings.n_ctx`` in tokens (asked once, with at
+        most 5 s for the answer); None from any other server or on any failure."""
         settings = self._llama_props(timeouts).get("default_generation_settings")
         n_ctx = int_or_none(settings.get("n_ctx")) if isinstance(settings, dict) else None
         return n_ctx if n_ctx and n_ctx > 0 else None
@@ -144,9 +151,13 @@ class OpenAIBackend(HTTPBackend):
         return len(found) if isinstance(found, list) else None
 
     def list_models(self, timeouts: Timeouts) -> list[ModelInfo]:
+        """``GET /models`` (see the module-level ``list_models``)."""
         return list_models(self, timeouts)
 
     def error_message(self, payload: Any, text: str) -> tuple[str, str]:
+        """(message, type) from an OpenAI error body ``{"error": {"message", "type", ...}}``; also takes
+        ``{"error": "..."}`` and ``{"message": "..."}`` as other compatible servers send, else the raw text.
+        The message is cut to 300 characters."""
         if isinstance(payload, dict):
             err = payload.get("error")
             if isinstance(err, dict):
@@ -159,6 +170,9 @@ class OpenAIBackend(HTTPBackend):
 
 
 def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
+    """The StreamEvent of one chat.completion.chunk: ``choices[0].delta.content`` and ``finish_reason``,
+    ``usage`` (``prompt_tokens_details.cached_tokens``, else llama.cpp's ``timings.cache_n``) and llama.cpp's
+    ``timings`` (``predicted_per_second``: tokens/s)."""
     from chatcli.messages import Usage
 
     event = StreamEvent()
@@ -195,7 +209,10 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
 
 
 def list_models(backend: HTTPBackend, timeouts: Timeouts) -> list[ModelInfo]:
-    """``GET /models`` of an OpenAI-compatible server (``data[].id``; llama.cpp adds ``meta``)."""
+    """``GET /models`` of an OpenAI-compatible server: one ModelInfo per ``data[].id``, ``details`` from
+    ``owned_by``, ``created`` (Unix seconds) and llama.cpp's ``meta`` (``n_ctx``, ``n_ctx_train`` in tokens,
+    ``n_params``, ``size`` in bytes). Raises as ``HTTPBackend.get_json``, and StreamError when the answer
+    holds no ``data`` list."""
     payload = backend.get_json("/models", timeouts)
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
