@@ -509,3 +509,20 @@ def test_make_backend() -> None:
     with pytest.raises(ConfigError, match="unknown backend 'gemini'"):
         make_backend("gemini")
     assert issubclass(StreamError, BackendError)
+
+
+# ------------------------------------------------------------------------------- timeouts, local model
+
+
+def test_a_server_that_connects_but_never_answers_reports_the_read_limit() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)  # the kernel completes the connection; nobody ever answers
+        backend = OpenAIBackend(f"http://127.0.0.1:{s.getsockname()[1]}/v1", "m")
+        try:
+            with pytest.raises(BackendTimeout) as info:
+                backend.list_models(Timeouts(connect=3.0, idle=0.2, total=10.0))
+        finally:
+            backend.close()
+    assert info.value.kind == "idle" and info.value.seconds == pytest.approx(0.2)
+    assert "did not answer within 0.2 s" in str(info.value)

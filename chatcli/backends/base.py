@@ -173,9 +173,16 @@ class HTTPBackend:
             return response.json()
         except BackendError as e:
             raise self._scrubbed(e) from None
-        except httpx.TimeoutException:
+        except httpx.ConnectTimeout:
             raise BackendTimeout(
-                f"{self.base_url} did not answer within {timeouts.connect:g} s", "connect", timeouts.connect
+                f"could not connect to {self.base_url} within {timeouts.connect:g} s",
+                "connect",
+                timeouts.connect,
+            ) from None
+        except httpx.TimeoutException:  # connected, but no answer within the read limit
+            kind = "idle" if self._read_limit >= timeouts.idle else "total"
+            raise BackendTimeout(
+                f"{self.base_url} did not answer within {self._read_limit:g} s", kind, self._read_limit
             ) from None
         except httpx.ConnectError as e:
             raise self._unreachable(e) from None
