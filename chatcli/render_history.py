@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatcli.attachments import folded
+from chatcli.snapshot import span_text, turn_span, turns_before
 from chatcli.text import count
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
         out.info(f"… {count(len(turns) - len(shown), 'earlier turn')} not shown (history N shows more)")
     messages = session.messages
     index = {id(m): i for i, m in enumerate(messages)}
-    turn_at = _turn_numbers(messages)
+    turn_at = turns_before(m.role == "user" and m.dropped is None for m in messages)
     first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
     if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
         console.print(f"[dim]system:[/] {_esc(sanitize(first_system))}")
@@ -67,40 +68,24 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
         _change(out, c)
 
 
-def _turn_numbers(messages: list[Message]) -> list[int]:
-    """For each index, the number of turns that start before it."""
-    out, n = [], 0
-    for m in messages:
-        out.append(n)
-        if m.role == "user" and m.dropped is None:
-            n += 1
-    return out
-
-
 def _left_out_tag(reply: Message, turn_at: list[int], context_start: int) -> str:
     """`` · turns 1–4 not sent`` when the reply's request left earlier turns out."""
     ctx = reply.context
-    if ctx is None or ctx.start >= len(turn_at):
+    span = turn_span(turn_at, context_start, ctx.start) if ctx is not None else None
+    if span is None:
         return ""
-    first = turn_at[min(context_start, len(turn_at) - 1)] + 1
-    last = turn_at[ctx.start]
-    if last < first:
-        return ""
-    span = f"turn {first}" if first == last else f"turns {first}–{last}"
-    how = " (as a summary)" if ctx.summary is not None else ""
-    return f" [dim]· {span} not sent{how}[/]"
+    how = " (as a summary)" if ctx is not None and ctx.summary is not None else ""
+    return f" [dim]· {span_text(span)} not sent{how}[/]"
 
 
 def _mark(out: Renderer, m: Message, turn_at: list[int]) -> None:
     from chatcli.render import _esc, local_time, sanitize
 
     if m.summary_of is not None:
-        first, end = (
-            turn_at[min(m.summary_of[0], len(turn_at) - 1)] + 1,
-            turn_at[min(m.summary_of[1], len(turn_at) - 1)],
-        )
+        span = turn_span(turn_at, m.summary_of[0], m.summary_of[1])
         taken = " (taken back)" if m.dropped else ""
-        out.console.rule(f"[dim]summary of turns {first}–{end}{taken}[/]", style="dim")
+        what = span_text(span) if span else "earlier turns"
+        out.console.rule(f"[dim]summary of {what}{taken}[/]", style="dim")
         out.console.print(f"[dim]{_esc(sanitize(m.content))}[/]")
         return
     out.console.print(f"[bold cyan]you[/] [dim]{local_time(m.created_at)}[/] [yellow]\\[not sent][/]")

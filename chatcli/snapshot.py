@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, Required, TypedDict, cast
@@ -227,6 +227,30 @@ def is_turn(m: MessageJSON) -> bool:
     """Whether a message (a snapshot message dict) starts a turn: a user message that was not dropped (a
     turn taken back by ``undo`` is no turn). Turns are numbered from 1 by counting these."""
     return m.get("role") == "user" and m.get("dropped") is None
+
+
+def turns_before(starts_turn: Iterable[bool]) -> list[int]:
+    """From each message's "starts a turn" flag (``is_turn``), the list whose item ``i`` is the number of
+    turns that start before message ``i``: one item more than there are messages."""
+    out = [0]
+    for flag in starts_turn:
+        out.append(out[-1] + flag)
+    return out
+
+
+def turn_span(before: list[int], start: int, end: int) -> tuple[int, int] | None:
+    """The turns (first, last), numbered from 1, of the messages ``[start, end)`` (``before`` as from
+    ``turns_before``): the turns a request that began at message ``end`` left out after a clear at
+    ``start``, or the turns a summary of ``[start, end)`` stands for. None when the span holds no turn."""
+    n = len(before) - 1
+    first, last = before[max(0, min(start, n))] + 1, before[max(0, min(end, n))]
+    return (first, last) if first <= last else None
+
+
+def span_text(span: tuple[int, int]) -> str:
+    """``turn 3`` or ``turns 1–4``."""
+    first, last = span
+    return f"turn {first}" if first == last else f"turns {first}–{last}"
 
 
 # -- counts --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import orjson
 
 from chatcli.errors import ConfigError, ExportError
 from chatcli.messages import MessageJSON
-from chatcli.snapshot import Snapshot, dumps, is_turn
+from chatcli.snapshot import Snapshot, dumps, is_turn, span_text, turn_span, turns_before
 
 EXPORT_FORMATS = ("md", "json", "jsonl")
 
@@ -51,9 +51,8 @@ def transcript_markdown(snap: Snapshot) -> str:
     cuts = {c for c in snap.get("clears", []) if isinstance(c, int)} | {snap.get("context_start", 0)}
     turn = 0
     messages = snap["messages"]
-    turns_before = [0]  # turns_before[i]: the turns that start before message i
-    for x in messages:
-        turns_before.append(turns_before[-1] + is_turn(x))
+    before = turns_before(is_turn(x) for x in messages)
+    context_start = snap.get("context_start", 0)
     for i in range(len(messages) + 1):
         if i in cuts and 0 < i < len(messages):
             out += ["---", "", "*(context cleared here)*", ""]
@@ -69,9 +68,10 @@ def transcript_markdown(snap: Snapshot) -> str:
             turn += is_turn(m)
             head = f"## You (turn {turn})" if is_turn(m) else "## You"
         elif m["role"] == "system" and isinstance(m.get("summary_of"), list):
-            head = "## Summary of the turns before it (sent in their place)"
+            span = turn_span(before, *m["summary_of"][:2]) if len(m["summary_of"]) >= 2 else None
+            head = f"## Summary of {span_text(span) if span else 'earlier turns'} (sent in their place)"
         else:
-            head = "## Model" + _left_out(m, turns_before, snap.get("context_start", 0))
+            head = "## Model" + _left_out(m, before, context_start)
         status = m.get("status", "ok")
         if status != "ok":
             status = "interrupted" if status == "streaming" else status
@@ -88,17 +88,13 @@ def transcript_markdown(snap: Snapshot) -> str:
     return "\n".join(out)
 
 
-def _left_out(m: MessageJSON, turns_before: list[int], context_start: int) -> str:
-    """`` — *turns 1–4 not sent*`` when the request for reply ``m`` left earlier turns out."""
+def _left_out(m: MessageJSON, before: list[int], context_start: int) -> str:
+    """`` — *turns 1–4 not sent (context window)*`` when the request for reply ``m`` left earlier turns
+    out."""
     ctx = m.get("context")
     start = ctx.get("start") if isinstance(ctx, dict) else None
-    if not isinstance(start, int) or not context_start < start < len(turns_before):
-        return ""
-    first, last = turns_before[context_start] + 1, turns_before[start]
-    if last < first:
-        return ""
-    span = f"turn {last}" if last == first else f"turns {first}–{last}"
-    return f" — *{span} not sent (context window)*"
+    span = turn_span(before, context_start, start) if isinstance(start, int) else None
+    return f" — *{span_text(span)} not sent (context window)*" if span else ""
 
 
 def export_to_folder(snap: Snapshot, fmt: str, folder: Path) -> Path:

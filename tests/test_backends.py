@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 
@@ -526,3 +527,21 @@ def test_a_server_that_connects_but_never_answers_reports_the_read_limit() -> No
             backend.close()
     assert info.value.kind == "idle" and info.value.seconds == pytest.approx(0.2)
     assert "did not answer within 0.2 s" in str(info.value)
+
+
+def test_a_local_server_log_that_cannot_be_opened_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatcli.backends.local import LocalBackend
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setattr(LocalBackend, "_check_installed", lambda self: model)
+    backend = LocalBackend(model, n_ctx=1024, log_path=tmp_path / "no-such-folder" / "server.log")
+    try:
+        backend.prepare()  # never raises: the turn reports it
+        assert backend.context_window(TIMEOUTS) == 1024  # never raises either
+        with pytest.raises(BackendUnavailable, match="could not open the embedded model server's log"):
+            backend.wait_ready()
+    finally:
+        backend.close()

@@ -21,6 +21,7 @@ from chatcli.errors import MessageTooLarge, NothingToDo
 from chatcli.session import ConversationSession, GenerationParams
 from chatcli.session_context import SUMMARY_INSTRUCTIONS
 from chatcli.stores.folder import FolderStore
+from chatcli.transcript import transcript_markdown
 
 from fakellm import FakeLLMServer, Reply
 
@@ -305,6 +306,8 @@ def test_compact_when_the_newest_turn_fills_the_window_alone(
         assert summary.summary_of == [0, 4]  # every turn but the newest
         stats = s.stats()
         assert stats.context["turns_sent"] == 1 and stats.context["left_out"] == 2
+        shown = transcript_markdown(s.to_snapshot())
+        assert "## Summary of turns 1–2 (sent in their place)\n\nThree long notes." in shown
 
 
 def test_stats_count_the_last_request_as_it_was_after_a_clear(

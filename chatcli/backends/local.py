@@ -63,7 +63,7 @@ class LocalBackend(OpenAIBackend):
     in tokens; ``threads``: CPU threads (default: all cores); ``log_path``: where the server's own log goes
     (None: discarded; overwritten at each start). ``ready_timeout``: seconds to wait for the model to load.
     Building one starts nothing; a turn (or ``wait_ready``, ``list_models``) raises BackendUnavailable when
-    the model file or xllamacpp is missing, or the server does not come up."""
+    the model file or xllamacpp is missing, the log cannot be opened, or the server does not come up."""
 
     name = "local"
 
@@ -117,11 +117,16 @@ class LocalBackend(OpenAIBackend):
         path = self._check_installed()
         port = _free_port()
         self._ready = False
-        log = (
-            os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-            if self.log_path
-            else subprocess.DEVNULL
-        )
+        try:
+            log = (
+                os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+                if self.log_path
+                else subprocess.DEVNULL
+            )
+        except OSError as e:
+            raise BackendUnavailable(
+                f"could not open the embedded model server's log {self.log_path}: {e.strerror}"
+            ) from None
         try:
             self._proc = subprocess.Popen(
                 [
