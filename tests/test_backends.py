@@ -545,3 +545,21 @@ def test_a_local_server_log_that_cannot_be_opened_is_unavailable(
             backend.wait_ready()
     finally:
         backend.close()
+
+
+def test_a_password_in_the_base_url_stays_out_of_error_messages(fake_llm: FakeLLMServer) -> None:
+    refused = OpenAIBackend(f"http://me:s3cret-pw@127.0.0.1:{closed_port()}/v1", "m")
+    try:
+        with pytest.raises(BackendUnavailable) as info:
+            run(refused)
+    finally:
+        refused.close()
+    assert "s3cret" not in str(info.value) and "http://127.0.0.1:" in str(info.value)
+    fake_llm.enqueue(Reply(status=500, error_message="boom"))
+    backend = OpenAIBackend(fake_llm.url.replace("http://", "http://me:s3cret-pw@") + "/v1", "m")
+    try:
+        with pytest.raises(BackendHTTPError) as http:
+            run(backend)
+    finally:
+        backend.close()
+    assert "s3cret" not in str(http.value) and "boom" in str(http.value)

@@ -138,6 +138,12 @@ class HTTPBackend:
         self._headers = headers or {}
         self._client: httpx.Client | None = None
 
+    @property
+    def display_url(self) -> str:
+        """``base_url`` as error messages show it: without ``user:password@`` (messages are shown and saved
+        with the turn)."""
+        return public_url(self.base_url)
+
     def prepare(self) -> None:
         """Nothing to do: a remote server is already running (or the first turn says it is not)."""
 
@@ -175,19 +181,19 @@ class HTTPBackend:
             raise self._scrubbed(e) from None
         except httpx.ConnectTimeout:
             raise BackendTimeout(
-                f"could not connect to {self.base_url} within {timeouts.connect:g} s",
+                f"could not connect to {self.display_url} within {timeouts.connect:g} s",
                 "connect",
                 timeouts.connect,
             ) from None
         except httpx.TimeoutException:  # connected, but no answer within the read limit
             kind = "idle" if self._read_limit >= timeouts.idle else "total"
             raise BackendTimeout(
-                f"{self.base_url} did not answer within {self._read_limit:g} s", kind, self._read_limit
+                f"{self.display_url} did not answer within {self._read_limit:g} s", kind, self._read_limit
             ) from None
         except httpx.ConnectError as e:
             raise self._unreachable(e) from None
         except (httpx.HTTPError, ValueError) as e:
-            raise BackendError(f"{self.base_url} did not answer as expected: {_reason(e)}") from None
+            raise BackendError(f"{self.display_url} did not answer as expected: {_reason(e)}") from None
 
     def close(self) -> None:
         """Close the HTTP connections; the next request opens new ones. Safe to call twice."""
@@ -229,7 +235,7 @@ class HTTPBackend:
             raise self._scrubbed(e) from e.__cause__
         except httpx.ConnectTimeout:
             raise BackendTimeout(
-                f"could not connect to {self.base_url} within {timeouts.connect:g} s",
+                f"could not connect to {self.display_url} within {timeouts.connect:g} s",
                 "connect",
                 timeouts.connect,
             ) from None
@@ -245,13 +251,15 @@ class HTTPBackend:
             raise self._unreachable(e) from None
         except httpx.RemoteProtocolError:
             raise StreamError(
-                f"the connection to {self.base_url} closed in the middle of the reply"
+                f"the connection to {self.display_url} closed in the middle of the reply"
             ) from None
         except httpx.HTTPError as e:
-            raise BackendError(f"request to {self.base_url} failed: {_reason(e)}") from None
+            raise BackendError(f"request to {self.display_url} failed: {_reason(e)}") from None
 
     def _unreachable(self, e: Exception) -> BackendUnavailable:
-        return BackendUnavailable(f"cannot connect to {self.base_url}: {_reason(e)}; is the server running?")
+        return BackendUnavailable(
+            f"cannot connect to {self.display_url}: {_reason(e)}; is the server running?"
+        )
 
     def _scrubbed(self, e: BackendError) -> BackendError:
         """``e`` with the API key blanked out of its message: a server may echo the key in an error, and
@@ -291,7 +299,7 @@ class HTTPBackend:
             payload = None
         server_msg, err_type = self.error_message(payload, response.text)
         said = f": {server_msg}" if server_msg else ""
-        where = self.base_url
+        where = self.display_url
         if status in (401, 403):
             return AuthenticationError(
                 f"{where} refused the request ({status}){said}; check the API key (OPENAI_API_KEY)",

@@ -114,11 +114,11 @@ class OllamaBackend(HTTPBackend):
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError:
-                raise StreamError(f"{self.base_url} sent a malformed line: {line[:80]!r}") from None
+                raise StreamError(f"{self.display_url} sent a malformed line: {line[:80]!r}") from None
             if not isinstance(obj, dict):
-                raise StreamError(f"{self.base_url} sent a malformed line: {line[:80]!r}")
+                raise StreamError(f"{self.display_url} sent a malformed line: {line[:80]!r}")
             if "error" in obj:
-                raise StreamError(f"{self.base_url} reported an error during the reply: {obj['error']}")
+                raise StreamError(f"{self.display_url} reported an error during the reply: {obj['error']}")
             message = obj.get("message")
             text = message.get("content") if isinstance(message, dict) else None
             event = StreamEvent(text=text if isinstance(text, str) else "")
@@ -148,7 +148,7 @@ class OllamaBackend(HTTPBackend):
             if event.text:
                 yield event
         if not done:
-            raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+            raise StreamError(f"the reply from {self.display_url} ended before it was complete")
 
     def context_window(self, timeouts: Timeouts) -> int | None:
         """The window in tokens: ``num_ctx`` when set (``context_window``); else the model's own context
@@ -177,7 +177,7 @@ class OllamaBackend(HTTPBackend):
         payload = self.get_json("/api/tags", timeouts)
         models = payload.get("models") if isinstance(payload, dict) else None
         if not isinstance(models, list):
-            raise StreamError(f"{self.base_url}/api/tags did not list models")
+            raise StreamError(f"{self.display_url}/api/tags did not list models")
         out = []
         for m in models:
             if isinstance(m, dict) and isinstance(m.get("name"), str):
@@ -201,7 +201,7 @@ class OllamaBackend(HTTPBackend):
         err = super().http_error(response)
         if response.status_code == 404:
             return ModelNotFound(
-                f"Ollama at {self.base_url} has no model {self.model!r} (404): pull it with "
+                f"Ollama at {self.display_url} has no model {self.model!r} (404): pull it with "
                 f"`ollama pull {self.model}` or pick another with --model",
                 err.status,
                 err.server_message,

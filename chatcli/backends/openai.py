@@ -80,7 +80,7 @@ class OpenAIBackend(HTTPBackend):
         ctype = response.headers.get("content-type", "")
         if "text/event-stream" not in ctype:
             raise StreamError(
-                f"{self.base_url} did not answer with a stream (content type {ctype or 'none'!r}); "
+                f"{self.display_url} did not answer with a stream (content type {ctype or 'none'!r}); "
                 f"is it an OpenAI-compatible server?"
             )
         done = finished = False
@@ -95,19 +95,19 @@ class OpenAIBackend(HTTPBackend):
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
-                raise StreamError(f"{self.base_url} sent a malformed chunk: {data[:80]!r}") from None
+                raise StreamError(f"{self.display_url} sent a malformed chunk: {data[:80]!r}") from None
             if not isinstance(chunk, dict):
-                raise StreamError(f"{self.base_url} sent a malformed chunk: {data[:80]!r}")
+                raise StreamError(f"{self.display_url} sent a malformed chunk: {data[:80]!r}")
             if "error" in chunk:
                 msg, _ = self.error_message(chunk, data)
-                raise StreamError(f"{self.base_url} reported an error during the reply: {msg}")
+                raise StreamError(f"{self.display_url} reported an error during the reply: {msg}")
             event = _event_from_chunk(chunk)
             if event.finish_reason:
                 finished = True
             if event.text or event.finish_reason or event.usage or event.server_timings:
                 yield event
         if not done and not finished:
-            raise StreamError(f"the reply from {self.base_url} ended before it was complete")
+            raise StreamError(f"the reply from {self.display_url} ended before it was complete")
 
     # -- llama.cpp's own endpoints, when the server is llama.cpp (it serves them beside /v1) ---------------
     _props: dict[str, Any] | None = None  # GET /props, once; {} when the server has none
@@ -216,7 +216,7 @@ def list_models(backend: HTTPBackend, timeouts: Timeouts) -> list[ModelInfo]:
     payload = backend.get_json("/models", timeouts)
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
-        raise StreamError(f"{backend.base_url}/models did not list models")
+        raise StreamError(f"{backend.display_url}/models did not list models")
     out = []
     for m in data:
         if isinstance(m, dict) and isinstance(m.get("id"), str):
