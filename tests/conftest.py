@@ -14,6 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from transcript import CLI, ScriptedBackend
+
 from fakellm import FakeLLMServer
 
 _SCRUBBED = (
@@ -69,6 +71,24 @@ def fake_llm() -> Iterator[FakeLLMServer]:
     """A running fake model server on 127.0.0.1 (see tests/fakellm.py)."""
     with FakeLLMServer() as server:
         yield server
+
+
+@pytest.fixture
+def scripted() -> ScriptedBackend:
+    """The model of the in-process ``cli`` (tests/transcript.py): queue its replies, read its requests."""
+    return ScriptedBackend()
+
+
+@pytest.fixture
+def cli(scripted: ScriptedBackend, user_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> CLI:
+    """``cli(*args, input=...)`` runs chatcli in this process on ``scripted`` (tests/transcript.py), with
+    a fixed width, no colour and ``openai`` as the default backend."""
+    import chatcli.backends
+
+    for var, value in {"NO_COLOR": "1", "COLUMNS": "100", "LINES": "40", "CHATCLI_BACKEND": "openai"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(chatcli.backends, "make_backend", scripted.build)
+    return CLI(scripted)
 
 
 @pytest.fixture
