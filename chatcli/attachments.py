@@ -66,19 +66,24 @@ def read(path: str | Path) -> Attachment:
     if not stat.S_ISREG(st.st_mode):
         raise AttachmentError(f"{shown} is not a regular file; nothing was sent")
     if st.st_size > MAX_FILE_BYTES:
-        raise AttachmentError(
-            f"{shown} is too large to put in a message ({st.st_size:,} bytes; the limit is "
-            f"{MAX_FILE_BYTES:,}); nothing was sent"
-        )
+        raise _too_large(shown, f"{st.st_size:,} bytes")
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise AttachmentError(f"{shown}: {e.strerror}; nothing was sent") from None
+    if len(raw) > MAX_FILE_BYTES:  # it grew after the size check
+        raise _too_large(shown, f"over {MAX_FILE_BYTES:,} bytes")
     if b"\x00" in raw[:8192] or _binary(raw):
         raise AttachmentError(f"{shown} is not a text file (binary data); nothing was sent")
     return Attachment(shown, raw.decode("utf-8"))
+
+
+def _too_large(shown: str, size: str) -> AttachmentError:
+    return AttachmentError(
+        f"{shown} is too large to put in a message ({size}; the limit is {MAX_FILE_BYTES:,}); nothing was sent"
+    )
 
 
 def _binary(raw: bytes) -> bool:
