@@ -1,5 +1,6 @@
 """The session library commands (list, show, search, rename, delete, restore, prune, export, import, fork,
-stats) as a user runs them: ``python -m chatcli ...`` in a child process over a folder of snapshots."""
+stats) as a user runs them, over a folder of snapshots: in this process (tests/transcript.py: stdout and
+stderr piped), and in a child process where another process must hold a session's lock."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores.folder import FolderStore
 from chatcli.stores.folder_index import INDEX_NAME
+from transcript import CLI
 
 NOW = datetime.now(UTC)
 
@@ -108,46 +110,21 @@ def store(user_dirs: dict[str, Path]) -> FolderStore:
     return s
 
 
-def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatcli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
-    return r.stdout
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], code: int | None = None) -> str:
-    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr + r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
 def files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.json"))}
 
 
 # -- list -----------------------------------------------------------------------------------------------
-def test_list_newest_first_with_tokens(child_env: dict[str, str], store: FolderStore) -> None:
-    out = ok(run(child_env, "list"))
+def test_list_newest_first_with_tokens(cli: CLI, store: FolderStore) -> None:
+    out = cli("list").ok
     rows = [ln for ln in out.splitlines() if ln[:8].isdigit()]
     assert [r.split()[0] for r in rows] == [C, B, A]
     assert "Roman history" in rows[2] and "openai/gpt-4o-mini" in rows[2]
     assert re.search(r"openai/gpt-4o-mini\s+2\s+30\s", rows[2])  # turns, tokens (2 replies x 15)
 
 
-def test_list_json_filters_and_limit(child_env: dict[str, str], store: FolderStore) -> None:
-    data = json.loads(ok(run(child_env, "list", "--json")))
+def test_list_json_filters_and_limit(cli: CLI, store: FolderStore) -> None:
+    data = json.loads(cli("list", "--json").ok)
     assert [d["id"] for d in data] == [C, B, A]
     assert data[2] | {"location": None} == {
         "id": A,
@@ -161,7 +138,7 @@ def test_list_json_filters_and_limit(child_env: dict[str, str], store: FolderSto
         "updated_at": iso(40),
         "location": None,
     }
-    ids = lambda *a: [d["id"] for d in json.loads(ok(run(child_env, "list", "--json", *a)))]  # noqa: E731
+    ids = lambda *a: [d["id"] for d in json.loads(cli("list", "--json", *a).ok)]  # noqa: E731
     assert ids("--limit", "1") == [C]
     assert ids("--since", "7d") == [C, B]
     assert ids("--since", (NOW - timedelta(days=10)).strftime("%Y-%m-%d")) == [C, B]
@@ -169,87 +146,90 @@ def test_list_json_filters_and_limit(child_env: dict[str, str], store: FolderSto
     assert ids("--limit", "1", "--all") == [C, B, A]
 
 
-def test_list_default_limit_says_how_many_more(child_env: dict[str, str], user_dirs: dict[str, Path]) -> None:
+def test_list_default_limit_says_how_many_more(cli: CLI, user_dirs: dict[str, Path]) -> None:
     s = FolderStore(user_dirs["sessions"])
     for i in range(53):
         make(s, f"20260101-0000{i:02d}-zzzz", f"t{i}", [("q", "a")], days_ago=i)
-    out = ok(run(child_env, "list"))
+    out = cli("list").ok
     assert len([ln for ln in out.splitlines() if ln[:8].isdigit()]) == 50
     assert "3 more; use --all" in out
 
 
-def test_list_reports_damaged_and_foreign_files(child_env: dict[str, str], store: FolderStore) -> None:
+def test_list_reports_damaged_and_foreign_files(cli: CLI, store: FolderStore) -> None:
     (store.root / "20260404-000000-dddd.json").write_text('{"format": "chatcli.session", "version": 1, "id"')
     (store.root / "notes.json").write_text('{"hello": "world"}')
-    r = run(child_env, "list")
-    assert r.returncode == 0
+    r = cli("list")
+    assert r.exit_code == 0
     assert [ln.split()[0] for ln in r.stdout.splitlines() if ln[:8].isdigit()] == [C, B, A]
-    assert "damaged:" in r.stderr and "20260404-000000-dddd.json" in r.stderr and "notes.json" in r.stderr
-    assert "Traceback" not in r.stderr
+    damaged, foreign = store.root / "20260404-000000-dddd.json", store.root / "notes.json"
+    assert r.stderr.splitlines() == [
+        f"damaged: {damaged}: {damaged} is not valid JSON (damaged or truncated)",
+        f"damaged: {foreign}: {foreign} is not a chatcli session file",
+    ]
 
 
-def test_list_piped_cuts_nothing(child_env: dict[str, str], store: FolderStore) -> None:
+def test_list_piped_cuts_nothing(cli: CLI, store: FolderStore) -> None:
     long_title = "A rather long title about the history of the Roman Republic and its fall, in detail"
     make(
         store, "20260606-000000-ffff", long_title, [("q", "a")], model="a-model-with-a-long-name-for-testing"
     )
-    out = ok(run(child_env, "list"))  # stdout is a pipe: printed at its natural width
+    out = cli("list").ok  # stdout is a pipe: printed at its natural width
     row = next(line for line in out.splitlines() if line.startswith("20260606-000000-ffff"))
     assert long_title in row and "openai/a-model-with-a-long-name-for-testing" in row and "…" not in row
 
 
-def test_list_bad_since(child_env: dict[str, str], store: FolderStore) -> None:
-    assert "not a date" in one_line_error(run(child_env, "list", "--since", "yesterday"), 2)
+def test_list_bad_since(cli: CLI, store: FolderStore) -> None:
+    assert "not a date" in cli("list", "--since", "yesterday").error(2)
 
 
 # -- show -----------------------------------------------------------------------------------------------
-def test_show_transcript_with_statuses(child_env: dict[str, str], store: FolderStore) -> None:
-    out = ok(run(child_env, "show", "Rust lifetimes"))  # an exact title works as an id
+def test_show_transcript_with_statuses(cli: CLI, store: FolderStore) -> None:
+    out = cli("show", "Rust lifetimes").ok  # an exact title works as an id
     assert "# Rust lifetimes" in out and f"`{C}`" in out
     assert "## You (turn 2)" in out and "## Model — *interrupted*" in out and "## Model — *timeout*" in out
     assert "cut sho" in out and "*(no text)*" in out
-    snap = json.loads(ok(run(child_env, "show", "last", "--json")))
+    snap = json.loads(cli("show", "last", "--json").ok)
     assert snap == json.loads((store.root / f"{C}.json").read_text())
-    assert "## You (turn 1)" in ok(run(child_env, "show", "20260202", "--raw"))  # a unique prefix
+    assert "## You (turn 1)" in cli("show", "20260202", "--raw").ok  # a unique prefix
 
 
-def test_title_and_last_through_the_index(child_env: dict[str, str], store: FolderStore) -> None:
-    ok(run(child_env, "list"))  # builds the index, so the lookups below read it
+def test_title_and_last_through_the_index(cli: CLI, store: FolderStore) -> None:
+    assert cli("list").ok  # builds the index, so the lookups below read it
     assert (store.root / ".index.sqlite").exists()
-    assert ok(run(child_env, "show", "last", "--json")).count(C) >= 1
-    assert "# Cooking pasta" in ok(run(child_env, "show", "  Cooking pasta "))
+    assert cli("show", "last", "--json").ok.count(C) >= 1
+    assert "# Cooking pasta" in cli("show", "  Cooking pasta ").ok
     make(store, "20260404-000000-dddd", "Cooking pasta", [("q", "a")], days_ago=1)
-    line = one_line_error(run(child_env, "show", "Cooking pasta"))
+    line = cli("show", "Cooking pasta").error()
     assert "2 sessions are titled 'Cooking pasta'" in line and B in line and "20260404-000000-dddd" in line
     assert (
         "'cooking pasta' is not a session id (letters, digits, '-' and '_') nor the exact title of one"
-        in one_line_error(run(child_env, "show", "cooking pasta"))
+        in cli("show", "cooking pasta").error()
     )
-    assert json.loads(ok(run(child_env, "show", "last", "--json")))["id"] == C  # C is still the newest
+    assert json.loads(cli("show", "last", "--json").ok)["id"] == C  # C is still the newest
 
 
-def test_show_never_prints_escape_sequences(child_env: dict[str, str], store: FolderStore) -> None:
+def test_show_never_prints_escape_sequences(cli: CLI, store: FolderStore) -> None:
     make(store, "20260505-000000-eeee", "esc", [("hi", "red \x1b[31mALERT\x1b]0;pwned\x07 \x9b2J done")])
-    out = ok(run(child_env, "show", "20260505-000000-eeee"))
+    out = cli("show", "20260505-000000-eeee").ok
     assert "ALERT" in out and "done" in out
     assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
     raw = json.loads((store.root / "20260505-000000-eeee.json").read_text())
     assert "\x1b[31m" in raw["messages"][1]["content"]  # stored raw
 
 
-def test_id_by_its_last_part(child_env: dict[str, str], store: FolderStore) -> None:
-    assert "# Cooking pasta" in ok(run(child_env, "show", "bbbb"))
-    assert "# Cooking pasta" in ok(run(child_env, "show", "bb"))  # a unique start of the last part
+def test_id_by_its_last_part(cli: CLI, store: FolderStore) -> None:
+    assert "# Cooking pasta" in cli("show", "bbbb").ok
+    assert "# Cooking pasta" in cli("show", "bb").ok  # a unique start of the last part
     make(store, "20260707-000000-bbzz", "Another b", [("q", "a")])
-    line = one_line_error(run(child_env, "show", "bb"))
+    line = cli("show", "bb").error()
     assert "'bb' matches 2 sessions" in line and B in line and "20260707-000000-bbzz" in line
-    assert f"# {'Cooking pasta'}" in ok(run(child_env, "show", "202602"))  # a prefix of the whole id wins
+    assert f"# {'Cooking pasta'}" in cli("show", "202602").ok  # a prefix of the whole id wins
 
 
-def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], store: FolderStore) -> None:
-    line = one_line_error(run(child_env, "delete", "zzzz", "--purge", "--yes"))
+def test_purge_of_an_unknown_id_names_both_places(cli: CLI, store: FolderStore) -> None:
+    line = cli("delete", "zzzz", "--purge", "--yes").error()
     assert "no session 'zzzz'" in line and "nor is it in the trash" in line
-    assert "matches 3 sessions" in one_line_error(run(child_env, "delete", "2026", "--purge", "--yes"))
+    assert "matches 3 sessions" in cli("delete", "2026", "--purge", "--yes").error()
     assert len(list(store.root.glob("*.json"))) == 3
 
 
@@ -262,148 +242,163 @@ def test_purge_of_an_unknown_id_names_both_places(child_env: dict[str, str], sto
         ("Roman", "no session"),
     ],
 )
-def test_show_bad_ids(child_env: dict[str, str], store: FolderStore, ref: str, says: str) -> None:
-    assert says in one_line_error(run(child_env, "show", ref))
+def test_show_bad_ids(cli: CLI, store: FolderStore, ref: str, says: str) -> None:
+    assert says in cli("show", ref).error()
 
 
 # -- search ---------------------------------------------------------------------------------------------
-def test_search_hits_show_where_and_a_snippet(child_env: dict[str, str], store: FolderStore) -> None:
-    out = ok(run(child_env, "search", "emperor"))
-    assert f"{A} · Roman history · turn 2 · assistant" in out
-    assert "Augustus became the first emperor." in out
-    hits = json.loads(ok(run(child_env, "search", "rome", "--json")))
+def test_search_hits_show_where_and_a_snippet(cli: CLI, store: FolderStore) -> None:
+    assert cli("search", "emperor").ok == (
+        f"{A} · Roman history · turn 2 · assistant\n  Augustus became the first emperor.\n1 hit\n"
+    )
+    hits = json.loads(cli("search", "rome", "--json").ok)
     assert {(h["session_id"], h["turn"], h["role"]) for h in hits} == {(A, 1, "user")}
     assert hits[0]["snippet"] == "Who founded Rome?"
     # several words: every one must be in the message; prefixes match; case ignored
-    assert [h["turn"] for h in json.loads(ok(run(child_env, "search", "FIRST", "emp", "--json")))] == [2]
-    assert json.loads(ok(run(child_env, "search", "first", "pasta", "--json"))) == []
+    assert [h["turn"] for h in json.loads(cli("search", "FIRST", "emp", "--json").ok)] == [2]
+    assert json.loads(cli("search", "first", "pasta", "--json").ok) == []
 
 
-def test_search_titles_roles_sessions_and_limit(child_env: dict[str, str], store: FolderStore) -> None:
-    hits = json.loads(ok(run(child_env, "search", "pasta", "--json")))
+def test_search_titles_roles_sessions_and_limit(cli: CLI, store: FolderStore) -> None:
+    hits = json.loads(cli("search", "pasta", "--json").ok)
     assert {h["role"] for h in hits} == {"title", "user"}
-    assert [
-        h["role"] for h in json.loads(ok(run(child_env, "search", "pasta", "--role", "title", "--json")))
-    ] == ["title"]
-    assert json.loads(ok(run(child_env, "search", "the", "--session", "Cooking pasta", "--json"))) == []
-    assert len(json.loads(ok(run(child_env, "search", "a", "--json")))) > 1
-    assert len(json.loads(ok(run(child_env, "search", "a", "--limit", "1", "--json")))) == 1
-    assert "role must be" in one_line_error(run(child_env, "search", "x", "--role", "system"), 2)
-    assert "No message or title matches" in ok(run(child_env, "search", "zebra"))
+    assert [h["role"] for h in json.loads(cli("search", "pasta", "--role", "title", "--json").ok)] == [
+        "title"
+    ]
+    assert json.loads(cli("search", "the", "--session", "Cooking pasta", "--json").ok) == []
+    assert len(json.loads(cli("search", "a", "--json").ok)) > 1
+    assert len(json.loads(cli("search", "a", "--limit", "1", "--json").ok)) == 1
+    assert "role must be" in cli("search", "x", "--role", "system").error(2)
+    assert cli("search", "zebra").ok == "No message or title matches 'zebra'.\n"
 
 
-def test_search_follows_file_changes_and_the_index_is_only_a_cache(
-    child_env: dict[str, str], store: FolderStore
-) -> None:
-    assert json.loads(ok(run(child_env, "search", "gnocchi", "--json"))) == []
+def test_search_follows_file_changes_and_the_index_is_only_a_cache(cli: CLI, store: FolderStore) -> None:
+    assert json.loads(cli("search", "gnocchi", "--json").ok) == []
     snap = json.loads((store.root / f"{B}.json").read_text())
     snap["messages"][1]["content"] = "Gnocchi take two minutes."
     store.save(snap)
-    assert [h["session_id"] for h in json.loads(ok(run(child_env, "search", "gnocchi", "--json")))] == [B]
+    assert [h["session_id"] for h in json.loads(cli("search", "gnocchi", "--json").ok)] == [B]
     os.unlink(store.root / f"{B}.json")
-    assert json.loads(ok(run(child_env, "search", "gnocchi", "--json"))) == []
-    before = json.loads(ok(run(child_env, "search", "rome", "--json")))
+    assert json.loads(cli("search", "gnocchi", "--json").ok) == []
+    before = json.loads(cli("search", "rome", "--json").ok)
     for suffix in ("", "-wal", "-shm"):  # delete the index: nothing is lost
         Path(str(store.root / INDEX_NAME) + suffix).unlink(missing_ok=True)
-    assert json.loads(ok(run(child_env, "search", "rome", "--json"))) == before
+    assert json.loads(cli("search", "rome", "--json").ok) == before
     (store.root / INDEX_NAME).write_bytes(b"this is not a database" * 100)  # a damaged index is rebuilt
     for suffix in ("-wal", "-shm"):
         Path(str(store.root / INDEX_NAME) + suffix).unlink(missing_ok=True)
-    assert json.loads(ok(run(child_env, "search", "rome", "--json"))) == before
+    assert json.loads(cli("search", "rome", "--json").ok) == before
     sqlite3.connect(store.root / INDEX_NAME).close()
     assert oct((store.root / INDEX_NAME).stat().st_mode & 0o777) == "0o600"
 
 
 # -- rename, delete, restore, prune ---------------------------------------------------------------------
-def test_rename(child_env: dict[str, str], store: FolderStore) -> None:
-    assert "now titled 'Ancient Rome'" in ok(run(child_env, "rename", "Roman history", "  Ancient Rome "))
+def test_rename(cli: CLI, store: FolderStore) -> None:
+    assert (
+        cli("rename", "Roman history", "  Ancient Rome ").ok == f"Session {A} is now titled 'Ancient Rome'.\n"
+    )
     assert json.loads((store.root / f"{A}.json").read_text())["title"] == "Ancient Rome"
-    assert [h["session_id"] for h in json.loads(ok(run(child_env, "search", "ancient", "--json")))] == [A]
+    assert [h["session_id"] for h in json.loads(cli("search", "ancient", "--json").ok)] == [A]
     before = files(store.root)
-    assert "control characters" in one_line_error(run(child_env, "rename", A, "bad\x1b[2Jtitle"), 2)
-    assert "control characters" in one_line_error(run(child_env, "rename", A, "two\nlines"), 2)
+    assert "control characters" in cli("rename", A, "bad\x1b[2Jtitle").error(2)
+    assert "control characters" in cli("rename", A, "two\nlines").error(2)
     assert files(store.root) == before
 
 
 def test_library_commands_refuse_a_session_open_elsewhere(
     child_env: dict[str, str], store: FolderStore
 ) -> None:
-    lock = store.lock(A)  # as a running REPL would hold it
+    """A lock held by another process (this one, as a running REPL would hold it): chatcli in a child
+    process refuses to change the session, and still shows it."""
+
+    def child(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chatcli", *args],
+            capture_output=True,
+            text=True,
+            env=child_env,
+            timeout=60,
+        )
+
+    lock = store.lock(A)
     try:
         before = files(store.root)
-        assert "is open in another chatcli" in one_line_error(run(child_env, "rename", A, "x"))
-        assert "is open in another chatcli" in one_line_error(run(child_env, "delete", A))
-        assert "is open in another chatcli" in one_line_error(run(child_env, "delete", "--purge", "--yes", A))
+        for args in (["rename", A, "x"], ["delete", A], ["delete", "--purge", "--yes", A]):
+            r = child(*args)
+            assert (r.returncode, r.stdout) == (1, ""), r
+            [line] = r.stderr.splitlines()
+            assert line.startswith("error: ") and "is open in another chatcli" in line, line
         assert files(store.root) == before
-        assert "Roman history" in ok(run(child_env, "show", A))  # reading is fine
+        r = child("show", A)  # reading is fine
+        assert r.returncode == 0 and r.stdout.startswith("# Roman history\n"), r
     finally:
         lock.release()
 
 
-def test_delete_restore_purge(child_env: dict[str, str], store: FolderStore) -> None:
-    out = ok(run(child_env, "delete", A, "20260202"))
-    assert "chatcli restore" in out
+def test_delete_restore_purge(cli: CLI, store: FolderStore) -> None:
+    assert cli("delete", A, "20260202").ok == (
+        f"Moved {A} to the trash (chatcli restore {A} brings it back).\n"
+        f"Moved {B} to the trash (chatcli restore {B} brings it back).\n"
+    )
     assert not (store.root / f"{A}.json").exists()
     assert (store.root / ".trash" / f"{A}.json").exists()
-    assert [d["id"] for d in json.loads(ok(run(child_env, "list", "--json")))] == [C]
-    assert json.loads(ok(run(child_env, "search", "rome", "--json"))) == []
-    assert "Restored" in ok(run(child_env, "restore", A[:10]))
-    assert [d["id"] for d in json.loads(ok(run(child_env, "list", "--json")))] == [C, A]
+    assert [d["id"] for d in json.loads(cli("list", "--json").ok)] == [C]
+    assert json.loads(cli("search", "rome", "--json").ok) == []
+    assert cli("restore", A[:10]).ok == f"Restored {A}.\n"
+    assert [d["id"] for d in json.loads(cli("list", "--json").ok)] == [C, A]
     # restore never overwrites
     make(store, B, "a new session with the same id", [("q", "a")])
-    assert "already exists" in one_line_error(run(child_env, "restore", B))
+    assert "already exists" in cli("restore", B).error()
     assert json.loads((store.root / f"{B}.json").read_text())["title"] == "a new session with the same id"
     # --purge asks; without a terminal it needs --yes
-    assert "--yes" in one_line_error(run(child_env, "delete", "--purge", C))
+    assert "--yes" in cli("delete", "--purge", C).error()
     assert (store.root / f"{C}.json").exists()
-    ok(run(child_env, "delete", "--purge", "--yes", C, B))  # B: the live one; the trashed B stays
+    assert cli("delete", "--purge", "--yes", C, B).ok  # B: the live one; the trashed B stays
     assert not (store.root / f"{C}.json").exists() and not (store.root / f"{B}.json").exists()
     assert (store.root / ".trash" / f"{B}.json").exists()
-    ok(run(child_env, "delete", "--purge", "--yes", B))  # now from the trash
+    assert cli("delete", "--purge", "--yes", B).ok  # now from the trash
     assert not (store.root / ".trash" / f"{B}.json").exists()
-    assert "no session" in one_line_error(run(child_env, "restore", B))
-    assert "no session" in one_line_error(run(child_env, "delete", "nope"))
+    assert "no session" in cli("restore", B).error()
+    assert "no session" in cli("delete", "nope").error()
 
 
-def test_prune(child_env: dict[str, str], store: FolderStore) -> None:
-    out = ok(run(child_env, "prune", "--older-than", "30d", "--dry-run"))
-    assert A in out and B not in out and "would be moved" in out
+def test_prune(cli: CLI, store: FolderStore) -> None:
+    assert (
+        cli("prune", "--older-than", "30d", "--dry-run").ok
+        == f"{A}\n1 session would be moved to the trash.\n"
+    )
     assert (store.root / f"{A}.json").exists()
-    assert "Moved 1 session " in ok(run(child_env, "prune", "--older-than", "30d"))  # A: 40 days old
-    assert "Moved 1 session " in ok(run(child_env, "prune", "--older-than", "2d"))  # B: 3 days old
-    assert "Moved 0 sessions" in ok(run(child_env, "prune", "--older-than", "2d"))
+    assert cli("prune", "--older-than", "30d").ok == "Moved 1 session to the trash.\n"  # A: 40 days old
+    assert "Moved 1 session " in cli("prune", "--older-than", "2d").ok  # B: 3 days old
+    assert cli("prune", "--older-than", "2d").ok == "Moved 0 sessions to the trash.\n"
     assert sorted(p.name for p in (store.root / ".trash").iterdir()) == [f"{A}.json", f"{B}.json"]
-    assert "not an age" in one_line_error(run(child_env, "prune", "--older-than", "soon"), 2)
+    assert "not an age" in cli("prune", "--older-than", "soon").error(2)
 
 
 # -- export and import ----------------------------------------------------------------------------------
-def test_export_formats(child_env: dict[str, str], store: FolderStore, tmp_path: Path) -> None:
-    md = ok(run(child_env, "export", A, "--format", "md"))
+def test_export_formats(cli: CLI, store: FolderStore, tmp_path: Path) -> None:
+    md = cli("export", A, "--format", "md").ok
     assert md.startswith("# Roman history") and "Augustus" in md
-    assert json.loads(ok(run(child_env, "export", A, "-f", "json"))) == json.loads(
-        (store.root / f"{A}.json").read_text()
-    )
-    lines = [json.loads(x) for x in ok(run(child_env, "export", A, "-f", "jsonl")).splitlines()]
+    assert json.loads(cli("export", A, "-f", "json").ok) == json.loads((store.root / f"{A}.json").read_text())
+    lines = [json.loads(x) for x in cli("export", A, "-f", "jsonl").ok.splitlines()]
     assert [(x["role"], x["content"]) for x in lines][:2] == [
         ("user", "Who founded Rome?"),
         ("assistant", "Romulus, by legend, in 753 BC."),
     ]
     target = tmp_path / "out.md"
-    assert "Wrote" in ok(run(child_env, "export", A, "-o", str(target)))
+    assert cli("export", A, "-o", str(target)).ok == f"Wrote {target} ({target.stat().st_size} bytes).\n"
     assert target.read_text().startswith("# Roman history")
     target.write_text("mine")
-    assert "already exists" in one_line_error(run(child_env, "export", B, "-o", str(target)))
+    assert "already exists" in cli("export", B, "-o", str(target)).error()
     assert target.read_text() == "mine"
-    assert "unknown export format" in one_line_error(run(child_env, "export", A, "-f", "pdf"), 2)
+    assert "unknown export format" in cli("export", A, "-f", "pdf").error(2)
 
 
-def test_import_round_trip_and_openai_shapes(
-    child_env: dict[str, str], store: FolderStore, tmp_path: Path
-) -> None:
+def test_import_round_trip_and_openai_shapes(cli: CLI, store: FolderStore, tmp_path: Path) -> None:
     exported = tmp_path / "a.json"
-    exported.write_text(ok(run(child_env, "export", A, "-f", "json")))
+    exported.write_text(cli("export", A, "-f", "json").ok)
     before = files(store.root)
-    new_id = ok(run(child_env, "import", str(exported))).strip().splitlines()[-1]
+    new_id = cli("import", str(exported)).ok.strip().splitlines()[-1]
     assert new_id != A  # A exists: the import gets a new id, nothing is overwritten
     assert files(store.root).items() >= before.items()
     assert (
@@ -423,17 +418,17 @@ def test_import_round_trip_and_openai_shapes(
             }
         )
     )
-    sid = ok(run(child_env, "import", str(plain))).strip().splitlines()[-1]
+    sid = cli("import", str(plain)).ok.strip().splitlines()[-1]
     snap = json.loads((store.root / f"{sid}.json").read_text())
     assert snap["system"] == "Be terse." and [m["content"] for m in snap["messages"]] == ["Hi", "Hello"]
     assert snap["title"] == "Hi"
 
     listed = tmp_path / "list.json"
     listed.write_text(json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]))
-    ok(run(child_env, "import", str(listed)))
+    assert cli("import", str(listed)).ok
     jsonl = tmp_path / "x.jsonl"
-    jsonl.write_text(ok(run(child_env, "export", B, "-f", "jsonl")))
-    sid = ok(run(child_env, "import", str(jsonl))).strip().splitlines()[-1]
+    jsonl.write_text(cli("export", B, "-f", "jsonl").ok)
+    sid = cli("import", str(jsonl)).ok.strip().splitlines()[-1]
     assert [m["content"] for m in json.loads((store.root / f"{sid}.json").read_text())["messages"]] == [
         "How long to boil pasta?",
         "About ten minutes, al dente.",
@@ -455,36 +450,34 @@ def test_import_round_trip_and_openai_shapes(
         ('{"format": "chatcli.session", "version": 1, "id": "../../x"}', ""),
     ],
 )
-def test_import_wrong_shapes(
-    child_env: dict[str, str], store: FolderStore, tmp_path: Path, content: str, says: str
-) -> None:
+def test_import_wrong_shapes(cli: CLI, store: FolderStore, tmp_path: Path, content: str, says: str) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     before = files(store.root)
-    line = one_line_error(run(child_env, "import", str(bad)))
+    line = cli("import", str(bad)).error()
     assert says in line
     assert files(store.root) == before
 
 
-def test_import_missing_file(child_env: dict[str, str], store: FolderStore, tmp_path: Path) -> None:
-    assert "cannot read" in one_line_error(run(child_env, "import", str(tmp_path / "nope.json")))
+def test_import_missing_file(cli: CLI, store: FolderStore, tmp_path: Path) -> None:
+    assert "cannot read" in cli("import", str(tmp_path / "nope.json")).error()
 
 
 # -- fork and stats -------------------------------------------------------------------------------------
-def test_fork(child_env: dict[str, str], store: FolderStore) -> None:
-    new = ok(run(child_env, "fork", A, "--at", "1")).strip().splitlines()[-1]
+def test_fork(cli: CLI, store: FolderStore) -> None:
+    new = cli("fork", A, "--at", "1").ok.strip().splitlines()[-1]
     snap = json.loads((store.root / f"{new}.json").read_text())
     assert [m["content"] for m in snap["messages"]] == ["Who founded Rome?", "Romulus, by legend, in 753 BC."]
     assert snap["forked_from"] == A and snap["title"] == "Roman history (fork)"
-    whole = ok(run(child_env, "fork", "Roman history")).strip().splitlines()[-1]
+    whole = cli("fork", "Roman history").ok.strip().splitlines()[-1]
     assert len(json.loads((store.root / f"{whole}.json").read_text())["messages"]) == 4
-    assert "past its end" in one_line_error(run(child_env, "fork", A, "--at", "5"), 2)
+    assert "past its end" in cli("fork", A, "--at", "5").error(2)
     assert len(json.loads((store.root / f"{A}.json").read_text())["messages"]) == 4  # the source is untouched
 
 
-def test_stats(child_env: dict[str, str], store: FolderStore) -> None:
+def test_stats(cli: CLI, store: FolderStore) -> None:
     (store.root / "20260404-000000-dddd.json").write_text("{")
-    t = json.loads(ok(run(child_env, "stats", "--json")))
+    t = json.loads(cli("stats", "--json").ok)
     assert t["sessions"] == 3 and t["active_7d"] == 2 and t["damaged"] == 1
     assert (t["messages"], t["user_messages"], t["assistant_messages"]) == (12, 6, 6)
     assert (t["prompt_tokens"], t["completion_tokens"], t["cached_tokens"]) == (60, 30, 12)
@@ -494,11 +487,17 @@ def test_stats(child_env: dict[str, str], store: FolderStore) -> None:
     ]
     assert t["mean_messages"] == 4.0
     assert t["bytes"] == sum((store.root / f"{i}.json").stat().st_size for i in (A, B, C))
-    out = ok(run(child_env, "stats"))
-    assert "3 (2 active in the last 7 days); 1 damaged file" in out and "openai/gpt-4o-mini (2)" in out
+    assert cli("stats").ok == (
+        "sessions    3 (2 active in the last 7 days); 1 damaged file\n"
+        "messages    12 (6 user, 6 assistant); 4.0 per session on average\n"
+        f"characters  {t['characters']}\n"
+        "tokens      60 prompt · 30 completion · 12 cached\n"
+        "models      openai/gpt-4o-mini (2), openai/llama3.2 (1)\n"
+        f"disk used   {t['bytes']:,} bytes in {store.root}\n"
+    )
 
 
-def test_every_library_command_has_help(child_env: dict[str, str]) -> None:
+def test_every_library_command_has_help(cli: CLI) -> None:
     for cmd in (
         "list",
         "show",
@@ -512,5 +511,5 @@ def test_every_library_command_has_help(child_env: dict[str, str]) -> None:
         "fork",
         "stats",
     ):
-        r = run(child_env, cmd, "--help")
-        assert r.returncode == 0 and "Usage: chatcli " + cmd in r.stdout, cmd
+        r = cli(cmd, "--help")
+        assert r.exit_code == 0 and "Usage: chatcli " + cmd in r.stdout, cmd
