@@ -197,6 +197,8 @@ class Repl(ReplCommands):
         try:
             with _keys_not_echoed(), view:
                 reply = turn(view)
+        except NothingToDo:  # e.g. retry with no turn: not a failed turn (``handle`` says so)
+            raise
         except ChatcliError as e:
             self.failed.append(len(self.session.turns()))
             self._report_failure(e)

@@ -184,10 +184,7 @@ class ReplCommands:
         self.out.stats(self.session.stats())
 
     def do_retry(self, args: list[str]) -> None:
-        try:
-            self._stream(lambda view: self.session.retry(on_delta=view.feed, on_notice=view.notice))
-        except NothingToDo as e:
-            self.out.error(str(e))
+        self._stream(lambda view: self.session.retry(on_delta=view.feed, on_notice=view.notice))
 
     def do_undo(self, args: list[str]) -> None:
         m = self.session.undo()

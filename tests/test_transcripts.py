@@ -140,6 +140,12 @@ def test_a_failed_turn_in_a_piped_repl(
     assert msgs[1]["error"] == "the connection closed in the middle of the reply"
 
 
+def test_retry_with_no_turn_is_nothing_to_do_not_a_failed_turn(cli: CLI, scripted: ScriptedBackend) -> None:
+    r = cli("new", input="retry\nhello\nretry\n")
+    assert r.ok.splitlines()[1:4] == ["There is no turn to retry.", "Echo: hello", "Echo: hello"]
+    assert len(scripted.requests) == 2
+
+
 def test_no_color_output_has_no_escape_bytes(cli: CLI, scripted: ScriptedBackend) -> None:
     # Markdown plus an escape sequence a hostile model might send: neither may reach the output raw.
     scripted.enqueue("Some **bold** text \x1b[31mred\x1b[0m and `code`.")
