@@ -92,7 +92,7 @@ def list_sessions(
             ]
         )
         for d in page.damaged:
-            print(f"chatcli: damaged: {d.location}: {d.reason}", file=sys.stderr)
+            print(f"damaged: {d.message}", file=sys.stderr)
         return
     out = renderer()
     out.session_table(page.rows, page.damaged)

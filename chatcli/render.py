@@ -336,7 +336,7 @@ class Renderer:
         self._print_table(t)
         for d in damaged:
             self.err.print(
-                f"[yellow]damaged:[/] {_esc(d.location)}: {_esc(sanitize(d.reason))}", soft_wrap=True
+                f"[yellow]damaged:[/] {_esc(sanitize(d.message))}", soft_wrap=True
             )
 
     def search_hits(self, hits: list[SearchHit], query: str) -> None:

@@ -366,6 +366,11 @@ class DamagedFile:
     location: str
     reason: str
 
+    @property
+    def message(self) -> str:
+        """The reason, naming the location once (a snapshot error's reason starts with its path)."""
+        return self.reason if self.location in self.reason else f"{self.location}: {self.reason}"
+
 
 @dataclass(frozen=True)
 class SearchHit:

@@ -163,8 +163,8 @@ def test_list_reports_damaged_and_foreign_files(cli: CLI, store: FolderStore) ->
     assert [ln.split()[0] for ln in r.stdout.splitlines() if ln[:8].isdigit()] == [C, B, A]
     damaged, foreign = store.root / "20260404-000000-dddd.json", store.root / "notes.json"
     assert r.stderr.splitlines() == [
-        f"damaged: {damaged}: {damaged} is not valid JSON (damaged or truncated)",
-        f"damaged: {foreign}: {foreign} is not a chatcli session file",
+        f"damaged: {damaged} is not valid JSON (damaged or truncated)",
+        f"damaged: {foreign} is not a chatcli session file",
     ]
 
 
