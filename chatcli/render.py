@@ -335,9 +335,7 @@ class Renderer:
             )
         self._print_table(t)
         for d in damaged:
-            self.err.print(
-                f"[yellow]damaged:[/] {_esc(sanitize(d.message))}", soft_wrap=True
-            )
+            self.err.print(f"[yellow]damaged:[/] {_esc(sanitize(d.message))}", soft_wrap=True)
 
     def search_hits(self, hits: list[SearchHit], query: str) -> None:
         """Search results: per hit a header line (session id, title, turn, role) and the snippet with the
