@@ -230,13 +230,13 @@ class Renderer:
     def error(self, message: str) -> None:
         # soft_wrap: a one-line message stays one line (the terminal wraps it), so a path or a command
         # in it can be copied whole
-        self.err.print(f"[bold red]error:[/] {_esc(sanitize(message))}", soft_wrap=True)
+        self.err.print(f"[bold red]error:[/] {escape_markup(sanitize(message))}", soft_wrap=True)
 
     def notice(self, message: str) -> None:
-        self.err.print(f"[yellow]{_esc(sanitize(message))}[/]", soft_wrap=True)
+        self.err.print(f"[yellow]{escape_markup(sanitize(message))}[/]", soft_wrap=True)
 
     def info(self, message: str) -> None:
-        self.console.print(f"[dim]{_esc(sanitize(message))}[/]", soft_wrap=True)
+        self.console.print(f"[dim]{escape_markup(sanitize(message))}[/]", soft_wrap=True)
 
     def reply(self) -> ReplyView:
         return ReplyView(self.console, err=self.err)
@@ -264,8 +264,8 @@ class Renderer:
         what = "Resumed" if resumed else "New"
         title = f" · {session.title}" if session.title else ""
         self.console.print(
-            f"[bold]{what} session {session.id}[/]{_esc(sanitize(title))} [dim]· "
-            f"{_esc(session.backend_name)}/{_esc(sanitize(session.model))} · {help_hint}[/]"
+            f"[bold]{what} session {session.id}[/]{escape_markup(sanitize(title))} [dim]· "
+            f"{escape_markup(session.backend_name)}/{escape_markup(sanitize(session.model))} · {help_hint}[/]"
         )
 
     def history(self, session: ConversationSession, last: int | None) -> None:
@@ -302,7 +302,7 @@ class Renderer:
         )
         t.add_row("context", _context_line(s.context))
         size = f" ({s.stored_bytes:,} bytes)" if s.stored_bytes is not None else ""
-        t.add_row("stored in", f"{_esc(s.location)}{size}")
+        t.add_row("stored in", f"{escape_markup(s.location)}{size}")
         t.add_row("last saved", s.last_saved_at or "not in this run")
         self.console.print(t)
 
@@ -327,15 +327,15 @@ class Renderer:
         for r in rows:
             t.add_row(
                 r.id,
-                _esc(sanitize(r.title)) or "[dim](untitled)[/]",
-                _esc(sanitize(f"{r.backend}/{r.model}")),
+                escape_markup(sanitize(r.title)) or "[dim](untitled)[/]",
+                escape_markup(sanitize(f"{r.backend}/{r.model}")),
                 str(r.turns),
                 f"{r.tokens:,}",
                 short_time(r.updated_at),
             )
         self._print_table(t)
         for d in damaged:
-            self.err.print(f"[yellow]damaged:[/] {_esc(sanitize(d.message))}", soft_wrap=True)
+            self.err.print(f"[yellow]damaged:[/] {escape_markup(sanitize(d.message))}", soft_wrap=True)
 
     def search_hits(self, hits: list[SearchHit], query: str) -> None:
         """Search results: per hit a header line (session id, title, turn, role) and the snippet with the
@@ -348,14 +348,14 @@ class Renderer:
         for h in hits:
             where = "title" if h.role == "title" else f"turn {h.turn} · {h.role}"
             self.console.print(
-                f"[bold]{h.session_id}[/] [dim]·[/] {_esc(sanitize(h.title)) or '(untitled)'} "
+                f"[bold]{h.session_id}[/] [dim]·[/] {escape_markup(sanitize(h.title)) or '(untitled)'} "
                 f"[dim]· {where}[/]",
                 soft_wrap=True,
             )
             snippet = h.snippet.replace(_MARK_ON, "").replace(_MARK_OFF, "")
             snippet = snippet.replace(HIGHLIGHT[0], _MARK_ON).replace(HIGHLIGHT[1], _MARK_OFF)
             snippet = " ".join(sanitize(snippet).split())  # one line: newlines in a message become spaces
-            marked = _esc(snippet).replace(_MARK_ON, "[bold yellow]").replace(_MARK_OFF, "[/]")
+            marked = escape_markup(snippet).replace(_MARK_ON, "[bold yellow]").replace(_MARK_OFF, "[/]")
             self.console.print("  " + marked, soft_wrap=True, highlight=False)
         self.info(count(len(hits), "hit"))
 
@@ -384,11 +384,11 @@ class Renderer:
             f"{t['prompt_tokens']:,} prompt · {t['completion_tokens']:,} completion · "
             f"{t['cached_tokens']:,} cached",
         )
-        models = ", ".join(f"{_esc(sanitize(m))} ({n:,})" for m, n in t["models"][:10]) or "none"
+        models = ", ".join(f"{escape_markup(sanitize(m))} ({n:,})" for m, n in t["models"][:10]) or "none"
         if len(t["models"]) > 10:
             models += f", … {len(t['models']) - 10} more"
         table.add_row("models", models)
-        table.add_row("disk used", f"{t['bytes']:,} bytes in {_esc(t['store'])}")
+        table.add_row("disk used", f"{t['bytes']:,} bytes in {escape_markup(t['store'])}")
         self._print_table(table)
 
     def _print_table(self, table: Any) -> None:
@@ -426,7 +426,7 @@ def short_time(iso: str) -> str:
     try:
         when = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
     except ValueError:
-        return _esc(sanitize(iso))
+        return escape_markup(sanitize(iso))
     now = datetime.now().astimezone()
     if when.date() == now.date():
         return when.strftime("%H:%M")
@@ -442,7 +442,7 @@ def local_time(iso: str) -> str:
     try:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
-        return _esc(sanitize(iso))
+        return escape_markup(sanitize(iso))
 
 
 def _context_line(c: dict[str, Any]) -> str:
@@ -464,7 +464,8 @@ def _context_line(c: dict[str, Any]) -> str:
     return f"{size} in the last request; {sent}"
 
 
-def _status_tag(m: Message) -> str:
+def status_tag(m: Message) -> str:
+    """`` [interrupted]`` (rich markup) after a message whose status is not ``ok``; "" otherwise."""
     return f" [yellow]\\[{m.status}][/]" if m.status != "ok" else ""
 
 
@@ -476,7 +477,8 @@ def _rate(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
-def _esc(text: str) -> str:
+def escape_markup(text: str) -> str:
+    """``text`` with rich markup (``[...]``) escaped, so it prints as written."""
     from rich.markup import escape
 
     return escape(text)

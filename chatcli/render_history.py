@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def show_history(out: Renderer, session: ConversationSession, last: int | None) -> None:
     """The last ``last`` turns (all when None) on ``out``'s console."""
-    from chatcli.render import _esc, _status_tag, local_time, sanitize
+    from chatcli.render import escape_markup, local_time, sanitize, status_tag
 
     console = out.console
     turns = session.turns()
@@ -33,7 +33,7 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
     turn_at = turns_before(m.role == "user" and m.dropped is None for m in messages)
     first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
     if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
-        console.print(f"[dim]system:[/] {_esc(sanitize(first_system))}")
+        console.print(f"[dim]system:[/] {escape_markup(sanitize(first_system))}")
     cut_shown = False
     first_at = index[id(shown[0][0])]
     changes = [c for c in session.changes if isinstance(c.get("at"), int) and c["at"] > first_at]
@@ -57,7 +57,7 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
         if reply is not None:
             console.print(
                 f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]"
-                + _status_tag(reply)
+                + status_tag(reply)
                 + _left_out_tag(reply, turn_at, session.context_start)
             )
             out.markdown(reply.content)
@@ -79,26 +79,26 @@ def _left_out_tag(reply: Message, turn_at: list[int], context_start: int) -> str
 
 
 def _mark(out: Renderer, m: Message, turn_at: list[int]) -> None:
-    from chatcli.render import _esc, local_time, sanitize
+    from chatcli.render import escape_markup, local_time, sanitize
 
     if m.summary_of is not None:
         span = turn_span(turn_at, m.summary_of[0], m.summary_of[1])
         taken = " (taken back)" if m.dropped else ""
         what = span_text(span) if span else "earlier turns"
         out.console.rule(f"[dim]summary of {what}{taken}[/]", style="dim")
-        out.console.print(f"[dim]{_esc(sanitize(m.content))}[/]")
+        out.console.print(f"[dim]{escape_markup(sanitize(m.content))}[/]")
         return
     out.console.print(f"[bold cyan]you[/] [dim]{local_time(m.created_at)}[/] [yellow]\\[not sent][/]")
     out.console.print(sanitize(folded(m.content))[:2000], markup=False, highlight=False)
     if m.error:
-        out.console.print(f"[yellow]{_esc(sanitize(m.error))}[/]")
+        out.console.print(f"[yellow]{escape_markup(sanitize(m.error))}[/]")
     out.console.print()
 
 
 def _change(out: Renderer, c: dict[str, Any]) -> None:
     """One recorded change (``model``, ``system``, ``title``) as a dim rule in the history."""
-    from chatcli.render import _esc, sanitize
+    from chatcli.render import escape_markup, sanitize
 
     new = str(c.get("to", ""))
     text = f"{c.get('what', '')} changed to {new!r}" if new else f"{c.get('what', '')} removed"
-    out.console.rule(f"[dim]{_esc(sanitize(text))}[/]", style="dim")
+    out.console.rule(f"[dim]{escape_markup(sanitize(text))}[/]", style="dim")
