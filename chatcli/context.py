@@ -330,12 +330,7 @@ def _newest_turn(messages: Sequence[Message], sent: list[int]) -> int:
 
 def turns_between(messages: Sequence[Message], first: int, end: int) -> int:
     """How many turns (user messages not dropped) ``messages[first:end]`` holds."""
-    n = 0
-    for i in range(first, end):
-        m = messages[i]
-        if m.role == "user" and m.dropped is None:
-            n += 1
-    return n
+    return sum(messages[i].starts_turn for i in range(first, end))
 
 
 def _recent(messages: Sequence[Message], context_start: int, end: int, enough: int) -> tuple[list[int], bool]:

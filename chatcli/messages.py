@@ -135,6 +135,13 @@ class Message:
         d["_json"] = None  # the cached to_json() is out of date
         d["_size"] = None  # ... and so is the cached size estimate
 
+    @property
+    def starts_turn(self) -> bool:
+        """Whether this message starts a turn: a user message still in the conversation (not dropped).
+        Turns are numbered from 1 by counting these; ``snapshot.is_turn`` is the same rule on a stored
+        message."""
+        return self.role == "user" and self.dropped is None
+
     def estimated_tokens(self) -> int:
         """This message's size in tokens by chatcli's estimate: UTF-8 bytes / BYTES_PER_TOKEN (rounded up)
         plus MESSAGE_OVERHEAD. Cached until an attribute is set (see ``to_json``)."""

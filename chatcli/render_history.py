@@ -30,7 +30,7 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
         out.info(f"… {count(len(turns) - len(shown), 'earlier turn')} not shown (history N shows more)")
     messages = session.messages
     index = {id(m): i for i, m in enumerate(messages)}
-    turn_at = turns_before(m.role == "user" and m.dropped is None for m in messages)
+    turn_at = turns_before(m.starts_turn for m in messages)
     first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
     if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
         console.print(f"[dim]system:[/] {escape_markup(sanitize(first_system))}")

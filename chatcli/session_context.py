@@ -165,7 +165,7 @@ class ContextMixin:
         """Mark the newest user message as not sent (it stays in the session), and save."""
         for i in range(len(self.messages) - 1, -1, -1):
             m = self.messages[i]
-            if m.role == "user" and m.dropped is None:
+            if m.starts_turn:
                 m.dropped, m.error = "unsent", str(e)
                 self._touch(i)
                 break
