@@ -12,6 +12,7 @@ import typer
 
 from chatcli import __version__
 from chatcli.cli_common import (
+    COMPLETE_VAR,
     BackendOpt,
     BaseURLOpt,
     ContextWindowOpt,
@@ -257,9 +258,6 @@ def _run_repl(
         renderer.error(failed)
     if session.unsaved or failed is not None:
         raise typer.Exit(ExitStatus.ERROR)
-
-
-COMPLETE_VAR = "_CHATCLI_COMPLETE"
 
 
 def _register_commands() -> None:

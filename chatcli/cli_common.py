@@ -134,6 +134,9 @@ SessionRef = Annotated[
     ),
 ]
 
+#: the environment variable through which a shell asks for completions (`chatcli completion`)
+COMPLETE_VAR = "_CHATCLI_COMPLETE"
+
 
 def settings(flags: dict[str, Any]) -> Settings:
     """Flags over environment over config file over defaults. Raises ConfigError."""

@@ -73,7 +73,7 @@ def completion(shell: Annotated[str, typer.Argument(metavar="bash|zsh|fish", hel
         fail_usage(f"no completion for {shell!r}: choose one of {', '.join(SHELLS)}")
     from typer.completion import get_completion_script  # type: ignore[attr-defined]  # re-exported
 
-    from chatcli.cli import COMPLETE_VAR
+    from chatcli.cli_common import COMPLETE_VAR
 
     sys.stdout.write(
         get_completion_script(prog_name="chatcli", complete_var=COMPLETE_VAR, shell=shell) + "\n"

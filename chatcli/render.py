@@ -268,12 +268,6 @@ class Renderer:
             f"{escape_markup(session.backend_name)}/{escape_markup(sanitize(session.model))} · {help_hint}[/]"
         )
 
-    def history(self, session: ConversationSession, last: int | None) -> None:
-        """The last ``last`` turns (all when None): see ``render_history``."""
-        from chatcli.render_history import show_history
-
-        show_history(self, session, last)
-
     def stats(self, s: Stats) -> None:
         from rich.table import Table
 

@@ -27,6 +27,7 @@ from chatcli.errors import (
     SessionTimeoutError,
     Terminated,
 )
+from chatcli.render_history import show_history
 from chatcli.repl_commands import BY_NAME, ReplCommands, is_command_line, parse_command
 from chatcli.snapshot import valid_unicode
 from chatcli.text import count
@@ -106,7 +107,7 @@ class Repl(ReplCommands):
         """Read and answer until quit or Ctrl-D. Errors of a turn are reported and the loop goes on."""
         self.out.banner(self.session, self.resumed, HELP_HINT)
         if self.resumed and self.session.messages:
-            self.out.history(self.session, last=RESUME_TURNS)
+            show_history(self.out, self.session, last=RESUME_TURNS)
         if self.session.backend is not None:
             self.session.backend.prepare()
         prompt = self._make_prompt()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from chatcli import attachments
 from chatcli.context import estimate
 from chatcli.errors import CommandError, ConfigError, NothingToDo
+from chatcli.render_history import show_history
 from chatcli.text import count
 from chatcli.transcript import EXPORT_FORMATS
 
@@ -178,7 +179,7 @@ class ReplCommands:
         return False
 
     def do_history(self, args: list[str]) -> None:
-        self.out.history(self.session, int(args[0]) if args else None)
+        show_history(self.out, self.session, int(args[0]) if args else None)
 
     def do_stats(self, args: list[str]) -> None:
         self.out.stats(self.session.stats())

@@ -538,9 +538,10 @@ def exercise(store: FolderStore, sid: str, deep: bool) -> str:
     assert again["messages"] == [m.to_json() for m in session.messages]
     if deep:
         from chatcli.render import Renderer, make_console
+        from chatcli.render_history import show_history
 
         console = make_console(io.StringIO())
-        Renderer(console, console).history(session, last=None)
+        show_history(Renderer(console, console), session, last=None)
         saved = session.to_snapshot()
         store.save(saved)
         assert store.load(sid) == saved  # what was saved reads back the same
