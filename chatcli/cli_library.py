@@ -162,7 +162,7 @@ def search(
     except ChatcliError as e:
         exit_with(e)
     if as_json:
-        from chatcli.snapshot import HIGHLIGHT
+        from chatcli.search import HIGHLIGHT
 
         print_json(
             [

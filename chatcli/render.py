@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from chatcli.messages import Message, Stats
+    from chatcli.search import SearchHit
     from chatcli.session import ConversationSession
-    from chatcli.snapshot import DamagedFile, SearchHit, SessionSummary
+    from chatcli.snapshot import DamagedFile, SessionSummary
 
 REFRESH_PER_SECOND = 12
 
@@ -334,7 +335,7 @@ class Renderer:
     def search_hits(self, hits: list[SearchHit], query: str) -> None:
         """Search results: per hit a header line (session id, title, turn, role) and the snippet with the
         match in bold."""
-        from chatcli.snapshot import HIGHLIGHT
+        from chatcli.search import HIGHLIGHT
 
         if not hits:
             self.info(f"No message or title matches {query!r}.")

@@ -19,7 +19,8 @@ from chatcli.errors import (
     SessionNotFound,
     StoreConflict,
 )
-from chatcli.snapshot import FORMAT, HIGHLIGHT, VERSION, resolve
+from chatcli.search import HIGHLIGHT
+from chatcli.snapshot import FORMAT, VERSION, resolve
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 

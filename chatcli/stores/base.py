@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatcli.messages import MessageJSON
-from chatcli.snapshot import DamagedFile, SearchHit, SessionSummary, Snapshot
+from chatcli.search import SearchHit
+from chatcli.snapshot import DamagedFile, SessionSummary, Snapshot
 
 KINDS = ("folder", "sqlite", "postgresql", "mysql")
 

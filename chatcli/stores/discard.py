@@ -7,7 +7,8 @@ from typing import Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import SessionNotFound
-from chatcli.snapshot import SearchHit, Snapshot
+from chatcli.search import SearchHit
+from chatcli.snapshot import Snapshot
 from chatcli.stores.base import Page, SaveInfo, Store
 
 NOT_SAVED = "(not saved)"

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from chatcli.clock import utc_now
 from chatcli.errors import SaveError, SessionExists, SessionLocked, SessionNotFound, SnapshotError
+from chatcli.search import SearchHit
 from chatcli.snapshot import (
     ID_RE,
     DamagedFile,
-    SearchHit,
     SessionSummary,
     Snapshot,
     decode,

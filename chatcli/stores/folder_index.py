@@ -14,17 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcli.errors import SessionNotFound, SnapshotError
-from chatcli.snapshot import (
-    HIGHLIGHT,
-    SEARCH_WINDOW,
-    DamagedFile,
-    SearchHit,
-    SessionSummary,
-    is_turn,
-    search_words,
-    snippet,
-    summarize,
-)
+from chatcli.search import HIGHLIGHT, SEARCH_WINDOW, SearchHit, search_words, snippet
+from chatcli.snapshot import DamagedFile, SessionSummary, is_turn, summarize
 from chatcli.stores.base import Page
 
 if TYPE_CHECKING:

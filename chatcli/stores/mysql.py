@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chatcli.errors import ChatcliError, ConfigError, StoreError, StoreUnavailable
-from chatcli.snapshot import fold, word_share
+from chatcli.search import fold, word_share
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
-from chatcli.snapshot import fold
+from chatcli.search import fold
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
 

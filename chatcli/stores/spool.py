@@ -35,7 +35,8 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
-from chatcli.snapshot import SearchHit, Snapshot, dumps, validate_snapshot
+from chatcli.search import SearchHit
+from chatcli.snapshot import Snapshot, dumps, validate_snapshot
 from chatcli.stores.base import Page, SaveInfo
 from chatcli.stores.folder import ensure_folder, read_regular_file, write_atomic
 from chatcli.stores.sql import SQLStore

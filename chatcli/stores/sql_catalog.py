@@ -10,7 +10,8 @@ from typing import Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import SessionNotFound
-from chatcli.snapshot import SEARCH_WINDOW, SearchHit, SessionSummary, search_words, snippet, validate_id
+from chatcli.search import SEARCH_WINDOW, SearchHit, search_words, snippet
+from chatcli.snapshot import SessionSummary, validate_id
 from chatcli.stores.base import Page, SessionLock
 
 
