@@ -283,16 +283,15 @@ class _Fit:
                 break
             if exact <= self.limit:
                 return start, exact, True
+        newest_alone = round(
+            (fixed + sum(messages[i].estimated_tokens() for i in sent if i >= newest)) * scale
+        )
         if best is not None and (exact is None or tried[-1] != newest):
             # the server cannot count, or EXACT_TRIES counts were all over: the newest turn alone is left
-            return (best, best_tokens, False) if exact is None else (newest, best_tokens, False)
+            return (best, best_tokens, False) if exact is None else (newest, newest_alone, False)
         if not must:
             return None
-        alone = (
-            exact
-            if exact is not None
-            else round((fixed + sum(messages[i].estimated_tokens() for i in sent if i >= newest)) * scale)
-        )
+        alone = exact if exact is not None else newest_alone
         _too_large(alone, self.limit, round(fixed * scale), summary is not None, exact=exact is not None)
         return None
 

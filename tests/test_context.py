@@ -7,6 +7,7 @@ import pytest
 
 from chatcli.context import (
     MAX_RESERVE,
+    REPLY_PRIMING,
     SUMMARY_HEADER,
     candidates,
     estimate,
@@ -161,3 +162,10 @@ def test_after_an_overflow_less_is_sent() -> None:
         msgs, context_start=0, system="", window=8192, max_tokens=None, min_start=len(msgs) + 5
     )
     assert newest_only.indexes == [len(msgs) - 1]  # whatever the floor, the newest turn goes
+
+
+def test_when_every_exact_count_is_over_the_newest_turn_goes_alone_with_its_own_size() -> None:
+    msgs = ask(chat(8))
+    p = plan(msgs, context_start=0, system="", window=1300, max_tokens=300, count=lambda request: 10**6)
+    assert p.start == len(msgs) - 1 and not p.exact  # the newest turn alone, as estimated
+    assert p.tokens == estimate("the newest question") + REPLY_PRIMING  # not the size of a longer request
