@@ -184,9 +184,8 @@ def plan(
     # never scaled below half), so a long session costs what its window holds, not what it has
     sent, complete = _recent(messages, context_start, end, 2 * limit)
     if not sent:
-        return Plan(
-            context_start, [], _request(messages, [], system, None), estimate(system), False, window, reserve
-        )
+        size = estimate(system) + REPLY_PRIMING  # as the requests that send messages are counted
+        return Plan(context_start, [], _request(messages, [], system, None), size, False, window, reserve)
     factor = calibration(messages, context_start, system, end)
     newest = _newest_turn(messages, sent)
     fit = _Fit(messages, sent, newest, system, limit, factor, count, complete)

@@ -169,3 +169,8 @@ def test_when_every_exact_count_is_over_the_newest_turn_goes_alone_with_its_own_
     p = plan(msgs, context_start=0, system="", window=1300, max_tokens=300, count=lambda request: 10**6)
     assert p.start == len(msgs) - 1 and not p.exact  # the newest turn alone, as estimated
     assert p.tokens == estimate("the newest question") + REPLY_PRIMING  # not the size of a longer request
+
+
+def test_a_request_with_no_message_yet_counts_the_system_prompt_and_the_reply_priming() -> None:
+    p = plan([], context_start=0, system="Be brief.", window=1000, max_tokens=None)
+    assert p.indexes == [] and p.tokens == estimate("Be brief.") + REPLY_PRIMING
