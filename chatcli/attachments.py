@@ -103,9 +103,10 @@ def message(attachments: list[Attachment], text: str) -> str:
     return "\n\n".join(parts)
 
 
-def folded(content: str) -> str:
+def folded(content: str, *, files: bool = True) -> str:
     """``content`` with each complete file block replaced by one line (``[file notes/plan.md: 12 lines]``),
-    for views that show a conversation at a glance; a block with no closing fence is left as it is."""
+    for views that show a conversation at a glance, or left out when not ``files`` (what the user typed:
+    a title comes from that). A block with no closing fence is left as it is."""
     out: list[str] = []
     pos = 0
     while (m := _HEADER.search(content, pos)) is not None:
@@ -115,7 +116,8 @@ def folded(content: str) -> str:
         body = content[m.end() : end + 1]
         out.append(content[pos : m.start()])
         n = body.count("\n")
-        out.append(f"[file {m['path']}: {n:,} line{'' if n == 1 else 's'}]")
+        if files:
+            out.append(f"[file {m['path']}: {n:,} line{'' if n == 1 else 's'}]")
         pos = end + 1 + len(m["fence"])
     out.append(content[pos:])
     return "".join(out)

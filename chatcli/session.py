@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from chatcli.attachments import folded
 from chatcli.backends.base import public_url
 from chatcli.clock import utc_now
 from chatcli.edits import SessionEdits
@@ -273,8 +274,8 @@ class ConversationSession(SessionEdits, ContextMixin):
             raise BackendError("this session has no backend to talk to")
         self._touch(len(self.messages))
         self.messages.append(Message(role="user", content=text))
-        if not self.title:
-            self.title = title_from(text)
+        if not self.title:  # from what the user typed; from the files' names when there is only files
+            self.title = title_from(folded(text, files=False)) or title_from(folded(text))
         self._turn_notice = on_notice
         try:
             try:

@@ -146,6 +146,17 @@ def test_retry_with_no_turn_is_nothing_to_do_not_a_failed_turn(cli: CLI, scripte
     assert len(scripted.requests) == 2
 
 
+def test_a_title_comes_from_what_was_typed_not_the_files(
+    cli: CLI, scripted: ScriptedBackend, user_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    code = tmp_path / "add.py"
+    code.write_text("def add(a, b):\n    return a + b\n")
+    sid = cli.new(f"/file {code}", "What does this do?")
+    snap = snapshot(user_dirs, sid)
+    assert snap["title"] == "What does this do?"
+    assert snap["messages"][0]["content"].startswith(f"File `{code}`:\n```\ndef add(a, b):")
+
+
 def test_no_color_output_has_no_escape_bytes(cli: CLI, scripted: ScriptedBackend) -> None:
     # Markdown plus an escape sequence a hostile model might send: neither may reach the output raw.
     scripted.enqueue("Some **bold** text \x1b[31mred\x1b[0m and `code`.")
