@@ -59,18 +59,34 @@ def list_sessions(
         typer.Option("--model", "-m", metavar="NAME", help="Only sessions whose model name contains NAME."),
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Show every session (no limit).")] = False,
+    in_trash: Annotated[
+        bool,
+        typer.Option(
+            "--trash", help="List the sessions in the trash instead (what `restore ID` brings back)."
+        ),
+    ] = False,
     as_json: AsJSON = False,
 ) -> None:
     """List sessions, most recently updated first: id, title, model, turns, tokens, last update.
     Damaged files are reported with their path (on stderr)."""
-    from chatcli.library import parse_date
+    from chatcli.library import parse_date, trashed
+    from chatcli.stores.base import Page
 
+    shown = None if show_all else max(0, limit if limit is not None else 50)
     try:
         cutoff = parse_date(since) if since else None
         with _opened(store_name) as st:  # only the rows shown are read
-            page = st.page(
-                None if show_all else max(0, limit if limit is not None else 50), since=cutoff, model=model
-            )
+            if in_trash:
+                rows, damaged = trashed(st)
+                rows = [
+                    r
+                    for r in rows
+                    if (cutoff is None or r.updated_at >= cutoff)
+                    and (model is None or model.lower() in r.model.lower())
+                ]
+                page = Page(rows[:shown], damaged, len(rows))
+            else:
+                page = st.page(shown, since=cutoff, model=model)
     except ChatcliError as e:
         exit_with(e)
     if as_json:
@@ -95,6 +111,9 @@ def list_sessions(
             print(f"damaged: {d.message}", file=sys.stderr)
         return
     out = renderer()
+    if in_trash and not page.rows and not page.damaged:
+        out.info("The trash is empty.")
+        return
     out.session_table(page.rows, page.damaged)
     if page.total > len(page.rows):
         out.info(f"{page.total - len(page.rows)} more; use --all or --limit N to see them")

@@ -343,6 +343,23 @@ class SessionSummary:
     )
 
     @classmethod
+    def of(cls, snap: Snapshot, location: str) -> SessionSummary:
+        """The ``list`` row of a validated snapshot kept at ``location``."""
+        c = summarize(snap)
+        return cls(
+            id=snap["id"],
+            title=snap["title"],
+            backend=snap["backend"],
+            model=snap["model"],
+            turns=c.user_messages,
+            messages=c.messages,
+            created_at=snap["created_at"],
+            updated_at=snap["updated_at"],
+            location=location,
+            tokens=c.prompt_tokens + c.completion_tokens,
+        )
+
+    @classmethod
     def from_columns(cls, r: Any, location: str) -> SessionSummary:
         """A summary from a catalog row of COLUMNS."""
         return cls(

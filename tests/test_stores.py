@@ -19,6 +19,7 @@ from chatcli.errors import (
     SessionNotFound,
     StoreConflict,
 )
+from chatcli.library import trashed
 from chatcli.search import HIGHLIGHT
 from chatcli.snapshot import FORMAT, VERSION, resolve
 from chatcli.stores import open_store, parse_store
@@ -281,6 +282,19 @@ def test_trash_restore_purge(store: Store) -> None:
     assert store.ids() == [C]
     with pytest.raises(SessionNotFound):
         store.purge(B)
+
+
+def test_the_trash_is_listed_newest_first(store: Store) -> None:
+    assert trashed(store) == ([], [])
+    put(store, snap(A, title="first", updated="2026-01-01T09:00:00.000Z"))
+    put(store, snap(B, title="second", updated="2026-02-02T10:00:00.000Z"))
+    put(store, snap(C, title="kept"))
+    store.trash(A)
+    store.trash(B)
+    rows, damaged = trashed(store)
+    assert [(r.id, r.title, r.turns, r.tokens) for r in rows] == [(B, "second", 1, 15), (A, "first", 1, 15)]
+    assert damaged == [] and rows[0].location == store.location(B, trashed=True)
+    assert store.location(B, trashed=True) != store.location(B)
 
 
 # -- the catalog -----------------------------------------------------------------------------------------------

@@ -393,8 +393,15 @@ def test_show_rename_delete_restore(cli: CLI, user_dirs: dict[str, Path]) -> Non
         f"Moved {sid} to the trash (chatcli restore {sid} brings it back).\n"
     )
     assert cli("list").ok == "No sessions yet: start one with `chatcli new`.\n"
+    header, row = masked(cli("list", "--trash").ok, id=sid).splitlines()
+    assert header.split()[:3] == ["id", "title", "backend/model"]
+    assert row.split()[:5] == ["<id>", "Greetings", "openai/gpt-4o-mini", "1", "0"]  # turns, tokens
+    listed = json.loads(cli("list", "--trash", "--json").ok)
+    assert [(r["id"], r["title"]) for r in listed] == [(sid, "Greetings")]
+    assert listed[0]["location"] == str(user_dirs["sessions"] / ".trash" / f"{sid}.json")
     assert cli("show", sid).error(1).startswith(f"error: no session '{sid}'")
     assert cli("restore", sid[:8]).ok == f"Restored {sid}.\n"
+    assert cli("list", "--trash").ok == "The trash is empty.\n"
     assert cli("restore", sid).error(1).startswith(f"error: no session '{sid}'")
     assert cli("delete", "--purge", sid).error(2) == (
         "error: --purge removes sessions for good: confirm with --yes when not at a terminal"

@@ -92,8 +92,9 @@ class Store(Protocol):
         """Whether the store holds that session (in the trash when ``trashed``). Raises InvalidSessionId."""
         ...
 
-    def location(self, session_id: str) -> str:
-        """Where the session is kept, for messages: a file path, or the store's address and the id."""
+    def location(self, session_id: str, *, trashed: bool = False) -> str:
+        """Where the session is kept (in the trash when ``trashed``), for messages: a file path, or the
+        store's address and the id."""
         ...
 
     def stored_size(self, session_id: str) -> int | None:

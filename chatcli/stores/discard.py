@@ -45,7 +45,7 @@ class DiscardingStore:
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.source is not None and self.source.exists(session_id, trashed=trashed)
 
-    def location(self, session_id: str) -> str:
+    def location(self, session_id: str, *, trashed: bool = False) -> str:
         return NOT_SAVED
 
     def stored_size(self, session_id: str) -> int | None:

@@ -33,7 +33,6 @@ from chatcli.snapshot import (
     Snapshot,
     decode,
     dumps,
-    summarize,
     validate_id,
 )
 from chatcli.stores.base import Page, SaveInfo
@@ -175,8 +174,8 @@ class FolderStore:
         except OSError:
             pass  # a nicety: a folder that takes sessions but not this file still works
 
-    def location(self, session_id: str) -> str:
-        return str(self.path_for(session_id))
+    def location(self, session_id: str, *, trashed: bool = False) -> str:
+        return str(self.path_for(session_id, trashed=trashed))
 
     def stored_size(self, session_id: str) -> int | None:
         try:
@@ -293,7 +292,7 @@ class FolderStore:
             except (SnapshotError, SessionNotFound) as e:
                 damaged.append(DamagedFile(str(path), str(e)))
                 continue
-            rows.append(summary_of(d, str(path)))
+            rows.append(SessionSummary.of(d, str(path)))
         rows.sort(key=lambda r: (r.updated_at, r.id), reverse=True)
         return rows, damaged
 
@@ -383,23 +382,6 @@ class FolderStore:
         if self._index is not None:
             self._index.close()
             self._index = None
-
-
-def summary_of(snap: Snapshot, location: str) -> SessionSummary:
-    """The ``list`` row of a validated snapshot."""
-    c = summarize(snap)
-    return SessionSummary(
-        id=snap["id"],
-        title=snap["title"],
-        backend=snap["backend"],
-        model=snap["model"],
-        turns=c.user_messages,
-        messages=c.messages,
-        created_at=snap["created_at"],
-        updated_at=snap["updated_at"],
-        location=location,
-        tokens=c.prompt_tokens + c.completion_tokens,
-    )
 
 
 def whole(snapshot: Snapshot) -> Snapshot:

@@ -170,9 +170,9 @@ class SpoolingStore:
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.primary.exists(session_id, trashed=trashed)
 
-    def location(self, session_id: str) -> str:
-        path = self.pending(session_id)
-        return str(path) if path is not None else self.primary.location(session_id)
+    def location(self, session_id: str, *, trashed: bool = False) -> str:
+        path = None if trashed else self.pending(session_id)
+        return str(path) if path is not None else self.primary.location(session_id, trashed=trashed)
 
     def stored_size(self, session_id: str) -> int | None:
         path = self.pending(session_id)

@@ -259,8 +259,8 @@ class SQLStore(SQLCatalog, SQLSchema):
         self._lost.discard(session_id)
 
     # -- reading one session -------------------------------------------------------------------------------
-    def location(self, session_id: str) -> str:
-        return f"{self.display} (session {session_id})"
+    def location(self, session_id: str, *, trashed: bool = False) -> str:
+        return f"{self.display} (session {session_id}{', in the trash' if trashed else ''})"
 
     def stored_size(self, session_id: str) -> int | None:
         return None

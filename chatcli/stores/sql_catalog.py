@@ -38,7 +38,7 @@ class SQLCatalog:
     def _x(self, cur: Any, sql: str, args: Sequence[Any] = ()) -> Any:
         raise NotImplementedError
 
-    def location(self, session_id: str) -> str:
+    def location(self, session_id: str, *, trashed: bool = False) -> str:
         raise NotImplementedError
 
     def disk_bytes(self) -> int:
