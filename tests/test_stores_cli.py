@@ -14,6 +14,7 @@ import pytest
 
 from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores import parse_store
+from transcript import CLI
 
 from fakellm import FakeLLMServer
 
@@ -92,7 +93,11 @@ def normalised(text: str, store: str, tmp_path: Path) -> str:
         .replace(parse_store(store).display, "<STORE>")
         .replace(str(tmp_path), "<TMP>")
     )
-    text = re.sub(r"<STORE>(/[0-9a-z-]+\.json| \(session [0-9a-z-]+\))", "<STORE>(session)", text)
+    text = re.sub(
+        r"<STORE>(/(\.trash/)?[0-9a-z-]+\.json| \(session [0-9a-z-]+(, in the trash)?\))",
+        "<STORE>(session)",
+        text,
+    )
     text = re.sub(r"[\d,]+ bytes in", "N bytes in", text)
     text = re.sub(r'"bytes": \d+', '"bytes": N', text)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", "<TIME>", text)  # when an import or rename ran
@@ -118,7 +123,9 @@ SCRIPT: list[tuple[str, ...]] = [
     ("export", "aaaa", "--format", "md"),
     ("delete", "aaaa"),
     ("list",),
+    ("list", "--trash", "--json"),
     ("restore", "aaaa"),
+    ("list", "--trash"),
     ("delete", "cccc", "--purge", "--yes"),
     ("prune", "--older-than", "30d", "--dry-run"),
     ("prune", "--older-than", "30d"),
@@ -132,30 +139,30 @@ SCRIPT: list[tuple[str, ...]] = [
 ]
 
 
-def transcript(
-    env: dict[str, str], store: str, tmp_path: Path
-) -> list[tuple[tuple[str, ...], int, str, str]]:
+def transcript(cli: CLI, store: str, tmp_path: Path) -> list[tuple[tuple[str, ...], int, str, str]]:
+    """SESSIONS imported into ``store``, then every command of SCRIPT run on it (in this process: see
+    tests/transcript.py): (args, exit code, stdout, stderr), normalised."""
     files = tmp_path / "in"
     files.mkdir(parents=True, exist_ok=True)
     for s in SESSIONS:
         path = files / f"{s['id']}.json"
         path.write_text(json.dumps(s))
-        r = run(env, "import", str(path), "--store", store)
-        assert r.returncode == 0 and r.stdout.split()[-1] == s["id"], r.stderr
+        r = cli("import", str(path), "--store", store)
+        assert r.exit_code == 0 and r.stdout.split()[-1] == s["id"], r.stderr
     out = []
     for args in SCRIPT:
-        r = run(env, *args, "--store", store)
+        r = cli(*args, "--store", store)
         out.append(
-            (args, r.returncode, normalised(r.stdout, store, tmp_path), normalised(r.stderr, store, tmp_path))
+            (args, r.exit_code, normalised(r.stdout, store, tmp_path), normalised(r.stderr, store, tmp_path))
         )
     return out
 
 
 def test_every_library_command_gives_the_same_output_on_every_engine(
-    child_env: dict[str, str], store_for: Any, tmp_path: Path
+    cli: CLI, store_for: Any, tmp_path: Path
 ) -> None:
     results = {
-        engine: transcript(child_env, store_for(engine), tmp_path / engine)
+        engine: transcript(cli, store_for(engine), tmp_path / engine)
         for engine in ("folder", "sqlite", "postgresql", "mysql")
     }
     folder = results["folder"]
