@@ -1,5 +1,6 @@
-"""Every library command and the REPL on every engine, as a user runs them (``python -m chatcli`` in a child
-process), with the same output and the same errors whatever the store."""
+"""Every library command and the REPL on every engine, with the same output and the same errors whatever
+the store: the library's transcript in-process (tests/transcript.py), sessions started, resumed and broken
+stores as a user runs them (``python -m chatcli`` in a child process)."""
 
 from __future__ import annotations
 
