@@ -15,7 +15,7 @@ import pytest
 
 from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores import parse_store
-from transcript import CLI
+from transcript import CLI, ScriptedBackend
 
 from fakellm import FakeLLMServer
 
@@ -334,3 +334,19 @@ def test_the_folder_store_needs_no_database_driver(
     )
     assert r.returncode == 0, r.stderr
     assert "LOADED []" in r.stderr  # a driver is imported only when its engine is used
+
+
+def test_reading_an_sqlite_store_that_does_not_exist_creates_nothing(
+    cli: CLI, scripted: ScriptedBackend, tmp_path: Path
+) -> None:
+    store = f"sqlite://{tmp_path / 'new' / 'chats.db'}"  # (tmp_path also holds the user's home)
+    for args in (["list"], ["list", "--trash"], ["search", "x"], ["stats"], ["prune", "--older-than", "1d"]):
+        assert cli(*args, "--store", store).exit_code == 0, args
+    assert cli("show", "last", "--store", store).error(1).startswith("error: there are no sessions in ")
+    assert cli("delete", "aaaa", "--store", store).error(1).startswith("error: no session 'aaaa'")
+    assert not (tmp_path / "new").exists()
+    r = cli("new", "--store", store, input="hello\n")
+    sid = ID_RE.search(r.ok).group(0)  # type: ignore[union-attr]
+    assert (tmp_path / "new" / "chats.db").is_file()
+    assert [m.split()[0] for m in cli("list", "--store", store).ok.splitlines()[1:]] == [sid]
+    assert scripted.requests[0].pairs() == [("user", "hello")]

@@ -6,6 +6,9 @@ when its process ends, however it ends), so chatclis on one machine, or on machi
 over a file system with working locks, never write the same session at once. Full-text search is FTS5
 (``unicode61 remove_diacritics 2``: case and accents ignored) over the message and title columns, kept up
 to date by triggers.
+
+The file is made by the first save: until then a store whose file does not exist answers from an empty
+database in memory, so ``list``, ``search`` or a mistyped path create nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
+from chatcli.snapshot import Snapshot
+from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import fts_query
 from chatcli.stores.sql import SQLStore
@@ -81,8 +86,20 @@ class SQLiteStore(SQLStore):
         super().__init__(f"sqlite://{self.path}", timeout)
         self.lock_dir = self.path.parent / (self.path.name + ".locks")
         self._files: dict[str, FileLock] = {}
+        self._in_memory = False  # the connection is the empty stand-in for a file not made yet
+        self._make = False  # a save asked for the file: make it
+
+    def _connection(self) -> Any:
+        if self._conn is None and not self._make and not self.path.exists():
+            conn = self._connect(":memory:")  # the empty stand-in, until a save makes the file
+            self._in_memory = True
+            self._migrate(conn)
+            self._conn = conn
+            return conn
+        return super()._connection()
 
     def _open(self) -> Any:
+        self._in_memory = False
         try:
             ensure_folder(self.path.parent, tighten=False)  # a folder the user chose: created, never changed
         except SaveError as e:
@@ -92,8 +109,11 @@ class SQLiteStore(SQLStore):
             os.close(fd)
         except OSError as e:
             raise StoreError(f"cannot open {self.display}: {e.strerror}") from None
+        return self._connect(str(self.path))
+
+    def _connect(self, target: str) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -103,6 +123,12 @@ class SQLiteStore(SQLStore):
         except sqlite3.DatabaseError as e:
             raise self._failure(e) from None
         return conn
+
+    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        if self._in_memory:  # the first save: from now on the database is the file
+            self._make = True
+            self._drop()
+        return super().save(snapshot, changed_from=changed_from, checkpoint=checkpoint)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
@@ -132,6 +158,8 @@ class SQLiteStore(SQLStore):
 
     # -- locks: files beside the database ---------------------------------------------------------------
     def _try_lock(self, cur: Any, session_id: str) -> bool:
+        if session_id in self._files:  # held already (taken again when the stand-in gives way to the file)
+            return True
         try:
             ensure_folder(self.lock_dir)
         except SaveError as e:
@@ -160,6 +188,8 @@ class SQLiteStore(SQLStore):
         self._drop()
 
     def _lock_schema(self, cur: Any) -> Any:
+        if self._in_memory:  # no one else can see a database in memory
+            return None
         ensure_folder(self.lock_dir)
         from filelock import FileLock as Blocking
 
@@ -168,7 +198,8 @@ class SQLiteStore(SQLStore):
         return lock
 
     def _unlock_schema(self, cur: Any, token: Any) -> None:
-        token.release()
+        if token is not None:
+            token.release()
 
     # -- rows ---------------------------------------------------------------------------------------------
     def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
