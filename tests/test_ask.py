@@ -25,6 +25,12 @@ from transcript import Reply as Scripted
 from fakellm import FakeLLMServer, Reply
 
 
+def ask_command(llm: FakeLLMServer | None, *args: str) -> list[str]:
+    """The command line of ``chatcli ask ARGS`` on the fake server's OpenAI-compatible endpoint."""
+    where = ["--backend", "openai", "--base-url", f"{llm.url}/v1"] if llm is not None else []
+    return [sys.executable, "-m", "chatcli", "ask", *where, *args]
+
+
 def ask(
     env: dict[str, str],
     llm: FakeLLMServer | None,
@@ -35,9 +41,8 @@ def ask(
     """``chatcli ask ARGS`` in a child process on the fake server's OpenAI-compatible endpoint;
     ``stdin=None`` leaves the child no stdin at all (as `< /dev/null` would not: that is an empty
     pipe-like file)."""
-    where = ["--backend", "openai", "--base-url", f"{llm.url}/v1"] if llm is not None else []
     r = subprocess.run(
-        [sys.executable, "-m", "chatcli", "ask", *where, *args],
+        ask_command(llm, *args),
         input=stdin,
         capture_output=True,
         env=env,
@@ -313,17 +318,7 @@ def test_a_signal_mid_reply_keeps_what_came(
 ) -> None:
     fake_llm.enqueue(Reply(text="first second third", stall_after=1))
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "chatcli",
-            "ask",
-            "--backend",
-            "openai",
-            "--base-url",
-            f"{fake_llm.url}/v1",
-            "go",
-        ],
+        ask_command(fake_llm, "go"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -351,17 +346,7 @@ def test_at_a_terminal_a_failed_turn_is_still_one_line_on_stderr(
     for _ in range(2):
         master, slave = pty.openpty()  # stderr is a terminal (notices on), stdout a pipe
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chatcli",
-                "ask",
-                "--backend",
-                "openai",
-                "--base-url",
-                f"{fake_llm.url}/v1",
-                "hi",
-            ],
+            ask_command(fake_llm, "hi"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=slave,

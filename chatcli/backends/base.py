@@ -180,11 +180,7 @@ class HTTPBackend:
         except BackendError as e:
             raise self._scrubbed(e) from None
         except httpx.ConnectTimeout:
-            raise BackendTimeout(
-                f"could not connect to {self.display_url} within {timeouts.connect:g} s",
-                "connect",
-                timeouts.connect,
-            ) from None
+            raise self._connect_timeout(timeouts) from None
         except httpx.TimeoutException:  # connected, but no answer within the read limit
             kind = "idle" if self._read_limit >= timeouts.idle else "total"
             raise BackendTimeout(
@@ -234,11 +230,7 @@ class HTTPBackend:
         except BackendError as e:
             raise self._scrubbed(e) from e.__cause__
         except httpx.ConnectTimeout:
-            raise BackendTimeout(
-                f"could not connect to {self.display_url} within {timeouts.connect:g} s",
-                "connect",
-                timeouts.connect,
-            ) from None
+            raise self._connect_timeout(timeouts) from None
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
             if time.monotonic() >= deadline - 0.001:
                 raise BackendTimeout(
@@ -255,6 +247,13 @@ class HTTPBackend:
             ) from None
         except httpx.HTTPError as e:
             raise BackendError(f"request to {self.display_url} failed: {_reason(e)}") from None
+
+    def _connect_timeout(self, timeouts: Timeouts) -> BackendTimeout:
+        return BackendTimeout(
+            f"could not connect to {self.display_url} within {timeouts.connect:g} s",
+            "connect",
+            timeouts.connect,
+        )
 
     def _unreachable(self, e: Exception) -> BackendUnavailable:
         return BackendUnavailable(
