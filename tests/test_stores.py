@@ -107,7 +107,9 @@ ODD = snap(
     clears=[0],
     changes=[{"at": 2, "what": "model", "from": "a", "to": "b", "created_at": "t"}],
     model_path="/m.gguf",
+    context_window=4096,  # a field chatcli knows that has no column of its own
 )
+ODD["messages"][1]["context"] = {"start": 0, "tokens": 30, "exact": True, "window": 4096}
 ODD["messages"][0]["weird_key"] = {"deep": ["x", {"y": True}]}
 ODD["messages"][1]["finish_reason"] = None  # explicit null, not absent
 ODD["messages"][1]["error"] = 42  # a field of an unexpected type

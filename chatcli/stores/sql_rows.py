@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from chatcli.errors import SaveError
-from chatcli.snapshot import FORMAT, KNOWN_KEYS, Counts, Snapshot, valid_unicode
+from chatcli.snapshot import FORMAT, Counts, Snapshot, valid_unicode
 
 #: message keys kept in text columns (NULL = absent), then in JSON columns
 MESSAGE_TEXT = ("created_at", "status", "finish_reason", "model", "error", "dropped")
@@ -47,13 +47,16 @@ COUNT_COLUMNS = (
     "completion_tokens",
     "cached_tokens",
 )
+#: snapshot keys that have a column of their own (or are the row's id and messages); every other key, known
+#: to chatcli or not, is kept in ``extra``
+_COLUMN_KEYS = frozenset({"format", "version", "id", "messages", *SESSION_FIELDS}) - {"extra", "format_version"}
 _B64 = "$chatcli_b64"  # an extra holding the whole record, for text a column cannot hold (NUL on PostgreSQL)
 
 
 def session_params(snap: Snapshot, total: Counts, rows: int, holds_nul: bool = True) -> dict[str, Any]:
     """The session row's columns for ``snap`` (its counts ``total`` over ``rows`` messages). With
     ``holds_nul=False`` text holding NUL keeps the whole header in ``extra`` (base64) and NUL-free columns."""
-    extra = {k: v for k, v in snap.items() if k not in KNOWN_KEYS}
+    extra = {k: v for k, v in snap.items() if k not in _COLUMN_KEYS}
     header: dict[str, Any] = {
         "title": snap["title"],
         "created_at": snap["created_at"],
