@@ -49,7 +49,10 @@ COUNT_COLUMNS = (
 )
 #: snapshot keys that have a column of their own (or are the row's id and messages); every other key, known
 #: to chatcli or not, is kept in ``extra``
-_COLUMN_KEYS = frozenset({"format", "version", "id", "messages", *SESSION_FIELDS}) - {"extra", "format_version"}
+_COLUMN_KEYS = frozenset({"format", "version", "id", "messages", *SESSION_FIELDS}) - {
+    "extra",
+    "format_version",
+}
 _B64 = "$chatcli_b64"  # an extra holding the whole record, for text a column cannot hold (NUL on PostgreSQL)
 
 
