@@ -75,23 +75,18 @@ def read(path: str | Path) -> Attachment:
         raise AttachmentError(f"{shown}: {e.strerror}; nothing was sent") from None
     if len(raw) > MAX_FILE_BYTES:  # it grew after the size check
         raise _too_large(shown, f"over {MAX_FILE_BYTES:,} bytes")
-    if b"\x00" in raw[:8192] or _binary(raw):
-        raise AttachmentError(f"{shown} is not a text file (binary data); nothing was sent")
-    return Attachment(shown, raw.decode("utf-8"))
+    try:
+        if b"\x00" in raw[:8192]:
+            raise UnicodeError
+        return Attachment(shown, raw.decode("utf-8"))
+    except UnicodeError:
+        raise AttachmentError(f"{shown} is not a text file (binary data); nothing was sent") from None
 
 
 def _too_large(shown: str, size: str) -> AttachmentError:
     return AttachmentError(
         f"{shown} is too large to put in a message ({size}; the limit is {MAX_FILE_BYTES:,}); nothing was sent"
     )
-
-
-def _binary(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-        return False
-    except UnicodeDecodeError:
-        return True
 
 
 def message(attachments: list[Attachment], text: str) -> str:

@@ -191,6 +191,7 @@ def plan(
     fit = _Fit(messages, sent, newest, system, limit, factor, count, complete)
     summary = active_summary(messages, context_start, end)
     chosen: tuple[int, int, bool] | None = None
+    whole: tuple[int, int, bool] | None = None
     if summary is not None:
         whole = fit(None, min_start, must=False)  # everything may fit without the summary
         if whole is not None and complete and whole[0] == sent[0]:
@@ -201,8 +202,8 @@ def plan(
             chosen = fit(messages[summary], max(min_start, span[1]), must=False)
             if chosen is None:  # the summary itself does not fit: plain trimming
                 summary = None
-    if chosen is None:
-        chosen = fit(None, min_start, must=True)
+    if chosen is None:  # (without the summary: the search done above when there is one)
+        chosen = whole if summary is None and whole is not None else fit(None, min_start, must=True)
         assert chosen is not None
     start, tokens, exact = chosen
     indexes = [i for i in sent if i >= start]

@@ -318,7 +318,7 @@ def migrate(
         try:
             snap = src.load(sid, trashed=trashed)
         except (SnapshotError, SessionNotFound) as e:
-            report.damaged.append((src.location(sid), str(e)))
+            report.damaged.append((src.location(sid, trashed=trashed), str(e)))
             continue
         here = dst.exists(sid, trashed=trashed)
         if here or dst.exists(sid, trashed=not trashed):

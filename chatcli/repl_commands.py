@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatcli import attachments
-from chatcli.context import estimate
+from chatcli.context import estimate, turns_between
 from chatcli.errors import CommandError, ConfigError, NothingToDo
 from chatcli.render_history import show_history
 from chatcli.text import count
@@ -254,7 +254,7 @@ class ReplCommands:
             first, end = m.summary_of or [0, 0]
             self.out.info(
                 f"Summary taken back (it stays in the session file, marked undone): the turns it stood for "
-                f"({count(_turns_in(self.session.messages, first, end), 'turn')}) are left out plainly again."
+                f"({count(turns_between(self.session.messages, first, end), 'turn')}) are left out plainly again."
             )
             return
         try:
@@ -265,7 +265,7 @@ class ReplCommands:
         first, end = m.summary_of or [0, 0]
         tokens = estimate(m.content)
         self.out.info(
-            f"Summary of {count(_turns_in(self.session.messages, first, end), 'turn')} saved (about "
+            f"Summary of {count(turns_between(self.session.messages, first, end), 'turn')} saved (about "
             f"{tokens:,} tokens): it is sent in their place from now on; the turns stay in the session "
             "(`compact undo` takes the summary back)."
         )
@@ -342,10 +342,6 @@ def is_command_line(text: str) -> bool:
         return parse_command(text) is not None
     except CommandError:
         return False
-
-
-def _turns_in(messages: list[Message], first: int, end: int) -> int:
-    return sum(1 for m in messages[first:end] if m.role == "user" and m.dropped is None)
 
 
 def compose_in_editor(initial: str = "") -> str:

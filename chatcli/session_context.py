@@ -173,10 +173,11 @@ class ContextMixin:
 
     def _say_window(self, p: Plan) -> None:
         """A notice when this request's window starts elsewhere than the previous reply's did."""
-        if p.window is None or self._previous_window() == (p.start, p.summary):
+        previous = self._previous_window()
+        if p.window is None or previous == (p.start, p.summary):
             return
         if p.left_out == 0:
-            if self._previous_window() is not None and self._previous_window() != (self.context_start, None):
+            if previous is not None and previous != (self.context_start, None):
                 self.notify(f"every turn since the last clear is sent again (context {p.window:,} tokens)")
             return
         bare = p.left_out - p.summarised
@@ -324,12 +325,7 @@ class ContextMixin:
         so_far = (
             f"Summary so far:\n{earlier}\n\nThe conversation goes on:\n" if earlier else "The conversation:\n"
         )
-        params = GenerationParams(
-            temperature=self.params.temperature,
-            max_tokens=max_tokens,
-            top_p=self.params.top_p,
-            repeat_penalty=self.params.repeat_penalty,
-        )
+        params = replace(self.params, max_tokens=max_tokens)
         messages = [
             {"role": "system", "content": SUMMARY_INSTRUCTIONS},
             {"role": "user", "content": f"{so_far}{transcript}\n\nWrite the summary now."},

@@ -22,8 +22,6 @@ from chatcli.messages import MessageJSON
 from chatcli.search import SearchHit
 from chatcli.snapshot import DamagedFile, SessionSummary, Snapshot
 
-KINDS = ("folder", "sqlite", "postgresql", "mysql")
-
 
 @dataclass(frozen=True)
 class SaveInfo:
@@ -57,10 +55,11 @@ class SessionLock(Protocol):
 
 
 class Store(Protocol):
-    """One store of sessions. ``kind`` is one of KINDS; ``display`` is how it is shown (a folder path, or
-    a URL with its password as ``***``). The engines implement these methods as documented here. Besides
-    the errors each method names, a database store raises StoreUnavailable when the server does not answer
-    (within its connect and statement timeouts) and StoreError for what the server refuses."""
+    """One store of sessions. ``kind`` is ``folder``, ``sqlite``, ``postgresql`` or ``mysql``; ``display``
+    is how it is shown (a folder path, or a URL with its password as ``***``). The engines implement these
+    methods as documented here. Besides the errors each method names, a database store raises
+    StoreUnavailable when the server does not answer (within its connect and statement timeouts) and
+    StoreError for what the server refuses."""
 
     kind: str
     display: str

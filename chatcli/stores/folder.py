@@ -42,6 +42,14 @@ if TYPE_CHECKING:
 
 SUFFIX = ".json"
 TRASH = ".trash"
+#: ``totals`` of a folder that does not exist yet
+_EMPTY_TOTALS: dict[str, Any] = dict.fromkeys(
+    (
+        *("sessions", "active", "messages", "user_messages", "assistant_messages", "characters"),
+        *("prompt_tokens", "completion_tokens", "cached_tokens", "bytes", "damaged"),
+    ),
+    0,
+)
 MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024  # a larger file is refused unread: no conversation is that long
 
 
@@ -310,7 +318,7 @@ class FolderStore:
                 raise SaveError(f"cannot move {src} to the trash: {why(e)}", src) from None
         finally:
             lock.release()
-            _remove_quietly(self.lock_path(session_id))
+            remove_quietly(self.lock_path(session_id))
 
     def restore(self, session_id: str) -> None:
         src = self.path_for(session_id, trashed=True)
@@ -344,7 +352,7 @@ class FolderStore:
             src.unlink()
         finally:
             lock.release()
-            _remove_quietly(self.lock_path(session_id))
+            remove_quietly(self.lock_path(session_id))
 
     # -- the catalog (the SQLite cache beside the files) -------------------------------------------------
     def index(self) -> SessionIndex:
@@ -376,6 +384,8 @@ class FolderStore:
         return self.index().search(text, role=role, session_id=session_id, limit=limit)
 
     def totals(self, active_since: str) -> dict[str, Any]:
+        if not self.root.is_dir():  # (the figures of an empty index: it is not made for them)
+            return {**_EMPTY_TOTALS, "models": []}
         return self.index().totals(active_since)
 
     def close(self) -> None:
@@ -418,7 +428,8 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path) -> None:
+    """Remove ``path``; a file already gone, or one that cannot be removed, is left as it is."""
     try:
         path.unlink()
     except OSError:

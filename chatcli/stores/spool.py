@@ -38,7 +38,7 @@ from chatcli.errors import (
 from chatcli.search import SearchHit
 from chatcli.snapshot import Snapshot, dumps, validate_snapshot
 from chatcli.stores.base import Page, SaveInfo
-from chatcli.stores.folder import ensure_folder, read_regular_file, write_atomic
+from chatcli.stores.folder import ensure_folder, read_regular_file, remove_quietly, write_atomic
 from chatcli.stores.sql import SQLStore
 
 SPOOL_FORMAT = "chatcli.spool"
@@ -105,7 +105,7 @@ class SpoolingStore:
             return self._spool(snapshot, changed_from, str(e), conflict=True)
         if pending is not None:
             del self._pending[sid]
-            _remove(pending.path)
+            remove_quietly(pending.path)
             self._say(
                 f"{self.display} answers again: session {sid} is saved there, with the turns kept "
                 f"on this machine meanwhile"
@@ -321,17 +321,10 @@ def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutc
         return SyncOutcome(sid, "conflict", f"{e}; kept in {path}", path)
     finally:
         lock.release()
-    _remove(path)
+    remove_quietly(path)
     return SyncOutcome(
         sid, "synced", f"session {sid}: the turns kept on this machine are in {primary.display}", path
     )
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 __all__ = ["SpoolingStore", "SyncOutcome", "read_spool", "spool_folder", "spooled", "sync"]

@@ -132,9 +132,6 @@ class SQLStore(SQLCatalog, SQLSchema):
     def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
 
-    def _index_texts(self, cur: Any, session_id: str, rows: list[tuple[Any, ...]]) -> None:
-        """Keep the engine's full-text index up to date for message rows just written (if it needs help)."""
-
     def _index_title(self, cur: Any, session_id: str, title: str) -> None:
         """Keep the full-text index of titles up to date (if the engine needs help)."""
 
@@ -202,10 +199,7 @@ class SQLStore(SQLCatalog, SQLSchema):
         try:
             yield cur
         except BaseException:
-            try:
-                cur.execute("ROLLBACK")
-            except Exception:
-                pass
+            self._rollback_quietly(cur)
             raise
         cur.execute("COMMIT")
 
@@ -383,7 +377,6 @@ class SQLStore(SQLCatalog, SQLSchema):
                 version = self._write_session(cur, sid, header, state)
                 if rows:
                     self._upsert_messages(cur, rows)
-                    self._index_texts(cur, sid, rows)
                 if state is None or len(state.messages) > n:
                     self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s AND idx >= %s", (sid, n))
                 if state is None or state.title != snapshot["title"]:

@@ -46,8 +46,8 @@ class SQLCatalog:
         raise NotImplementedError
 
     def _holds(self, column: str) -> str:
-        """SQL true when ``column`` holds the (lower-case) parameter, case ignored."""
-        return f"instr(lower({column}), %s) > 0"
+        """SQL true when ``column`` holds the (lower-case) parameter, case ignored (each engine's own)."""
+        raise NotImplementedError
 
     def _search_rows(
         self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
