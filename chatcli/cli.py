@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,21 +19,20 @@ from chatcli.cli_common import (
     ModelOpt,
     ModelPathOpt,
     RepeatPenaltyOpt,
+    SessionRef,
     StoreOpt,
     SystemOpt,
     TemperatureOpt,
     TimeoutOpt,
     TitleOpt,
     TopPOpt,
-    backend_for,
     create_session,
     exit_with,
     fail_usage,
     open_store,
-    resolve,
+    resume_session,
     store_flag,
     terminate_on_signals,
-    with_context_settings,
 )
 from chatcli.cli_common import (
     settings as get_settings,
@@ -42,7 +40,6 @@ from chatcli.cli_common import (
 from chatcli.errors import ChatcliError, ExitStatus, Terminated
 
 if TYPE_CHECKING:
-    from chatcli.backends.base import Backend
     from chatcli.config import Settings
     from chatcli.session import ConversationSession
     from chatcli.stores.base import Store
@@ -115,10 +112,6 @@ def new(
     flags = dict(locals())
     try:
         settings = get_settings(flags)
-        if title is not None:
-            from chatcli.library import check_title
-
-            check_title(title)
         notices = _Notices()
         where = open_store(settings, spool=True, notify=notices)
     except ChatcliError as e:
@@ -134,13 +127,7 @@ def new(
 
 @app.command()
 def resume(
-    session_id: Annotated[
-        str,
-        typer.Argument(
-            metavar="ID",
-            help="A full id, a unique prefix (or of its last part), 'last' (the most recent) or an exact title.",
-        ),
-    ],
+    session_id: SessionRef,
     store: StoreOpt = None,
     timeout: TimeoutOpt = None,
     base_url: BaseURLOpt = None,
@@ -178,8 +165,6 @@ class _Notices:
 
 
 def _resume(ref: str, flags: dict[str, Any]) -> None:
-    from chatcli.session import ConversationSession
-
     try:
         settings = get_settings(flags)
         notices = _Notices()
@@ -187,18 +172,7 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
     except ChatcliError as e:
         exit_with(e)
     try:
-        sid = resolve(store, ref)
-
-        def factory(s: ConversationSession) -> Backend:
-            path = (
-                settings.model_path
-                if flags.get("model_path")
-                else (Path(s.model_path) if s.model_path else None)
-            )
-            base = flags.get("base_url") or s.base_url
-            return backend_for(settings, s.backend_name, s.model, base, path)
-
-        session = with_context_settings(ConversationSession.resume(store, sid, factory), settings)
+        session = resume_session(settings, store, ref, flags)
     except ChatcliError as e:
         store.close()
         exit_with(e)
@@ -210,11 +184,7 @@ def _run_repl(
 ) -> None:
     from chatcli.render import Renderer
     from chatcli.repl import Repl, running_prompt
-    from chatcli.session import Timeouts
 
-    session.timeouts = Timeouts(
-        connect=settings.connect_timeout, idle=settings.idle_timeout, total=settings.timeout
-    )
     renderer = Renderer()
     session.on_notice = renderer.notice
     notices.session = session

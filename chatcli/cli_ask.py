@@ -31,17 +31,15 @@ from chatcli.cli_common import (
     TimeoutOpt,
     TitleOpt,
     TopPOpt,
-    backend_for,
     create_session,
     exit_with,
     fail_usage,
     open_store,
     print_json,
-    resolve,
+    resume_session,
     settings,
     store_flag,
     terminate_on_signals,
-    with_context_settings,
 )
 from chatcli.errors import (
     BackendError,
@@ -55,6 +53,7 @@ from chatcli.errors import (
 if TYPE_CHECKING:
     from chatcli.config import Settings
     from chatcli.messages import Message
+    from chatcli.render import Renderer
     from chatcli.session import ConversationSession
     from chatcli.stores.base import Store
 
@@ -134,10 +133,6 @@ def ask(
 
             flags["title"] = title_from(" ".join(prompt))
         s = settings(flags)
-        if title is not None:
-            from chatcli.library import check_title
-
-            check_title(title)
         where = _store(s, no_save, talk)
     except ChatcliError as e:
         exit_with(e)
@@ -147,7 +142,6 @@ def ask(
     except ChatcliError as e:
         where.close()
         exit_with(e)
-    talk.session = session
     if session.backend is not None:
         session.backend.prepare()  # the embedded model loads while the message is read and saved
     _turn(session, s, where, text, as_json=as_json, raw=raw, markdown=markdown, talk=talk, saved=not no_save)
@@ -171,18 +165,27 @@ _SESSION_FLAGS = (
 
 
 class _Talk:
-    """Where notices go: stderr, when it is a terminal or -v asked for them."""
+    """Where notices go: stderr, when it is a terminal or -v asked for them; while a reply is drawn live
+    on the same terminal (``view``), above it, as the REPL does."""
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
-        self.on = verbose or _isatty(sys.stderr)
-        self.session: ConversationSession | None = None
+        self.terminal = _isatty(sys.stderr)
+        self.on = verbose or self.terminal
+        self.view: Any = None  # the live reply view, while there is one
+        self._out: Renderer | None = None
 
     def __call__(self, message: str) -> None:
-        if self.on:
+        if not self.on:
+            return
+        if self.view is not None and self.terminal:
+            self.view.notice(message)
+            return
+        if self._out is None:
             from chatcli.cli_common import renderer
 
-            renderer().notice(message)
+            self._out = renderer()
+        self._out.notice(message)
 
 
 def _message(words: list[str], paths: list[Path]) -> str:
@@ -212,7 +215,6 @@ def _store(s: Settings, no_save: bool, talk: _Talk) -> Store:
 def _open(s: Settings, store: Store, ref: str | None, flags: dict[str, Any]) -> ConversationSession:
     """A new session, or the one ``ref`` names (with the model, system prompt and sampling given on the
     command line applied from this turn on)."""
-    from chatcli.session import ConversationSession
 
     if ref is None:
         return create_session(s, store)
@@ -220,17 +222,7 @@ def _open(s: Settings, store: Store, ref: str | None, flags: dict[str, Any]) -> 
         from chatcli.stores.discard import DiscardingStore
 
         store = DiscardingStore(open_store(s))
-    sid = resolve(store, ref)
-
-    def factory(found: ConversationSession) -> Any:
-        path = (
-            s.model_path
-            if flags.get("model_path")
-            else (Path(found.model_path) if found.model_path else None)
-        )
-        return backend_for(s, found.backend_name, found.model, flags.get("base_url") or found.base_url, path)
-
-    session = with_context_settings(ConversationSession.resume(store, sid, factory), s)
+    session = resume_session(s, store, ref, flags)
     try:
         if flags.get("model") and flags["model"] != session.model:
             session.set_model(flags["model"])
@@ -257,9 +249,6 @@ def _turn(
     talk: _Talk,
     saved: bool,
 ) -> None:
-    from chatcli.session import Timeouts
-
-    session.timeouts = Timeouts(connect=s.connect_timeout, idle=s.idle_timeout, total=s.timeout)
     session.on_notice = talk
     out = _Output(as_json=as_json, raw=raw, markdown=markdown)
     status: int = ExitStatus.OK
@@ -267,7 +256,11 @@ def _turn(
     reply: Message | None = None
     try:
         with terminate_on_signals(), out:
-            reply = session.send(text, on_delta=out.feed, on_notice=talk)
+            talk.view = out.view
+            try:
+                reply = session.send(text, on_delta=out.feed, on_notice=talk)
+            finally:
+                talk.view = None
     except SessionTimeoutError as e:
         status, error = ExitStatus.TIMEOUT, e
     except (BackendError, SaveError) as e:

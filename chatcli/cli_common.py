@@ -19,7 +19,7 @@ from chatcli.errors import ChatcliError, ConfigError, Terminated
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
     from chatcli.config import Settings
-    from chatcli.messages import GenerationParams
+    from chatcli.messages import GenerationParams, Timeouts
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
     from chatcli.stores import StoreSpec
@@ -139,10 +139,23 @@ COMPLETE_VAR = "_CHATCLI_COMPLETE"
 
 
 def settings(flags: dict[str, Any]) -> Settings:
-    """Flags over environment over config file over defaults. Raises ConfigError."""
+    """Flags over environment over config file over defaults; a ``--title`` given is checked and
+    stripped (as ``rename`` does). Raises ConfigError."""
     from chatcli.config import resolve
 
-    return resolve(flags)
+    s = resolve(flags)
+    if flags.get("title") is not None:
+        from chatcli.library import check_title
+
+        s.title = check_title(flags["title"])
+    return s
+
+
+def timeouts(s: Settings) -> Timeouts:
+    """The limits of one turn the settings give (seconds)."""
+    from chatcli.messages import Timeouts
+
+    return Timeouts(connect=s.connect_timeout, idle=s.idle_timeout, total=s.timeout)
 
 
 def generation_params(s: Settings) -> GenerationParams:
@@ -199,12 +212,30 @@ def create_session(settings: Settings, store: Store) -> ConversationSession:
         title=settings.title,
         params=generation_params(settings),
     )
-    return with_context_settings(session, settings)
+    return with_run_settings(session, settings)
 
 
-def with_context_settings(session: ConversationSession, settings: Settings) -> ConversationSession:
-    """``session`` with the ``context_window`` and ``compact_at`` settings applied (they are never saved:
-    each run takes them from its own settings)."""
+def resume_session(settings: Settings, store: Store, ref: str, flags: dict[str, Any]) -> ConversationSession:
+    """The session ``ref`` names in ``store`` (see ``resolve``), its lock taken, on its own backend and
+    model, at the ``--base-url`` or ``--model-path`` given in ``flags`` when there is one. Raises
+    SessionNotFound, AmbiguousSessionId, SessionLocked, SnapshotError, StoreError, ConfigError."""
+    from chatcli.session import ConversationSession
+
+    sid = resolve(store, ref)
+
+    def factory(found: ConversationSession) -> Backend:
+        given = settings.model_path if flags.get("model_path") else None
+        path = given or (Path(found.model_path) if found.model_path else None)
+        base = flags.get("base_url") or found.base_url
+        return backend_for(settings, found.backend_name, found.model, base, path)
+
+    return with_run_settings(ConversationSession.resume(store, sid, factory), settings)
+
+
+def with_run_settings(session: ConversationSession, settings: Settings) -> ConversationSession:
+    """``session`` with what each run takes from its own settings and never saves: the timeouts, the
+    ``context_window`` and ``compact_at`` settings."""
+    session.timeouts = timeouts(settings)
     session.window_setting = settings.context_window
     session.compact_at = settings.compact_at
     return session

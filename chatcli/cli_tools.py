@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from chatcli.cli_common import (
+    COMPLETE_VAR,
     AsJSON,
     BackendOpt,
     BaseURLOpt,
@@ -19,6 +20,7 @@ from chatcli.cli_common import (
     print_json,
     renderer,
     settings,
+    timeouts,
 )
 from chatcli.errors import ChatcliError
 
@@ -33,15 +35,12 @@ def models(
 ) -> None:
     """The models a server offers (OpenAI-compatible `/v1/models`, Ollama's `/api/tags`); for the local
     backend, the model file it serves and its context length (its server is started to ask)."""
-    from chatcli.messages import Timeouts
 
     try:
         s = settings({"backend": backend, "base_url": base_url, "model_path": model_path})
         server = backend_for(s, s.backend, s.model, s.base_url, s.model_path)
         try:
-            found = server.list_models(
-                Timeouts(connect=s.connect_timeout, idle=s.idle_timeout, total=s.timeout)
-            )
+            found = server.list_models(timeouts(s))
         finally:
             server.close()
     except ChatcliError as e:
@@ -72,8 +71,6 @@ def completion(shell: Annotated[str, typer.Argument(metavar="bash|zsh|fish", hel
     if shell not in SHELLS:
         fail_usage(f"no completion for {shell!r}: choose one of {', '.join(SHELLS)}")
     from typer.completion import get_completion_script  # type: ignore[attr-defined]  # re-exported
-
-    from chatcli.cli_common import COMPLETE_VAR
 
     sys.stdout.write(
         get_completion_script(prog_name="chatcli", complete_var=COMPLETE_VAR, shell=shell) + "\n"

@@ -380,6 +380,24 @@ def test_bad_title_rejected(cli: CLI, scripted: ScriptedBackend) -> None:
     assert scripted.builds == []
 
 
+def test_a_title_given_is_stripped_as_rename_strips_it(
+    cli: CLI, scripted: ScriptedBackend, user_dirs: dict[str, Path]
+) -> None:
+    r = cli("new", "--title", "  Spaced out  ", input="hi\n")
+    sid = ID_RE.search(r.ok).group(0)  # type: ignore[union-attr]
+    assert snapshot(user_dirs, sid)["title"] == "Spaced out"
+    r = cli("ask", "--title", " Asked ", "hello")
+    assert r.ok == "Echo: hello\n"
+    assert cli("show", "Asked").ok.startswith("# Asked\n")
+
+
+def test_reading_a_sessions_folder_that_does_not_exist_creates_nothing(cli: CLI, tmp_path: Path) -> None:
+    folder = tmp_path / "not-yet"
+    for args in (["list"], ["list", "--trash"], ["search", "x"], ["stats"], ["stats", "--json"]):
+        assert cli(*args, "--store", str(folder)).exit_code == 0, args
+    assert not folder.exists()
+
+
 # -- the library on a session made here ------------------------------------------------------------------
 def test_show_rename_delete_restore(cli: CLI, user_dirs: dict[str, Path]) -> None:
     sid = cli.new("hello")
