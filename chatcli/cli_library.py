@@ -69,24 +69,13 @@ def list_sessions(
 ) -> None:
     """List sessions, most recently updated first: id, title, model, turns, tokens, last update.
     Damaged files are reported with their path (on stderr)."""
-    from chatcli.library import parse_date, trashed
-    from chatcli.stores.base import Page
+    from chatcli.library import parse_date
 
     shown = None if show_all else max(0, limit if limit is not None else 50)
     try:
         cutoff = parse_date(since) if since else None
         with _opened(store_name) as st:  # only the rows shown are read
-            if in_trash:
-                rows, damaged = trashed(st)
-                rows = [
-                    r
-                    for r in rows
-                    if (cutoff is None or r.updated_at >= cutoff)
-                    and (model is None or model.lower() in r.model.lower())
-                ]
-                page = Page(rows[:shown], damaged, len(rows))
-            else:
-                page = st.page(shown, since=cutoff, model=model)
+            page = st.page(shown, since=cutoff, model=model, trashed=in_trash)
     except ChatcliError as e:
         exit_with(e)
     if as_json:

@@ -25,8 +25,6 @@ from chatcli.messages import MessageJSON
 from chatcli.snapshot import (
     FORMAT,
     VERSION,
-    DamagedFile,
-    SessionSummary,
     Snapshot,
     is_turn,
     is_valid_id,
@@ -82,21 +80,6 @@ class _Trash:
 
     def ids_titled(self, title: str) -> list[str]:
         return []
-
-
-def trashed(store: Store) -> tuple[list[SessionSummary], list[DamagedFile]]:
-    """The sessions in the trash as ``list`` rows, most recently updated first, and the entries there
-    that cannot be read. Each is read whole (the trash is not indexed). Raises StoreError."""
-    rows: list[SessionSummary] = []
-    damaged: list[DamagedFile] = []
-    for sid in store.trashed_ids():
-        where = store.location(sid, trashed=True)
-        try:
-            rows.append(SessionSummary.of(store.load(sid, trashed=True), where))
-        except SnapshotError as e:
-            damaged.append(DamagedFile(where, str(e)))
-    rows.sort(key=lambda r: (r.updated_at, r.id), reverse=True)
-    return rows, damaged
 
 
 def resolve_trashed(store: Store, ref: str) -> str:

@@ -19,7 +19,6 @@ from chatcli.errors import (
     SessionNotFound,
     StoreConflict,
 )
-from chatcli.library import trashed
 from chatcli.search import HIGHLIGHT
 from chatcli.snapshot import FORMAT, VERSION, resolve
 from chatcli.stores import open_store, parse_store
@@ -287,16 +286,19 @@ def test_trash_restore_purge(store: Store) -> None:
 
 
 def test_the_trash_is_listed_newest_first(store: Store) -> None:
-    assert trashed(store) == ([], [])
+    assert store.page(trashed=True).rows == [] and store.page(trashed=True).damaged == []
     put(store, snap(A, title="first", updated="2026-01-01T09:00:00.000Z"))
     put(store, snap(B, title="second", updated="2026-02-02T10:00:00.000Z"))
     put(store, snap(C, title="kept"))
     store.trash(A)
     store.trash(B)
-    rows, damaged = trashed(store)
+    page = store.page(trashed=True)
+    rows, damaged = page.rows, page.damaged
     assert [(r.id, r.title, r.turns, r.tokens) for r in rows] == [(B, "second", 1, 15), (A, "first", 1, 15)]
     assert damaged == [] and rows[0].location == store.location(B, trashed=True)
     assert store.location(B, trashed=True) != store.location(B)
+    assert page.total == 2 and [r.id for r in store.page(1, trashed=True, since="2026-02-01").rows] == [B]
+    assert [r.id for r in store.page(trashed=True, title="first").rows] == [A]
 
 
 # -- the catalog -----------------------------------------------------------------------------------------------

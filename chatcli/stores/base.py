@@ -141,10 +141,11 @@ class Store(Protocol):
         before: str | None = None,
         model: str | None = None,
         title: str | None = None,
+        trashed: bool = False,
     ) -> Page:
-        """Live sessions, most recently updated first: at most ``limit`` (all when None), updated at or after
-        ``since`` and before ``before`` (UTC ISO 8601), whose model name holds ``model`` (case ignored),
-        whose title is exactly ``title``."""
+        """Live sessions (those in the trash when ``trashed``), most recently updated first: at most
+        ``limit`` (all when None), updated at or after ``since`` and before ``before`` (UTC ISO 8601), whose
+        model name holds ``model`` (case ignored), whose title is exactly ``title``."""
         ...
 
     def search(

@@ -80,6 +80,7 @@ class DiscardingStore:
         before: str | None = None,
         model: str | None = None,
         title: str | None = None,
+        trashed: bool = False,
     ) -> Page:
         return Page([])
 

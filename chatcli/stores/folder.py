@@ -288,13 +288,14 @@ class FolderStore:
             return [r.id for r in self.scan()[0] if r.title == title]
         return [r.id for r in self.page(title=title).rows]
 
-    def scan(self) -> tuple[list[SessionSummary], list[DamagedFile]]:
-        """Summaries of every readable session, newest update first, and the damaged files: every file is
-        read (the catalog methods use the index instead)."""
+    def scan(self, folder: Path | None = None) -> tuple[list[SessionSummary], list[DamagedFile]]:
+        """Summaries of every readable session in ``folder`` (default: the sessions folder), newest update
+        first, and the damaged files: every file is read (the catalog methods use the index instead)."""
         rows: list[SessionSummary] = []
         damaged: list[DamagedFile] = []
-        for sid in self.iter_ids():
-            path = self.root / (sid + SUFFIX)
+        folder = self.root if folder is None else folder
+        for sid in self.iter_ids(folder):
+            path = folder / (sid + SUFFIX)
             try:
                 d = self.load_path(path, sid)
             except (SnapshotError, SessionNotFound) as e:
@@ -371,10 +372,22 @@ class FolderStore:
         before: str | None = None,
         model: str | None = None,
         title: str | None = None,
+        trashed: bool = False,
     ) -> Page:
         if not self.root.is_dir():  # nothing saved yet: reading creates nothing
             return Page([])
-        return self.index().page(limit, since=since, before=before, model=model, title=title)
+        if not trashed:
+            return self.index().page(limit, since=since, before=before, model=model, title=title)
+        rows, damaged = self.scan(self.root / TRASH)  # the trash is not indexed: its files are read
+        rows = [
+            r
+            for r in rows
+            if (since is None or r.updated_at >= since)
+            and (before is None or r.updated_at < before)
+            and (model is None or model.lower() in r.model.lower())
+            and (title is None or r.title == title)
+        ]
+        return Page(rows if limit is None else rows[: max(0, limit)], damaged, len(rows))
 
     def search(
         self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20

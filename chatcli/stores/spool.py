@@ -212,8 +212,9 @@ class SpoolingStore:
         before: str | None = None,
         model: str | None = None,
         title: str | None = None,
+        trashed: bool = False,
     ) -> Page:
-        return self.primary.page(limit, since=since, before=before, model=model, title=title)
+        return self.primary.page(limit, since=since, before=before, model=model, title=title, trashed=trashed)
 
     def search(
         self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20

@@ -97,8 +97,9 @@ class SQLCatalog:
         before: str | None = None,
         model: str | None = None,
         title: str | None = None,
+        trashed: bool = False,
     ) -> Page:
-        where = "deleted_at IS NULL"
+        where = "deleted_at IS NOT NULL" if trashed else "deleted_at IS NULL"
         args: list[Any] = []
         if since:
             where += " AND updated_at >= %s"
@@ -125,7 +126,7 @@ class SQLCatalog:
 
         total, rows = self._run("listed sessions", ask)
         return Page(
-            [SessionSummary.from_columns(r, self.location(r[0])) for r in rows],
+            [SessionSummary.from_columns(r, self.location(r[0], trashed=trashed)) for r in rows],
             [],
             total,
         )
