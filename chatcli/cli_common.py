@@ -295,8 +295,9 @@ def store_flag(s: Settings) -> str:
 
     if s.store == DEFAULT_STORE:
         return ""
-    shown = store_spec(s).display.replace(":***@", "@")
-    return f" --store {shown}"
+    from chatcli.stores import address
+
+    return f" --store {address(store_spec(s).display)}"
 
 
 def resolve(store: Store, ref: str) -> str:

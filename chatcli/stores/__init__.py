@@ -95,6 +95,13 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
+def address(display: str) -> str:
+    """A store's ``display`` (see ``mask_url``) with the masked password left out, for a command line to
+    copy (``postgresql://ann@db/chats``: the password is found again where it was found) and for naming
+    the store's local spool."""
+    return display.replace(":***@", "@")
+
+
 def open_store(
     spec: StoreSpec,
     *,

@@ -37,6 +37,7 @@ from chatcli.errors import (
 )
 from chatcli.search import SearchHit
 from chatcli.snapshot import Snapshot, dumps, validate_snapshot
+from chatcli.stores import address
 from chatcli.stores.base import Page, SaveInfo
 from chatcli.stores.folder import ensure_folder, read_regular_file, remove_quietly, write_atomic
 from chatcli.stores.sql import SQLStore
@@ -47,7 +48,7 @@ SPOOL_VERSION = 1
 
 def spool_folder(state_dir: Path, display: str) -> Path:
     """The spool folder of one store: named by the store's address (never its password)."""
-    identity = display.replace(":***@", "@")
+    identity = address(display)
     kind = identity.split("://", 1)[0]
     return state_dir / "spool" / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
@@ -139,7 +140,7 @@ class SpoolingStore:
             raise SaveError(f"{reason}; and keeping the turn on this machine failed too: {e}", path) from None
         self._pending[sid] = _Pending(changed_from, base, reason, conflict, path)
         if first is None or first.conflict != conflict:
-            flag = f" --store {self.display.replace(':***@', '@')}"
+            flag = f" --store {address(self.display)}"
             if conflict:
                 self._say(
                     f"{reason} — this conversation goes on in {path} (nothing in the database is "
