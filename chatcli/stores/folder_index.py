@@ -244,9 +244,7 @@ class SessionIndex:
             where += " AND updated_at < ?"
             args.append(before)
         if model:
-            db.create_function(
-                "chatcli_holds", 2, lambda text, part: part in (text or "").lower(), deterministic=True
-            )
+            add_holds(db)
             where += " AND chatcli_holds(model, ?)"
             args.append(model.lower())
         if title is not None:
@@ -333,10 +331,18 @@ class SessionIndex:
         ]
 
 
+def add_holds(db: sqlite3.Connection) -> None:
+    """Give ``db`` the SQL function ``chatcli_holds(text, part)``: whether ``text`` lower-cased holds
+    ``part`` (the filter ``list --model`` uses on both SQLite stores)."""
+    db.create_function(
+        "chatcli_holds", 2, lambda text, part: part in (text or "").lower(), deterministic=True
+    )
+
+
 def fts_query(words: list[str]) -> str:
     """An FTS5 query matching every word as a prefix: ``[rome, empire]`` -> ``"rome"* "empire"*``. Quotes
     and operators are taken literally."""
     return " ".join('"' + w.replace('"', '""') + '"*' for w in words)
 
 
-__all__ = ["HIGHLIGHT", "INDEX_NAME", "SessionIndex", "fts_query"]
+__all__ = ["HIGHLIGHT", "INDEX_NAME", "SessionIndex", "add_holds", "fts_query"]

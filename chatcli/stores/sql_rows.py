@@ -38,15 +38,7 @@ SESSION_FIELDS = (
     "extra",
     "format_version",
 )
-COUNT_COLUMNS = (
-    "messages",
-    "user_messages",
-    "assistant_messages",
-    "characters",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-)
+COUNT_COLUMNS = Counts._fields  # the session row's counts, as Counts holds them
 #: snapshot keys that have a column of their own (or are the row's id and messages); every other key, known
 #: to chatcli or not, is kept in ``extra``
 _COLUMN_KEYS = frozenset({"format", "version", "id", "messages", *SESSION_FIELDS}) - {

@@ -22,7 +22,7 @@ from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, S
 from chatcli.snapshot import Snapshot
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
-from chatcli.stores.folder_index import fts_query
+from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import said
 
@@ -117,9 +117,7 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.create_function(
-                "chatcli_holds", 2, lambda text, part: part in (text or "").lower(), deterministic=True
-            )
+            add_holds(conn)
         except sqlite3.DatabaseError as e:
             raise self._failure(e) from None
         return conn
