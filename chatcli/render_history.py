@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatcli.attachments import folded
-from chatcli.snapshot import span_text, turn_span, turns_before
+from chatcli.snapshot import clear_before, span_text, turn_span, turns_before
 from chatcli.text import count
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
             console.print(
                 f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]"
                 + status_tag(reply)
-                + _left_out_tag(reply, turn_at, session.context_start)
+                + _left_out_tag(reply, turn_at, {*session.clears, session.context_start})
             )
             out.markdown(reply.content)
         console.print()
@@ -68,10 +68,11 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
         _change(out, c)
 
 
-def _left_out_tag(reply: Message, turn_at: list[int], context_start: int) -> str:
-    """`` · turns 1–4 not sent`` when the reply's request left earlier turns out."""
+def _left_out_tag(reply: Message, turn_at: list[int], cuts: set[int]) -> str:
+    """`` · turns 1–4 not sent`` when the reply's request left earlier turns out (counted from the clear
+    before that request)."""
     ctx = reply.context
-    span = turn_span(turn_at, context_start, ctx.start) if ctx is not None else None
+    span = turn_span(turn_at, clear_before(cuts, ctx.start), ctx.start) if ctx is not None else None
     if span is None:
         return ""
     how = " (as a summary)" if ctx is not None and ctx.summary is not None else ""

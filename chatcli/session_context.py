@@ -36,6 +36,7 @@ from chatcli.messages import (
     Timeouts,
     Usage,
 )
+from chatcli.snapshot import clear_before
 from chatcli.text import count
 
 if TYPE_CHECKING:
@@ -354,7 +355,7 @@ class ContextMixin:
                 tokens = m.usage.prompt_tokens if m.usage and m.usage.prompt_tokens else ctx.tokens
                 window = ctx.window or self.window_setting or self.context_window
                 # counted from the clear that came before that request (a later clear does not change it)
-                since = max([0, *(c for c in (*self.clears, self.context_start) if c <= ctx.start)])
+                since = clear_before((*self.clears, self.context_start), ctx.start)
                 left, summarised = self._left_out_of(ctx.start, ctx.summary, since)
                 sent = turns_between(self.messages, ctx.start, i)
                 return {

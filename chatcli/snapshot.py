@@ -247,6 +247,13 @@ def turn_span(before: list[int], start: int, end: int) -> tuple[int, int] | None
     return (first, last) if first <= last else None
 
 
+def clear_before(cuts: Iterable[int], start: int) -> int:
+    """Where the conversation began for a request that started at message ``start``: the latest of the
+    cuts (the session's ``clears`` and its ``context_start``) at or before it, else 0. A later clear does not
+    change what that request left out."""
+    return max([0, *(c for c in cuts if c <= start)])
+
+
 def span_text(span: tuple[int, int]) -> str:
     """``turn 3`` or ``turns 1–4``."""
     first, last = span

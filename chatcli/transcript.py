@@ -10,7 +10,7 @@ import orjson
 
 from chatcli.errors import ConfigError, ExportError
 from chatcli.messages import MessageJSON
-from chatcli.snapshot import Snapshot, dumps, is_turn, span_text, turn_span, turns_before
+from chatcli.snapshot import Snapshot, clear_before, dumps, is_turn, span_text, turn_span, turns_before
 
 EXPORT_FORMATS = ("md", "json", "jsonl")
 
@@ -49,10 +49,8 @@ def transcript_markdown(snap: Snapshot) -> str:
         if isinstance(c, dict) and isinstance(c.get("at"), int):
             changes.setdefault(c["at"], []).append(c)
     cuts = {c for c in snap.get("clears", []) if isinstance(c, int)} | {snap.get("context_start", 0)}
-    turn = 0
     messages = snap["messages"]
     before = turns_before(is_turn(x) for x in messages)
-    context_start = snap.get("context_start", 0)
     for i in range(len(messages) + 1):
         if i in cuts and 0 < i < len(messages):
             out += ["---", "", "*(context cleared here)*", ""]
@@ -65,13 +63,12 @@ def transcript_markdown(snap: Snapshot) -> str:
         m = messages[i]
         dropped = m.get("dropped")
         if m["role"] == "user":
-            turn += is_turn(m)
-            head = f"## You (turn {turn})" if is_turn(m) else "## You"
+            head = f"## You (turn {before[i] + 1})" if is_turn(m) else "## You"
         elif m["role"] == "system" and isinstance(m.get("summary_of"), list):
             span = turn_span(before, *m["summary_of"][:2]) if len(m["summary_of"]) >= 2 else None
             head = f"## Summary of {span_text(span) if span else 'earlier turns'} (sent in their place)"
         else:
-            head = "## Model" + _left_out(m, before, context_start)
+            head = "## Model" + _left_out(m, before, cuts)
         status = m.get("status", "ok")
         if status != "ok":
             status = "interrupted" if status == "streaming" else status
@@ -88,12 +85,12 @@ def transcript_markdown(snap: Snapshot) -> str:
     return "\n".join(out)
 
 
-def _left_out(m: MessageJSON, before: list[int], context_start: int) -> str:
+def _left_out(m: MessageJSON, before: list[int], cuts: set[int]) -> str:
     """`` — *turns 1–4 not sent (context window)*`` when the request for reply ``m`` left earlier turns
-    out."""
+    out (counted from the clear before that request)."""
     ctx = m.get("context")
     start = ctx.get("start") if isinstance(ctx, dict) else None
-    span = turn_span(before, context_start, start) if isinstance(start, int) else None
+    span = turn_span(before, clear_before(cuts, start), start) if isinstance(start, int) else None
     return f" — *{span_text(span)} not sent (context window)*" if span else ""
 
 

@@ -321,6 +321,10 @@ def test_stats_count_the_last_request_as_it_was_after_a_clear(
         s.clear()
         after = s.stats().context
         assert after == before and after["turns_sent"] >= 1 and after["left_out"] >= 1
+        # show and history keep saying what those requests left out, counted from the clear before them
+        assert re.search(
+            r"## Model — \*turns 1–\d+ not sent \(context window\)\*", transcript_markdown(s.to_snapshot())
+        )
 
 
 def test_an_overflow_that_states_no_numbers_still_sends_less(
