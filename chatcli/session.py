@@ -281,9 +281,8 @@ class ConversationSession(SessionEdits, ContextMixin):
             try:
                 self.save()
             except SaveError as e:
-                if on_notice:
-                    on_notice(f"{e} (the message is kept in memory and will be saved at the next attempt)")
-            return self._reply(on_delta, on_notice)
+                self.notify(f"{e} (the message is kept in memory and will be saved at the next attempt)")
+            return self._reply(on_delta)
         finally:
             self._turn_notice = None
 
@@ -307,79 +306,66 @@ class ConversationSession(SessionEdits, ContextMixin):
         self._turn_notice = on_notice
         try:
             self.save()
-            return self._reply(on_delta, on_notice)
+            return self._reply(on_delta)
         finally:
             self._turn_notice = None
 
-    def _reply(
-        self, on_delta: Callable[[str], None] | None, on_notice: Callable[[str], None] | None
-    ) -> Message:
+    def _reply(self, on_delta: Callable[[str], None] | None) -> Message:
+        """The reply to the conversation as it is (see ``send``); notices go through ``notify``."""
         plan = self.plan_turn()  # MessageTooLarge: the message is marked unsent, there is no reply
         reply = Message(role="assistant", content="", status="streaming", model=self.model)
         self._touch(len(self.messages))
         self._streaming = len(self.messages)
         self.messages.append(reply)
         try:
-            self._reply_into(reply, plan, on_delta, on_notice)
+            self._reply_into(reply, plan, on_delta)
         finally:
             self._streaming = None
         return reply
 
-    def _reply_into(
-        self,
-        reply: Message,
-        plan: Plan,
-        on_delta: Callable[[str], None] | None,
-        on_notice: Callable[[str], None] | None,
-    ) -> None:
+    def _reply_into(self, reply: Message, plan: Plan, on_delta: Callable[[str], None] | None) -> None:
         try:
-            self._stream_into(reply, plan, on_delta, on_notice)
+            self._stream_into(reply, plan, on_delta)
         except MessageTooLarge:  # after an overflow, even the newest turn alone did not fit: no reply
             if self.messages and self.messages[-1] is reply:
                 self.messages.pop()
             self._streaming = None
-            self._save_after_failure(on_notice)
+            self._save_after_failure()
             raise
         except KeyboardInterrupt:
             reply.status = "interrupted"
         except Terminated:  # SIGTERM or SIGHUP: keep what arrived, then let the CLI leave
             reply.status = "interrupted"
-            self._save_after_failure(None)
+            self._save_after_failure(quiet=True)
             raise
         except BackendTimeout as e:
             reply.status, reply.error = "timeout", str(e)
-            self._save_after_failure(on_notice)
+            self._save_after_failure()
             raise SessionTimeoutError(str(e), partial=reply.content, cause=e) from e
         except BackendError as e:
             reply.status, reply.error = "error", str(e)
-            self._save_after_failure(on_notice)
+            self._save_after_failure()
             raise
         except BaseException as e:  # a bug or an unexpected failure: still keep what arrived
             reply.status, reply.error = "error", f"{type(e).__name__}: {e}"
-            self._save_after_failure(on_notice)
+            self._save_after_failure()
             raise
         self.save()
 
-    def _save_after_failure(self, on_notice: Callable[[str], None] | None) -> None:
+    def _save_after_failure(self, *, quiet: bool = False) -> None:
         try:
             self.save()
         except SaveError as e:
-            if on_notice:
-                on_notice(f"{e} (the turn is kept in memory and will be saved at the next attempt)")
+            if not quiet:
+                self.notify(f"{e} (the turn is kept in memory and will be saved at the next attempt)")
 
-    def _stream_into(
-        self,
-        reply: Message,
-        plan: Plan,
-        on_delta: Callable[[str], None] | None,
-        on_notice: Callable[[str], None] | None,
-    ) -> None:
+    def _stream_into(self, reply: Message, plan: Plan, on_delta: Callable[[str], None] | None) -> None:
         assert self.backend is not None
         started = time.monotonic()
         deadline = started + self.timeouts.total
         parts: list[str] = []  # joined into reply.content at each save point and at the end
         try:
-            first = self._receive(reply, plan, parts, started, deadline, on_delta, on_notice)
+            first = self._receive(reply, plan, parts, started, deadline, on_delta)
         finally:  # also on Ctrl-C, a timeout or an error: what arrived is kept
             reply.content = "".join(parts)
         end = time.monotonic()
@@ -398,7 +384,6 @@ class ConversationSession(SessionEdits, ContextMixin):
         started: float,
         deadline: float,
         on_delta: Callable[[str], None] | None,
-        on_notice: Callable[[str], None] | None,
     ) -> float | None:
         """Read the backend's stream into ``parts`` and ``reply``'s metadata, retrying a 429 that came
         before any text, and once a request the server refused as longer than its context (with fewer
@@ -457,10 +442,7 @@ class ConversationSession(SessionEdits, ContextMixin):
                     or time.monotonic() + wait > deadline
                 ):
                     raise
-                if on_notice:
-                    on_notice(
-                        f"{e}; retrying in {wait:g} s (attempt {attempt + 2} of {self.max_retries + 1})"
-                    )
+                self.notify(f"{e}; retrying in {wait:g} s (attempt {attempt + 2} of {self.max_retries + 1})")
                 time.sleep(wait)
             finally:
                 stream.close()  # closes the HTTP response at once, also on Ctrl-C
