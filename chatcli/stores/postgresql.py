@@ -17,7 +17,7 @@ from typing import Any
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.search import fold
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
+from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, MESSAGE_JSON_COLUMNS, said
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
 INDEXED_CHARS = 250_000  # a tsvector holds at most 1 MB: longer messages are searched in their start
@@ -221,14 +221,14 @@ class PostgreSQLStore(SQLStore):
 
     # -- rows ----------------------------------------------------------------------------------------------
     def _param(self, column: str) -> str:
-        return "%s::jsonb" if column in ("params", "clears", "changes", "extra") else "%s"
+        return "%s::jsonb" if column in JSON_FIELDS else "%s"
 
     def _out(self, column: str) -> str:
         return f"{column}::text"
 
     def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cols = ["session_id", *(c for c in MESSAGE_COLUMNS)]
-        marks = ["%s::jsonb" if c in ("usage", "timings", "extra") else "%s" for c in cols]
+        marks = ["%s::jsonb" if c in MESSAGE_JSON_COLUMNS else "%s" for c in cols]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
         sql = (
             f"INSERT INTO chatcli_messages ({', '.join(cols)}, tsv) VALUES ({', '.join(marks)}, "

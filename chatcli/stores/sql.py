@@ -57,7 +57,7 @@ from chatcli.stores.sql_rows import (
     COUNT_COLUMNS,
     JSON_FIELDS,
     MESSAGE_COLUMNS,
-    MESSAGE_JSON,
+    MESSAGE_JSON_COLUMNS,
     SESSION_FIELDS,
     message_from_row,
     message_row,
@@ -278,9 +278,7 @@ class SQLStore(SQLCatalog, SQLSchema):
     def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
         validate_id(session_id)
         columns = ", ".join(self._out(c) if c in JSON_FIELDS else self._q(c) for c in SESSION_FIELDS)
-        mcols = ", ".join(
-            self._out(c) if c in (*MESSAGE_JSON, "extra") else self._q(c) for c in MESSAGE_COLUMNS
-        )
+        mcols = ", ".join(self._out(c) if c in MESSAGE_JSON_COLUMNS else self._q(c) for c in MESSAGE_COLUMNS)
         deleted = "IS NOT NULL" if trashed else "IS NULL"
 
         def read(cur: Any) -> tuple[Any, list[Any]]:

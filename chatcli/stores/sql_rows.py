@@ -68,27 +68,14 @@ def session_params(snap: Snapshot, total: Counts, rows: int, holds_nul: bool = T
         "extra": dump(extra) if extra else None,
         "format_version": snap["version"],
     }
-    texts = [
-        header[k]
-        for k in ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "system")
-    ]
-    if not all(isinstance(t, str) or t is None for t in texts) or (not holds_nul and _has_nul(header)):
+    if not all(isinstance(header[k], str | None) for k in _SESSION_TEXT) or (
+        not holds_nul and _has_nul(header)
+    ):
         # a field a column cannot hold as it is: keep the whole header in extra, the columns cleaned
         whole = {k: v for k, v in snap.items() if k != "messages"}
         header["extra"] = dump({_B64: base64.b64encode(_bytes(whole)).decode()})
-        for k in (
-            "title",
-            "created_at",
-            "updated_at",
-            "backend",
-            "model",
-            "base_url",
-            "model_path",
-            "system",
-        ):
-            header[k] = _clean(header[k]) if header[k] is not None else None
-        for k in ("params", "clears", "changes"):
-            header[k] = _clean(header[k]) if header[k] is not None else None
+        for k in (*_SESSION_TEXT, "params", "clears", "changes"):
+            header[k] = _clean(header[k])
     header.update(zip(COUNT_COLUMNS, total, strict=True))
     header["turns"] = total.user_messages
     header["message_count"] = rows
@@ -114,11 +101,11 @@ def message_row(
     if not isinstance(role, str) or not isinstance(content, str):
         raise SaveError(f"message {idx} of session {sid} has no text role and content; nothing was saved")
     extra_text = dump(extra) if extra else None
-    if not holds_nul and (_has_nul(m) or _has_nul(extra)):
+    if not holds_nul and _has_nul(m):  # (extra's values are m's)
         extra_text = dump({_B64: base64.b64encode(_bytes(m)).decode()})
         content, role = _clean(content), _clean(role)
-        texts = [_clean(t) if t is not None else None for t in texts]
-        jsons = [_clean(j) if j is not None else None for j in jsons]
+        texts = [_clean(t) for t in texts]
+        jsons = [_clean(j) for j in jsons]
     return (
         sid,
         idx,
@@ -132,6 +119,8 @@ def message_row(
 
 
 JSON_FIELDS = frozenset({"params", "clears", "changes", "extra"})  # session columns holding JSON
+MESSAGE_JSON_COLUMNS = frozenset({*MESSAGE_JSON, "extra"})  # message columns holding JSON
+_SESSION_TEXT = ("title", "created_at", "updated_at", "backend", "model", "base_url", "model_path", "system")
 _MESSAGE_KEYS = frozenset({"role", "content", *MESSAGE_TEXT, *MESSAGE_JSON})
 
 
