@@ -259,8 +259,11 @@ def main() -> None:
     except Exception as e:  # a bug: one line, and the traceback only on request
         if os.environ.get("CHATCLI_DEBUG"):
             raise
+        from chatcli.stores.url import redact_known
+
         print(
-            f"chatcli: internal error: {type(e).__name__}: {e} (rerun with CHATCLI_DEBUG=1 for details)",
+            f"chatcli: internal error: {type(e).__name__}: {redact_known(str(e))} (rerun with "
+            f"CHATCLI_DEBUG=1 for details)",
             file=sys.stderr,
         )
         sys.exit(ExitStatus.INTERNAL)

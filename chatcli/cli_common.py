@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from chatcli.messages import GenerationParams, Timeouts
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
-    from chatcli.stores import StoreSpec
+    from chatcli.stores import StoreURL
     from chatcli.stores.base import Store
 
 StoreOpt = Annotated[
@@ -241,7 +241,8 @@ def with_run_settings(session: ConversationSession, settings: Settings) -> Conve
     return session
 
 
-def store_spec(s: Settings) -> StoreSpec:
+def store_url(s: Settings) -> StoreURL:
+    """The settings' store, parsed (``chatcli.stores.url``). Raises ConfigError."""
     from chatcli.stores import parse_store
 
     return parse_store(s.store)
@@ -255,23 +256,24 @@ def open_store(
     there while the database does not answer. Raises ConfigError, StoreError."""
     from chatcli.stores import open_store as open_spec
 
-    spec = store_spec(s)
+    url = store_url(s)
     store = open_spec(
-        spec,
+        url,
         timeout=s.store_timeout,
         ask_password=_ask_password if _interactive() else None,
         on_progress=_progress if sys.stderr.isatty() else None,
     )
-    if not spec.is_database:
+    if not url.is_database:
         return store
-    from chatcli.stores.spool import SpoolingStore, spool_folder, spooled, sync
+    from chatcli.stores.spool import SpoolingStore, adopt_legacy_spool, spool_folder, spooled, sync
     from chatcli.stores.sql import SQLStore
 
     assert isinstance(store, SQLStore)
     from chatcli.errors import StoreUnavailable
     from chatcli.text import count
 
-    folder = spool_folder(s.state_dir, spec.display)
+    adopt_legacy_spool(s.state_dir, url)
+    folder = spool_folder(s.state_dir, url)
     waiting = spooled(folder)
     if sync_spool and waiting:
         try:
@@ -295,9 +297,7 @@ def store_flag(s: Settings) -> str:
 
     if s.store == DEFAULT_STORE:
         return ""
-    from chatcli.stores import address
-
-    return f" --store {address(store_spec(s).display)}"
+    return f" --store {store_url(s).address}"
 
 
 def resolve(store: Store, ref: str) -> str:

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from chatcli.cli_common import AsJSON, StoreOpt, exit_with, open_store, print_json, renderer, settings
+from chatcli.cli_common import (
+    AsJSON,
+    StoreOpt,
+    exit_with,
+    open_store,
+    print_json,
+    renderer,
+    settings,
+    store_url,
+)
 from chatcli.errors import ChatcliError, ConfigError, ExitStatus
 from chatcli.text import count
 
@@ -16,7 +25,7 @@ from chatcli.text import count
 def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
     """Write to the database the turns this machine kept locally while it did not answer (they are also
     written by the next save that reaches it and by `chatcli resume`). Exit 1 when some could not be."""
-    from chatcli.stores.spool import spool_folder, spooled
+    from chatcli.stores.spool import adopt_legacy_spool, spool_folder, spooled
     from chatcli.stores.spool import sync as do_sync
     from chatcli.stores.sql import SQLStore
 
@@ -30,7 +39,9 @@ def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
                     f"{st.display} is a folder: every turn is written to it directly, there is nothing to sync."
                 )
                 return
-            folder = spool_folder(s.state_dir, st.display)
+            url = store_url(s)
+            adopt_legacy_spool(s.state_dir, url)
+            folder = spool_folder(s.state_dir, url)
             outcomes = do_sync(st, folder) if spooled(folder) else []
             st.newest_id()  # even with nothing to write: say so only once the database answered
         finally:
@@ -72,12 +83,12 @@ def migrate(
 
     out = renderer()
     try:
-        src_settings = settings({"store": source})
+        src_settings, dst_settings = settings({"store": source}), settings({"store": to})
         src = open_store(src_settings)
         try:
-            dst = open_store(settings({"store": to}))
+            dst = open_store(dst_settings)
             try:
-                if src.display == dst.display:
+                if store_url(src_settings).identity == store_url(dst_settings).identity:
                     raise ConfigError(f"--from and --to are the same store ({src.display})")
                 report = do_migrate(
                     src, dst, dry_run=dry_run, on_session=_progress if sys.stderr.isatty() else None

@@ -36,6 +36,13 @@ _ESCAPES = re.compile(
 )
 
 
+def _one_liner(message: str) -> str:
+    """A message of chatcli's as rich markup: sanitised, with no store password in it."""
+    from chatcli.stores.url import redact_known
+
+    return escape_markup(sanitize(redact_known(message)))
+
+
 def sanitize(text: str) -> str:
     """``text`` without terminal control sequences (ANSI CSI, OSC, DCS, C1 and C0 controls other than
     tab and newline). ``\\r\\n`` becomes ``\\n``. Safe to print to a terminal."""
@@ -231,13 +238,13 @@ class Renderer:
     def error(self, message: str) -> None:
         # soft_wrap: a one-line message stays one line (the terminal wraps it), so a path or a command
         # in it can be copied whole
-        self.err.print(f"[bold red]error:[/] {escape_markup(sanitize(message))}", soft_wrap=True)
+        self.err.print(f"[bold red]error:[/] {_one_liner(message)}", soft_wrap=True)
 
     def notice(self, message: str) -> None:
-        self.err.print(f"[yellow]{escape_markup(sanitize(message))}[/]", soft_wrap=True)
+        self.err.print(f"[yellow]{_one_liner(message)}[/]", soft_wrap=True)
 
     def info(self, message: str) -> None:
-        self.console.print(f"[dim]{escape_markup(sanitize(message))}[/]", soft_wrap=True)
+        self.console.print(f"[dim]{_one_liner(message)}[/]", soft_wrap=True)
 
     def reply(self) -> ReplyView:
         return ReplyView(self.console, err=self.err)

@@ -10,7 +10,7 @@ import pytest
 from chatcli import config
 from chatcli.config import Settings, read_config_file, resolve
 from chatcli.errors import ConfigError
-from chatcli.stores import StoreSpec, mask_url, parse_store
+from chatcli.stores import parse_store
 
 
 @pytest.fixture
@@ -133,8 +133,11 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
 
 def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:
     s = resolve(no_flags(store="~/chats"), env_for(cfg))
-    assert parse_store(s.store) == StoreSpec(
-        "folder", str(user_dirs["home"] / "chats"), str(user_dirs["home"] / "chats")
+    url = parse_store(s.store)
+    assert (url.kind, url.path, url.display) == (
+        "folder",
+        user_dirs["home"] / "chats",
+        str(user_dirs["home"] / "chats"),
     )
 
 
@@ -169,15 +172,25 @@ def test_a_store_that_can_never_work_is_a_usage_error(cfg: Path, bad: str, phras
 
 
 def test_store_urls_are_shown_with_the_password_masked() -> None:
-    spec = parse_store("postgresql://ann:pa%3Ass@db.example:5433/chats?sslmode=require")
-    assert spec.kind == "postgresql" and spec.target.startswith("postgresql://ann:pa%3Ass@")
-    assert spec.display == "postgresql://ann:***@db.example:5433/chats?sslmode=require"
-    assert "pa%3Ass" not in repr(spec) and "pa:ss" not in repr(spec)
+    url = parse_store("postgresql://ann:pa%3Ass@db.example:5433/chats?sslmode=require")
+    assert url.kind == "postgresql" and url.password == "pa:ss"
+    assert url.libpq_params() == {
+        "host": "db.example",
+        "port": "5433",
+        "user": "ann",
+        "password": "pa:ss",
+        "dbname": "chats",
+        "sslmode": "require",
+    }
+    assert url.display == "postgresql://ann:***@db.example:5433/chats?sslmode=require"
+    assert url.address == "postgresql://ann@db.example:5433/chats?sslmode=require"
+    assert "pa%3Ass" not in repr(url) and "pa:ss" not in repr(url)
     assert parse_store("mariadb://bob@h/c").kind == "mysql"
     assert parse_store("postgres://h/c").kind == "postgresql"
-    assert parse_store("sqlite:///abs/c.db") == StoreSpec("sqlite", "/abs/c.db", "sqlite:///abs/c.db")
-    assert parse_store("sqlite://rel/c.db").target == "rel/c.db"
-    assert mask_url("mysql://u:p@[::1]:3306/d") == "mysql://u:***@[::1]:3306/d"
+    sqlite = parse_store("sqlite:///abs/c.db")
+    assert (sqlite.kind, sqlite.path, sqlite.display) == ("sqlite", Path("/abs/c.db"), "sqlite:///abs/c.db")
+    assert parse_store("sqlite://rel/c.db").path == Path("rel/c.db")
+    assert parse_store("mysql://u:p@[::1]:3306/d").display == "mysql://u:***@[::1]:3306/d"
 
 
 def test_api_key_comes_from_the_environment_only(cfg: Path) -> None:

@@ -340,11 +340,18 @@ def test_reading_an_sqlite_store_that_does_not_exist_creates_nothing(
     cli: CLI, scripted: ScriptedBackend, tmp_path: Path
 ) -> None:
     store = f"sqlite://{tmp_path / 'new' / 'chats.db'}"  # (tmp_path also holds the user's home)
+    for args in (["list"], ["new"], ["search", "x"]):  # a folder that does not exist is never made
+        assert cli(*args, "--store", store, input="hi\n").error(1) == (
+            f"error: cannot use {store}: the folder {tmp_path / 'new'} does not exist (chatcli makes the "
+            f"database file, not its folder): create it, or fix the path"
+        )
+    assert not (tmp_path / "new").exists() and not scripted.requests
+    (tmp_path / "new").mkdir()
     for args in (["list"], ["list", "--trash"], ["search", "x"], ["stats"], ["prune", "--older-than", "1d"]):
         assert cli(*args, "--store", store).exit_code == 0, args
     assert cli("show", "last", "--store", store).error(1).startswith("error: there are no sessions in ")
     assert cli("delete", "aaaa", "--store", store).error(1).startswith("error: no session 'aaaa'")
-    assert not (tmp_path / "new").exists()
+    assert list((tmp_path / "new").iterdir()) == []
     r = cli("new", "--store", store, input="hello\n")
     sid = ID_RE.search(r.ok).group(0)  # type: ignore[union-attr]
     assert (tmp_path / "new" / "chats.db").is_file()

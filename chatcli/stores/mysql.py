@@ -15,12 +15,12 @@ import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from chatcli.errors import ChatcliError, ConfigError, StoreError, StoreUnavailable
+from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.search import fold, word_share
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, said
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS
+from chatcli.stores.url import StoreURL
 
 BIG = 100_000  # messages (by ``mid``) from which a search first checks how frequent its words are
 SAMPLE = 1_000  # newest messages it samples for that
@@ -80,9 +80,10 @@ def _add_search(cur: Any) -> None:
 
 
 class MySQLStore(SQLStore):
-    """Sessions in a MySQL or MariaDB database. ``url``: ``mysql://user[:password]@host[:port]/db``, with
-    ``?unix_socket=PATH`` to connect through a socket; ``display``: the same with the password masked;
-    ``ask_password(prompt)`` is called when the server wants a password and none was found."""
+    """Sessions in a MySQL or MariaDB database. ``url``: the parsed ``mysql://user[:password]@host[:port]/db``
+    (``?unix_socket=PATH`` to connect through a socket; see ``StoreURL.pymysql_params``);
+    ``ask_password(prompt)`` is called when the server wants a password and none was found. The password
+    is sent as UTF-8 bytes, as the ``mariadb`` client sends it (PyMySQL would encode a str as latin-1)."""
 
     kind = "mysql"
     migrations = (_TABLES, _add_search)
@@ -92,25 +93,14 @@ class MySQLStore(SQLStore):
     _title_is = "title = %s COLLATE utf8mb4_bin"
 
     def __init__(
-        self, url: str, display: str, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+        self, url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
     ) -> None:
-        super().__init__(display, timeout)
-        parts = urlsplit(url)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        self.database = unquote(parts.path.lstrip("/"))
-        if not self.database or "/" in self.database:
-            raise ConfigError(f"{display}: name the database after the host, e.g. mysql://user@host/chats")
-        self._params: dict[str, Any] = {
-            "host": parts.hostname or "localhost",
-            "port": parts.port or 3306,
-            "user": unquote(parts.username or "") or os.environ.get("USER", ""),
-            "database": self.database,
-        }
-        if "unix_socket" in query:
-            self._params["unix_socket"] = query["unix_socket"]
-        self._password: str | None = (
-            unquote(parts.password) if parts.password is not None else os.environ.get("MYSQL_PWD")
-        )
+        super().__init__(url, timeout)
+        self._params: dict[str, Any] = url.pymysql_params()
+        self.database: str = self._params["database"]
+        self._password: str | None = url.password if url.password is not None else os.environ.get("MYSQL_PWD")
+        if self._password is not None:
+            self._keep_secret(self._password)
         self.ask_password = ask_password
         self.mariadb = False
         self.min_token = 3
@@ -123,7 +113,7 @@ class MySQLStore(SQLStore):
         try:
             conn = pymysql.connect(
                 **self._params,
-                password=self._password or "",
+                password=(self._password or "").encode("utf-8", "surrogateescape"),
                 charset="utf8mb4",
                 autocommit=True,
                 connect_timeout=max(1, round(self.timeout)),
@@ -134,6 +124,7 @@ class MySQLStore(SQLStore):
             code = e.args[0] if e.args else 0
             if code == 1045 and self._password is None and self.ask_password is not None:
                 self._password = self.ask_password(f"Password for {self.display}: ")
+                self._keep_secret(self._password)
                 return self._open()
             raise self._failure(e) from None
         except pymysql.err.Error as e:
@@ -185,7 +176,7 @@ class MySQLStore(SQLStore):
 
     def _failure(self, e: BaseException) -> ChatcliError:
         code = e.args[0] if getattr(e, "args", None) else 0
-        words = said(e)
+        words = self._said(e)
         if code == 1045:
             return StoreError(
                 f"{self.display} refused the login (wrong or missing password): give it in the URL "

@@ -11,13 +11,15 @@ the connection ends, however chatcli ends. Search uses ``tsvector`` columns with
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.search import fold
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, MESSAGE_JSON_COLUMNS, said
+from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, MESSAGE_JSON_COLUMNS
+from chatcli.stores.url import StoreURL
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
 INDEXED_CHARS = 250_000  # a tsvector holds at most 1 MB: longer messages are searched in their start
@@ -82,9 +84,9 @@ def tsquery(words: list[str]) -> str:
 
 
 class PostgreSQLStore(SQLStore):
-    """Sessions in a PostgreSQL database. ``url`` is the connection URI (password included, if it has one:
-    it is only handed to libpq); ``display`` the same with the password masked. ``ask_password(prompt)``
-    is called when the server wants a password and none was found (None: do not ask)."""
+    """Sessions in a PostgreSQL database. ``url`` is the parsed store URL (its password, if it has one, is
+    only handed to libpq, as a keyword: never in a URI libpq might quote back). ``ask_password(prompt)`` is
+    called when the server wants a password and none was found (None: do not ask)."""
 
     kind = "postgresql"
     migrations = (_TABLES, _add_search)
@@ -94,11 +96,11 @@ class PostgreSQLStore(SQLStore):
     _for_update = " FOR UPDATE"
 
     def __init__(
-        self, url: str, display: str, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+        self, url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
     ) -> None:
-        super().__init__(display, timeout)
-        self.url = url
+        super().__init__(url, timeout)
         self.ask_password = ask_password
+        self._keep_secret(os.environ.get("PGPASSWORD", ""))
         self._password: str | None = None
 
     def _open(self) -> Any:
@@ -119,18 +121,21 @@ class PostgreSQLStore(SQLStore):
             "keepalives": 1,
             "keepalives_idle": 30,
         }
+        params = self.url.libpq_params()
         if self._password is not None:
-            kwargs["password"] = self._password
+            params["password"] = self._password
         try:
-            conn = psycopg.connect(self.url, **kwargs)
+            conn = psycopg.connect(**params, **kwargs)
         except psycopg.Error as e:
-            text = str(e)
+            pgconn = getattr(e, "pgconn", None)
             if (
-                ("no password supplied" in text or "password authentication failed" in text)
+                pgconn is not None
+                and pgconn.needs_password
                 and self._password is None
                 and self.ask_password is not None
             ):
                 self._password = self.ask_password(f"Password for {self.display}: ")
+                self._keep_secret(self._password)
                 return self._open()
             raise self._connect_failure(e) from None
         if conn.info.server_version < MIN_VERSION:
@@ -168,9 +173,9 @@ class PostgreSQLStore(SQLStore):
             or "server closed" in text
         ):
             return StoreUnavailable(
-                f"cannot connect to {self.display} ({_libpq_reason(e)}); is the server running?"
+                f"cannot connect to {self.display} ({self._said(_libpq_reason(e))}); is the server running?"
             )
-        return StoreError(f"cannot use {self.display}: {said(e)}")
+        return StoreError(f"cannot use {self.display}: {self._said(e)}")
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -190,12 +195,12 @@ class PostgreSQLStore(SQLStore):
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
         if isinstance(e, psycopg.errors.InsufficientPrivilege):
             return StoreError(
-                f"{self.display}: the user may not do this ({said(e)}); chatcli needs to create "
+                f"{self.display}: the user may not do this ({self._said(e)}); chatcli needs to create "
                 f"and write its tables (chatcli_*)"
             )
         if isinstance(e, psycopg.OperationalError):
             return self._connect_failure(e)
-        return StoreError(f"{self.display}: {said(e)}")
+        return StoreError(f"{self.display}: {self._said(e)}")
 
     # -- locks ----------------------------------------------------------------------------------------------
     @staticmethod

@@ -1,9 +1,11 @@
 """The local spool: where a database store's turns go while the database does not answer.
 
-``SpoolingStore`` wraps a database store. When a save fails because the database is unreachable
-(StoreUnavailable), or because it can no longer be written safely (StoreConflict: another writer changed the
-session; SessionLocked: another chatcli took the session while the connection was lost), the whole snapshot
-is written atomically to ``<state dir>/spool/<store key>/<id>.json`` instead, and the REPL goes on. The next
+``SpoolingStore`` wraps a database store. When a save fails, for whatever reason (the database is
+unreachable, read-only, starting up, refuses the statement...), or because it can no longer be written
+safely (StoreConflict: another writer changed the session; SessionLocked: another chatcli took the session
+while the connection was lost), the whole snapshot is written atomically to
+``<state dir>/spool/<kind>-<hash of the database's spool key>/<id>.json`` instead, and the REPL goes on. The
+spool key names the database, not the URL's spelling (``StoreURL.identity``). The next
 save that reaches the database writes everything the spool holds (message rows are upserted by index, so
 nothing is written twice) and removes the file. A spool file left by a chatcli that was killed meanwhile is
 written back by ``sync`` (``chatcli sync``, and at ``chatcli resume``), but only when the session in the
@@ -17,6 +19,7 @@ A spool file: ``{"format": "chatcli.spool", "version": 1, "store", "session_id",
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,20 +40,43 @@ from chatcli.errors import (
 )
 from chatcli.search import SearchHit
 from chatcli.snapshot import Snapshot, dumps, validate_snapshot
-from chatcli.stores import address
 from chatcli.stores.base import Page, SaveInfo
 from chatcli.stores.folder import ensure_folder, read_regular_file, remove_quietly, write_atomic
 from chatcli.stores.sql import SQLStore
+from chatcli.stores.url import StoreURL
 
 SPOOL_FORMAT = "chatcli.spool"
 SPOOL_VERSION = 1
 
 
-def spool_folder(state_dir: Path, display: str) -> Path:
-    """The spool folder of one store: named by the store's address (never its password)."""
-    identity = address(display)
-    kind = identity.split("://", 1)[0]
-    return state_dir / "spool" / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+def spool_folder(state_dir: Path, url: StoreURL) -> Path:
+    """The spool folder of one database: named by its spool key (never holding the password)."""
+    return state_dir / "spool" / f"{url.kind}-{_digest(url.identity)}"
+
+
+def adopt_legacy_spool(state_dir: Path, url: StoreURL) -> None:
+    """Move spool files that an older chatcli kept under the URL's spelling (``<scheme>-<hash of the
+    URL>``) into the database's spool folder, so ``sync`` finds them whatever the URL looks like now.
+    A file already in the new folder is left where it is. Never raises."""
+    if url.legacy_spool is None:
+        return
+    old = state_dir / "spool" / url.legacy_spool
+    new = spool_folder(state_dir, url)
+    if old == new or not old.is_dir():
+        return
+    try:
+        ensure_folder(new.parent)
+        ensure_folder(new)
+        for path in spooled(old):
+            if not (new / path.name).exists():
+                os.replace(path, new / path.name)
+        old.rmdir()
+    except (OSError, SaveError):
+        pass
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass
@@ -97,13 +123,16 @@ class SpoolingStore:
         started = time.monotonic()
         try:
             info = self.primary.save(snapshot, changed_from=changed_from, checkpoint=checkpoint)
-        except StoreUnavailable as e:
+        except (StoreConflict, SessionLocked) as e:
+            return self._spool(snapshot, changed_from, str(e), conflict=True)
+        except (
+            StoreError,
+            SaveError,
+        ) as e:  # unreachable, read-only, starting up, refused: kept, tried again
             now = time.monotonic()
             spent = now - started  # a refused connection costs nothing to try again; a silent host does
             self._retry_at = now + min(self.max_retry_wait, self.retry_ratio * spent) if spent >= 0.5 else 0.0
             return self._spool(snapshot, changed_from, str(e), conflict=False)
-        except (StoreConflict, SessionLocked) as e:
-            return self._spool(snapshot, changed_from, str(e), conflict=True)
         if pending is not None:
             del self._pending[sid]
             remove_quietly(pending.path)
@@ -140,7 +169,7 @@ class SpoolingStore:
             raise SaveError(f"{reason}; and keeping the turn on this machine failed too: {e}", path) from None
         self._pending[sid] = _Pending(changed_from, base, reason, conflict, path)
         if first is None or first.conflict != conflict:
-            flag = f" --store {address(self.display)}"
+            flag = f" --store {self.primary.url.address}"
             if conflict:
                 self._say(
                     f"{reason} — this conversation goes on in {path} (nothing in the database is "
@@ -234,7 +263,8 @@ class SpoolingStore:
 class SyncOutcome:
     """What ``sync`` did with one spool file: ``status`` is ``synced`` (written to the database, file
     removed), ``open`` (the session is open in a running chatcli, which writes it itself), ``conflict``
-    (the database has other turns: kept, ``message`` says what to do) or ``damaged`` (unreadable: kept)."""
+    (the database has other turns: kept, ``message`` says what to do), ``failed`` (the database refused
+    the write, e.g. it is read-only: kept, tried again next time) or ``damaged`` (unreadable: kept)."""
 
     session_id: str
     status: str
@@ -317,10 +347,18 @@ def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutc
             )
         changed = record.get("changed_from")
         primary.save(snap, changed_from=changed if isinstance(changed, int) else 0)
-    except (StoreConflict, StoreError) as e:
-        if isinstance(e, StoreUnavailable):
-            raise
+    except StoreConflict as e:
         return SyncOutcome(sid, "conflict", f"{e}; kept in {path}", path)
+    except StoreUnavailable:
+        raise
+    except (StoreError, SaveError) as e:
+        return SyncOutcome(
+            sid,
+            "failed",
+            f"session {sid} could not be written to {primary.display} yet ({e}); its turns stay in {path} "
+            f"and are tried again at the next `chatcli sync` or `chatcli resume`",
+            path,
+        )
     finally:
         lock.release()
     remove_quietly(path)
@@ -329,4 +367,12 @@ def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutc
     )
 
 
-__all__ = ["SpoolingStore", "SyncOutcome", "read_spool", "spool_folder", "spooled", "sync"]
+__all__ = [
+    "SpoolingStore",
+    "SyncOutcome",
+    "adopt_legacy_spool",
+    "read_spool",
+    "spool_folder",
+    "spooled",
+    "sync",
+]

@@ -66,6 +66,7 @@ from chatcli.stores.sql_rows import (
     session_params,
 )
 from chatcli.stores.sql_schema import SQLSchema
+from chatcli.stores.url import MIN_REDACTED, StoreURL, redact
 
 
 @dataclass
@@ -98,8 +99,10 @@ class SQLStore(SQLCatalog, SQLSchema):
     begin_write = "BEGIN"
     begin_read = "BEGIN"
 
-    def __init__(self, display: str, timeout: float = 10.0) -> None:
-        self.display = display
+    def __init__(self, url: StoreURL, timeout: float = 10.0) -> None:
+        self.url = url
+        self.display = url.display
+        self.secrets: frozenset[str] = url.secrets  # (and a password asked for, once given)
         self.timeout = timeout
         self.writer = secrets.token_hex(8)  # this process's mark on the rows it saves
         self._conn: Any = None
@@ -122,6 +125,15 @@ class SQLStore(SQLCatalog, SQLSchema):
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
+
+    def _said(self, e: BaseException | str) -> str:
+        """A driver error's own words (or ``e``'s text) on one line, with the store's password blanked out."""
+        return redact(e if isinstance(e, str) else said(e), self.secrets)
+
+    def _keep_secret(self, password: str) -> None:
+        """A password found outside the URL (the environment, a prompt): blanked out of messages too."""
+        if len(password) >= MIN_REDACTED:
+            self.secrets = self.secrets | {password}
 
     def _try_lock(self, cur: Any, session_id: str) -> bool:
         raise NotImplementedError
@@ -159,7 +171,7 @@ class SQLStore(SQLCatalog, SQLSchema):
             if isinstance(e, self._driver_errors()):
                 if lost:
                     raise StoreUnavailable(
-                        f"the database {self.display} stopped answering ({said(e)})"
+                        f"the database {self.display} stopped answering ({self._said(e)})"
                     ) from None
                 raise self._failure(e) from None
             raise
@@ -188,7 +200,7 @@ class SQLStore(SQLCatalog, SQLSchema):
                     if attempt == 1:
                         continue
                     raise StoreUnavailable(
-                        f"the database {self.display} stopped answering while it {what} ({said(e)})"
+                        f"the database {self.display} stopped answering while it {what} ({self._said(e)})"
                     ) from None
                 raise self._failure(e) from None
         raise AssertionError("unreachable")

@@ -8,7 +8,8 @@ over a file system with working locks, never write the same session at once. Ful
 to date by triggers.
 
 The file is made by the first save: until then a store whose file does not exist answers from an empty
-database in memory, so ``list``, ``search`` or a mistyped path create nothing.
+database in memory, so ``list``, ``search`` or a mistyped path create nothing. Its folder must exist: a
+store in a folder that does not is refused (a mistyped path never makes folders).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import said
+from chatcli.stores.url import StoreURL
 
 _TABLES = [
     "CREATE TABLE chatcli_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
@@ -83,13 +84,18 @@ class SQLiteStore(SQLStore):
 
     def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
         self.path = Path(path).expanduser()
-        super().__init__(f"sqlite://{self.path}", timeout)
+        super().__init__(StoreURL("sqlite", path=self.path), timeout)
         self.lock_dir = self.path.parent / (self.path.name + ".locks")
         self._files: dict[str, FileLock] = {}
         self._in_memory = False  # the connection is the empty stand-in for a file not made yet
         self._make = False  # a save asked for the file: make it
 
     def _connection(self) -> Any:
+        if self._conn is None and not self.path.parent.is_dir():
+            raise StoreError(
+                f"cannot use {self.display}: the folder {self.path.parent} does not exist (chatcli makes the "
+                f"database file, not its folder): create it, or fix the path"
+            )
         if self._conn is None and not self._make and not self.path.exists():
             conn = self._connect(":memory:")  # the empty stand-in, until a save makes the file
             self._in_memory = True
@@ -100,10 +106,6 @@ class SQLiteStore(SQLStore):
 
     def _open(self) -> Any:
         self._in_memory = False
-        try:
-            ensure_folder(self.path.parent, tighten=False)  # a folder the user chose: created, never changed
-        except SaveError as e:
-            raise StoreError(f"cannot use {self.display}: {e}") from None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
@@ -145,7 +147,7 @@ class SQLiteStore(SQLStore):
                 f"{self.path} is not an SQLite database chatcli can use ({text}); move it away "
                 f"or choose another file"
             )
-        return StoreError(f"{self.display}: {said(e)}")
+        return StoreError(f"{self.display}: {self._said(e)}")
 
     def _x(self, cur: Any, sql: str, args: Any = ()) -> Any:
         cur.execute(sql.replace("%s", "?"), args)
