@@ -210,7 +210,7 @@ def _run_repl(
         elif session.last_save is not None and session.last_save.spooled:
             renderer.notice(
                 f"{stopped}session {session.id} is kept on this machine in "
-                f"{session.last_save.location} until {store.display} answers; `chatcli sync` or "
+                f"{session.last_save.location} until {store.display} takes it; `chatcli sync` or "
                 f"`chatcli resume {session.id}{store_flag(settings)}` writes it there"
             )
         else:

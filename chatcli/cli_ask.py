@@ -190,7 +190,8 @@ class _Talk:
 
 def _message(words: list[str], paths: list[Path]) -> str:
     """Files, then stdin (when it is not a terminal), then the prompt. Raises ConfigError when there is no
-    prompt and nothing on stdin, AttachmentError for a file that cannot go in."""
+    prompt and nothing on stdin, AttachmentError for a file that cannot go in, SizeLimitError for a
+    message larger than chatcli keeps."""
     from chatcli import attachments
     from chatcli.errors import ConfigError
 
@@ -200,8 +201,12 @@ def _message(words: list[str], paths: list[Path]) -> str:
     prompt = " ".join(words)
     if not prompt.strip() and not piped.strip():
         raise ConfigError('give a prompt (chatcli ask "..."), or pipe text into chatcli ask')
+    from chatcli.messages import check_size
+
     files = [attachments.read(p) for p in paths]
-    return attachments.message(files, "\n\n".join(t for t in (piped.rstrip("\n"), prompt) if t.strip()))
+    text = attachments.message(files, "\n\n".join(t for t in (piped.rstrip("\n"), prompt) if t.strip()))
+    check_size(text)  # before a session is made: a message no store keeps leaves nothing behind
+    return text
 
 
 def _store(s: Settings, no_save: bool, talk: _Talk) -> Store:

@@ -351,16 +351,31 @@ def import_cmd(
     ],
     store_name: StoreOpt = None,
 ) -> None:
-    """Import a conversation as a new session (never overwrites one)."""
-    from chatcli.library import import_file
+    """Import a conversation as a new session (never overwrites one). A file of chatcli's local spool (turns
+    a database did not take) leaves the spool once it is imported."""
+    from chatcli.library import SPOOLED, import_file
 
     try:
+        state = settings({"store": store_name}).state_dir
         with _opened(store_name) as st:
             sid, kind = import_file(st, file)
     except ChatcliError as e:
         exit_with(e)
-    renderer().info(f"Imported {file} ({kind}) as session {sid}.")
+    note = ""
+    if kind == SPOOLED and _in_folder(file, state / "spool"):
+        from chatcli.stores.folder import remove_quietly
+
+        remove_quietly(file)
+        note = "; it is no longer in the local spool"
+    renderer().info(f"Imported {file} ({kind}) as session {sid}{note}.")
     print(sid)
+
+
+def _in_folder(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
 
 
 def fork(

@@ -109,6 +109,7 @@ def migrate(
                 "same": report.same,
                 "differs": report.differs,
                 "damaged": [{"location": w, "reason": r} for w, r in report.damaged],
+                "too_large": [{"session_id": sid, "reason": r} for sid, r in report.too_large],
             }
         )
     else:
@@ -121,7 +122,9 @@ def migrate(
             out.notice(f"{sid} is in both stores with different content: left as it is in {dst.display}")
         for where, why in report.damaged:
             out.notice(f"not copied: {where}: {why}")
-    if report.differs or report.damaged:
+        for sid, why in report.too_large:
+            out.notice(f"{'would not copy' if dry_run else 'not copied'}: session {sid}: {why}")
+    if report.differs or report.damaged or report.too_large:
         raise typer.Exit(ExitStatus.ERROR)
 
 

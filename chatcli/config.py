@@ -163,6 +163,9 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     parse_store(s.store)  # a store name that can never work is a usage error, found before anything runs
     if s.model_path is not None:
         s.model_path = Path(str(s.model_path)).expanduser()
+    from chatcli.messages import check_size
+
+    check_size(s.system, "the system prompt")
     for name in ("timeout", "connect_timeout", "idle_timeout", "store_timeout"):
         value = getattr(s, name)
         if not isinstance(value, (int, float)) or value <= 0:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from chatcli.backends import check_model_change
 from chatcli.clock import utc_now
 from chatcli.errors import NothingToDo
+from chatcli.messages import check_size
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
@@ -94,8 +95,9 @@ class SessionEdits:
 
     def set_system(self, text: str) -> None:
         """Use system prompt ``text`` (stripped; empty: none) from the next turn on; recorded at this
-        point. Raises NothingToDo (the same prompt), the save's errors."""
+        point. Raises NothingToDo (the same prompt), SizeLimitError, the save's errors."""
         text = text.strip()
+        check_size(text, "the system prompt")
         if text == self.system:
             raise NothingToDo("the system prompt is already that")
         self._record_change("system", self.system, text)

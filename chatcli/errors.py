@@ -8,6 +8,7 @@ Every exception here carries a message written for the user: one sentence they c
     ├── CommandError                   a REPL line that starts with / but names no command, or misuses one
     ├── ImportFileError                a file given to `import` that holds no conversation chatcli can read
     ├── AttachmentError                a file given to put in a message that is missing, a folder, binary, too big
+    ├── SizeLimitError                 a message or system prompt larger than every store keeps (MAX_MESSAGE_BYTES)
     ├── ExportError                    an export that cannot be written (the file exists, no permission)
     ├── SessionError
     │   ├── InvalidSessionId           an id that could never name a file (``/``, ``..``, NUL, too long)
@@ -80,6 +81,13 @@ class CommandError(ChatcliError):
 class AttachmentError(ChatcliError):
     """A file that cannot go into a message; nothing was sent. A usage error, like a missing file named
     to any command-line tool."""
+
+    exit_code = ExitStatus.USAGE
+
+
+class SizeLimitError(ChatcliError):
+    """A message (or a system prompt) larger than chatcli keeps of one message on every store
+    (``chatcli.messages.MAX_MESSAGE_BYTES``); refused before anything was written or sent. A usage error."""
 
     exit_code = ExitStatus.USAGE
 

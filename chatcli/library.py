@@ -29,6 +29,7 @@ from chatcli.snapshot import (
     is_turn,
     is_valid_id,
     new_session_id,
+    over_limit,
     resolve,
     title_from,
     validate_snapshot,
@@ -125,6 +126,9 @@ def older_than(store: Store, age: timedelta) -> list[str]:
 
 
 # -- import ----------------------------------------------------------------------------------------------
+SPOOLED = "chatcli session kept locally"  # what import_file says of a spool file it read
+
+
 def import_file(store: Store, path: Path) -> tuple[str, str]:
     """Import a chatcli snapshot (or a spool file), an OpenAI-style ``{"messages": [...]}``, a plain list of
     messages, or JSON Lines of messages, as a new session. Returns (new id, what it was). Never overwrites:
@@ -139,7 +143,7 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
         data = _try_jsonl(raw, path)
     kind = "chatcli session"
     if isinstance(data, dict) and data.get("format") == "chatcli.spool":
-        data, kind = data.get("snapshot"), "chatcli session kept locally"
+        data, kind = data.get("snapshot"), SPOOLED
     if isinstance(data, dict) and data.get("format") == FORMAT:
         try:
             snap = validate_snapshot(data, path)
@@ -279,13 +283,15 @@ def fork(store: Store, snap: Snapshot, at_turn: int | None = None) -> str:
 @dataclass
 class MigrationReport:
     """What ``migrate`` did: ids ``copied``, already there and equal (``same``), there with other content
-    (``differs``: never overwritten), and entries of the source that could not be read (``damaged``:
-    (where, why))."""
+    (``differs``: never overwritten), entries of the source that could not be read (``damaged``:
+    (where, why)), and sessions holding more than every store keeps (``too_large``: (id, why); not
+    copied, see ``snapshot.over_limit``)."""
 
     copied: list[str] = field(default_factory=list)
     same: list[str] = field(default_factory=list)
     differs: list[str] = field(default_factory=list)
     damaged: list[tuple[str, str]] = field(default_factory=list)
+    too_large: list[tuple[str, str]] = field(default_factory=list)
 
 
 def migrate(
@@ -294,7 +300,8 @@ def migrate(
     """Copy every session of ``src``, the trash included (it stays in the trash), into ``dst``, losslessly:
     each snapshot arrives field by field as it was, unknown keys too. A session already in ``dst`` is left
     alone: reported as ``same`` when equal, ``differs`` when not (live in one and trashed in the other
-    differs too). With ``dry_run`` nothing is written. ``on_session(done, total)`` follows the progress."""
+    differs too); one holding a message larger than every store keeps is reported as ``too_large``, in a
+    dry run too. With ``dry_run`` nothing is written. ``on_session(done, total)`` follows the progress."""
     report = MigrationReport()
     todo = [(sid, False) for sid in src.ids()] + [(sid, True) for sid in src.trashed_ids()]
     for n, (sid, trashed) in enumerate(todo, 1):
@@ -303,8 +310,11 @@ def migrate(
         except (SnapshotError, SessionNotFound) as e:
             report.damaged.append((src.location(sid, trashed=trashed), str(e)))
             continue
+        why = over_limit(snap)
         here = dst.exists(sid, trashed=trashed)
-        if here or dst.exists(sid, trashed=not trashed):
+        if why is not None and not here:
+            report.too_large.append((sid, why))
+        elif here or dst.exists(sid, trashed=not trashed):
             same = here and dst.load(sid, trashed=trashed) == snap
             (report.same if same else report.differs).append(sid)
         else:
@@ -317,6 +327,7 @@ def migrate(
 
 
 __all__ = [
+    "SPOOLED",
     "MigrationReport",
     "check_title",
     "fork",

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Required, TypedDict
 
 from chatcli.clock import utc_now
+from chatcli.errors import SizeLimitError
 
 #: statuses a message can have; ``ok`` is a complete message
 STATUSES = ("ok", "streaming", "interrupted", "timeout", "error")
@@ -17,6 +18,38 @@ DROPPED = ("retried", "undone", "unsent")
 BYTES_PER_TOKEN = 3
 #: tokens a chat template adds around each message (role markers), in that estimate
 MESSAGE_OVERHEAD = 4
+#: the most text (UTF-8 bytes) one message, reply or system prompt may hold: the same on every store (it
+#: fits a MySQL server's default max_allowed_packet of 16 MiB even with every byte escaped), and more than
+#: any model's context window takes in one request
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def utf8_size(text: str) -> int:
+    """Bytes ``text`` takes as UTF-8 (a lone surrogate counted as the 3 bytes of its U+FFFD)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+REPLY_OVER_LIMIT = (
+    f"the reply passed {MAX_MESSAGE_BYTES // 2**20} MiB, the most chatcli keeps of one message: "
+    "it was stopped there"
+)
+
+
+def cut_to_fit(text: str, room: int) -> str:
+    """The start of ``text`` that fits in ``room`` bytes of UTF-8 (whole characters only)."""
+    return text.encode("utf-8", "surrogatepass")[: max(0, room)].decode("utf-8", "ignore")
+
+
+def check_size(text: str, what: str = "the message") -> None:
+    """Raise SizeLimitError when ``text`` is over MAX_MESSAGE_BYTES; ``what`` names it in the message."""
+    if len(text) * 4 <= MAX_MESSAGE_BYTES:  # (no UTF-8 character is longer: no need to encode)
+        return
+    size = utf8_size(text)
+    if size > MAX_MESSAGE_BYTES:
+        raise SizeLimitError(
+            f"{what} is {size / 2**20:,.1f} MiB; chatcli keeps at most {MAX_MESSAGE_BYTES // 2**20} MiB of "
+            f"text in one message, on every store; nothing was sent or saved"
+        )
 
 
 class MessageJSON(TypedDict, total=False):

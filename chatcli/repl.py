@@ -25,6 +25,7 @@ from chatcli.errors import (
     NothingToDo,
     SaveError,
     SessionTimeoutError,
+    SizeLimitError,
     Terminated,
 )
 from chatcli.render_history import show_history
@@ -56,7 +57,8 @@ class Repl(ReplCommands):
         self.history_path = history_path
         self.resumed = resumed
         self._warned_unsaved = False  # a quit was refused once because the session could not be saved
-        self.failed: list[int] = []  # turns whose reply failed (a piped REPL then exits 1)
+        self.attempted = 0  # turns sent (or retried) in this run, numbered from 1 as the user sees them
+        self.failed: list[int] = []  # which of them failed (a piped REPL then exits 1)
         self.pending: list[attachments.Attachment] = []  # files /file attached to the next message
 
     # -- input -----------------------------------------------------------------------------------------
@@ -135,15 +137,19 @@ class Repl(ReplCommands):
             self._warned_unsaved = False
 
     def summary(self) -> str | None:
-        """For a piped REPL whose turns failed: which, in one line (None when none did)."""
+        """For a piped REPL whose turns failed: which of the turns sent in this run, numbered from 1, in
+        one line (None when none did)."""
         if not self.failed:
             return None
         failed = sorted(set(self.failed))
         which = ("turn " if len(failed) == 1 else "turns ") + ", ".join(map(str, failed))
-        total = len(self.session.turns())
-        return (
-            f"{len(failed)} of {count(total, 'turn')} failed ({which}); every message is kept in the session"
+        total = self.attempted
+        kept = (
+            "its last changes are not saved"
+            if self.session.unsaved
+            else "every message is kept in the session"
         )
+        return f"{len(failed)} of {count(total, 'turn')} failed ({which}); {kept}"
 
     def _may_leave(self) -> bool:
         """Whether quitting loses nothing. A save that failed earlier is tried again here; when it fails,
@@ -195,13 +201,15 @@ class Repl(ReplCommands):
     def _stream(self, turn: Callable[[ReplyView], Message]) -> None:
         """Run ``turn`` (a send or a retry) with a live reply view; report its errors in one line."""
         view = self.out.reply()
+        self.attempted += 1
         try:
             with _keys_not_echoed(), view:
                 reply = turn(view)
         except NothingToDo:  # e.g. retry with no turn: not a failed turn (``handle`` says so)
+            self.attempted -= 1
             raise
         except ChatcliError as e:
-            self.failed.append(len(self.session.turns()))
+            self.failed.append(self.attempted)
             self._report_failure(e)
             return
         self.out.reply_footer(reply)
@@ -209,7 +217,7 @@ class Repl(ReplCommands):
     def _report_failure(self, e: ChatcliError) -> None:
         """A failed turn's error, in one line, saying what became of the message."""
         kept = _KEPT if self.session.unsaved else "your message is saved"
-        if isinstance(e, MessageTooLarge):
+        if isinstance(e, (MessageTooLarge, SizeLimitError)):
             self.out.error(str(e))
         elif isinstance(e, SessionTimeoutError):
             partial = " (the partial reply is saved)" if e.partial and not self.session.unsaved else ""

@@ -35,10 +35,13 @@ from chatcli.errors import (
     RateLimited,
     SaveError,
     SessionTimeoutError,
+    StreamError,
     Terminated,
 )
 from chatcli.messages import (  # re-exported: the session's data types are part of its interface
     DROPPED,
+    MAX_MESSAGE_BYTES,
+    REPLY_OVER_LIMIT,
     STATUSES,
     ContextUsed,
     GenerationParams,
@@ -48,6 +51,9 @@ from chatcli.messages import (  # re-exported: the session's data types are part
     Timeouts,
     Timings,
     Usage,
+    check_size,
+    cut_to_fit,
+    utf8_size,
 )
 from chatcli.session_context import ContextMixin
 from chatcli.signals import signals_deferred
@@ -268,10 +274,12 @@ class ConversationSession(SessionEdits, ContextMixin):
         notices (a save that failed but will be retried, a rate-limit wait). Ctrl-C while streaming ends the
         reply with status ``interrupted`` and returns normally. Raises SessionTimeoutError (partial reply
         saved as ``timeout``), BackendError (partial reply saved as ``error``; MessageTooLarge: no reply,
-        the message kept and marked ``unsent``), or SaveError when the final save fails (the turn stays in
-        memory and the next save writes it)."""
+        the message kept and marked ``unsent``), SizeLimitError (a message over MAX_MESSAGE_BYTES: nothing
+        kept or sent), or SaveError when the final save fails (the turn stays in memory and the next save
+        writes it)."""
         if self.backend is None:
             raise BackendError("this session has no backend to talk to")
+        check_size(text)
         self._touch(len(self.messages))
         self.messages.append(Message(role="user", content=text))
         if not self.title:  # from what the user typed; from the files' names when there is only files
@@ -394,6 +402,7 @@ class ConversationSession(SessionEdits, ContextMixin):
         last_checkpoint = started
         interval = self.checkpoint_seconds
         overflowed = False
+        size = 0  # UTF-8 bytes of the reply so far: it stops at MAX_MESSAGE_BYTES
         for attempt in range(self.max_retries + 1):
             reply.context = ContextUsed(plan.start, plan.tokens, plan.exact, plan.window, plan.summary)
             stream = self.backend.stream_chat(
@@ -406,6 +415,12 @@ class ConversationSession(SessionEdits, ContextMixin):
                         if first is None:
                             first = now
                             reply.timings = Timings(ttft_s=round(now - started, 4))
+                        size += utf8_size(event.text)
+                        if size > MAX_MESSAGE_BYTES:  # kept up to the limit, then stopped
+                            parts.append(
+                                cut_to_fit(event.text, MAX_MESSAGE_BYTES - size + utf8_size(event.text))
+                            )
+                            raise StreamError(REPLY_OVER_LIMIT)
                         parts.append(event.text)
                         if on_delta:
                             on_delta(event.text)

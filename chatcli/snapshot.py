@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, Required, TypedDict, cas
 import orjson
 
 from chatcli.errors import AmbiguousSessionId, InvalidSessionId, SessionNotFound, SnapshotError
-from chatcli.messages import MessageJSON
+from chatcli.messages import MAX_MESSAGE_BYTES, MessageJSON
 
 
 class Snapshot(TypedDict, total=False):
@@ -169,6 +169,21 @@ def validate_snapshot(data: Any, where: Path | str = "<snapshot>") -> Snapshot:
     if not 0 <= data["context_start"] <= len(data["messages"]):
         raise SnapshotError(f"{where} is damaged: context_start is out of range", where)
     return cast("Snapshot", data)
+
+
+def over_limit(snap: Snapshot) -> str | None:
+    """Why ``snap`` holds more than chatcli keeps on every store (its system prompt or a message over
+    ``MAX_MESSAGE_BYTES``), or None when it fits."""
+    from chatcli.errors import SizeLimitError
+    from chatcli.messages import check_size
+
+    try:
+        check_size(snap["system"], "its system prompt")
+        for i, m in enumerate(snap["messages"]):
+            check_size(m["content"], f"message {i}")
+    except SizeLimitError as e:
+        return str(e).split(";")[0] + f" (the most any store keeps of one is {MAX_MESSAGE_BYTES // 2**20} MiB)"
+    return None
 
 
 def decode(raw: bytes, where: Path | str) -> Snapshot:

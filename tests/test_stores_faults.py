@@ -194,6 +194,10 @@ def test_turns_kept_locally_never_overwrite_another_machines_turns(
         ]
     finally:
         st.close()
+    assert "it is no longer in the local spool" in r.text()
+    assert spool_files(child_env) == []  # brought in: no warning at every later command, sync has nothing
+    r = Chat(chatcli("sync", "--store", store_spec), child_env)
+    assert r.wait() == 0 and "Nothing to sync" in r.text(), r.text("err")
 
 
 def machine(child_env: dict[str, str], root: Path) -> dict[str, str]:

@@ -121,11 +121,13 @@ class PostgreSQLStore(SQLStore):
             "keepalives": 1,
             "keepalives_idle": 30,
         }
-        params = self.url.libpq_params()
+        params = self.url.libpq_params()  # the URL's own options win, its libpq "options" go after ours
+        if "options" in params:
+            params["options"] = f"{kwargs['options']} {params['options']}"
         if self._password is not None:
             params["password"] = self._password
         try:
-            conn = psycopg.connect(**params, **kwargs)
+            conn = psycopg.connect(**{**kwargs, **params})
         except psycopg.Error as e:
             pgconn = getattr(e, "pgconn", None)
             if (
