@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from chatcli import __version__
 from chatcli.cli_common import (
@@ -44,8 +45,46 @@ if TYPE_CHECKING:
     from chatcli.session import ConversationSession
     from chatcli.stores.base import Store
 
+#: click's base of usage and file errors (the class Typer's public BadParameter derives from): caught by name
+#: through the public class, so chatcli does not import Typer's bundled click
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _Commands(TyperGroup):
+    """chatcli's command group. At a terminal, Typer shows a usage error as its own panel; piped or logged
+    (stderr not a terminal) it is one line, ``error: No such option: --x ...``, like every other chatcli
+    error, with the same exit status (2)."""
+
+    def main(  # type: ignore[override]  # the same parameters, passed on
+        self,
+        args: Any = None,
+        prog_name: Any = None,
+        complete_var: Any = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode or _isatty(sys.stderr):
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _CLICK_ERROR as e:
+            sys.stderr.write(f"error: {e.format_message()}\n")  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        except typer.Abort:
+            sys.exit(ExitStatus.INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 app = typer.Typer(
     name="chatcli",
+    cls=_Commands,
     help="Chat with LLMs in the terminal. Every turn is saved as it happens, so a timeout, Ctrl-C, crash or "
     "server error loses nothing, and `chatcli resume` brings the whole conversation back. Runs offline on "
     "an embedded model by default. Sessions are kept in ./sessions (JSON files) unless --store names "
