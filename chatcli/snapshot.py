@@ -182,7 +182,9 @@ def over_limit(snap: Snapshot) -> str | None:
         for i, m in enumerate(snap["messages"]):
             check_size(m["content"], f"message {i}")
     except SizeLimitError as e:
-        return str(e).split(";")[0] + f" (the most any store keeps of one is {MAX_MESSAGE_BYTES // 2**20} MiB)"
+        return (
+            str(e).split(";")[0] + f" (the most any store keeps of one is {MAX_MESSAGE_BYTES // 2**20} MiB)"
+        )
     return None
 
 

@@ -15,16 +15,16 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import torturelib
-from torturelib import figure
 
 from chatcli.messages import MAX_MESSAGE_BYTES
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
+from transcript import CLI, ScriptedBackend
 
+import torturelib
 from chatproc import Chat, Turns
 from fakellm import FakeLLMServer
-from transcript import CLI, ScriptedBackend
+from torturelib import figure
 
 
 def opened(spec: str) -> Store:
@@ -80,7 +80,9 @@ def _other_spellings(engine: str, url: str) -> list[str]:
 def test_a_save_the_database_refuses_is_kept_and_synced_under_any_spelling(
     engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
 ) -> None:
-    chat = Chat(["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1", "--store", store_spec], child_env)
+    chat = Chat(
+        ["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1", "--store", store_spec], child_env
+    )
     turns = Turns(chat)
     turns.turn("first, saved")
     _read_only(engine, server)
@@ -122,7 +124,11 @@ def test_one_spool_per_database_however_the_url_is_spelled() -> None:
         "postgresql:///chats?host=/var/run/postgresql",
     ]
     assert len({parse_store(u).identity for u in same}) == 1
-    differ = ["postgresql://ann@127.0.0.1/other", "postgresql://ann@127.0.0.1:5433/chats", "mysql://a@127.0.0.1/chats"]
+    differ = [
+        "postgresql://ann@127.0.0.1/other",
+        "postgresql://ann@127.0.0.1:5433/chats",
+        "mysql://a@127.0.0.1/chats",
+    ]
     assert len({parse_store(u).identity for u in [same[0], *differ]}) == 4
     mysql = ["mysql://u@127.0.0.1/c", "mariadb://v:x@localhost:3306/c?unix_socket=/run/mysqld/mysqld.sock"]
     assert len({parse_store(u).identity for u in mysql}) == 1
@@ -198,7 +204,15 @@ def test_a_password_never_shows_however_the_url_spells_it(
         ["resume", "last"],
         ["sync"],
     ]
-    forms = [CANARY, quote(CANARY, safe=""), quote(CANARY), CANARY.replace(" ", "%20"), "Ca#n", "r@y", "p%zz9"]
+    forms = [
+        CANARY,
+        quote(CANARY, safe=""),
+        quote(CANARY),
+        CANARY.replace(" ", "%20"),
+        "Ca#n",
+        "r@y",
+        "p%zz9",
+    ]
     ran = 0
     for n, spelled in enumerate(_spellings(url)):
         copy = ["migrate", "--from", spelled, "--to", f"sqlite://{tmp_path / f'copy{n}.db'}"]
