@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatcli.errors import AttachmentError
+from chatcli.paths import expanded
 
 MAX_FILE_BYTES = 512 * 1024  # a larger file is refused: it would not fit a small model's context anyway
 _BACKTICKS = re.compile(r"`+")
@@ -54,7 +55,7 @@ def read(path: str | Path) -> Attachment:
     folder or not a regular file, over MAX_FILE_BYTES bytes, or not text (a NUL byte in its first 8 KiB,
     or not UTF-8)."""
     shown = str(path)
-    p = Path(path).expanduser()
+    p = expanded(path)
     try:
         st = p.stat()
     except FileNotFoundError:

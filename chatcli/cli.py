@@ -53,7 +53,7 @@ _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.
 class _Commands(TyperGroup):
     """chatcli's command group. At a terminal, Typer shows a usage error as its own panel; piped or logged
     (stderr not a terminal) it is one line, ``error: No such option: --x ...``, like every other chatcli
-    error, with the same exit status (2)."""
+    error, with the same exit status (2). Arguments that are not UTF-8 are read as ``_readable`` says."""
 
     def main(  # type: ignore[override]  # the same parameters, passed on
         self,
@@ -63,6 +63,7 @@ class _Commands(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        args = _readable(sys.argv[1:] if args is None else list(args))
         if not standalone_mode or _isatty(sys.stderr):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -73,6 +74,23 @@ class _Commands(TyperGroup):
         except typer.Abort:
             sys.exit(ExitStatus.INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _readable(args: list[str]) -> list[str]:
+    """The arguments with bytes that are not UTF-8 (which Python hands over as lone surrogates) as U+FFFD,
+    as stdin gets them, so they can be shown, sent and saved; a path that exists is left as it is, so a
+    file whose name is not UTF-8 can still be named."""
+    out = []
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            if not os.path.lexists(arg):
+                from chatcli.snapshot import valid_unicode
+
+                arg = valid_unicode(arg)
+        out.append(arg)
+    return out
 
 
 def _isatty(stream: Any) -> bool:

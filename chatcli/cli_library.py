@@ -44,7 +44,13 @@ def list_sessions(
     store_name: StoreOpt = None,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", "-n", metavar="N", help="Show at most N sessions (default 50; see --all)."),
+        typer.Option(
+            "--limit",
+            "-n",
+            metavar="N",
+            min=1,
+            help="Show at most N sessions (default 50; see --all).",
+        ),
     ] = None,
     since: Annotated[
         str | None,
@@ -71,7 +77,7 @@ def list_sessions(
     Damaged files are reported with their path (on stderr)."""
     from chatcli.library import parse_date
 
-    shown = None if show_all else max(0, limit if limit is not None else 50)
+    shown = None if show_all else (limit if limit is not None else 50)
     try:
         cutoff = parse_date(since) if since else None
         with _opened(store_name) as st:  # only the rows shown are read
@@ -153,7 +159,8 @@ def search(
         typer.Option("--session", metavar="ID", help="Only this session (id, prefix, last or title)."),
     ] = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", metavar="N", help="At most N hits (default 20).")
+        int,
+        typer.Option("--limit", "-n", metavar="N", min=1, help="At most N hits (default 20)."),
     ] = 20,
     store_name: StoreOpt = None,
     as_json: AsJSON = False,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.errors import ConfigError
+from chatcli.paths import expanded
 
 #: keys the config file may hold, with their types
 FILE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -78,7 +79,7 @@ def config_path(env: dict[str, str]) -> Path:
     """The config file's path: ``CHATCLI_CONFIG`` (``~`` expanded), else ``config.toml`` in the platform's
     user config folder. The file need not exist."""
     if env.get("CHATCLI_CONFIG"):
-        return Path(env["CHATCLI_CONFIG"]).expanduser()
+        return expanded(env["CHATCLI_CONFIG"])
     from platformdirs import user_config_path
 
     return user_config_path("chatcli") / "config.toml"
@@ -88,7 +89,7 @@ def state_dir(env: dict[str, str]) -> Path:
     """Where chatcli keeps the REPL's input history and the model server's log: ``CHATCLI_STATE_DIR``
     (``~`` expanded), else the platform's user state folder. Not created here."""
     if env.get("CHATCLI_STATE_DIR"):
-        return Path(env["CHATCLI_STATE_DIR"]).expanduser()
+        return expanded(env["CHATCLI_STATE_DIR"])
     from platformdirs import user_state_path
 
     return user_state_path("chatcli")
@@ -162,7 +163,7 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
 
     parse_store(s.store)  # a store name that can never work is a usage error, found before anything runs
     if s.model_path is not None:
-        s.model_path = Path(str(s.model_path)).expanduser()
+        s.model_path = expanded(str(s.model_path))
     from chatcli.messages import check_size
 
     check_size(s.system, "the system prompt")
@@ -171,14 +172,11 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds, not {value!r}")
         setattr(s, name, float(value))
-    if s.temperature is not None and not 0 <= s.temperature <= 2:
-        raise ConfigError(f"temperature must be between 0 and 2, not {s.temperature}")
-    if s.top_p is not None and not 0 < s.top_p <= 1:
-        raise ConfigError(f"top_p must be above 0 and at most 1, not {s.top_p}")
-    if s.repeat_penalty is not None and not 0 < s.repeat_penalty <= 10:
-        raise ConfigError(f"repeat_penalty must be above 0 (1 is none), not {s.repeat_penalty}")
-    if s.max_tokens is not None and s.max_tokens < 1:
-        raise ConfigError(f"max_tokens must be 1 or more, not {s.max_tokens}")
+    from chatcli.messages import GenerationParams
+
+    sampling = GenerationParams(s.temperature, s.max_tokens, s.top_p, s.repeat_penalty).problem()
+    if sampling is not None:
+        raise ConfigError(sampling)
     if s.context_window is not None and s.context_window < 64:
         raise ConfigError(f"context_window must be at least 64 tokens, not {s.context_window}")
     if s.n_ctx < 64:

@@ -21,7 +21,7 @@ from chatcli.errors import (
     SessionNotFound,
     SnapshotError,
 )
-from chatcli.messages import MessageJSON
+from chatcli.messages import DROPPED, STATUSES, GenerationParams, MessageJSON
 from chatcli.snapshot import (
     FORMAT,
     VERSION,
@@ -31,6 +31,7 @@ from chatcli.snapshot import (
     new_session_id,
     over_limit,
     resolve,
+    shown,
     title_from,
     validate_snapshot,
 )
@@ -96,9 +97,16 @@ def parse_age(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``2w`` as a timedelta; ConfigError otherwise."""
     units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     t = text.strip().lower()
-    if len(t) >= 2 and t[-1] in units and t[:-1].isdigit():
-        return timedelta(**{units[t[-1]]: int(t[:-1])})
-    raise ConfigError(f"{text!r} is not an age: use a number and a unit, e.g. 30d, 12h, 2w, 90m")
+    if len(t) >= 2 and t[-1] in units and t[:-1].isascii() and t[:-1].isdigit():
+        try:
+            age = timedelta(**{units[t[-1]]: int(t[:-1])})
+            utc_ago(age)  # an age before year 1 is no age either
+            return age
+        except (OverflowError, ValueError):
+            raise ConfigError(
+                f"{text!r} reaches back before the calendar begins: give a shorter age"
+            ) from None
+    raise ConfigError(f"{shown(text)} is not an age: use a number and a unit, e.g. 30d, 12h, 2w, 90m")
 
 
 def parse_date(text: str) -> str:
@@ -113,11 +121,14 @@ def parse_date(text: str) -> str:
         when = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(
-            f"{text!r} is not a date: use YYYY-MM-DD, YYYY-MM-DDTHH:MM or an age like 7d"
+            f"{shown(text)} is not a date: use YYYY-MM-DD, YYYY-MM-DDTHH:MM or an age like 7d"
         ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # a date typed by a person is in their local time
-    return iso(when)
+    try:
+        if when.tzinfo is None:
+            when = when.astimezone()  # a date typed by a person is in their local time
+        return iso(when)
+    except (OverflowError, ValueError):  # the first or last hours of the calendar, in UTC
+        return "0001-01-01T00:00:00.000Z" if when.year == 1 else "9999-12-31T23:59:59.999Z"
 
 
 def older_than(store: Store, age: timedelta) -> list[str]:
@@ -134,7 +145,7 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
     messages, or JSON Lines of messages, as a new session. Returns (new id, what it was). Never overwrites:
     a snapshot whose id is taken gets a new id. Raises ImportFileError naming the file and what is wrong."""
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is no content
     except OSError as e:
         raise ImportFileError(f"cannot read {path}: {e.strerror}") from None
     try:
@@ -162,6 +173,7 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
                 f"nor a list of messages"
             )
         snap = _snapshot_from_messages(messages, path, data if isinstance(data, dict) else {})
+    _check_import(snap, path)
     snap["updated_at"] = utc_now()
     lock = store.lock(snap["id"])
     try:
@@ -171,6 +183,37 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
     finally:
         lock.release()
     return snap["id"], kind
+
+
+def _check_import(snap: Snapshot, path: Path) -> None:
+    """Refuse what chatcli itself would never write, as the REPL and ``rename`` refuse it: a title with
+    control characters or over 200 characters, sampling parameters of the wrong type or out of range, a
+    message status chatcli does not know, token counts that are not counts, a message over the size
+    limit. Raises ImportFileError naming the file and the field."""
+    try:
+        check_title(snap["title"])
+    except ConfigError as e:
+        raise ImportFileError(f"{path}: the title is refused: {e}") from None
+    problem = GenerationParams.json_problem(snap["params"])
+    if problem is not None:
+        raise ImportFileError(f"{path}: params: {problem}")
+    why = over_limit(snap)
+    if why is not None:
+        raise ImportFileError(f"{path}: {why}")
+    for i, m in enumerate(snap["messages"]):
+        if m.get("status", "ok") not in STATUSES or m.get("dropped") not in (None, *DROPPED):
+            field_ = "status" if m.get("status", "ok") not in STATUSES else "dropped"
+            raise ImportFileError(
+                f"{path}: message {i} has a {field_} chatcli does not know: {m.get(field_)!r}"
+            )
+        usage = m.get("usage")
+        if isinstance(usage, dict) and any(
+            v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**48)
+            for v in usage.values()
+        ):
+            raise ImportFileError(
+                f"{path}: message {i} has token counts that are not counts: {usage!r}"[:300]
+            )
 
 
 def _try_jsonl(raw: bytes, path: Path) -> Any:
@@ -317,10 +360,15 @@ def migrate(
         elif here or dst.exists(sid, trashed=not trashed):
             same = here and dst.load(sid, trashed=trashed) == snap
             (report.same if same else report.differs).append(sid)
-        else:
-            if not dry_run:
-                dst.create(snap, trashed=trashed)
+        elif dry_run:
             report.copied.append(sid)
+        else:
+            try:
+                dst.create(snap, trashed=trashed)
+                report.copied.append(sid)
+            except SessionExists:  # another migrate copied it a moment ago: as when it was already there
+                same = dst.exists(sid, trashed=trashed) and dst.load(sid, trashed=trashed) == snap
+                (report.same if same else report.differs).append(sid)
         if on_session is not None:
             on_session(n, len(todo))
     return report

@@ -320,6 +320,37 @@ class GenerationParams:
             **{k: v if v is not None else getattr(defaults, k) for k, v in asdict(self).items()}
         )
 
+    def problem(self) -> str | None:
+        """What is out of range (one sentence), or None: temperature 0-2, top_p above 0 to 1,
+        repeat_penalty above 0 to 10, max_tokens 1 or more."""
+        t, p, r, m = self.temperature, self.top_p, self.repeat_penalty, self.max_tokens
+        if t is not None and not 0 <= t <= 2:
+            return f"temperature must be between 0 and 2, not {t}"
+        if p is not None and not 0 < p <= 1:
+            return f"top_p must be above 0 and at most 1, not {p}"
+        if r is not None and not 0 < r <= 10:
+            return f"repeat_penalty must be above 0 (1 is none), not {r}"
+        if m is not None and not 1 <= m < 2**31:
+            return f"max_tokens must be 1 or more (and below 2^31), not {m}"
+        return None
+
+    @classmethod
+    def json_problem(cls, d: dict[str, Any]) -> str | None:
+        """What is wrong with a snapshot's ``params`` (a known key of the wrong type, or out of range), or
+        None. Keys chatcli does not know are left alone."""
+        for key, want in (
+            ("temperature", float),
+            ("top_p", float),
+            ("repeat_penalty", float),
+            ("max_tokens", int),
+        ):
+            v = d.get(key)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int if want is int else (int, float))
+            ):
+                return f"{key} must be a number, not {v!r}"
+        return cls.from_json(d).problem()
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GenerationParams:
         """Read back ``params``; a value of the wrong type is read as not set."""

@@ -33,6 +33,7 @@ _ESCAPES = re.compile(
     r"|\x1b[ -/]*[0-~]?"
     r"|[\x80-\x9f]"
     r"|[\x00-\x08\x0b-\x1f\x7f]"
+    r"|[\u202a-\u202e\u2066-\u2069]"  # bidi embeddings, overrides and isolates: text that reads otherwise
 )
 
 
@@ -45,7 +46,8 @@ def _one_liner(message: str) -> str:
 
 def sanitize(text: str) -> str:
     """``text`` without terminal control sequences (ANSI CSI, OSC, DCS, C1 and C0 controls other than
-    tab and newline). ``\\r\\n`` becomes ``\\n``. Safe to print to a terminal."""
+    tab and newline; NUL is dropped too) nor the bidi controls that make text read otherwise than it is
+    stored (U+202A-U+202E, U+2066-U+2069). ``\\r\\n`` becomes ``\\n``. Safe to print to a terminal."""
     if text.isprintable():
         return text
     return _ESCAPES.sub("", text.replace("\r\n", "\n"))

@@ -99,10 +99,14 @@ class Repl(ReplCommands):
 
     @staticmethod
     def _plain_input() -> str:
-        line = sys.stdin.readline()
-        if not line:
+        """One line of a piped stdin; bytes that are not UTF-8 become U+FFFD whatever the locale's
+        decoding would do with them (a UTF-8 locale's is strict)."""
+        stream = getattr(sys.stdin, "buffer", None)
+        raw = stream.readline() if stream is not None else sys.stdin.readline()
+        if not raw:
             raise EOFError
-        return line.rstrip("\n")
+        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return line.removesuffix("\n").removesuffix("\r")
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> None:

@@ -220,8 +220,8 @@ def valid_unicode(value: Any) -> Any:
             pass
         try:
             return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a lone surrogate that stands for no byte: one U+FFFD each
+            return re.sub("[\ud800-\udfff]", "\ufffd", value)
     if isinstance(value, dict):
         return {valid_unicode(k): valid_unicode(v) for k, v in value.items()}
     if isinstance(value, list):

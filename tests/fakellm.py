@@ -167,7 +167,12 @@ def echo_reply(request: dict) -> Reply:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """JSON as servers send it: UTF-8, except a lone surrogate (half an emoji), which only an escape can
+    carry: then the whole object is escaped ASCII, as a server in Python would send it."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 # --------------------------------------------------------------------------- HTTP plumbing

@@ -112,6 +112,27 @@ class ModelInfo:
     details: dict[str, Any]
 
 
+def loads_chunk(data: str | bytes) -> Any:
+    """One JSON chunk of a stream (orjson). A chunk orjson refuses only because it escapes a lone surrogate
+    (``"\\ud83d"``: half an emoji a server cut in two) is read by the standard library instead, the
+    half character as U+FFFD. Raises orjson.JSONDecodeError for what is not JSON."""
+    import orjson
+
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if "\\u" not in (data if isinstance(data, str) else data.decode("utf-8", "replace")):
+            raise
+    import json
+
+    from chatcli.snapshot import valid_unicode
+
+    try:
+        return valid_unicode(json.loads(data))
+    except ValueError:
+        raise orjson.JSONDecodeError("not JSON", "", 0) from None
+
+
 def public_url(url: str) -> str:
     """``url`` without ``user:password@`` (the rest unchanged), so credentials never reach a file."""
     from urllib.parse import urlsplit, urlunsplit

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
+from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent, loads_chunk
 from chatcli.errors import BackendError, BackendHTTPError, ModelNotFound, StreamError
 from chatcli.messages import int_or_none
 
@@ -112,7 +112,7 @@ class OllamaBackend(HTTPBackend):
             if not line.strip():
                 continue
             try:
-                obj = orjson.loads(line)
+                obj = loads_chunk(line)
             except orjson.JSONDecodeError:
                 raise StreamError(f"{self.display_url} sent a malformed line: {line[:80]!r}") from None
             if not isinstance(obj, dict):

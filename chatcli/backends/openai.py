@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent
+from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent, loads_chunk
 from chatcli.errors import BackendError, StreamError
 from chatcli.messages import int_or_none
 
@@ -93,7 +93,7 @@ class OpenAIBackend(HTTPBackend):
                 done = True
                 break
             try:
-                chunk = orjson.loads(data)
+                chunk = loads_chunk(data)
             except orjson.JSONDecodeError:
                 raise StreamError(f"{self.display_url} sent a malformed chunk: {data[:80]!r}") from None
             if not isinstance(chunk, dict):

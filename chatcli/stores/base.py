@@ -22,6 +22,14 @@ from chatcli.messages import MessageJSON
 from chatcli.search import SearchHit
 from chatcli.snapshot import DamagedFile, SessionSummary, Snapshot
 
+#: the most rows a store is asked for at once: a larger limit is this (every engine's LIMIT takes it)
+MAX_ROWS = 2**31 - 1
+
+
+def rows_limit(limit: int | None) -> int | None:
+    """``limit`` as a store queries it: None (all), or 0 to MAX_ROWS."""
+    return None if limit is None else max(0, min(int(limit), MAX_ROWS))
+
 
 @dataclass(frozen=True)
 class SaveInfo:

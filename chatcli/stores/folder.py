@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from chatcli.clock import utc_now
 from chatcli.errors import SaveError, SessionExists, SessionLocked, SessionNotFound, SnapshotError
+from chatcli.paths import expanded, usable_folder
 from chatcli.search import SearchHit
 from chatcli.snapshot import (
     ID_RE,
@@ -151,11 +152,12 @@ class FolderStore:
     kind = "folder"
 
     def __init__(self, root: Path | str, on_progress: Callable[[int, int], None] | None = None) -> None:
-        self.root = Path(root).expanduser()
+        self.root = expanded(root)
         relative = not self.root.is_absolute() and not str(self.root).startswith(".")
         self.display = f".{os.sep}{self.root}" if relative else str(self.root)  # ./sessions
         self.on_progress = on_progress
         self._index: SessionIndex | None = None
+        usable_folder(self.root, f"the sessions folder {self.display}")
 
     # -- paths -------------------------------------------------------------------------------------------
     def path_for(self, session_id: str, *, trashed: bool = False) -> Path:

@@ -13,10 +13,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chatcli.errors import SessionNotFound, SnapshotError
+from chatcli.errors import SessionNotFound, SnapshotError, StoreError
 from chatcli.search import HIGHLIGHT, SEARCH_WINDOW, SearchHit, search_words, snippet
 from chatcli.snapshot import DamagedFile, SessionSummary, is_turn, summarize
-from chatcli.stores.base import Page
+from chatcli.stores.base import Page, rows_limit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -97,7 +97,13 @@ class SessionIndex:
         self.store.ensure_root()
         for attempt in (1, 2):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError as e:
+                    raise StoreError(
+                        f"cannot use {self.path}, the sessions folder's index ({e.strerror}): it is only a "
+                        f"cache of the session files; move it away and chatcli makes it again"
+                    ) from None
                 os.close(fd)
                 db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -258,7 +264,7 @@ class SessionIndex:
         )
         rows = [
             SessionSummary.from_columns(r, str(path_for(r[0])))
-            for r in db.execute(sql, [*args, -1 if limit is None else limit])
+            for r in db.execute(sql, [*args, -1 if limit is None else rows_limit(limit)])
         ]
         damaged = [
             DamagedFile(str(path_for(r[0])), r[1])
@@ -324,7 +330,7 @@ class SessionIndex:
             f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.content FROM ({sql} ORDER BY "
             f"t.rowid DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?"
         )
-        args += [SEARCH_WINDOW, max(1, limit)]
+        args += [SEARCH_WINDOW, max(1, rows_limit(limit) or 1)]
         return [
             SearchHit(sid, title, turn, role, pos, snippet(content, words))
             for sid, title, turn, role, pos, content in db.execute(sql, args)

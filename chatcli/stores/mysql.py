@@ -90,6 +90,7 @@ class MySQLStore(SQLStore):
     begin_write = "START TRANSACTION"
     begin_read = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
     _for_update = " FOR UPDATE"
+    _if_absent = " ON DUPLICATE KEY UPDATE id = id"  # (0 rows affected: the row was there)
     _title_is = "title = %s COLLATE utf8mb4_bin"
 
     def __init__(

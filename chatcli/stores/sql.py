@@ -24,9 +24,9 @@ does not grow with the length of the session.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from chatcli.clock import utc_now
@@ -40,25 +40,24 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
-from chatcli.messages import MessageJSON
 from chatcli.snapshot import (
     NO_COUNTS,
     Counts,
     Snapshot,
-    is_turn,
-    message_counts,
-    total_of,
     validate_id,
     validate_snapshot,
 )
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.sql_catalog import SQLCatalog
+from chatcli.stores.sql_keepalive import LockKeeper
 from chatcli.stores.sql_rows import (
     COUNT_COLUMNS,
     JSON_FIELDS,
     MESSAGE_COLUMNS,
     MESSAGE_JSON_COLUMNS,
     SESSION_FIELDS,
+    Saved,
+    changes_since,
     message_from_row,
     message_row,
     said,
@@ -67,20 +66,6 @@ from chatcli.stores.sql_rows import (
 )
 from chatcli.stores.sql_schema import SQLSchema
 from chatcli.stores.url import MIN_REDACTED, StoreURL, redact
-
-
-@dataclass
-class _Saved:
-    """What this store knows of a session it loaded or saved: the row's ``version``, the messages as they
-    are in the database (a list of its own; the dicts are not changed in place: a new state replaces one),
-    each message's turn number, the session's counts and title. A save works out the session's new figures
-    from the messages it replaces and the ones it writes alone."""
-
-    version: int
-    messages: list[MessageJSON]
-    turns: list[int]
-    total: Counts
-    title: str | None = None
 
 
 class SQLStore(SQLCatalog, SQLSchema):
@@ -96,6 +81,7 @@ class SQLStore(SQLCatalog, SQLSchema):
     #: cursor); the schema's version is the number of migrations applied
     migrations: Sequence[Sequence[str] | Callable[[Any], None]] = ()
     holds_nul = True  # False: text columns cannot hold NUL (PostgreSQL)
+    locks_on_connection = True  # the session locks die with the connection (False: SQLite's lock files)
     begin_write = "BEGIN"
     begin_read = "BEGIN"
 
@@ -106,9 +92,11 @@ class SQLStore(SQLCatalog, SQLSchema):
         self.timeout = timeout
         self.writer = secrets.token_hex(8)  # this process's mark on the rows it saves
         self._conn: Any = None
-        self._saved: dict[str, _Saved] = {}
+        self._saved: dict[str, Saved] = {}
         self._held: set[str] = set()  # session locks this store holds
         self._lost: set[str] = set()  # locks lost with a connection and taken by someone else since
+        self._mutex = threading.RLock()  # one user of the connection at a time (the keeper is another)
+        self._keeper = LockKeeper(self) if self.locks_on_connection else None
 
     # -- driver hooks (each engine) ------------------------------------------------------------------------
     def _open(self) -> Any:
@@ -189,20 +177,23 @@ class SQLStore(SQLCatalog, SQLSchema):
     def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
         """``fn(cursor)`` on the connection, reconnecting once when the connection turns out to be gone.
         Driver errors leave as StoreUnavailable / StoreError naming the store and ``what`` was done."""
-        for attempt in (1, 2):
-            conn = self._connection()  # first: it says so when the driver is missing
-            errors = self._driver_errors()
-            try:
-                return fn(conn.cursor())
-            except errors as e:
-                if self._is_lost(e):
+        if not self._mutex.acquire(timeout=self.timeout):  # the keeper waits on a database that hangs
+            raise StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
+        try:
+            for attempt in (1, 2):
+                conn = self._connection()  # first: it says so when the driver is missing
+                try:
+                    return fn(conn.cursor())
+                except self._driver_errors() as e:
+                    if not self._is_lost(e):
+                        raise self._failure(e) from None
                     self._drop()
-                    if attempt == 1:
-                        continue
-                    raise StoreUnavailable(
-                        f"the database {self.display} stopped answering while it {what} ({self._said(e)})"
-                    ) from None
-                raise self._failure(e) from None
+                    if attempt == 2:
+                        raise StoreUnavailable(
+                            f"the database {self.display} stopped answering while it {what} ({self._said(e)})"
+                        ) from None
+        finally:
+            self._mutex.release()
         raise AssertionError("unreachable")
 
     @contextmanager
@@ -223,7 +214,24 @@ class SQLStore(SQLCatalog, SQLSchema):
     def _many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         cur.executemany(sql, rows)
 
+    def keep_locks(self) -> bool:
+        """For the LockKeeper: a ``SELECT 1`` that opens a lost connection again, which takes the held locks
+        back (see ``_connection``). False when no lock is held. Never raises."""
+        if not self._held:
+            return False
+        try:
+            self._run("checked its connection", lambda cur: self._x(cur, "SELECT 1"))
+        except Exception:
+            pass  # not answering: the next save says so and keeps the turn in the spool
+        return bool(self._held)
+
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
         if self._conn is not None and self._held:
             try:
                 cur = self._conn.cursor()
@@ -251,18 +259,21 @@ class SQLStore(SQLCatalog, SQLSchema):
             )
         self._held.add(session_id)
         self._lost.discard(session_id)
+        if self._keeper is not None:
+            self._keeper.ensure_running()
         return _Lock(self, session_id)
 
     def _release(self, session_id: str) -> None:
-        if session_id not in self._held:
-            return
-        self._held.discard(session_id)
-        if self._conn is not None and session_id not in self._lost:
-            try:
-                self._unlock(self._conn.cursor(), session_id)
-            except Exception:
-                self._drop()
-        self._lost.discard(session_id)
+        with self._mutex:
+            if session_id not in self._held:
+                return
+            self._held.discard(session_id)
+            if self._conn is not None and session_id not in self._lost:
+                try:
+                    self._unlock(self._conn.cursor(), session_id)
+                except Exception:
+                    self._drop()
+            self._lost.discard(session_id)
 
     # -- reading one session -------------------------------------------------------------------------------
     def location(self, session_id: str, *, trashed: bool = False) -> str:
@@ -319,7 +330,7 @@ class SQLStore(SQLCatalog, SQLSchema):
         header["messages"] = [message_from_row(r) for r in rows]
         snap = validate_snapshot(header, where)
         total = Counts(*(int(v) for v in row[1 + len(SESSION_FIELDS) :]))  # kept up to date by every save
-        self._saved[session_id] = _Saved(
+        self._saved[session_id] = Saved(
             int(row[0]),
             [m.copy() for m in snap["messages"]],  # (the caller's may
             [int(r[1]) for r in rows],
@@ -355,6 +366,13 @@ class SQLStore(SQLCatalog, SQLSchema):
 
     # -- writing -------------------------------------------------------------------------------------------
     def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        return self._save(snapshot, changed_from)
+
+    def _save(
+        self, snapshot: Snapshot, changed_from: int, create: bool = False, deleted_at: str | None = None
+    ) -> SaveInfo:
+        """One save's transaction; with ``create`` the session row is inserted only if no row has its id
+        (SessionExists otherwise: two creators at once never both write), in the trash at ``deleted_at``."""
         sid = validate_id(snapshot["id"])
         if sid in self._lost:
             raise SessionLocked(
@@ -362,29 +380,16 @@ class SQLStore(SQLCatalog, SQLSchema):
                 f"{self.display} was lost; nothing was overwritten"
             )
         state = self._saved.get(sid)
-        messages = snapshot["messages"]
-        n = len(messages)
-        start = 0 if state is None else max(0, min(changed_from, len(state.messages), n))
-        tail = list(messages[start:])
-        turn = state.turns[start - 1] if state is not None and start > 0 else 0
-        turns: list[int] = []
-        counts: list[Counts] = []
-        for m in tail:
-            turn += is_turn(m)
-            turns.append(max(turn, 1))
-            counts.append(message_counts(m))
-        total = (
-            NO_COUNTS
-            if state is None
-            else state.total.minus(total_of([message_counts(m) for m in state.messages[start:]]))
-        )
-        total = total.plus(total_of(counts))
+        n = len(snapshot["messages"])
+        start, tail, turns, total = changes_since(state, snapshot["messages"], changed_from)
         header = session_params(snapshot, total, n, self.holds_nul)
+        if create:
+            header["deleted_at"] = deleted_at
         rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
 
         def write(cur: Any) -> int:
             with self._tx(cur, self.begin_write):
-                version = self._write_session(cur, sid, header, state)
+                version = self._write_session(cur, sid, header, state, create)
                 if rows:
                     self._upsert_messages(cur, rows)
                 if state is None or len(state.messages) > n:
@@ -402,7 +407,7 @@ class SQLStore(SQLCatalog, SQLSchema):
         except SaveError as e:  # a message that cannot be stored at all
             raise SaveError(f"{e} in {self.display}", self.display) from None
         if state is None:
-            state = _Saved(version, [], [], NO_COUNTS)
+            state = Saved(version, [], [], NO_COUNTS)
             self._saved[sid] = state
         state.version = version
         del state.messages[start:], state.turns[start:]
@@ -412,33 +417,30 @@ class SQLStore(SQLCatalog, SQLSchema):
         state.title = snapshot["title"]
         return SaveInfo(location=self.location(sid), size=None, saved_at=utc_now())
 
-    def _write_session(self, cur: Any, sid: str, header: dict[str, Any], state: _Saved | None) -> int:
+    def _write_session(
+        self, cur: Any, sid: str, header: dict[str, Any], state: Saved | None, create: bool = False
+    ) -> int:
         """Write the session row; return its new version. Raises StoreConflict when another writer saved
-        the session since this store last saw it."""
+        the session since this store last saw it; with ``create``, SessionExists when the id is taken."""
         names = list(header)
         sets = ", ".join(f"{self._q(c)} = {self._param(c)}" for c in names)
         values = [header[c] for c in names]
+        cols = ", ".join(self._q(c) for c in ["id", *names, "version", "writer"])
+        marks = ", ".join(["%s", *(self._param(c) for c in names), "%s", "%s"])
+        insert = (f"INSERT INTO chatcli_sessions ({cols}) VALUES ({marks})", [sid, *values, 1, self.writer])
+        if create:
+            if self._x(cur, insert[0] + self._if_absent, insert[1]).rowcount != 1:
+                raise SessionExists(f"a session {sid} already exists in {self.display}; nothing was written")
+            return 1
         if state is None:
-            row = self._x(
-                cur,
-                "SELECT version, deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update,
-                (sid,),
-            ).fetchone()
+            sql = "SELECT version, deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update
+            row = self._x(cur, sql, (sid,)).fetchone()
             if row is None:
-                cols = ", ".join(self._q(c) for c in ["id", *names, "version", "writer"])
-                marks = ", ".join(["%s", *(self._param(c) for c in names), "%s", "%s"])
-                self._x(
-                    cur,
-                    f"INSERT INTO chatcli_sessions ({cols}) VALUES ({marks})",
-                    [sid, *values, 1, self.writer],
-                )
+                self._x(cur, *insert)
                 return 1
             version = int(row[0]) + 1
-            self._x(
-                cur,
-                f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s WHERE id = %s",
-                [*values, version, self.writer, sid],
-            )
+            sql = f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s WHERE id = %s"
+            self._x(cur, sql, [*values, version, self.writer, sid])
             return version
         seen = state.version
         for _ in (1, 2):
@@ -467,24 +469,15 @@ class SQLStore(SQLCatalog, SQLSchema):
         raise StoreConflict(f"session {sid} could not be saved in {self.display}: its version keeps changing")
 
     _for_update = ""  # a row lock on a SELECT inside a write transaction (SQLite locks the database anyway)
+    _if_absent = " ON CONFLICT (id) DO NOTHING"  # an INSERT that leaves a row already there alone
 
     def _param(self, column: str) -> str:
         """The placeholder for a session column (JSON columns may need a cast)."""
         return "%s"
 
     def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
-        sid = validate_id(snapshot["id"])
-
-        def taken(cur: Any) -> bool:
-            return self._x(cur, "SELECT 1 FROM chatcli_sessions WHERE id = %s", (sid,)).fetchone() is not None
-
-        if self._run("looked a session up", taken):
-            raise SessionExists(f"a session {sid} already exists in {self.display}; nothing was written")
-        self._saved.pop(sid, None)
-        info = self.save(snapshot)
-        if trashed:
-            self._set_deleted(sid, utc_now(), expect_live=True)
-        return info
+        self._saved.pop(validate_id(snapshot["id"]), None)
+        return self._save(snapshot, 0, create=True, deleted_at=utc_now() if trashed else None)
 
 
 class _Lock:

@@ -12,7 +12,7 @@ from chatcli.clock import utc_now
 from chatcli.errors import SessionNotFound
 from chatcli.search import SEARCH_WINDOW, SearchHit, search_words, snippet
 from chatcli.snapshot import SessionSummary, validate_id
-from chatcli.stores.base import Page, SessionLock
+from chatcli.stores.base import Page, SessionLock, rows_limit
 
 
 class SQLCatalog:
@@ -117,8 +117,9 @@ class SQLCatalog:
             f"SELECT {', '.join(SessionSummary.COLUMNS)} FROM chatcli_sessions WHERE {where} "
             f"ORDER BY updated_at DESC, id DESC"
         )
+        limit = rows_limit(limit)
         if limit is not None:
-            sql += f" LIMIT {max(0, int(limit))}"
+            sql += f" LIMIT {limit}"
 
         def ask(cur: Any) -> tuple[int, list[Any]]:
             total = self._x(cur, f"SELECT count(*) FROM chatcli_sessions WHERE {where}", args).fetchone()[0]
@@ -173,7 +174,7 @@ class SQLCatalog:
             return []
 
         def ask(cur: Any) -> list[Any]:
-            return self._search_rows(cur, words, role, session_id, max(1, limit))
+            return self._search_rows(cur, words, role, session_id, max(1, rows_limit(limit) or 1))
 
         rows = self._run("searched", ask)
         return [SearchHit(r[0], r[1], int(r[2]), r[3], int(r[4]), snippet(r[5], words)) for r in rows]

@@ -3,19 +3,30 @@
 A column that is NULL means the key is absent from the snapshot; a value that does not fit its column's
 type is kept in the row's ``extra`` JSON, so a record read back equals the one written. On an engine whose
 text cannot hold NUL (PostgreSQL) a record holding NUL is kept whole, base64-encoded, in ``extra``, and its
-columns hold U+FFFD instead. No I/O here.
+columns hold the text without it (as every view shows it: see ``render.sanitize``). No I/O here.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from chatcli.errors import SaveError
-from chatcli.snapshot import FORMAT, Counts, Snapshot, valid_unicode
+from chatcli.messages import MessageJSON
+from chatcli.snapshot import (
+    FORMAT,
+    NO_COUNTS,
+    Counts,
+    Snapshot,
+    is_turn,
+    message_counts,
+    total_of,
+    valid_unicode,
+)
 
 #: message keys kept in text columns (NULL = absent), then in JSON columns
 MESSAGE_TEXT = ("created_at", "status", "finish_reason", "model", "error", "dropped")
@@ -46,6 +57,44 @@ _COLUMN_KEYS = frozenset({"format", "version", "id", "messages", *SESSION_FIELDS
     "format_version",
 }
 _B64 = "$chatcli_b64"  # an extra holding the whole record, for text a column cannot hold (NUL on PostgreSQL)
+
+
+@dataclass
+class Saved:
+    """What a store knows of a session it loaded or saved: the row's ``version``, the messages as they
+    are in the database (a list of its own; the dicts are not changed in place: a new state replaces one),
+    each message's turn number, the session's counts and title. A save works out the session's new figures
+    from the messages it replaces and the ones it writes alone."""
+
+    version: int
+    messages: list[MessageJSON]
+    turns: list[int]
+    total: Counts
+    title: str | None = None
+
+
+def changes_since(
+    state: Saved | None, messages: Sequence[MessageJSON], changed_from: int
+) -> tuple[int, list[MessageJSON], list[int], Counts]:
+    """What a save writes over ``state`` (None: nothing of the session is known here, all is written):
+    (the first message written, those messages, their turn numbers, the session's new counts). Messages
+    before ``changed_from`` are as in ``state``."""
+    n = len(messages)
+    start = 0 if state is None else max(0, min(changed_from, len(state.messages), n))
+    tail = list(messages[start:])
+    turn = state.turns[start - 1] if state is not None and start > 0 else 0
+    turns: list[int] = []
+    counts: list[Counts] = []
+    for m in tail:
+        turn += is_turn(m)
+        turns.append(max(turn, 1))
+        counts.append(message_counts(m))
+    before = (
+        NO_COUNTS
+        if state is None
+        else state.total.minus(total_of([message_counts(m) for m in state.messages[start:]]))
+    )
+    return start, tail, turns, before.plus(total_of(counts))
 
 
 def session_params(snap: Snapshot, total: Counts, rows: int, holds_nul: bool = True) -> dict[str, Any]:
@@ -245,9 +294,9 @@ def _has_nul(value: Any) -> bool:
 
 
 def _clean(text: Any) -> Any:
-    """Text a column can hold: NUL as U+FFFD (the exact text is kept in ``extra``)."""
+    """Text a column can hold: without NUL, as every view shows it (the exact text is kept in ``extra``)."""
     if isinstance(text, str):
-        return _clean_surrogates(text.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd"))
+        return _clean_surrogates(text.replace("\x00", "").replace("\\u0000", ""))
     return text
 
 

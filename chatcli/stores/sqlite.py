@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
+from chatcli.paths import expanded
 from chatcli.snapshot import Snapshot
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
@@ -79,11 +80,12 @@ class SQLiteStore(SQLStore):
 
     kind = "sqlite"
     migrations = (_TABLES, _SEARCH)
+    locks_on_connection = False  # lock files: nothing to keep alive
     begin_write = "BEGIN IMMEDIATE"
     begin_read = "BEGIN"
 
     def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
-        self.path = Path(path).expanduser()
+        self.path = expanded(path)
         super().__init__(StoreURL("sqlite", path=self.path), timeout)
         self.lock_dir = self.path.parent / (self.path.name + ".locks")
         self._files: dict[str, FileLock] = {}
@@ -124,11 +126,13 @@ class SQLiteStore(SQLStore):
             raise self._failure(e) from None
         return conn
 
-    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+    def _save(
+        self, snapshot: Snapshot, changed_from: int, create: bool = False, deleted_at: str | None = None
+    ) -> SaveInfo:
         if self._in_memory:  # the first save: from now on the database is the file
             self._make = True
             self._drop()
-        return super().save(snapshot, changed_from=changed_from, checkpoint=checkpoint)
+        return super()._save(snapshot, changed_from, create, deleted_at)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
@@ -181,7 +185,7 @@ class SQLiteStore(SQLStore):
         self._held.discard(session_id)
         self._unlock(None, session_id)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for sid in list(self._files):
             self._unlock(None, sid)
         self._held.clear()

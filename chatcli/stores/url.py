@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from chatcli.errors import ConfigError
+from chatcli.paths import expanded
 
 #: URL schemes and the engine each names
 SCHEMES = {
@@ -199,7 +200,7 @@ def parse_store(name: str | Path) -> StoreURL:
     if not text:
         raise ConfigError("the store is empty: give a folder path or a URL such as sqlite:///path/chats.db")
     if "://" not in text:
-        return StoreURL("folder", path=Path(text).expanduser())
+        return StoreURL("folder", path=expanded(text))
     scheme, rest = text.split("://", 1)
     kind = SCHEMES.get(scheme.lower())
     if kind is None:
@@ -218,7 +219,7 @@ def _sqlite(text: str, rest: str) -> StoreURL:
     path = unquote(path)
     if not path or path.endswith("/") or "\x00" in path:
         raise ConfigError(f"{text!r} names no database file: use sqlite:///path/to/chats.db")
-    return StoreURL("sqlite", path=Path(path).expanduser())
+    return StoreURL("sqlite", path=expanded(path))
 
 
 def _server(scheme: str, kind: str, rest: str) -> StoreURL:

@@ -101,6 +101,8 @@ PAYLOADS = [
     "\x90evil\x9c",  # 8-bit DCS ... ST
     "\x1b[31;1;4m",  # colours
     "\x1b",  # a lone ESC
+    "\u202eevil.exe\u202c",  # a right-to-left override: text that reads otherwise than it is
+    "\u2066isolated\u2069",  # a bidi isolate
 ]
 # byte sequences that must never reach the terminal (chatcli's own UI never sends these)
 FORBIDDEN = [
@@ -116,6 +118,8 @@ FORBIDDEN = [
     b"\xc2\x90",
     b"\xc2\x9c",
     b"\x1b[31;1;4m",
+    "\u202e".encode(),
+    "\u2066".encode(),
 ]
 
 
@@ -272,7 +276,7 @@ def test_control_sequences_are_stored_raw_and_never_shown_raw_through_a_pipe(
     child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
 ) -> None:
     tokens, raw = _payload_reply()
-    title = "\x1b]0;PWNED-TITLE\x07first \x9b31m message"
+    title = "\x1b]0;PWNED-TITLE\x07first \x9b31m \u202emessage"
     fake_llm.enqueue(
         Reply(tokens=tokens),
         Reply(status=500, error_message="boom \x1b]0;PWNED-TITLE\x07\x1b[2J"),

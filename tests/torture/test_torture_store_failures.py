@@ -243,3 +243,46 @@ def test_a_non_ascii_mariadb_password_works_as_the_mariadb_client_sends_it(
     assert cli("list", "--store", raw).ok.startswith("No sessions yet")
     monkeypatch.setenv("MYSQL_PWD", "pé-ß-пароль")
     assert cli("list", "--store", raw.replace(":pé-ß-пароль@", "@")).ok.startswith("No sessions yet")
+
+
+# -- a lost connection while the REPL waits ----------------------------------------------------------------
+def _drop_connections(engine: str, srv: Any, url: str) -> int:
+    """The server ends every connection to the database of ``url`` (a restart or a proxy would); the
+    session locks held on them go with them. Returns how many it ended."""
+    db = url.rsplit("/", 1)[1]
+    if engine == "postgresql":
+        row = srv._sql(
+            ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (db,))
+        )
+        return int(row[0])
+    conn = srv._connect(srv.admin_user, srv.superuser_password, "", 10)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s", (db,))
+        ids = [r[0] for r in cur.fetchall()]
+        for i in ids:
+            cur.execute(f"KILL {int(i)}")
+    return len(ids)
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+def test_a_lost_connection_takes_the_session_lock_back_at_once(
+    engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
+) -> None:
+    from chatcli.stores.sql_keepalive import LockKeeper
+
+    chat = Chat(["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1", "--store", store_spec], child_env)
+    turns = Turns(chat)
+    turns.turn("mine")
+    st = opened(store_spec)
+    (sid,) = st.ids()
+    st.close()
+    assert _drop_connections(engine, server, store_spec) >= 1
+    time.sleep(LockKeeper.interval + 2)  # the REPL sits at its prompt meanwhile
+    r = Chat(["-m", "chatcli", "delete", "--purge", "--yes", sid, "--store", store_spec], child_env)
+    assert r.wait() == 1 and "is open in another chatcli" in r.text("err"), r.text("err")
+    out, err = turns.turn("still mine")
+    assert "Echo: still mine" in out and err == "", err
+    chat.close_stdin()
+    assert chat.wait() == 0, chat.text("err")
+    assert contents(store_spec) == ["mine", "Echo: mine", "still mine", "Echo: still mine"]
+    figure("store failures", f"{engine}: lock taken back after a lost connection, purge refused", "yes")
