@@ -33,6 +33,7 @@ from chatcli.snapshot import (
     resolve,
     shown,
     title_from,
+    valid_unicode,
     validate_snapshot,
 )
 from chatcli.text import count
@@ -151,7 +152,9 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        data = _try_jsonl(raw, path)
+        data = _standard_json(raw)  # numbers beyond 64 bits, lone surrogates: JSON orjson does not take
+        if data is None:
+            data = _try_jsonl(raw, path)
     kind = "chatcli session"
     if isinstance(data, dict) and data.get("format") == "chatcli.spool":
         data, kind = data.get("snapshot"), SPOOLED
@@ -214,6 +217,16 @@ def _check_import(snap: Snapshot, path: Path) -> None:
             raise ImportFileError(
                 f"{path}: message {i} has token counts that are not counts: {usage!r}"[:300]
             )
+
+
+def _standard_json(raw: bytes) -> Any:
+    """``raw`` read by the standard library's JSON reader (None when that fails too)."""
+    import json
+
+    try:
+        return valid_unicode(json.loads(raw))
+    except ValueError:
+        return None
 
 
 def _try_jsonl(raw: bytes, path: Path) -> Any:

@@ -270,7 +270,9 @@ def test_a_lost_connection_takes_the_session_lock_back_at_once(
 ) -> None:
     from chatcli.stores.sql_keepalive import LockKeeper
 
-    chat = Chat(["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1", "--store", store_spec], child_env)
+    chat = Chat(
+        ["-m", "chatcli", "new", "--base-url", fake_llm.url + "/v1", "--store", store_spec], child_env
+    )
     turns = Turns(chat)
     turns.turn("mine")
     st = opened(store_spec)
