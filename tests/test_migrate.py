@@ -22,6 +22,7 @@ from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import MESSAGE_COLUMNS, message_row, session_params
+from chatcli.stores.sql_schema import MIGRATION_NAMES
 
 from test_stores import ODD, A, B, C, put, snap
 
@@ -138,8 +139,9 @@ def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
 
 
 # -- the schema ----------------------------------------------------------------------------------------------
-def write_as_first_schema(store: SQLStore, s: dict[str, Any]) -> None:
-    """Rows as a chatcli with schema 1 (no search index yet) wrote them."""
+def write_as_first_schema(store: SQLStore, s: dict[str, Any], upto: int = 1) -> None:
+    """Rows as a chatcli with schema ``upto`` wrote them: 1 had no search index yet, 2 the engines' own
+    full-text search (SQLite's triggers index the rows as they go in)."""
     total = NO_COUNTS
     for m in s["messages"]:
         total = total.plus(message_counts(m))
@@ -171,11 +173,11 @@ def write_as_first_schema(store: SQLStore, s: dict[str, Any]) -> None:
 
     conn = store._open()
     try:
-        store._migrate(conn, upto=1)
+        store._migrate(conn, upto=upto)
         cur = conn.cursor()
         with store._tx(cur, store.begin_write):
             insert(cur)
-        assert store.schema_version(cur) == 1
+        assert store.schema_version(cur) == upto
     finally:
         conn.close()
 
@@ -183,7 +185,7 @@ def write_as_first_schema(store: SQLStore, s: dict[str, Any]) -> None:
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> None:
     old = opened(store_spec)
-    assert isinstance(old, SQLStore) and len(old.migrations) == 2
+    assert isinstance(old, SQLStore) and len(old.migrations) == 3
     write_as_first_schema(old, copy.deepcopy(ODD))
     write_as_first_schema(old, snap(B, title="Roman history", turns=[("Who founded Rome?", "Romulus.")]))
     st = opened(store_spec)  # the current chatcli: the missing migration runs on first use
@@ -195,7 +197,32 @@ def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> N
         assert isinstance(st, SQLStore)
         conn = st._connection()
         versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-        assert [int(v[0]) for v in versions] == [1, 2]
+        assert [int(v[0]) for v in versions] == [1, 2, 3]
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_database_of_todays_release_is_indexed_again_by_chatclis_words(store_spec: str) -> None:
+    old = opened(store_spec)
+    assert isinstance(old, SQLStore) and [name for name, _ in old.migrations] == list(MIGRATION_NAMES)
+    turns = [("안녕하세요 친구", "हिंदी भाषा"), ("がぎぐ ＡＢＣ", "foo_bar x.y")]
+    write_as_first_schema(old, snap(A, title="Ελληνικά ΆΛΦΑ", turns=turns), upto=2)
+    st = opened(store_spec)  # "search words" runs on first use
+    try:
+        for query, role in [
+            ("안녕", "user"),
+            ("हिंदी", "assistant"),
+            ("ぎぐ", "user"),
+            ("abc", "user"),
+            ("bar", "assistant"),
+            ("y", "assistant"),
+            ("αλφα", "title"),
+        ]:
+            assert [(h.session_id, h.role) for h in st.search(query)] == [(A, role)], query
+        conn = st._connection()
+        versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
+        assert [int(v[0]) for v in versions] == [1, 2, 3]
     finally:
         st.close()
 
@@ -237,5 +264,5 @@ def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
     st = opened(store_spec)
     assert isinstance(st, SQLStore)
     rows = st._x(st._connection().cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-    assert [int(v[0]) for v in rows] == [1, 2]
+    assert [int(v[0]) for v in rows] == [1, 2, 3]
     st.close()

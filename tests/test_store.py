@@ -20,6 +20,7 @@ from chatcli.errors import (
     AmbiguousSessionId,
     InvalidSessionId,
     SaveError,
+    StoreError,
     SessionLocked,
     SessionNotFound,
     SnapshotError,
@@ -155,13 +156,19 @@ def test_failed_first_save_says_nothing_was_written(
     assert not (root / f"{ID_A}.json").exists() and tmp_files(root) == []
 
 
-def test_save_into_an_impossible_folder_raises_save_error(tmp_path: Path) -> None:
+def test_an_impossible_folder_is_refused_when_the_store_is_opened(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    store = FolderStore(blocker / "sessions")
-    with pytest.raises(SaveError) as info:
+    with pytest.raises(StoreError) as info:  # before anything is read or written
+        FolderStore(blocker / "sessions")
+    assert str(info.value) == f"cannot use the sessions folder {blocker / 'sessions'}: Not a directory"
+    with pytest.raises(StoreError, match="it is a file, not a folder"):
+        FolderStore(blocker)
+    store = FolderStore(tmp_path / "ok")
+    (tmp_path / "ok").write_text("made a file after the store was opened")
+    with pytest.raises(SaveError) as saving:
         store.save(snapshot(ID_A))
-    assert str(blocker / "sessions") in str(info.value)
+    assert str(tmp_path / "ok") in str(saving.value)
 
 
 def test_save_refuses_a_hostile_id_in_the_snapshot(store: FolderStore, root: Path) -> None:

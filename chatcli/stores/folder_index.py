@@ -1,9 +1,10 @@
 """A cache of the sessions folder for fast ``list`` and ``search``: ``<sessions>/.index.sqlite``.
 
 The JSON snapshots stay the source of truth. The index holds one row per snapshot (its summary and the
-file's size and mtime) and every message's text in an SQLite FTS5 table. Before each use it is brought up
-to date by one ``scandir`` of the folder: files whose size or mtime changed are read again, vanished files
-are dropped. Deleting the index (or finding it damaged) loses nothing: it is rebuilt from the files.
+file's size and mtime) and every message's text with its words (chatcli.search) in an SQLite FTS5 table.
+Before each use it is brought up to date by one ``scandir`` of the folder: files whose size or mtime
+changed are read again, vanished files are dropped. Deleting the index (or finding it damaged) loses
+nothing: it is rebuilt from the files.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcli.errors import SessionNotFound, SnapshotError, StoreError
-from chatcli.search import HIGHLIGHT, SEARCH_WINDOW, SearchHit, search_words, snippet
+from chatcli.search import HIGHLIGHT, SEARCH_WINDOW, SearchHit, index_text, search_words, snippet
 from chatcli.snapshot import DamagedFile, SessionSummary, is_turn, summarize
 from chatcli.stores.base import Page, rows_limit
 
@@ -48,9 +49,9 @@ class Files(Protocol):
 
 
 INDEX_NAME = ".index.sqlite"
-SCHEMA_VERSION = (
-    3  # 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones
-)
+#: 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones; 4: the
+#: words of chatcli.search, with FTS5's ascii tokenizer (each word whole)
+SCHEMA_VERSION = 4
 #: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
 #: deletes one rowid range (an FTS5 UNINDEXED column cannot be searched without reading the whole table)
 _ROWS_SHIFT = 24
@@ -66,8 +67,8 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_updated ON files(updated_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(
-    content, session_id UNINDEXED, turn UNINDEXED, role UNINDEXED, position UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2'
+    words, content UNINDEXED, session_id UNINDEXED, turn UNINDEXED, role UNINDEXED, position UNINDEXED,
+    tokenize = 'ascii'
 );
 """
 
@@ -215,16 +216,18 @@ class SessionIndex:
             ),
         )
         first = (cursor.lastrowid or 0) << _ROWS_SHIFT
-        rows: list[tuple[int, str, str, int, str, int]] = []
+        rows: list[tuple[int, str, str, str, int, str, int]] = []
         if snap["title"]:
-            rows.append((first, snap["title"], sid, 0, "title", -1))
+            rows.append((first, index_text(snap["title"]), snap["title"], sid, 0, "title", -1))
         turn = 0
         for i, m in enumerate(snap["messages"]):
             turn += is_turn(m)
             if m["content"]:
-                rows.append((first + len(rows), m["content"], sid, max(turn, 1), m["role"], i))
+                text = m["content"]
+                rows.append((first + len(rows), index_text(text), text, sid, max(turn, 1), m["role"], i))
         db.executemany(
-            "INSERT INTO texts (rowid, content, session_id, turn, role, position) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO texts (rowid, words, content, session_id, turn, role, position) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows[: 1 << _ROWS_SHIFT],
         )
 
@@ -328,7 +331,8 @@ class SessionIndex:
             args.append(session_id)
         sql = (
             f"SELECT b.session_id, f.title, b.turn, b.role, b.position, b.content FROM ({sql} ORDER BY "
-            f"t.rowid DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id ORDER BY b.score LIMIT ?"
+            f"t.rowid DESC LIMIT ?) AS b JOIN files f ON f.id = b.session_id "
+            f"ORDER BY b.score, b.session_id DESC, b.position LIMIT ?"
         )
         args += [SEARCH_WINDOW, max(1, rows_limit(limit) or 1)]
         return [

@@ -3,9 +3,10 @@
 The password comes from the URL, ``MYSQL_PWD``, or (at a terminal) a prompt. Tables are InnoDB, utf8mb4;
 ids and timestamps are ASCII with binary collation (exact, case-sensitive, sortable). A session's writer
 lock is ``GET_LOCK(name, 0)`` on the store's connection, released by the server when the connection ends.
-Search uses InnoDB FULLTEXT indexes in BOOLEAN MODE (``+word*``), built with an empty stopword list; words
-shorter than ``innodb_ft_min_token_size`` (3 by default) are not in the index and are matched with REGEXP at
-the start of a word instead (case and Latin accents ignored, after a LIKE that narrows the rows down).
+Search uses InnoDB FULLTEXT indexes in BOOLEAN MODE (``+word*``) over columns holding the words
+chatcli.search cuts the text into, each spelled in ASCII (``search.mysql_text``), so InnoDB's own parser,
+its minimum word length and its collation change nothing; a word spelled shorter than a server's
+``innodb_ft_min_token_size`` is matched at the start of a word with LIKE instead.
 MySQL 8.0 or MariaDB 10.6 and newer.
 """
 
@@ -17,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
-from chatcli.search import fold, word_share
+from chatcli.search import mysql_text, mysql_word, tie_break, word_share
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_rows import MESSAGE_COLUMNS
+from chatcli.stores.sql_schema import refill
 from chatcli.stores.url import StoreURL
 
 BIG = 100_000  # messages (by ``mid``) from which a search first checks how frequent its words are
@@ -49,34 +51,46 @@ _TABLES = [
 ]
 
 
-def accents_ignored(word: str) -> str:
-    """A REGEXP for a folded word that also matches its letters with Latin accents (``elan`` ->
-    ``[eÈÉÊË...]lan``); case is left to the ``(?i)`` flag."""
-    return "".join(f"[{c}{_ACCENTED[c]}]" if c in _ACCENTED else c for c in word)
-
-
-def _accented() -> dict[str, str]:
-    letters: dict[str, str] = {}
-    for point in range(0xC0, 0x250):  # Latin-1 Supplement and Latin Extended-A and -B
-        ch = chr(point)
-        plain = fold(ch)
-        if len(plain) == 1 and plain.isascii() and plain.isalpha() and ch != plain:
-            letters[plain] = letters.get(plain, "") + ch
-    return letters
-
-
-_ACCENTED = _accented()
-
-
 def _add_search(cur: Any) -> None:
     """Schema 2: FULLTEXT indexes on message text and titles, with no stopwords (an empty stopword table
     named before the indexes are built; InnoDB keeps that choice with each index)."""
     cur.execute("CREATE TABLE chatcli_ft_stopwords (value VARCHAR(30)) ENGINE=InnoDB")
+    _no_stopwords(cur)
+    cur.execute("ALTER TABLE chatcli_messages ADD FULLTEXT INDEX chatcli_messages_ft (content)")
+    cur.execute("ALTER TABLE chatcli_sessions ADD FULLTEXT INDEX chatcli_sessions_ft (title)")
+
+
+def _no_stopwords(cur: Any) -> None:
     cur.execute("SELECT DATABASE()")
     database = cur.fetchone()[0]
     cur.execute("SET SESSION innodb_ft_user_stopword_table = %s", (f"{database}/chatcli_ft_stopwords",))
-    cur.execute("ALTER TABLE chatcli_messages ADD FULLTEXT INDEX chatcli_messages_ft (content)")
-    cur.execute("ALTER TABLE chatcli_sessions ADD FULLTEXT INDEX chatcli_sessions_ft (title)")
+
+
+def _search_words(cur: Any) -> None:
+    """Schema 3, "search words": columns of the words chatcli.search cuts each message and title into
+    (``search.mysql_text``), filled, and the FULLTEXT indexes moved onto them."""
+    cur.execute("ALTER TABLE chatcli_messages ADD COLUMN words LONGTEXT")
+    cur.execute("ALTER TABLE chatcli_sessions ADD COLUMN title_words LONGTEXT")
+    refill(
+        cur,
+        "SELECT mid, content, NULL FROM chatcli_messages WHERE mid > %s ORDER BY mid LIMIT 500",
+        "UPDATE chatcli_messages SET words = %s WHERE mid = %s",
+        mysql_text,
+        first=-1,
+    )
+    refill(
+        cur,
+        "SELECT id, title, NULL FROM chatcli_sessions WHERE id > %s ORDER BY id LIMIT 500",
+        "UPDATE chatcli_sessions SET title_words = %s WHERE id = %s",
+        mysql_text,
+        first="",
+    )
+    _no_stopwords(cur)
+    for table, old, new, column in (
+        ("chatcli_messages", "chatcli_messages_ft", "chatcli_words_ft", "words"),
+        ("chatcli_sessions", "chatcli_sessions_ft", "chatcli_title_words_ft", "title_words"),
+    ):
+        cur.execute(f"ALTER TABLE {table} DROP INDEX {old}, ADD FULLTEXT INDEX {new} ({column})")
 
 
 class MySQLStore(SQLStore):
@@ -86,7 +100,7 @@ class MySQLStore(SQLStore):
     is sent as UTF-8 bytes, as the ``mariadb`` client sends it (PyMySQL would encode a str as latin-1)."""
 
     kind = "mysql"
-    migrations = (_TABLES, _add_search)
+    migrations = (("tables", _TABLES), ("search", _add_search), ("search words", _search_words))
     begin_write = "START TRANSACTION"
     begin_read = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
     _for_update = " FOR UPDATE"
@@ -226,15 +240,18 @@ class MySQLStore(SQLStore):
         cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name("#schema"),))
 
     # -- rows ----------------------------------------------------------------------------------------------
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        cols = ["session_id", *MESSAGE_COLUMNS]
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
+        cols = ["session_id", *MESSAGE_COLUMNS, "words"]
         quoted = [f"`{c}`" for c in cols]
         updates = ", ".join(f"{q} = VALUES({q})" for q in quoted[2:])
         cur.executemany(
             f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
             f"ON DUPLICATE KEY UPDATE {updates}",
-            rows,
+            [(*r, w) for r, w in zip(rows, searched, strict=True)],
         )
+
+    def _searched(self, text: str) -> str:
+        return mysql_text(text)
 
     def _q(self, column: str) -> str:
         return f"`{column}`"
@@ -250,14 +267,16 @@ class MySQLStore(SQLStore):
             found += self._messages(cur, words, role, session_id, limit)
         if role in (None, "title"):
             found += self._titles(cur, words, session_id, limit)
-        found.sort(key=lambda sr: -sr[0])
+        found.sort(key=lambda sr: (-sr[0], tie_break(sr[1][0], sr[1][4])))
         return [r for _, r in found[:limit]]
 
     def _match(self, column: str, words: list[str]) -> tuple[list[str], list[Any], str, list[Any]]:
-        """WHERE conditions and their parameters for ``words`` in ``column``, and the score expression
-        with its parameters: FULLTEXT for the words the index holds, REGEXP for the shorter ones."""
-        long = [w for w in words if len(w) >= self.min_token]
-        conditions, args = self._regexps(column, [w for w in words if len(w) < self.min_token])
+        """WHERE conditions and their parameters for ``words`` in the words ``column``, and the score
+        expression with its parameters: FULLTEXT for the words long enough for the server's index, LIKE at
+        the start of a word for the others."""
+        spelled = [mysql_word(w) for w in words]
+        long = [w for w in spelled if len(w) >= self.min_token]
+        conditions, args = self._likes(column, [w for w in spelled if len(w) < self.min_token])
         if not long:
             return conditions, args, "0", []
         against = " ".join(f"+{w}*" for w in long)
@@ -269,29 +288,26 @@ class MySQLStore(SQLStore):
         )
 
     @staticmethod
-    def _regexps(column: str, words: list[str]) -> tuple[list[str], list[Any]]:
-        """``words`` at the start of a word of ``column``, by REGEXP; a LIKE on each first (several times
-        faster, and never false where the REGEXP is true: the column's collation ignores case and accents)."""
-        likes = [f"{column} LIKE %s" for _ in words]
-        return likes + [f"{column} REGEXP %s" for _ in words], [f"%{w}%" for w in words] + [
-            f"(?i)(^|[^[:alnum:]]){accents_ignored(w)}" for w in words
-        ]
+    def _likes(column: str, spelled: list[str]) -> tuple[list[str], list[Any]]:
+        """Each (spelled) word at the start of a word of the words ``column``: every word there follows a
+        space."""
+        return [f"{column} LIKE %s" for _ in spelled], [f"% {w}%" for w in spelled]
 
     def _messages(
         self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
     ) -> list[tuple[float, tuple[Any, ...]]]:
         """Matching messages, best first. InnoDB reads every match of a FULLTEXT query, which takes seconds
         for a word in most of a million messages: so the newest messages are sampled first, and a word found
-        in a large share of them (FREQUENT) is looked for newest first with REGEXP instead, until ``window``
+        in a large share of them (FREQUENT) is looked for newest first with LIKE instead, until ``window``
         matches; the older rest, if needed, by FULLTEXT."""
         filters = [(c, v) for c, v in (("m.role = %s", role), ("m.session_id = %s", session_id)) if v]
-        where, args = self._regexps("m.content", words)
+        where, args = self._likes("m.words", [mysql_word(w) for w in words])
         cur.execute("SELECT COALESCE(MAX(mid), 0) + 1 FROM chatcli_messages")
         high = int(cur.fetchone()[0])
         if high < BIG:
             return self._indexed(cur, words, filters, None, limit)
         cur.execute(
-            f"SELECT count(*), sum({' AND '.join(where)}) FROM (SELECT content FROM chatcli_messages "
+            f"SELECT count(*), sum({' AND '.join(where)}) FROM (SELECT words FROM chatcli_messages "
             f"ORDER BY mid DESC LIMIT {SAMPLE}) m",
             args,
         )
@@ -318,14 +334,15 @@ class MySQLStore(SQLStore):
     ) -> list[tuple[float, tuple[Any, ...]]]:
         """The FULLTEXT query: the ``window`` most recent matches (older than ``below``, when given), best
         first."""
-        where, args, score, score_args = self._match("m.content", words)
+        where, args, score, score_args = self._match("m.words", words)
         where += [c for c, _ in filters] + (["m.mid < %s"] if below is not None else [])
         args += [v for _, v in filters] + ([below] if below is not None else [])
         cur.execute(
             f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ("
             f"SELECT m.session_id, m.turn, m.role, m.idx, m.content, {score} AS score FROM chatcli_messages m "
             f"WHERE {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s "
-            f"ON s.id = h.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC LIMIT %s",
+            f"ON s.id = h.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC, h.session_id DESC, h.idx "
+            f"LIMIT %s",
             [*score_args, *args, self.window, limit],
         )
         return [(float(r[0]), tuple(r[1:])) for r in cur.fetchall()]
@@ -333,14 +350,14 @@ class MySQLStore(SQLStore):
     def _titles(
         self, cur: Any, words: list[str], session_id: str | None, limit: int
     ) -> list[tuple[float, tuple[Any, ...]]]:
-        where, args, score, score_args = self._match("s.title", words)
+        where, args, score, score_args = self._match("s.title_words", words)
         where.append("s.deleted_at IS NULL")
         if session_id:
             where.append("s.id = %s")
             args.append(session_id)
         cur.execute(
             f"SELECT {score}, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s "
-            f"WHERE {' AND '.join(where)} ORDER BY 1 DESC LIMIT %s",
+            f"WHERE {' AND '.join(where)} ORDER BY 1 DESC, s.id DESC LIMIT %s",
             [*score_args, *args, limit],
         )
         return [(float(r[0]), r[1:]) for r in cur.fetchall()]

@@ -3,9 +3,9 @@
 The URL is a libpq connection URI, so libpq's own ways of finding a password work: the URL itself,
 ``PGPASSWORD``, ``~/.pgpass``; at a terminal chatcli asks when none is found. JSON columns are ``jsonb``.
 A session's writer lock is ``pg_try_advisory_lock`` on the store's connection: the server releases it when
-the connection ends, however chatcli ends. Search uses ``tsvector`` columns with GIN indexes built with the
-``simple`` configuration (no stemming, no stopwords) from the text with accents removed, queried with
-``to_tsquery`` prefixes (``word:*``). PostgreSQL 12 or newer.
+the connection ends, however chatcli ends. Search uses ``tsvector`` columns with GIN indexes, made from the
+words chatcli.search cuts the text into (no text search configuration, no parser: the words as they are),
+queried with ``tsquery`` prefixes (``'word':*``). PostgreSQL 12 or newer.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
-from chatcli.search import fold
+from chatcli.search import tie_break, tsquery, tsvector
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, MESSAGE_JSON_COLUMNS
+from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, MESSAGE_JSON_COLUMNS, exact_text
+from chatcli.stores.sql_schema import refill
 from chatcli.stores.url import StoreURL
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
-INDEXED_CHARS = 250_000  # a tsvector holds at most 1 MB: longer messages are searched in their start
 
 _TABLES = [
     "CREATE TABLE chatcli_schema (version integer PRIMARY KEY, applied_at text NOT NULL)",
@@ -47,22 +47,32 @@ _TABLES = [
 
 
 def _add_search(cur: Any) -> None:
-    """Schema 2: full-text search. Adds the tsvector columns, fills them for rows already there (from the
-    text with accents removed, so it is done here rather than in SQL) and builds the GIN indexes."""
+    """Schema 2: full-text search, the tsvector columns and their GIN indexes (filled by schema 3)."""
     cur.execute("ALTER TABLE chatcli_messages ADD COLUMN tsv tsvector")
     cur.execute("ALTER TABLE chatcli_sessions ADD COLUMN title_tsv tsvector")
-    for table, key, column, target in (
-        ("chatcli_messages", "session_id, idx", "content", "tsv"),
-        ("chatcli_sessions", "id", "title", "title_tsv"),
-    ):
-        rows = cur.execute(f"SELECT {key}, {column} FROM {table}").fetchall()
-        where = " AND ".join(f"{k.strip()} = %s" for k in key.split(","))
-        cur.executemany(
-            f"UPDATE {table} SET {target} = to_tsvector('simple', %s) WHERE {where}",
-            [(search_text(r[-1]), *r[:-1]) for r in rows],
-        )
     cur.execute("CREATE INDEX chatcli_messages_tsv ON chatcli_messages USING gin (tsv)")
     cur.execute("CREATE INDEX chatcli_sessions_title_tsv ON chatcli_sessions USING gin (title_tsv)")
+
+
+def _search_words(cur: Any) -> None:
+    """Schema 3, "search words": the tsvector columns rebuilt from chatcli's definition of a word (the
+    text as it is, NUL and all: a row's column may hold a cleaned copy, the exact text is in ``extra``)."""
+    refill(
+        cur,
+        "SELECT mid, content, extra::text FROM chatcli_messages WHERE mid > %s ORDER BY mid LIMIT 500",
+        "UPDATE chatcli_messages SET tsv = %s::tsvector WHERE mid = %s",
+        tsvector,
+        first=-1,
+        exact=lambda text, extra: exact_text(text, extra, "content"),
+    )
+    refill(
+        cur,
+        'SELECT id, title, extra::text FROM chatcli_sessions WHERE id > %s COLLATE "C" ORDER BY id LIMIT 500',
+        "UPDATE chatcli_sessions SET title_tsv = %s::tsvector WHERE id = %s",
+        tsvector,
+        first="",
+        exact=lambda text, extra: exact_text(text, extra, "title"),
+    )
 
 
 def _libpq_reason(e: BaseException) -> str:
@@ -72,24 +82,13 @@ def _libpq_reason(e: BaseException) -> str:
     return first.rsplit("failed: ", 1)[-1].strip() or first
 
 
-def search_text(text: str) -> str:
-    """What the index is built from: the text folded (lower case, no accents), NUL removed, cut to
-    INDEXED_CHARS."""
-    return fold(text[:INDEXED_CHARS]).replace("\x00", " ")
-
-
-def tsquery(words: list[str]) -> str:
-    """``[rome, emp]`` -> ``'rome':* & 'emp':*`` (the words hold only letters and digits)."""
-    return " & ".join(f"'{w}':*" for w in words)
-
-
 class PostgreSQLStore(SQLStore):
     """Sessions in a PostgreSQL database. ``url`` is the parsed store URL (its password, if it has one, is
     only handed to libpq, as a keyword: never in a URI libpq might quote back). ``ask_password(prompt)`` is
     called when the server wants a password and none was found (None: do not ask)."""
 
     kind = "postgresql"
-    migrations = (_TABLES, _add_search)
+    migrations = (("tables", _TABLES), ("search", _add_search), ("search words", _search_words))
     holds_nul = False  # text and jsonb cannot hold NUL: such records are kept whole in extra
     begin_write = "BEGIN"
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -233,22 +232,20 @@ class PostgreSQLStore(SQLStore):
     def _out(self, column: str) -> str:
         return f"{column}::text"
 
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
         cols = ["session_id", *(c for c in MESSAGE_COLUMNS)]
         marks = ["%s::jsonb" if c in MESSAGE_JSON_COLUMNS else "%s" for c in cols]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
         sql = (
-            f"INSERT INTO chatcli_messages ({', '.join(cols)}, tsv) VALUES ({', '.join(marks)}, "
-            f"to_tsvector('simple', %s)) ON CONFLICT (session_id, idx) DO UPDATE SET {updates}, "
-            f"tsv = excluded.tsv"
+            f"INSERT INTO chatcli_messages ({', '.join(cols)}, tsv) VALUES ({', '.join(marks)}, %s::tsvector) "
+            f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}, tsv = excluded.tsv"
         )
-        cur.executemany(sql, [(*r, search_text(r[4])) for r in rows])
+        cur.executemany(sql, [(*r, w) for r, w in zip(rows, searched, strict=True)])
 
-    def _index_title(self, cur: Any, session_id: str, title: str) -> None:
-        cur.execute(
-            "UPDATE chatcli_sessions SET title_tsv = to_tsvector('simple', %s) WHERE id = %s",
-            (search_text(title), session_id),
-        )
+    def _searched(self, text: str) -> str:
+        return tsvector(text)
+
+    _title_words = "title_tsv = %s::tsvector"
 
     def _holds(self, column: str) -> str:
         return f"strpos(lower({column}), %s) > 0"
@@ -261,7 +258,7 @@ class PostgreSQLStore(SQLStore):
         if role in (None, "user", "assistant"):
             inner = (
                 "SELECT m.session_id, m.turn, m.role, m.idx, m.content, ts_rank(m.tsv, q) AS score "
-                "FROM chatcli_messages m, to_tsquery('simple', %s) q WHERE m.tsv @@ q"
+                "FROM chatcli_messages m, CAST(%s AS tsquery) q WHERE m.tsv @@ q"
             )
             args: list[Any] = [query]
             if role:
@@ -273,13 +270,13 @@ class PostgreSQLStore(SQLStore):
             sql = (
                 f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ({inner} "
                 f"ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s ON s.id = h.session_id "
-                f"WHERE s.deleted_at IS NULL ORDER BY h.score DESC LIMIT %s"
+                f"WHERE s.deleted_at IS NULL ORDER BY h.score DESC, h.session_id DESC, h.idx LIMIT %s"
             )
             found += [(float(r[0]), r[1:]) for r in cur.execute(sql, [*args, self.window, limit]).fetchall()]
         if role in (None, "title"):
             sql = (
                 "SELECT ts_rank(s.title_tsv, q), s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s, "
-                "to_tsquery('simple', %s) q WHERE s.title_tsv @@ q AND s.deleted_at IS NULL"
+                "CAST(%s AS tsquery) q WHERE s.title_tsv @@ q AND s.deleted_at IS NULL"
             )
             args = [query]
             if session_id:
@@ -287,9 +284,9 @@ class PostgreSQLStore(SQLStore):
                 args.append(session_id)
             found += [
                 (float(r[0]), r[1:])
-                for r in cur.execute(sql + " ORDER BY 1 DESC LIMIT %s", [*args, limit]).fetchall()
+                for r in cur.execute(sql + " ORDER BY 1 DESC, s.id DESC LIMIT %s", [*args, limit]).fetchall()
             ]
-        found.sort(key=lambda sr: -sr[0])
+        found.sort(key=lambda sr: (-sr[0], tie_break(sr[1][0], sr[1][4])))
         return [r for _, r in found[:limit]]
 
     def disk_bytes(self) -> int:

@@ -3,17 +3,9 @@ incremental save, the version check, the trash, the catalog and the numbered sch
 engine (``sqlite.py``, ``postgresql.py``, ``mysql.py``) adds its driver, its types, its lock and its
 full-text search.
 
-Tables (README, "The SQL schema")::
-
-    chatcli_schema    version, applied_at                    one row per applied migration
-    chatcli_sessions  id, the snapshot's top-level fields as columns (JSON columns for params, clears,
-                      changes and unknown keys), the counts ``list``/``stats`` show, ``version`` (+1 at each
-                      save), ``writer`` (who saved last), ``deleted_at`` (set while in the trash)
-    chatcli_messages  (session_id, idx) one row per message in order, its fields as columns, JSON columns
-                      for usage, timings and unknown keys; ``mid`` grows with each new row (recency)
-
-A column that is NULL means the key is absent from the snapshot; a value that does not fit its column's
-type is kept in the row's ``extra`` JSON, so a session read back equals the snapshot that was saved.
+The tables are in README, "The SQL schema", and their mapping in ``sql_rows``: a NULL column is a key absent
+from the snapshot, a value that does not fit its column is kept in the row's ``extra``; the words search
+looks for are columns of their own, made by ``chatcli.search`` (``_searched``).
 
 A save runs one transaction that writes only what changed since this store last saved or loaded the session:
 the session row (``... SET version = version + 1 WHERE id = ? AND version = <last seen>``) and the message
@@ -77,9 +69,10 @@ class SQLStore(SQLCatalog, SQLSchema):
     operation fails with StoreUnavailable, so a hung database never hangs chatcli."""
 
     kind = "sql"
-    #: migrations[n] brings the schema from version n to n + 1 (a list of statements, or a function of a
-    #: cursor); the schema's version is the number of migrations applied
-    migrations: Sequence[Sequence[str] | Callable[[Any], None]] = ()
+    #: migrations[n] = (name, step) brings the schema from version n to n + 1 (a step is a list of statements,
+    #: or a function of a cursor); the schema's version is the number of migrations applied. The names are
+    #: the same on every engine (MIGRATION_NAMES)
+    migrations: Sequence[tuple[str, Sequence[str] | Callable[[Any], None]]] = ()
     holds_nul = True  # False: text columns cannot hold NUL (PostgreSQL)
     locks_on_connection = True  # the session locks die with the connection (False: SQLite's lock files)
     begin_write = "BEGIN"
@@ -129,11 +122,24 @@ class SQLStore(SQLCatalog, SQLSchema):
     def _unlock(self, cur: Any, session_id: str) -> None:
         raise NotImplementedError
 
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
+        """Insert or replace message ``rows`` (session_id, then MESSAGE_COLUMNS), each with its words as
+        ``_searched`` gives them."""
         raise NotImplementedError
 
+    def _searched(self, text: str) -> str:
+        """What the engine's full-text index is given for ``text`` (see chatcli.search)."""
+        raise NotImplementedError
+
+    _title_words = "title_words = %s"  # how a session row's indexed title is set
+
     def _index_title(self, cur: Any, session_id: str, title: str) -> None:
-        """Keep the full-text index of titles up to date (if the engine needs help)."""
+        """Keep the full-text index of the session's title up to date."""
+        self._x(
+            cur,
+            f"UPDATE chatcli_sessions SET {self._title_words} WHERE id = %s",
+            (self._searched(title), session_id),
+        )
 
     # -- connections ---------------------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -210,9 +216,6 @@ class SQLStore(SQLCatalog, SQLSchema):
         """Execute ``sql`` (``%s`` placeholders) and return the cursor."""
         cur.execute(sql, args)
         return cur
-
-    def _many(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        cur.executemany(sql, rows)
 
     def keep_locks(self) -> bool:
         """For the LockKeeper: a ``SELECT 1`` that opens a lost connection again, which takes the held locks
@@ -386,16 +389,17 @@ class SQLStore(SQLCatalog, SQLSchema):
         if create:
             header["deleted_at"] = deleted_at
         rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
+        searched = [self._searched(m["content"]) for m in tail]  # (the exact text: a row's may be cleaned)
 
         def write(cur: Any) -> int:
             with self._tx(cur, self.begin_write):
                 version = self._write_session(cur, sid, header, state, create)
                 if rows:
-                    self._upsert_messages(cur, rows)
+                    self._upsert_messages(cur, rows, searched)
                 if state is None or len(state.messages) > n:
                     self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s AND idx >= %s", (sid, n))
                 if state is None or state.title != snapshot["title"]:
-                    self._index_title(cur, sid, header["title"])
+                    self._index_title(cur, sid, snapshot["title"])
             return version
 
         try:

@@ -262,6 +262,19 @@ def ordered(value: Any, keys: Sequence[str]) -> Any:
     return out
 
 
+def exact_text(text: str, extra: Any, key: str) -> str:
+    """A record's exact ``key`` text: the column's ``text``, unless the row's ``extra`` keeps the whole record
+    (the column then holds a cleaned copy, see ``session_params``)."""
+    if extra is None:
+        return text
+    kept = load(extra)
+    if isinstance(kept, dict) and _B64 in kept:
+        whole = orjson.loads(base64.b64decode(kept[_B64]))
+        if isinstance(whole, dict) and isinstance(whole.get(key), str):
+            return str(whole[key])
+    return text
+
+
 def _bytes(value: Any) -> bytes:
     try:
         return orjson.dumps(value)

@@ -11,12 +11,16 @@ from typing import Any
 from chatcli.clock import utc_now
 from chatcli.errors import StoreError
 
+#: the schema migrations in order, as every engine names them: "search words" re-indexes every message and
+#: title with chatcli's own definition of a word (chatcli.search)
+MIGRATION_NAMES = ("tables", "search", "search words")
+
 
 class SQLSchema:
     """Schema versions and migrations. Needs SQLStore's ``_x``, ``_tx``, driver hooks and settings."""
 
     display: str
-    migrations: Sequence[Sequence[str] | Callable[[Any], None]]
+    migrations: Sequence[tuple[str, Sequence[str] | Callable[[Any], None]]]
     begin_write: str
 
     def _x(self, cur: Any, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -65,7 +69,7 @@ class SQLSchema:
         token = self._lock_schema(cur)
         try:
             for version in range(self.schema_version(cur), want):  # again, under the lock
-                step = self.migrations[version]
+                _, step = self.migrations[version]
                 with self._tx(cur, self.begin_write):
                     if callable(step):
                         step(cur)
@@ -86,3 +90,29 @@ class SQLSchema:
 
     def _unlock_schema(self, cur: Any, token: Any) -> None:
         raise NotImplementedError
+
+
+def refill(
+    cur: Any,
+    select: str,
+    update: str,
+    form: Callable[[str], str],
+    *,
+    first: Any,
+    exact: Callable[[Any, Any], str] | None = None,
+    batch: int = 500,
+) -> int:
+    """Rewrite a computed column of every row, ``batch`` rows at a time: ``select`` gives (key, text, extra)
+    of the rows whose key is above its one parameter, in key order, at most ``batch``; ``update`` takes
+    (form(text), key). ``first`` is below every key. ``exact(text, extra)`` gives a row's exact text where
+    a column may hold a cleaned copy of it (PostgreSQL and NUL). Returns how many rows it rewrote."""
+    done, last = 0, first
+    while True:
+        cur.execute(select, (last,))
+        rows = cur.fetchall()
+        if rows:
+            cur.executemany(update, [(form(exact(t, x) if exact else t), k) for k, t, x in rows])
+            done += len(rows)
+            last = rows[-1][0]
+        if len(rows) < batch:
+            return done

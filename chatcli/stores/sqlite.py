@@ -3,9 +3,9 @@
 One database file (mode 0600, its folder 0700) in WAL mode with ``synchronous=FULL``: a committed save is
 on disk. The writer lock of a session is an OS file lock in ``<file>.locks/`` beside the database (released
 when its process ends, however it ends), so chatclis on one machine, or on machines sharing the folder
-over a file system with working locks, never write the same session at once. Full-text search is FTS5
-(``unicode61 remove_diacritics 2``: case and accents ignored) over the message and title columns, kept up
-to date by triggers.
+over a file system with working locks, never write the same session at once. Full-text search is FTS5 over
+the words chatcli.search cuts each message and title into (columns ``words`` and ``title_words``, with
+the ``ascii`` tokenizer, which keeps every word whole), kept up to date by triggers.
 
 The file is made by the first save: until then a store whose file does not exist answers from an empty
 database in memory, so ``list``, ``search`` or a mistyped path create nothing. Its folder must exist: a
@@ -21,11 +21,14 @@ from typing import Any
 
 from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
 from chatcli.paths import expanded
+from chatcli.search import index_text, tie_break
 from chatcli.snapshot import Snapshot
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS
+from chatcli.stores.sql_schema import refill
 from chatcli.stores.url import StoreURL
 
 _TABLES = [
@@ -73,13 +76,75 @@ _SEARCH = [
     "INSERT INTO chatcli_messages_fts (chatcli_messages_fts) VALUES ('rebuild')",
     "INSERT INTO chatcli_titles_fts (chatcli_titles_fts) VALUES ('rebuild')",
 ]
+#: schema 3, "search words": the words of chatcli.search in columns of their own, FTS5 over them with the
+#: ``ascii`` tokenizer (it cuts at spaces and ASCII punctuation only, so each word stays whole)
+_WORDS = [
+    *(
+        f"DROP TRIGGER chatcli_{t}"
+        for t in ("messages_ai", "messages_ad", "messages_au", "titles_ai", "titles_ad", "titles_au")
+    ),
+    "DROP TABLE chatcli_messages_fts",
+    "DROP TABLE chatcli_titles_fts",
+    "ALTER TABLE chatcli_messages ADD COLUMN words TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE chatcli_sessions ADD COLUMN title_words TEXT NOT NULL DEFAULT ''",
+]
+_WORDS_INDEX = [  # (after the words are filled in: a trigger must never delete what the index lacks)
+    """CREATE VIRTUAL TABLE chatcli_messages_fts USING fts5(words, session_id UNINDEXED, role UNINDEXED,
+        content='chatcli_messages', content_rowid='mid', tokenize='ascii')""",
+    """CREATE TRIGGER chatcli_messages_ai AFTER INSERT ON chatcli_messages BEGIN
+        INSERT INTO chatcli_messages_fts (rowid, words, session_id, role)
+        VALUES (new.mid, new.words, new.session_id, new.role); END""",
+    """CREATE TRIGGER chatcli_messages_ad AFTER DELETE ON chatcli_messages BEGIN
+        INSERT INTO chatcli_messages_fts (chatcli_messages_fts, rowid, words, session_id, role)
+        VALUES ('delete', old.mid, old.words, old.session_id, old.role); END""",
+    """CREATE TRIGGER chatcli_messages_au AFTER UPDATE OF words, role ON chatcli_messages BEGIN
+        INSERT INTO chatcli_messages_fts (chatcli_messages_fts, rowid, words, session_id, role)
+        VALUES ('delete', old.mid, old.words, old.session_id, old.role);
+        INSERT INTO chatcli_messages_fts (rowid, words, session_id, role)
+        VALUES (new.mid, new.words, new.session_id, new.role); END""",
+    """CREATE VIRTUAL TABLE chatcli_titles_fts USING fts5(title_words, content='chatcli_sessions',
+        content_rowid='rowid', tokenize='ascii')""",
+    """CREATE TRIGGER chatcli_titles_ai AFTER INSERT ON chatcli_sessions BEGIN
+        INSERT INTO chatcli_titles_fts (rowid, title_words) VALUES (new.rowid, new.title_words); END""",
+    """CREATE TRIGGER chatcli_titles_ad AFTER DELETE ON chatcli_sessions BEGIN
+        INSERT INTO chatcli_titles_fts (chatcli_titles_fts, rowid, title_words)
+        VALUES ('delete', old.rowid, old.title_words); END""",
+    """CREATE TRIGGER chatcli_titles_au AFTER UPDATE OF title_words ON chatcli_sessions BEGIN
+        INSERT INTO chatcli_titles_fts (chatcli_titles_fts, rowid, title_words)
+        VALUES ('delete', old.rowid, old.title_words);
+        INSERT INTO chatcli_titles_fts (rowid, title_words) VALUES (new.rowid, new.title_words); END""",
+    "INSERT INTO chatcli_messages_fts (chatcli_messages_fts) VALUES ('rebuild')",
+    "INSERT INTO chatcli_titles_fts (chatcli_titles_fts) VALUES ('rebuild')",
+]
+
+
+def _search_words(cur: Any) -> None:
+    """Schema 3: every message and title indexed again by chatcli's definition of a word."""
+    for statement in _WORDS:
+        cur.execute(statement)
+    refill(
+        cur,
+        "SELECT mid, content, NULL FROM chatcli_messages WHERE mid > ? ORDER BY mid LIMIT 500",
+        "UPDATE chatcli_messages SET words = ? WHERE mid = ?",
+        index_text,
+        first=-1,
+    )
+    refill(
+        cur,
+        "SELECT id, title, NULL FROM chatcli_sessions WHERE id > ? ORDER BY id LIMIT 500",
+        "UPDATE chatcli_sessions SET title_words = ? WHERE id = ?",
+        index_text,
+        first="",
+    )
+    for statement in _WORDS_INDEX:
+        cur.execute(statement)
 
 
 class SQLiteStore(SQLStore):
     """Sessions in the SQLite database at ``path`` (created, with its folder, when missing)."""
 
     kind = "sqlite"
-    migrations = (_TABLES, _SEARCH)
+    migrations = (("tables", _TABLES), ("search", _SEARCH), ("search words", _search_words))
     locks_on_connection = False  # lock files: nothing to keep alive
     begin_write = "BEGIN IMMEDIATE"
     begin_read = "BEGIN"
@@ -206,18 +271,18 @@ class SQLiteStore(SQLStore):
             token.release()
 
     # -- rows ---------------------------------------------------------------------------------------------
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        cols = (
-            "session_id, idx, turn, role, content, created_at, status, finish_reason, model, error, dropped, "
-            "usage, timings, extra"
-        )
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols.split(", ")[2:])
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
+        cols = ["session_id", *MESSAGE_COLUMNS, "words"]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
         self._many(
             cur,
-            f"INSERT INTO chatcli_messages ({cols}) VALUES ({', '.join(['?'] * 14)}) "
+            f"INSERT INTO chatcli_messages ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))}) "
             f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}",
-            rows,
+            [(*r, w) for r, w in zip(rows, searched, strict=True)],
         )
+
+    def _searched(self, text: str) -> str:
+        return index_text(text)
 
     def _search_rows(
         self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
@@ -236,7 +301,7 @@ class SQLiteStore(SQLStore):
             sql = (
                 f"SELECT b.score, m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM ({inner} ORDER BY "
                 f"rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s ON "
-                f"s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score LIMIT ?"
+                f"s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score, m.session_id DESC, m.idx LIMIT ?"
             )
             found += [(r[0], r[1:]) for r in cur.execute(sql, [*args, self.window, limit])]
         if role in (None, "title"):
@@ -248,8 +313,11 @@ class SQLiteStore(SQLStore):
             if session_id:
                 sql += " AND s.id = ?"
                 args.append(session_id)
-            found += [(r[0], r[1:]) for r in cur.execute(sql + " ORDER BY t.rank LIMIT ?", [*args, limit])]
-        found.sort(key=lambda sr: sr[0])  # bm25: lower is better
+            found += [
+                (r[0], r[1:])
+                for r in cur.execute(sql + " ORDER BY t.rank, s.id DESC LIMIT ?", [*args, limit])
+            ]
+        found.sort(key=lambda sr: (sr[0], tie_break(sr[1][0], sr[1][4])))  # bm25: lower is better
         return [r for _, r in found[:limit]]
 
     def _holds(self, column: str) -> str:
