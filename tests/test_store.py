@@ -20,10 +20,10 @@ from chatcli.errors import (
     AmbiguousSessionId,
     InvalidSessionId,
     SaveError,
-    StoreError,
     SessionLocked,
     SessionNotFound,
     SnapshotError,
+    StoreError,
 )
 from chatcli.snapshot import FORMAT, VERSION, DamagedFile, new_session_id, resolve, validate_id
 from chatcli.stores import folder as store_mod
