@@ -119,6 +119,7 @@ class MySQLStore(SQLStore):
         self.ask_password = ask_password
         self.mariadb = False
         self.min_token = 3
+        self.max_packet = 16 * 2**20  # the server's max_allowed_packet, bytes (read at connect)
 
     def _open(self) -> Any:
         try:
@@ -146,8 +147,8 @@ class MySQLStore(SQLStore):
             raise self._failure(e) from None
         try:
             cur = conn.cursor()
-            cur.execute("SELECT VERSION(), @@innodb_ft_min_token_size")
-            version, self.min_token = cur.fetchone()
+            cur.execute("SELECT VERSION(), @@innodb_ft_min_token_size, @@max_allowed_packet")
+            version, self.min_token, self.max_packet = cur.fetchone()
             self._check_version(str(version))
             seconds = max(1, round(self.timeout))
             cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")  # row locks
@@ -241,6 +242,14 @@ class MySQLStore(SQLStore):
 
     # -- rows ----------------------------------------------------------------------------------------------
     def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
+        for row, words in zip(rows, searched, strict=True):  # the server would drop the connection instead
+            need = 2 * sum(len(str(v).encode("utf-8", "surrogatepass")) for v in row) + len(words) + 4096
+            if need > self.max_packet:
+                raise StoreError(
+                    f"the server takes statements of at most {self.max_packet:,} bytes (its "
+                    f"max_allowed_packet) and this message needs up to {need:,}: have it raised to 16M, "
+                    f"MySQL's and MariaDB's default"
+                )
         cols = ["session_id", *MESSAGE_COLUMNS, "words"]
         quoted = [f"`{c}`" for c in cols]
         updates = ", ".join(f"{q} = VALUES({q})" for q in quoted[2:])

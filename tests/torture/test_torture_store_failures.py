@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 
 from chatcli.messages import MAX_MESSAGE_BYTES
@@ -288,3 +289,85 @@ def test_a_lost_connection_takes_the_session_lock_back_at_once(
     assert chat.wait() == 0, chat.text("err")
     assert contents(store_spec) == ["mine", "Echo: mine", "still mine", "Echo: still mine"]
     figure("store failures", f"{engine}: lock taken back after a lost connection, purge refused", "yes")
+
+
+def test_a_message_over_a_small_max_allowed_packet_is_kept_and_says_why(
+    mariadb_server: Any,
+    cli: CLI,
+    scripted: ScriptedBackend,
+    child_env: dict[str, str],
+    user_dirs: dict[str, Path],
+) -> None:
+    url = mariadb_server.new_database()
+    assert cli("list", "--store", url).exit_code == 0  # the tables, made before the setting changes
+    text = "y" * 2_000_000  # within chatcli's limit, over a server's 1 MiB packet
+    mariadb_server._sql(("SET GLOBAL max_allowed_packet = 1048576", ()))
+    try:
+        r = cli("ask", "--store", url, "-v", input=text)
+        assert r.exit_code == 0, r.stderr  # the reply came; the turn is kept on this machine
+        assert "takes statements of at most 1,048,576 bytes (its max_allowed_packet)" in r.stderr
+        assert "is kept on this machine" in r.stderr or "kept on this machine" in r.stderr
+        assert len(spool_files(child_env)) == 1
+        r = cli("sync", "--store", url)
+        assert r.exit_code == 1 and "max_allowed_packet" in r.stderr
+    finally:
+        mariadb_server._sql(("SET GLOBAL max_allowed_packet = 16777216", ()))
+    r = cli("sync", "--store", url)
+    assert r.exit_code == 0 and spool_files(child_env) == [], r.stderr
+    assert contents(url) == [text, f"Echo: {text}"]
+    figure(
+        "store failures",
+        "mysql: message over a 1 MiB max_allowed_packet",
+        "kept, said why, synced once raised",
+    )
+
+
+def test_migrate_dry_run_says_what_would_not_fit(
+    cli: CLI, user_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    sid = cli.new("hello")
+    path = user_dirs["sessions"] / f"{sid}.json"
+    snap = orjson.loads(path.read_bytes())
+    snap["messages"][1]["content"] = "z" * (MAX_MESSAGE_BYTES + 10)  # as an older chatcli could have kept it
+    path.write_bytes(orjson.dumps(snap))
+    target = f"sqlite://{tmp_path / 'copy.db'}"
+    r = cli("migrate", "--to", target, "--dry-run")
+    assert r.exit_code == 1
+    assert f"would not copy: session {sid}: message 1 is 4.0 MiB" in r.stderr
+    r = cli("migrate", "--to", target, "--json")
+    assert r.exit_code == 1 and orjson.loads(r.stdout)["too_large"][0]["session_id"] == sid
+
+
+def test_turns_an_older_chatcli_kept_are_found_under_the_new_spool_name(
+    pg_server: Any, cli: CLI, user_dirs: dict[str, Path]
+) -> None:
+    url = pg_server.new_database()
+    assert cli("new", "--store", url, input="first\n").exit_code == 0
+    st = opened(url)
+    (sid,) = st.ids()
+    snap = st.load(sid)
+    version = st.row_version(sid)
+    st.close()
+    assert version is not None
+    snap["messages"] = [*snap["messages"], {"role": "user", "content": "kept by 0.1", "status": "ok"}]
+    legacy = parse_store(url).legacy_spool
+    assert legacy is not None
+    folder = user_dirs["state"] / "spool" / legacy
+    folder.mkdir(parents=True)
+    record = {
+        "format": "chatcli.spool",
+        "version": 1,
+        "store": parse_store(url).display,
+        "session_id": sid,
+        "base_version": version[0],
+        "writer": None,
+        "changed_from": 2,
+        "reason": "x",
+        "conflict": False,
+        "spooled_at": "2026-12-01T00:00:00.000Z",
+        "snapshot": snap,
+    }
+    (folder / f"{sid}.json").write_bytes(orjson.dumps(record))
+    r = cli("sync", "--store", url)
+    assert r.exit_code == 0 and "are in" in r.stdout, r.stderr
+    assert contents(url)[-1] == "kept by 0.1" and not folder.exists()
