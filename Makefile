@@ -54,13 +54,15 @@ $(VENV)/.installed: pyproject.toml
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 
-## make torture: the long torture run (1,000 SIGKILLs, 100,000 fuzzed snapshots...); see docs/RELIABILITY.md
+## make torture: the long torture run (1,000 SIGKILLs, 100,000 fuzzed snapshots, 3,000 generated command
+## lines...); see docs/RELIABILITY.md
 TORTURE_KILLS   ?= 1000
 TORTURE_FUZZ    ?= 100000
 TORTURE_WRITERS ?= 16
-torture: $(VENV)/.installed
+TORTURE_ARGS    ?= 3000
+torture: $(VENV)/.installed db-servers
 	CHATCLI_TORTURE_KILLS=$(TORTURE_KILLS) CHATCLI_TORTURE_FUZZ=$(TORTURE_FUZZ) \
-	CHATCLI_TORTURE_WRITERS=$(TORTURE_WRITERS) CHATCLI_TORTURE_LONG=1 \
+	CHATCLI_TORTURE_WRITERS=$(TORTURE_WRITERS) CHATCLI_TORTURE_ARGS=$(TORTURE_ARGS) CHATCLI_TORTURE_LONG=1 \
 	  $(BIN)/python -m pytest tests/torture $(PYTEST_ARGS)
 
 clean:

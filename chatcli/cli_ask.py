@@ -227,7 +227,11 @@ def _open(s: Settings, store: Store, ref: str | None, flags: dict[str, Any]) -> 
         from chatcli.stores.discard import DiscardingStore
 
         store = DiscardingStore(open_store(s))
-    session = resume_session(s, store, ref, flags)
+    try:
+        session = resume_session(s, store, ref, flags)
+    except BaseException:
+        store.close()
+        raise
     try:
         if flags.get("model") and flags["model"] != session.model:
             session.set_model(flags["model"])
@@ -276,6 +280,7 @@ def _turn(
         status = ExitStatus.INTERRUPTED
     finally:
         session.close()
+        session.store.close()  # (with --no-save -c, the store it read from)
         store.close()
     if reply is None and session.messages and session.messages[-1].role == "assistant":
         reply = session.messages[-1]

@@ -44,6 +44,7 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "keep_alive": str,
 }
 DEFAULT_STORE = "sessions"
+MAX_WINDOW = 100_000_000  # tokens: far above any model's context window, and a number every file can hold
 
 
 @dataclass
@@ -169,7 +170,7 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     check_size(s.system, "the system prompt")
     for name in ("timeout", "connect_timeout", "idle_timeout", "store_timeout"):
         value = getattr(s, name)
-        if not isinstance(value, (int, float)) or value <= 0:
+        if not isinstance(value, (int, float)) or not 0 < value < 10**9:  # (nan and inf are no timeout)
             raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds, not {value!r}")
         setattr(s, name, float(value))
     from chatcli.messages import GenerationParams
@@ -177,10 +178,14 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     sampling = GenerationParams(s.temperature, s.max_tokens, s.top_p, s.repeat_penalty).problem()
     if sampling is not None:
         raise ConfigError(sampling)
-    if s.context_window is not None and s.context_window < 64:
-        raise ConfigError(f"context_window must be at least 64 tokens, not {s.context_window}")
-    if s.n_ctx < 64:
-        raise ConfigError(f"n_ctx must be at least 64 tokens, not {s.n_ctx}")
+    if s.context_window is not None and not 64 <= s.context_window <= MAX_WINDOW:
+        raise ConfigError(
+            f"context_window must be from 64 to {MAX_WINDOW:,} tokens, not {s.context_window:,}"
+        )
+    if not 64 <= s.n_ctx <= MAX_WINDOW:
+        raise ConfigError(f"n_ctx must be from 64 to {MAX_WINDOW:,} tokens, not {s.n_ctx:,}")
+    if s.threads is not None and not 1 <= s.threads <= 1024:
+        raise ConfigError(f"threads must be from 1 to 1,024, not {s.threads:,}")
     if s.compact_at is not None and not 0 < s.compact_at <= 1:
         raise ConfigError(
             f"compact_at must be above 0 and at most 1 (a share of the window), not {s.compact_at}"
