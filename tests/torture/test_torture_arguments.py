@@ -218,12 +218,14 @@ def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, cli: CLI) -> Path:
+def workspace(tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "notes.txt").write_text("some notes\n")
     (tmp_path / "binary.bin").write_bytes(b"\x00\x01\x02" * 100)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     (tmp_path / "big.txt").write_text("y" * 600_000)
     (tmp_path / "db").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # a relative folder or file named by a generated value lands here
     cli.new("hello")
     return tmp_path
 
@@ -244,7 +246,7 @@ def test_no_argument_ends_in_an_internal_error_on_a_database(
 
 def _check(cli: CLI, workspace: Path, store: str | None, examples: int, case: str) -> None:
     """Run ``examples`` generated command lines (on ``store``, when given) and check each."""
-    watched = [workspace / "sessions", workspace / "db", workspace / "state", workspace / "other"]
+    watched = [workspace / d for d in ("sessions", "db", "state", "other", "cwd")]
 
     @seed(SEED)
     @settings(
