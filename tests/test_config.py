@@ -191,6 +191,17 @@ def test_store_urls_are_shown_with_the_password_masked() -> None:
     assert (sqlite.kind, sqlite.path, sqlite.display) == ("sqlite", Path("/abs/c.db"), "sqlite:///abs/c.db")
     assert parse_store("sqlite://rel/c.db").path == Path("rel/c.db")
     assert parse_store("mysql://u:p@[::1]:3306/d").display == "mysql://u:***@[::1]:3306/d"
+    key = parse_store("postgresql://a@h/db?sslpassword=k3y-s3cret&sslmode=require")
+    assert (key.display, key.address) == (
+        "postgresql://a@h/db?sslmode=require&sslpassword=***",
+        "postgresql://a@h/db?sslmode=require",
+    )
+    assert key.libpq_params()["sslpassword"] == "k3y-s3cret" and "k3y-s3cret" not in repr(key)
+    raw = parse_store(
+        "postgresql://ann:pa#ss/w?rd@db:5433/chats"
+    )  # not encoded: the user part ends at the last @
+    assert (raw.password, raw.hosts[0].name, raw.database) == ("pa#ss/w?rd", "db", "chats")
+    assert raw.display == "postgresql://ann:***@db:5433/chats"
 
 
 def test_api_key_comes_from_the_environment_only(cfg: Path) -> None:

@@ -9,7 +9,7 @@ A store is named by a folder path (``./sessions``, ``~/chats``) or a URL::
 Everything a caller needs is derived from the one parsed value: how it is shown (``display``: the password
 as ``***``), what a command line may repeat (``address``: no password at all), the local spool's key
 (``identity``: the database, however the URL is spelled), the driver's connection arguments
-(``libpq_params``, ``pymysql_params``) and ``redact``, which blanks the password out of any text (a
+(``libpq_params``, ``pymysql_params``) and the ``secrets`` that ``redact`` blanks out of any text (a
 driver's error message, say). Nothing else in chatcli parses or rebuilds a store URL.
 
 A password is found however it is spelled: URL-encoded or not (``#``, ``?``, ``/``, ``@``, spaces and a bad
@@ -76,8 +76,8 @@ class StoreURL:
     """A parsed store name. ``kind``: ``folder``, ``sqlite``, ``postgresql`` or ``mysql``; ``path``: the
     folder or the SQLite file (``~`` expanded); for a database server: ``scheme`` as typed (``postgres``,
     ``mariadb``...), ``user``, ``password`` (None: not in the URL; never shown), ``hosts``, ``database``
-    and the query ``options`` (without the secret ones). ``secrets`` are the password as typed and as
-    meant, for ``redact``."""
+    and the query ``options`` (``password`` apart; the others of SECRET_OPTIONS are shown as ``***``).
+    ``secrets`` are the passwords as typed and as meant, for ``redact``."""
 
     kind: str
     path: Path | None = None
@@ -134,11 +134,6 @@ class StoreURL:
             servers.append(f"{_server_name(name)}:{port or default}")
         return f"{self.kind}://{','.join(sorted(servers))}/{database}" + "".join(f";{e}" for e in extra)
 
-    def redact(self, text: str) -> str:
-        """``text`` with this store's password (as typed or decoded, of ``MIN_REDACTED`` characters or
-        more) replaced by ``***``."""
-        return redact(text, self.secrets)
-
     def libpq_params(self) -> dict[str, Any]:
         """The connection keywords for libpq (``psycopg.connect(**params)``): ``host``, ``port``,
         ``user``, ``password``, ``dbname`` when the URL has them, then every query option as it is
@@ -179,7 +174,8 @@ class StoreURL:
             text = str(self.path)
             return f".{os.sep}{text}" if not self.path.is_absolute() and not text.startswith(".") else text
         user = quote(self.user, safe="")
-        opts = list(self.options)
+        opts = [(k, "***") for k, _ in self.options if k in SECRET_OPTIONS] if masked else []
+        opts = [(k, v) for k, v in self.options if k not in SECRET_OPTIONS] + opts
         if self.password is not None and masked:
             if user:
                 user += ":***"
@@ -239,12 +235,10 @@ def _server(scheme: str, kind: str, rest: str) -> StoreURL:
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key in SECRET_OPTIONS:
             secrets.update({value, quote(value, safe="")})
-            if key == "password":
-                password = value
-            else:
-                options.append((key, value))
-            continue
-        options.append((key, value))
+        if key == "password":
+            password = value
+        else:
+            options.append((key, value))
     if "#" in location:
         raise ConfigError(f"{shown!r}: a store URL has no '#' part; write a '#' in a name as %23")
     hosts = tuple(_hosts(netloc, kind, shown))
