@@ -86,7 +86,7 @@ class StoreURL:
     password: str | None = field(default=None, repr=False)
     hosts: tuple[Host, ...] = ()
     database: str = ""
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (sslpassword may be one)
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     #: the spool folder's name an older chatcli gave this spelling of the URL (see spool.adopt_legacy_spool)
     legacy_spool: str | None = field(default=None, repr=False, compare=False)
