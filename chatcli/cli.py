@@ -30,6 +30,7 @@ from chatcli.cli_common import (
     create_session,
     exit_with,
     fail_usage,
+    isatty,
     open_store,
     resume_session,
     store_flag,
@@ -64,7 +65,7 @@ class _Commands(TyperGroup):
         **extra: Any,
     ) -> Any:
         args = _readable(sys.argv[1:] if args is None else list(args))
-        if not standalone_mode or _isatty(sys.stderr):
+        if not standalone_mode or isatty(sys.stderr):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
@@ -91,13 +92,6 @@ def _readable(args: list[str]) -> list[str]:
                 arg = valid_unicode(arg)
         out.append(arg)
     return out
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 app = typer.Typer(

@@ -34,6 +34,7 @@ from chatcli.cli_common import (
     create_session,
     exit_with,
     fail_usage,
+    isatty,
     open_store,
     print_json,
     resume_session,
@@ -170,7 +171,7 @@ class _Talk:
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
-        self.terminal = _isatty(sys.stderr)
+        self.terminal = isatty(sys.stderr)
         self.on = verbose or self.terminal
         self.view: Any = None  # the live reply view, while there is one
         self._out: Renderer | None = None
@@ -196,7 +197,7 @@ def _message(words: list[str], paths: list[Path]) -> str:
     from chatcli.errors import ConfigError
 
     piped = ""
-    if not _isatty(sys.stdin):
+    if not isatty(sys.stdin):
         piped = sys.stdin.buffer.read().decode("utf-8", "replace")
     prompt = " ".join(words)
     if not prompt.strip() and not piped.strip():
@@ -325,7 +326,7 @@ class _Output:
     ``--json`` nowhere until the end; with ``--markdown`` off a terminal, rendered once it is whole."""
 
     def __init__(self, *, as_json: bool, raw: bool, markdown: bool) -> None:
-        terminal = _isatty(sys.stdout)
+        terminal = isatty(sys.stdout)
         self.mode = (
             "json" if as_json else "live" if terminal and not raw else "render" if markdown else "text"
         )
@@ -375,13 +376,6 @@ def _write(stream: TextIO, text: str) -> None:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # (so nothing complains at exit)
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def register(app: typer.Typer) -> None:

@@ -347,6 +347,14 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def isatty(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (False for one that is closed or has no ``isatty``)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _interactive() -> bool:
     try:
         return sys.stdin.isatty() and sys.stderr.isatty()
