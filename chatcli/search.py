@@ -191,6 +191,8 @@ def word_share(text: str, query_words: list[str]) -> float:
 
 
 def _matches(raw_word: str, prefixes: tuple[str, ...]) -> bool:
+    if raw_word.isascii():  # (what ``words`` would make of it, without the work: the same answer)
+        return raw_word.lower().startswith(prefixes)
     return any(w.startswith(prefixes) for w in words(raw_word))
 
 
@@ -201,11 +203,10 @@ def snippet(text: str, query_words: list[str], size: int = SNIPPET_WORDS) -> str
     if not tokens:
         return text[:200]
     prefixes = tuple(query_words)
-    hits = [i for i, t in enumerate(tokens) if _matches(t.group(), prefixes)]
-    first = hits[0] if hits else 0
+    first = next((i for i, t in enumerate(tokens) if _matches(t.group(), prefixes)), 0)
     start = max(0, min(first - size // 4, len(tokens) - size))
     end = min(len(tokens), start + size)
-    marked = set(hits)
+    marked = {i for i in range(start, end) if _matches(tokens[i].group(), prefixes)}
     out = ["…" if start > 0 else text[: tokens[0].start()]]
     for i in range(start, end):
         t = tokens[i]
