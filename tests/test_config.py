@@ -204,6 +204,49 @@ def test_store_urls_are_shown_with_the_password_masked() -> None:
     assert raw.display == "postgresql://ann:***@db:5433/chats"
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            "postgresql://u:s3cret@h:99999/d",
+            "'postgresql://u:***@h:99999/d': the port must be a number from 1 to 65535",
+        ),
+        (
+            "postgresql://u:s3cret@h:5x/d",
+            "'postgresql://u:***@h:5x/d': the port must be a number from 1 to 65535",
+        ),
+        (
+            "postgresql://u:s3cret@[::zz]/d",
+            "'postgresql://u:***@[::zz]/d': [::zz] is not an IPv6 address (e.g. [::1] or [2001:db8::5])",
+        ),
+        (
+            "mysql://u:s3cret@h/d?foo=1",
+            "'mysql://u:***@h/d?foo=1': a MySQL store does not take the option 'foo' (it takes unix_socket, ssl_ca, ssl_cert, ssl_key, ssl_verify_cert, ssl_verify_identity)",
+        ),
+        (
+            "mysql://u:s3cret@h/d?ssl_verify_cert=maybe",
+            "the store option ssl_verify_cert is true or false, not 'maybe'",
+        ),
+        (
+            "sqlite:///x/c.db?mode=ro",
+            "'sqlite:///x/c.db?mode=ro': an SQLite store takes no options (?mode=ro); a '?' in a file name is written %3F",
+        ),
+        (
+            "redis://u:s3cret@h/0",
+            "unknown store 'redis://': use a folder path, sqlite:///FILE, postgresql://user@host/db or mysql://user@host/db",
+        ),
+        (
+            "postgresql://u:s3cret@h/d#x",
+            "'postgresql://u:***@h/d#x': a store URL has no '#' part; write a '#' in a name as %23",
+        ),
+    ],
+)
+def test_a_store_url_that_cannot_work_says_why_without_its_password(bad: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_store(bad)
+    assert str(info.value).startswith(message) and "s3c" not in str(info.value), str(info.value)
+
+
 def test_api_key_comes_from_the_environment_only(cfg: Path) -> None:
     s = resolve(no_flags(), env_for(cfg, OPENAI_API_KEY="sk-env"))
     assert s.api_key == "sk-env"

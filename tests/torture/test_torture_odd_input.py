@@ -179,3 +179,20 @@ def test_sqlite_urls_are_read_as_urls(cli: CLI, tmp_path: Path) -> None:
         f"a '?' in a file name is written %3F"
     )
     assert not [p.name for p in (tmp_path / "db").iterdir() if "?" in p.name or "%" in p.name]
+
+
+def test_an_index_that_is_a_folder_is_one_line_and_nothing_is_lost(
+    cli: CLI, user_dirs: dict[str, Path]
+) -> None:
+    sid = cli.new("hello")
+    index = user_dirs["sessions"] / ".index.sqlite"
+    index.unlink(missing_ok=True)
+    index.mkdir()
+    (index / "mine.txt").write_text("someone's file")
+    for args in (["list"], ["search", "hello"], ["stats"]):
+        line = cli(*args).error(1)
+        assert line == (
+            f"error: cannot use {index}, the sessions folder's index (Is a directory): it is only a cache of "
+            f"the session files; move it away and chatcli makes it again"
+        ), line
+    assert cli("show", sid).exit_code == 0 and (index / "mine.txt").read_text() == "someone's file"
