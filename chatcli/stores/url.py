@@ -213,6 +213,8 @@ def _sqlite(text: str, rest: str) -> StoreURL:
             f"{text!r}: an SQLite store takes no options (?{query}); a '?' in a file name is written %3F"
         )
     path = unquote(path)
+    if path.startswith("//"):  # sqlite:////abs/chats.db: absolute however many slashes lead
+        path = "/" + path.lstrip("/")
     if not path or path.endswith("/") or "\x00" in path:
         raise ConfigError(f"{text!r} names no database file: use sqlite:///path/to/chats.db")
     return StoreURL("sqlite", path=expanded(path))
