@@ -355,8 +355,7 @@ def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutc
         return SyncOutcome(
             sid,
             "failed",
-            f"session {sid} could not be written to {primary.display} yet ({e}); its turns stay in {path} "
-            f"and are tried again at the next `chatcli sync` or `chatcli resume`",
+            f"{e}; its turns stay in {path} and are tried again at the next `chatcli sync` or `chatcli resume`",
             path,
         )
     finally:

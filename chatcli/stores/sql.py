@@ -407,7 +407,8 @@ class SQLStore(SQLCatalog, SQLSchema):
         except (StoreConflict, SessionExists, StoreUnavailable):
             raise
         except StoreError as e:
-            raise SaveError(f"could not save session {sid} in {self.display}: {e}", self.display) from None
+            why = str(e).removeprefix(f"{self.display}: ")  # (the store is named once)
+            raise SaveError(f"could not save session {sid} in {self.display}: {why}", self.display) from None
         except SaveError as e:  # a message that cannot be stored at all
             raise SaveError(f"{e} in {self.display}", self.display) from None
         if state is None:

@@ -98,7 +98,7 @@ def test_a_save_the_database_refuses_is_kept_and_synced_under_any_spelling(
         assert b"second, while the database is read-only" in kept.read_bytes()
         r = Chat(["-m", "chatcli", "sync", "--store", store_spec], child_env)
         assert r.wait() == 1, r.text("err")
-        assert "could not be written" in r.text("err") and str(kept) in r.text("err")
+        assert "could not save session" in r.text("err") and f"its turns stay in {kept}" in r.text("err")
         assert spool_files(child_env) == [kept]
     finally:
         _writable(engine, server)
