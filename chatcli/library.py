@@ -6,10 +6,10 @@ never changed: each change takes the session's writer lock first.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -21,12 +21,9 @@ from chatcli.errors import (
     SessionNotFound,
     SnapshotError,
 )
-from chatcli.messages import DROPPED, STATUSES, GenerationParams, MessageJSON
+from chatcli.messages import DROPPED, STATUSES, GenerationParams
+from chatcli.model import FORMAT, Conversation, Header, Message
 from chatcli.snapshot import (
-    FORMAT,
-    VERSION,
-    Snapshot,
-    is_turn,
     is_valid_id,
     new_session_id,
     over_limit,
@@ -34,7 +31,6 @@ from chatcli.snapshot import (
     shown,
     title_from,
     valid_unicode,
-    validate_snapshot,
 )
 from chatcli.text import count
 
@@ -57,10 +53,10 @@ def rename(store: Store, sid: str, title: str) -> None:
     title = check_title(title)
     lock = store.lock(sid)
     try:
-        snap = store.load(sid)
-        snap["title"] = title
-        snap["updated_at"] = utc_now()
-        store.save(snap, changed_from=len(snap["messages"]))
+        conv = store.load(sid)
+        conv.header.title = title
+        conv.header.updated_at = utc_now()
+        store.save(conv, changed_from=len(conv.messages))
     finally:
         lock.release()
 
@@ -160,11 +156,12 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
         data, kind = data.get("snapshot"), SPOOLED
     if isinstance(data, dict) and data.get("format") == FORMAT:
         try:
-            snap = validate_snapshot(data, path)
+            conv = Conversation.from_json(data, path)
         except SnapshotError as e:
             raise ImportFileError(str(e)) from None
-        if not is_valid_id(snap["id"]) or store.exists(snap["id"]) or store.exists(snap["id"], trashed=True):
-            snap["id"] = new_session_id()
+        sid = conv.id
+        if not is_valid_id(sid) or store.exists(sid) or store.exists(sid, trashed=True):
+            conv.header.id = new_session_id()
     else:
         if isinstance(data, dict) and isinstance(data.get("messages"), list):
             messages, kind = data["messages"], "OpenAI-style messages"
@@ -175,35 +172,35 @@ def import_file(store: Store, path: Path) -> tuple[str, str]:
                 f'{path} is neither a chatcli session, an object with a "messages" list, '
                 f"nor a list of messages"
             )
-        snap = _snapshot_from_messages(messages, path, data if isinstance(data, dict) else {})
-    _check_import(snap, path)
-    snap["updated_at"] = utc_now()
-    lock = store.lock(snap["id"])
+        conv = _from_messages(messages, path, data if isinstance(data, dict) else {})
+    _check_import(conv, path)
+    conv.header.updated_at = utc_now()
+    lock = store.lock(conv.id)
     try:
-        store.create(snap)
+        store.create(conv)
     except SessionExists:
-        raise ImportFileError(f"session {snap['id']} already exists; nothing was imported") from None
+        raise ImportFileError(f"session {conv.id} already exists; nothing was imported") from None
     finally:
         lock.release()
-    return snap["id"], kind
+    return conv.id, kind
 
 
-def _check_import(snap: Snapshot, path: Path) -> None:
+def _check_import(conv: Conversation, path: Path) -> None:
     """Refuse what chatcli itself would never write, as the REPL and ``rename`` refuse it: a title with
     control characters or over 200 characters, sampling parameters of the wrong type or out of range, a
     message status chatcli does not know, token counts that are not counts, a message over the size
     limit. Raises ImportFileError naming the file and the field."""
     try:
-        check_title(snap["title"])
+        check_title(conv.header.title)
     except ConfigError as e:
         raise ImportFileError(f"{path}: the title is refused: {e}") from None
-    problem = GenerationParams.json_problem(snap["params"])
+    problem = GenerationParams.json_problem(conv.header.params)
     if problem is not None:
         raise ImportFileError(f"{path}: params: {problem}")
-    why = over_limit(snap)
+    why = over_limit(conv)
     if why is not None:
         raise ImportFileError(f"{path}: {why}")
-    for i, m in enumerate(snap["messages"]):
+    for i, m in enumerate(message.to_json() for message in conv.messages):  # (as the file has them)
         if m.get("status", "ok") not in STATUSES or m.get("dropped") not in (None, *DROPPED):
             field_ = "status" if m.get("status", "ok") not in STATUSES else "dropped"
             raise ImportFileError(
@@ -245,94 +242,95 @@ def _try_jsonl(raw: bytes, path: Path) -> Any:
     return rows
 
 
-def _snapshot_from_messages(messages: list[Any], path: Path, extra: dict[str, Any]) -> Snapshot:
+def _from_messages(messages: list[Any], path: Path, extra: dict[str, Any]) -> Conversation:
+    """A new session from OpenAI chat-format messages (``chatcli.wire.from_openai``: ``content`` as text
+    or text parts, ``reasoning_content``, ``tool_calls``, role ``tool``); system messages become the
+    system prompt."""
+    from chatcli.wire import from_openai
+
     system_parts: list[str] = []
-    out: list[MessageJSON] = []
-    now = utc_now()
+    chat: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise ImportFileError(f"{path}: message {i} is not an object")
         role, content = m.get("role"), m.get("content")
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            content = "".join(
-                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-            )
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+        text_ok = isinstance(content, (str, list)) or (content is None and bool(m.get("tool_calls")))
+        if role not in ("system", "user", "assistant", "tool") or not text_ok:
             raise ImportFileError(
-                f"{path}: message {i} needs a role (system, user or assistant) and text content"
+                f"{path}: message {i} needs a role (system, user, assistant or tool) and text content"
             )
         if role == "system":
-            system_parts.append(content)
-            continue
-        out.append({"role": role, "content": content, "created_at": now, "status": "ok"})
+            system_parts.append(from_openai([m])[0].content)
+        else:
+            chat.append(m)
+    try:
+        out = from_openai(chat)
+    except (ValueError, TypeError, AttributeError):
+        raise ImportFileError(f"{path}: a message's tool calls are not of the OpenAI shape") from None
+    now = utc_now()
+    for m in out:
+        m.created_at = now
     if not out:
         raise ImportFileError(f"{path} holds no user or assistant messages")
     title = extra.get("title") if isinstance(extra.get("title"), str) else ""
-    first_user = next((m["content"] for m in out if m["role"] == "user"), "")
+    first_user = next((m.content for m in out if m.role == "user"), "")
     model = extra["model"] if isinstance(extra.get("model"), str) else "imported"
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "id": new_session_id(),
-        "title": title or title_from(first_user),
-        "created_at": now,
-        "updated_at": now,
-        "backend": "openai",
-        "model": model,
-        "base_url": "",
-        "params": {},
-        "system": "\n\n".join(system_parts),
-        "context_start": 0,
-        "messages": out,
-    }
+    header = Header(
+        id=new_session_id(),
+        title=str(title or title_from(first_user)),
+        created_at=now,
+        updated_at=now,
+        backend="openai",
+        model=model,
+        base_url="",
+        system="\n\n".join(system_parts),
+    )
+    return Conversation(header, out)
 
 
 # -- fork ------------------------------------------------------------------------------------------------
-def fork(store: Store, snap: Snapshot, at_turn: int | None = None) -> str:
-    """A new session holding the first ``at_turn`` turns of ``snap`` (all when None); returns its id."""
-    messages = snap["messages"]
+def fork(store: Store, conv: Conversation, at_turn: int | None = None) -> str:
+    """A new session holding the first ``at_turn`` turns of ``conv`` (all when None); returns its id."""
+    messages = conv.messages
     cut = len(messages)
     if at_turn is not None:
         if at_turn < 0:
             raise ConfigError("--at must be 0 or more turns")
         turn = 0
         for i, m in enumerate(messages):
-            if is_turn(m):
+            if m.starts_turn:
                 turn += 1
                 if turn > at_turn:
                     cut = i
                     break
         if turn < at_turn:
             raise ConfigError(
-                f"session {snap['id']} has only {count(turn, 'turn')}; --at {at_turn} is past its end"
+                f"session {conv.id} has only {count(turn, 'turn')}; --at {at_turn} is past its end"
             )
-    new: dict[str, Any] = dict(snap)
-    changes = [c for c in snap.get("changes", []) if isinstance(c, dict) and isinstance(c.get("at"), int)]
-    for c in reversed(changes):  # settings as they were at the cut: undo the changes made after it
-        if c["at"] > cut and c.get("what") in ("model", "system") and isinstance(c.get("from"), str):
-            new[c["what"]] = c["from"]
+    h = conv.header
+    changes = [c for c in h.change_list() if isinstance(c.get("at"), int)]
     now = utc_now()
-    new.update(
+    new = replace(
+        h,
         id=new_session_id(),
         created_at=now,
         updated_at=now,
-        messages=[dict(m) for m in messages[:cut]],
-        context_start=min(snap["context_start"], cut),
-        forked_from=snap["id"],
-        title=(snap["title"] + " (fork)") if snap["title"] else "",
+        context_start=min(h.context_start, cut),
+        title=(h.title + " (fork)") if h.title else "",
+        extra={**h.extra, "forked_from": h.id},
     )
-    new["changes"] = [c for c in changes if c["at"] <= cut]
-    if not new["changes"]:
-        del new["changes"]
-    new["clears"] = [c for c in snap.get("clears", []) if isinstance(c, int) and c <= new["context_start"]]
-    if not new["clears"]:
-        del new["clears"]
-    lock = store.lock(new["id"])
+    for c in reversed(changes):  # settings as they were at the cut: undo the changes made after it
+        if c["at"] > cut and c.get("what") in ("model", "system") and isinstance(c.get("from"), str):
+            setattr(new, c["what"], c["from"])
+    new.changes = [c for c in changes if c["at"] <= cut] or None
+    new.clears = [c for c in h.clear_list() if c <= new.context_start] or None
+    copied = [Message.from_json(m.to_json()) for m in messages[:cut]]
+    lock = store.lock(new.id)
     try:
-        store.create(cast("Snapshot", new))
+        store.create(Conversation(new, copied))
     finally:
         lock.release()
-    return str(new["id"])
+    return new.id
 
 
 # -- migrate ---------------------------------------------------------------------------------------------

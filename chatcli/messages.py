@@ -1,13 +1,12 @@
-"""The data of a conversation in memory: Message (with its Usage and Timings), GenerationParams,
-Timeouts and Stats, and how a message is read from and written to a snapshot (see README, "The snapshot
-format"). Plain dataclasses; no I/O."""
+"""The small values of a conversation: a reply's Usage, Timings and ContextUsed, GenerationParams,
+Timeouts, the statuses, and the size limit of a message. The message itself and the session
+are in ``chatcli.model``. Plain dataclasses; no I/O."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Required, TypedDict
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-from chatcli.clock import utc_now
 from chatcli.errors import SizeLimitError
 
 #: statuses a message can have; ``ok`` is a complete message
@@ -52,32 +51,30 @@ def check_size(text: str, what: str = "the message") -> None:
         )
 
 
-class MessageJSON(TypedDict, total=False):
-    """One message of a snapshot, as stored (README, "The snapshot format"); built by ``Message.to_json``
-    and read back by ``Message.from_json``. Only ``role`` and ``content`` are required."""
-
-    role: Required[str]  # "user" | "assistant" | "system"
-    content: Required[str]
-    created_at: str  # UTC ISO 8601
-    status: str  # one of STATUSES
-    finish_reason: str | None
-    model: str
-    usage: dict[str, int | None]  # prompt_tokens, completion_tokens, cached_tokens
-    timings: dict[str, Any]  # ttft_s, duration_s (seconds), tokens_per_second, server
-    error: str
-    dropped: str  # one of DROPPED: kept in the file, no longer part of the conversation
-    context: dict[str, Any]  # start, tokens, exact, window, summary: what the reply's request held
-    summary_of: list[int]  # a summary message: [first, end) of the messages it stands for
-
-
 @dataclass
 class Usage:
-    """Token counts as the server reported them (None when it did not):
-    ``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` (prompt tokens served from the cache)."""
+    """Token counts as the server reported them (None when it did not): ``prompt_tokens``,
+    ``completion_tokens``, ``cached_tokens`` (prompt tokens served from the cache), ``reasoning_tokens``
+    (completion tokens the model spent reasoning: OpenAI ``completion_tokens_details.reasoning_tokens``)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot's ``usage`` object: the first three keys always, ``reasoning_tokens`` when known."""
+        d = {k: getattr(self, k) for k in USAGE_KEYS[:3]}
+        if self.reasoning_tokens is not None:
+            d["reasoning_tokens"] = self.reasoning_tokens
+        return d
+
+    @classmethod
+    def from_json(cls, u: Any) -> Usage | None:
+        """A Usage from the snapshot's ``usage`` (None when it is not an object; odd counts read as None)."""
+        if not isinstance(u, dict):
+            return None
+        return cls(*[v if type(v) is int else None for v in map(u.get, USAGE_KEYS)])
 
 
 @dataclass
@@ -88,12 +85,41 @@ class Timings:
     reply; ``tokens_per_second``: completion tokens per second of generation (the server's own figure when
     it gives one; when the server reports no token count, text pieces per second, which servers send one
     token at a time); ``server``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, or
-    Ollama's ``*_duration`` fields in nanoseconds)."""
+    Ollama's ``*_duration`` fields in nanoseconds); ``reasoning_s``: seconds the reply spent reasoning (from
+    its first reasoning to its first text, or to its end)."""
 
     ttft_s: float | None = None
     duration_s: float | None = None
     tokens_per_second: float | None = None
     server: dict[str, Any] | None = None
+    reasoning_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot's ``timings`` object: the first four keys always, ``reasoning_s`` when known."""
+        d = {k: getattr(self, k) for k in TIMINGS_KEYS[:4]}
+        if self.reasoning_s is not None:
+            d["reasoning_s"] = self.reasoning_s
+        return d
+
+    @classmethod
+    def from_json(cls, t: Any) -> Timings | None:
+        """Timings from the snapshot's ``timings`` (None when it is not an object; odd values read as
+        None)."""
+        if not isinstance(t, dict):
+            return None
+        server = t.get("server")
+        return cls(
+            ttft_s=num_or_none(t.get("ttft_s")),
+            duration_s=num_or_none(t.get("duration_s")),
+            tokens_per_second=num_or_none(t.get("tokens_per_second")),
+            server=server if isinstance(server, dict) else None,
+            reasoning_s=num_or_none(t.get("reasoning_s")),
+        )
+
+
+#: the keys of ``usage`` and ``timings`` in the order chatcli writes them
+USAGE_KEYS = tuple(f.name for f in fields(Usage))
+TIMINGS_KEYS = tuple(f.name for f in fields(Timings))
 
 
 @dataclass
@@ -137,166 +163,14 @@ class ContextUsed:
         )
 
 
-@dataclass
-class Message:
-    """One message. ``role`` is ``user`` or ``assistant`` (a snapshot from elsewhere may hold ``system``);
-    ``created_at`` UTC ISO 8601; ``status`` one of STATUSES; the rest is set on assistant messages:
-    ``finish_reason`` (``stop``, ``length``, ...), ``usage``, ``timings``, ``model`` that wrote it, ``error``
-    (what went wrong, for status ``error``), ``context`` (what its request held, see ContextUsed).
-    ``dropped`` marks a message taken out of the conversation but kept in the file: ``retried`` (a reply
-    replaced by ``retry``), ``undone`` (a turn taken back by ``undo``) or ``unsent`` (a user message too
-    large for the context window; ``error`` says by how much); dropped messages are never sent.
-    ``summary_of`` marks a summary written by ``/compact`` (role ``system``): ``[first, end)``, the indexes
-    of the messages it stands for in requests."""
-
-    role: str
-    content: str
-    created_at: str = field(default_factory=utc_now)
-    status: str = "ok"
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    timings: Timings | None = None
-    model: str | None = None
-    error: str | None = None
-    dropped: str | None = None
-    context: ContextUsed | None = None
-    summary_of: list[int] | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        d = self.__dict__  # (plain dict stores: this runs for every field of every message loaded)
-        d[name] = value
-        d["_json"] = None  # the cached to_json() is out of date
-        d["_size"] = None  # ... and so is the cached size estimate
-
-    @property
-    def starts_turn(self) -> bool:
-        """Whether this message starts a turn: a user message still in the conversation (not dropped).
-        Turns are numbered from 1 by counting these; ``snapshot.is_turn`` is the same rule on a stored
-        message."""
-        return self.role == "user" and self.dropped is None
-
-    def estimated_tokens(self) -> int:
-        """This message's size in tokens by chatcli's estimate: UTF-8 bytes / BYTES_PER_TOKEN (rounded up)
-        plus MESSAGE_OVERHEAD. Cached until an attribute is set (see ``to_json``)."""
-        size: int | None = self.__dict__.get("_size")
-        if size is None:
-            size = (
-                -(-len(self.content.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD
-            )
-            if self.status != "streaming":
-                self.__dict__["_size"] = size
-        return size
-
-    def to_json(self) -> MessageJSON:
-        """The message as stored in the snapshot. A finished message's dict is built once and reused until
-        one of its attributes is set (a save of a 10,000-message session would otherwise spend most of its
-        time here); so once a message is finished, give it a new ``usage``/``timings`` rather than changing
-        theirs. A message still ``streaming`` is never cached. Treat the result as read-only."""
-        cached: MessageJSON | None = self.__dict__.get("_json")
-        if cached is not None:
-            return cached
-        d: MessageJSON = {
-            "role": self.role,
-            "content": self.content,
-            "created_at": self.created_at,
-            "status": self.status,
-        }
-        if self.finish_reason is not None:
-            d["finish_reason"] = self.finish_reason
-        if self.model is not None:
-            d["model"] = self.model
-        if self.error is not None:
-            d["error"] = self.error
-        if self.dropped is not None:
-            d["dropped"] = self.dropped
-        if self.summary_of is not None:
-            d["summary_of"] = self.summary_of
-        if self.context is not None:
-            d["context"] = self.context.to_json()
-        if self.usage is not None:
-            u = self.usage
-            d["usage"] = {
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "cached_tokens": u.cached_tokens,
-            }
-        if self.timings is not None:
-            t = self.timings
-            d["timings"] = {
-                "ttft_s": t.ttft_s,
-                "duration_s": t.duration_s,
-                "tokens_per_second": t.tokens_per_second,
-                "server": t.server,
-            }
-        if self.status != "streaming":
-            self.__dict__["_json"] = d
-        return d
-
-    @classmethod
-    def from_json(cls, d: MessageJSON) -> Message:
-        """A message from its snapshot form (validated: ``role`` and ``content`` are there). Damaged
-        optional fields are read as absent; a ``streaming`` reply (its writer died) becomes ``interrupted``."""
-        status = d.get("status", "ok")
-        if status not in STATUSES:
-            status = "ok"
-        if status == "streaming":  # the writer died mid-reply: what was saved is an interrupted reply
-            status = "interrupted"
-        usage = d.get("usage")
-        timings = d.get("timings")
-        return cls(
-            role=d["role"],
-            content=d["content"],
-            created_at=_str_or(d.get("created_at"), ""),
-            status=status,
-            finish_reason=_str_or(d.get("finish_reason"), None),
-            usage=Usage(
-                **{
-                    k: int_or_none(usage.get(k))
-                    for k in ("prompt_tokens", "completion_tokens", "cached_tokens")
-                }
-            )
-            if isinstance(usage, dict)
-            else None,
-            timings=Timings(
-                ttft_s=num_or_none(timings.get("ttft_s")),
-                duration_s=num_or_none(timings.get("duration_s")),
-                tokens_per_second=num_or_none(timings.get("tokens_per_second")),
-                server=timings.get("server") if isinstance(timings.get("server"), dict) else None,
-            )
-            if isinstance(timings, dict)
-            else None,
-            model=_str_or(d.get("model"), None),
-            error=_str_or(d.get("error"), None),
-            dropped=d["dropped"] if d.get("dropped") in DROPPED else None,
-            context=ContextUsed.from_json(d.get("context")),
-            summary_of=_span(d.get("summary_of")),
-        )
-
-
-def _span(v: Any) -> list[int] | None:
-    """``[first, end)`` message indexes, or None when ``v`` is not such a pair."""
-    if (
-        isinstance(v, list)
-        and len(v) == 2
-        and all(int_or_none(x) is not None for x in v)
-        and 0 <= v[0] <= v[1]
-    ):
-        return [v[0], v[1]]
-    return None
-
-
-def _str_or(v: Any, default: Any) -> Any:
-    return v if isinstance(v, str) else default
-
-
 def int_or_none(v: Any) -> int | None:
     """``v`` when it is an int (not a bool), else None: for numbers read from JSON."""
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return v if type(v) is int else None  # (a bool is not: its type is bool)
 
 
 def num_or_none(v: Any) -> float | None:
     """``v`` as a float when it is a number (not a bool), else None: for numbers read from JSON."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return float(v) if type(v) is float or type(v) is int else None
 
 
 @dataclass
@@ -370,26 +244,3 @@ class Timeouts:
     connect: float = 10.0
     idle: float = 120.0
     total: float = 600.0
-
-
-@dataclass
-class Stats:
-    """Figures for the REPL's ``stats``: counts, characters, token sums, timings (seconds, tokens/s)."""
-
-    turns: int
-    messages_by_role: dict[str, int]
-    characters: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    last_ttft_s: float | None
-    mean_ttft_s: float | None
-    last_tokens_per_second: float | None
-    mean_tokens_per_second: float | None
-    location: str  # where the session is kept: a file path, or a database and the id
-    stored_bytes: int | None  # the snapshot file's size (None: a database keeps it in rows)
-    last_saved_at: str | None
-    context_messages: int
-    #: the newest reply's request (``ContextMixin.context_figures``): tokens, window, share, turns_sent,
-    #: left_out, summarised, at
-    context: dict[str, Any] = field(default_factory=dict)

@@ -11,13 +11,16 @@ from chatcli.snapshot import clear_before, span_text, turn_span, turns_before
 from chatcli.text import count
 
 if TYPE_CHECKING:
-    from chatcli.messages import Message
+    from chatcli.model import Message
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
 
 
-def show_history(out: Renderer, session: ConversationSession, last: int | None) -> None:
-    """The last ``last`` turns (all when None) on ``out``'s console."""
+def show_history(
+    out: Renderer, session: ConversationSession, last: int | None, *, reasoning: bool = False
+) -> None:
+    """The last ``last`` turns (all when None) on ``out``'s console; each reply's reasoning folded to one
+    line, or whole (dimmed) with ``reasoning``."""
     from chatcli.render import escape_markup, local_time, sanitize, status_tag
 
     console = out.console
@@ -31,12 +34,15 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
     messages = session.messages
     index = {id(m): i for i, m in enumerate(messages)}
     turn_at = turns_before(m.starts_turn for m in messages)
-    first_system = next((c.get("from") for c in session.changes if c.get("what") == "system"), session.system)
+    first_system = next(
+        (c.get("from") for c in session.header.change_list() if c.get("what") == "system"),
+        session.header.system,
+    )
     if first_system and isinstance(first_system, str):  # as it was at the start; changes show in place
         console.print(f"[dim]system:[/] {escape_markup(sanitize(first_system))}")
     cut_shown = False
     first_at = index[id(shown[0][0])]
-    changes = [c for c in session.changes if isinstance(c.get("at"), int) and c["at"] > first_at]
+    changes = [c for c in session.header.change_list() if isinstance(c.get("at"), int) and c["at"] > first_at]
     marks = [
         i
         for i, m in enumerate(messages)
@@ -48,8 +54,8 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
             _change(out, changes.pop(0))
         while marks and marks[0] < at:
             _mark(out, messages[marks.pop(0)], turn_at)
-        if not cut_shown and session.context_start and at >= session.context_start:
-            if at == session.context_start or user is shown[0][0]:
+        if not cut_shown and session.header.context_start and at >= session.header.context_start:
+            if at == session.header.context_start or user is shown[0][0]:
                 console.rule("[dim]context cleared here[/]", style="dim")
             cut_shown = True
         console.print(f"[bold cyan]you[/] [dim]{local_time(user.created_at)}[/]")
@@ -58,8 +64,9 @@ def show_history(out: Renderer, session: ConversationSession, last: int | None) 
             console.print(
                 f"[bold green]model[/] [dim]{local_time(reply.created_at)}[/]"
                 + status_tag(reply)
-                + _left_out_tag(reply, turn_at, {*session.clears, session.context_start})
+                + _left_out_tag(reply, turn_at, {*session.header.clear_list(), session.header.context_start})
             )
+            out.reasoning(reply, unfold=reasoning)
             out.markdown(reply.content)
         console.print()
     for i in marks:

@@ -50,6 +50,7 @@ class SearchHit:
     snippet: str
 
 
+REASONING = "reasoning"  # the role of a hit in an assistant message's reasoning (searched on request only)
 SEARCH_WINDOW = 5_000  # matches ranked by a search: the most recent ones
 HIGHLIGHT = ("\x02", "\x03")  # start/end of a match inside SearchHit.snippet (never in stored text shown raw)
 SNIPPET_WORDS = 16
@@ -126,6 +127,12 @@ def search_words(text: str) -> list[str]:
         if w not in out:
             out.append(w)
     return out
+
+
+def wants_reasoning(role: str | None, reasoning: bool) -> bool:
+    """Whether a search for ``role`` (None: every role) looks in reasoning: only when asked (``reasoning``),
+    and only for the assistant's messages."""
+    return reasoning and role in (None, "assistant")
 
 
 # -- what each engine indexes ----------------------------------------------------------------------------

@@ -1,12 +1,7 @@
-"""The snapshot: the engine-agnostic form of one session, as every store reads and writes it.
-
-A snapshot is a JSON object (README, "The snapshot format"), typed once as ``Snapshot`` below; its
-messages are ``chatcli.messages.MessageJSON``. Keys chatcli does not know are kept as they are.
-
-This module holds what is true of a snapshot wherever it is stored: its fields and their validation, the
-format version and its upgrades, session ids, turns and the counts shown by ``list`` and ``stats``, and
-how a typed reference becomes an id (``resolve``); search words and snippets are in ``chatcli.search``.
-It does no I/O.
+"""What is true of a stored session wherever it is stored, beside the model itself (``chatcli.model``: the
+header, the messages, the snapshot codec): session ids, the snapshot file's bytes (``decode``, ``dumps``),
+turns and the counts shown by ``list`` and ``stats``, and how a typed reference becomes an id
+(``resolve``); search words and snippets are in ``chatcli.search``. It does no I/O.
 """
 
 from __future__ import annotations
@@ -14,92 +9,16 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol, Required, TypedDict, cast
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import orjson
 
 from chatcli.errors import AmbiguousSessionId, InvalidSessionId, SessionNotFound, SnapshotError
-from chatcli.messages import MAX_MESSAGE_BYTES, MessageJSON
-
-
-class Snapshot(TypedDict, total=False):
-    """A decoded snapshot: one session as every store reads and writes it (the fields in this module's
-    docstring). Keys outside ``KNOWN_KEYS`` are kept at run time, so a snapshot read back equals the one
-    saved; they are not part of this type."""
-
-    format: Required[str]  # FORMAT
-    version: Required[int]  # 1..VERSION (older ones are upgraded on reading)
-    id: Required[str]  # see validate_id
-    title: Required[str]
-    created_at: Required[str]  # UTC ISO 8601
-    updated_at: Required[str]  # UTC ISO 8601
-    backend: Required[str]  # "local", "openai", "ollama"
-    model: Required[str]
-    params: Required[dict[str, Any]]  # GenerationParams.to_json: temperature, top_p, max_tokens, ...
-    system: Required[str]  # the system prompt, "" for none
-    context_start: Required[int]  # 0..len(messages): messages before it were cleared
-    messages: Required[Sequence[MessageJSON]]  # a list when read; a save may pass a lazy sequence
-    base_url: str  # the server's URL without credentials
-    model_path: str  # the GGUF file of the local backend
-    clears: list[int]  # earlier context_start values, for `clear undo`
-    changes: list[
-        dict[str, Any]
-    ]  # model/system/title changes: at (message index), what, from, to, created_at
-    context_window: int  # tokens, as a server's overflow error stated it
-
-
-FORMAT = "chatcli.session"
-VERSION = 1
-#: upgrades of the format: MIGRATIONS[n] turns a version-n snapshot (decoded JSON, not yet validated) into a
-#: version n+1 one. Version 1 is the only version so far; a new version adds its function here, with
-#: before/after fixtures in the tests.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-
-#: top-level keys chatcli itself writes; any other key in a snapshot is kept as it is
-KNOWN_KEYS = frozenset(
-    {
-        "format",
-        "version",
-        "id",
-        "title",
-        "created_at",
-        "updated_at",
-        "backend",
-        "model",
-        "base_url",
-        "model_path",
-        "params",
-        "system",
-        "context_start",
-        "messages",
-        "clears",
-        "changes",
-        "context_window",
-    }
-)
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "id": str,
-    "title": str,
-    "created_at": str,
-    "updated_at": str,
-    "backend": str,
-    "model": str,
-    "params": dict,
-    "system": str,
-    "messages": list,
-    "context_start": int,
-}
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {
-    "base_url": str,
-    "model_path": str,
-    "clears": list,
-    "changes": list,
-    "context_window": int,
-}
-ROLES = ("user", "assistant", "system")
+from chatcli.messages import MAX_MESSAGE_BYTES
+from chatcli.model import Conversation, Message
 
 # -- ids ---------------------------------------------------------------------------------------------------
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: "$" would let a trailing "\n" through
@@ -137,50 +56,17 @@ def shown(text: object) -> str:
     return repr(text[:40] + ("..." if len(text) > 40 else "")) if isinstance(text, str) else repr(text)
 
 
-# -- validation and upgrades -------------------------------------------------------------------------------
-def validate_snapshot(data: Any, where: Path | str = "<snapshot>") -> Snapshot:
-    """Check the shape of a decoded snapshot and return it, upgraded to ``VERSION`` if older.
-
-    ``where`` names it in messages (a path, or a store and id). Raises SnapshotError (``path`` = ``where``)
-    when the data is not a chatcli session, comes from a newer chatcli, or has fields of the wrong type."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise SnapshotError(f"{where} is not a chatcli session file", where)
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SnapshotError(f"{where} has no valid format version", where)
-    if version > VERSION:
-        raise SnapshotError(
-            f"{where} was written by a newer chatcli (format version {version}; "
-            f"this one reads up to {VERSION}): upgrade chatcli to open it",
-            where,
-        )
-    while data["version"] < VERSION:
-        data = MIGRATIONS[data["version"]](data)
-    for key, typ in _REQUIRED.items():
-        value = data.get(key)
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise SnapshotError(f"{where} is damaged: field {key!r} is missing or of the wrong type", where)
-    for key, typ in _OPTIONAL.items():
-        if key in data and not isinstance(data[key], typ):
-            raise SnapshotError(f"{where} is damaged: field {key!r} is of the wrong type", where)
-    for i, m in enumerate(data["messages"]):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise SnapshotError(f"{where} is damaged: message {i} is not a valid message", where)
-    if not 0 <= data["context_start"] <= len(data["messages"]):
-        raise SnapshotError(f"{where} is damaged: context_start is out of range", where)
-    return cast("Snapshot", data)
-
-
-def over_limit(snap: Snapshot) -> str | None:
-    """Why ``snap`` holds more than chatcli keeps on every store (its system prompt or a message over
+# -- the snapshot file ---------------------------------------------------------------------------------------
+def over_limit(conv: Conversation) -> str | None:
+    """Why ``conv`` holds more than chatcli keeps on every store (its system prompt or a message over
     ``MAX_MESSAGE_BYTES``), or None when it fits."""
     from chatcli.errors import SizeLimitError
     from chatcli.messages import check_size
 
     try:
-        check_size(snap["system"], "its system prompt")
-        for i, m in enumerate(snap["messages"]):
-            check_size(m["content"], f"message {i}")
+        check_size(conv.header.system, "its system prompt")
+        for i, m in enumerate(conv.messages):
+            check_size(m.content, f"message {i}")
     except SizeLimitError as e:
         return (
             str(e).split(";")[0] + f" (the most any store keeps of one is {MAX_MESSAGE_BYTES // 2**20} MiB)"
@@ -188,20 +74,22 @@ def over_limit(snap: Snapshot) -> str | None:
     return None
 
 
-def decode(raw: bytes, where: Path | str) -> Snapshot:
-    """A snapshot from its JSON bytes, validated. Raises SnapshotError naming ``where``."""
+def decode(raw: bytes, where: Path | str) -> Conversation:
+    """A session from its snapshot's JSON bytes, validated (``Conversation.from_json``). Raises
+    SnapshotError naming ``where``."""
     if not raw.strip():
         raise SnapshotError(f"{where} is empty (damaged)", where)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise SnapshotError(f"{where} is not valid JSON (damaged or truncated)", where) from None
-    return validate_snapshot(data, where)
+    return Conversation.from_json(data, where)
 
 
 def dumps(snapshot: Mapping[str, Any]) -> bytes:
-    """The snapshot as indented UTF-8 JSON. Text that is not valid Unicode (lone surrogates, e.g. from
-    undecodable bytes on stdin) is written with U+FFFD in its place instead of failing."""
+    """A snapshot (``Conversation.to_json``, or any JSON object) as indented UTF-8 JSON. Text that is not
+    valid Unicode (lone surrogates, e.g. from undecodable bytes on stdin) is written with U+FFFD in its
+    place instead of failing."""
     try:
         return orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
     except TypeError:
@@ -240,10 +128,10 @@ def title_from(text: str, limit: int = 60) -> str:
 
 
 # -- turns and counts --------------------------------------------------------------------------------------
-def is_turn(m: MessageJSON) -> bool:
-    """Whether a message (a snapshot message dict) starts a turn: a user message that was not dropped (a
-    turn taken back by ``undo`` is no turn). Turns are numbered from 1 by counting these."""
-    return m.get("role") == "user" and m.get("dropped") is None
+def is_turn(m: Message) -> bool:
+    """Whether a message starts a turn: a user message that was not dropped (a turn taken back by ``undo``
+    is no turn). Turns are numbered from 1 by counting these (``Message.starts_turn``)."""
+    return m.starts_turn
 
 
 def turns_before(starts_turn: Iterable[bool]) -> list[int]:
@@ -303,31 +191,32 @@ NO_COUNTS = Counts()
 _MAX_COUNT = 2**48  # a token count beyond this is damage, not usage: counted as 0 (and fits every database)
 
 
-def message_counts(m: MessageJSON) -> Counts:
-    """The counts one message (a snapshot message dict) adds."""
-    if m.get("dropped") is not None:
+def message_counts(m: Message) -> Counts:
+    """The counts one message adds."""
+    if m.dropped is not None:
         return NO_COUNTS
-    role = m.get("role")
-    usage = m.get("usage")
-    tokens = [0, 0, 0]
-    if isinstance(usage, dict):
-        for k, key in enumerate(("prompt_tokens", "completion_tokens", "cached_tokens")):
-            v = usage.get(key)
-            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_COUNT:
-                tokens[k] = v
-    content = m.get("content")
+    u = m.usage
+    tokens = (
+        (0, 0, 0)
+        if u is None
+        else tuple(_count(v) for v in (u.prompt_tokens, u.completion_tokens, u.cached_tokens))
+    )
     return Counts(
         1,
-        int(role == "user"),  # not dropped: a turn (is_turn)
-        int(role == "assistant"),
-        len(content) if isinstance(content, str) else 0,
+        int(m.role == "user"),  # not dropped: a turn (is_turn)
+        int(m.role == "assistant"),
+        len(m.content),
         *tokens,
     )
 
 
-def summarize(snapshot: Snapshot) -> Counts:
-    """The counts of a whole snapshot; its turns are ``user_messages``."""
-    return total_of([message_counts(m) for m in snapshot["messages"]])
+def _count(v: int | None) -> int:
+    return v if v is not None and 0 <= v < _MAX_COUNT else 0
+
+
+def summarize(conv: Conversation) -> Counts:
+    """The counts of a whole session; its turns are ``user_messages``."""
+    return total_of([message_counts(m) for m in conv.messages])
 
 
 def total_of(counts: list[Counts]) -> Counts:
@@ -367,18 +256,18 @@ class SessionSummary:
     )
 
     @classmethod
-    def of(cls, snap: Snapshot, location: str) -> SessionSummary:
-        """The ``list`` row of a validated snapshot kept at ``location``."""
-        c = summarize(snap)
+    def of(cls, conv: Conversation, location: str) -> SessionSummary:
+        """The ``list`` row of a session kept at ``location``."""
+        c, h = summarize(conv), conv.header
         return cls(
-            id=snap["id"],
-            title=snap["title"],
-            backend=snap["backend"],
-            model=snap["model"],
+            id=h.id,
+            title=h.title,
+            backend=h.backend,
+            model=h.model,
             turns=c.user_messages,
             messages=c.messages,
-            created_at=snap["created_at"],
-            updated_at=snap["updated_at"],
+            created_at=h.created_at,
+            updated_at=h.updated_at,
             location=location,
             tokens=c.prompt_tokens + c.completion_tokens,
         )

@@ -9,48 +9,51 @@ from typing import Any
 import orjson
 
 from chatcli.errors import ConfigError, ExportError
-from chatcli.messages import MessageJSON
-from chatcli.snapshot import Snapshot, clear_before, dumps, is_turn, span_text, turn_span, turns_before
+from chatcli.model import Conversation, Message, ToolCallPart, ToolResultPart
+from chatcli.reasoning import reasoning_line
+from chatcli.snapshot import clear_before, dumps, span_text, turn_span, turns_before
 
 EXPORT_FORMATS = ("md", "json", "jsonl")
 
 
-def export(snap: Snapshot, fmt: str) -> bytes:
-    """A snapshot as ``md`` (a readable transcript), ``json`` (the snapshot itself) or ``jsonl`` (one
-    message per line, OpenAI-style ``role``/``content`` plus chatcli's fields; the system prompt first)."""
+def export(conv: Conversation, fmt: str) -> bytes:
+    """A session as ``md`` (a readable transcript), ``json`` (the snapshot itself) or ``jsonl`` (one message
+    per line, OpenAI-style ``role``/``content`` plus chatcli's fields; the system prompt first)."""
     if fmt == "json":
-        return dumps(snap) + b"\n"
+        return dumps(conv.to_json()) + b"\n"
     if fmt == "jsonl":
         lines = []
-        if snap["system"]:
-            lines.append(orjson.dumps({"role": "system", "content": snap["system"]}))
-        lines += [orjson.dumps(m) for m in snap["messages"]]
+        if conv.header.system:
+            lines.append(orjson.dumps({"role": "system", "content": conv.header.system}))
+        lines += [orjson.dumps(m.to_json()) for m in conv.messages]
         return b"\n".join(lines) + (b"\n" if lines else b"")
     if fmt == "md":
-        return transcript_markdown(snap).encode()
+        return transcript_markdown(conv).encode()
     raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-def transcript_markdown(snap: Snapshot) -> str:
+def transcript_markdown(conv: Conversation, *, reasoning: bool = False) -> str:
     """The session as Markdown: a heading, its settings, then each message under a role heading with its
-    status when it is not ``ok``."""
+    status when it is not ``ok``; a reply's reasoning folded to one line (``fold_line``), or whole as a
+    quote with ``reasoning``; tool calls and their results as they were."""
+    h = conv.header
     out = [
-        f"# {snap['title'] or '(untitled)'}",
+        f"# {h.title or '(untitled)'}",
         "",
-        f"- session: `{snap['id']}`",
-        f"- backend/model: {snap['backend']}/{snap['model']}",
-        f"- created: {snap['created_at']}, updated: {snap['updated_at']}",
+        f"- session: `{h.id}`",
+        f"- backend/model: {h.backend}/{h.model}",
+        f"- created: {h.created_at}, updated: {h.updated_at}",
         "",
     ]
-    if snap["system"]:
-        out += ["## System", "", snap["system"], ""]
+    if h.system:
+        out += ["## System", "", h.system, ""]
     changes: dict[int, list[dict[str, Any]]] = {}
-    for c in snap.get("changes", []):
-        if isinstance(c, dict) and isinstance(c.get("at"), int):
+    for c in h.change_list():
+        if isinstance(c.get("at"), int):
             changes.setdefault(c["at"], []).append(c)
-    cuts = {c for c in snap.get("clears", []) if isinstance(c, int)} | {snap.get("context_start", 0)}
-    messages = snap["messages"]
-    before = turns_before(is_turn(x) for x in messages)
+    cuts = {*h.clear_list(), h.context_start}
+    messages = conv.messages
+    before = turns_before(x.starts_turn for x in messages)
     for i in range(len(messages) + 1):
         if i in cuts and 0 < i < len(messages):
             out += ["---", "", "*(context cleared here)*", ""]
@@ -60,46 +63,67 @@ def transcript_markdown(snap: Snapshot) -> str:
             out += [f"*({what} changed to {shown})*", ""]
         if i == len(messages):
             break
-        m = messages[i]
-        dropped = m.get("dropped")
-        if m["role"] == "user":
-            head = f"## You (turn {before[i] + 1})" if is_turn(m) else "## You"
-        elif m["role"] == "system" and isinstance(m.get("summary_of"), list):
-            span = turn_span(before, *m["summary_of"][:2]) if len(m["summary_of"]) >= 2 else None
-            head = f"## Summary of {span_text(span) if span else 'earlier turns'} (sent in their place)"
-        else:
-            head = "## Model" + _left_out(m, before, cuts)
-        status = m.get("status", "ok")
-        if status != "ok":
-            status = "interrupted" if status == "streaming" else status
-            head += f" — *{status}*"
-        if dropped == "retried":
-            head += " — *replaced by a retry*"
-        elif dropped == "undone":
-            head += " — *undone*"
-        elif dropped == "unsent":
-            head += " — *not sent: too large for the model's context*"
-        out += [head, "", m["content"] or "*(no text)*", ""]
-        if m.get("error"):
-            out += [f"> error: {m['error']}", ""]
+        out += _message_markdown(messages[i], i, before, cuts, reasoning)
     return "\n".join(out)
 
 
-def _left_out(m: MessageJSON, before: list[int], cuts: set[int]) -> str:
+def _message_markdown(m: Message, i: int, before: list[int], cuts: set[int], reasoning: bool) -> list[str]:
+    if m.role == "tool":
+        head = "## Tool results"
+    elif m.role == "user":
+        head = f"## You (turn {before[i] + 1})" if m.starts_turn else "## You"
+    elif m.role == "system" and m.summary_of is not None:
+        span = turn_span(before, *m.summary_of)
+        head = f"## Summary of {span_text(span) if span else 'earlier turns'} (sent in their place)"
+    else:
+        head = "## Model" + _left_out(m, before, cuts)
+    if m.status != "ok":
+        head += f" — *{m.status}*"
+    head += _DROPPED_NOTE.get(m.dropped or "", "")
+    out = [head, ""]
+    if m.reasoning:
+        out += [f"*({reasoning_line(m)})*", ""]
+        if reasoning:
+            out += ["> " + line for line in m.reasoning.strip("\n").split("\n")] + [""]
+    out += [_text_of(m), ""]
+    if m.error:
+        out += [f"> error: {m.error}", ""]
+    return out
+
+
+def _text_of(m: Message) -> str:
+    """A message's text, with its tool calls and tool results after it."""
+    lines = [m.content] if m.content else []
+    for p in m.parts:
+        if isinstance(p, ToolCallPart):
+            lines.append(f"*(calls `{p.name}` with `{p.arguments}`, call `{p.id}`)*")
+        elif isinstance(p, ToolResultPart):
+            error = " (error)" if p.is_error else ""
+            lines.append(f"*(result of call `{p.call_id}`{error}:)*\n\n{p.text}")
+    return "\n\n".join(lines) or "*(no text)*"
+
+
+_DROPPED_NOTE = {
+    "retried": " — *replaced by a retry*",
+    "undone": " — *undone*",
+    "unsent": " — *not sent: too large for the model's context*",
+}
+
+
+def _left_out(m: Message, before: list[int], cuts: set[int]) -> str:
     """`` — *turns 1–4 not sent (context window)*`` when the request for reply ``m`` left earlier turns
     out (counted from the clear before that request)."""
-    ctx = m.get("context")
-    start = ctx.get("start") if isinstance(ctx, dict) else None
-    span = turn_span(before, clear_before(cuts, start), start) if isinstance(start, int) else None
+    start = m.context.start if m.context is not None else None
+    span = turn_span(before, clear_before(cuts, start), start) if start is not None else None
     return f" — *{span_text(span)} not sent (context window)*" if span else ""
 
 
-def export_to_folder(snap: Snapshot, fmt: str, folder: Path) -> Path:
-    """Write ``export(snap, fmt)`` to ``folder/chatcli-<id>.<fmt>`` (``-2``, ``-3``... when taken; never
+def export_to_folder(conv: Conversation, fmt: str, folder: Path) -> Path:
+    """Write ``export(conv, fmt)`` to ``folder/chatcli-<id>.<fmt>`` (``-2``, ``-3``... when taken; never
     overwrites). Returns the path. Raises ConfigError (format), ChatcliError (cannot write)."""
-    data = export(snap, fmt)
+    data = export(conv, fmt)
     for n in range(1, 1000):
-        path = folder / (f"chatcli-{snap['id']}" + (f"-{n}" if n > 1 else "") + f".{fmt}")
+        path = folder / (f"chatcli-{conv.id}" + (f"-{n}" if n > 1 else "") + f".{fmt}")
         try:
             with open(path, "xb") as f:
                 f.write(data)
@@ -108,4 +132,4 @@ def export_to_folder(snap: Snapshot, fmt: str, folder: Path) -> Path:
             continue
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e.strerror}") from None
-    raise ExportError(f"too many exports of {snap['id']} in {folder}")
+    raise ExportError(f"too many exports of {conv.id} in {folder}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from chatcli.snapshot import FORMAT, VERSION
+from chatcli.model import FORMAT, VERSION, Conversation
 from chatcli.stores.folder import FolderStore
 from chatcli.stores.folder_index import INDEX_NAME
 from transcript import CLI
@@ -67,7 +67,7 @@ def make(
         "messages": msgs,
         **extra,
     }
-    store.save(snap)
+    store.save(Conversation.from_json(snap))
     return snap
 
 
@@ -276,7 +276,7 @@ def test_search_follows_file_changes_and_the_index_is_only_a_cache(cli: CLI, sto
     assert json.loads(cli("search", "gnocchi", "--json").ok) == []
     snap = json.loads((store.root / f"{B}.json").read_text())
     snap["messages"][1]["content"] = "Gnocchi take two minutes."
-    store.save(snap)
+    store.save(Conversation.from_json(snap))
     assert [h["session_id"] for h in json.loads(cli("search", "gnocchi", "--json").ok)] == [B]
     os.unlink(store.root / f"{B}.json")
     assert json.loads(cli("search", "gnocchi", "--json").ok) == []

@@ -17,6 +17,7 @@ import pytest
 
 from chatcli.errors import StoreError
 from chatcli.library import migrate
+from chatcli.model import Conversation
 from chatcli.snapshot import NO_COUNTS, message_counts
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
@@ -58,8 +59,8 @@ def fill(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def everything(store: Store) -> dict[str, tuple[bool, dict[str, Any]]]:
-    out = {sid: (False, store.load(sid)) for sid in store.ids()}
-    out.update({sid: (True, store.load(sid, trashed=True)) for sid in store.trashed_ids()})
+    out = {sid: (False, store.load(sid).to_json()) for sid in store.ids()}
+    out.update({sid: (True, store.load(sid, trashed=True).to_json()) for sid in store.trashed_ids()})
     return out
 
 
@@ -90,7 +91,9 @@ def test_a_round_trip_through_every_engine_gives_back_every_snapshot(store_for: 
             dst.close()
     back = opened(specs[-1])
     assert everything(back) == original
-    assert back.load(A)["messages"][0]["content"].startswith("NUL \x00")  # through PostgreSQL and back
+    assert (
+        back.load(A).to_json()["messages"][0]["content"].startswith("NUL \x00")
+    )  # through PostgreSQL and back
 
 
 def test_a_session_that_differs_is_reported_and_never_overwritten(store_for: Any) -> None:
@@ -101,7 +104,7 @@ def test_a_session_that_differs_is_reported_and_never_overwritten(store_for: Any
     assert sorted(report.copied) == [A, C] and report.differs == [B]
     assert dst.ids() == [B] and dst.trashed_ids() == []  # a dry run writes nothing
     report = migrate(src, dst)
-    assert report.differs == [B] and dst.load(B)["title"] == "another machine's B"
+    assert report.differs == [B] and dst.load(B).header.title == "another machine's B"
     assert sorted(report.copied) == [A, C]
 
 
@@ -128,12 +131,12 @@ def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
     st = opened(mysql)
     lock = st.lock(A)
     changed = st.load(A)
-    changed["title"] = "changed there"
-    st.save(changed, changed_from=len(changed["messages"]))
+    changed.header.title = "changed there"
+    st.save(changed, changed_from=len(changed.messages))
     lock.release()
     r = run(child_env, "migrate", "--from", folder, "--to", mysql)
     assert r.returncode == 1 and f"{A} is in both stores with different content" in r.stderr
-    assert opened(mysql).load(A)["title"] == "changed there" and made[A]["title"] != "changed there"
+    assert opened(mysql).load(A).header.title == "changed there" and made[A]["title"] != "changed there"
     r = run(child_env, "migrate", "--from", mysql, "--to", mysql)
     assert r.returncode == 2 and "the same store" in r.stderr
 
@@ -142,17 +145,20 @@ def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
 def write_as_first_schema(store: SQLStore, s: dict[str, Any], upto: int = 1) -> None:
     """Rows as a chatcli with schema ``upto`` wrote them: 1 had no search index yet, 2 the engines' own
     full-text search (SQLite's triggers index the rows as they go in)."""
+    conv = Conversation.from_json(s)
     total = NO_COUNTS
-    for m in s["messages"]:
+    for m in conv.messages:
         total = total.plus(message_counts(m))
-    header = session_params(s, total, len(s["messages"]))
+    header = session_params(conv.header, total, len(conv.messages))
     names = ["id", *header, "version", "writer"]
     cols = [store._q(c) for c in names]
     rows, turn = [], 0
-    for i, m in enumerate(s["messages"]):
-        turn += m["role"] == "user"
-        rows.append(message_row(s["id"], i, max(turn, 1), m, store.holds_nul))
-    mcols = ["session_id", *MESSAGE_COLUMNS]
+    keep = [k for k, c in enumerate(MESSAGE_COLUMNS, 1) if c != "parts"]  # those schemas had no parts column
+    for i, m in enumerate(conv.messages):
+        turn += m.role == "user"
+        row = message_row(conv.id, i, max(turn, 1), m, store.holds_nul)
+        rows.append((row[0], *(row[k] for k in keep)))
+    mcols = ["session_id", *(c for c in MESSAGE_COLUMNS if c != "parts")]
     json_mark = "%s::jsonb" if store.kind == "postgresql" else "%s"
 
     def insert(cur: Any) -> None:
@@ -185,19 +191,19 @@ def write_as_first_schema(store: SQLStore, s: dict[str, Any], upto: int = 1) -> 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> None:
     old = opened(store_spec)
-    assert isinstance(old, SQLStore) and len(old.migrations) == 3
+    assert isinstance(old, SQLStore) and len(old.migrations) == len(MIGRATION_NAMES)
     write_as_first_schema(old, copy.deepcopy(ODD))
     write_as_first_schema(old, snap(B, title="Roman history", turns=[("Who founded Rome?", "Romulus.")]))
     st = opened(store_spec)  # the current chatcli: the missing migration runs on first use
     try:
-        assert st.load(A) == ODD
+        assert st.load(A).to_json() == ODD
         assert [h.session_id for h in st.search("romulus")] == [B]  # the new search index holds the old rows
         assert [h.role for h in st.search("roman")] == ["title"]
         assert {r.id for r in st.page().rows} == {A, B}
         assert isinstance(st, SQLStore)
         conn = st._connection()
         versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-        assert [int(v[0]) for v in versions] == [1, 2, 3]
+        assert [int(v[0]) for v in versions] == list(range(1, len(MIGRATION_NAMES) + 1))
     finally:
         st.close()
 
@@ -222,7 +228,7 @@ def test_a_database_of_todays_release_is_indexed_again_by_chatclis_words(store_s
             assert [(h.session_id, h.role) for h in st.search(query)] == [(A, role)], query
         conn = st._connection()
         versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-        assert [int(v[0]) for v in versions] == [1, 2, 3]
+        assert [int(v[0]) for v in versions] == list(range(1, len(MIGRATION_NAMES) + 1))
     finally:
         st.close()
 
@@ -264,5 +270,5 @@ def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
     st = opened(store_spec)
     assert isinstance(st, SQLStore)
     rows = st._x(st._connection().cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-    assert [int(v[0]) for v in rows] == [1, 2, 3]
+    assert [int(v[0]) for v in rows] == list(range(1, len(MIGRATION_NAMES) + 1))
     st.close()

@@ -116,7 +116,7 @@ def test_real_model_reply_saved_and_resumed_with_context(tmp_path: Path) -> None
         first.usage,
         second.usage,
     )
-    assert len(store.load(sid)["messages"]) == 4
+    assert len(store.load(sid).messages) == 4
 
 
 def llama_servers_of(parent: int) -> list[int]:

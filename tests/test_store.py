@@ -25,7 +25,8 @@ from chatcli.errors import (
     SnapshotError,
     StoreError,
 )
-from chatcli.snapshot import FORMAT, VERSION, DamagedFile, new_session_id, resolve, validate_id
+from chatcli.model import FORMAT, VERSION, Conversation
+from chatcli.snapshot import DamagedFile, new_session_id, resolve, validate_id
 from chatcli.stores import folder as store_mod
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FolderStore
@@ -35,7 +36,12 @@ ID_B = "20260101-090000-aaab"
 ID_C = "20260202-100000-cccc"
 
 
-def snapshot(
+def snapshot(sid: str, **kw: Any) -> Conversation:
+    """A session as ``snapshot_json`` spells it."""
+    return Conversation.from_json(snapshot_json(sid, **kw))
+
+
+def snapshot_json(
     sid: str,
     *,
     title: str = "",
@@ -95,7 +101,7 @@ def test_save_is_atomic_with_private_modes_under_umask_022(store: FolderStore, r
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert tmp_files(root) == []
-    assert orjson.loads(path.read_bytes()) == snapshot(ID_A)
+    assert orjson.loads(path.read_bytes()) == snapshot_json(ID_A)
     assert store.load(ID_A) == snapshot(ID_A)
 
 
@@ -110,9 +116,9 @@ def test_save_overwrites_and_reports_the_new_size(store: FolderStore, root: Path
     store.save(snapshot(ID_A))
     bigger = snapshot(ID_A, title="x" * 1000)
     info = store.save(bigger)
-    assert info.size == len(orjson.dumps(bigger, option=orjson.OPT_INDENT_2))
+    assert info.size == len(orjson.dumps(bigger.to_json(), option=orjson.OPT_INDENT_2))
     assert info.size == (root / f"{ID_A}.json").stat().st_size
-    assert store.load(ID_A)["title"] == "x" * 1000
+    assert store.load(ID_A).header.title == "x" * 1000
     assert tmp_files(root) == []
 
 
@@ -139,7 +145,7 @@ def test_failed_save_keeps_previous_snapshot_byte_identical(
     assert info.value.path == path
     assert path.read_bytes() == before
     assert tmp_files(root) == []
-    assert store.load(ID_A)["title"] == ""
+    assert store.load(ID_A).header.title == ""
 
 
 def test_failed_first_save_says_nothing_was_written(
@@ -264,7 +270,7 @@ def test_lock_with_a_hostile_id_touches_nothing(store: FolderStore, root: Path) 
 
 
 def _good_bytes(sid: str) -> bytes:
-    return orjson.dumps(snapshot(sid), option=orjson.OPT_INDENT_2)
+    return orjson.dumps(snapshot_json(sid), option=orjson.OPT_INDENT_2)
 
 
 def _flipped(sid: str) -> bytes:
@@ -275,7 +281,7 @@ def _flipped(sid: str) -> bytes:
 
 
 def _with(sid: str, **changes: Any) -> bytes:
-    snap = snapshot(sid)
+    snap = snapshot_json(sid)
     snap.update(changes)
     return orjson.dumps(snap)
 
@@ -462,7 +468,7 @@ HOSTILE = [
 @pytest.mark.parametrize("ref", HOSTILE)
 def test_resolve_rejects_hostile_ids(three: FolderStore, root: Path, ref: str) -> None:
     # A valid-looking snapshot one level up must never be reached through "../x".
-    (root.parent / "x.json").write_bytes(orjson.dumps(snapshot("x")))
+    (root.parent / "x.json").write_bytes(orjson.dumps(snapshot_json("x")))
     with pytest.raises(InvalidSessionId) as info:
         resolve(three, ref)
     assert len(str(info.value)) < 200  # a 500-character id is not echoed in full

@@ -19,8 +19,9 @@ from chatcli.errors import (
     SessionNotFound,
     StoreConflict,
 )
+from chatcli.model import FORMAT, VERSION, Conversation
 from chatcli.search import HIGHLIGHT
-from chatcli.snapshot import FORMAT, VERSION, resolve
+from chatcli.snapshot import resolve
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 
@@ -76,6 +77,16 @@ def snap(
     }
 
 
+def js(conv: Conversation) -> dict[str, Any]:
+    """A session as its snapshot (what the tests compare and change)."""
+    return conv.to_json()
+
+
+def cv(data: dict[str, Any]) -> Conversation:
+    """A snapshot (a copy of it) as the session the stores take."""
+    return Conversation.from_json(copy.deepcopy(data))
+
+
 def opened(spec: str) -> Store:
     return open_store(parse_store(spec), timeout=10)
 
@@ -90,7 +101,7 @@ def store(store_spec: str) -> Iterator[Store]:
 def put(store: Store, s: dict[str, Any]) -> dict[str, Any]:
     lock = store.lock(s["id"])
     try:
-        store.create(copy.deepcopy(s))
+        store.create(cv(s))
     finally:
         lock.release()
     return s
@@ -118,10 +129,10 @@ ODD["messages"][3]["usage"] = None
 
 def test_round_trip_keeps_every_field_and_unknown_keys(store: Store, store_spec: str) -> None:
     put(store, ODD)
-    assert store.load(A) == ODD
+    assert js(store.load(A)) == ODD
     again = opened(store_spec)
     try:
-        assert again.load(A) == ODD  # a fresh connection reads the same
+        assert js(again.load(A)) == ODD  # a fresh connection reads the same
     finally:
         again.close()
 
@@ -130,21 +141,21 @@ def test_incremental_saves_write_what_changed(store: Store, store_spec: str) -> 
     s = put(store, snap(A, turns=[("one", "1")]))
     lock = store.lock(A)
     try:
-        loaded = store.load(A)
+        loaded = js(store.load(A))
         loaded["messages"].append({"role": "user", "content": "two", "status": "ok"})
-        store.save(loaded, changed_from=2)
+        store.save(cv(loaded), changed_from=2)
         loaded["messages"].append({"role": "assistant", "content": "tw", "status": "streaming"})
-        store.save(loaded, changed_from=3)
+        store.save(cv(loaded), changed_from=3)
         loaded["messages"][3] = {"role": "assistant", "content": "two, done", "status": "ok"}
-        store.save(loaded, changed_from=3)
+        store.save(cv(loaded), changed_from=3)
         loaded["messages"][1] = dict(loaded["messages"][1], dropped="retried")
         loaded["title"] = "renamed"
-        store.save(loaded, changed_from=1)
+        store.save(cv(loaded), changed_from=1)
     finally:
         lock.release()
     fresh = opened(store_spec)
     try:
-        back = fresh.load(A)
+        back = js(fresh.load(A))
     finally:
         fresh.close()
     assert back == loaded
@@ -166,9 +177,9 @@ def test_a_save_without_a_load_writes_the_whole_snapshot(store: Store, store_spe
     try:
         lock = other.lock(A)
         shorter = snap(A, title="replaced", turns=[("only", "this")])
-        other.save(shorter)
+        other.save(cv(shorter))
         lock.release()
-        assert other.load(A) == shorter
+        assert js(other.load(A)) == shorter
     finally:
         other.close()
 
@@ -180,12 +191,12 @@ def test_create_never_overwrites(store: Store) -> None:
     store.trash(A)
     with pytest.raises(SessionExists):
         put(store, snap(A, title="other"))
-    assert store.load(A, trashed=True)["title"] == ""
+    assert js(store.load(A, trashed=True))["title"] == ""
 
 
 def test_unknown_and_hostile_ids(store: Store) -> None:
     with pytest.raises(SessionNotFound):
-        store.load(B)
+        js(store.load(B))
     for bad in ("../x", "a/b", "x\x00y", "", "x y", "é"):
         for call in (store.load, store.lock, store.trash, store.restore, store.exists):
             with pytest.raises(InvalidSessionId):
@@ -206,7 +217,7 @@ def test_one_writer_per_session(store: Store, store_spec: str) -> None:
         with pytest.raises(SessionLocked):
             other.purge(A)
         other.lock(B).release()  # another session is not affected
-        assert other.load(A) == snap(A)  # reading is always allowed
+        assert js(other.load(A)) == snap(A)  # reading is always allowed
         lock.release()
         other.lock(A).release()
     finally:
@@ -263,9 +274,9 @@ def test_trash_restore_purge(store: Store) -> None:
     put(store, snap(B))
     store.trash(A)
     assert store.ids() == [B] and store.trashed_ids() == [A]
-    assert store.load(A, trashed=True) == snap(A)
+    assert js(store.load(A, trashed=True)) == snap(A)
     with pytest.raises(SessionNotFound):
-        store.load(A)
+        js(store.load(A))
     with pytest.raises(SessionNotFound):
         store.trash(A)
     assert [r.id for r in store.page().rows] == [B]
@@ -417,7 +428,9 @@ def test_totals(store: Store) -> None:
     )
     assert (t["prompt_tokens"], t["completion_tokens"], t["cached_tokens"]) == (40, 20, 8)
     assert t["characters"] == sum(
-        len(m["content"]) for s in (store.load(A), store.load(B), store.load(C)) for m in s["messages"]
+        len(m["content"])
+        for s in (js(store.load(A)), js(store.load(B)), js(store.load(C)))
+        for m in s["messages"]
     )
     assert t["models"] == [("openai/gpt-4o-mini", 2), ("openai/Llama3.2", 1)]
     assert t["damaged"] == 0 and t["bytes"] > 0
@@ -427,19 +440,33 @@ def test_totals(store: Store) -> None:
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_a_save_over_another_writers_version_is_refused(store: Store, store_spec: str) -> None:
     put(store, snap(A, turns=[("one", "1")]))
-    mine = store.load(A)
+    mine = js(store.load(A))
     other = opened(store_spec)
     try:
-        theirs = other.load(A)
+        theirs = js(other.load(A))
         theirs["messages"].append({"role": "user", "content": "theirs", "status": "ok"})
-        other.save(theirs, changed_from=2)  # (a writer that lost its lock, or broke the rules)
+        other.save(cv(theirs), changed_from=2)  # (a writer that lost its lock, or broke the rules)
     finally:
         other.close()
     mine["messages"].append({"role": "user", "content": "mine", "status": "ok"})
     with pytest.raises(StoreConflict, match=r"changed .* by another chatcli"):
-        store.save(mine, changed_from=2)
+        store.save(cv(mine), changed_from=2)
     check = opened(store_spec)
     try:
-        assert check.load(A)["messages"][-1]["content"] == "theirs"
+        assert js(check.load(A))["messages"][-1]["content"] == "theirs"
     finally:
         check.close()
+
+
+def test_a_first_write_with_nothing_read_before_it_is_kept(store_spec: str) -> None:
+    """A store that has read nothing yet (for SQLite: no file yet) keeps the first session written to it."""
+    first = opened(store_spec)
+    try:
+        first.create(cv(snap(A, title="the very first")))
+    finally:
+        first.close()
+    again = opened(store_spec)
+    try:
+        assert again.ids() == [A] and js(again.load(A)) == snap(A, title="the very first")
+    finally:
+        again.close()

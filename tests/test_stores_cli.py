@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chatcli.snapshot import FORMAT, VERSION
+from chatcli.model import FORMAT, VERSION
 from chatcli.stores import parse_store
 from transcript import CLI, ScriptedBackend
 

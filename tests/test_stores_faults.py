@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from chatcli.model import Message
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 
@@ -28,7 +29,7 @@ def messages(spec: str) -> list[tuple[str, str, str]]:
     st = opened(spec)
     try:
         (sid,) = st.ids()
-        return [(m["role"], m["content"], m["status"]) for m in st.load(sid)["messages"]]
+        return [(m["role"], m["content"], m["status"]) for m in st.load(sid).to_json()["messages"]]
     finally:
         st.close()
 
@@ -70,7 +71,7 @@ def test_sigkill_mid_reply_keeps_the_message_and_the_reply_so_far(
     shown = chat.text()
     (user, reply) = messages(store_spec)
     assert user == ("user", "tell me a long story", "ok")
-    assert reply[0] == "assistant" and reply[2] == "streaming"  # read back as interrupted
+    assert reply[0] == "assistant" and reply[2] == "interrupted"  # saved while streaming: read back as cut
     assert "".join(words).startswith(reply[1]) and len(reply[1]) >= len("".join(words[:80]))
     assert shown.count("w") >= reply[1].count("w") - 15  # what was on screen, up to the last quarter second
     chat = Chat(chatcli("resume", "last", "--store", store_spec), child_env)  # the lock died with the process
@@ -172,9 +173,9 @@ def test_turns_kept_locally_never_overwrite_another_machines_turns(
     try:
         (sid,) = other.ids()
         lock = other.lock(sid)
-        snap = other.load(sid)
-        snap["messages"].append({"role": "user", "content": "theirs", "status": "ok"})
-        other.save(snap, changed_from=2)
+        conv = other.load(sid)
+        conv.messages.append(Message("user", "theirs"))
+        other.save(conv, changed_from=2)
         lock.release()
     finally:
         other.close()
@@ -188,7 +189,7 @@ def test_turns_kept_locally_never_overwrite_another_machines_turns(
     st = opened(store_spec)
     try:
         new = r.text().split()[-1]
-        assert [m["content"] for m in st.load(new)["messages"]][-2:] == [
+        assert [m["content"] for m in st.load(new).to_json()["messages"]][-2:] == [
             "mine, kept locally",
             "Echo: mine, kept locally",
         ]

@@ -1,11 +1,12 @@
 """The store contract: what every engine (folder, sqlite, postgresql, mysql) does, with the same
 guarantees and the same errors.
 
-A store holds sessions by id, as snapshots (``chatcli.snapshot``). ``save`` returns only once the write is
-durable (the folder: an atomic file replace and fsyncs; a database: a committed transaction). ``lock`` makes
-one writer per session across every process, and every machine, that shares the store; the lock goes when
-its holder does, however it ends. The trash holds deleted sessions until ``restore`` or ``purge``. The
-catalog (``page``, ``search``, ``totals``) answers ``list``, ``search`` and ``stats``.
+A store holds sessions by id (``chatcli.model.Conversation``; on disk, their snapshots). ``save``
+returns only once the write is durable (the folder: an atomic file replace and fsyncs; a database: a
+committed transaction). ``lock`` makes one writer per session across every process, and every machine,
+that shares the store; the lock goes when its holder does, however it ends. The trash holds deleted
+sessions until ``restore`` or ``purge``. The catalog (``page``, ``search``, ``totals``) answers ``list``,
+``search`` and ``stats``.
 
 Errors: SessionNotFound, SessionExists, SessionLocked, SnapshotError, SaveError, InvalidSessionId (an id
 is checked before anything is touched), StoreUnavailable (a database that does not answer), StoreConflict
@@ -14,13 +15,12 @@ is checked before anything is touched), StoreUnavailable (a database that does n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chatcli.messages import MessageJSON
+from chatcli.model import Conversation
 from chatcli.search import SearchHit
-from chatcli.snapshot import DamagedFile, SessionSummary, Snapshot
+from chatcli.snapshot import DamagedFile, SessionSummary
 
 #: the most rows a store is asked for at once: a larger limit is this (every engine's LIMIT takes it)
 MAX_ROWS = 2**31 - 1
@@ -77,20 +77,19 @@ class Store(Protocol):
         """Take the session's writer lock now, or raise SessionLocked (held by another chatcli)."""
         ...
 
-    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
-        """The session's snapshot, validated (from the trash when ``trashed``). Raises SessionNotFound,
-        SnapshotError."""
+    def load(self, session_id: str, *, trashed: bool = False) -> Conversation:
+        """The session, validated (from the trash when ``trashed``). Raises SessionNotFound, SnapshotError."""
         ...
 
-    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
-        """Write ``snapshot`` durably over the session's last state (hold its lock). ``messages`` may be any
-        sequence of message dicts; messages before ``changed_from`` are as this store last saved or loaded
-        them for this session, so a database writes only the rest. ``checkpoint``: a save of a reply still
-        streaming (a store may take a cheaper path, e.g. not retry a database that stopped answering).
-        Raises SaveError, StoreUnavailable, StoreConflict, SessionLocked (the lock was lost)."""
+    def save(self, conv: Conversation, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        """Write ``conv`` durably over the session's last state (hold its lock). Messages before
+        ``changed_from`` are as this store last saved or loaded them for this session, so a database writes
+        only the rest. ``checkpoint``: a save of a reply still streaming (a store may take a cheaper path,
+        e.g. not retry a database that stopped answering). Raises SaveError, StoreUnavailable,
+        StoreConflict, SessionLocked (the lock was lost)."""
         ...
 
-    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
+    def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
         """Write a session that is not in the store yet (into the trash when ``trashed``). Raises
         SessionExists when its id is taken, live or in the trash; SaveError."""
         ...
@@ -157,10 +156,18 @@ class Store(Protocol):
         ...
 
     def search(
-        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+        self,
+        text: str,
+        *,
+        role: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        reasoning: bool = False,
     ) -> list[SearchHit]:
         """Messages and titles of live sessions holding every word of ``text`` as a word prefix (case and
-        accents ignored), best first, among the SEARCH_WINDOW most recent matches."""
+        accents ignored), best first, among the SEARCH_WINDOW most recent matches. With ``reasoning`` the
+        assistant's reasoning too: such hits have the role ``reasoning`` (``role="assistant"`` keeps them,
+        ``user`` and ``title`` do not)."""
         ...
 
     def totals(self, active_since: str) -> dict[str, Any]:
@@ -173,21 +180,3 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections and locks still held. Safe to call twice."""
         ...
-
-
-class MessageDicts(Sequence[MessageJSON]):
-    """A read-only sequence of message dicts built on demand from objects with ``to_json()`` (the
-    session's Message), so a store that writes only the changed messages never builds the others."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Sequence[Any]) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [m.to_json() for m in self._items[index]]
-        return self._items[index].to_json()

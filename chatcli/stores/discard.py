@@ -7,8 +7,8 @@ from typing import Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import SessionNotFound
+from chatcli.model import Conversation
 from chatcli.search import SearchHit
-from chatcli.snapshot import Snapshot
 from chatcli.stores.base import Page, SaveInfo, Store
 
 NOT_SAVED = "(not saved)"
@@ -31,16 +31,16 @@ class DiscardingStore:
     def lock(self, session_id: str) -> _NoLock:
         return _NoLock()
 
-    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
+    def load(self, session_id: str, *, trashed: bool = False) -> Conversation:
         if self.source is None:
             raise SessionNotFound(f"no session {session_id}")
         return self.source.load(session_id, trashed=trashed)
 
-    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+    def save(self, conv: Conversation, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
         return SaveInfo(location=NOT_SAVED, size=None, saved_at=utc_now())
 
-    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
-        return self.save(snapshot)
+    def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
+        return self.save(conv)
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.source is not None and self.source.exists(session_id, trashed=trashed)
@@ -85,7 +85,13 @@ class DiscardingStore:
         return Page([])
 
     def search(
-        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+        self,
+        text: str,
+        *,
+        role: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        reasoning: bool = False,
     ) -> list[SearchHit]:
         return []
 

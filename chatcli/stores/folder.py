@@ -21,17 +21,17 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import SaveError, SessionExists, SessionLocked, SessionNotFound, SnapshotError
+from chatcli.model import Conversation
 from chatcli.paths import expanded, usable_folder
 from chatcli.search import SearchHit
 from chatcli.snapshot import (
     ID_RE,
     DamagedFile,
     SessionSummary,
-    Snapshot,
     decode,
     dumps,
     validate_id,
@@ -213,32 +213,32 @@ class FolderStore:
                 pass
         return n
 
-    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+    def save(self, conv: Conversation, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
         """Write the whole snapshot atomically as ``<id>.json``; returns once the file and the folder are
         fsynced. Raises SaveError (disk full, permissions, ...): when the failure comes before the rename,
         the previous snapshot is intact and no temp file is left; when only the final fsync of the folder
         fails, the new snapshot is in place but not known to be durable, and the message says so."""
-        path = self.path_for(snapshot["id"])
-        data = dumps(whole(snapshot))
+        path = self.path_for(conv.id)
+        data = dumps(conv.to_json())
         self.ensure_root()
         write_atomic(path, data)
         return SaveInfo(location=str(path), size=len(data), saved_at=utc_now())
 
-    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
-        sid = snapshot["id"]
+    def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
+        sid = conv.id
         if self.exists(sid) or self.exists(sid, trashed=True):
             raise SessionExists(f"a session {sid} already exists in {self.display}; nothing was written")
         path = self.path_for(sid, trashed=trashed)
-        data = dumps(whole(snapshot))
+        data = dumps(conv.to_json())
         ensure_folder(path.parent)
         write_atomic(path, data, overwrite=False)
         return SaveInfo(location=str(path), size=len(data), saved_at=utc_now())
 
-    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
-        """Read and validate a snapshot by exact id. Raises SessionNotFound or SnapshotError."""
+    def load(self, session_id: str, *, trashed: bool = False) -> Conversation:
+        """Read and validate a session by exact id. Raises SessionNotFound or SnapshotError."""
         return self.load_path(self.path_for(session_id, trashed=trashed), session_id)
 
-    def load_path(self, path: Path, session_id: str | None = None) -> Snapshot:
+    def load_path(self, path: Path, session_id: str | None = None) -> Conversation:
         """Read and validate the snapshot at ``path``. Only a regular file is read: a symbolic link, a
         folder, a FIFO or a device is refused (nothing is followed or blocked on), and so is a file larger
         than MAX_SNAPSHOT_BYTES. Raises SessionNotFound or SnapshotError naming the file."""
@@ -246,10 +246,10 @@ class FolderStore:
         raw = read_regular_file(
             path, lambda: SessionNotFound(f"no session {session_id or path.stem} in {where}{self.root}")
         )
-        data = decode(raw, path)
-        if data["id"] != path.stem:
-            raise SnapshotError(f"{path} holds session {data['id']!r}, not {path.stem!r}", path)
-        return data
+        conv = decode(raw, path)
+        if conv.id != path.stem:
+            raise SnapshotError(f"{path} holds session {conv.id!r}, not {path.stem!r}", path)
+        return conv
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.path_for(session_id, trashed=trashed).exists()
@@ -392,11 +392,17 @@ class FolderStore:
         return Page(rows if limit is None else rows[: max(0, limit)], damaged, len(rows))
 
     def search(
-        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+        self,
+        text: str,
+        *,
+        role: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        reasoning: bool = False,
     ) -> list[SearchHit]:
         if not self.root.is_dir():
             return []
-        return self.index().search(text, role=role, session_id=session_id, limit=limit)
+        return self.index().search(text, role=role, session_id=session_id, limit=limit, reasoning=reasoning)
 
     def totals(self, active_since: str) -> dict[str, Any]:
         if not self.root.is_dir():  # (the figures of an empty index: it is not made for them)
@@ -409,16 +415,6 @@ class FolderStore:
             self._index = None
 
 
-def whole(snapshot: Snapshot) -> Snapshot:
-    """The snapshot as the folder store writes it: ``messages`` as a list (a store may be handed any
-    sequence), and last."""
-    out: dict[str, Any] = {k: v for k, v in snapshot.items() if k != "messages"}
-    messages = snapshot["messages"]
-    out["messages"] = messages if isinstance(messages, list) else list(messages)
-    return cast("Snapshot", out)
-
-
-# -- file primitives ---------------------------------------------------------------------------------------
 def why(e: OSError) -> str:
     """An OSError in words, e.g. ``No space left on device``."""
     return e.strerror or str(e) or type(e).__name__

@@ -15,15 +15,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcli.errors import SessionNotFound, SnapshotError, StoreError
-from chatcli.search import HIGHLIGHT, SEARCH_WINDOW, SearchHit, index_text, search_words, snippet
-from chatcli.snapshot import DamagedFile, SessionSummary, is_turn, summarize
+from chatcli.search import (
+    HIGHLIGHT,
+    REASONING,
+    SEARCH_WINDOW,
+    SearchHit,
+    index_text,
+    search_words,
+    snippet,
+    wants_reasoning,
+)
+from chatcli.snapshot import DamagedFile, SessionSummary, summarize
 from chatcli.stores.base import Page, rows_limit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from chatcli.snapshot import Snapshot
+    from chatcli.model import Conversation
 
 
 class Files(Protocol):
@@ -43,15 +52,16 @@ class Files(Protocol):
         """(session id, directory entry) for every snapshot file in the folder, in no order."""
         ...
 
-    def load_path(self, path: Path, session_id: str | None = None) -> Snapshot:
-        """The validated snapshot in ``path``. Raises SnapshotError (damaged or foreign), OSError."""
+    def load_path(self, path: Path, session_id: str | None = None) -> Conversation:
+        """The validated session in ``path``. Raises SnapshotError (damaged or foreign), OSError."""
         ...
 
 
 INDEX_NAME = ".index.sqlite"
 #: 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones; 4: the
-#: words of chatcli.search, with FTS5's ascii tokenizer (each word whole)
-SCHEMA_VERSION = 4
+#: words of chatcli.search, with FTS5's ascii tokenizer (each word whole); 5: reasoning, as texts of the role
+#: ``reasoning``
+SCHEMA_VERSION = 5
 #: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
 #: deletes one rowid range (an FTS5 UNINDEXED column cannot be searched without reading the whole table)
 _ROWS_SHIFT = 24
@@ -186,23 +196,23 @@ class SessionIndex:
         self._forget(db, sid)
         path = self.store.path_for(sid)
         try:
-            snap = self.store.load_path(path, sid)
+            conv = self.store.load_path(path, sid)
         except (SnapshotError, SessionNotFound) as e:
             db.execute(
                 "INSERT INTO files (id, size, mtime_ns, damaged) VALUES (?, ?, ?, ?)",
                 (sid, sig[0], sig[1], str(e)),
             )
             return
-        c = summarize(snap)
+        c, h = summarize(conv), conv.header
         cursor = db.execute(
             "INSERT INTO files VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 sid,
                 sig[0],
                 sig[1],
-                snap["title"],
-                snap["backend"],
-                snap["model"],
+                h.title,
+                h.backend,
+                h.model,
                 c.user_messages,
                 c.messages,
                 c.prompt_tokens,
@@ -211,20 +221,20 @@ class SessionIndex:
                 c.user_messages,
                 c.assistant_messages,
                 c.characters,
-                snap["created_at"],
-                snap["updated_at"],
+                h.created_at,
+                h.updated_at,
             ),
         )
         first = (cursor.lastrowid or 0) << _ROWS_SHIFT
         rows: list[tuple[int, str, str, str, int, str, int]] = []
-        if snap["title"]:
-            rows.append((first, index_text(snap["title"]), snap["title"], sid, 0, "title", -1))
+        if h.title:
+            rows.append((first, index_text(h.title), h.title, sid, 0, "title", -1))
         turn = 0
-        for i, m in enumerate(snap["messages"]):
-            turn += is_turn(m)
-            if m["content"]:
-                text = m["content"]
-                rows.append((first + len(rows), index_text(text), text, sid, max(turn, 1), m["role"], i))
+        for i, m in enumerate(conv.messages):
+            turn += m.starts_turn
+            for role, text in ((m.role, m.content), (REASONING, m.reasoning)):
+                if text:
+                    rows.append((first + len(rows), index_text(text), text, sid, max(turn, 1), role, i))
         db.executemany(
             "INSERT INTO texts (rowid, words, content, session_id, turn, role, position) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -306,11 +316,17 @@ class SessionIndex:
         }
 
     def search(
-        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+        self,
+        text: str,
+        *,
+        role: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        reasoning: bool = False,
     ) -> list[SearchHit]:
-        """As ``Store.search``. Matches are ranked among the ``SEARCH_WINDOW`` most recent ones (every
-        match when there are fewer): ranking all the matches of a word found in most of a million messages
-        would take seconds."""
+        """As ``Store.search`` (reasoning is indexed as texts of the role ``reasoning``). Matches are ranked
+        among the ``SEARCH_WINDOW`` most recent ones (every match when there are fewer): ranking all the
+        matches of a word found in most of a million messages would take seconds."""
         words = search_words(text)
         if not words:
             return []
@@ -324,8 +340,11 @@ class SessionIndex:
         )
         args: list[Any] = [fts_query(words)]
         if role:
-            sql += " AND t.role = ?"
-            args.append(role)
+            sql += " AND t.role IN (?, ?)"
+            args += [role, REASONING if wants_reasoning(role, reasoning) else role]
+        elif not reasoning:
+            sql += " AND t.role != ?"
+            args.append(REASONING)
         if session_id:
             sql += " AND t.session_id = ?"
             args.append(session_id)

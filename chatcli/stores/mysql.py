@@ -20,8 +20,8 @@ from typing import Any
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.search import mysql_text, mysql_word, tie_break, word_share
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS
-from chatcli.stores.sql_schema import refill
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched, reasoning_hits
+from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.url import StoreURL
 
 BIG = 100_000  # messages (by ``mid``) from which a search first checks how frequent its words are
@@ -93,6 +93,15 @@ def _search_words(cur: Any) -> None:
         cur.execute(f"ALTER TABLE {table} DROP INDEX {old}, ADD FULLTEXT INDEX {new} ({column})")
 
 
+def _message_parts(cur: Any) -> None:
+    """Schema 5, "message parts": messages made of more than text keep their parts; the words of their
+    reasoning (``search.mysql_text``; NULL without reasoning) get a FULLTEXT index of their own, for
+    ``search --reasoning``."""
+    cur.execute("ALTER TABLE chatcli_messages ADD COLUMN parts JSON, ADD COLUMN reasoning_words LONGTEXT")
+    _no_stopwords(cur)
+    cur.execute("ALTER TABLE chatcli_messages ADD FULLTEXT INDEX chatcli_reasoning_ft (reasoning_words)")
+
+
 class MySQLStore(SQLStore):
     """Sessions in a MySQL or MariaDB database. ``url``: the parsed ``mysql://user[:password]@host[:port]/db``
     (``?unix_socket=PATH`` to connect through a socket; see ``StoreURL.pymysql_params``);
@@ -100,7 +109,13 @@ class MySQLStore(SQLStore):
     is sent as UTF-8 bytes, as the ``mariadb`` client sends it (PyMySQL would encode a str as latin-1)."""
 
     kind = "mysql"
-    migrations = (("tables", _TABLES), ("search", _add_search), ("search words", _search_words))
+    migrations = named(
+        _TABLES,
+        _add_search,
+        _search_words,
+        migration_names_step("VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"),
+        _message_parts,
+    )
     begin_write = "START TRANSACTION"
     begin_read = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
     _for_update = " FOR UPDATE"
@@ -241,22 +256,23 @@ class MySQLStore(SQLStore):
         cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name("#schema"),))
 
     # -- rows ----------------------------------------------------------------------------------------------
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
-        for row, words in zip(rows, searched, strict=True):  # the server would drop the connection instead
-            need = 2 * sum(len(str(v).encode("utf-8", "surrogatepass")) for v in row) + len(words) + 4096
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        for row, (words, thought) in zip(rows, searched, strict=True):  # the server would drop the connection
+            size = sum(len(str(v).encode("utf-8", "surrogatepass")) for v in row)
+            need = 2 * size + len(words) + len(thought or "") + 4096
             if need > self.max_packet:
                 raise StoreError(
                     f"the server takes statements of at most {self.max_packet:,} bytes (its "
                     f"max_allowed_packet) and this message needs up to {need:,}: have it raised to 16M, "
                     f"MySQL's and MariaDB's default"
                 )
-        cols = ["session_id", *MESSAGE_COLUMNS, "words"]
+        cols = ["session_id", *MESSAGE_COLUMNS, "words", "reasoning_words"]
         quoted = [f"`{c}`" for c in cols]
         updates = ", ".join(f"{q} = VALUES({q})" for q in quoted[2:])
         cur.executemany(
             f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
             f"ON DUPLICATE KEY UPDATE {updates}",
-            [(*r, w) for r, w in zip(rows, searched, strict=True)],
+            [(*r, *w) for r, w in zip(rows, searched, strict=True)],
         )
 
     def _searched(self, text: str) -> str:
@@ -269,13 +285,21 @@ class MySQLStore(SQLStore):
         return f"LOCATE(%s, LOWER({column})) > 0"
 
     def _search_rows(
-        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+        self,
+        cur: Any,
+        words: list[str],
+        role: str | None,
+        session_id: str | None,
+        limit: int,
+        reasoning: bool,
     ) -> list[tuple[Any, ...]]:
         found: list[tuple[float, tuple[Any, ...]]] = []
         if role != "title":
             found += self._messages(cur, words, role, session_id, limit)
         if role in (None, "title"):
             found += self._titles(cur, words, session_id, limit)
+        if reasoning:
+            found += self._reasoning(cur, words, session_id, limit)
         found.sort(key=lambda sr: (-sr[0], tie_break(sr[1][0], sr[1][4])))
         return [r for _, r in found[:limit]]
 
@@ -370,6 +394,24 @@ class MySQLStore(SQLStore):
             [*score_args, *args, limit],
         )
         return [(float(r[0]), r[1:]) for r in cur.fetchall()]
+
+    def _reasoning(
+        self, cur: Any, words: list[str], session_id: str | None, limit: int
+    ) -> list[tuple[float, tuple[Any, ...]]]:
+        """Matching reasoning, best first, among the ``window`` most recent matches (FULLTEXT only: reasoning
+        is searched on request, so the sampling of ``_messages`` is not needed)."""
+        where, args, score, score_args = self._match("m.reasoning_words", words)
+        if session_id:
+            where.append("m.session_id = %s")
+            args.append(session_id)
+        cur.execute(
+            f"SELECT h.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ("
+            f"SELECT m.mid, {score} AS score FROM chatcli_messages m WHERE {' AND '.join(where)} ORDER BY m.mid "
+            f"DESC LIMIT %s) h JOIN chatcli_messages m ON m.mid = h.mid JOIN chatcli_sessions s ON s.id = "
+            f"m.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC, m.session_id DESC, m.idx LIMIT %s",
+            [*score_args, *args, self.window, limit],
+        )
+        return reasoning_hits(cur.fetchall())
 
     def disk_bytes(self) -> int:
         """Bytes chatcli's tables take, data and indexes (``information_schema.tables``)."""

@@ -18,8 +18,15 @@ from typing import Any
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.search import tie_break, tsquery, tsvector
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, MESSAGE_JSON_COLUMNS, exact_text
-from chatcli.stores.sql_schema import refill
+from chatcli.stores.sql_rows import (
+    JSON_FIELDS,
+    MESSAGE_COLUMNS,
+    MESSAGE_JSON_COLUMNS,
+    Searched,
+    exact_text,
+    reasoning_hits,
+)
+from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.url import StoreURL
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
@@ -75,6 +82,14 @@ def _search_words(cur: Any) -> None:
     )
 
 
+#: schema 5, "message parts": messages made of more than text keep their parts; their reasoning has a
+#: tsvector of its own (NULL without reasoning), for ``search --reasoning``
+_PARTS = [
+    "ALTER TABLE chatcli_messages ADD COLUMN parts jsonb, ADD COLUMN reasoning_tsv tsvector",
+    "CREATE INDEX chatcli_messages_reasoning_tsv ON chatcli_messages USING gin (reasoning_tsv)",
+]
+
+
 def _libpq_reason(e: BaseException) -> str:
     """The heart of a libpq connection error: ``Connection refused`` out of ``connection failed: connection
     to server at "h", port 5432 failed: Connection refused\n\tIs the server running...``."""
@@ -88,7 +103,13 @@ class PostgreSQLStore(SQLStore):
     called when the server wants a password and none was found (None: do not ask)."""
 
     kind = "postgresql"
-    migrations = (("tables", _TABLES), ("search", _add_search), ("search words", _search_words))
+    migrations = named(
+        _TABLES,
+        _add_search,
+        _search_words,
+        migration_names_step("text"),
+        _PARTS,
+    )
     holds_nul = False  # text and jsonb cannot hold NUL: such records are kept whole in extra
     begin_write = "BEGIN"
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -232,15 +253,17 @@ class PostgreSQLStore(SQLStore):
     def _out(self, column: str) -> str:
         return f"{column}::text"
 
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
-        cols = ["session_id", *(c for c in MESSAGE_COLUMNS)]
-        marks = ["%s::jsonb" if c in MESSAGE_JSON_COLUMNS else "%s" for c in cols]
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        cols = ["session_id", *MESSAGE_COLUMNS, "tsv", "reasoning_tsv"]
+        marks = [
+            "%s::jsonb" if c in MESSAGE_JSON_COLUMNS else "%s::tsvector" if "tsv" in c else "%s" for c in cols
+        ]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
         sql = (
-            f"INSERT INTO chatcli_messages ({', '.join(cols)}, tsv) VALUES ({', '.join(marks)}, %s::tsvector) "
-            f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}, tsv = excluded.tsv"
+            f"INSERT INTO chatcli_messages ({', '.join(cols)}) VALUES ({', '.join(marks)}) "
+            f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}"
         )
-        cur.executemany(sql, [(*r, w) for r, w in zip(rows, searched, strict=True)])
+        cur.executemany(sql, [(*r, *w) for r, w in zip(rows, searched, strict=True)])
 
     def _searched(self, text: str) -> str:
         return tsvector(text)
@@ -251,7 +274,13 @@ class PostgreSQLStore(SQLStore):
         return f"strpos(lower({column}), %s) > 0"
 
     def _search_rows(
-        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+        self,
+        cur: Any,
+        words: list[str],
+        role: str | None,
+        session_id: str | None,
+        limit: int,
+        reasoning: bool,
     ) -> list[tuple[Any, ...]]:
         query = tsquery(words)
         found: list[tuple[float, tuple[Any, ...]]] = []
@@ -286,8 +315,29 @@ class PostgreSQLStore(SQLStore):
                 (float(r[0]), r[1:])
                 for r in cur.execute(sql + " ORDER BY 1 DESC, s.id DESC LIMIT %s", [*args, limit]).fetchall()
             ]
+        if reasoning:
+            found += self._reasoning_rows(cur, query, session_id, limit)
         found.sort(key=lambda sr: (-sr[0], tie_break(sr[1][0], sr[1][4])))
         return [r for _, r in found[:limit]]
+
+    def _reasoning_rows(
+        self, cur: Any, query: str, session_id: str | None, limit: int
+    ) -> list[tuple[float, tuple[Any, ...]]]:
+        inner = (
+            "SELECT m.mid, ts_rank(m.reasoning_tsv, q) AS score FROM chatcli_messages m, CAST(%s AS tsquery) q "
+            "WHERE m.reasoning_tsv @@ q"
+        )
+        args: list[Any] = [query]
+        if session_id:
+            inner += " AND m.session_id = %s"
+            args.append(session_id)
+        sql = (
+            f"SELECT h.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ({inner} "
+            f"ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_messages m ON m.mid = h.mid JOIN chatcli_sessions s "
+            f"ON s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC, m.session_id DESC, m.idx "
+            f"LIMIT %s"
+        )
+        return reasoning_hits(cur.execute(sql, [*args, self.window, limit]).fetchall())
 
     def disk_bytes(self) -> int:
         """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""

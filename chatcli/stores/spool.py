@@ -38,8 +38,9 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
+from chatcli.model import Conversation
 from chatcli.search import SearchHit
-from chatcli.snapshot import Snapshot, dumps, validate_snapshot
+from chatcli.snapshot import dumps
 from chatcli.stores.base import Page, SaveInfo
 from chatcli.stores.folder import ensure_folder, read_regular_file, remove_quietly, write_atomic
 from chatcli.stores.sql import SQLStore
@@ -113,18 +114,18 @@ class SpoolingStore:
         p = self._pending.get(session_id)
         return p.path if p is not None else None
 
-    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
-        sid = snapshot["id"]
+    def save(self, conv: Conversation, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        sid = conv.id
         pending = self._pending.get(sid)
         if pending is not None:
             changed_from = min(changed_from, pending.changed_from)
             if pending.conflict or checkpoint or time.monotonic() < self._retry_at:
-                return self._spool(snapshot, changed_from, pending.reason, pending.conflict)
+                return self._spool(conv, changed_from, pending.reason, pending.conflict)
         started = time.monotonic()
         try:
-            info = self.primary.save(snapshot, changed_from=changed_from, checkpoint=checkpoint)
+            info = self.primary.save(conv, changed_from=changed_from, checkpoint=checkpoint)
         except (StoreConflict, SessionLocked) as e:
-            return self._spool(snapshot, changed_from, str(e), conflict=True)
+            return self._spool(conv, changed_from, str(e), conflict=True)
         except (
             StoreError,
             SaveError,
@@ -132,7 +133,7 @@ class SpoolingStore:
             now = time.monotonic()
             spent = now - started  # a refused connection costs nothing to try again; a silent host does
             self._retry_at = now + min(self.max_retry_wait, self.retry_ratio * spent) if spent >= 0.5 else 0.0
-            return self._spool(snapshot, changed_from, str(e), conflict=False)
+            return self._spool(conv, changed_from, str(e), conflict=False)
         if pending is not None:
             del self._pending[sid]
             remove_quietly(pending.path)
@@ -142,8 +143,8 @@ class SpoolingStore:
             )
         return info
 
-    def _spool(self, snapshot: Snapshot, changed_from: int, reason: str, conflict: bool) -> SaveInfo:
-        sid = snapshot["id"]
+    def _spool(self, conv: Conversation, changed_from: int, reason: str, conflict: bool) -> SaveInfo:
+        sid = conv.id
         first = self._pending.get(sid)
         path = self.folder / f"{sid}.json"
         base = first.base_version if first is not None else self.primary.saved_version(sid)
@@ -158,7 +159,7 @@ class SpoolingStore:
             "reason": reason,
             "conflict": conflict,
             "spooled_at": utc_now(),
-            "snapshot": {**snapshot, "messages": list(snapshot["messages"])},
+            "snapshot": conv.to_json(),
         }
         data = dumps(record)
         try:
@@ -191,11 +192,11 @@ class SpoolingStore:
     def lock(self, session_id: str) -> Any:
         return self.primary.lock(session_id)
 
-    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
+    def load(self, session_id: str, *, trashed: bool = False) -> Conversation:
         return self.primary.load(session_id, trashed=trashed)
 
-    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
-        return self.primary.create(snapshot, trashed=trashed)
+    def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
+        return self.primary.create(conv, trashed=trashed)
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.primary.exists(session_id, trashed=trashed)
@@ -247,9 +248,15 @@ class SpoolingStore:
         return self.primary.page(limit, since=since, before=before, model=model, title=title, trashed=trashed)
 
     def search(
-        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+        self,
+        text: str,
+        *,
+        role: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        reasoning: bool = False,
     ) -> list[SearchHit]:
-        return self.primary.search(text, role=role, session_id=session_id, limit=limit)
+        return self.primary.search(text, role=role, session_id=session_id, limit=limit, reasoning=reasoning)
 
     def totals(self, active_since: str) -> dict[str, Any]:
         return self.primary.totals(active_since)
@@ -289,7 +296,7 @@ def read_spool(path: Path) -> dict[str, Any]:
         raise SnapshotError(f"{path} is not valid JSON (damaged)", path) from None
     if not isinstance(record, dict) or record.get("format") != SPOOL_FORMAT:
         raise SnapshotError(f"{path} is not a chatcli spool file", path)
-    record["snapshot"] = validate_snapshot(record.get("snapshot"), path)
+    record["snapshot"] = Conversation.from_json(record.get("snapshot"), path)
     return record
 
 
@@ -311,8 +318,8 @@ def sync(primary: SQLStore, folder: Path, only: str | None = None) -> list[SyncO
 
 
 def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutcome:
-    snap = record["snapshot"]
-    sid = snap["id"]
+    snap: Conversation = record["snapshot"]
+    sid = snap.id
     try:
         lock = primary.lock(sid)
     except SessionLocked:

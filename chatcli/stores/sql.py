@@ -32,12 +32,12 @@ from chatcli.errors import (
     StoreError,
     StoreUnavailable,
 )
+from chatcli.model import Conversation
 from chatcli.snapshot import (
     NO_COUNTS,
     Counts,
-    Snapshot,
+    message_counts,
     validate_id,
-    validate_snapshot,
 )
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.sql_catalog import SQLCatalog
@@ -49,6 +49,7 @@ from chatcli.stores.sql_rows import (
     MESSAGE_JSON_COLUMNS,
     SESSION_FIELDS,
     Saved,
+    Searched,
     changes_since,
     message_from_row,
     message_row,
@@ -122,9 +123,9 @@ class SQLStore(SQLCatalog, SQLSchema):
     def _unlock(self, cur: Any, session_id: str) -> None:
         raise NotImplementedError
 
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
-        """Insert or replace message ``rows`` (session_id, then MESSAGE_COLUMNS), each with its words as
-        ``_searched`` gives them."""
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        """Insert or replace message ``rows`` (session_id, then MESSAGE_COLUMNS), each with the words of its
+        text and of its reasoning (None: it has none) as ``_searched`` gives them."""
         raise NotImplementedError
 
     def _searched(self, text: str) -> str:
@@ -301,10 +302,10 @@ class SQLStore(SQLCatalog, SQLSchema):
 
         return bool(self._run("looked a session up", ask))
 
-    def load(self, session_id: str, *, trashed: bool = False) -> Snapshot:
+    def load(self, session_id: str, *, trashed: bool = False) -> Conversation:
         validate_id(session_id)
         columns = ", ".join(self._out(c) if c in JSON_FIELDS else self._q(c) for c in SESSION_FIELDS)
-        mcols = ", ".join(self._out(c) if c in MESSAGE_JSON_COLUMNS else self._q(c) for c in MESSAGE_COLUMNS)
+        mcols = self._message_columns()
         deleted = "IS NOT NULL" if trashed else "IS NULL"
 
         def read(cur: Any) -> tuple[Any, list[Any]]:
@@ -329,18 +330,22 @@ class SQLStore(SQLCatalog, SQLSchema):
             where = "the trash of " if trashed else ""
             raise SessionNotFound(f"no session {session_id} in {where}{self.display}")
         where = self.location(session_id)
-        header = session_from_row(session_id, row[1 : 1 + len(SESSION_FIELDS)])
-        header["messages"] = [message_from_row(r) for r in rows]
-        snap = validate_snapshot(header, where)
+        data = session_from_row(session_id, row[1 : 1 + len(SESSION_FIELDS)])
+        data["messages"] = [message_from_row(r) for r in rows]
+        conv = Conversation.from_json(data, where)
         total = Counts(*(int(v) for v in row[1 + len(SESSION_FIELDS) :]))  # kept up to date by every save
+        counts = [message_counts(m) for m in conv.messages]
         self._saved[session_id] = Saved(
-            int(row[0]),
-            [m.copy() for m in snap["messages"]],  # (the caller's may
-            [int(r[1]) for r in rows],
-            total,
-            snap["title"],
-        )  # change)
-        return snap
+            int(row[0]), counts, [int(r[1]) for r in rows], total, conv.header.title
+        )
+        return conv
+
+    def _message_columns(self, table: str = "") -> str:
+        """MESSAGE_COLUMNS as a SELECT lists them (of ``table``, when given), JSON columns as text."""
+        at = f"{table}." if table else ""
+        return ", ".join(
+            at + (self._out(c) if c in MESSAGE_JSON_COLUMNS else self._q(c)) for c in MESSAGE_COLUMNS
+        )
 
     def _out(self, column: str) -> str:
         """How a JSON column is selected so that it arrives as text."""
@@ -368,38 +373,40 @@ class SQLStore(SQLCatalog, SQLSchema):
         return (int(row[0]), row[1]) if row is not None else None
 
     # -- writing -------------------------------------------------------------------------------------------
-    def save(self, snapshot: Snapshot, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
-        return self._save(snapshot, changed_from)
+    def save(self, conv: Conversation, *, changed_from: int = 0, checkpoint: bool = False) -> SaveInfo:
+        return self._save(conv, changed_from)
 
     def _save(
-        self, snapshot: Snapshot, changed_from: int, create: bool = False, deleted_at: str | None = None
+        self, conv: Conversation, changed_from: int, create: bool = False, deleted_at: str | None = None
     ) -> SaveInfo:
         """One save's transaction; with ``create`` the session row is inserted only if no row has its id
         (SessionExists otherwise: two creators at once never both write), in the trash at ``deleted_at``."""
-        sid = validate_id(snapshot["id"])
+        sid = validate_id(conv.id)
         if sid in self._lost:
             raise SessionLocked(
                 f"session {sid} was opened by another chatcli while the connection to "
                 f"{self.display} was lost; nothing was overwritten"
             )
         state = self._saved.get(sid)
-        n = len(snapshot["messages"])
-        start, tail, turns, total = changes_since(state, snapshot["messages"], changed_from)
-        header = session_params(snapshot, total, n, self.holds_nul)
+        n = len(conv.messages)
+        start, tail, turns, counts, total = changes_since(state, conv.messages, changed_from)
+        header = session_params(conv.header, total, n, self.holds_nul)
         if create:
             header["deleted_at"] = deleted_at
         rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
-        searched = [self._searched(m["content"]) for m in tail]  # (the exact text: a row's may be cleaned)
+        searched = [  # (the exact text: a row's may be cleaned)
+            (self._searched(m.content), self._searched(m.reasoning) if m.reasoning else None) for m in tail
+        ]
 
         def write(cur: Any) -> int:
             with self._tx(cur, self.begin_write):
                 version = self._write_session(cur, sid, header, state, create)
                 if rows:
                     self._upsert_messages(cur, rows, searched)
-                if state is None or len(state.messages) > n:
+                if state is None or len(state.counts) > n:
                     self._x(cur, "DELETE FROM chatcli_messages WHERE session_id = %s AND idx >= %s", (sid, n))
-                if state is None or state.title != snapshot["title"]:
-                    self._index_title(cur, sid, snapshot["title"])
+                if state is None or state.title != conv.header.title:
+                    self._index_title(cur, sid, conv.header.title)
             return version
 
         try:
@@ -415,11 +422,11 @@ class SQLStore(SQLCatalog, SQLSchema):
             state = Saved(version, [], [], NO_COUNTS)
             self._saved[sid] = state
         state.version = version
-        del state.messages[start:], state.turns[start:]
-        state.messages += tail
+        del state.counts[start:], state.turns[start:]
+        state.counts += counts
         state.turns += turns
         state.total = total
-        state.title = snapshot["title"]
+        state.title = conv.header.title
         return SaveInfo(location=self.location(sid), size=None, saved_at=utc_now())
 
     def _write_session(
@@ -480,9 +487,9 @@ class SQLStore(SQLCatalog, SQLSchema):
         """The placeholder for a session column (JSON columns may need a cast)."""
         return "%s"
 
-    def create(self, snapshot: Snapshot, *, trashed: bool = False) -> SaveInfo:
-        self._saved.pop(validate_id(snapshot["id"]), None)
-        return self._save(snapshot, 0, create=True, deleted_at=utc_now() if trashed else None)
+    def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
+        self._saved.pop(validate_id(conv.id), None)
+        return self._save(conv, 0, create=True, deleted_at=utc_now() if trashed else None)
 
 
 class _Lock:

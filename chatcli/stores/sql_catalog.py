@@ -10,7 +10,7 @@ from typing import Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import SessionNotFound
-from chatcli.search import SEARCH_WINDOW, SearchHit, search_words, snippet
+from chatcli.search import SEARCH_WINDOW, SearchHit, search_words, snippet, wants_reasoning
 from chatcli.snapshot import SessionSummary, validate_id
 from chatcli.stores.base import Page, SessionLock, rows_limit
 
@@ -50,10 +50,16 @@ class SQLCatalog:
         raise NotImplementedError
 
     def _search_rows(
-        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+        self,
+        cur: Any,
+        words: list[str],
+        role: str | None,
+        session_id: str | None,
+        limit: int,
+        reasoning: bool,
     ) -> list[tuple[Any, ...]]:
-        """(session_id, title, turn, role, idx, content) of the best matches among the ``window`` most recent,
-        best first."""
+        """(session_id, title, turn, role, idx, text) of the best matches among the ``window`` most recent,
+        best first; with ``reasoning`` the messages' reasoning too (role ``reasoning``, its text)."""
         raise NotImplementedError
 
     # -- ids -----------------------------------------------------------------------------------------------
@@ -167,14 +173,21 @@ class SQLCatalog:
         return out
 
     def search(
-        self, text: str, *, role: str | None = None, session_id: str | None = None, limit: int = 20
+        self,
+        text: str,
+        *,
+        role: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        reasoning: bool = False,
     ) -> list[SearchHit]:
         words = search_words(text)
         if not words:
             return []
+        also = wants_reasoning(role, reasoning)
 
         def ask(cur: Any) -> list[Any]:
-            return self._search_rows(cur, words, role, session_id, max(1, rows_limit(limit) or 1))
+            return self._search_rows(cur, words, role, session_id, max(1, rows_limit(limit) or 1), also)
 
         rows = self._run("searched", ask)
         return [SearchHit(r[0], r[1], int(r[2]), r[3], int(r[4]), snippet(r[5], words)) for r in rows]

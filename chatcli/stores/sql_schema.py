@@ -1,5 +1,6 @@
-"""The numbered schema migrations of the SQL stores: the schema's version (how many migrations the database
-has), applying the missing ones under a lock, and refusing a database newer than this chatcli. A mixin of
+"""The schema migrations of the SQL stores, named alike on every engine (MIGRATION_NAMES) and numbered: the
+schema's version (how many migrations the database has), applying the missing ones under a lock, and
+refusing a database newer than this chatcli. A mixin of
 SQLStore (``sql.py``), whose engines give the migrations and the lock."""
 
 from __future__ import annotations
@@ -12,15 +13,42 @@ from chatcli.clock import utc_now
 from chatcli.errors import StoreError
 
 #: the schema migrations in order, as every engine names them: "search words" re-indexes every message and
-#: title with chatcli's own definition of a word (chatcli.search)
-MIGRATION_NAMES = ("tables", "search", "search words")
+#: title with chatcli's own definition of a word (chatcli.search); "migration names" keeps these names in
+#: ``chatcli_migrations`` (chatcli_schema keeps the number, which is what an older chatcli reads); "message
+#: parts" gives messages made of more than text (chatcli.model) a column of their own
+MIGRATION_NAMES = ("tables", "search", "search words", "migration names", "message parts")
+NAMED_FROM = MIGRATION_NAMES.index("migration names") + 1  # the schema version that has chatcli_migrations
+
+
+Step = Sequence[str] | Callable[[Any], None]  # a migration: statements, or a function of a cursor
+
+
+def named(*steps: Step) -> tuple[tuple[str, Step], ...]:
+    """An engine's migrations, one step per name of MIGRATION_NAMES, in that order (ValueError when an
+    engine has too few or too many): the names are written here once, for every engine."""
+    return tuple(zip(MIGRATION_NAMES, steps, strict=True))
+
+
+def migration_names_step(name_type: str) -> Callable[[Any], None]:
+    """Schema 4, "migration names": ``chatcli_migrations`` (``name`` of each migration applied, in the words of
+    MIGRATION_NAMES, and ``applied_at``), with the names of those applied before it."""
+
+    def step(cur: Any) -> None:
+        now = utc_now()
+        rows = ", ".join(f"('{name}', '{now}')" for name in MIGRATION_NAMES[: NAMED_FROM - 1])
+        cur.execute(
+            f"CREATE TABLE chatcli_migrations (name {name_type} PRIMARY KEY, applied_at {name_type} NOT NULL)"
+        )
+        cur.execute(f"INSERT INTO chatcli_migrations (name, applied_at) VALUES {rows}")
+
+    return step
 
 
 class SQLSchema:
     """Schema versions and migrations. Needs SQLStore's ``_x``, ``_tx``, driver hooks and settings."""
 
     display: str
-    migrations: Sequence[tuple[str, Sequence[str] | Callable[[Any], None]]]
+    migrations: Sequence[tuple[str, Step]]
     begin_write: str
 
     def _x(self, cur: Any, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -81,6 +109,12 @@ class SQLSchema:
                         "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
                         (version + 1, utc_now()),
                     )
+                    if version + 1 >= NAMED_FROM:
+                        self._x(
+                            cur,
+                            "INSERT INTO chatcli_migrations (name, applied_at) VALUES (%s, %s)",
+                            (self.migrations[version][0], utc_now()),
+                        )
         finally:
             self._unlock_schema(cur, token)
 

@@ -4,8 +4,9 @@ One database file (mode 0600, its folder 0700) in WAL mode with ``synchronous=FU
 on disk. The writer lock of a session is an OS file lock in ``<file>.locks/`` beside the database (released
 when its process ends, however it ends), so chatclis on one machine, or on machines sharing the folder
 over a file system with working locks, never write the same session at once. Full-text search is FTS5 over
-the words chatcli.search cuts each message and title into (columns ``words`` and ``title_words``, with
-the ``ascii`` tokenizer, which keeps every word whole), kept up to date by triggers.
+the words chatcli.search cuts each message and title into (columns ``words`` and ``title_words``, and
+``reasoning_words`` for ``search --reasoning``, with the ``ascii`` tokenizer, which keeps every word whole),
+kept up to date by triggers.
 
 The file is made by the first save: until then a store whose file does not exist answers from an empty
 database in memory, so ``list``, ``search`` or a mistyped path create nothing. Its folder must exist: a
@@ -20,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
+from chatcli.model import Conversation
 from chatcli.paths import expanded
 from chatcli.search import index_text, tie_break
-from chatcli.snapshot import Snapshot
 from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS
-from chatcli.stores.sql_schema import refill
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched, reasoning_hits
+from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.url import StoreURL
 
 _TABLES = [
@@ -118,6 +119,29 @@ _WORDS_INDEX = [  # (after the words are filled in: a trigger must never delete 
 ]
 
 
+#: schema 5, "message parts": messages made of more than text keep their parts; their reasoning has words
+#: and an FTS5 index of its own (only rows with reasoning are in it: ``search --reasoning``)
+_PARTS = [
+    "ALTER TABLE chatcli_messages ADD COLUMN parts TEXT",
+    "ALTER TABLE chatcli_messages ADD COLUMN reasoning_words TEXT",
+    """CREATE VIRTUAL TABLE chatcli_reasoning_fts USING fts5(reasoning_words, session_id UNINDEXED,
+        content='chatcli_messages', content_rowid='mid', tokenize='ascii')""",
+    """CREATE TRIGGER chatcli_reasoning_ai AFTER INSERT ON chatcli_messages
+        WHEN new.reasoning_words IS NOT NULL BEGIN
+        INSERT INTO chatcli_reasoning_fts (rowid, reasoning_words, session_id)
+        VALUES (new.mid, new.reasoning_words, new.session_id); END""",
+    """CREATE TRIGGER chatcli_reasoning_ad AFTER DELETE ON chatcli_messages
+        WHEN old.reasoning_words IS NOT NULL BEGIN
+        INSERT INTO chatcli_reasoning_fts (chatcli_reasoning_fts, rowid, reasoning_words, session_id)
+        VALUES ('delete', old.mid, old.reasoning_words, old.session_id); END""",
+    """CREATE TRIGGER chatcli_reasoning_au AFTER UPDATE OF reasoning_words ON chatcli_messages BEGIN
+        INSERT INTO chatcli_reasoning_fts (chatcli_reasoning_fts, rowid, reasoning_words, session_id)
+        SELECT 'delete', old.mid, old.reasoning_words, old.session_id WHERE old.reasoning_words IS NOT NULL;
+        INSERT INTO chatcli_reasoning_fts (rowid, reasoning_words, session_id)
+        SELECT new.mid, new.reasoning_words, new.session_id WHERE new.reasoning_words IS NOT NULL; END""",
+]
+
+
 def _search_words(cur: Any) -> None:
     """Schema 3: every message and title indexed again by chatcli's definition of a word."""
     for statement in _WORDS:
@@ -141,10 +165,17 @@ def _search_words(cur: Any) -> None:
 
 
 class SQLiteStore(SQLStore):
-    """Sessions in the SQLite database at ``path`` (created, with its folder, when missing)."""
+    """Sessions in the SQLite database at ``path`` (the file is created by the first save; its folder must
+    exist: StoreError otherwise)."""
 
     kind = "sqlite"
-    migrations = (("tables", _TABLES), ("search", _SEARCH), ("search words", _search_words))
+    migrations = named(
+        _TABLES,
+        _SEARCH,
+        _search_words,
+        migration_names_step("TEXT"),
+        _PARTS,
+    )
     locks_on_connection = False  # lock files: nothing to keep alive
     begin_write = "BEGIN IMMEDIATE"
     begin_read = "BEGIN"
@@ -192,12 +223,12 @@ class SQLiteStore(SQLStore):
         return conn
 
     def _save(
-        self, snapshot: Snapshot, changed_from: int, create: bool = False, deleted_at: str | None = None
+        self, conv: Conversation, changed_from: int, create: bool = False, deleted_at: str | None = None
     ) -> SaveInfo:
-        if self._in_memory:  # the first save: from now on the database is the file
-            self._make = True
+        self._make = True  # a save makes the file, also when nothing was read before it
+        if self._in_memory:  # the first save after reads: from now on the database is the file
             self._drop()
-        return super()._save(snapshot, changed_from, create, deleted_at)
+        return super()._save(conv, changed_from, create, deleted_at)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
@@ -271,21 +302,27 @@ class SQLiteStore(SQLStore):
             token.release()
 
     # -- rows ---------------------------------------------------------------------------------------------
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[str]) -> None:
-        cols = ["session_id", *MESSAGE_COLUMNS, "words"]
+    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        cols = ["session_id", *MESSAGE_COLUMNS, "words", "reasoning_words"]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
         self._many(
             cur,
             f"INSERT INTO chatcli_messages ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))}) "
             f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}",
-            [(*r, w) for r, w in zip(rows, searched, strict=True)],
+            [(*r, *w) for r, w in zip(rows, searched, strict=True)],
         )
 
     def _searched(self, text: str) -> str:
         return index_text(text)
 
     def _search_rows(
-        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
+        self,
+        cur: Any,
+        words: list[str],
+        role: str | None,
+        session_id: str | None,
+        limit: int,
+        reasoning: bool,
     ) -> list[tuple[Any, ...]]:
         query = fts_query(words)
         found: list[tuple[float, tuple[Any, ...]]] = []
@@ -317,8 +354,27 @@ class SQLiteStore(SQLStore):
                 (r[0], r[1:])
                 for r in cur.execute(sql + " ORDER BY t.rank, s.id DESC LIMIT ?", [*args, limit])
             ]
+        if reasoning:
+            found += self._reasoning_rows(cur, query, session_id, limit)
         found.sort(key=lambda sr: (sr[0], tie_break(sr[1][0], sr[1][4])))  # bm25: lower is better
         return [r for _, r in found[:limit]]
+
+    def _reasoning_rows(
+        self, cur: Any, query: str, session_id: str | None, limit: int
+    ) -> list[tuple[float, tuple[Any, ...]]]:
+        inner = (
+            "SELECT rowid AS r, rank AS score FROM chatcli_reasoning_fts WHERE chatcli_reasoning_fts MATCH ?"
+        )
+        args: list[Any] = [query]
+        if session_id:
+            inner += " AND session_id = ?"
+            args.append(session_id)
+        sql = (
+            f"SELECT b.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ({inner} "
+            f"ORDER BY rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s "
+            f"ON s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score, m.session_id DESC, m.idx LIMIT ?"
+        )
+        return reasoning_hits(cur.execute(sql, [*args, self.window, limit]).fetchall())
 
     def _holds(self, column: str) -> str:
         return f"chatcli_holds({column}, %s)"
