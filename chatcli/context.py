@@ -17,7 +17,7 @@ decides the window, without an extra request. An estimate must come in under the
 and ``/tokenize``) and an uncalibrated estimate comes near the limit (above NEAR of it), or no turn fits by
 the estimate, the planned request is counted exactly and moved on by a turn while it does not fit (at most
 EXACT_TRIES counts). The window itself comes from the backend or the settings (see
-``ContextMixin``); when it is unknown, everything since the last ``clear`` is sent and a server's overflow
+``chatcli.planner``); when it is unknown, everything since the last ``clear`` is sent and a server's overflow
 error teaches it.
 
 No I/O here: the exact count is a callback.
@@ -27,9 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from chatcli.errors import MessageTooLarge
-from chatcli.messages import BYTES_PER_TOKEN, MESSAGE_OVERHEAD, Message
+from chatcli.messages import BYTES_PER_TOKEN, MESSAGE_OVERHEAD
+from chatcli.model import Message
+from chatcli.wire import ReasoningRule, never, to_openai
 
 REPLY_PRIMING = 3  # tokens a chat template adds to start the reply (``<|im_start|>assistant\n``)
 MAX_RESERVE = 4096  # the most tokens kept for a reply when max_tokens is not set
@@ -40,7 +43,7 @@ EXACT_TRIES = 4  # exact counts per request at most
 CALIBRATE_FROM = 64  # tokens: a smaller request does not calibrate the estimate
 
 #: the exact count of a request's messages (role/content dicts), or None when the server cannot say
-Counter = Callable[[list[dict[str, str]]], "int | None"]
+Counter = Callable[[list[dict[str, Any]]], "int | None"]
 
 SUMMARY_HEADER = "Summary of the earlier part of this conversation (those turns are not shown):"
 
@@ -87,7 +90,7 @@ class Plan:
 
     start: int
     indexes: list[int]
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     tokens: int | None
     exact: bool
     window: int | None
@@ -107,11 +110,12 @@ class Plan:
 
 def candidates(messages: Sequence[Message], context_start: int, end: int) -> list[int]:
     """Indexes, in order, of the messages a request may carry: those in ``messages[context_start:end]``
-    that have text and were not dropped, summaries excluded (a summary goes in the system message)."""
+    that have something to send (``Message.sendable``) and were not dropped, summaries excluded (a summary
+    goes in the system message)."""
     return [
         i
         for i in range(context_start, end)
-        if messages[i].content and messages[i].dropped is None and messages[i].summary_of is None
+        if messages[i].sendable and messages[i].dropped is None and messages[i].summary_of is None
     ]
 
 
@@ -158,6 +162,7 @@ def plan(
     end: int | None = None,
     count: Counter | None = None,
     min_start: int = 0,
+    rule: ReasoningRule = never,
 ) -> Plan:
     """The request (a Plan) for a reply to the conversation ``messages[:end]`` (default: all of them).
 
@@ -165,8 +170,9 @@ def plan(
     ``max_tokens``: the reply cap in tokens (None: not set; see ``reserve_for``);
     ``window``: the context window in tokens (None: unknown, everything since ``context_start`` is sent);
     ``count``: the backend's exact count, or None; ``min_start``: send nothing before this index (after an
-    overflow, to send less than the refused request). Raises MessageTooLarge when the newest turn cannot
-    fit even alone (the caller marks it unsent)."""
+    overflow, to send less than the refused request); ``rule``: which replies carry their reasoning
+    (``chatcli.wire.reasoning_rule``). Raises MessageTooLarge when the newest turn cannot fit even alone
+    (the caller marks it unsent)."""
     end = len(messages) if end is None else end
     if window is None:  # everything since the clear; after an overflow, the turns from min_start on
         sent = candidates(messages, context_start, end)
@@ -177,7 +183,9 @@ def plan(
             start = later[0] if later else (turns[-1] if turns else sent[0])
             sent = [i for i in sent if i >= start]
         left = turns_between(messages, context_start, start)
-        return Plan(start, sent, _request(messages, sent, system, None), None, False, None, 0, left_out=left)
+        return Plan(
+            start, sent, _request(messages, sent, system, None, rule), None, False, None, 0, left_out=left
+        )
     reserve = reserve_for(window, max_tokens)
     limit = window - reserve
     # only the newest messages can be sent: look back no further than twice the window (the estimate is
@@ -185,7 +193,9 @@ def plan(
     sent, complete = _recent(messages, context_start, end, 2 * limit)
     if not sent:
         size = estimate(system) + REPLY_PRIMING  # as the requests that send messages are counted
-        return Plan(context_start, [], _request(messages, [], system, None), size, False, window, reserve)
+        return Plan(
+            context_start, [], _request(messages, [], system, None, rule), size, False, window, reserve
+        )
     factor = calibration(messages, context_start, system, end)
     newest = _newest_turn(messages, sent)
     fit = _Fit(messages, sent, newest, system, limit, factor, count, complete)
@@ -215,7 +225,9 @@ def plan(
     return Plan(
         start=start,
         indexes=indexes,
-        messages=_request(messages, indexes, system, messages[summary] if summary is not None else None),
+        messages=_request(
+            messages, indexes, system, messages[summary] if summary is not None else None, rule
+        ),
         tokens=tokens,
         exact=exact,
         window=window,
@@ -341,7 +353,7 @@ def _recent(messages: Sequence[Message], context_start: int, end: int, enough: i
     while i >= context_start:
         m = messages[i]
         i -= 1
-        if m.content and m.dropped is None and m.summary_of is None:
+        if m.sendable and m.dropped is None and m.summary_of is None:
             out.append(i + 1)
             total += m.estimated_tokens()
             if total > enough and m.role == "user":
@@ -351,11 +363,15 @@ def _recent(messages: Sequence[Message], context_start: int, end: int, enough: i
 
 
 def _request(
-    messages: Sequence[Message], indexes: list[int], system: str, summary: Message | None
-) -> list[dict[str, str]]:
-    """The request's ``{"role", "content"}`` dicts: the system message (when it has text), then the
-    messages at ``indexes``."""
+    messages: Sequence[Message],
+    indexes: list[int],
+    system: str,
+    summary: Message | None,
+    rule: ReasoningRule = never,
+) -> list[dict[str, Any]]:
+    """The request's messages in the OpenAI chat format (``chatcli.wire.to_openai``): the system message
+    (when it has text), then the messages at ``indexes``, their reasoning where ``rule`` says."""
     head = system_text(system, summary)
     out = [{"role": "system", "content": head}] if head else []
-    out.extend({"role": messages[i].role, "content": messages[i].content} for i in indexes)
+    out.extend(to_openai((messages[i] for i in indexes), rule))
     return out

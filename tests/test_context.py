@@ -15,7 +15,8 @@ from chatcli.context import (
     reserve_for,
 )
 from chatcli.errors import MessageTooLarge
-from chatcli.messages import ContextUsed, Message, Usage
+from chatcli.messages import ContextUsed, Usage
+from chatcli.model import Message
 
 
 def chat(turns: int, chars: int = 300) -> list[Message]:

@@ -16,10 +16,10 @@ import pytest
 
 from chatcli.backends.ollama import OllamaBackend
 from chatcli.backends.openai import OpenAIBackend
+from chatcli.compaction import SUMMARY_INSTRUCTIONS
 from chatcli.context import SUMMARY_HEADER
 from chatcli.errors import MessageTooLarge, NothingToDo
 from chatcli.session import ConversationSession, GenerationParams
-from chatcli.session_context import SUMMARY_INSTRUCTIONS
 from chatcli.stores.folder import FolderStore
 from chatcli.transcript import transcript_markdown
 
@@ -83,7 +83,7 @@ def test_twenty_long_turns_all_get_replies_and_every_word_stays(
         for i in range(20):
             reply = s.send(long_message(i), on_notice=notices.append)
             assert reply.status == "ok" and reply.content == f"Echo: {long_message(i)}"
-        snap = store.load(s.id)
+        snap = store.load(s.id).to_json()
         assert [m["content"] for m in snap["messages"] if m["role"] == "user"] == [
             long_message(i) for i in range(20)
         ]
@@ -127,7 +127,7 @@ def test_an_overflow_is_retried_once_with_fewer_turns_and_the_message_kept_once(
             r"(1 earlier turn left out \(it stays|\d+ earlier turns left out \(they stay) in the session\)",
             said[0],
         )
-        snap = store.load(s.id)
+        snap = store.load(s.id).to_json()
         users = [m["content"] for m in snap["messages"] if m["role"] == "user"]
         assert users == [long_message(i) for i in range(6)]  # never twice
         assert snap["context_window"] == WINDOW  # remembered for the session
@@ -170,7 +170,7 @@ def test_a_message_too_large_alone_is_kept_unsent_and_the_talk_goes_on(
             r"this message is [\d,]+ tokens, [\d,]+ more than the model's context leaves", str(info.value)
         )
         assert len(llm.requests) == 1  # nothing was sent
-        snap = store.load(s.id)
+        snap = store.load(s.id).to_json()
         kept = snap["messages"][-1]
         assert (kept["role"], kept["content"], kept["dropped"]) == ("user", huge, "unsent")
         assert "more than the model's context leaves" in kept["error"]
@@ -206,7 +206,7 @@ def test_compact_sends_a_summary_in_place_of_the_turns_left_out(
         assert progress and progress[0].startswith("summarising ")
         assert summary.role == "system" and summary.content == "They listed words of eight messages."
         assert summary.summary_of is not None and summary.summary_of[0] == 0
-        snap = store.load(s.id)
+        snap = store.load(s.id).to_json()
         assert snap["messages"][-1]["summary_of"] == summary.summary_of
         assert sum(1 for m in snap["messages"] if m["role"] == "user") == 8  # the turns are untouched
 
@@ -214,23 +214,23 @@ def test_compact_sends_a_summary_in_place_of_the_turns_left_out(
         sent = llm.requests[-1]["json"]["messages"]
         assert sent[0]["role"] == "system" and sent[0]["content"].startswith(SUMMARY_HEADER)
         assert "They listed words of eight messages." in sent[0]["content"]
-        assert store.load(s.id)["messages"][-1]["context"]["summary"] == len(snap["messages"]) - 1
+        assert store.load(s.id).to_json()["messages"][-1]["context"]["summary"] == len(snap["messages"]) - 1
 
         s.uncompact()
         s.send(long_message(9))
         assert llm.requests[-1]["json"]["messages"][0]["role"] == "user"  # plain trimming again
-        assert store.load(s.id)["messages"][len(snap["messages"]) - 1]["dropped"] == "undone"
+        assert store.load(s.id).to_json()["messages"][len(snap["messages"]) - 1]["dropped"] == "undone"
 
 
 def test_compact_at_summarises_by_itself(store: FolderStore, opened: list[ConversationSession]) -> None:
     with FakeLLMServer(context_window=WINDOW, overflow="llamacpp") as llm:
         s = new(store, llm, "llamacpp", opened)
-        s.compact_at = 0.8
+        s.planner.compact_at = 0.8
         notices: list[str] = []
         for i in range(8):
             s.send(long_message(i), on_notice=notices.append)
         assert any(n.startswith("summarising ") for n in notices)
-        snap = store.load(s.id)
+        snap = store.load(s.id).to_json()
         summaries = [i for i, m in enumerate(snap["messages"]) if m.get("summary_of")]
         assert summaries
         # each summary sits before the user message of the turn that asked for it, not after
@@ -306,7 +306,7 @@ def test_compact_when_the_newest_turn_fills_the_window_alone(
         assert summary.summary_of == [0, 4]  # every turn but the newest
         stats = s.stats()
         assert stats.context["turns_sent"] == 1 and stats.context["left_out"] == 2
-        shown = transcript_markdown(s.to_snapshot())
+        shown = transcript_markdown(s.conv)
         assert "## Summary of turns 1–2 (sent in their place)\n\nThree long notes." in shown
 
 
@@ -323,7 +323,7 @@ def test_stats_count_the_last_request_as_it_was_after_a_clear(
         assert after == before and after["turns_sent"] >= 1 and after["left_out"] >= 1
         # show and history keep saying what those requests left out, counted from the clear before them
         assert re.search(
-            r"## Model — \*turns 1–\d+ not sent \(context window\)\*", transcript_markdown(s.to_snapshot())
+            r"## Model — \*turns 1–\d+ not sent \(context window\)\*", transcript_markdown(s.conv)
         )
 
 

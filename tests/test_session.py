@@ -23,9 +23,10 @@ from chatcli.errors import (
     SessionTimeoutError,
     StreamError,
 )
+from chatcli.model import FORMAT, VERSION, Conversation
 from chatcli.session import ConversationSession, GenerationParams, Message, Timeouts
-from chatcli.snapshot import FORMAT, VERSION
 from chatcli.stores.folder import FolderStore
+from chatcli.turn import TurnPolicy
 
 from fakellm import FakeLLMServer, Reply
 
@@ -206,7 +207,7 @@ def test_checkpoint_saves_partial_reply_as_streaming(
     store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
 ) -> None:
     s = openai_session(store, fake_llm, opened)
-    s.checkpoint_seconds = s.checkpoint_cost_ratio = 0.0  # save after every token
+    s.policy = TurnPolicy(checkpoint_seconds=0.0, checkpoint_cost_ratio=0.0)  # save after every token
     fake_llm.enqueue(Reply(text="alpha beta gamma", delay_each=0.02))
     mid: list[dict[str, Any]] = []
 
@@ -267,21 +268,21 @@ def test_checkpoints_every_quarter_second_unless_saving_is_slow(
     spending at most a tenth of the streaming time on saves."""
     import types
 
-    import chatcli.session as session_mod
+    import chatcli.turn as turn_mod
 
     clock = _Clock()
-    monkeypatch.setattr(session_mod, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(turn_mod, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     s = ConversationSession.create(store, _TickingBackend(clock), model="ticking")
     opened.append(s)
     checkpoints: list[tuple[float, str]] = []
     real_save = s.store.save
 
-    def timed_save(snapshot: dict[str, Any], **kw: Any) -> Any:
-        last = snapshot["messages"][-1]
-        if last["status"] == "streaming":
-            checkpoints.append((clock.t, last["content"]))
+    def timed_save(conv: Conversation, **kw: Any) -> Any:
+        last = conv.messages[-1]
+        if last.status == "streaming":
+            checkpoints.append((clock.t, last.content))
         clock.t += save_cost
-        return real_save(snapshot, **kw)
+        return real_save(conv, **kw)
 
     monkeypatch.setattr(s.store, "save", timed_save)
     s.send("go")
@@ -514,7 +515,7 @@ def test_429_beyond_max_retries_raises_rate_limited(
     store: FolderStore, fake_llm: FakeLLMServer, opened: list[ConversationSession]
 ) -> None:
     s = openai_session(store, fake_llm, opened)
-    s.max_retries = 2
+    s.policy = TurnPolicy(max_retries=2)
     limited = Reply(status=429, error_message="quota", headers={"Retry-After": "0"})
     fake_llm.enqueue(limited, limited, limited, Reply(text="never reached"))
     notices: list[str] = []
@@ -558,13 +559,13 @@ def test_resume_restores_everything_and_sends_the_whole_context(
     built: list[tuple[str, str]] = []
 
     def factory(session: ConversationSession) -> OpenAIBackend:
-        built.append((session.model, session.base_url))
-        return OpenAIBackend(session.base_url, session.model)
+        built.append((session.header.model, session.header.base_url))
+        return OpenAIBackend(session.header.base_url, session.header.model)
 
     r = ConversationSession.resume(store, sid, backend_factory=factory)
     opened.append(r)
     assert built == [("fake-model", fake_llm.url + "/v1")]
-    assert r.title == "Trip plan" and r.system == SYSTEM and r.model == "fake-model"
+    assert r.header.title == "Trip plan" and r.header.system == SYSTEM and r.header.model == "fake-model"
     assert r.params == GenerationParams(temperature=0.4, max_tokens=77)
     assert [(m.role, m.content, m.status) for m in r.messages] == [
         ("user", "Q1", "ok"),
@@ -667,12 +668,14 @@ def test_clear_survives_resume(
     s.send("Q1")
     s.clear()
     s.close()
-    r = ConversationSession.resume(store, s.id, backend_factory=lambda x: OpenAIBackend(x.base_url, x.model))
+    r = ConversationSession.resume(
+        store, s.id, backend_factory=lambda x: OpenAIBackend(x.header.base_url or "", x.header.model)
+    )
     opened.append(r)
     r.send("Q2")
     assert [m["content"] for m in sent_messages(fake_llm)] == [SYSTEM, "Q2"]
     assert r.unclear() == 2
-    assert r.context_start == 0
+    assert r.header.context_start == 0
 
 
 def test_streaming_status_on_disk_loads_as_interrupted(
@@ -691,7 +694,7 @@ def test_streaming_status_on_disk_loads_as_interrupted(
         },
         {"role": "user", "content": "odd", "status": "weird-status"},
     ]
-    store.save(snap)
+    store.save(Conversation.from_json(snap))
     r = ConversationSession.resume(store, s.id)
     opened.append(r)
     assert [m.status for m in r.messages] == ["ok", "interrupted", "ok"]
@@ -800,10 +803,10 @@ def test_title_comes_from_the_first_message(
     s = openai_session(store, fake_llm, opened)
     long = "word " * 30 + "\x1b[31m"
     s.send("  first\tline\nsecond  ")
-    assert s.title == "first line second"
+    assert s.header.title == "first line second"
     s.send(long)
-    assert s.title == "first line second"  # only the first message names it
+    assert s.header.title == "first line second"  # only the first message names it
     t = openai_session(store, fake_llm, opened)
     t.send(long)
-    assert t.title.endswith("…") and len(t.title) <= 61 and "\x1b" not in t.title
-    assert on_disk(t)["title"] == t.title
+    assert t.header.title.endswith("…") and len(t.header.title) <= 61 and "\x1b" not in t.header.title
+    assert on_disk(t)["title"] == t.header.title

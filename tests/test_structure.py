@@ -1,6 +1,6 @@
 """The shape of the code, checked so it does not drift: no import circle among chatcli's modules (lazy
 imports inside functions included), each UI library in its one place, the core free of UI libraries, and
-no module over 500 lines."""
+no function or class too long to read whole (MAX_FUNCTION_LINES, MAX_CLASS_LINES)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chatcli"
-MAX_LINES = 500
+#: a function's body (its docstring aside) fits one screen: a reader sees all of what it does at once. The
+#: longest today are config.resolve and context.plan (about 65 lines); the turn's loop is under 20.
+MAX_FUNCTION_LINES = 70
+#: a class reads as one thing: the largest today are ConversationSession (about 440 lines, half of them
+#: docstrings, its planner, turn and edits composed from other modules) and SQLStore (about 420, its
+#: catalog and schema apart). A file may be as long as the pieces it holds: a cap on files pushed code
+#: into mixins.
+MAX_CLASS_LINES = 450
 #: the modules allowed to import each UI library
 UI_HOMES = {
     "rich": {"chatcli.render"},
@@ -19,7 +26,8 @@ UI_HOMES = {
     | {"chatcli.cli_stores", "chatcli.cli_tools"},
 }
 #: the core: the session, its data, the stores and the backends
-CORE = ("chatcli.session", "chatcli.session_context", "chatcli.messages", "chatcli.snapshot")
+CORE = ("chatcli.session", "chatcli.planner", "chatcli.turn", "chatcli.model", "chatcli.wire")
+CORE += ("chatcli.messages", "chatcli.snapshot", "chatcli.compaction", "chatcli.edits", "chatcli.reasoning")
 CORE_PACKAGES = ("chatcli.stores", "chatcli.backends")
 
 
@@ -94,6 +102,24 @@ def test_the_core_imports_no_ui_module() -> None:
     assert bad == {}
 
 
-def test_no_module_over_500_lines() -> None:
-    sizes = {m: len(p.read_text().splitlines()) for m, p in modules().items()}
-    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+def _sizes() -> tuple[dict[str, int], dict[str, int]]:
+    """(function body lines, class lines) by ``module:name``."""
+    functions: dict[str, int] = {}
+    classes: dict[str, int] = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                classes[f"{name}:{node.name}"] = (node.end_lineno or node.lineno) - node.lineno + 1
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                    body = body[1:]  # the docstring
+                if body:
+                    functions[f"{name}:{node.name}"] = (body[-1].end_lineno or 0) - body[0].lineno + 1
+    return functions, classes
+
+
+def test_no_function_or_class_too_long_to_read_whole() -> None:
+    functions, classes = _sizes()
+    assert {f: n for f, n in functions.items() if n > MAX_FUNCTION_LINES} == {}
+    assert {c: n for c, n in classes.items() if n > MAX_CLASS_LINES} == {}

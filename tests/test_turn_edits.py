@@ -14,6 +14,7 @@ import pytest
 
 from chatcli.backends.openai import OpenAIBackend
 from chatcli.errors import BackendHTTPError, CommandError, ConfigError, NothingToDo
+from chatcli.model import Conversation
 from chatcli.repl import parse_command
 from chatcli.session import ConversationSession, Timeouts
 from chatcli.stores.folder import FolderStore
@@ -109,7 +110,9 @@ def test_undo_survives_resume(session: ConversationSession, fake_llm: FakeLLMSer
     session.undo()
     store, sid = session.store, session.id
     session.close()
-    again = ConversationSession.resume(store, sid, lambda s: OpenAIBackend(fake_llm.url + "/v1", s.model))
+    again = ConversationSession.resume(
+        store, sid, lambda s: OpenAIBackend(fake_llm.url + "/v1", s.header.model)
+    )
     try:
         assert [u.content for u, _ in again.turns()] == ["keep"]
         again.send("after")
@@ -141,9 +144,15 @@ def test_model_and_system_changes_are_recorded_and_survive_resume(
         session.set_model("m2")
     store, sid = session.store, session.id
     session.close()
-    again = ConversationSession.resume(store, sid, lambda s: OpenAIBackend(fake_llm.url + "/v1", s.model))
+    again = ConversationSession.resume(
+        store, sid, lambda s: OpenAIBackend(fake_llm.url + "/v1", s.header.model)
+    )
     try:
-        assert again.model == "m2" and again.system == "Be brief." and len(again.changes) == 2
+        assert (
+            again.header.model == "m2"
+            and again.header.system == "Be brief."
+            and len(again.header.change_list()) == 2
+        )
         again.set_title("Renamed")
         again.send("third")
         assert fake_llm.requests[2]["json"]["model"] == "m2"
@@ -172,8 +181,10 @@ def test_unknown_keys_in_a_snapshot_are_kept(session: ConversationSession, fake_
     session.close()
     snap = json.loads(store.path_for(sid).read_text())
     snap["forked_from"] = "20260101-000000-aaaa"
-    store.save(snap)
-    again = ConversationSession.resume(store, sid, lambda s: OpenAIBackend(fake_llm.url + "/v1", s.model))
+    store.save(Conversation.from_json(snap))
+    again = ConversationSession.resume(
+        store, sid, lambda s: OpenAIBackend(fake_llm.url + "/v1", s.header.model)
+    )
     try:
         again.send("y")
     finally:
