@@ -24,6 +24,7 @@ from chatcli.cli_common import (
     StoreOpt,
     SystemOpt,
     TemperatureOpt,
+    ThinkOpt,
     TimeoutOpt,
     TitleOpt,
     TopPOpt,
@@ -158,6 +159,7 @@ def new(
     store: StoreOpt = None,
     model_path: ModelPathOpt = None,
     context_window: ContextWindowOpt = None,
+    think: ThinkOpt = None,
 ) -> None:
     """Start a new chat session and open the REPL."""
     flags = dict(locals())
@@ -184,6 +186,7 @@ def resume(
     base_url: BaseURLOpt = None,
     model_path: ModelPathOpt = None,
     context_window: ContextWindowOpt = None,
+    think: ThinkOpt = None,
 ) -> None:
     """Resume a saved session: shows its history, and the next turn sends the context again."""
     _resume(
@@ -194,6 +197,7 @@ def resume(
             "base_url": base_url,
             "model_path": model_path,
             "context_window": context_window,
+            "think": think,
         },
     )
 
@@ -241,6 +245,7 @@ def _run_repl(
     notices.session = session
     stop: Terminated | None = None
     repl = Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed)
+    repl.show_reasoning = settings.show_reasoning
     try:
         with terminate_on_signals(at_prompt=running_prompt):
             repl.run()

@@ -11,6 +11,7 @@ saved), 130 Ctrl-C, 143 / 129 SIGTERM / SIGHUP.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
@@ -28,6 +29,7 @@ from chatcli.cli_common import (
     StoreOpt,
     SystemOpt,
     TemperatureOpt,
+    ThinkOpt,
     TimeoutOpt,
     TitleOpt,
     TopPOpt,
@@ -53,7 +55,7 @@ from chatcli.errors import (
 
 if TYPE_CHECKING:
     from chatcli.config import Settings
-    from chatcli.messages import Message
+    from chatcli.model import Message
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
     from chatcli.stores.base import Store
@@ -102,7 +104,10 @@ def ask(
     verbose: Annotated[
         bool,
         typer.Option(
-            "--verbose", "-v", help="Notices and the session id on stderr even when it is not a terminal."
+            "--verbose",
+            "-v",
+            help="Notices, the model's reasoning and the session id on stderr, even when it is not a "
+            "terminal.",
         ),
     ] = False,
     backend: BackendOpt = None,
@@ -118,6 +123,7 @@ def ask(
     store: StoreOpt = None,
     model_path: ModelPathOpt = None,
     context_window: ContextWindowOpt = None,
+    think: ThinkOpt = None,
 ) -> None:
     """Ask one question and print the reply: for pipes and scripts (`git diff | chatcli ask "review this"`).
     The turn is saved as a session (see `chatcli resume`) unless --no-save; -c goes on with the last one."""
@@ -162,6 +168,7 @@ _SESSION_FLAGS = (
     "store",
     "model_path",
     "context_window",
+    "think",
 )
 
 
@@ -175,6 +182,30 @@ class _Talk:
         self.on = verbose or self.terminal
         self.view: Any = None  # the live reply view, while there is one
         self._out: Renderer | None = None
+        self._held = ""  # reasoning after its last newline, not yet shown above the live reply
+        self._thought_open = False  # reasoning was written to stderr without its last newline
+
+    def reasoning(self, text: str) -> None:
+        """A piece of the reply's reasoning: with -v, on stderr as it comes (above a live reply on the same
+        terminal, a line at a time); never on stdout."""
+        if not self.verbose:
+            return
+        if self.view is None or not self.terminal:
+            _write(sys.stderr, _clean(text) if self.terminal else text)
+            self._thought_open = True
+            return
+        lines = (self._held + text).split("\n")
+        self._held = lines.pop()
+        for line in lines:
+            self.view.notice_dim(line)
+
+    def reasoning_end(self) -> None:
+        """The reasoning is over: what is held or left open is ended with a newline."""
+        if self._held and self.view is not None:
+            self.view.notice_dim(self._held)
+        elif self._thought_open:
+            _write(sys.stderr, "\n")
+        self._held, self._thought_open = "", False
 
     def __call__(self, message: str) -> None:
         if not self.on:
@@ -234,13 +265,17 @@ def _open(s: Settings, store: Store, ref: str | None, flags: dict[str, Any]) -> 
         store.close()
         raise
     try:
-        if flags.get("model") and flags["model"] != session.model:
+        if flags.get("model") and flags["model"] != session.header.model:
             session.set_model(flags["model"])
-        if flags.get("system") is not None and flags["system"].strip() != session.system:
+        if flags.get("system") is not None and flags["system"].strip() != session.header.system:
             session.set_system(flags["system"])
-        for key in ("temperature", "top_p", "repeat_penalty", "max_tokens"):
-            if flags.get(key) is not None:
-                setattr(session.params, key, flags[key])
+        given = {
+            k: flags[k]
+            for k in ("temperature", "top_p", "repeat_penalty", "max_tokens")
+            if flags.get(k) is not None
+        }
+        if given:
+            session.params = replace(session.params, **given)
     except BaseException:
         session.close()
         raise
@@ -267,9 +302,15 @@ def _turn(
     try:
         with terminate_on_signals(), out:
             talk.view = out.view
+
+            def feed(piece: str) -> None:
+                talk.reasoning_end()  # (the answer begins: the reasoning shown on stderr is over)
+                out.feed(piece)
+
             try:
-                reply = session.send(text, on_delta=out.feed, on_notice=talk)
+                reply = session.send(text, on_delta=feed, on_notice=talk, on_reasoning=talk.reasoning)
             finally:
+                talk.reasoning_end()
                 talk.view = None
     except SessionTimeoutError as e:
         status, error = ExitStatus.TIMEOUT, e
@@ -311,6 +352,7 @@ def _as_json(reply: Message, session_id: str | None) -> dict[str, Any]:
     d = reply.to_json()
     return {
         "reply": reply.content,
+        "reasoning": reply.reasoning or None,
         "status": reply.status,
         "finish_reason": reply.finish_reason,
         "model": reply.model,
@@ -338,7 +380,7 @@ class _Output:
         if self.mode == "live":
             from chatcli.render import Renderer
 
-            self.view = Renderer().reply().__enter__()
+            self.view = Renderer().reply(reasoning="hide").__enter__()  # never on stdout
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -118,6 +118,14 @@ ContextWindowOpt = Annotated[
         "what the server states; n_ctx for local).",
     ),
 ]
+ThinkOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--think/--no-think",
+        help="Ask a thinking model on Ollama to reason first, or not (Ollama's think; default: the model's "
+        "own). Other servers reason as their model does; chatcli shows and keeps what they send.",
+    ),
+]
 ModelPathOpt = Annotated[
     Path | None,
     typer.Option(
@@ -186,6 +194,7 @@ def backend_for(
         context_window=settings.context_window,
         threads=settings.threads,
         keep_alive=settings.keep_alive,
+        think=settings.think,
         log_path=settings.state_dir / "local-server.log" if _ensure_dir(settings.state_dir) else None,
     )
 
@@ -225,9 +234,9 @@ def resume_session(settings: Settings, store: Store, ref: str, flags: dict[str, 
 
     def factory(found: ConversationSession) -> Backend:
         given = settings.model_path if flags.get("model_path") else None
-        path = given or (Path(found.model_path) if found.model_path else None)
-        base = flags.get("base_url") or found.base_url
-        return backend_for(settings, found.backend_name, found.model, base, path)
+        path = given or (Path(found.header.model_path) if found.header.model_path else None)
+        base = flags.get("base_url") or found.header.base_url or ""
+        return backend_for(settings, found.header.backend, found.header.model, base, path)
 
     return with_run_settings(ConversationSession.resume(store, sid, factory), settings)
 
@@ -236,8 +245,8 @@ def with_run_settings(session: ConversationSession, settings: Settings) -> Conve
     """``session`` with what each run takes from its own settings and never saves: the timeouts, the
     ``context_window`` and ``compact_at`` settings."""
     session.timeouts = timeouts(settings)
-    session.window_setting = settings.context_window
-    session.compact_at = settings.compact_at
+    session.planner.window_setting = settings.context_window
+    session.planner.compact_at = settings.compact_at
     return session
 
 

@@ -120,6 +120,10 @@ def show(
         bool, typer.Option("--raw", help="The transcript as plain Markdown text, not rendered.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The snapshot itself (JSON).")] = False,
+    reasoning: Annotated[
+        bool,
+        typer.Option("--reasoning", help="Show the model's reasoning whole (else folded to one line)."),
+    ] = False,
     store_name: StoreOpt = None,
 ) -> None:
     """Show a session's transcript, each message's status (interrupted, timeout, error) visible."""
@@ -136,10 +140,10 @@ def show(
         sys.stdout.buffer.write(export(snap, "json"))  # JSON escapes control characters itself
     elif raw or not sys.stdout.isatty():
         sys.stdout.write(
-            sanitize(transcript_markdown(snap)) + "\n"
+            sanitize(transcript_markdown(snap, reasoning=reasoning)) + "\n"
         )  # model text never reaches a terminal raw
     else:
-        renderer().markdown(transcript_markdown(snap))
+        renderer().markdown(transcript_markdown(snap, reasoning=reasoning))
 
 
 def search(
@@ -162,6 +166,13 @@ def search(
         int,
         typer.Option("--limit", "-n", metavar="N", min=1, help="At most N hits (default 20)."),
     ] = 20,
+    reasoning: Annotated[
+        bool,
+        typer.Option(
+            "--reasoning",
+            help="Also search the assistant's reasoning (hits there have the role reasoning).",
+        ),
+    ] = False,
     store_name: StoreOpt = None,
     as_json: AsJSON = False,
 ) -> None:
@@ -173,7 +184,7 @@ def search(
             raise ConfigError(f"--role must be user, assistant or title, not {role!r}")
         with _opened(store_name) as st:
             sid = resolve(st, session) if session else None
-            hits = st.search(text, role=role, session_id=sid, limit=limit)
+            hits = st.search(text, role=role, session_id=sid, limit=limit, reasoning=reasoning)
     except ChatcliError as e:
         exit_with(e)
     if as_json:

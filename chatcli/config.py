@@ -42,6 +42,8 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "compact_at": (int, float),
     "threads": int,
     "keep_alive": str,
+    "think": bool,
+    "show_reasoning": bool,
 }
 DEFAULT_STORE = "sessions"
 MAX_WINDOW = 100_000_000  # tokens: far above any model's context window, and a number every file can hold
@@ -68,10 +70,12 @@ class Settings:
     store_timeout: float = 10.0  # seconds a database statement or connection attempt may take
     model_path: Path | None = None
     n_ctx: int = 8192  # tokens: the embedded model's window when context_window is not set
-    context_window: int | None = None  # tokens; None: what the server states (see chatcli.session_context)
+    context_window: int | None = None  # tokens; None: what the server states (see chatcli.planner)
     compact_at: float | None = None  # share of the window at which /compact runs by itself (None: never)
     threads: int | None = None  # the embedded model's CPU threads (None: all cores)
     keep_alive: str | None = None  # Ollama's keep_alive, e.g. "5m" (None: not sent)
+    think: bool | None = None  # Ollama's think: a thinking model reasons or not (None: the model's default)
+    show_reasoning: bool = True  # the REPL streams a reply's reasoning dimmed (else only its folded line)
     state_dir: Path = Path(".")
     config_path: Path | None = None
 
@@ -99,7 +103,7 @@ def state_dir(env: dict[str, str]) -> Path:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The config file's settings, a dict of FILE_KEYS keys to TOML values ({} when the file does not
     exist). Raises ConfigError naming the file when it cannot be read, is not valid TOML, or holds an
-    unknown key or a value of the wrong type (a boolean is never the right type)."""
+    unknown key or a value of the wrong type (a boolean is the right type only of a yes/no setting)."""
     import tomllib
 
     try:
@@ -116,7 +120,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if key not in FILE_KEYS:
             raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {', '.join(FILE_KEYS)})")
         typ = FILE_KEYS[key]
-        if not isinstance(value, typ) or isinstance(value, bool):
+        if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
             raise ConfigError(f"config file {path}: {key} has the wrong type ({type(value).__name__})")
     return data
 

@@ -11,17 +11,20 @@ of the unfinished block are re-rendered (by rich's Live, at most ``REFRESH_PER_S
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from chatcli.reasoning import fold_line, reasoning_line
 from chatcli.text import count
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from chatcli.messages import Message, Stats
+    from chatcli.model import Message
     from chatcli.search import SearchHit
     from chatcli.session import ConversationSession
     from chatcli.snapshot import DamagedFile, SessionSummary
+    from chatcli.stats import Stats
 
 REFRESH_PER_SECOND = 12
 
@@ -63,9 +66,13 @@ def make_console(file: TextIO | None = None, stderr: bool = False) -> Console:
 class ReplyView:
     """Shows one streaming reply: a spinner until the first token, then Markdown as it arrives.
 
-    Use as a context manager; call ``feed(text)`` for each piece. On a terminal, finished blocks are
-    printed once and the unfinished tail is redrawn by a rich Live; elsewhere the raw (sanitised) text is
-    written as it comes.
+    Use as a context manager; call ``feed(text)`` for each piece of the answer and ``think(text)`` for
+    each piece of reasoning. On a terminal, finished blocks are printed once and the unfinished tail is
+    redrawn by a rich Live; elsewhere the raw (sanitised) text is written as it comes.
+
+    Reasoning (``reasoning``): ``"stream"`` shows it dimmed as it arrives, ``"fold"`` keeps the spinner; both
+    fold it to one line (``fold_line``) when the answer begins or the reply ends. ``"hide"`` shows nothing
+    of it (``ask``: never on stdout).
 
     The work per piece is constant, however long the reply: a piece without a newline is only appended to
     the current line; a newline files the finished line into the current block (and prints the block
@@ -73,8 +80,18 @@ class ReplyView:
     (``REFRESH_PER_SECOND`` times a second, in rich's thread) renders only the newest lines that fit the
     screen. At the end the last block is rendered whole."""
 
-    def __init__(self, console: Console, label: str = "thinking…", err: Console | None = None) -> None:
+    def __init__(
+        self,
+        console: Console,
+        label: str = "thinking…",
+        err: Console | None = None,
+        reasoning: str = "stream",
+    ) -> None:
         self.console = console
+        self.reasoning_mode = reasoning
+        self._thought: list[str] = []  # the reasoning shown dimmed while it streams
+        self._thought_at: float | None = None  # monotonic time of its first piece
+        self._thought_pieces = 0  # pieces of reasoning (a server sends one token at a time)
         self.err = err or console  # where notices go when there is no live view (stdout is not a terminal)
         self.live_mode = console.is_terminal
         self._label = label
@@ -120,6 +137,8 @@ class ReplyView:
         text = sanitize(text)
         if not text:
             return
+        if self._thought_at is not None:
+            self._fold()
         self.chars += len(text)
         if not self.live_mode:
             self.console.file.write(text)
@@ -136,6 +155,41 @@ class ReplyView:
         with self._live._lock:  # the refresh thread reads _lines and _partial under the same lock
             self._take_lines(text)
 
+    def think(self, text: str) -> None:
+        """A piece of the reply's reasoning (see the class docstring)."""
+        text = sanitize(text)
+        if not text or self.reasoning_mode == "hide":
+            return
+        if self._thought_at is None:
+            self._thought_at = time.monotonic()
+        self._thought_pieces += 1
+        if self.reasoning_mode != "stream" or not self.live_mode:
+            return
+        self._thought.append(text)  # (read by the refresh thread: appending is atomic)
+        if len(self._thought) > 256:
+            self._thought = ["".join(self._thought)[-8192:]]
+
+    def _fold(self) -> None:
+        """The reasoning, once the answer begins or the reply ends: one dim line in its place."""
+        if self._thought_at is None:
+            return
+        line = fold_line(time.monotonic() - self._thought_at, self._thought_pieces)
+        self._thought_at, self._thought = None, []
+        if self._live is not None:
+            live_render = getattr(self._live, "_live_render", None)
+            if live_render is not None:
+                live_render.set_renderable(self._renderable())
+            self._live.console.print(f"[dim]{line}[/]")
+        else:
+            self.console.print(f"[dim]{line}[/]")
+
+    def notice_dim(self, line: str) -> None:
+        """A line of text shown dimmed above the streaming reply (``ask -v``: its reasoning)."""
+        from rich.markup import escape
+
+        console = self._live.console if self._live is not None else self.err
+        console.print(f"[dim]{escape(sanitize(line))}[/]", soft_wrap=True)
+
     def notice(self, message: str) -> None:
         """A one-line notice shown above the streaming reply (e.g. a rate-limit wait)."""
         from rich.markup import escape
@@ -145,6 +199,7 @@ class ReplyView:
 
     def finish(self) -> None:
         """Stop the live view, leaving the whole reply on screen. Safe to call twice."""
+        self._fold()
         if self._live is not None:
             live, self._live = self._live, None
             with live._lock:
@@ -200,6 +255,8 @@ class ReplyView:
         if self._final:
             rest = "\n".join([*self._lines, partial]) if self._lines else partial
             return self._markdown(rest) if rest.strip() else Text("")
+        if self._thought and self.chars == 0:
+            return self._thinking()
         if not self._lines and not partial and self._spinner is not None and self.chars == 0:
             return cast("RenderableType", self._spinner)
         if not self._lines and not partial.strip():
@@ -221,6 +278,22 @@ class ReplyView:
         shown.reverse()
         shown.append(partial)
         return self._markdown("\n".join(shown))
+
+    def _thinking(self) -> RenderableType:
+        """The newest lines of the reasoning that fit the screen, dimmed."""
+        from rich.text import Text
+
+        width, height = self.console.size
+        rows = max(2, height - 4)
+        text = "".join(self._thought)[-width * rows :]
+        lines = text.split("\n")
+        shown: list[str] = []
+        for line in reversed(lines):
+            rows -= len(line) // max(1, width) + 1
+            if rows < 0:
+                break
+            shown.append(line)
+        return Text("\n".join(reversed(shown)), style="dim italic")
 
     @staticmethod
     def _markdown(text: str) -> RenderableType:
@@ -248,11 +321,27 @@ class Renderer:
     def info(self, message: str) -> None:
         self.console.print(f"[dim]{_one_liner(message)}[/]", soft_wrap=True)
 
-    def reply(self) -> ReplyView:
-        return ReplyView(self.console, err=self.err)
+    def reply(self, reasoning: str = "stream") -> ReplyView:
+        """A view for one streaming reply (``reasoning``: see ReplyView)."""
+        return ReplyView(self.console, err=self.err, reasoning=reasoning)
 
     def markdown(self, text: str) -> None:
         self.console.print(ReplyView._markdown(sanitize(text)))
+
+    def reasoning(self, m: Message, *, unfold: bool = False) -> None:
+        """A message's reasoning: folded to one dim line (``fold_line``), or whole and dimmed with
+        ``unfold``. Nothing when it has none."""
+        thought = m.reasoning
+        if not thought:
+            return
+        line = reasoning_line(m)
+        if not unfold:
+            self.console.print(f"[dim]{line}[/]")
+            return
+        from rich.text import Text
+
+        self.console.print(f"[dim]{line}:[/]")
+        self.console.print(Text(sanitize(thought).strip("\n"), style="dim italic"))
 
     def command_help(self, heading: str, rows: list[tuple[str, str]], notes: list[str]) -> None:
         """The REPL's ``help``: the heading, one row per command (usage with aliases, summary) in two
@@ -272,10 +361,10 @@ class Renderer:
     # -- session views ---------------------------------------------------------------------------------
     def banner(self, session: ConversationSession, resumed: bool, help_hint: str) -> None:
         what = "Resumed" if resumed else "New"
-        title = f" · {session.title}" if session.title else ""
+        title = f" · {session.header.title}" if session.header.title else ""
         self.console.print(
             f"[bold]{what} session {session.id}[/]{escape_markup(sanitize(title))} [dim]· "
-            f"{escape_markup(session.backend_name)}/{escape_markup(sanitize(session.model))} · {help_hint}[/]"
+            f"{escape_markup(session.header.backend)}/{escape_markup(sanitize(session.header.model))} · {help_hint}[/]"
         )
 
     def stats(self, s: Stats) -> None:
@@ -300,6 +389,13 @@ class Renderer:
             "tokens",
             f"{s.prompt_tokens:,} prompt · {s.completion_tokens:,} completion · {s.cached_tokens:,} cached",
         )
+        if s.reasoning_tokens or s.reasoning_characters:
+            told = (
+                f"{s.reasoning_tokens:,} tokens of the completion"
+                if s.reasoning_tokens
+                else "tokens not told"
+            )
+            t.add_row("reasoning", f"{told} · {s.reasoning_characters:,} characters")
         t.add_row("time to first token", f"last {_secs(s.last_ttft_s)} · mean {_secs(s.mean_ttft_s)}")
         t.add_row(
             "tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}"
@@ -450,7 +546,7 @@ def local_time(iso: str) -> str:
 
 
 def _context_line(c: dict[str, Any]) -> str:
-    """The ``stats`` line on the context window (see ContextMixin.context_figures)."""
+    """The ``stats`` line on the context window (see ContextPlanner.figures)."""
     window = c.get("window")
     if c.get("turns_sent") is None:
         return f"window {window:,} tokens; nothing sent yet" if window else "nothing sent yet"

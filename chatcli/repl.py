@@ -60,6 +60,7 @@ class Repl(ReplCommands):
         self.attempted = 0  # turns sent (or retried) in this run, numbered from 1 as the user sees them
         self.failed: list[int] = []  # which of them failed (a piped REPL then exits 1)
         self.pending: list[attachments.Attachment] = []  # files /file attached to the next message
+        self.show_reasoning = True  # a reply's reasoning streams dimmed (else: only its folded line)
 
     # -- input -----------------------------------------------------------------------------------------
     def _make_prompt(self) -> Callable[[], str]:
@@ -200,11 +201,15 @@ class Repl(ReplCommands):
         """Send one message (with the files /file attached) and show the reply as it streams."""
         if self.pending:
             text, self.pending = attachments.message(self.pending, text), []
-        self._stream(lambda view: self.session.send(text, on_delta=view.feed, on_notice=view.notice))
+        self._stream(
+            lambda view: self.session.send(
+                text, on_delta=view.feed, on_notice=view.notice, on_reasoning=view.think
+            )
+        )
 
     def _stream(self, turn: Callable[[ReplyView], Message]) -> None:
         """Run ``turn`` (a send or a retry) with a live reply view; report its errors in one line."""
-        view = self.out.reply()
+        view = self.out.reply("stream" if self.show_reasoning else "fold")
         self.attempted += 1
         try:
             with _keys_not_echoed(), view:

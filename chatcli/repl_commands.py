@@ -23,7 +23,7 @@ from chatcli.text import count
 from chatcli.transcript import EXPORT_FORMATS
 
 if TYPE_CHECKING:
-    from chatcli.messages import Message
+    from chatcli.model import Message
     from chatcli.render import Renderer, ReplyView
     from chatcli.session import ConversationSession
 
@@ -55,10 +55,14 @@ class Command:
 COMMANDS = (
     Command(
         "history",
-        "history [N]",
-        "show the last N turns (all when N is left out)",
+        "history [N] [--reasoning]",
+        "show the last N turns (all when N is left out); --reasoning unfolds the model's reasoning",
         "do_history",
-        lambda args: not args or (len(args) == 1 and args[0].isdigit()),
+        lambda args: (
+            len(args) <= 2
+            and len([a for a in args if a.isdigit()]) <= 1
+            and all(a.isdigit() or a == "--reasoning" for a in args)
+        ),
     ),
     Command(
         "stats",
@@ -87,6 +91,13 @@ COMMANDS = (
         "retry",
         "ask again for the last reply (the replaced reply stays in the session file)",
         "do_retry",
+    ),
+    Command(
+        "reasoning",
+        "reasoning [on|off]",
+        "show whether a reply's reasoning streams on screen (dimmed, then folded to one line), or choose",
+        "do_reasoning",
+        _one_of("on", "off"),
     ),
     Command("undo", "undo", "take back the last turn (kept in the file; `redo` brings it back)", "do_undo"),
     Command("redo", "redo", "bring back the turn `undo` took back", "do_redo"),
@@ -168,6 +179,7 @@ class ReplCommands:
     session: ConversationSession
     out: Renderer
     pending: list[attachments.Attachment]  # files for the next message
+    show_reasoning: bool  # a reply's reasoning streams on screen
 
     def _stream(self, turn: Callable[[ReplyView], Message]) -> None:
         raise NotImplementedError
@@ -179,13 +191,26 @@ class ReplCommands:
         return False
 
     def do_history(self, args: list[str]) -> None:
-        show_history(self.out, self.session, int(args[0]) if args else None)
+        last = next((int(a) for a in args if a.isdigit()), None)
+        show_history(self.out, self.session, last, reasoning="--reasoning" in args)
+
+    def do_reasoning(self, args: list[str]) -> None:
+        if args:
+            self.show_reasoning = args[0].lower() == "on"
+        if self.show_reasoning:
+            self.out.info("Reasoning streams on screen, dimmed, then folds to one line (`/reasoning off`).")
+        else:
+            self.out.info("Reasoning shows as one folded line (`/reasoning on` streams it).")
 
     def do_stats(self, args: list[str]) -> None:
         self.out.stats(self.session.stats())
 
     def do_retry(self, args: list[str]) -> None:
-        self._stream(lambda view: self.session.retry(on_delta=view.feed, on_notice=view.notice))
+        self._stream(
+            lambda view: self.session.retry(
+                on_delta=view.feed, on_notice=view.notice, on_reasoning=view.think
+            )
+        )
 
     def do_undo(self, args: list[str]) -> None:
         m = self.session.undo()
@@ -198,43 +223,45 @@ class ReplCommands:
     def do_model(self, args: list[str]) -> None:
         s = self.session
         if not args:
-            self.out.info(f"model: {s.backend_name}/{s.model}")
+            self.out.info(f"model: {s.header.backend}/{s.header.model}")
             return
-        old = s.model
+        old = s.header.model
         s.set_model(args[0])
-        self.out.info(f"Model {old} → {s.model} from the next turn on.")
+        self.out.info(f"Model {old} → {s.header.model} from the next turn on.")
 
     def do_system(self, args: list[str]) -> None:
         s = self.session
         if not args:
-            self.out.info(f"system prompt: {s.system}" if s.system else "No system prompt.")
+            self.out.info(f"system prompt: {s.header.system}" if s.header.system else "No system prompt.")
             return
         s.set_system("" if args[0] == "-" else args[0])
         self.out.info(
-            "System prompt removed." if not s.system else "System prompt set; it goes with the next turn."
+            "System prompt removed."
+            if not s.header.system
+            else "System prompt set; it goes with the next turn."
         )
 
     def do_title(self, args: list[str]) -> None:
         s = self.session
         if not args:
-            self.out.info(f"title: {s.title}" if s.title else "No title yet.")
+            self.out.info(f"title: {s.header.title}" if s.header.title else "No title yet.")
             return
         from chatcli.library import check_title
 
         s.set_title(check_title(args[0]))
-        self.out.info(f"Session titled {s.title!r}.")
+        self.out.info(f"Session titled {s.header.title!r}.")
 
     def do_export(self, args: list[str]) -> None:
         from chatcli.transcript import export_to_folder
 
-        path = export_to_folder(self.session.to_snapshot(), args[0].lower() if args else "md", Path.cwd())
+        path = export_to_folder(self.session.conv, args[0].lower() if args else "md", Path.cwd())
         self.out.info(f"Wrote {path}.")
 
     def do_fork(self, args: list[str]) -> None:
         from chatcli.library import fork
 
         s = self.session
-        new = fork(s.store, s.to_snapshot())
+        new = fork(s.store, s.conv)
         self.out.info(f"Forked as {new}; this REPL stays on {s.id}. Open the fork with: chatcli resume {new}")
 
     def do_clear(self, args: list[str]) -> None:

@@ -28,6 +28,14 @@ finish reason ``length``.
 A reply can be slow (``delay_first``, ``delay_each``), fail with an HTTP status, or break mid-stream
 (``cut_after``, ``stall_after``, ``error_after``, ``malformed_after``).
 
+A reply can reason first (``reasoning``: its tokens, streamed before the text): OpenAI-style as
+``delta.reasoning_content`` or ``delta.reasoning`` (``reasoning_field``), Ollama-style as
+``message.thinking`` (not when the request says ``"think": false``), with
+``usage.completion_tokens_details.reasoning_tokens`` when ``reasoning_tokens`` is set. Inline ``<think>``
+tags are just text: put them in ``tokens``. ``reasoning_rule`` plays DeepSeek's two rules on earlier
+replies: ``"thinking"`` refuses (400) a request whose assistant messages with ``tool_calls`` lack
+``reasoning_content``; ``"reasoner"`` refuses one where any message carries it.
+
 Usage::
 
     with FakeLLMServer() as llm:
@@ -77,7 +85,8 @@ _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 
 @dataclass
 class Reply:
-    """One scripted answer. ``*_after`` counts are numbers of content tokens sent before the event."""
+    """One scripted answer. ``*_after`` counts are numbers of tokens sent before the event (reasoning
+    tokens first, then content)."""
 
     text: str = "Hello from the fake model."
     tokens: list[str] | None = None
@@ -95,6 +104,9 @@ class Reply:
     malformed_after: int | None = None
     usage: tuple[int, int, int] | None = None
     timings: bool = False
+    reasoning: list[str] | None = None
+    reasoning_field: str = "reasoning_content"
+    reasoning_tokens: int | None = None
 
     def token_list(self) -> list[str]:
         """The tokens to stream: ``tokens`` when given, else ``text`` split into words with their spaces."""
@@ -289,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
                     400, "request body is not a JSON object", "invalid_request_error", ollama_style
                 )
                 return
-            if self._overflows(parsed, ollama_style):
+            if self._overflows(parsed, ollama_style) or self._refuses_reasoning(parsed):
                 return
             reply = fake._next_reply(record)
             if ollama_style:
@@ -316,6 +328,22 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             content = body.get("content") if isinstance(body, dict) else ""
             self._send_json(200, {"tokens": list(range(len(content or "") // 4))})
+
+    def _refuses_reasoning(self, body: dict) -> bool:
+        """DeepSeek's rules on reasoning sent back (``reasoning_rule``); True when the request was refused."""
+        rule = self.server.fake.reasoning_rule
+        msgs = _messages(body)
+        if rule == "thinking" and any(
+            m.get("role") == "assistant" and m.get("tool_calls") and not m.get("reasoning_content")
+            for m in msgs
+        ):
+            message = "The reasoning_content in the thinking mode must be passed back to the API."
+        elif rule == "reasoner" and any("reasoning_content" in m for m in msgs):
+            message = "The reasoning_content is an intermediate result: remove it from the input messages."
+        else:
+            return False
+        self._send_error(400, message, "invalid_request_error", False)
+        return True
 
     def _overflows(self, body: dict, ollama_style: bool) -> bool:
         """Refuse a request longer than the window (in the configured shape); True when it did."""
@@ -511,12 +539,15 @@ class _Handler(BaseHTTPRequestHandler):
         prompt, completion, cached = self._usage(body, reply, tokens)
 
         def usage_obj() -> dict:
-            return {
+            usage = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": cached},
             }
+            if reply.reasoning_tokens is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
+            return usage
 
         def timings_obj(t_first: float, t_end: float) -> dict:
             prompt_ms = max((t_first - self._t0) * 1000.0, 0.001)
@@ -595,9 +626,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         t_first = time.monotonic()
         event(chunk({"role": "assistant", "content": ""}))
-        if not self._emit_tokens(
-            tokens, reply, lambda tok: event(chunk({"content": tok})), malformed, error_event
-        ):
+        thought = ["\x00r" + t for t in reply.reasoning or ()]  # (marked: sent as reasoning)
+
+        def send(tok: str) -> None:
+            if tok.startswith("\x00r"):
+                event(chunk({reply.reasoning_field: tok[2:]}))
+            else:
+                event(chunk({"content": tok}))
+
+        if not self._emit_tokens([*thought, *tokens], reply, send, malformed, error_event):
             return
         t_end = time.monotonic()
         event(chunk({}, reply.finish_reason))
@@ -661,14 +698,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(_dumps(obj) + b"\n")
 
         def token_line(tok: str) -> None:
-            line(
-                {
-                    "model": model,
-                    "created_at": OLLAMA_CREATED_AT,
-                    "message": {"role": "assistant", "content": tok},
-                    "done": False,
-                }
-            )
+            if tok.startswith("\x00r"):
+                message = {"role": "assistant", "content": "", "thinking": tok[2:]}
+            else:
+                message = {"role": "assistant", "content": tok}
+            line({"model": model, "created_at": OLLAMA_CREATED_AT, "message": message, "done": False})
 
         def malformed() -> None:
             self._chunk(b'{"model":"fake-model","message":{"role":\n')
@@ -678,8 +712,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort()
             return
         t_first = time.monotonic()
+        thinks = body.get("think") is not False
+        thought = ["\x00r" + t for t in reply.reasoning or ()] if thinks else []
         if not self._emit_tokens(
-            tokens, reply, token_line, malformed, lambda: line({"error": reply.error_message})
+            [*thought, *tokens], reply, token_line, malformed, lambda: line({"error": reply.error_message})
         ):
             return
         final = {
@@ -706,11 +742,13 @@ class FakeLLMServer:
         context_window: int | None = None,
         overflow: str = "llamacpp",
         model_context_length: int = 131072,
+        reasoning_rule: str | None = None,
     ) -> None:
         # default: a Reply, or a callable taking the recorded request and returning one; None means echo.
         self.default = default
         self.context_window = context_window
         self.overflow = overflow
+        self.reasoning_rule = reasoning_rule
         self.model_context_length = model_context_length
         self.on_request: Callable[[dict], None] | None = None
         self.requests: list[dict] = []
@@ -831,19 +869,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-text", default=None, help="text of every reply (default: echo the user)")
     parser.add_argument("--delay-each", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--delay-first", type=float, default=0.0, help="seconds before the first token")
+    parser.add_argument("--reasoning", default=None, help="reasoning streamed before every reply's text")
+    parser.add_argument(
+        "--reasoning-field", default="reasoning_content", help="its OpenAI delta field (or 'reasoning')"
+    )
     args = parser.parse_args(argv)
+    thought = _TOKEN_RE.findall(args.reasoning) if args.reasoning else None
+    timing = {"delay_first": args.delay_first, "delay_each": args.delay_each}
+    shape = {"reasoning": thought, "reasoning_field": args.reasoning_field, **timing}
 
     default: DefaultReply
     if args.reply_text is None:
 
         def default(record: dict) -> Reply:
-            return Reply(
-                text="Echo: " + last_user_text(record.get("json")),
-                delay_first=args.delay_first,
-                delay_each=args.delay_each,
-            )
+            return Reply(text="Echo: " + last_user_text(record.get("json")), **shape)  # type: ignore[arg-type]
     else:
-        default = Reply(text=args.reply_text, delay_first=args.delay_first, delay_each=args.delay_each)
+        default = Reply(text=args.reply_text, **shape)  # type: ignore[arg-type]
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise SystemExit(0)

@@ -142,6 +142,7 @@ def test_json_gives_the_reply_and_what_came_with_it(
     timings = out.pop("timings")
     assert out == {
         "reply": "Forty-two.",
+        "reasoning": None,
         "status": "ok",
         "finish_reason": "stop",
         "model": "gpt-4o-mini",

@@ -116,7 +116,7 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
         'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
         'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
         'store = "sqlite:///x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n'
-        "context_window = 4096\ncompact_at = 0.8\n",
+        "context_window = 4096\ncompact_at = 0.8\nthink = true\nshow_reasoning = false\n",
     )
     assert set(read_config_file(cfg)) == set(config.FILE_KEYS)
     s = resolve(no_flags(), env_for(cfg, HOME=str(cfg.parent)))
@@ -129,6 +129,7 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
     )
     assert (s.store, s.store_timeout) == ("sqlite:///x/chats.db", 4.0)  # store wins over its older name
     assert s.model_path == Path.home() / "m.gguf"
+    assert (s.think, s.show_reasoning) == (True, False)
 
 
 def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from chatcli.errors import StreamError
 from chatcli.messages import Usage
+from chatcli.model import Conversation
 from chatcli.stores.folder import FolderStore
 from transcript import CLI, ID_RE, Reply, ScriptedBackend, masked
 
@@ -111,7 +112,7 @@ def test_help_and_an_unknown_command(cli: CLI, scripted: ScriptedBackend) -> Non
     assert out[-3:-1] == ["There is no turn to undo.", "Echo: hello"]  # the REPL went on after the errors
     assert r.stderr.splitlines() == [
         "error: unknown command /nope; type help for the list",
-        "error: usage: /history [N]",
+        "error: usage: /history [N] [--reasoning]",
     ]
     assert [q.pairs() for q in scripted.requests] == [[("user", "hello")]]
 
@@ -237,7 +238,7 @@ def test_resume_when_there_are_no_sessions(cli: CLI) -> None:
 def test_resume_ambiguous_prefix(cli: CLI, user_dirs: dict[str, Path]) -> None:
     store = FolderStore(user_dirs["sessions"])
     for sid in ("20250101-120000-aaaa", "20250101-120000-aaab"):
-        store.save(_minimal_snapshot(sid))
+        store.save(Conversation.from_json(_minimal_snapshot(sid)))
     line = cli("resume", "20250101-120000-aa").error(1)
     assert "matches 2 sessions" in line
     assert "20250101-120000-aaaa" in line and "20250101-120000-aaab" in line

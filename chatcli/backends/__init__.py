@@ -74,6 +74,7 @@ def make_backend(
     n_ctx: int = 8192,
     threads: int | None = None,
     keep_alive: str | None = None,
+    think: bool | None = None,
     log_path: Path | None = None,
     context_window: int | None = None,
 ) -> Backend:
@@ -81,7 +82,7 @@ def make_backend(
     mean the backend's default (openai: ``gpt-4o-mini`` at api.openai.com; ollama: ``llama3.2`` at its
     DEFAULT_HOST; local: named after its model file, ``base_url`` unused). ``context_window`` (tokens)
     is what Ollama is asked to run with (``num_ctx``) and what the local model server is started with
-    (over ``n_ctx``, tokens); ``threads``, ``log_path``: the local server's; ``keep_alive``: Ollama's.
+    (over ``n_ctx``, tokens); ``threads``, ``log_path``: the local server's; ``keep_alive``, ``think``: Ollama's.
     Raises ConfigError for an unknown name."""
     if name == "openai":
         from chatcli.backends.openai import DEFAULT_BASE_URL, OpenAIBackend
@@ -91,7 +92,11 @@ def make_backend(
         from chatcli.backends.ollama import DEFAULT_HOST, OllamaBackend
 
         return OllamaBackend(
-            base_url or DEFAULT_HOST, model or "llama3.2", keep_alive=keep_alive, num_ctx=context_window
+            base_url or DEFAULT_HOST,
+            model or "llama3.2",
+            keep_alive=keep_alive,
+            num_ctx=context_window,
+            think=think,
         )
     if name == "local":
         from chatcli.backends.local import LocalBackend

@@ -34,13 +34,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class StreamEvent:
-    """One step of a streamed reply. ``text``: new reply text (may be empty); ``finish_reason`` on the
+    """One step of a streamed reply. ``text``: new reply text (may be empty); ``reasoning``: new reasoning
+    text (OpenAI-compatible ``delta.reasoning_content`` or ``delta.reasoning``, Ollama ``message.thinking``;
+    ``<think>`` tags inside ``text`` are the session's to split); ``finish_reason`` on the
     last choice (``stop``, ``length``, ...; the server's word); ``usage`` when the server sends token counts;
     ``server_timings``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, Ollama's
     ``*_duration`` in nanoseconds); ``tokens_per_second``: completion tokens per second of generation as
     the server measured it (llama.cpp ``predicted_per_second``, Ollama ``eval_count / eval_duration``)."""
 
     text: str = ""
+    reasoning: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     server_timings: dict[str, Any] | None = None
@@ -56,7 +59,7 @@ class Backend(Protocol):
     base_url: str  # where requests go; may hold user:password@ (``public_url`` before it is shown or saved)
 
     def stream_chat(
-        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
         """Stream the reply to ``messages`` (a list of ``{"role", "content"}`` dicts, system message first)
         as StreamEvents; one carries ``finish_reason``, and usage and timings come when the server sends them
@@ -95,7 +98,7 @@ class Backend(Protocol):
         say. The answer is remembered: at most one request per backend. Never raises."""
         ...
 
-    def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+    def count_tokens(self, messages: list[dict[str, Any]], timeouts: Timeouts) -> int | None:
         """The exact prompt size of a request holding ``messages`` (``{"role", "content"}`` dicts), in
         tokens, when the server can count it (llama.cpp's ``POST /apply-template`` then ``POST /tokenize``);
         else None. On llama.cpp two requests each call; never raises."""
@@ -176,7 +179,7 @@ class HTTPBackend:
         """None: a plain HTTP server states no window (subclasses that can, override)."""
         return None
 
-    def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+    def count_tokens(self, messages: list[dict[str, Any]], timeouts: Timeouts) -> int | None:
         """None: a plain HTTP server cannot count tokens (subclasses that can, override)."""
         return None
 

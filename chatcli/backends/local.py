@@ -230,7 +230,7 @@ class LocalBackend(OpenAIBackend):
             )
         return [ModelInfo(self.model, details)]
 
-    def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
         """The OpenAI-compatible body, plus llama.cpp's ``repeat_penalty`` when it is set."""
         body = super().request_body(messages, params)
         if params.repeat_penalty is not None:
@@ -238,7 +238,7 @@ class LocalBackend(OpenAIBackend):
         return body
 
     def stream_chat(
-        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
         """Wait for the server (BackendUnavailable is raised here, at the call, before any event), then
         stream as ``OpenAIBackend.stream_chat``."""

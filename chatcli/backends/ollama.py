@@ -1,6 +1,7 @@
 """Ollama's native ``POST {base_url}/api/chat``: newline-delimited JSON (``application/x-ndjson``).
 
-Each line: ``{"model", "created_at", "message": {"role": "assistant", "content": "..."}, "done": false}``.
+Each line: ``{"model", "created_at", "message": {"role": "assistant", "content": "..."}, "done": false}``;
+a thinking model (with ``think``) sends its reasoning as ``message.thinking`` before its content.
 The last line has ``"done": true``, ``done_reason`` (``stop``/``length``) and the counts and durations:
 ``prompt_eval_count``, ``eval_count``, ``total_duration``, ``load_duration``, ``prompt_eval_duration``,
 ``eval_duration`` (durations in **nanoseconds**; zero-valued fields may be absent). Errors come as
@@ -49,7 +50,9 @@ def base_url_from_host(host: str | None) -> str:
 class OllamaBackend(HTTPBackend):
     """Streams from Ollama's native chat API. ``keep_alive`` (a duration such as ``"5m"``, Ollama's
     format) is passed through when set; ``num_ctx``: the context window in tokens sent as
-    ``options.num_ctx`` (None: decided by ``context_window``, and not sent before that)."""
+    ``options.num_ctx`` (None: decided by ``context_window``, and not sent before that); ``think``: Ollama's
+    ``think`` request field (True: a thinking model reasons and streams it as ``message.thinking``; False:
+    it answers without; None: not sent, the model's default)."""
 
     name = "ollama"
 
@@ -59,13 +62,16 @@ class OllamaBackend(HTTPBackend):
         model: str = "llama3.2",
         keep_alive: str | None = None,
         num_ctx: int | None = None,
+        think: bool | None = None,
     ) -> None:
         super().__init__(base_url, model)
         self.keep_alive = keep_alive
         self.num_ctx = num_ctx
+        self.think = think
 
-    def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
-        """The ``/api/chat`` JSON body: ``model``, ``messages``, ``stream``, ``keep_alive`` when set, and
+    def request_body(self, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
+        """The ``/api/chat`` JSON body: ``model``, ``messages`` (``ollama_messages``), ``stream``, ``think`` and
+        ``keep_alive`` when set, and
         ``options`` holding what is set of ``temperature``, ``top_p``, ``repeat_penalty``, ``num_predict``
         (``max_tokens``, tokens) and ``num_ctx`` (tokens)."""
         options: dict[str, Any] = {}
@@ -79,7 +85,9 @@ class OllamaBackend(HTTPBackend):
             options["repeat_penalty"] = params.repeat_penalty
         if self.num_ctx is not None:
             options["num_ctx"] = self.num_ctx
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        body: dict[str, Any] = {"model": self.model, "messages": ollama_messages(messages), "stream": True}
+        if self.think is not None:
+            body["think"] = self.think
         if options:
             body["options"] = options
         if self.keep_alive is not None:
@@ -87,7 +95,7 @@ class OllamaBackend(HTTPBackend):
         return body
 
     def stream_chat(
-        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
         """Stream ``POST /api/chat`` (see ``Backend.stream_chat``; Ollama /api/chat NDJSON lines). The
         last event has ``done_reason`` (``stop`` when absent), usage from ``prompt_eval_count`` and
@@ -120,8 +128,12 @@ class OllamaBackend(HTTPBackend):
             if "error" in obj:
                 raise StreamError(f"{self.display_url} reported an error during the reply: {obj['error']}")
             message = obj.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
-            event = StreamEvent(text=text if isinstance(text, str) else "")
+            message = message if isinstance(message, dict) else {}
+            text, thinking = message.get("content"), message.get("thinking")
+            event = StreamEvent(
+                text=text if isinstance(text, str) else "",
+                reasoning=thinking if isinstance(thinking, str) else "",
+            )
             if obj.get("done") is True:
                 done = True
                 event.finish_reason = (
@@ -145,7 +157,7 @@ class OllamaBackend(HTTPBackend):
                     event.tokens_per_second = n / (ns / 1e9)
                 yield event
                 break
-            if event.text:
+            if event.text or event.reasoning:
                 yield event
         if not done:
             raise StreamError(f"the reply from {self.display_url} ended before it was complete")
@@ -207,3 +219,38 @@ class OllamaBackend(HTTPBackend):
                 err.server_message,
             )
         return err
+
+
+def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI chat-format dicts (``chatcli.wire.to_openai``) as ``/api/chat`` takes them: reasoning as
+    ``thinking``, a tool call's ``arguments`` as an object (``{"function": {"name", "arguments"}}``), a
+    ``null`` content as "". Plain ``{"role", "content"}`` dicts pass as they are."""
+    out = []
+    for m in messages:
+        if len(m) == 2 and isinstance(m.get("content"), str):
+            out.append(m)
+            continue
+        d = {k: v for k, v in m.items() if k not in ("reasoning_content", "tool_calls")}
+        d["content"] = m.get("content") or ""
+        if m.get("reasoning_content"):
+            d["thinking"] = m["reasoning_content"]
+        if m.get("tool_calls"):
+            d["tool_calls"] = [
+                {
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": _arguments(c["function"]["arguments"]),
+                    }
+                }
+                for c in m["tool_calls"]
+            ]
+        out.append(d)
+    return out
+
+
+def _arguments(text: str) -> Any:
+    """A tool call's JSON arguments as an object (Ollama's form); text that is not JSON as it is."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text

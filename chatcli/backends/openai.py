@@ -40,7 +40,7 @@ class OpenAIBackend(HTTPBackend):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(base_url, model, headers)
 
-    def request_body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
         """The ``/chat/completions`` JSON body: ``model``, ``messages`` (``{"role", "content"}`` dicts),
         ``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``, ``max_tokens``
         (tokens) when set; ``repeat_penalty`` is not an OpenAI field and is left out here."""
@@ -59,7 +59,7 @@ class OpenAIBackend(HTTPBackend):
         return body
 
     def stream_chat(
-        self, messages: list[dict[str, str]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
     ) -> Generator[StreamEvent, None, None]:
         """Stream ``POST /chat/completions`` (see ``Backend.stream_chat``; fields as in the OpenAI
         chat.completion.chunk). Raises, while iterating, the errors of ``Backend.stream_chat``; StreamError
@@ -104,7 +104,7 @@ class OpenAIBackend(HTTPBackend):
             event = _event_from_chunk(chunk)
             if event.finish_reason:
                 finished = True
-            if event.text or event.finish_reason or event.usage or event.server_timings:
+            if event.text or event.reasoning or event.finish_reason or event.usage or event.server_timings:
                 yield event
         if not done and not finished:
             raise StreamError(f"the reply from {self.display_url} ended before it was complete")
@@ -134,7 +134,7 @@ class OpenAIBackend(HTTPBackend):
         n_ctx = int_or_none(settings.get("n_ctx")) if isinstance(settings, dict) else None
         return n_ctx if n_ctx and n_ctx > 0 else None
 
-    def count_tokens(self, messages: list[dict[str, str]], timeouts: Timeouts) -> int | None:
+    def count_tokens(self, messages: list[dict[str, Any]], timeouts: Timeouts) -> int | None:
         """On llama.cpp: ``POST /apply-template`` (the exact prompt the chat template makes of ``messages``),
         then ``POST /tokenize``; the number of tokens. None from any other server, or on any failure."""
         if self.context_window(timeouts) is None:
@@ -170,9 +170,11 @@ class OpenAIBackend(HTTPBackend):
 
 
 def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
-    """The StreamEvent of one chat.completion.chunk: ``choices[0].delta.content`` and ``finish_reason``,
-    ``usage`` (``prompt_tokens_details.cached_tokens``, else llama.cpp's ``timings.cache_n``) and llama.cpp's
-    ``timings`` (``predicted_per_second``: tokens/s)."""
+    """The StreamEvent of one chat.completion.chunk: ``choices[0].delta.content``, its reasoning
+    (``delta.reasoning_content``: llama.cpp, DeepSeek, vLLM; ``delta.reasoning``: OpenRouter, newer vLLM) and
+    ``finish_reason``, ``usage`` (``prompt_tokens_details.cached_tokens``, else llama.cpp's
+    ``timings.cache_n``; ``completion_tokens_details.reasoning_tokens``) and llama.cpp's ``timings``
+    (``predicted_per_second``: tokens/s)."""
     from chatcli.messages import Usage
 
     event = StreamEvent()
@@ -180,18 +182,25 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
         delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            event.text = delta["content"]
+        if isinstance(delta, dict):
+            if isinstance(delta.get("content"), str):
+                event.text = delta["content"]
+            thought = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(thought, str):
+                event.reasoning = thought
         if isinstance(choice.get("finish_reason"), str):
             event.finish_reason = choice["finish_reason"]
     usage = chunk.get("usage")
     if isinstance(usage, dict):
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        out = usage.get("completion_tokens_details")
+        reasoning = out.get("reasoning_tokens") if isinstance(out, dict) else None
         event.usage = Usage(
             prompt_tokens=int_or_none(usage.get("prompt_tokens")),
             completion_tokens=int_or_none(usage.get("completion_tokens")),
             cached_tokens=int_or_none(cached),
+            reasoning_tokens=int_or_none(reasoning),
         )
     timings = chunk.get("timings")
     if isinstance(timings, dict):
