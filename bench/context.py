@@ -44,13 +44,16 @@ class _NoRequests:
 
 def _session(folder: Path, n: int) -> Any:
     from chatcli.context import plan
-    from chatcli.messages import ContextUsed, Message, Usage
+    from chatcli.messages import ContextUsed, Usage
+    from chatcli.model import Message
     from chatcli.session import ConversationSession
     from chatcli.stores.folder import FolderStore
 
     store = FolderStore(folder)
     s = ConversationSession.create(store, _NoRequests(), model="bench-model")  # type: ignore[arg-type]
-    s.window_setting = WINDOW
+    # The context_window setting: held by the session's planner (chatcli.planner) where it has one, else by
+    # the session itself; a setting that did not take would make the backend above fail the run.
+    getattr(s, "planner", s).window_setting = WINDOW
     corpus = Corpus(seed=11)
     for d in messages(corpus, n, CHARS):
         m = Message(role=d["role"], content=d["content"])

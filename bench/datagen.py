@@ -1,4 +1,6 @@
-"""Synthetic sessions for the benchmarks: valid chatcli snapshots (see README, "The snapshot format").
+"""Synthetic sessions for the benchmarks: valid chatcli snapshots of the current format version
+(``chatcli.model.VERSION``; see README, "The snapshot format"), as dicts (``snapshot``), as files
+(``write_snapshot``, ``make_library``) or as ``chatcli.model.Conversation`` objects (``conversation``).
 
 Message text is cut from a deterministic corpus of made-up words whose frequencies follow Zipf's law
 (like words in real text), so full-text search meets a realistic mix of common and rare words. A few
@@ -13,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from chatcli.snapshot import FORMAT, VERSION
+from chatcli.model import FORMAT, VERSION, Conversation
 
 VOCABULARY = 20_000
 _SYLLABLES = [
@@ -126,7 +128,8 @@ def messages(corpus: Corpus, n: int, chars: int, start: int = 0) -> list[dict[st
 
 
 def snapshot(session_id: str, msgs: list[dict[str, Any]], title: str, start: int = 0) -> dict[str, Any]:
-    """A version-1 snapshot holding ``msgs``."""
+    """A snapshot of the current format version (``chatcli.model.VERSION``) holding ``msgs``: text-only
+    messages, written with ``content`` as that version writes them."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -142,6 +145,14 @@ def snapshot(session_id: str, msgs: list[dict[str, Any]], title: str, start: int
         "context_start": 0,
         "messages": msgs,
     }
+
+
+def conversation(session_id: str, msgs: list[dict[str, Any]], title: str, start: int = 0) -> Conversation:
+    """``snapshot(...)`` read as a ``Conversation`` (validated by ``Conversation.from_json``): what a store's
+    ``create`` and ``save`` and ``ConversationSession`` take. Build it outside any timed region."""
+    return Conversation.from_json(
+        snapshot(session_id, msgs, title, start), where=f"bench session {session_id}"
+    )
 
 
 def write_snapshot(folder: Path, snap: dict[str, Any]) -> Path:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from chatcli.model import VERSION
+
 from common import PYTHON, Report, Row, chatcli_cmd, child_env, interleaved, median, time_command
 from datagen import PLANTED, Corpus, make_library, session_id
 
@@ -29,10 +31,17 @@ GROUP = "Library"
 
 
 def ensure_library(sessions: Path) -> tuple[float | None, int]:
-    """Generate the sessions unless ``sessions`` already holds this exact set.
+    """Generate the sessions unless ``sessions`` already holds this exact set, in the current snapshot
+    format version (a folder of older snapshots, from a ``--data DIR`` kept, is made again).
     Returns (seconds taken, or None when reused; bytes of snapshots)."""
     marker = sessions.parent / "library.json"
-    params = {"sessions": SESSIONS, "per_session": PER_SESSION, "chars": CHARS, "seed": SEED}
+    params = {
+        "sessions": SESSIONS,
+        "per_session": PER_SESSION,
+        "chars": CHARS,
+        "seed": SEED,
+        "version": VERSION,
+    }
     if marker.exists() and json.loads(marker.read_text()).get("params") == params:
         return None, json.loads(marker.read_text())["bytes"]
     t0 = time.perf_counter()

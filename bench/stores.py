@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import PYTHON, REPO, Report, Row, chatcli_cmd, child_env, interleaved, median, time_command
-from datagen import PLANTED, Corpus, messages, snapshot
+from datagen import PLANTED, Corpus, conversation, messages
 from library import PER_SESSION, SEED, SESSIONS, ensure_library
 from startup import PROMPT, _repl
 
@@ -57,7 +57,9 @@ def _floor_save(store: Any, session: Any) -> float:
 
     sid = session.id
     last = len(session.messages) - 1
-    row = message_row(sid, last, last // 2 + 1, session.messages[last].to_json(), store.holds_nul)
+    message = session.messages[last]
+    row = message_row(sid, last, last // 2 + 1, message, store.holds_nul)
+    searched = [store._searched(message.content)]  # the words the engine's full-text index is given
     cur = store._connection().cursor()
     t0 = time.perf_counter()
     with store._tx(cur, store.begin_write):
@@ -66,7 +68,7 @@ def _floor_save(store: Any, session: Any) -> float:
             f"UPDATE chatcli_sessions SET {store._q('updated_at')} = %s WHERE id = %s",
             ("2027-01-01T00:00:00.000Z", sid),
         )
-        store._upsert_messages(cur, [row])
+        store._upsert_messages(cur, [row], searched)
     return time.perf_counter() - t0
 
 
@@ -85,8 +87,11 @@ def bench_saves(report: Report, engine: str, spec: str, quick: bool) -> None:
     costs: dict[int, float] = {}
     for n in SIZES:
         sid = f"20260101-000000-s{n}"
-        store.create(snapshot(sid, messages(corpus, n, CHARS), "save bench"))
+        conv = conversation(sid, messages(corpus, n, CHARS), "save bench")  # (untimed: dict -> Conversation)
+        # The lock first, then create (as `chatcli import` does): on a SQLite store whose file is not made
+        # yet, a create before any other call lands in the in-memory stand-in and is lost (chatcli bug).
         lock = store.lock(sid)
+        store.create(conv)
         session = ConversationSession(store, store.load(sid), None, None)
         session.messages[-1].status = "streaming"
         session._touch(n - 1)
@@ -113,7 +118,10 @@ def bench_saves(report: Report, engine: str, spec: str, quick: bool) -> None:
             )
         )
         lock.release()
-    store.create(snapshot(RESUME_ID, messages(Corpus(seed=5), 10_000, CHARS), "ten thousand messages"))
+    resume = conversation(RESUME_ID, messages(Corpus(seed=5), 10_000, CHARS), "ten thousand messages")
+    lock = store.lock(RESUME_ID)
+    store.create(resume)
+    lock.release()
     store.close()
 
 
@@ -215,6 +223,7 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
         f"  library folder {f'generated in {took:.0f} s' if took is not None else 'reused'}",
         flush=True,
     )
+    (root / "sqlite").mkdir(mode=0o700)  # chatcli makes a SQLite store's file, never its folder
     pg, maria = _servers(root)
     try:
         engines = {

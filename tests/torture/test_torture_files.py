@@ -34,8 +34,9 @@ import pytest
 
 from chatcli.backends import make_backend
 from chatcli.errors import ChatcliError, SnapshotError
+from chatcli.model import FORMAT, VERSION, Conversation
 from chatcli.session import ConversationSession
-from chatcli.snapshot import FORMAT, VERSION, summarize
+from chatcli.snapshot import summarize
 from chatcli.stores.folder import FolderStore
 from chatcli.stores.folder_index import SessionIndex
 
@@ -90,6 +91,49 @@ def snapshot(sid: str, n_turns: int = 3) -> dict[str, Any]:
         "clears": [0],
         "messages": messages,
     }
+
+
+def with_parts(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` with messages of every part type after its turns (for the fuzzer to mutate parts too)."""
+    when = "2026-01-01T09:00:02.000Z"
+    call = {"type": "tool_call", "id": "call_1", "name": "get_time", "arguments": '{"tz": "Europe/Paris"}'}
+    result = {
+        "type": "tool_result",
+        "call_id": "call_1",
+        "text": "14:05",
+        "raw": [{"type": "text", "text": "14:05"}],
+    }
+    thought = {"type": "reasoning", "text": "I should ask the clock.\n<think> stays </think>"}
+    snap["messages"] += [
+        {"role": "user", "content": "time?", "created_at": when, "status": "ok"},
+        {
+            "role": "assistant",
+            "parts": [thought, {"type": "text", "text": "Looking."}, call],
+            "created_at": when,
+            "status": "ok",
+            "usage": {"prompt_tokens": 9, "completion_tokens": 9, "cached_tokens": 0, "reasoning_tokens": 5},
+        },
+        {
+            "role": "tool",
+            "parts": [result, dict(result, call_id="call_2", is_error=True)],
+            "created_at": when,
+            "status": "ok",
+        },
+        {
+            "role": "assistant",
+            "parts": [thought, {"type": "text", "text": "14:05."}],
+            "created_at": when,
+            "status": "streaming",
+            "timings": {
+                "ttft_s": 0.1,
+                "duration_s": None,
+                "tokens_per_second": None,
+                "server": None,
+                "reasoning_s": 0.05,
+            },
+        },
+    ]
+    return snap
 
 
 def dump(snap: Any) -> bytes:
@@ -213,7 +257,7 @@ def test_bad_files_get_a_clear_error_and_nothing_is_overwritten(
     outside.mkdir()
     store = FolderStore(root)
     for sid in GOOD:
-        store.save(snapshot(sid))
+        store.save(Conversation.from_json(snapshot(sid)))
     makers = _bad_files(root, outside)
     bad: dict[str, Path] = {}
     for i, (name, make) in enumerate(makers.items()):
@@ -276,7 +320,7 @@ def test_bad_files_get_a_clear_error_and_nothing_is_overwritten(
     assert {p.name: p.read_bytes() for p in outside.iterdir()} == outside_before
     assert not list(root.glob("*.tmp")) and not list(root.glob(".*.tmp"))
     for sid in GOOD:  # and the good sessions still open
-        assert store.load(sid) == snapshot(sid)
+        assert store.load(sid).to_json() == snapshot(sid)
     figure(CASE_FILES, "kinds of bad file", len(bad))
     figure(CASE_FILES, "seconds", round(time.monotonic() - started, 1))
 
@@ -288,9 +332,9 @@ def test_an_unreadable_file_gets_a_clear_error(tmp_path: Path) -> None:
         os.chmod(base, 0o711)
         root = base / "sessions"
         store = FolderStore(root)
-        store.save(snapshot(GOOD[0]))
+        store.save(Conversation.from_json(snapshot(GOOD[0])))
         locked = "20260301-000000-nope"
-        store.save(snapshot(locked))
+        store.save(Conversation.from_json(snapshot(locked)))
         path = root / f"{locked}.json"
         os.chmod(path, 0)
         before = path.read_bytes()
@@ -364,11 +408,11 @@ def test_a_very_large_session_works(user_dirs: dict[str, Path], child_env: dict[
                 "status": "ok",
             }
         )
-    FolderStore(root).save(snap)
+    FolderStore(root).save(Conversation.from_json(snap))
     size = (root / f"{sid}.json").stat().st_size
     assert size > 40 * 10**6
     t0 = time.monotonic()
-    assert FolderStore(root).load(sid) == snap
+    assert FolderStore(root).load(sid).to_json() == snap
     r = run_cli("list", env=child_env)
     assert r.returncode == 0 and sid in r.stdout, r.stderr
     r = run_cli("resume", sid, "--sessions-dir", str(root), env=dict(child_env, COLUMNS="100"))
@@ -460,6 +504,12 @@ def mutate_json(base: dict[str, Any], r: Any) -> bytes:
                         "usage",
                         "timings",
                         "params",
+                        "parts",
+                        "content",
+                        "type",
+                        "raw",
+                        "is_error",
+                        "arguments",
                     ]
                 )
             ] = copy.deepcopy(r.choice(ODD_VALUES))
@@ -515,21 +565,21 @@ def mutate_bytes(data: bytes, r: Any) -> bytes:
 def exercise(store: FolderStore, sid: str, deep: bool) -> str:
     """Everything a resume does with a snapshot; 'refused' (a clear SnapshotError) or 'loaded'."""
     try:
-        snap = store.load(sid)
+        conv = store.load(sid)
     except SnapshotError as e:
         assert str(store.path_for(sid)) in str(e)
         return "refused"
-    session = ConversationSession(store, snap, None, None)
+    session = ConversationSession(store, conv, None, None)
     session.context()
     session.turns()
     session.stats()
-    summarize(snap)
+    summarize(conv)
     try:
         backend = make_backend(
-            session.backend_name,
-            model=session.model,
-            base_url=session.base_url,
-            model_path=Path(session.model_path) if session.model_path else None,
+            session.header.backend,
+            model=session.header.model,
+            base_url=session.header.base_url,
+            model_path=Path(session.header.model_path) if session.header.model_path else None,
         )
         backend.close()
     except ChatcliError:
@@ -543,8 +593,8 @@ def exercise(store: FolderStore, sid: str, deep: bool) -> str:
         console = make_console(io.StringIO())
         show_history(Renderer(console, console), session, last=None)
         saved = session.to_snapshot()
-        store.save(saved)
-        assert store.load(sid) == saved  # what was saved reads back the same
+        store.save(session.conv)
+        assert store.load(sid).to_json() == saved  # what was saved reads back the same
     return "loaded"
 
 
@@ -552,13 +602,13 @@ def test_fuzzed_snapshots_never_raise_anything_but_a_clear_error(tmp_path: Path)
     root = tmp_path / "fuzz"
     store = FolderStore(root)
     sid = "20260101-090000-fuzz"
-    base = snapshot(sid, n_turns=4)
+    base = with_parts(snapshot(sid, n_turns=4))
     base_bytes = dump(base)
     r = rng("fuzz")
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
     started = time.monotonic()
-    store.save(base)
+    store.save(Conversation.from_json(base))
     path = store.path_for(sid)
     for n in range(FUZZ):
         kind = r.random()

@@ -25,6 +25,7 @@ import pexpect
 import pytest
 
 from chatcli.errors import InvalidSessionId
+from chatcli.model import Conversation
 from chatcli.session import ConversationSession
 from chatcli.snapshot import validate_id
 from chatcli.stores.folder import FolderStore
@@ -177,21 +178,23 @@ def test_hostile_ids_are_refused_before_touching_the_file_system(
     if with_sessions:
         store = FolderStore(root)
         store.save(
-            {
-                "format": "chatcli.session",
-                "version": 1,
-                "id": "20260101-090000-real",
-                "title": "real",
-                "created_at": "2026-01-01T09:00:00.000Z",
-                "updated_at": "2026-01-01T09:00:00.000Z",
-                "backend": "openai",
-                "model": "m",
-                "base_url": "",
-                "params": {},
-                "system": "",
-                "context_start": 0,
-                "messages": [],
-            }
+            Conversation.from_json(
+                {
+                    "format": "chatcli.session",
+                    "version": 1,
+                    "id": "20260101-090000-real",
+                    "title": "real",
+                    "created_at": "2026-01-01T09:00:00.000Z",
+                    "updated_at": "2026-01-01T09:00:00.000Z",
+                    "backend": "openai",
+                    "model": "m",
+                    "base_url": "",
+                    "params": {},
+                    "system": "",
+                    "context_start": 0,
+                    "messages": [],
+                }
+            )
         )
     before = sorted(p.name for p in root.iterdir()) if root.exists() else None
     commands = [

@@ -35,8 +35,10 @@ import pytest
 
 from chatcli.backends.base import StreamEvent
 from chatcli.errors import SaveError
+from chatcli.model import Conversation
 from chatcli.session import ConversationSession, GenerationParams, Timeouts
-from chatcli.stores.folder import FolderStore, whole
+from chatcli.stores.folder import FolderStore
+from chatcli.turn import TurnPolicy
 
 from fakellm import FakeLLMServer
 from torturelib import SEED, Chat, Turns, chatcli_args, figure, load_checked, rng, temp_files
@@ -160,25 +162,24 @@ class CheckedStore(FolderStore):
         self.faults = faults
         self.attempts: list[tuple[str, str, SaveError | None]] = []  # (phase, outcome, error)
 
-    def save(self, snapshot: dict[str, Any], **kw: Any) -> Any:
-        path = self.path_for(snapshot["id"])
+    def save(self, conv: Conversation, **kw: Any) -> Any:
+        path = self.path_for(conv.id)
         before = path.read_bytes() if path.exists() else None
         start, fired = len(self.faults.trace), self.faults.fired
-        msgs = snapshot["messages"]
+        msgs = conv.messages
         phase = (
             "create"
             if not msgs
             else "message"
-            if msgs[-1]["role"] == "user"
+            if msgs[-1].role == "user"
             else "checkpoint"
-            if msgs[-1]["status"] == "streaming"
+            if msgs[-1].status == "streaming"
             else "final"
         )
-        snapshot = whole(snapshot)
-        new = orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
+        new = orjson.dumps(conv.to_json(), option=orjson.OPT_INDENT_2)
         where = f"(seed {SEED}, fault {self.faults.op} k={self.faults.k} persistent={self.faults.persistent})"
         try:
-            info = super().save(snapshot, **kw)
+            info = super().save(conv, **kw)
         except SaveError as e:
             trace = "".join(self.faults.trace[start:])
             after = path.read_bytes() if path.exists() else None
@@ -255,9 +256,7 @@ def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) ->
             assert load_checked(root, p.stem)["messages"] == [], where
         assert temp_files(root) == [], where
         return {"fired": faults.fired, "messages": 1, "creation refused": 1}
-    session.checkpoint_seconds = session.checkpoint_cost_ratio = (
-        0.0  # a save at every token: more calls to fail
-    )
+    session.policy = TurnPolicy(checkpoint_seconds=0.0, checkpoint_cost_ratio=0.0)  # a save at every token
     session.timeouts = Timeouts(connect=1, idle=5, total=30)
     told = 0
     try:
@@ -290,8 +289,12 @@ def run_script(root: Path, faults: Faults, op: str, k: int, persistent: bool) ->
                 assert session.unsaved
         faults.disarm()
         # the next attempt after the fault (here: the next turn) saves everything held in memory
+        mark = len(store.attempts)
         session.send("after the fault")
         assert not session.unsaved
+        # with no fault the reply was saved at every token: the checkpoint settings above took effect
+        phases = [phase for phase, _, _ in store.attempts[mark:]]
+        assert phases == ["message", *["checkpoint"] * len(TOKENS), "final"], f"{phases} {where}"
         on_disk = load_checked(root, session.id)
         assert on_disk == session.to_snapshot(), f"memory and disk differ after recovery {where}"
         assert [m["content"] for m in on_disk["messages"] if m["role"] == "user"] == [

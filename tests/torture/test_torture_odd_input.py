@@ -128,7 +128,7 @@ def test_a_nul_is_shown_the_same_on_every_engine(
             [line for line in cli("show", sid, "--store", store).stdout.splitlines() if "nulword" in line],
         )
         st = opened(store)
-        assert st.load(sid)["messages"][0]["content"] == "ab\x00cd nulword", engine  # kept exactly
+        assert st.load(sid).messages[0].content == "ab\x00cd nulword", engine  # kept exactly
         st.close()
     assert all(v == shown["folder"] for v in shown.values()), shown
     assert shown["folder"][1] == ["abcd nulword"] and "\ufffd" not in shown["folder"][0]

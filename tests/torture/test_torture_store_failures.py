@@ -36,7 +36,7 @@ def contents(spec: str) -> list[str]:
     """The text of every message of every session in the store, sessions in id order."""
     st = opened(spec)
     try:
-        return [m["content"] for sid in st.ids() for m in st.load(sid)["messages"]]
+        return [m.content for sid in st.ids() for m in st.load(sid).messages]
     finally:
         st.close()
 
@@ -345,7 +345,7 @@ def test_turns_an_older_chatcli_kept_are_found_under_the_new_spool_name(
     assert cli("new", "--store", url, input="first\n").exit_code == 0
     st = opened(url)
     (sid,) = st.ids()
-    snap = st.load(sid)
+    snap = st.load(sid).to_json()
     version = st.row_version(sid)
     st.close()
     assert version is not None

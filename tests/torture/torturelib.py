@@ -63,14 +63,17 @@ def rng(*salt: object) -> random.Random:
 
 # ---------------------------------------------------------------------------------------------- children
 def chatcli_args(*args: str, checkpoint: float | None = None) -> list[str]:
-    """``python -m chatcli ARGS``, or with ``checkpoint`` the same entry point with
-    ConversationSession.checkpoint_seconds set and no interval from the cost of a save (0 saves the reply at
+    """``python -m chatcli ARGS``, or with ``checkpoint`` the same entry point with every session's turn
+    policy saving every ``checkpoint`` seconds and no interval from the cost of a save (0 saves the reply at
     every token)."""
     if checkpoint is None:
         return ["-m", "chatcli", *args]
-    boot = (
-        "import sys; import chatcli.session as s; s.ConversationSession.checkpoint_seconds = "
-        f"{float(checkpoint)!r}; s.ConversationSession.checkpoint_cost_ratio = 0.0; sys.argv[0] = 'chatcli'; from chatcli.cli import main; main()"
+    boot = (  # (a policy the session no longer reads would fail here, not silently save less often)
+        "import sys; import chatcli.session as s; from chatcli.turn import TurnPolicy; "
+        "assert isinstance(s.ConversationSession.default_policy, TurnPolicy); "
+        "s.ConversationSession.default_policy = TurnPolicy("
+        f"checkpoint_seconds={float(checkpoint)!r}, checkpoint_cost_ratio=0.0); "
+        "sys.argv[0] = 'chatcli'; from chatcli.cli import main; main()"
     )
     return ["-c", boot, *args]
 
@@ -83,11 +86,16 @@ def temp_files(root: Path, sid: str | None = None) -> list[Path]:
 
 
 def load_checked(root: Path, sid: str) -> dict[str, Any]:
-    """The snapshot of ``sid``: it must be valid JSON and a valid session (FolderStore.load)."""
+    """The snapshot of ``sid`` (a dict): it must be valid JSON and a valid session (FolderStore.load), and
+    the file must hold exactly the conversation it loads as (``Conversation.to_json``), but for a reply its
+    writer was saving while it streamed: that one loads as ``interrupted``."""
     path = root / f"{sid}.json"
     raw = path.read_bytes()
     decoded = orjson.loads(raw)  # never a half-written file
-    snap = FolderStore(root).load(sid)
+    snap = FolderStore(root).load(sid).to_json()
+    for m in decoded["messages"]:
+        if m.get("status") == "streaming":
+            m["status"] = "interrupted"
     assert snap == decoded
     return snap
 
