@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,6 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from transcript import CLI, ScriptedBackend
 
 from fakellm import FakeLLMServer
+
+if TYPE_CHECKING:
+    from chatcli.session import ConversationSession
+    from chatcli.stores.folder import FolderStore
 
 _SCRUBBED = (
     "OPENAI_API_KEY",
@@ -71,6 +75,23 @@ def fake_llm() -> Iterator[FakeLLMServer]:
     """A running fake model server on 127.0.0.1 (see tests/fakellm.py)."""
     with FakeLLMServer() as server:
         yield server
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FolderStore:
+    """A folder store in the test's temporary folder (modules with a store of their own override it)."""
+    from chatcli.stores.folder import FolderStore
+
+    return FolderStore(tmp_path / "sessions")
+
+
+@pytest.fixture
+def opened() -> Iterator[list[ConversationSession]]:
+    """Sessions a test opened; closed at teardown (closing twice is harmless)."""
+    sessions: list[ConversationSession] = []
+    yield sessions
+    for s in sessions:
+        s.close()
 
 
 @pytest.fixture

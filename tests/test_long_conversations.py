@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,19 +30,6 @@ STYLES = ("llamacpp", "openai", "ollama")
 
 def long_message(i: int) -> str:
     return f"message {i}: " + " ".join(f"word{i}x{j}" for j in range(40))  # ~80 tokens
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FolderStore:
-    return FolderStore(tmp_path / "sessions")
-
-
-@pytest.fixture
-def opened() -> Iterator[list[ConversationSession]]:
-    sessions: list[ConversationSession] = []
-    yield sessions
-    for s in sessions:
-        s.close()
 
 
 def backend(llm: FakeLLMServer, style: str) -> OpenAIBackend | OllamaBackend:

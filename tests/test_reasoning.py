@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +58,6 @@ def test_think_tags_odd_cases() -> None:
 
 
 # -- every wire shape, through the session -------------------------------------------------------------------
-@pytest.fixture
-def store(tmp_path: Path) -> FolderStore:
-    return FolderStore(tmp_path / "sessions")
-
-
-@pytest.fixture
-def opened() -> Iterator[list[ConversationSession]]:
-    sessions: list[ConversationSession] = []
-    yield sessions
-    for s in sessions:
-        s.close()
-
-
 def session_on(
     shape: str, llm: FakeLLMServer, store: FolderStore, model: str = "fake-model"
 ) -> ConversationSession:

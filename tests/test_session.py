@@ -33,20 +33,6 @@ from fakellm import FakeLLMServer, Reply
 SYSTEM = "You are terse."
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FolderStore:
-    return FolderStore(tmp_path / "sessions")
-
-
-@pytest.fixture
-def opened() -> Iterator[list[ConversationSession]]:
-    """Sessions a test opened; closed at teardown (closing twice is harmless)."""
-    sessions: list[ConversationSession] = []
-    yield sessions
-    for s in sessions:
-        s.close()
-
-
 def openai_session(
     store: FolderStore,
     llm: FakeLLMServer,
