@@ -9,18 +9,19 @@ No I/O of its own and no UI: the caller's callbacks show the text.
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from chatcli.errors import ContextOverflow, RateLimited, StreamError
 from chatcli.messages import MAX_MESSAGE_BYTES, REPLY_OVER_LIMIT, ContextUsed, Timings, cut_to_fit, utf8_size
-from chatcli.model import Message, Part, ReasoningPart, TextPart
+from chatcli.model import Message, Part, ReasoningPart, TextPart, ToolCallPart
 from chatcli.reasoning import ThinkSplitter
 
 if TYPE_CHECKING:
-    from chatcli.backends.base import Backend, StreamEvent
+    from chatcli.backends.base import Backend, StreamEvent, ToolCallDelta
     from chatcli.context import Plan
     from chatcli.messages import GenerationParams, Timeouts
 
@@ -54,17 +55,33 @@ class TurnHooks:
 
 
 class ReplyParts:
-    """The reply's parts as they stream: runs of reasoning and of text, in order, within MAX_MESSAGE_BYTES
-    (past it: what fits is kept and StreamError(REPLY_OVER_LIMIT) raised)."""
+    """The reply's parts as they stream: runs of reasoning and of text, in order, then its tool calls (their
+    pieces joined by index, in index order), all within MAX_MESSAGE_BYTES (past it: what fits is kept and
+    StreamError(REPLY_OVER_LIMIT) raised). A call the server gave no id gets ``call_<suffix>_<index>``, the
+    suffix drawn once per reply."""
 
     def __init__(self) -> None:
         self._runs: list[tuple[type[TextPart | ReasoningPart], list[str]]] = []
+        self._calls: dict[int, _CallPieces] = {}
         self._splitter = ThinkSplitter()
+        self._suffix = secrets.token_hex(4)
         self.size = 0  # UTF-8 bytes
         self.pieces = 0  # pieces received, of text and reasoning
 
     def __bool__(self) -> bool:
-        return bool(self._runs)
+        return bool(self._runs or self._calls)
+
+    def add_calls(self, deltas: Sequence[ToolCallDelta]) -> None:
+        """Take an event's tool-call pieces. Raises StreamError past the size limit."""
+        for d in deltas:
+            call = self._calls.setdefault(d.index, _CallPieces())
+            call.id = call.id or d.id
+            call.name = call.name or d.name
+            size = utf8_size(d.arguments) + utf8_size(d.name or "")
+            if self.size + size > MAX_MESSAGE_BYTES:
+                raise StreamError(REPLY_OVER_LIMIT)
+            self.size += size
+            call.arguments.append(d.arguments)
 
     def add(self, reasoning: str, text: str) -> tuple[str, str]:
         """Take an event's reasoning and text (``<think>`` tags split out of it); returns the (reasoning,
@@ -85,8 +102,13 @@ class ReplyParts:
         return reasoning, text
 
     def parts(self) -> list[Part]:
-        """The parts so far, each run joined."""
-        return [kind("".join(run)) for kind, run in self._runs]
+        """The parts so far, each run and each call joined."""
+        parts: list[Part] = [kind("".join(run)) for kind, run in self._runs]
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            ident = call.id or f"call_{self._suffix}_{index}"
+            parts.append(ToolCallPart(ident, call.name or "", "".join(call.arguments)))
+        return parts
 
     def _append(self, kind: type[TextPart | ReasoningPart], piece: str) -> None:
         if not piece:
@@ -104,10 +126,20 @@ class ReplyParts:
             raise StreamError(REPLY_OVER_LIMIT)
 
 
+@dataclass
+class _CallPieces:
+    """A tool call as its pieces arrive."""
+
+    id: str | None = None
+    name: str | None = None
+    arguments: list[str] = field(default_factory=list)
+
+
 class Turn:
     """One request and its reply, on ``backend`` within ``timeouts`` (seconds), as ``policy`` says, talking
     to its session through ``hooks``. ``on_text`` and ``on_reasoning`` receive the reply's pieces as they
-    arrive. Use once: ``run``."""
+    arrive; ``tools`` (OpenAI function specs, see ``Backend.stream_chat``) go with the request when there
+    are any. Use once: ``run``."""
 
     def __init__(
         self,
@@ -117,9 +149,10 @@ class Turn:
         hooks: TurnHooks,
         on_text: Sink | None = None,
         on_reasoning: Sink | None = None,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.backend, self.timeouts, self.policy, self.hooks = backend, timeouts, policy, hooks
-        self.on_text, self.on_reasoning = on_text, on_reasoning
+        self.on_text, self.on_reasoning, self.tools = on_text, on_reasoning, tools
         self.started = time.monotonic()
         self.deadline = self.started + timeouts.total
         self.got = ReplyParts()
@@ -155,7 +188,10 @@ class Turn:
         for attempt in range(self.policy.max_retries + 1):
             reply.context = ContextUsed(plan.start, plan.tokens, plan.exact, plan.window, plan.summary)
             params = self.hooks.params_for(plan)
-            stream = self.backend.stream_chat(plan.messages, params, self.timeouts, self.deadline)
+            with_tools: dict[str, Any] = {"tools": self.tools} if self.tools else {}
+            stream = self.backend.stream_chat(
+                plan.messages, params, self.timeouts, self.deadline, **with_tools
+            )
             try:
                 for event in stream:
                     self._take(reply, event)
@@ -188,12 +224,13 @@ class Turn:
 
     def _take(self, reply: Message, event: StreamEvent) -> None:
         """One stream event into the reply: its pieces shown and kept, then its metadata."""
-        if event.text or event.reasoning:
+        if event.text or event.reasoning or event.tool_calls:
             now = time.monotonic()
             if self.first is None:
                 self.first = now
                 reply.timings = Timings(ttft_s=round(now - self.started, 4))
             self._show(*self.got.add(event.reasoning, event.text))
+            self.got.add_calls(event.tool_calls)
             if now - self._last_save >= self._interval:
                 self._checkpoint(reply)
         if event.finish_reason:

@@ -36,6 +36,13 @@ tags are just text: put them in ``tokens``. ``reasoning_rule`` plays DeepSeek's 
 replies: ``"thinking"`` refuses (400) a request whose assistant messages with ``tool_calls`` lack
 ``reasoning_content``; ``"reasoner"`` refuses one where any message carries it.
 
+A reply can call tools (``tool_calls``: (name, arguments JSON text) pairs, after its text). OpenAI-style
+each call comes as ``delta.tool_calls`` pieces: the first with ``index``, ``id`` (``call_<k>``), ``type`` and
+the name, then ``tool_call_piece`` characters of arguments at a time, the calls' pieces interleaved, and
+``finish_reason: tool_calls``; Ollama-style each call whole on a line of its own, its arguments an object,
+with no id. Like real servers, the fake refuses (400) a request holding a ``tool`` message whose call is not
+before it, or an assistant call left without its result.
+
 Usage::
 
     with FakeLLMServer() as llm:
@@ -107,6 +114,8 @@ class Reply:
     reasoning: list[str] | None = None
     reasoning_field: str = "reasoning_content"
     reasoning_tokens: int | None = None
+    tool_calls: list[tuple[str, str]] | None = None
+    tool_call_piece: int = 4
 
     def token_list(self) -> list[str]:
         """The tokens to stream: ``tokens`` when given, else ``text`` split into words with their spaces."""
@@ -301,7 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
                     400, "request body is not a JSON object", "invalid_request_error", ollama_style
                 )
                 return
-            if self._overflows(parsed, ollama_style) or self._refuses_reasoning(parsed):
+            if (
+                self._overflows(parsed, ollama_style)
+                or self._refuses_reasoning(parsed)
+                or self._refuses_tool_messages(parsed, ollama_style)
+            ):
                 return
             reply = fake._next_reply(record)
             if ollama_style:
@@ -343,6 +356,32 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             return False
         self._send_error(400, message, "invalid_request_error", False)
+        return True
+
+    def _refuses_tool_messages(self, body: dict, ollama_style: bool) -> bool:
+        """A tool result whose call is not before it, or a call left without its result, as OpenAI refuses
+        them (400); True when the request was refused. (Ollama results name the tool, not the call.)"""
+        open_calls: dict[str, str] = {}
+        problem = None
+        for m in _messages(body):
+            if problem is None and open_calls and m.get("role") != "tool":
+                problem = f"tool call {next(iter(open_calls))} has no tool message answering it"
+            if m.get("role") == "assistant":
+                for c in m.get("tool_calls") or ():
+                    name = c.get("function", {}).get("name", "")
+                    open_calls[c.get("id") or name] = name
+            elif m.get("role") == "tool":
+                key = m.get("tool_name") if ollama_style else m.get("tool_call_id")
+                found = next((k for k, n in open_calls.items() if key in (k, n)), None)
+                if found is None:
+                    problem = problem or f"a tool message answers {key!r}, which is no call before it"
+                else:
+                    del open_calls[found]
+        if open_calls and problem is None:
+            problem = f"tool call {next(iter(open_calls))} has no tool message answering it"
+        if problem is None:
+            return False
+        self._send_error(400, problem, "invalid_request_error", ollama_style)
         return True
 
     def _overflows(self, body: dict, ollama_style: bool) -> bool:
@@ -636,8 +675,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         if not self._emit_tokens([*thought, *tokens], reply, send, malformed, error_event):
             return
+        for pieces in _openai_call_pieces(reply):
+            event(chunk({"tool_calls": pieces}))
         t_end = time.monotonic()
-        event(chunk({}, reply.finish_reason))
+        calls = reply.tool_calls and reply.finish_reason == "stop"
+        event(chunk({}, "tool_calls" if calls else reply.finish_reason))
         if include_usage:
             final: dict = {
                 "id": CHAT_ID,
@@ -718,6 +760,10 @@ class _Handler(BaseHTTPRequestHandler):
             [*thought, *tokens], reply, token_line, malformed, lambda: line({"error": reply.error_message})
         ):
             return
+        for name, arguments in reply.tool_calls or ():
+            call = {"function": {"name": name, "arguments": json.loads(arguments)}}
+            message = {"role": "assistant", "content": "", "tool_calls": [call]}
+            line({"model": model, "created_at": OLLAMA_CREATED_AT, "message": message, "done": False})
         final = {
             "model": model,
             "created_at": OLLAMA_CREATED_AT,
@@ -726,6 +772,24 @@ class _Handler(BaseHTTPRequestHandler):
         final.update(final_fields(t_first, time.monotonic()))
         line(final)
         self._end_chunks()
+
+
+def _openai_call_pieces(reply: Reply) -> list[list[dict]]:
+    """The ``delta.tool_calls`` of each chunk for the reply's calls: every call's first piece (index, id,
+    type, name), then their arguments ``tool_call_piece`` characters at a time, one piece of each call in
+    turn (so the calls interleave)."""
+    calls = reply.tool_calls or []
+    out: list[list[dict]] = [
+        [{"index": k, "id": f"call_{k}", "type": "function", "function": {"name": name, "arguments": ""}}]
+        for k, (name, _) in enumerate(calls)
+    ]
+    step = max(1, reply.tool_call_piece)
+    longest = max((len(a) for _, a in calls), default=0)
+    for at in range(0, longest, step):
+        for k, (_, arguments) in enumerate(calls):
+            if at < len(arguments):
+                out.append([{"index": k, "function": {"arguments": arguments[at : at + step]}}])
+    return out
 
 
 # --------------------------------------------------------------------------- public server

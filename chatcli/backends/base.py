@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +32,19 @@ if TYPE_CHECKING:
     from chatcli.messages import GenerationParams, Timeouts, Usage
 
 
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of the ``index``-th tool call of a reply: its ``id`` and ``name`` (on its first piece; None
+    on later ones) and more of its ``arguments`` (JSON text, possibly cut anywhere). OpenAI-compatible
+    servers send a call in many such pieces (``delta.tool_calls``); Ollama sends each call whole, its
+    arguments an object (written here as JSON text) and often without an id."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 @dataclass
 class StreamEvent:
     """One step of a streamed reply. ``text``: new reply text (may be empty); ``reasoning``: new reasoning
@@ -40,10 +53,12 @@ class StreamEvent:
     last choice (``stop``, ``length``, ...; the server's word); ``usage`` when the server sends token counts;
     ``server_timings``: the server's raw timing fields (llama.cpp ``timings`` in milliseconds, Ollama's
     ``*_duration`` in nanoseconds); ``tokens_per_second``: completion tokens per second of generation as
-    the server measured it (llama.cpp ``predicted_per_second``, Ollama ``eval_count / eval_duration``)."""
+    the server measured it (llama.cpp ``predicted_per_second``, Ollama ``eval_count / eval_duration``);
+    ``tool_calls``: pieces of the tool calls the model makes (joined by their ``index``)."""
 
     text: str = ""
     reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: str | None = None
     usage: Usage | None = None
     server_timings: dict[str, Any] | None = None
@@ -59,11 +74,19 @@ class Backend(Protocol):
     base_url: str  # where requests go; may hold user:password@ (``public_url`` before it is shown or saved)
 
     def stream_chat(
-        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self,
+        messages: list[dict[str, Any]],
+        params: GenerationParams,
+        timeouts: Timeouts,
+        deadline: float,
+        *,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> Generator[StreamEvent, None, None]:
-        """Stream the reply to ``messages`` (a list of ``{"role", "content"}`` dicts, system message first)
-        as StreamEvents; one carries ``finish_reason``, and usage and timings come when the server sends them
-        (with it or in a later event).
+        """Stream the reply to ``messages`` (OpenAI chat-format dicts, ``chatcli.wire.to_openai``; system
+        message first) as StreamEvents; one carries ``finish_reason``, and usage and timings come when the
+        server sends them (with it or in a later event). ``tools``: the functions the model may call, each
+        ``{"type": "function", "function": {"name", "description", "parameters": <JSON Schema>}}`` (sent as
+        the request's ``tools`` when there are any).
         ``params``: sampling (None fields are not sent); ``timeouts``: connect and idle limits in seconds;
         ``deadline``: a ``time.monotonic()`` value (seconds) for the whole reply. Raises, when called or while
         iterating: BackendUnavailable, BackendTimeout (``kind`` connect/idle/total), BackendHTTPError and its

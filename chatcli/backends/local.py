@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,20 +230,28 @@ class LocalBackend(OpenAIBackend):
             )
         return [ModelInfo(self.model, details)]
 
-    def request_body(self, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
+    def request_body(
+        self, messages: list[dict[str, Any]], params: GenerationParams, tools: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
         """The OpenAI-compatible body, plus llama.cpp's ``repeat_penalty`` when it is set."""
-        body = super().request_body(messages, params)
+        body = super().request_body(messages, params, tools)
         if params.repeat_penalty is not None:
             body["repeat_penalty"] = params.repeat_penalty
         return body
 
     def stream_chat(
-        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self,
+        messages: list[dict[str, Any]],
+        params: GenerationParams,
+        timeouts: Timeouts,
+        deadline: float,
+        *,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> Generator[StreamEvent, None, None]:
         """Wait for the server (BackendUnavailable is raised here, at the call, before any event), then
         stream as ``OpenAIBackend.stream_chat``."""
         self.wait_ready()
-        return super().stream_chat(messages, params, timeouts, deadline)
+        return super().stream_chat(messages, params, timeouts, deadline, tools=tools)
 
     def close(self) -> None:
         """Stop the model server (SIGTERM, then SIGKILL after 3 s) and close connections. Safe to call

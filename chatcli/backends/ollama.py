@@ -10,12 +10,12 @@ The last line has ``"done": true``, ``done_reason`` (``stop``/``length``) and th
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent, loads_chunk
+from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent, ToolCallDelta, loads_chunk
 from chatcli.errors import BackendError, BackendHTTPError, ModelNotFound, StreamError
 from chatcli.messages import int_or_none
 
@@ -69,9 +69,12 @@ class OllamaBackend(HTTPBackend):
         self.num_ctx = num_ctx
         self.think = think
 
-    def request_body(self, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
-        """The ``/api/chat`` JSON body: ``model``, ``messages`` (``ollama_messages``), ``stream``, ``think`` and
-        ``keep_alive`` when set, and
+    def request_body(
+        self, messages: list[dict[str, Any]], params: GenerationParams, tools: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The ``/api/chat`` JSON body: ``model``, ``messages`` (``ollama_messages``), ``stream``, ``tools``
+        (in the OpenAI shape, which Ollama takes) when there are any, ``think`` and ``keep_alive`` when set,
+        and
         ``options`` holding what is set of ``temperature``, ``top_p``, ``repeat_penalty``, ``num_predict``
         (``max_tokens``, tokens) and ``num_ctx`` (tokens)."""
         options: dict[str, Any] = {}
@@ -86,6 +89,8 @@ class OllamaBackend(HTTPBackend):
         if self.num_ctx is not None:
             options["num_ctx"] = self.num_ctx
         body: dict[str, Any] = {"model": self.model, "messages": ollama_messages(messages), "stream": True}
+        if tools:
+            body["tools"] = list(tools)
         if self.think is not None:
             body["think"] = self.think
         if options:
@@ -95,14 +100,21 @@ class OllamaBackend(HTTPBackend):
         return body
 
     def stream_chat(
-        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self,
+        messages: list[dict[str, Any]],
+        params: GenerationParams,
+        timeouts: Timeouts,
+        deadline: float,
+        *,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> Generator[StreamEvent, None, None]:
         """Stream ``POST /api/chat`` (see ``Backend.stream_chat``; Ollama /api/chat NDJSON lines). The
         last event has ``done_reason`` (``stop`` when absent), usage from ``prompt_eval_count`` and
         ``eval_count``, the ``*_duration`` fields (nanoseconds) and tokens/s from ``eval_count /
-        eval_duration``. Raises, while iterating, the errors of ``Backend.stream_chat``; StreamError for a
+        eval_duration``; ``message.tool_calls`` (each call whole) as ToolCallDeltas numbered across the
+        stream. Raises, while iterating, the errors of ``Backend.stream_chat``; StreamError for a
         line that is not a JSON object, an ``error`` line, or a stream that ends before ``"done": true``."""
-        body = self.request_body(messages, params)
+        body = self.request_body(messages, params, tools)
 
         def parse(response: httpx.Response, deadline: float) -> Generator[StreamEvent, None, None]:
             return self._parse_ndjson(response, deadline, timeouts)
@@ -114,7 +126,7 @@ class OllamaBackend(HTTPBackend):
     ) -> Generator[StreamEvent, None, None]:
         from chatcli.messages import Usage
 
-        done = False
+        done, calls = False, 0
         for line in response.iter_lines():
             self.check_deadline(deadline, timeouts)
             if not line.strip():
@@ -133,7 +145,9 @@ class OllamaBackend(HTTPBackend):
             event = StreamEvent(
                 text=text if isinstance(text, str) else "",
                 reasoning=thinking if isinstance(thinking, str) else "",
+                tool_calls=_calls(message.get("tool_calls"), calls),
             )
+            calls += len(event.tool_calls)
             if obj.get("done") is True:
                 done = True
                 event.finish_reason = (
@@ -157,7 +171,7 @@ class OllamaBackend(HTTPBackend):
                     event.tokens_per_second = n / (ns / 1e9)
                 yield event
                 break
-            if event.text or event.reasoning:
+            if event.text or event.reasoning or event.tool_calls:
                 yield event
         if not done:
             raise StreamError(f"the reply from {self.display_url} ended before it was complete")
@@ -224,17 +238,22 @@ class OllamaBackend(HTTPBackend):
 def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI chat-format dicts (``chatcli.wire.to_openai``) as ``/api/chat`` takes them: reasoning as
     ``thinking``, a tool call's ``arguments`` as an object (``{"function": {"name", "arguments"}}``), a
-    ``null`` content as "". Plain ``{"role", "content"}`` dicts pass as they are."""
+    tool result with the ``tool_name`` of its call, a ``null`` content as "". Plain ``{"role", "content"}``
+    dicts pass as they are."""
     out = []
+    names: dict[str, str] = {}  # call id -> tool name, for the results
     for m in messages:
         if len(m) == 2 and isinstance(m.get("content"), str):
             out.append(m)
             continue
-        d = {k: v for k, v in m.items() if k not in ("reasoning_content", "tool_calls")}
+        d = {k: v for k, v in m.items() if k not in ("reasoning_content", "tool_calls", "tool_call_id")}
+        if m.get("role") == "tool" and m.get("tool_call_id") in names:
+            d["tool_name"] = names[m["tool_call_id"]]
         d["content"] = m.get("content") or ""
         if m.get("reasoning_content"):
             d["thinking"] = m["reasoning_content"]
         if m.get("tool_calls"):
+            names.update((c["id"], c["function"]["name"]) for c in m["tool_calls"])
             d["tool_calls"] = [
                 {
                     "function": {
@@ -246,6 +265,27 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
         out.append(d)
     return out
+
+
+def _calls(found: Any, first: int) -> tuple[ToolCallDelta, ...]:
+    """``message.tool_calls`` (``[{"function": {"name", "arguments": {...}}, "id"?}]``) as whole
+    ToolCallDeltas numbered from ``first``; entries without a name are left out."""
+    if not isinstance(found, list):
+        return ()
+    out: list[ToolCallDelta] = []
+    for call in found:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            continue
+        args = fn.get("arguments")
+        text = args if isinstance(args, str) else orjson.dumps({} if args is None else args).decode()
+        ident = call.get("id")
+        out.append(
+            ToolCallDelta(
+                first + len(out), ident if isinstance(ident, str) and ident else None, fn["name"], text
+            )
+        )
+    return tuple(out)
 
 
 def _arguments(text: str) -> Any:

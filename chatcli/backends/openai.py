@@ -3,7 +3,8 @@ LM Studio, Ollama's /v1).
 
 The stream is Server-Sent Events read with httpx-sse: ``data: <chat.completion.chunk JSON>`` events and
 ``data: [DONE]`` at the end. Reply text is ``choices[0].delta.content``; ``finish_reason`` comes on the last
-choice chunk; with ``stream_options.include_usage`` a final chunk with ``choices: []`` carries ``usage``
+choice chunk (``tool_calls`` when the model calls tools: the calls come as ``delta.tool_calls`` pieces joined
+by ``index``); with ``stream_options.include_usage`` a final chunk with ``choices: []`` carries ``usage``
 (``prompt_tokens``, ``completion_tokens``, ``prompt_tokens_details.cached_tokens``). llama.cpp adds
 ``timings`` (milliseconds; ``predicted_per_second`` in tokens/s). An error may come as an HTTP status with
 ``{"error": {"message", "type", "code"}}`` or inside the stream as ``data: {"error": {...}}``.
@@ -11,12 +12,12 @@ choice chunk; with ``stream_options.include_usage`` a final chunk with ``choices
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent, loads_chunk
+from chatcli.backends.base import HTTPBackend, ModelInfo, StreamEvent, ToolCallDelta, loads_chunk
 from chatcli.errors import BackendError, StreamError
 from chatcli.messages import int_or_none
 
@@ -40,16 +41,21 @@ class OpenAIBackend(HTTPBackend):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(base_url, model, headers)
 
-    def request_body(self, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
-        """The ``/chat/completions`` JSON body: ``model``, ``messages`` (``{"role", "content"}`` dicts),
-        ``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``, ``max_tokens``
-        (tokens) when set; ``repeat_penalty`` is not an OpenAI field and is left out here."""
+    def request_body(
+        self, messages: list[dict[str, Any]], params: GenerationParams, tools: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The ``/chat/completions`` JSON body: ``model``, ``messages`` (OpenAI chat-format dicts),
+        ``stream`` with ``stream_options.include_usage``, ``tools`` when there are any, and ``temperature``,
+        ``top_p``, ``max_tokens`` (tokens) when set; ``repeat_penalty`` is not an OpenAI field and is left
+        out here."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if tools:
+            body["tools"] = list(tools)
         if params.temperature is not None:
             body["temperature"] = params.temperature
         if params.top_p is not None:
@@ -59,13 +65,19 @@ class OpenAIBackend(HTTPBackend):
         return body
 
     def stream_chat(
-        self, messages: list[dict[str, Any]], params: GenerationParams, timeouts: Timeouts, deadline: float
+        self,
+        messages: list[dict[str, Any]],
+        params: GenerationParams,
+        timeouts: Timeouts,
+        deadline: float,
+        *,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> Generator[StreamEvent, None, None]:
         """Stream ``POST /chat/completions`` (see ``Backend.stream_chat``; fields as in the OpenAI
         chat.completion.chunk). Raises, while iterating, the errors of ``Backend.stream_chat``; StreamError
         when the answer is not ``text/event-stream``, a chunk is not JSON, a chunk holds ``error``, or the
         stream ends with neither ``[DONE]`` nor a ``finish_reason``."""
-        body = self.request_body(messages, params)
+        body = self.request_body(messages, params, tools)
 
         def parse(response: httpx.Response, deadline: float) -> Generator[StreamEvent, None, None]:
             return self._parse_sse(response, deadline, timeouts)
@@ -104,7 +116,14 @@ class OpenAIBackend(HTTPBackend):
             event = _event_from_chunk(chunk)
             if event.finish_reason:
                 finished = True
-            if event.text or event.reasoning or event.finish_reason or event.usage or event.server_timings:
+            if (
+                event.text
+                or event.reasoning
+                or event.tool_calls
+                or event.finish_reason
+                or event.usage
+                or event.server_timings
+            ):
                 yield event
         if not done and not finished:
             raise StreamError(f"the reply from {self.display_url} ended before it was complete")
@@ -188,6 +207,9 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
             thought = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(thought, str):
                 event.reasoning = thought
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                event.tool_calls = tuple(d for d in map(_call_delta, calls) if d is not None)
         if isinstance(choice.get("finish_reason"), str):
             event.finish_reason = choice["finish_reason"]
     usage = chunk.get("usage")
@@ -215,6 +237,22 @@ def _event_from_chunk(chunk: dict[str, Any]) -> StreamEvent:
         ):
             event.usage.cached_tokens = int_or_none(timings.get("cache_n"))
     return event
+
+
+def _call_delta(piece: Any) -> ToolCallDelta | None:
+    """A ``delta.tool_calls[]`` piece: ``{"index", "id", "type", "function": {"name", "arguments"}}``, all
+    but ``index`` optional (None for a piece with no integer ``index``)."""
+    if not isinstance(piece, dict) or int_or_none(piece.get("index")) is None:
+        return None
+    fn = piece.get("function")
+    fn = fn if isinstance(fn, dict) else {}
+    ident, name, arguments = piece.get("id"), fn.get("name"), fn.get("arguments")
+    return ToolCallDelta(
+        piece["index"],
+        ident if isinstance(ident, str) and ident else None,
+        name if isinstance(name, str) and name else None,
+        arguments if isinstance(arguments, str) else "",
+    )
 
 
 def list_models(backend: HTTPBackend, timeouts: Timeouts) -> list[ModelInfo]:
