@@ -5,6 +5,7 @@ meanwhile, two machines sharing one PostgreSQL and one MariaDB, and a password t
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +304,23 @@ def test_a_database_password_is_written_to_no_file(
         len([n for n in checked if n.startswith("chatcli-") and n.endswith(".md")]) == 2
     )  # the REPL's exports
     assert {"out-PostgreSQL.md", "out-MariaDB.md"} <= set(checked)
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_a_lock_check_that_waited_on_close_opens_no_connection(engine: str, store_for: Any) -> None:
+    from chatcli.stores.sql import SQLStore
+
+    st = opened(store_for(engine))
+    sql = getattr(st, "primary", st)
+    assert isinstance(sql, SQLStore)
+    lock = sql.lock("20260101-000000-keep")
+    checked: list[bool] = []
+    with sql._mutex:  # the keeper wakes while close holds the connection ...
+        keeper = threading.Thread(target=lambda: checked.append(sql.keep_locks()))
+        keeper.start()
+        time.sleep(0.2)
+        sql._close()  # ... which releases the locks and drops the connection
+    keeper.join(10)
+    assert checked == [False] and sql._conn is None  # the check found nothing held: nothing reopened
+    lock.release()
+    st.close()

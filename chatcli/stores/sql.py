@@ -221,13 +221,18 @@ class SQLStore(SQLCatalog, SQLSchema):
     def keep_locks(self) -> bool:
         """For the LockKeeper: a ``SELECT 1`` that opens a lost connection again, which takes the held locks
         back (see ``_connection``). False when no lock is held. Never raises."""
-        if not self._held:
-            return False
-        try:
-            self._run("checked its connection", lambda cur: self._x(cur, "SELECT 1"))
-        except Exception:
-            pass  # not answering: the next save says so and keeps the turn in the spool
-        return bool(self._held)
+        if not self._mutex.acquire(timeout=self.timeout):
+            return bool(self._held)  # the connection is busy (or hangs): check again later
+        try:  # (the check of what is held and the SELECT under one hold of the mutex: a store closed
+            if not self._held:  # meanwhile, its locks released, is not opened again)
+                return False
+            try:
+                self._run("checked its connection", lambda cur: self._x(cur, "SELECT 1"))
+            except Exception:
+                pass  # not answering: the next save says so and keeps the turn in the spool
+            return bool(self._held)
+        finally:
+            self._mutex.release()
 
     def close(self) -> None:
         if self._keeper is not None:
