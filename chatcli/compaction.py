@@ -11,9 +11,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from chatcli.context import MARGIN, active_summary, estimate
-from chatcli.errors import BackendError
+from chatcli.errors import BackendError, NothingToDo
 from chatcli.messages import BYTES_PER_TOKEN
-from chatcli.model import Message
+from chatcli.model import Conversation, Message
 from chatcli.reasoning import ThinkSplitter
 from chatcli.text import count
 
@@ -28,6 +28,31 @@ SUMMARY_INSTRUCTIONS = (
     "stand in for it: keep names, facts, numbers, code identifiers, decisions and open questions, and what the "
     "user asked for. Write plain sentences, no preamble."
 )
+
+
+def taken_back(conv: Conversation) -> int:
+    """``/compact undo``: mark the newest summary in effect ``undone``; its index. Raises NothingToDo."""
+    at = active_summary(conv.messages, conv.header.context_start, len(conv.messages))
+    if at is None:
+        raise NothingToDo("there is no summary to take back")
+    conv.messages[at].dropped = "undone"
+    return at
+
+
+def or_trimmed(compact: Callable[[], object], notice: Callable[[str], None]) -> bool:
+    """Run ``compact``; False (with a notice for the user) when the earlier turns are to be left out
+    plainly instead: nothing to summarise, the model could not write the summary, or Ctrl-C."""
+    try:
+        compact()
+    except NothingToDo:
+        return False
+    except BackendError as e:
+        notice(f"could not summarise the earlier turns ({e}); they are left out instead")
+        return False
+    except KeyboardInterrupt:
+        notice("summarising stopped (Ctrl-C): the earlier turns are left out instead")
+        return False
+    return True
 
 
 def summary(

@@ -44,6 +44,11 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "keep_alive": str,
     "think": bool,
     "show_reasoning": bool,
+    "tools": (str, list),
+    "approve": list,
+    "tool_timeout": (int, float),
+    "max_tool_rounds": int,
+    "mcp": dict,
 }
 DEFAULT_STORE = "sessions"
 MAX_WINDOW = 100_000_000  # tokens: far above any model's context window, and a number every file can hold
@@ -76,6 +81,11 @@ class Settings:
     keep_alive: str | None = None  # Ollama's keep_alive, e.g. "5m" (None: not sent)
     think: bool | None = None  # Ollama's think: a thinking model reasons or not (None: the model's default)
     show_reasoning: bool = True  # the REPL streams a reply's reasoning dimmed (else only its folded line)
+    tools: list[str] = field(default_factory=list)  # the MCP servers whose tools a session uses (names)
+    approve: list[str] = field(default_factory=list)  # server.tool patterns that run without asking
+    tool_timeout: float = 60.0  # seconds a tool call may take
+    max_tool_rounds: int = 10  # requests per turn that may answer tool calls
+    mcp_servers: dict[str, Any] = field(default_factory=dict)  # name -> chatcli.mcp_client.ServerConfig
     state_dir: Path = Path(".")
     config_path: Path | None = None
 
@@ -122,7 +132,24 @@ def read_config_file(path: Path) -> dict[str, Any]:
         typ = FILE_KEYS[key]
         if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
             raise ConfigError(f"config file {path}: {key} has the wrong type ({type(value).__name__})")
+    for key in ("approve", "tools"):
+        if isinstance(data.get(key), list) and not all(isinstance(v, str) for v in data[key]):
+            raise ConfigError(f"config file {path}: {key} must be a list of strings")
+    if "mcp" in data:
+        data["mcp_servers"] = _mcp_servers(data.pop("mcp"), path)
     return data
+
+
+def _mcp_servers(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``[mcp.servers.NAME]`` tables as ServerConfigs; ConfigError naming the file and the key."""
+    from chatcli.mcp_client import ServerConfig
+
+    if set(table) - {"servers"} or not isinstance(table.get("servers", {}), dict):
+        raise ConfigError(f"config file {path}: mcp holds only servers ([mcp.servers.NAME] tables)")
+    try:
+        return {name: ServerConfig.from_table(name, t) for name, t in table.get("servers", {}).items()}
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
@@ -190,8 +217,30 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
         raise ConfigError(f"n_ctx must be from 64 to {MAX_WINDOW:,} tokens, not {s.n_ctx:,}")
     if s.threads is not None and not 1 <= s.threads <= 1024:
         raise ConfigError(f"threads must be from 1 to 1,024, not {s.threads:,}")
+    _check_tools(s)
     if s.compact_at is not None and not 0 < s.compact_at <= 1:
         raise ConfigError(
             f"compact_at must be above 0 and at most 1 (a share of the window), not {s.compact_at}"
         )
     return s
+
+
+def _names(value: Any) -> list[str]:
+    """A list of names from a list, or from a comma-separated string (as a flag gives them)."""
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _check_tools(s: Settings) -> None:
+    """``tools`` as a list of configured server names (a string is comma-separated); the tool limits."""
+    s.tools = _names(s.tools)
+    for name in s.tools:
+        if name not in s.mcp_servers:
+            known = ", ".join(s.mcp_servers) or "none: add [mcp.servers.NAME] tables to the config file"
+            raise ConfigError(f"no MCP server named {name!r} (configured: {known})")
+    s.approve = _names(s.approve)
+    if not isinstance(s.tool_timeout, (int, float)) or not 0 < s.tool_timeout < 10**9:
+        raise ConfigError(f"tool timeout must be a positive number of seconds, not {s.tool_timeout!r}")
+    s.tool_timeout = float(s.tool_timeout)
+    if not 1 <= s.max_tool_rounds <= 1000:
+        raise ConfigError(f"max_tool_rounds must be from 1 to 1,000, not {s.max_tool_rounds:,}")

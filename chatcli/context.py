@@ -32,7 +32,7 @@ from typing import Any
 from chatcli.errors import MessageTooLarge
 from chatcli.messages import BYTES_PER_TOKEN, MESSAGE_OVERHEAD
 from chatcli.model import Message
-from chatcli.wire import ReasoningRule, never, to_openai
+from chatcli.wire import ReasoningRule, never, paired, to_openai
 
 REPLY_PRIMING = 3  # tokens a chat template adds to start the reply (``<|im_start|>assistant\n``)
 MAX_RESERVE = 4096  # the most tokens kept for a reply when max_tokens is not set
@@ -370,8 +370,9 @@ def _request(
     rule: ReasoningRule = never,
 ) -> list[dict[str, Any]]:
     """The request's messages in the OpenAI chat format (``chatcli.wire.to_openai``): the system message
-    (when it has text), then the messages at ``indexes``, their reasoning where ``rule`` says."""
+    (when it has text), then the messages at ``indexes`` with their tool calls and results paired
+    (``chatcli.wire.paired``), their reasoning where ``rule`` says."""
     head = system_text(system, summary)
     out = [{"role": "system", "content": head}] if head else []
-    out.extend(to_openai((messages[i] for i in indexes), rule))
+    out.extend(to_openai(paired([messages[i] for i in indexes]), rule))
     return out

@@ -269,6 +269,11 @@ class Message:
         return "".join(p.text for p in self.parts if isinstance(p, ReasoningPart))
 
     @property
+    def tool_calls(self) -> list[ToolCallPart]:
+        """The message's tool calls, in order ([] for none)."""
+        return [p for p in self.parts if isinstance(p, ToolCallPart)]
+
+    @property
     def sendable(self) -> bool:
         """Whether a request can carry this message: it has text, a tool call or a tool result (reasoning
         alone is not sent)."""
@@ -442,6 +447,8 @@ class Header:
         ),
     )
     context_window: int | None = field(default=None, metadata=_meta(json=int, required=False, column=None))
+    #: the MCP servers (names only) whose tools the session uses (``--tools``)
+    tools: list[str] | None = field(default=None, metadata=_meta(json=list, required=False, column=None))
     extra: dict[str, Any] = field(default_factory=dict, metadata={"extra": True})
 
     def change_list(self) -> list[dict[str, Any]]:

@@ -23,21 +23,19 @@ This module imports neither typer, rich nor prompt_toolkit; the REPL passes call
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 from chatcli import edits
 from chatcli.attachments import folded
 from chatcli.backends.base import public_url
 from chatcli.clock import utc_now
-from chatcli.compaction import summary
-from chatcli.context import active_summary
+from chatcli.compaction import or_trimmed, summary, taken_back
 from chatcli.errors import (
     BackendError,
     BackendTimeout,
     ContextOverflow,
     MessageTooLarge,
-    NothingToDo,
     SaveError,
     SessionTimeoutError,
     Terminated,
@@ -56,22 +54,14 @@ from chatcli.planner import ContextPlanner
 from chatcli.signals import signals_deferred
 from chatcli.snapshot import new_session_id, title_from
 from chatcli.stats import Stats
-from chatcli.turn import Sink, Turn, TurnHooks, TurnPolicy
+from chatcli.tool_rounds import ToolHost, tool_rounds
+from chatcli.turn import Sink, Sinks, Turn, TurnHooks, TurnPolicy
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
     from chatcli.context import Plan
     from chatcli.stores.base import SaveInfo, SessionLock, Store
-
-
-@dataclass(frozen=True)
-class Sinks:
-    """Where one call's output goes: ``text`` and ``reasoning`` pieces of the reply as they arrive, and
-    one-line ``notice`` s (None: the session's ``on_notice``)."""
-
-    text: Sink | None = None
-    reasoning: Sink | None = None
-    notice: Sink | None = None
+    from chatcli.tools import ToolRunner
 
 
 class ConversationSession:
@@ -102,6 +92,7 @@ class ConversationSession:
         self.on_notice: Sink | None = None
         self._dirty_from = len(self.messages)  # messages from here on changed since the last save
         self._streaming: int | None = None  # index of the reply being streamed
+        self.tools: ToolRunner | None = None  # the tools a reply may call (None: none offered)
 
     @property
     def backend(self) -> Backend | None:
@@ -267,21 +258,24 @@ class ConversationSession:
         on_delta: Sink | None = None,
         on_notice: Sink | None = None,
         on_reasoning: Sink | None = None,
+        *,
+        sinks: Sinks | None = None,
     ) -> Message:
-        """Run one turn: save the user message, stream the reply, save it; return the assistant Message.
+        """Run one turn: save the user message, stream the reply, save it; return the (last) assistant
+        Message. With ``tools``, the calls a reply makes are run and the model asked again (``tool_rounds``).
 
         ``on_delta(text)`` gets each piece of reply text as it arrives, ``on_reasoning(text)`` each piece
         of its reasoning; ``on_notice(text)`` gets one-line notices (a save that failed but will be
-        retried, a rate-limit wait; default ``on_notice``). Ctrl-C while streaming ends the reply with
-        status ``interrupted`` and returns normally. Raises SessionTimeoutError (partial reply saved as
-        ``timeout``), BackendError (partial reply saved as ``error``; MessageTooLarge: no reply, the message
-        kept and marked ``unsent``), SizeLimitError (a message over MAX_MESSAGE_BYTES: nothing kept or
-        sent), or SaveError when the final save fails (the turn stays in memory and the next save writes
-        it)."""
+        retried, a rate-limit wait; default ``on_notice``); or ``sinks`` (the tool callbacks too). Ctrl-C
+        while streaming ends the reply with status ``interrupted`` and returns normally. Raises
+        SessionTimeoutError (partial reply saved as ``timeout``), BackendError (partial reply saved as
+        ``error``; MessageTooLarge: no reply, the message kept and marked ``unsent``), SizeLimitError (a
+        message over MAX_MESSAGE_BYTES: nothing kept or sent), or SaveError when the final save fails (the
+        turn stays in memory and the next save writes it)."""
         if self.backend is None:
             raise BackendError("this session has no backend to talk to")
         check_size(text)
-        sinks = Sinks(on_delta, on_reasoning, on_notice)
+        sinks = sinks or Sinks(on_delta, on_reasoning, on_notice)
         self._touch(len(self.messages))
         self.messages.append(Message(role="user", content=text))
         if not self.header.title:  # from what the user typed; from the files' names when there is only files
@@ -305,7 +299,20 @@ class ConversationSession:
         return self._reply(Sinks(on_delta, on_reasoning, on_notice))
 
     def _reply(self, sinks: Sinks) -> Message:
-        """The reply to the conversation as it is (see ``send``)."""
+        """The reply to the conversation as it is, after any tool rounds (see ``send``)."""
+        reply = self._one_reply(sinks)
+        if self.tools is None:
+            return reply
+        sinks = replace(sinks, notice=self._notice(sinks))
+        host = ToolHost(self.messages, self._saved_at, self._one_reply)
+        return tool_rounds(reply, self.tools, sinks, host)
+
+    def _saved_at(self, index: int, notice: Sink | None) -> None:
+        self._touch(index)
+        self._save_after_failure(notice)
+
+    def _one_reply(self, sinks: Sinks) -> Message:
+        """One request and its reply (see ``send``)."""
         plan = self.plan_turn(self._notice(sinks))  # MessageTooLarge: marked unsent, there is no reply
         reply = Message("assistant", status="streaming", model=self.header.model)
         self._touch(len(self.messages))
@@ -326,7 +333,8 @@ class ConversationSession:
             return self.replan_after_overflow(e, refused, notice)
 
         hooks = TurnHooks(self.request_params, replan, self._checkpoint, notice)
-        turn = Turn(self.backend, self.timeouts, self.policy, hooks, sinks.text, sinks.reasoning)
+        tools = self.tools.functions() if self.tools is not None else ()
+        turn = Turn(self.backend, self.timeouts, self.policy, hooks, sinks.text, sinks.reasoning, tools)
         try:
             turn.run(reply, plan)
         except MessageTooLarge:  # after an overflow, even the newest turn alone did not fit: no reply
@@ -416,37 +424,25 @@ class ConversationSession:
         Raises NothingToDo when there is nothing to summarise, BackendError when the model cannot write
         it, SaveError."""
         end = len(self.messages) if before is None else before
-        m = summary(self.planner, self.params, end, on_progress)
+        self.messages.insert(end, summary(self.planner, self.params, end, on_progress))
         self._touch(end)
-        self.messages.insert(end, m)
         self.save()
-        return m
+        return self.messages[end]
 
     def uncompact(self) -> Message:
         """Take back the newest summary (``/compact undo``): it stays in the file, marked ``undone``, and
         the turns it stood for are left out plainly again (or an older summary stands for them)."""
-        summary = active_summary(self.messages, self.header.context_start, len(self.messages))
-        if summary is None:
-            raise NothingToDo("there is no summary to take back")
-        self.messages[summary].dropped = "undone"
-        self._touch(summary)
+        at = taken_back(self.conv)
+        self._touch(at)
         self.save()
-        return self.messages[summary]
+        return self.messages[at]
 
     def _compact_before_turn(self, p: Plan, notice: Sink) -> Plan:
         """``compact_at``: compact the turns before the newest message now, then plan again (if the model
-        cannot summarise, plain trimming and a notice)."""
-        try:
-            self.compact(notice, before=len(self.messages) - 1)
-        except NothingToDo:
-            return p
-        except BackendError as e:
-            notice(f"could not summarise the earlier turns ({e}); they are left out instead")
-            return p
-        except KeyboardInterrupt:
-            notice("summarising stopped (Ctrl-C): the earlier turns are left out instead")
-            return p
-        return self.planner.plan(self.params)
+        cannot summarise, plain trimming and a notice: ``compaction.or_trimmed``)."""
+        if or_trimmed(lambda: self.compact(notice, before=len(self.messages) - 1), notice):
+            return self.planner.plan(self.params)
+        return p
 
     # -- edits (chatcli.edits): each saves when it changed something ------------------------------------
     def undo(self) -> Message:

@@ -22,11 +22,12 @@ from chatcli.mcp_client import ToolOutcome, ToolSpec
 from chatcli.model import ToolCallPart, ToolResultPart
 
 MAX_ARGUMENT_BYTES = 64 * 1024  # a call's arguments (UTF-8 JSON) above this are not sent to the tool
-MAX_RESULT_CHARS = 20_000  # of a result's text sent back to the model (the whole result is kept)
 
 Answer = Literal["yes", "no", "always"]
 #: asks the user about a call of a tool (its spec) with its decoded arguments
 Ask = Callable[[ToolCallPart, ToolSpec, dict[str, Any]], Answer]
+#: shows a call before it runs or is asked about (the same arguments)
+Shown = Callable[[ToolCallPart, ToolSpec, dict[str, Any]], None]
 
 
 class ToolSource(Protocol):
@@ -43,12 +44,16 @@ class ToolSource(Protocol):
 
 class ToolRunner:
     """Runs a session's tool calls on ``source``: ``approve`` holds the ``server.tool`` patterns allowed
-    without asking, ``timeout`` the seconds a call may take."""
+    without asking, ``timeout`` the seconds a call may take, ``max_rounds`` how many requests of one turn
+    may follow tool results."""
 
-    def __init__(self, source: ToolSource, approve: Sequence[str] = (), timeout: float = 60.0) -> None:
+    def __init__(
+        self, source: ToolSource, approve: Sequence[str] = (), timeout: float = 60.0, max_rounds: int = 10
+    ) -> None:
         self.source = source
         self.patterns = list(approve)
         self.timeout = timeout
+        self.max_rounds = max_rounds  # requests of one turn that may answer tool calls
         self.always: set[str] = set()  # server.tool the user allowed for the rest of the session
 
     def functions(self) -> list[dict[str, Any]]:
@@ -66,10 +71,11 @@ class ToolRunner:
         key = f"{spec.server}.{spec.name}"
         return key in self.always or any(fnmatchcase(key, p) for p in self.patterns)
 
-    def run(self, call: ToolCallPart, ask: Ask | None) -> ToolResultPart:
+    def run(self, call: ToolCallPart, ask: Ask | None, shown: Shown | None = None) -> ToolResultPart:
         """The result of ``call``: run when it may be (asking through ``ask``; None: nothing can ask), else
-        an error result saying why. Never raises for a call or a tool; Ctrl-C during the call cancels it
-        (its result says so)."""
+        an error result saying why. ``shown(call, spec, arguments)`` is called first for a call that names
+        a tool and has valid arguments. Never raises for a call or a tool; Ctrl-C during the call cancels
+        it (its result says so); what ``ask`` raises (Ctrl-C at the question) is raised."""
         spec = self._by_name().get(call.name)
         if spec is None:
             offered = ", ".join(sorted(self._by_name())) or "none"
@@ -77,6 +83,8 @@ class ToolRunner:
         arguments = _arguments(call)
         if isinstance(arguments, str):
             return _error(call, arguments)
+        if shown is not None:
+            shown(call, spec, arguments)
         refused = self._refusal(call, spec, arguments, ask)
         if refused is not None:
             return _error(call, refused)
@@ -123,19 +131,4 @@ def _arguments(call: ToolCallPart) -> dict[str, Any] | str:
     return decoded
 
 
-def sent_result(text: str) -> str:
-    """A result's text as a request carries it: at most MAX_RESULT_CHARS, with a note when cut."""
-    if len(text) <= MAX_RESULT_CHARS:
-        return text
-    return text[:MAX_RESULT_CHARS] + f"\n[result cut: {MAX_RESULT_CHARS:,} of {len(text):,} characters sent]"
-
-
-__all__ = [
-    "MAX_ARGUMENT_BYTES",
-    "MAX_RESULT_CHARS",
-    "Answer",
-    "Ask",
-    "ToolRunner",
-    "ToolSource",
-    "sent_result",
-]
+__all__ = ["MAX_ARGUMENT_BYTES", "Answer", "Ask", "Shown", "ToolRunner", "ToolSource"]

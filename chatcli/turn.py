@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from chatcli.errors import ContextOverflow, RateLimited, StreamError
 from chatcli.messages import MAX_MESSAGE_BYTES, REPLY_OVER_LIMIT, ContextUsed, Timings, cut_to_fit, utf8_size
-from chatcli.model import Message, Part, ReasoningPart, TextPart, ToolCallPart
+from chatcli.model import Message, Part, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
 from chatcli.reasoning import ThinkSplitter
 
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend, StreamEvent, ToolCallDelta
     from chatcli.context import Plan
     from chatcli.messages import GenerationParams, Timeouts
+    from chatcli.tools import Ask, Shown
 
 #: a callback that receives pieces of text as they arrive
 Sink = Callable[[str], None]
@@ -52,6 +53,21 @@ class TurnHooks:
     replan: Callable[[ContextOverflow, Plan], Plan]
     checkpoint: Callable[[], None]
     notify: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """Where one call's output goes: ``text`` and ``reasoning`` pieces of the reply as they arrive,
+    one-line ``notice`` s (None: the session's ``on_notice``), and for tool calls (``chatcli.tools``):
+    ``shown`` before each call, ``ask`` for one not approved ahead (None: such calls are refused), ``done``
+    with each call and its result."""
+
+    text: Sink | None = None
+    reasoning: Sink | None = None
+    notice: Sink | None = None
+    shown: Shown | None = None
+    ask: Ask | None = None
+    done: Callable[[ToolCallPart, ToolResultPart], None] | None = None
 
 
 class ReplyParts:

@@ -64,6 +64,66 @@ def reasoning_rule(backend: str, model: str) -> ReasoningRule:
     return never
 
 
+# -- what a request may hold ---------------------------------------------------------------------------------
+MAX_RESULT_CHARS = 20_000  # of a tool result's text sent back to the model (the whole result is kept)
+UNANSWERED = "the call did not run or did not finish (the turn was stopped); it has no result"
+
+
+def sent_result(text: str) -> str:
+    """A tool result's text as a request carries it: at most MAX_RESULT_CHARS, with a note when cut."""
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return text[:MAX_RESULT_CHARS] + f"\n[result cut: {MAX_RESULT_CHARS:,} of {len(text):,} characters sent]"
+
+
+def paired(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` as a server accepts them (it refuses a call left without its result and a result
+    without its call): every call of an assistant message is answered in the tool message after it (a call
+    a kill or Ctrl-C left without one gets an error result saying so), a result whose call is not just
+    before it is left out, and each result's text is cut as ``sent_result`` says. The messages given are
+    not changed."""
+    out: list[Message] = []
+    open_calls: list[str] = []  # ids of the last assistant message's calls, not yet answered
+    for m in messages:
+        if m.role == "tool":
+            results: list[Part] = [
+                _sent(p) for p in m.parts if isinstance(p, ToolResultPart) and p.call_id in open_calls
+            ]
+            answered = {p.call_id for p in results if isinstance(p, ToolResultPart)}
+            open_calls = [c for c in open_calls if c not in answered]
+            if results:
+                out.append(Message("tool", parts=results, created_at=m.created_at))
+            continue
+        if open_calls:
+            out.append(_unanswered(open_calls))
+        out.append(m)
+        open_calls = [p.id for p in m.parts if isinstance(p, ToolCallPart)] if m.role == "assistant" else []
+    if open_calls:
+        out.append(_unanswered(open_calls))
+    return _merged_results(out)
+
+
+def _sent(p: ToolResultPart) -> ToolResultPart:
+    text = sent_result(p.text)
+    return p if text is p.text else ToolResultPart(p.call_id, text, p.raw, p.is_error)
+
+
+def _unanswered(call_ids: list[str]) -> Message:
+    parts: list[Part] = [ToolResultPart(c, UNANSWERED, None, True) for c in call_ids]
+    return Message("tool", parts=parts, created_at="")
+
+
+def _merged_results(messages: list[Message]) -> list[Message]:
+    """Consecutive tool messages as one (the results of one assistant message's calls)."""
+    out: list[Message] = []
+    for m in messages:
+        if m.role == "tool" and out and out[-1].role == "tool":
+            out[-1] = Message("tool", parts=[*out[-1].parts, *m.parts], created_at=out[-1].created_at)
+        else:
+            out.append(m)
+    return out
+
+
 # -- the OpenAI chat format ----------------------------------------------------------------------------------
 def to_openai(messages: Iterable[Message], rule: ReasoningRule = never) -> list[dict[str, Any]]:
     """The OpenAI chat-format dicts of ``messages`` (module docstring); an assistant message's reasoning is

@@ -19,6 +19,7 @@ from transcript import CLI, ScriptedBackend
 from fakellm import FakeLLMServer
 
 if TYPE_CHECKING:
+    from chatcli.mcp_client import MCPServers
     from chatcli.session import ConversationSession
     from chatcli.stores.folder import FolderStore
 
@@ -92,6 +93,21 @@ def opened() -> Iterator[list[ConversationSession]]:
     yield sessions
     for s in sessions:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MCPServers]:
+    """The tests' own MCP server (tests/mcp_test_server.py, a real stdio server), started once per module."""
+    from chatcli.mcp_client import MCPServers, ServerConfig
+
+    config = ServerConfig(
+        "own", command=sys.executable, args=(str(Path(__file__).parent / "mcp_test_server.py"),)
+    )
+    with MCPServers([config], tmp_path_factory.mktemp("mcp") / "logs") as servers:
+        servers.start()
+        servers.wait_ready(30)
+        assert servers.states["own"].state == "ready", servers.states["own"].error
+        yield servers
 
 
 @pytest.fixture

@@ -361,24 +361,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuses_tool_messages(self, body: dict, ollama_style: bool) -> bool:
         """A tool result whose call is not before it, or a call left without its result, as OpenAI refuses
         them (400); True when the request was refused. (Ollama results name the tool, not the call.)"""
-        open_calls: dict[str, str] = {}
+        open_calls: list[tuple[str, str]] = []  # (id, name) of the calls not answered yet
         problem = None
         for m in _messages(body):
             if problem is None and open_calls and m.get("role") != "tool":
-                problem = f"tool call {next(iter(open_calls))} has no tool message answering it"
+                problem = f"tool call {open_calls[0][0] or open_calls[0][1]} has no tool message answering it"
             if m.get("role") == "assistant":
                 for c in m.get("tool_calls") or ():
-                    name = c.get("function", {}).get("name", "")
-                    open_calls[c.get("id") or name] = name
+                    open_calls.append((c.get("id") or "", c.get("function", {}).get("name", "")))
             elif m.get("role") == "tool":
                 key = m.get("tool_name") if ollama_style else m.get("tool_call_id")
-                found = next((k for k, n in open_calls.items() if key in (k, n)), None)
+                found = next((k for k, (i, n) in enumerate(open_calls) if key in (i, n)), None)
                 if found is None:
                     problem = problem or f"a tool message answers {key!r}, which is no call before it"
                 else:
                     del open_calls[found]
         if open_calls and problem is None:
-            problem = f"tool call {next(iter(open_calls))} has no tool message answering it"
+            problem = f"tool call {open_calls[0][0] or open_calls[0][1]} has no tool message answering it"
         if problem is None:
             return False
         self._send_error(400, problem, "invalid_request_error", ollama_style)

@@ -116,9 +116,11 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
         'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
         'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
         'store = "sqlite:///x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n'
-        "context_window = 4096\ncompact_at = 0.8\nthink = true\nshow_reasoning = false\n",
+        "context_window = 4096\ncompact_at = 0.8\nthink = true\nshow_reasoning = false\n"
+        'tools = ["time"]\napprove = ["time.*"]\ntool_timeout = 5\nmax_tool_rounds = 3\n'
+        '[mcp.servers.time]\ncommand = "mcp-server-time"\nargs = ["--local-timezone", "UTC"]\n',
     )
-    assert set(read_config_file(cfg)) == set(config.FILE_KEYS)
+    assert set(read_config_file(cfg)) == set(config.FILE_KEYS) - {"mcp"} | {"mcp_servers"}
     s = resolve(no_flags(), env_for(cfg, HOME=str(cfg.parent)))
     assert (s.backend, s.base_url, s.n_ctx, s.threads, s.keep_alive) == (
         "ollama",
@@ -130,6 +132,8 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
     assert (s.store, s.store_timeout) == ("sqlite:///x/chats.db", 4.0)  # store wins over its older name
     assert s.model_path == Path.home() / "m.gguf"
     assert (s.think, s.show_reasoning) == (True, False)
+    assert (s.tools, s.approve, s.tool_timeout, s.max_tool_rounds) == (["time"], ["time.*"], 5.0, 3)
+    assert s.mcp_servers["time"].args == ("--local-timezone", "UTC")
 
 
 def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:
@@ -398,3 +402,21 @@ def test_base_url_without_scheme(cfg: Path, url: str) -> None:
 
 def test_settings_repr_hides_the_key() -> None:
     assert "secret" not in repr(Settings(api_key="secret"))
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('[mcp.servers.time]\ncomand = "x"\n', "mcp.servers.time.comand is not a server setting"),
+        ('[mcp.servers.time]\nargs = ["a"]\n', "mcp.servers.time needs either command"),
+        ("[mcp]\nserver = 1\n", "mcp holds only servers"),
+        ('tools = ["nope"]\n', "no MCP server named 'nope'"),
+        ("approve = [1]\n", "approve must be a list of strings"),
+        ("max_tool_rounds = 0\n", "max_tool_rounds must be from 1"),
+    ],
+)
+def test_a_mistyped_tools_setting_is_one_line(cfg: Path, text: str, said: str) -> None:
+    write(cfg, text)
+    with pytest.raises(ConfigError) as e:
+        resolve(no_flags(), env_for(cfg))
+    assert said in str(e.value) and "\n" not in str(e.value)

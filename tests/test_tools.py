@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chatcli.mcp_client import MCPServers, ServerConfig, ToolSpec
+from chatcli.mcp_client import MCPServers, ToolSpec
 from chatcli.model import ToolCallPart
-from chatcli.tools import MAX_ARGUMENT_BYTES, MAX_RESULT_CHARS, Answer, ToolRunner, sent_result
+from chatcli.tools import MAX_ARGUMENT_BYTES, Answer, ToolRunner
+from chatcli.wire import MAX_RESULT_CHARS, sent_result
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MCPServers]:
-    config = ServerConfig("own", command=sys.executable, args=(str(HERE / "mcp_test_server.py"),))
-    with MCPServers([config], tmp_path_factory.mktemp("mcp") / "logs") as servers:
-        servers.start()
-        servers.wait_ready(30)
-        assert servers.states["own"].state == "ready", servers.states["own"].error
-        yield servers
 
 
 def call(name: str, arguments: Any = None, ident: str = "c1") -> ToolCallPart:
