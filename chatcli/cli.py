@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from chatcli import __version__
 from chatcli.cli_common import (
     COMPLETE_VAR,
+    ApproveOpt,
     BackendOpt,
     BaseURLOpt,
     ContextWindowOpt,
@@ -27,6 +28,7 @@ from chatcli.cli_common import (
     ThinkOpt,
     TimeoutOpt,
     TitleOpt,
+    ToolsOpt,
     TopPOpt,
     create_session,
     exit_with,
@@ -36,6 +38,7 @@ from chatcli.cli_common import (
     resume_session,
     store_flag,
     terminate_on_signals,
+    with_tools,
 )
 from chatcli.cli_common import (
     settings as get_settings,
@@ -160,6 +163,8 @@ def new(
     model_path: ModelPathOpt = None,
     context_window: ContextWindowOpt = None,
     think: ThinkOpt = None,
+    tools: ToolsOpt = None,
+    approve: ApproveOpt = None,
 ) -> None:
     """Start a new chat session and open the REPL."""
     flags = dict(locals())
@@ -175,7 +180,7 @@ def new(
     except ChatcliError as e:
         where.close()
         exit_with(e)
-    _run_repl(session, settings, where, notices, resumed=False)
+    _run_repl(session, settings, where, notices, resumed=False, tools=settings.tools)
 
 
 @app.command()
@@ -187,8 +192,11 @@ def resume(
     model_path: ModelPathOpt = None,
     context_window: ContextWindowOpt = None,
     think: ThinkOpt = None,
+    tools: ToolsOpt = None,
+    approve: ApproveOpt = None,
 ) -> None:
-    """Resume a saved session: shows its history, and the next turn sends the context again."""
+    """Resume a saved session: shows its history, and the next turn sends the context again (with the
+    tools it used, unless --tools names others)."""
     _resume(
         session_id,
         {
@@ -198,6 +206,8 @@ def resume(
             "model_path": model_path,
             "context_window": context_window,
             "think": think,
+            "tools": tools,
+            "approve": approve,
         },
     )
 
@@ -231,12 +241,20 @@ def _resume(ref: str, flags: dict[str, Any]) -> None:
     except ChatcliError as e:
         store.close()
         exit_with(e)
-    _run_repl(session, settings, store, notices, resumed=True)
+    _run_repl(
+        session, settings, store, notices, resumed=True, tools=settings.tools if flags.get("tools") else None
+    )
 
 
 def _run_repl(
-    session: ConversationSession, settings: Settings, store: Store, notices: _Notices, resumed: bool
+    session: ConversationSession,
+    settings: Settings,
+    store: Store,
+    notices: _Notices,
+    resumed: bool,
+    tools: list[str] | None,
 ) -> None:
+    """The REPL on ``session``, with the tools of the MCP servers ``tools`` (None: those it recorded)."""
     from chatcli.render import Renderer
     from chatcli.repl import Repl, running_prompt
 
@@ -247,14 +265,19 @@ def _run_repl(
     repl = Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed)
     repl.show_reasoning = settings.show_reasoning
     try:
+        repl.servers = with_tools(session, settings, tools, renderer.notice)
         with terminate_on_signals(at_prompt=running_prompt):
             repl.run()
     except Terminated as e:  # SIGTERM or SIGHUP: a reply in progress was saved as interrupted
         stop = e
+    except ChatcliError as e:  # a --tools the config lacks (the finally below closes everything)
+        exit_with(e)
     finally:
         try:
             session.close()  # saves anything a failed save still owes
         finally:
+            if repl.servers is not None:
+                repl.servers.close()
             store.close()
     stopped = "" if stop is None else f"\n{stop}: "
     try:  # after SIGHUP the terminal may be gone: writing to it can fail

@@ -19,6 +19,7 @@ from chatcli.errors import ChatcliError, ConfigError, Terminated
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
     from chatcli.config import Settings
+    from chatcli.mcp_client import MCPServers
     from chatcli.messages import GenerationParams, Timeouts
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
@@ -124,6 +125,24 @@ ThinkOpt = Annotated[
         "--think/--no-think",
         help="Ask a thinking model on Ollama to reason first, or not (Ollama's think; default: the model's "
         "own). Other servers reason as their model does; chatcli shows and keeps what they send.",
+    ),
+]
+ToolsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tools",
+        metavar="NAME[,NAME]",
+        help="Offer the model the tools of these MCP servers (config [mcp.servers.NAME]); recorded in the "
+        "session, so resume offers them again. Each call is shown and asked about before it runs.",
+    ),
+]
+ApproveOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--approve",
+        metavar="PATTERN[,PATTERN]",
+        help="Tool calls to run without asking, as server.tool patterns (time.*, git.git_status); "
+        "config approve.",
     ),
 ]
 ModelPathOpt = Annotated[
@@ -239,6 +258,34 @@ def resume_session(settings: Settings, store: Store, ref: str, flags: dict[str, 
         return backend_for(settings, found.header.backend, found.header.model, base, path)
 
     return with_run_settings(ConversationSession.resume(store, sid, factory), settings)
+
+
+def with_tools(
+    session: ConversationSession, settings: Settings, names: list[str] | None, notify: Callable[[str], None]
+) -> MCPServers | None:
+    """Give ``session`` the tools of the MCP servers ``names`` (None: those the session recorded, for a
+    resume), recorded in its header; returns the servers, not started yet (None: no tools). The embedded
+    model calls no tools: then a notice, and none. Raises ConfigError for a server the config lacks."""
+    names = list(session.header.tools or []) if names is None else names
+    if not names:
+        return None
+    if session.backend is not None and session.backend.name == "local":
+        notify("the embedded model (SmolLM2-135M) does not call tools: this session offers none")
+        return None
+    missing = [n for n in names if n not in settings.mcp_servers]
+    if missing:
+        raise ConfigError(
+            f"no MCP server named {missing[0]!r} in {settings.config_path} ([mcp.servers.NAME])"
+        )
+    from chatcli.mcp_client import MCPServers
+    from chatcli.tools import ToolRunner
+
+    servers = MCPServers([settings.mcp_servers[n] for n in names], settings.state_dir / "mcp")
+    session.tools = ToolRunner(servers, settings.approve, settings.tool_timeout, settings.max_tool_rounds)
+    if session.header.tools != names:
+        session.header.tools = names
+        session.save()
+    return servers
 
 
 def with_run_settings(session: ConversationSession, settings: Settings) -> ConversationSession:

@@ -1,4 +1,5 @@
-"""Small commands: ``models`` (what a server offers) and ``completion`` (a shell completion script).
+"""Small commands: ``models`` (what a server offers), ``tools`` (the MCP servers configured and their
+tools) and ``completion`` (a shell completion script).
 Registered on the Typer app by ``cli.py``."""
 
 from __future__ import annotations
@@ -77,6 +78,51 @@ def completion(shell: Annotated[str, typer.Argument(metavar="bash|zsh|fish", hel
     )
 
 
+def tools(
+    names: Annotated[
+        str | None,
+        typer.Option(
+            "--tools", metavar="NAME[,NAME]", help="Only these servers (default: every one configured)."
+        ),
+    ] = None,
+    as_json: AsJSON = False,
+) -> None:
+    """List the MCP servers of the config file ([mcp.servers.NAME]): each is started, and its state and
+    tools are shown (then it is stopped). Exit 1 when one is not available."""
+    from chatcli.mcp_client import MCPServers
+
+    try:
+        s = settings({"tools": names})
+    except ChatcliError as e:
+        exit_with(e)
+    picked = s.tools or list(s.mcp_servers)
+    with MCPServers([s.mcp_servers[n] for n in picked], s.state_dir / "mcp") as servers:
+        servers.start()
+        servers.wait_ready(servers.start_timeout + 1)
+        states = list(servers.states.values())
+        failed = [st for st in states if st.state != "ready"]
+        if as_json:
+            print_json(
+                [
+                    {
+                        "name": st.name,
+                        "state": st.state,
+                        "error": st.error,
+                        "tools": [
+                            {"name": t.name, "description": t.description, "parameters": t.parameters}
+                            for t in st.tools
+                        ],
+                    }
+                    for st in states
+                ]
+            )
+        else:
+            renderer().tool_states(states)
+    if failed:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(models)
+    app.command()(tools)
     app.command()(completion)

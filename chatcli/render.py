@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from chatcli.reasoning import fold_line, reasoning_line
 from chatcli.text import count
 
+TOOL_RESULT_LINES = 4  # lines of a tool's result shown (the whole result is kept in the session)
+
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
@@ -210,6 +212,13 @@ class ReplyView:
             self.console.file.write("\n")
             self.console.file.flush()
             self.chars = 0
+
+    def again(self) -> None:
+        """Stop here (what was shown stays) and show the next reply of the turn (after a tool round) in
+        this view, from a fresh start."""
+        self.finish()
+        type(self).__init__(self, self.console, self._label, self.err, self.reasoning_mode)
+        self.__enter__()
 
     # -- internals --------------------------------------------------------------------------------------
     def _take_lines(self, text: str) -> None:
@@ -506,6 +515,42 @@ class Renderer:
             self.console.width = width
         lines = [line.rstrip() for line in captured.get().splitlines()]
         self.console.file.write("\n".join(lines) + "\n")
+
+    # -- tools --------------------------------------------------------------------------------------------
+    def tool_call(self, where: str, arguments: Any) -> None:
+        """A tool call before it runs: ``server.tool`` and its arguments as indented JSON (sanitised: they
+        are the model's)."""
+        import json
+
+        self.console.print(f"[bold cyan]⚙ {escape_markup(sanitize(where))}[/]", soft_wrap=True)
+        text = json.dumps(arguments, indent=2, ensure_ascii=False)
+        self.console.print(escape_markup(sanitize(text)), style="dim", highlight=False)
+
+    def tool_result(self, text: str, is_error: bool, lines: int = TOOL_RESULT_LINES) -> None:
+        """A tool's result folded to its first ``lines`` lines ("N more lines"), sanitised (a tool is as
+        untrusted as a model); an error in red."""
+        shown = sanitize(text).splitlines() or [""]
+        more = len(shown) - lines
+        body = "\n".join(f"  {line}" for line in shown[:lines])
+        style = "red" if is_error else "dim"
+        self.console.print(escape_markup(body), style=style, highlight=False)
+        if more > 0:
+            self.console.print(f"  [dim]… {count(more, 'more line')}[/]")
+
+    def tool_states(self, states: list[Any]) -> None:
+        """``/tools``: each server (``chatcli.mcp_client.ServerState``), its state and its tools."""
+        if not states:
+            self.info("No tools: this session uses no MCP server (--tools NAME, config [mcp.servers.NAME]).")
+            return
+        for st in states:
+            colour = {"ready": "green", "failed": "red"}.get(st.state, "yellow")
+            why = f": {escape_markup(sanitize(st.error))}" if st.error else ""
+            self.console.print(
+                f"[bold]{escape_markup(st.name)}[/] [{colour}]{st.state}[/]{why}", soft_wrap=True
+            )
+            for t in st.tools:
+                summary = escape_markup(sanitize(t.description.splitlines()[0] if t.description else ""))
+                self.console.print(f"  {escape_markup(sanitize(t.name))} [dim]{summary}[/]", soft_wrap=True)
 
     def reply_footer(self, message: Message) -> None:
         """A dim line under a reply that did not complete normally."""

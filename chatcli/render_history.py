@@ -1,12 +1,16 @@
 """The REPL's ``history``: turns with their statuses, where ``clear`` cut the context, the model, system
 prompt and title changes at their place, the summaries ``/compact`` wrote, messages too large to send,
-and, on each reply, how many earlier turns its request left out."""
+and, on each reply, how many earlier turns its request left out; a turn's tool calls, their results
+(folded) and the replies after them."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from chatcli.attachments import folded
+from chatcli.model import ToolResultPart
 from chatcli.snapshot import clear_before, span_text, turn_span, turns_before
 from chatcli.text import count
 
@@ -68,11 +72,41 @@ def show_history(
             )
             out.reasoning(reply, unfold=reasoning)
             out.markdown(reply.content)
+            _tool_rounds(out, messages, index[id(reply)], reasoning)
         console.print()
     for i in marks:
         _mark(out, messages[i], turn_at)
     for c in changes:
         _change(out, c)
+
+
+def _tool_rounds(out: Renderer, messages: list[Message], at: int, reasoning: bool) -> None:
+    """After the reply at ``at``: its tool calls, their results and the replies that followed, up to the
+    next turn."""
+    from chatcli.render import local_time, status_tag
+
+    for i in range(at, len(messages)):
+        m = messages[i]
+        if i > at and (m.starts_turn or m.dropped is not None):
+            return
+        if m.role == "tool":
+            for p in m.parts:
+                if isinstance(p, ToolResultPart):
+                    out.tool_result(p.text, p.is_error)
+            continue
+        if i > at and m.role == "assistant":
+            out.console.print(f"[bold green]model[/] [dim]{local_time(m.created_at)}[/]" + status_tag(m))
+            out.reasoning(m, unfold=reasoning)
+            out.markdown(m.content)
+        for call in m.tool_calls:
+            out.tool_call(call.name, _decoded(call.arguments))
+
+
+def _decoded(arguments: str) -> Any:
+    try:
+        return orjson.loads(arguments) if arguments.strip() else {}
+    except orjson.JSONDecodeError:
+        return arguments
 
 
 def _left_out_tag(reply: Message, turn_at: list[int], cuts: set[int]) -> str:

@@ -34,8 +34,11 @@ from chatcli.snapshot import valid_unicode
 from chatcli.text import count
 
 if TYPE_CHECKING:
+    from chatcli.mcp_client import MCPServers, ToolSpec
+    from chatcli.model import ToolCallPart, ToolResultPart
     from chatcli.render import Renderer, ReplyView
-    from chatcli.session import ConversationSession, Message
+    from chatcli.session import ConversationSession, Message, Sinks
+    from chatcli.tools import Answer
 
 HELP_HINT = "type help for commands, Ctrl-D to quit"
 RESUME_TURNS = 20  # turns shown on resume (`history` shows all), so a long session opens at once
@@ -61,6 +64,8 @@ class Repl(ReplCommands):
         self.failed: list[int] = []  # which of them failed (a piped REPL then exits 1)
         self.pending: list[attachments.Attachment] = []  # files /file attached to the next message
         self.show_reasoning = True  # a reply's reasoning streams dimmed (else: only its folded line)
+        self.servers: MCPServers | None = None  # the session's tool servers (started once the prompt shows)
+        self._servers_told = False  # the servers' failures were said (once, before the first turn)
 
     # -- input -----------------------------------------------------------------------------------------
     def _make_prompt(self) -> Callable[[], str]:
@@ -96,6 +101,7 @@ class Repl(ReplCommands):
             complete_while_typing=False,
             prompt_continuation=lambda width, line_no, wrap: "… ".rjust(width),
         )
+        ps.app.after_render += lambda _app: self._start_servers()  # (once the prompt is drawn)
         return lambda: ps.prompt([("bold", "› ")])
 
     @staticmethod
@@ -118,6 +124,8 @@ class Repl(ReplCommands):
         if self.session.backend is not None:
             self.session.backend.prepare()
         prompt = self._make_prompt()
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            self._start_servers()
         while True:
             try:
                 line = prompt()
@@ -201,10 +209,44 @@ class Repl(ReplCommands):
         """Send one message (with the files /file attached) and show the reply as it streams."""
         if self.pending:
             text, self.pending = attachments.message(self.pending, text), []
-        self._stream(
-            lambda view: self.session.send(
-                text, on_delta=view.feed, on_notice=view.notice, on_reasoning=view.think
-            )
+        self._servers_ready()
+        self._stream(lambda view: self.session.send(text, sinks=self._sinks(view)))
+
+    # -- tools -----------------------------------------------------------------------------------------
+    def _start_servers(self) -> None:
+        if self.servers is not None:
+            self.servers.start()  # (a second call does nothing)
+
+    def _servers_ready(self) -> None:
+        """Before the first turn: wait for the tool servers still starting, and say which failed."""
+        if self.servers is None or self._servers_told:
+            return
+        self._servers_told = True
+        if any(st.state == "starting" for st in self.servers.states.values()):
+            self.out.info("Starting the tool servers…")
+        self.servers.wait_ready(self.servers.start_timeout + 1)
+        for st in self.servers.states.values():
+            if st.state != "ready":
+                self.out.notice(
+                    f"tool server {st.name} is not available ({st.error or st.state}): its tools are off"
+                )
+
+    def _sinks(self, view: ReplyView) -> Sinks:
+        """Where a turn's output goes: the reply view, and the tool calls shown, asked and answered here."""
+        from chatcli.session import Sinks
+
+        def shown(call: ToolCallPart, spec: ToolSpec, arguments: dict[str, Any]) -> None:
+            view.finish()
+            self.out.tool_call(f"{spec.server}.{spec.name}", arguments)
+
+        def done(call: ToolCallPart, result: ToolResultPart) -> None:
+            view.finish()
+            self.out.tool_result(result.text, result.is_error)
+            view.again()
+
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        return Sinks(
+            view.feed, view.think, view.notice, shown, _ask_on_terminal if interactive else None, done
         )
 
     def _stream(self, turn: Callable[[ReplyView], Message]) -> None:
@@ -237,6 +279,24 @@ class Repl(ReplCommands):
             self.out.error(f"{e}; the turn is kept in memory and will be saved at the next attempt")
         else:
             self.out.error(str(e))
+
+
+def _ask_on_terminal(call: ToolCallPart, spec: ToolSpec, arguments: dict[str, Any]) -> Answer:
+    """Ask whether the call shown just above may run: yes, no, or always (this tool, this session).
+    Ctrl-C (or Ctrl-D) stops the turn."""
+    from prompt_toolkit import prompt
+
+    while True:
+        try:
+            said = prompt("Run it? [y]es, [n]o, [a]lways for this tool: ").strip().lower()
+        except EOFError:
+            raise KeyboardInterrupt from None
+        if said in ("y", "yes"):
+            return "yes"
+        if said in ("n", "no", ""):
+            return "no"
+        if said in ("a", "always"):
+            return "always"
 
 
 @contextmanager

@@ -23,9 +23,10 @@ from chatcli.text import count
 from chatcli.transcript import EXPORT_FORMATS
 
 if TYPE_CHECKING:
+    from chatcli.mcp_client import MCPServers
     from chatcli.model import Message
     from chatcli.render import Renderer, ReplyView
-    from chatcli.session import ConversationSession
+    from chatcli.session import ConversationSession, Sinks
 
 
 def _none(args: list[str]) -> bool:
@@ -92,6 +93,7 @@ COMMANDS = (
         "ask again for the last reply (the replaced reply stays in the session file)",
         "do_retry",
     ),
+    Command("tools", "tools", "list the tool servers, their state and their tools", "do_tools"),
     Command(
         "reasoning",
         "reasoning [on|off]",
@@ -181,7 +183,12 @@ class ReplCommands:
     pending: list[attachments.Attachment]  # files for the next message
     show_reasoning: bool  # a reply's reasoning streams on screen
 
+    servers: MCPServers | None  # the session's tool servers
+
     def _stream(self, turn: Callable[[ReplyView], Message]) -> None:
+        raise NotImplementedError
+
+    def _sinks(self, view: ReplyView) -> Sinks:
         raise NotImplementedError
 
     def chat(self, text: str) -> None:
@@ -206,11 +213,11 @@ class ReplCommands:
         self.out.stats(self.session.stats())
 
     def do_retry(self, args: list[str]) -> None:
-        self._stream(
-            lambda view: self.session.retry(
-                on_delta=view.feed, on_notice=view.notice, on_reasoning=view.think
-            )
-        )
+        self._stream(lambda view: self.session.retry(sinks=self._sinks(view)))
+
+    def do_tools(self, args: list[str]) -> None:
+        servers = self.servers
+        self.out.tool_states(list(servers.states.values()) if servers is not None else [])
 
     def do_undo(self, args: list[str]) -> None:
         m = self.session.undo()

@@ -287,7 +287,12 @@ class ConversationSession:
         return self._reply(sinks)
 
     def retry(
-        self, on_delta: Sink | None = None, on_notice: Sink | None = None, on_reasoning: Sink | None = None
+        self,
+        on_delta: Sink | None = None,
+        on_notice: Sink | None = None,
+        on_reasoning: Sink | None = None,
+        *,
+        sinks: Sinks | None = None,
     ) -> Message:
         """Ask again for the reply to the last user message. The reply it replaces stays in the file,
         marked ``dropped="retried"``. Raises NothingToDo when there is no turn to retry, and otherwise
@@ -296,7 +301,7 @@ class ConversationSession:
             raise BackendError("this session has no backend to talk to")
         self._touch(edits.retry(self.conv))
         self.save()
-        return self._reply(Sinks(on_delta, on_reasoning, on_notice))
+        return self._reply(sinks or Sinks(on_delta, on_reasoning, on_notice))
 
     def _reply(self, sinks: Sinks) -> Message:
         """The reply to the conversation as it is, after any tool rounds (see ``send``)."""

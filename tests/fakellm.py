@@ -936,13 +936,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reasoning-field", default="reasoning_content", help="its OpenAI delta field (or 'reasoning')"
     )
+    parser.add_argument(
+        "--tool-call",
+        default=None,
+        metavar="NAME=JSON",
+        help="answer a user's message by calling tool NAME with these arguments, and a tool's result with "
+        "'The tool said: <result>'",
+    )
     args = parser.parse_args(argv)
     thought = _TOKEN_RE.findall(args.reasoning) if args.reasoning else None
     timing = {"delay_first": args.delay_first, "delay_each": args.delay_each}
     shape = {"reasoning": thought, "reasoning_field": args.reasoning_field, **timing}
 
     default: DefaultReply
-    if args.reply_text is None:
+    if args.tool_call is not None:
+        name, _, arguments = args.tool_call.partition("=")
+
+        def default(record: dict) -> Reply:
+            sent = _messages(record.get("json"))
+            if sent and sent[-1].get("role") == "tool":
+                return Reply(text="The tool said: " + _content_text(sent[-1].get("content")), **shape)  # type: ignore[arg-type]
+            return Reply(text="Let me look that up.", tool_calls=[(name, arguments or "{}")], **shape)  # type: ignore[arg-type]
+    elif args.reply_text is None:
 
         def default(record: dict) -> Reply:
             return Reply(text="Echo: " + last_user_text(record.get("json")), **shape)  # type: ignore[arg-type]

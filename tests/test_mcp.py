@@ -171,3 +171,26 @@ def test_a_server_entry_in_the_conventional_keys() -> None:
         {"Authorization": "Bearer x"},
         None,
     )
+
+
+def test_chatcli_tools_lists_the_servers_and_their_tools(
+    child_env: dict[str, str], user_dirs: dict[str, Path]
+) -> None:
+    cfg = user_dirs["config"]
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(
+        f'[mcp.servers.time]\ncommand = "{tool_command("mcp-server-time")}"\n'
+        '[mcp.servers.gone]\ncommand = "/nonexistent/server"\n'
+    )
+    cmd = [sys.executable, "-m", "chatcli", "tools"]
+    r = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=child_env, timeout=60)
+    assert r.returncode == 1, r.stderr  # one is not available
+    import json
+
+    listed = {s["name"]: s for s in json.loads(r.stdout)}
+    assert listed["time"]["state"] == "ready" and listed["gone"]["state"] == "failed"
+    assert "get_current_time" in {t["name"] for t in listed["time"]["tools"]}
+    r = subprocess.run([*cmd, "--tools", "time"], capture_output=True, text=True, env=child_env, timeout=60)
+    assert r.returncode == 0 and "time ready" in r.stdout and "convert_time" in r.stdout
+    r = subprocess.run([*cmd, "--tools", "nope"], capture_output=True, text=True, env=child_env, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no MCP server named 'nope'" in r.stderr

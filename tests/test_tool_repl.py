@@ -1,0 +1,93 @@
+"""Tools in the REPL, through a pseudo-terminal: a model on the fake server (tests/fakellm.py) calls the
+tools of real MCP servers configured as a user would (``[mcp.servers.NAME]``): the call is shown, asked
+about (yes, no, always), run, its result shown folded; a SIGKILL at the question loses nothing and runs
+nothing; ``resume`` shows the call, offers the tools again, and the next request is accepted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from fakellm import FakeLLMServer, Reply
+from ptyproc import Chat, start
+
+HERE = Path(__file__).parent
+TIME = Path(sys.executable).parent / "mcp-server-time"
+
+
+def configure(user_dirs: dict[str, Path]) -> None:
+    cfg = user_dirs["config"]
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(
+        f'[mcp.servers.time]\ncommand = "{TIME}"\nargs = ["--local-timezone", "UTC"]\n'
+        f'[mcp.servers.own]\ncommand = "{sys.executable}"\nargs = ["{HERE / "mcp_test_server.py"}"]\n'
+    )
+
+
+TOKYO = ("get_current_time", '{"timezone": "Asia/Tokyo"}')
+
+
+def test_a_call_is_shown_asked_about_and_answered(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
+    configure(user_dirs)
+    args = ["new", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1", "--tools", "time,own"]
+    c, _ = start(chats, pty_env, *args)
+    fake_llm.enqueue(Reply(text="Let me look.", tool_calls=[TOKYO]), Reply(text="It is tomorrow in Tokyo."))
+    c.send("what time is it in Tokyo?")
+    c.expect("time.get_current_time")
+    c.expect("Asia/Tokyo")
+    c.expect(r"Run it\?")
+    c.send("y")
+    out = c.expect("It is tomorrow in Tokyo.")
+    assert '"day_of_week"' in out and "more line" in out  # the result, folded
+    c.expect_prompt()
+    assert "tools" in fake_llm.requests[0]["json"]
+    assert fake_llm.requests[1]["json"]["messages"][-1]["role"] == "tool"
+    # no: the model is told; always: not asked again; escape sequences in a result are not obeyed
+    fake_llm.enqueue(Reply(text="", tool_calls=[("escapes", "{}")]), Reply(text="Refused, fine."))
+    c.send("show me escapes")
+    c.expect(r"Run it\?")
+    c.send("n")
+    c.expect("Refused, fine.")
+    c.expect_prompt()
+    assert "refused" in fake_llm.requests[-1]["json"]["messages"][-1]["content"]
+    fake_llm.enqueue(Reply(text="", tool_calls=[("escapes", "{}")]), Reply(text="one"))
+    c.send("again")
+    c.expect(r"Run it\?")
+    c.send("a")
+    out = c.expect("one")
+    assert "plain" in out and "\x1b]0;owned" not in out
+    fake_llm.enqueue(Reply(text="", tool_calls=[("escapes", "{}")]), Reply(text="two"))
+    c.send("and again")
+    out = c.expect("two")
+    assert "Run it?" not in out
+    out = c.command("tools", "The server dies mid-call.")
+    assert "time ready" in out and "own ready" in out
+
+
+def test_a_kill_at_the_question_runs_nothing_and_resume_goes_on(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
+    configure(user_dirs)
+    args = ["new", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1", "--tools", "own"]
+    c, sid = start(chats, pty_env, *args)
+    fake_llm.enqueue(Reply(text="Checking.", tool_calls=[("echo", '{"text": "never"}')]))
+    c.send("call it")
+    c.expect(r"Run it\?")
+    os.kill(c.child.pid, signal.SIGKILL)
+    c.child.wait()
+    c2, _ = start(chats, pty_env, "resume", sid)
+    out = c2.command("history", "never")
+    assert "echo" in out
+    fake_llm.enqueue(Reply(text="All right."))
+    c2.send("forget it")
+    c2.expect("All right.")
+    c2.expect_prompt()
+    assert "tools" in fake_llm.requests[-1]["json"]  # the recorded tools are offered again
+    sent = fake_llm.requests[-1]["json"]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "tool"] == [
+        "the call did not run or did not finish (the turn was stopped); it has no result"
+    ]
