@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from chatcli.cli_common import (
+    ApproveOpt,
     AsJSON,
     BackendOpt,
     BaseURLOpt,
@@ -32,6 +33,7 @@ from chatcli.cli_common import (
     ThinkOpt,
     TimeoutOpt,
     TitleOpt,
+    ToolsOpt,
     TopPOpt,
     create_session,
     exit_with,
@@ -43,6 +45,7 @@ from chatcli.cli_common import (
     settings,
     store_flag,
     terminate_on_signals,
+    with_tools,
 )
 from chatcli.errors import (
     BackendError,
@@ -55,7 +58,8 @@ from chatcli.errors import (
 
 if TYPE_CHECKING:
     from chatcli.config import Settings
-    from chatcli.model import Message
+    from chatcli.mcp_client import MCPServers
+    from chatcli.model import Message, ToolCallPart, ToolResultPart
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
     from chatcli.stores.base import Store
@@ -124,6 +128,8 @@ def ask(
     model_path: ModelPathOpt = None,
     context_window: ContextWindowOpt = None,
     think: ThinkOpt = None,
+    tools: ToolsOpt = None,
+    approve: ApproveOpt = None,
 ) -> None:
     """Ask one question and print the reply: for pipes and scripts (`git diff | chatcli ask "review this"`).
     The turn is saved as a session (see `chatcli resume`) unless --no-save; -c goes on with the last one."""
@@ -151,7 +157,34 @@ def ask(
         exit_with(e)
     if session.backend is not None:
         session.backend.prepare()  # the embedded model loads while the message is read and saved
-    _turn(session, s, where, text, as_json=as_json, raw=raw, markdown=markdown, talk=talk, saved=not no_save)
+    servers = _tools(session, s, ref, flags, talk)
+    try:
+        _turn(
+            session, s, where, text, as_json=as_json, raw=raw, markdown=markdown, talk=talk, saved=not no_save
+        )
+    finally:
+        if servers is not None:
+            servers.close()
+
+
+def _tools(
+    session: ConversationSession, s: Settings, ref: str | None, flags: dict[str, Any], talk: _Talk
+) -> MCPServers | None:
+    """The session's tool servers (``--tools``, or those a continued session recorded), started and
+    ready; each one that is not is said in one line. No terminal asks here: a call needs ``--approve``."""
+    try:
+        servers = with_tools(session, s, s.tools if ref is None or flags.get("tools") else None, talk)
+    except ChatcliError as e:
+        session.close()
+        session.store.close()
+        exit_with(e)
+    if servers is not None:
+        servers.start()
+        servers.wait_ready(servers.start_timeout + 1)
+        for st in servers.states.values():
+            if st.state != "ready":
+                talk(f"tool server {st.name} is not available ({st.error or st.state}): its tools are off")
+    return servers
 
 
 _SESSION_FLAGS = (
@@ -169,6 +202,8 @@ _SESSION_FLAGS = (
     "model_path",
     "context_window",
     "think",
+    "tools",
+    "approve",
 )
 
 
@@ -218,6 +253,19 @@ class _Talk:
 
             self._out = renderer()
         self._out.notice(message)
+
+    def tool_done(self, call: ToolCallPart, result: ToolResultPart) -> None:
+        """A tool call ended: a refused or failed one is one line on stderr always (it is why the answer may
+        lack something), one that ran only when notices are on."""
+        said = (result.text.strip().splitlines() or [""])[0][:200]
+        if not result.is_error:
+            self(f"tool {call.name} ran")
+            return
+        if self._out is None:
+            from chatcli.cli_common import renderer
+
+            self._out = renderer()
+        self._out.notice(f"tool {call.name}: {said}")
 
 
 def _message(words: list[str], paths: list[Path]) -> str:
@@ -308,7 +356,9 @@ def _turn(
                 out.feed(piece)
 
             try:
-                reply = session.send(text, on_delta=feed, on_notice=talk, on_reasoning=talk.reasoning)
+                from chatcli.session import Sinks
+
+                reply = session.send(text, sinks=Sinks(feed, talk.reasoning, talk, done=talk.tool_done))
             finally:
                 talk.reasoning_end()
                 talk.view = None
@@ -329,7 +379,7 @@ def _turn(
     if reply is not None and reply.status == "interrupted" and status == ExitStatus.OK:
         status = ExitStatus.INTERRUPTED
     if as_json and reply is not None and error is None:
-        print_json(_as_json(reply, session.id if saved else None))
+        print_json(_as_json(reply, session.id if saved else None, session.messages))
     elif not as_json:
         out.end()
     if error is not None:
@@ -347,12 +397,15 @@ def _turn(
         raise typer.Exit(status)
 
 
-def _as_json(reply: Message, session_id: str | None) -> dict[str, Any]:
-    """``--json``: the reply and what came with it, as the snapshot stores them."""
+def _as_json(reply: Message, session_id: str | None, messages: list[Message]) -> dict[str, Any]:
+    """``--json``: the reply and what came with it, as the snapshot stores them; ``tool_calls``: the calls
+    of the turn (``name``, ``arguments`` as the model wrote them, ``result``, ``is_error``; result None for
+    a call that did not run)."""
     d = reply.to_json()
     return {
         "reply": reply.content,
         "reasoning": reply.reasoning or None,
+        "tool_calls": _turn_calls(messages),
         "status": reply.status,
         "finish_reason": reply.finish_reason,
         "model": reply.model,
@@ -361,6 +414,33 @@ def _as_json(reply: Message, session_id: str | None) -> dict[str, Any]:
         "context": d.get("context"),
         "session_id": session_id,
     }
+
+
+def _turn_calls(messages: list[Message]) -> list[dict[str, Any]]:
+    """The tool calls of the last turn with their results (see ``_as_json``)."""
+    from chatcli.model import ToolResultPart
+
+    start = max((i for i, m in enumerate(messages) if m.starts_turn), default=0)
+    results = {
+        p.call_id: p
+        for m in messages[start:]
+        if m.role == "tool"
+        for p in m.parts
+        if isinstance(p, ToolResultPart)
+    }
+    out = []
+    for m in messages[start:]:
+        for c in m.tool_calls:
+            r = results.get(c.id)
+            out.append(
+                {
+                    "name": c.name,
+                    "arguments": c.arguments,
+                    "result": r.text if r else None,
+                    "is_error": r.is_error if r else None,
+                }
+            )
+    return out
 
 
 class _Output:

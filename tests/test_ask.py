@@ -143,6 +143,7 @@ def test_json_gives_the_reply_and_what_came_with_it(
     assert out == {
         "reply": "Forty-two.",
         "reasoning": None,
+        "tool_calls": [],
         "status": "ok",
         "finish_reason": "stop",
         "model": "gpt-4o-mini",

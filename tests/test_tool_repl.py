@@ -91,3 +91,30 @@ def test_a_kill_at_the_question_runs_nothing_and_resume_goes_on(
     assert [m["content"] for m in sent if m["role"] == "tool"] == [
         "the call did not run or did not finish (the turn was stopped); it has no result"
     ]
+
+
+def test_ask_refuses_unapproved_calls_in_one_line_and_json_has_the_calls(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
+) -> None:
+    import json
+    import subprocess
+
+    configure(user_dirs)
+    cmd = [sys.executable, "-m", "chatcli", "ask", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1"]
+
+    def ask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, env=child_env, timeout=60, input=""
+        )
+
+    call = ("echo", '{"text": "pong"}')
+    fake_llm.enqueue(Reply(text="", tool_calls=[call]), Reply(text="I may not."))
+    r = ask("--tools", "own", "echo pong")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "I may not.\n"
+    assert "--approve own.echo" in r.stderr and r.stderr.count("--approve") == 1
+    fake_llm.enqueue(Reply(text="", tool_calls=[call]), Reply(text="It said pong."))
+    r = ask("--tools", "own", "--approve", "own.*", "--json", "echo pong")
+    out = json.loads(r.stdout)
+    assert out["reply"] == "It said pong."
+    assert out["tool_calls"] == [{"name": "echo", "arguments": call[1], "result": "pong", "is_error": False}]
