@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from common import REPO, Report, Row, fmt, format_row, machine  # noqa: E402 - after the path is set
 
-GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot", "context")
+GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot", "context", "tools")
 NOTES = """\
 - **Where start-up goes.** Of the time to the prompt, Python itself is the floor (~20 ms); then come the
   imports (table above): prompt_toolkit, typer and rich. chatcli's own modules load lazily: `--version`
@@ -60,6 +60,8 @@ OUTPUT = REPO / "docs" / "BENCHMARKS.md"
 
 
 def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> None:
+    import tools
+
     import context
     import library
     import oneshot
@@ -76,6 +78,7 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
         "stores": stores,
         "oneshot": oneshot,
         "context": context,
+        "tools": tools,
     }
     for name in names:
         print(f"\n== {name}", flush=True)
