@@ -60,18 +60,21 @@ def redo(conv: Conversation) -> tuple[Message, int]:
 
 
 def retry(conv: Conversation) -> int | None:
-    """Make way for a new reply to the last user message: the reply it replaces stays, marked
-    ``dropped="retried"``. Returns that reply's index (None: the turn had no reply yet)."""
+    """Make way for a new reply to the last user message: what answered it (its reply, and with tool
+    rounds every call, result and reply after it) stays, marked ``dropped="retried"``. Returns the index
+    of the first message so marked (None: the turn had no reply yet)."""
     live = _live(conv)
-    if not live:
+    users = [i for i in live if conv.messages[i].role == "user"]
+    if not users:
         raise NothingToDo("there is no turn to retry")
-    last = conv.messages[live[-1]]
-    if last.role != "assistant":
+    after = [i for i in live if i > users[-1]]
+    if not after:
         return None
-    if len(live) < 2 or conv.messages[live[-2]].role != "user":
+    if conv.messages[after[0]].role != "assistant":
         raise NothingToDo("there is no turn to retry")
-    last.dropped = "retried"
-    return live[-1]
+    for i in after:
+        conv.messages[i].dropped = "retried"
+    return after[0]
 
 
 def set_model(conv: Conversation, name: str) -> str:

@@ -165,3 +165,17 @@ def test_ctrl_c_at_the_question_stops_the_turn_and_the_next_one_is_accepted(
     sent = fake_llm.requests[-1]["json"]["messages"]
     results = [m["content"] for m in sent if m["role"] == "tool"]
     assert results == ["ran", UNANSWERED]
+
+
+def test_retry_and_undo_take_a_turn_with_tool_rounds_as_one(
+    fake_llm: FakeLLMServer, own: MCPServers, tmp_path: Path, opened: list[ConversationSession]
+) -> None:
+    s = session_on("openai", fake_llm, str(tmp_path / "s"), ToolRunner(own, approve=["own.*"]), opened)
+    fake_llm.enqueue(Reply(text="", tool_calls=[("echo", '{"text": "a"}')]), Reply(text="first answer"))
+    s.send("question")
+    fake_llm.enqueue(Reply(text="second answer"))
+    assert s.retry().content == "second answer"
+    assert [m.dropped for m in s.messages] == [None, "retried", "retried", "retried", None]
+    assert [m["role"] for m in fake_llm.requests[-1]["json"]["messages"]] == ["user"]  # no unpaired call
+    s.undo()
+    assert all(m.dropped is not None for m in s.messages)
