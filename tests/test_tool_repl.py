@@ -118,3 +118,43 @@ def test_ask_refuses_unapproved_calls_in_one_line_and_json_has_the_calls(
     out = json.loads(r.stdout)
     assert out["reply"] == "It said pong."
     assert out["tool_calls"] == [{"name": "echo", "arguments": call[1], "result": "pong", "is_error": False}]
+
+
+def test_ctrl_c_during_a_call_cancels_it_and_the_servers_live_on(
+    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+) -> None:
+    configure(user_dirs)
+    args = [
+        "new",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"{fake_llm.url}/v1",
+        "--tools",
+        "own",
+        "--approve",
+        "own.*",
+    ]
+    c, sid = start(chats, pty_env, *args)
+    fake_llm.enqueue(
+        Reply(text="", tool_calls=[("slow", '{"seconds": 20}')]), Reply(text="Cancelled, I see.")
+    )
+    c.send("take your time")
+    c.expect("own.slow")
+    c.child.sendintr()
+    c.expect("Cancelled, I see.")
+    c.expect_prompt()
+    assert "cancelled" in fake_llm.requests[-1]["json"]["messages"][-1]["content"]
+    out = c.command("tools", "The server dies mid-call.")
+    assert "own ready" in out  # Ctrl-C reached chatcli, not the tool servers
+    fake_llm.enqueue(Reply(text="", tool_calls=[("slow", '{"seconds": 20}')]))
+    c.send("again")
+    c.expect("own.slow")
+    os.kill(c.child.pid, signal.SIGKILL)  # killed while the call runs
+    c.child.wait()
+    c2, _ = start(chats, pty_env, "resume", sid)
+    fake_llm.enqueue(Reply(text="Fine."))
+    c2.send("so?")
+    c2.expect("Fine.")
+    sent = fake_llm.requests[-1]["json"]["messages"]
+    assert sent[-2]["role"] == "tool" and "did not run" in sent[-2]["content"]
