@@ -132,8 +132,9 @@ ToolsOpt = Annotated[
     typer.Option(
         "--tools",
         metavar="NAME[,NAME]",
-        help="Offer the model the tools of these MCP servers (config [mcp.servers.NAME]); recorded in the "
-        "session, so resume offers them again. Each call is shown and asked about before it runs.",
+        help="Offer the model the tools of these MCP servers (the config file's mcp.servers.NAME tables); "
+        "recorded in the session, so resume offers them again. Each call is shown and asked about before it "
+        "runs.",
     ),
 ]
 ApproveOpt = Annotated[

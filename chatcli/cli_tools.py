@@ -87,8 +87,8 @@ def tools(
     ] = None,
     as_json: AsJSON = False,
 ) -> None:
-    """List the MCP servers of the config file ([mcp.servers.NAME]): each is started, and its state and
-    tools are shown (then it is stopped). Exit 1 when one is not available."""
+    """List the MCP servers of the config file (its mcp.servers.NAME tables): each is started, and its state
+    and tools are shown (then it is stopped). Exit 1 when one is not available."""
     from chatcli.mcp_client import MCPServers
 
     try:
