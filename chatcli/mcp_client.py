@@ -196,7 +196,10 @@ class MCPServers:
             self._ready[config.name].set()
 
     async def _connect(self, config: ServerConfig, state: ServerState) -> None:
-        from mcp import ClientSession
+        try:
+            from mcp import ClientSession
+        except ImportError:
+            raise RuntimeError("the MCP SDK is not installed: pip install 'chatcli[tools]'") from None
 
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.log_dir / f"{config.name}.log", "a", encoding="utf-8") as log:

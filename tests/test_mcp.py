@@ -194,3 +194,14 @@ def test_chatcli_tools_lists_the_servers_and_their_tools(
     assert r.returncode == 0 and "time ready" in r.stdout and "convert_time" in r.stdout
     r = subprocess.run([*cmd, "--tools", "nope"], capture_output=True, text=True, env=child_env, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no MCP server named 'nope'" in r.stderr
+
+
+def test_without_the_sdk_each_server_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mcp", None)  # (import mcp raises ImportError, as without the extra)
+    with MCPServers([OWN], tmp_path / "logs") as s:
+        s.start()
+        s.wait_ready(10)
+        assert s.states["own"].state == "failed"
+        assert "pip install 'chatcli[tools]'" in (s.states["own"].error or "")
