@@ -310,6 +310,8 @@ def _clean_surrogates(text: Any) -> Any:
 
 
 def said(e: BaseException) -> str:
-    """A driver error's own words, on one line."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    """A driver error's own words, on one line (PyMySQL's ``(code, message)`` as its message)."""
+    args = e.args
+    words = args[1] if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str) else str(e)
+    text = " ".join(words.split()) or type(e).__name__
     return text[:200]
