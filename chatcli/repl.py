@@ -101,7 +101,13 @@ class Repl(ReplCommands):
             complete_while_typing=False,
             prompt_continuation=lambda width, line_no, wrap: "… ".rjust(width),
         )
-        ps.app.after_render += lambda _app: self._start_servers()  # (once the prompt is drawn)
+        if self.servers is not None:  # started once the prompt is drawn, then the handler goes
+
+            def first_render(app: Any) -> None:
+                ps.app.after_render -= first_render
+                self._start_servers()
+
+            ps.app.after_render += first_render
         return lambda: ps.prompt([("bold", "› ")])
 
     @staticmethod
