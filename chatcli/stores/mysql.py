@@ -20,7 +20,7 @@ from typing import Any
 from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
 from chatcli.search import mysql_text, mysql_word, tie_break, word_share
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched, reasoning_hits
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched
 from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.url import StoreURL
 
@@ -404,14 +404,8 @@ class MySQLStore(SQLStore):
         if session_id:
             where.append("m.session_id = %s")
             args.append(session_id)
-        cur.execute(
-            f"SELECT h.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ("
-            f"SELECT m.mid, {score} AS score FROM chatcli_messages m WHERE {' AND '.join(where)} ORDER BY m.mid "
-            f"DESC LIMIT %s) h JOIN chatcli_messages m ON m.mid = h.mid JOIN chatcli_sessions s ON s.id = "
-            f"m.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC, m.session_id DESC, m.idx LIMIT %s",
-            [*score_args, *args, self.window, limit],
-        )
-        return reasoning_hits(cur.fetchall())
+        inner = f"SELECT m.mid, {score} AS score FROM chatcli_messages m WHERE {' AND '.join(where)}"
+        return self._reasoning_hits(cur, inner, [*score_args, *args], limit)
 
     def disk_bytes(self) -> int:
         """Bytes chatcli's tables take, data and indexes (``information_schema.tables``)."""

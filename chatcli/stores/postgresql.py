@@ -24,7 +24,6 @@ from chatcli.stores.sql_rows import (
     MESSAGE_JSON_COLUMNS,
     Searched,
     exact_text,
-    reasoning_hits,
 )
 from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.url import StoreURL
@@ -331,13 +330,7 @@ class PostgreSQLStore(SQLStore):
         if session_id:
             inner += " AND m.session_id = %s"
             args.append(session_id)
-        sql = (
-            f"SELECT h.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ({inner} "
-            f"ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_messages m ON m.mid = h.mid JOIN chatcli_sessions s "
-            f"ON s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC, m.session_id DESC, m.idx "
-            f"LIMIT %s"
-        )
-        return reasoning_hits(cur.execute(sql, [*args, self.window, limit]).fetchall())
+        return self._reasoning_hits(cur, inner, args, limit)
 
     def disk_bytes(self) -> int:
         """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""

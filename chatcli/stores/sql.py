@@ -53,6 +53,7 @@ from chatcli.stores.sql_rows import (
     changes_since,
     message_from_row,
     message_row,
+    reasoning_hits,
     said,
     session_from_row,
     session_params,
@@ -351,6 +352,20 @@ class SQLStore(SQLCatalog, SQLSchema):
         return ", ".join(
             at + (self._out(c) if c in MESSAGE_JSON_COLUMNS else self._q(c)) for c in MESSAGE_COLUMNS
         )
+
+    def _reasoning_hits(
+        self, cur: Any, inner: str, args: list[Any], limit: int, *, best: str = "DESC"
+    ) -> list[tuple[float, tuple[Any, ...]]]:
+        """``search --reasoning``'s rows (``sql_rows.reasoning_hits``) from ``inner``, the engine's query of
+        the matching messages as (``mid``, ``score``) with its ``args``: the ``window`` most recent matches,
+        ranked (``best``: the order of a better score, ``ASC`` for bm25), in live sessions."""
+        sql = (
+            f"SELECT h.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ({inner} "
+            f"ORDER BY mid DESC LIMIT %s) h JOIN chatcli_messages m ON m.mid = h.mid JOIN chatcli_sessions s "
+            f"ON s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY h.score {best}, m.session_id DESC, m.idx "
+            f"LIMIT %s"
+        )
+        return reasoning_hits(self._x(cur, sql, [*args, self.window, limit]).fetchall())
 
     def _out(self, column: str) -> str:
         """How a JSON column is selected so that it arrives as text."""

@@ -28,7 +28,7 @@ from chatcli.stores.base import SaveInfo
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched, reasoning_hits
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched
 from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.url import StoreURL
 
@@ -362,19 +362,12 @@ class SQLiteStore(SQLStore):
     def _reasoning_rows(
         self, cur: Any, query: str, session_id: str | None, limit: int
     ) -> list[tuple[float, tuple[Any, ...]]]:
-        inner = (
-            "SELECT rowid AS r, rank AS score FROM chatcli_reasoning_fts WHERE chatcli_reasoning_fts MATCH ?"
-        )
+        inner = "SELECT rowid AS mid, rank AS score FROM chatcli_reasoning_fts WHERE chatcli_reasoning_fts MATCH %s"
         args: list[Any] = [query]
         if session_id:
-            inner += " AND session_id = ?"
+            inner += " AND session_id = %s"
             args.append(session_id)
-        sql = (
-            f"SELECT b.score, m.session_id, s.title, m.turn, m.idx, {self._message_columns('m')} FROM ({inner} "
-            f"ORDER BY rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s "
-            f"ON s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score, m.session_id DESC, m.idx LIMIT ?"
-        )
-        return reasoning_hits(cur.execute(sql, [*args, self.window, limit]).fetchall())
+        return self._reasoning_hits(cur, inner, args, limit, best="ASC")  # bm25: lower is better
 
     def _holds(self, column: str) -> str:
         return f"chatcli_holds({column}, %s)"
