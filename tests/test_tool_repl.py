@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from fakellm import FakeLLMServer, Reply
@@ -141,6 +142,7 @@ def test_ctrl_c_during_a_call_cancels_it_and_the_servers_live_on(
     )
     c.send("take your time")
     c.expect("own.slow")
+    time.sleep(1.0)  # (shown just before it runs: Ctrl-C before the call starts stops the turn instead)
     c.child.sendintr()
     c.expect("Cancelled, I see.")
     c.expect_prompt()
