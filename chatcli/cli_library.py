@@ -137,7 +137,7 @@ def show(
     from chatcli.render import sanitize
 
     if as_json:
-        sys.stdout.buffer.write(export(snap, "json"))  # JSON escapes control characters itself
+        sys.stdout.buffer.write(export(snap, "snapshot"))  # JSON escapes control characters itself
     elif raw or not sys.stdout.isatty():
         sys.stdout.write(
             sanitize(transcript_markdown(snap, reasoning=reasoning)) + "\n"
@@ -324,7 +324,14 @@ def prune(
 def export_cmd(
     session_id: SessionRef,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", metavar="md|json|jsonl", help="Output format.")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="md|json|jsonl|snapshot",
+            help="md: a transcript; json: the conversation in the OpenAI chat format; jsonl: every message, "
+            "one per line; snapshot: chatcli's own form, lossless.",
+        ),
     ] = "md",
     output: Annotated[
         Path | None,
@@ -334,7 +341,8 @@ def export_cmd(
     ] = None,
     store_name: StoreOpt = None,
 ) -> None:
-    """Export a session as Markdown, its JSON snapshot, or JSON Lines (one message per line)."""
+    """Export a session as a Markdown transcript, as JSON in the OpenAI chat format (tool calls and results
+    included), as JSON Lines, or as its snapshot."""
     from chatcli.transcript import export
 
     try:

@@ -120,7 +120,7 @@ COMMANDS = (
     Command("title", "/title [TEXT]", "show the title, or rename the session", "do_title", free_text=True),
     Command(
         "export",
-        "export [md|json|jsonl]",
+        "export [md|json|jsonl|snapshot]",
         "write the session to a file in the current folder",
         "do_export",
         _one_of(*EXPORT_FORMATS),

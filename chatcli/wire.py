@@ -43,6 +43,11 @@ def never(m: Message) -> bool:
     return False
 
 
+def always(m: Message) -> bool:
+    """Every assistant message with its reasoning (an export keeps it)."""
+    return True
+
+
 def with_tool_calls(m: Message) -> bool:
     """DeepSeek's thinking mode: an assistant message that made tool calls is sent with its reasoning (the
     API answers 400 without it); others without."""
@@ -76,18 +81,19 @@ def sent_result(text: str) -> str:
     return text[:MAX_RESULT_CHARS] + f"\n[result cut: {MAX_RESULT_CHARS:,} of {len(text):,} characters sent]"
 
 
-def paired(messages: Sequence[Message]) -> list[Message]:
+def paired(messages: Sequence[Message], *, cut: bool = True) -> list[Message]:
     """``messages`` as a server accepts them (it refuses a call left without its result and a result
     without its call): every call of an assistant message is answered in the tool message after it (a call
     a kill or Ctrl-C left without one gets an error result saying so), a result whose call is not just
-    before it is left out, and each result's text is cut as ``sent_result`` says. The messages given are
-    not changed."""
+    before it is left out, and (with ``cut``) each result's text is cut as ``sent_result`` says. The
+    messages given are not changed."""
+    sent = _sent if cut else _whole
     out: list[Message] = []
     open_calls: list[str] = []  # ids of the last assistant message's calls, not yet answered
     for m in messages:
         if m.role == "tool":
             results: list[Part] = [
-                _sent(p) for p in m.parts if isinstance(p, ToolResultPart) and p.call_id in open_calls
+                sent(p) for p in m.parts if isinstance(p, ToolResultPart) and p.call_id in open_calls
             ]
             answered = {p.call_id for p in results if isinstance(p, ToolResultPart)}
             open_calls = [c for c in open_calls if c not in answered]
@@ -106,6 +112,10 @@ def paired(messages: Sequence[Message]) -> list[Message]:
 def _sent(p: ToolResultPart) -> ToolResultPart:
     text = sent_result(p.text)
     return p if text is p.text else ToolResultPart(p.call_id, text, p.raw, p.is_error)
+
+
+def _whole(p: ToolResultPart) -> ToolResultPart:
+    return p
 
 
 def _unanswered(call_ids: list[str]) -> Message:

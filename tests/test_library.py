@@ -379,7 +379,9 @@ def test_prune(cli: CLI, store: FolderStore) -> None:
 def test_export_formats(cli: CLI, store: FolderStore, tmp_path: Path) -> None:
     md = cli("export", A, "--format", "md").ok
     assert md.startswith("# Roman history") and "Augustus" in md
-    assert json.loads(cli("export", A, "-f", "json").ok) == json.loads((store.root / f"{A}.json").read_text())
+    assert json.loads(cli("export", A, "-f", "snapshot").ok) == json.loads(
+        (store.root / f"{A}.json").read_text()
+    )
     lines = [json.loads(x) for x in cli("export", A, "-f", "jsonl").ok.splitlines()]
     assert [(x["role"], x["content"]) for x in lines][:2] == [
         ("user", "Who founded Rome?"),
@@ -396,7 +398,7 @@ def test_export_formats(cli: CLI, store: FolderStore, tmp_path: Path) -> None:
 
 def test_import_round_trip_and_openai_shapes(cli: CLI, store: FolderStore, tmp_path: Path) -> None:
     exported = tmp_path / "a.json"
-    exported.write_text(cli("export", A, "-f", "json").ok)
+    exported.write_text(cli("export", A, "-f", "snapshot").ok)
     before = files(store.root)
     new_id = cli("import", str(exported)).ok.strip().splitlines()[-1]
     assert new_id != A  # A exists: the import gets a new id, nothing is overwritten

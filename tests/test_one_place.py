@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent(
         src.close()
         dst.close()
     cli = [sys.executable, "-m", "chatcli"]
-    subprocess.run([*cli, "export", header.id, "--format", "json", "--store", specs[-1], "--output", str(out)],
+    subprocess.run([*cli, "export", header.id, "--format", "snapshot", "--store", specs[-1], "--output", str(out)],
                    check=True)
     assert json.loads(out.read_text())["reasoning_effort"] == "high"
     for spec in specs[1:4]:  # imported next to the migrated copy, under a new id

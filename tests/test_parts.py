@@ -1,6 +1,7 @@
 """Messages made of parts: the snapshot codec (text-only messages stay a plain ``content``), the OpenAI
 chat format and content blocks both ways, and a session with every part type through every engine,
-``migrate`` (folder -> sqlite -> postgresql -> mysql -> folder), ``export --format json`` and ``import``."""
+``migrate`` (folder -> sqlite -> postgresql -> mysql -> folder), ``export`` (snapshot, OpenAI-format JSON and
+JSON Lines, Markdown) and ``import``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatcli import wire
 from chatcli.errors import SnapshotError
 from chatcli.library import migrate
 from chatcli.model import (
@@ -329,7 +331,7 @@ def test_migrate_round_trip_of_every_part_type(store_for: Any, tmp_path: Path) -
             dst.close()
 
 
-def test_export_json_then_import_on_every_engine(
+def test_export_snapshot_then_import_on_every_engine(
     store_for: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = store_for("folder")
@@ -342,7 +344,7 @@ def test_export_json_then_import_on_every_engine(
         return subprocess.run(cmd, capture_output=True, text=True, env=child_env, timeout=120)
 
     exported = tmp_path / "out.json"
-    r = run("export", A, "--format", "json", "--store", folder, "--output", str(exported))
+    r = run("export", A, "--format", "snapshot", "--store", folder, "--output", str(exported))
     assert r.returncode == 0, r.stderr
     assert json.loads(exported.read_text()) == every_part()
     for engine in ("sqlite", "postgresql", "mysql"):
@@ -356,6 +358,112 @@ def test_export_json_then_import_on_every_engine(
         finally:
             back.close()
         assert got["messages"] == every_part()["messages"], engine
+
+
+OPENAI_FORM = [
+    {"role": "user", "content": "What time is it in Paris?"},
+    {
+        "role": "assistant",
+        "content": "Let me look.",
+        "reasoning_content": "The user wants the time.\nI should call the clock.",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": '{"tz":"Europe/Paris"}'},
+            },
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": '{"tz":"Mars/Olympus"}'},
+            },
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "14:05 in Paris"},
+    {"role": "tool", "tool_call_id": "call_2", "content": "no such time zone"},
+    {"role": "assistant", "content": "It is 14:05.", "reasoning_content": "Paris it is."},
+]
+
+
+def test_export_in_the_openai_chat_format_then_import_on_every_engine(
+    store_for: Any, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = store_for("folder")
+    src = open_store(parse_store(folder), timeout=10)
+    talk = every_part()
+    talk["messages"].append({"role": "user", "content": "And in Rome?", "created_at": "x", "status": "ok"})
+    talk["messages"].append(  # a call a kill left without its result
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "call_3", "name": "get_time", "arguments": "{}"}],
+            "created_at": "x",
+            "status": "ok",
+        }
+    )
+    put(src, talk)
+    src.close()
+
+    def run(*args: str) -> str:
+        cmd = [sys.executable, "-m", "chatcli", *args, "--store", folder]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=child_env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    doc = json.loads(run("export", A, "--format", "json"))
+    unanswered = {"role": "tool", "tool_call_id": "call_3", "content": wire.UNANSWERED}
+    rome = [
+        {"role": "user", "content": "And in Rome?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_3", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ],
+        },
+    ]
+    assert doc == {
+        "title": "every part",
+        "model": "fake-model",
+        "messages": [{"role": "system", "content": "Be brief."}, *OPENAI_FORM, *rome, unanswered],
+    }
+    lines = [json.loads(x) for x in run("export", A, "--format", "jsonl").splitlines()]
+    assert [
+        {
+            k: v
+            for k, v in x.items()
+            if k in ("role", "content", "tool_calls", "tool_call_id", "reasoning_content")
+        }
+        for x in lines
+    ] == [{"role": "system", "content": "Be brief."}, *OPENAI_FORM, *rome]  # as kept: no answer made up
+    assert lines[2]["usage"]["reasoning_tokens"] == 25 and lines[5]["status"] == "interrupted"
+    md = run("export", A, "--format", "md")
+    assert '*(calls `get_time`, call `call_1`)*\n\n```json\n{"tz":"Europe/Paris"}\n```' in md
+    assert (
+        "<details><summary>result of <code>get_time</code>, call <code>call_2</code> — error</summary>\n\n"
+        "```text\nno such time zone\n```\n\n</details>" in md
+    )
+    exported = tmp_path / "openai.json"
+    exported.write_text(json.dumps(doc))
+    for engine in ("sqlite", "postgresql", "mysql"):
+        dst = store_for(engine)
+        subprocess.run(
+            [sys.executable, "-m", "chatcli", "import", str(exported), "--store", dst],
+            check=True,
+            capture_output=True,
+            env=child_env,
+            timeout=120,
+        )
+        back = open_store(parse_store(dst), timeout=10)
+        try:
+            (sid,) = back.ids()
+            conv = back.load(sid)
+        finally:
+            back.close()
+        assert conv.header.title == "every part" and conv.header.model == "fake-model", engine
+        assert conv.header.system == "Be brief.", engine
+        assert wire.to_openai(conv.messages, wire.always) == doc["messages"][1:], engine
+        calls = [p for m in conv.messages for p in m.parts if isinstance(p, ToolCallPart)]
+        assert [c.id for c in calls] == ["call_1", "call_2", "call_3"], engine
 
 
 def _found(st_: Any, text: str, **kw: Any) -> list[tuple[str, int, str]]:
