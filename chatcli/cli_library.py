@@ -156,7 +156,8 @@ def search(
         ),
     ],
     role: Annotated[
-        str | None, typer.Option("--role", metavar="ROLE", help="Only user, assistant or title.")
+        str | None,
+        typer.Option("--role", metavar="ROLE", help="Only user, assistant, tool (results) or title."),
     ] = None,
     session: Annotated[
         str | None,
@@ -180,8 +181,8 @@ def search(
     snippet with the match highlighted."""
     text = " ".join(words)
     try:
-        if role is not None and role not in ("user", "assistant", "title"):
-            raise ConfigError(f"--role must be user, assistant or title, not {role!r}")
+        if role is not None and role not in ("user", "assistant", "tool", "title"):
+            raise ConfigError(f"--role must be user, assistant, tool or title, not {role!r}")
         with _opened(store_name) as st:
             sid = resolve(st, session) if session else None
             hits = st.search(text, role=role, session_id=sid, limit=limit, reasoning=reasoning)

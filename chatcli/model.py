@@ -294,6 +294,21 @@ class Message:
         return "".join(out)
 
     @property
+    def searched_text(self) -> str:
+        """What ``search`` finds in this message: its text, then a line per tool call (``name(arguments)``)
+        and per tool result (its text); the stores index it and their snippets are cut from it."""
+        parts = self.parts
+        if len(parts) == 1 and type(parts[0]) is TextPart:
+            return parts[0].text
+        out = [self.content] if self.content else []
+        for p in parts:
+            if isinstance(p, ToolCallPart):
+                out.append(f"{p.name}({p.arguments})")
+            elif isinstance(p, ToolResultPart) and p.text:
+                out.append(p.text)
+        return "\n".join(out)
+
+    @property
     def starts_turn(self) -> bool:
         """Whether this message starts a turn: a user message still in the conversation (not dropped).
         Turns are numbered from 1 by counting these."""

@@ -470,6 +470,29 @@ def _found(st_: Any, text: str, **kw: Any) -> list[tuple[str, int, str]]:
     return [(h.role, h.position, h.snippet) for h in st_.search(text, **kw)]
 
 
+def test_tool_calls_and_results_are_searched_on_every_engine(store_spec: str) -> None:
+    st_ = open_store(parse_store(store_spec), timeout=10)
+    try:
+        put(st_, every_part())
+        [(role, position, text)] = _found(st_, "get_time olympus")  # a call: its name and arguments
+        assert (role, position) == ("assistant", 1) and "Mars/\x02Olympus\x03" in text
+        assert _found(st_, "olympus", role="tool") == []
+        assert [r[:2] for r in _found(st_, "zone")] == [("tool", 2)]  # a result
+        assert [r[:2] for r in _found(st_, "paris", role="tool")] == [("tool", 2)]
+        assert "\x02zone\x03" in _found(st_, "zone", role="tool")[0][2]
+        conv = st_.load(A)  # a result that changes is searched as it is now
+        conv.messages[2].parts = [ToolResultPart("call_1", "sunny"), *conv.messages[2].parts[1:]]
+        lock = st_.lock(A)
+        try:
+            st_.save(conv, changed_from=2)
+        finally:
+            lock.release()
+        assert [r[:2] for r in _found(st_, "sunny", role="tool")] == [("tool", 2)]
+        assert _found(st_, "14:05", role="tool") == []
+    finally:
+        st_.close()
+
+
 def test_reasoning_is_searched_only_when_asked_on_every_engine(store_spec: str) -> None:
     st_ = open_store(parse_store(store_spec), timeout=10)
     try:

@@ -179,3 +179,38 @@ def test_retry_and_undo_take_a_turn_with_tool_rounds_as_one(
     assert [m["role"] for m in fake_llm.requests[-1]["json"]["messages"]] == ["user"]  # no unpaired call
     s.undo()
     assert all(m.dropped is not None for m in s.messages)
+
+
+def test_a_fork_keeps_a_turn_with_tool_rounds_whole_and_its_requests_are_accepted(
+    fake_llm: FakeLLMServer, own: MCPServers, store_spec: str, opened: list[ConversationSession]
+) -> None:
+    from chatcli.library import fork
+
+    s = session_on("openai", fake_llm, store_spec, ToolRunner(own, approve=["own.*"]), opened)
+    s.header.tools = ["own"]
+    fake_llm.enqueue(Reply(text="", tool_calls=[("echo", '{"text": "one"}')]), Reply(text="first"))
+    s.send("turn one")
+    fake_llm.enqueue(Reply(text="", tool_calls=[("echo", '{"text": "two"}')]), Reply(text="second"))
+    s.send("turn two")
+    new = fork(s.store, s.store.load(s.id), 1)
+    forked = loaded(store_spec)[new]
+    assert [m["role"] for m in forked] == ["user", "assistant", "tool", "assistant"]
+    assert forked == s.conv.to_json()["messages"][:4]  # the first turn whole: call, result, reply
+    resumed = ConversationSession.resume(open_store(parse_store(store_spec), timeout=10), new)
+    resumed.backend = OpenAIBackend(f"{fake_llm.url}/v1", "fake-model")
+    resumed.tools = ToolRunner(own, approve=["own.*"])
+    opened.append(resumed)
+    assert resumed.header.tools == ["own"]  # the fork keeps the session's servers
+    fake_llm.enqueue(Reply(text="", tool_calls=[("echo", '{"text": "three"}')]), Reply(text="branch"))
+    assert resumed.send("another turn two").content == "branch"
+    sent = fake_llm.requests[-1]["json"]["messages"]
+    assert [m["role"] for m in sent] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+        "tool",
+    ]
+    assert [m["content"] for m in sent if m["role"] == "tool"] == ["one", "three"]

@@ -60,8 +60,8 @@ class Files(Protocol):
 INDEX_NAME = ".index.sqlite"
 #: 2: a session's texts have the rowids of its range (see _ROWS_SHIFT); 3: turns skip undone ones; 4: the
 #: words of chatcli.search, with FTS5's ascii tokenizer (each word whole); 5: reasoning, as texts of the role
-#: ``reasoning``
-SCHEMA_VERSION = 5
+#: ``reasoning``; 6: tool calls and results (``Message.searched_text``)
+SCHEMA_VERSION = 6
 #: the texts of the session in files row R have rowids R << _ROWS_SHIFT onwards, so forgetting a session
 #: deletes one rowid range (an FTS5 UNINDEXED column cannot be searched without reading the whole table)
 _ROWS_SHIFT = 24
@@ -232,7 +232,7 @@ class SessionIndex:
         turn = 0
         for i, m in enumerate(conv.messages):
             turn += m.starts_turn
-            for role, text in ((m.role, m.content), (REASONING, m.reasoning)):
+            for role, text in ((m.role, m.searched_text), (REASONING, m.reasoning)):
                 if text:
                     rows.append((first + len(rows), index_text(text), text, sid, max(turn, 1), role, i))
         db.executemany(

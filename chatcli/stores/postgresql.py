@@ -283,7 +283,7 @@ class PostgreSQLStore(SQLStore):
     ) -> list[tuple[Any, ...]]:
         query = tsquery(words)
         found: list[tuple[float, tuple[Any, ...]]] = []
-        if role in (None, "user", "assistant"):
+        if role != "title":
             inner = (
                 "SELECT m.session_id, m.turn, m.role, m.idx, m.content, ts_rank(m.tsv, q) AS score "
                 "FROM chatcli_messages m, CAST(%s AS tsquery) q WHERE m.tsv @@ q"

@@ -415,7 +415,8 @@ class SQLStore(SQLCatalog, SQLSchema):
             header["deleted_at"] = deleted_at
         rows = [message_row(sid, start + k, turns[k], m, self.holds_nul) for k, m in enumerate(tail)]
         searched = [  # (the exact text: a row's may be cleaned)
-            (self._searched(m.content), self._searched(m.reasoning) if m.reasoning else None) for m in tail
+            (self._searched(m.searched_text), self._searched(m.reasoning) if m.reasoning else None)
+            for m in tail
         ]
 
         def write(cur: Any) -> int:

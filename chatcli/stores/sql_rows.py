@@ -100,7 +100,8 @@ def session_params(h: Header, total: Counts, rows: int, holds_nul: bool = True) 
 
 def message_row(sid: str, idx: int, turn: int, message: Message, holds_nul: bool = True) -> tuple[Any, ...]:
     """The message row (``session_id`` then MESSAGE_COLUMNS) for message ``idx`` of session ``sid``: its
-    snapshot form, the text of its text parts in ``content``, its parts in ``parts`` when it has others."""
+    snapshot form, its parts in ``parts`` when it has others than one text, and in ``content`` what search
+    finds (``Message.searched_text``: the text, and tool calls and results)."""
     m = message.to_json()
     extra = {k: v for k, v in m.items() if k not in _MESSAGE_KEYS}
     texts: list[str | None] = []
@@ -113,7 +114,7 @@ def message_row(sid: str, idx: int, turn: int, message: Message, holds_nul: bool
             if k in m:
                 extra[k] = v
     jsons = [dump(m[k]) if k in m else None for k in MESSAGE_JSON]
-    role, content = m.get("role"), message.content
+    role, content = m.get("role"), message.searched_text
     if "content" in m and m["content"] != content:  # (a file's odd spelling, kept as it was)
         extra["content"] = m["content"]
     if not isinstance(role, str):

@@ -326,7 +326,7 @@ class SQLiteStore(SQLStore):
     ) -> list[tuple[Any, ...]]:
         query = fts_query(words)
         found: list[tuple[float, tuple[Any, ...]]] = []
-        if role in (None, "user", "assistant"):
+        if role != "title":
             inner = "SELECT rowid AS r, rank AS score FROM chatcli_messages_fts WHERE chatcli_messages_fts MATCH ?"
             args: list[Any] = [query]
             if role:
