@@ -72,12 +72,14 @@ class ToolCallPart:
 @dataclass(frozen=True, slots=True)
 class ToolResultPart:
     """The result of call ``call_id``: ``text`` (what is sent to the model), ``raw`` (the result as JSON as
-    the tool gave it: images, resources; None when the text is all), ``is_error``."""
+    the tool gave it: images, resources; None when the text is all), ``is_error``, ``duration_s`` (seconds
+    the call ran; None when nothing ran: a refusal, an unknown tool, an imported result)."""
 
     call_id: str
     text: str
     raw: Any = None
     is_error: bool = False
+    duration_s: float | None = None
     type = "tool_result"
 
 
@@ -98,11 +100,12 @@ PART_TYPES: dict[str, type[Part]] = {
 
 
 def part_to_json(part: Part) -> dict[str, Any]:
-    """``{"type": ..., <the part's fields>}``; a tool result's ``raw`` and ``is_error`` only when set."""
+    """``{"type": ..., <the part's fields>}``; a tool result's ``raw``, ``is_error`` and ``duration_s`` only
+    when set."""
     d: dict[str, Any] = {"type": part.type}
     for f in fields(part):
         value = getattr(part, f.name)
-        if (f.name == "raw" and value is None) or (f.name == "is_error" and value is False):
+        if value is None or (f.name == "is_error" and value is False):
             continue
         d[f.name] = value
     return d
@@ -118,6 +121,9 @@ def part_from_json(d: Any, where: object, at: str) -> Part:
         v = d.get(f.name, f.default)
         if f.name == "raw":
             values[f.name] = v
+        elif f.name == "duration_s":  # (a damaged figure is read as none: it is only a figure)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e9
+            values[f.name] = float(v) if ok else None
         elif f.name == "is_error":
             if not isinstance(v, bool):
                 raise SnapshotError(

@@ -405,6 +405,8 @@ class Renderer:
                 else "tokens not told"
             )
             t.add_row("reasoning", f"{told} · {s.reasoning_characters:,} characters")
+        if s.tool_calls:
+            t.add_row("tool calls", _tool_line(s))
         t.add_row("time to first token", f"last {_secs(s.last_ttft_s)} · mean {_secs(s.mean_ttft_s)}")
         t.add_row(
             "tokens/s", f"last {_rate(s.last_tokens_per_second)} · mean {_rate(s.mean_tokens_per_second)}"
@@ -588,6 +590,13 @@ def local_time(iso: str) -> str:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return escape_markup(sanitize(iso))
+
+
+def _tool_line(s: Stats) -> str:
+    """``5 (get_time 3, git_status 2) · 1 failed · 2.3 s in tools``"""
+    total = sum(s.tool_calls.values())
+    names = ", ".join(f"{escape_markup(sanitize(name))} {n}" for name, n in s.tool_calls.items())
+    return f"{total} ({names}) · {s.tool_failures} failed · {s.tool_seconds:.1f} s in tools"
 
 
 def _context_line(c: dict[str, Any]) -> str:

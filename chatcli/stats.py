@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatcli.model import Message
+from chatcli.model import Message, ToolCallPart, ToolResultPart
 
 
 @dataclass
@@ -34,6 +34,10 @@ class Stats:
     context: dict[str, Any] = field(default_factory=dict)
     reasoning_tokens: int = 0
     reasoning_characters: int = 0
+    #: tool calls by tool name (as the model called it), most called first
+    tool_calls: dict[str, int] = field(default_factory=dict)
+    tool_failures: int = 0  # results that are errors: the tool failed, or the call was refused or not run
+    tool_seconds: float = 0.0  # seconds the calls ran, summed
 
     @classmethod
     def of(
@@ -69,7 +73,11 @@ class Stats:
                     ttfts.append(t.ttft_s)
                 if t.tokens_per_second is not None:
                     rates.append(t.tokens_per_second)
+        calls, failures, seconds = _tool_figures(messages)
         return cls(
+            tool_calls=calls,
+            tool_failures=failures,
+            tool_seconds=seconds,
             turns=by_role.get("user", 0),
             messages_by_role=by_role,
             characters=chars,
@@ -88,3 +96,20 @@ class Stats:
             context_messages=sum(1 for m in messages[context_start:] if m.dropped is None),
             context=context,
         )
+
+
+def _tool_figures(messages: Sequence[Message]) -> tuple[dict[str, int], int, float]:
+    """Calls by tool name (most first), failed results, and seconds spent in tools, of the messages not
+    dropped."""
+    calls: dict[str, int] = {}
+    failures, seconds = 0, 0.0
+    for m in messages:
+        if m.dropped is not None or m.role not in ("assistant", "tool"):
+            continue
+        for p in m.parts:
+            if isinstance(p, ToolCallPart):
+                calls[p.name] = calls.get(p.name, 0) + 1
+            elif isinstance(p, ToolResultPart):
+                failures += p.is_error
+                seconds += p.duration_s or 0.0
+    return dict(sorted(calls.items(), key=lambda kv: -kv[1])), failures, seconds

@@ -12,6 +12,7 @@ the session.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Literal, Protocol
@@ -88,11 +89,13 @@ class ToolRunner:
         refused = self._refusal(call, spec, arguments, ask)
         if refused is not None:
             return _error(call, refused)
+        start = time.monotonic()
         try:
             got = self.source.call(spec.server, spec.name, arguments, self.timeout)
         except KeyboardInterrupt:
-            return _error(call, "the user cancelled this call (Ctrl-C) while it ran")
-        return ToolResultPart(call.id, got.text, got.raw, got.is_error)
+            text = "the user cancelled this call (Ctrl-C) while it ran"
+            return ToolResultPart(call.id, text, None, True, _since(start))
+        return ToolResultPart(call.id, got.text, got.raw, got.is_error, _since(start))
 
     def _refusal(
         self, call: ToolCallPart, spec: ToolSpec, arguments: dict[str, Any], ask: Ask | None
@@ -107,6 +110,11 @@ class ToolRunner:
         if answer == "always":
             self.always.add(key)
         return None if answer in ("yes", "always") else "the user refused this call; it was not run"
+
+
+def _since(start: float) -> float:
+    """Seconds since ``start`` (``time.monotonic``), to the millisecond."""
+    return round(time.monotonic() - start, 3)
 
 
 def _error(call: ToolCallPart, text: str) -> ToolResultPart:

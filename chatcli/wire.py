@@ -20,7 +20,8 @@ and a ``user`` message of ``tool_result`` blocks. Lossless both ways (``from_ope
 in the OpenAI form, for messages whose parts come in the order the form has (reasoning, text, tool calls)
 and tool results without ``raw`` or ``is_error`` (it has no field for them); in the block form, for any
 parts, a tool call's arguments compared as JSON and a result's ``raw`` list holding its text in its
-``text`` blocks (as ``ToolResultPart``'s text is made from it). Attachments are not mapped yet.
+``text`` blocks (as ``ToolResultPart``'s text is made from it). Neither form has a result's
+``duration_s`` (chatcli's own figure). Attachments are not mapped yet.
 
 Reasoning is sent back only when the server's rule says so (``reasoning_rule``): by default never.
 """
@@ -28,6 +29,7 @@ Reasoning is sent back only when the server's rule says so (``reasoning_rule``):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -111,7 +113,7 @@ def paired(messages: Sequence[Message], *, cut: bool = True) -> list[Message]:
 
 def _sent(p: ToolResultPart) -> ToolResultPart:
     text = sent_result(p.text)
-    return p if text is p.text else ToolResultPart(p.call_id, text, p.raw, p.is_error)
+    return p if text is p.text else replace(p, text=text)
 
 
 def _whole(p: ToolResultPart) -> ToolResultPart:

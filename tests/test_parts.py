@@ -292,8 +292,13 @@ def test_parts_json_round_trip() -> None:
         ReasoningPart("b"),
         ToolCallPart("i", "n", "{}"),
         ToolResultPart("i", "t", {"x": 1}, True),
+        ToolResultPart("i", "t", None, False, 1.25),
     ):
         assert part_from_json(part_to_json(p), "x", "y") == p
+    assert part_to_json(ToolResultPart("i", "t")) == {"type": "tool_result", "call_id": "i", "text": "t"}
+    for damaged in ("soon", -1, True, None, [1]):  # a figure that is not one is read as none
+        d = {"type": "tool_result", "call_id": "i", "text": "t", "duration_s": damaged}
+        assert part_from_json(d, "x", "y") == ToolResultPart("i", "t")
 
 
 # -- through every store -------------------------------------------------------------------------------------

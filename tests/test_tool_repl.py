@@ -67,6 +67,8 @@ def test_a_call_is_shown_asked_about_and_answered(
     assert "Run it?" not in out
     out = c.command("tools", "The server dies mid-call.")
     assert "time ready" in out and "own ready" in out
+    out = " ".join(c.command("stats", "last saved").split())  # (a narrow terminal folds the row)
+    assert "tool calls 4 (escapes 3, get_current_time 1) · 1 failed · " in out and " s in tools" in out
 
 
 def test_a_kill_at_the_question_runs_nothing_and_resume_goes_on(

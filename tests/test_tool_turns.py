@@ -98,6 +98,11 @@ def test_a_call_runs_its_result_goes_back_and_everything_is_saved(
     else:
         assert [m.get("tool_name") for m in sent if m["role"] == "tool"] == ["echo", "echo"]
     assert loaded(store_spec)[s.id] == s.conv.to_json()["messages"]  # as another machine reads it
+    results = s.messages[2].parts
+    assert all(isinstance(r, ToolResultPart) and r.duration_s is not None for r in results)
+    stats = s.stats()
+    assert stats.tool_calls == {"echo": 2} and stats.tool_failures == 0
+    assert stats.tool_seconds == sum(r.duration_s or 0 for r in results if isinstance(r, ToolResultPart))
 
 
 class Asked:
