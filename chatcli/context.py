@@ -3,7 +3,9 @@
 A request holds the system prompt (and, after ``/compact``, a summary of earlier turns), then the newest
 turns that fit in the window less the room kept for the reply. The oldest turns are left out first, whole
 turns at a time; the newest turn is always sent, and a message that cannot fit even alone is refused
-(MessageTooLarge). Nothing is removed from the session: this only decides what one request carries.
+(MessageTooLarge). A newest turn that does not fit because of its tool rounds is sent with its user message
+and its newest rounds that fit (a call always with its results); its oldest rounds are left out. Nothing
+is removed from the session: this only decides what one request carries.
 
 **Room for the reply**: ``max_tokens`` when it is set, but at most half the window; otherwise a quarter of
 the window, at most MAX_RESERVE tokens.
@@ -85,8 +87,10 @@ class Plan:
     counted (``exact``: by the server; None when the window is unknown and nothing was counted),
     ``window`` and ``reserve`` (tokens; window None: unknown), ``summary`` the index of the summary sent
     (None: none), ``left_out`` the turns since the last clear that were not sent, ``summarised`` how
-    many of those the summary stands for, and ``calibration`` the measured/estimated factor the estimate
-    was scaled by (None: not calibrated; see ``calibration``)."""
+    many of those the summary stands for, ``calibration`` the measured/estimated factor the estimate
+    was scaled by (None: not calibrated; see ``calibration``), and when the newest turn's oldest tool
+    rounds were left out, ``rounds_from`` (the index its rounds are sent from) and ``rounds_left_out``
+    (how many rounds)."""
 
     start: int
     indexes: list[int]
@@ -99,6 +103,8 @@ class Plan:
     left_out: int = 0
     summarised: int = 0
     calibration: float | None = field(default=None, repr=False)
+    rounds_from: int | None = None
+    rounds_left_out: int = 0
 
     @property
     def reply_room(self) -> int | None:
@@ -145,7 +151,12 @@ def calibration(messages: Sequence[Message], context_start: int, system: str, en
         summary = m.context.summary if m.context is not None else None
         summary_msg = messages[summary] if summary is not None and summary < len(messages) else None
         est = estimate(system_text(system, summary_msg)) + REPLY_PRIMING
-        est += sum(messages[i].estimated_tokens() for i in candidates(messages, max(start, context_start), r))
+        skipped = range(start + 1, m.context.rounds_from) if m.context and m.context.rounds_from else range(0)
+        est += sum(
+            messages[i].estimated_tokens()
+            for i in candidates(messages, max(start, context_start), r)
+            if i not in skipped
+        )
         if est < CALIBRATE_FROM:  # too small a request to tell the tokenizer from the template's overhead
             return None
         return min(2.0, max(0.5, measured / est))
@@ -213,8 +224,9 @@ def plan(
             if chosen is None:  # the summary itself does not fit: plain trimming
                 summary = None
     if chosen is None:  # (without the summary: the search done above when there is one)
-        chosen = whole if summary is None and whole is not None else fit(None, min_start, must=True)
-        assert chosen is not None
+        chosen = whole if summary is None and whole is not None else fit(None, min_start, must=False)
+    if chosen is None:  # the newest turn does not fit whole: without its oldest tool rounds, or refused
+        return _rounds_plan(fit, context_start, window, reserve, min_start, rule)
     start, tokens, exact = chosen
     indexes = [i for i in sent if i >= start]
     covered = 0
@@ -306,6 +318,52 @@ class _Fit:
         alone = exact if exact is not None else newest_alone
         _too_large(alone, self.limit, round(fixed * scale), summary is not None, exact=exact is not None)
         return None
+
+
+def _rounds_plan(
+    fit: _Fit, context_start: int, window: int, reserve: int, min_start: int, rule: ReasoningRule
+) -> Plan:
+    """The request for a newest turn that does not fit whole: without its oldest tool rounds
+    (``_without_old_rounds``). Raises MessageTooLarge when that does not fit either."""
+    trimmed = _without_old_rounds(fit)
+    if trimmed is None:
+        fit(None, min_start, must=True)  # raises MessageTooLarge
+        raise AssertionError("the newest turn fits after all")  # (fit just said it does not)
+    indexes, tokens, rounds = trimmed
+    messages, newest = fit.messages, fit.newest
+    return Plan(
+        start=newest,
+        indexes=indexes,
+        messages=_request(messages, indexes, fit.system, None, rule),
+        tokens=tokens,
+        exact=False,
+        window=window,
+        reserve=reserve,
+        left_out=turns_between(messages, context_start, newest),
+        calibration=fit.factor,
+        rounds_from=indexes[1],
+        rounds_left_out=rounds,
+    )
+
+
+def _without_old_rounds(fit: _Fit) -> tuple[list[int], int, int] | None:
+    """For a newest turn that does not fit whole: its user message and its newest tool rounds that fit by
+    the estimate (a round: an assistant message with calls, its results and what follows; the oldest are
+    left out first, the newest always kept). Returns (indexes sent, tokens, rounds left out), or None when
+    the turn has no round to leave out or even its newest round does not fit."""
+    messages, sent, newest = fit.messages, fit.sent, fit.newest
+    if messages[newest].role != "user":
+        return None
+    rounds = [i for i in sent if i > newest and messages[i].role == "assistant" and messages[i].tool_calls]
+    scale = fit.factor if fit.factor is not None else 1.0
+    margin = CALIBRATED_MARGIN if fit.factor is not None else MARGIN
+    fixed = estimate(fit.system) + REPLY_PRIMING + messages[newest].estimated_tokens()
+    for left, r in enumerate(rounds[1:], 1):
+        kept = [i for i in sent if i >= r]
+        tokens = round((fixed + sum(messages[i].estimated_tokens() for i in kept)) * scale)
+        if tokens * margin <= fit.limit:
+            return [newest, *kept], tokens, left
+    return None
 
 
 def _too_large(tokens: int, limit: int, fixed: int, summary: bool, *, exact: bool) -> None:

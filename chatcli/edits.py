@@ -77,6 +77,17 @@ def retry(conv: Conversation) -> int | None:
     return after[0]
 
 
+def mark_unsent(conv: Conversation, error: str) -> int | None:
+    """Mark the newest turn's user message as not sent (``dropped="unsent"``, with ``error``: why); it stays
+    in the session. Returns its index (None: there is none)."""
+    for i in range(len(conv.messages) - 1, -1, -1):
+        m = conv.messages[i]
+        if m.starts_turn:
+            m.dropped, m.error = "unsent", error
+            return i
+    return None
+
+
 def set_model(conv: Conversation, name: str) -> str:
     """Use model ``name`` (stripped) from the next turn on, recorded at this point of the conversation;
     returns it. Raises NothingToDo (the same model, or an empty name), ConfigError (a backend that serves

@@ -128,17 +128,20 @@ class ContextUsed:
     messages from index ``start`` on (earlier ones were left out to fit the window), after the system
     prompt and, when ``summary`` is set, the summary message at that index. ``tokens``: the prompt's size
     as chatcli counted it before sending (``exact``: counted by the server, else estimated; None: not
-    counted); ``window``: the context window it was sized for, in tokens (None: unknown)."""
+    counted); ``window``: the context window it was sized for, in tokens (None: unknown); ``rounds_from``:
+    when the newest turn's oldest tool rounds were left out, the index its rounds were sent from (the
+    messages after its user message and before that index were not sent; None: none were left out)."""
 
     start: int
     tokens: int | None = None
     exact: bool = False
     window: int | None = None
     summary: int | None = None
+    rounds_from: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot's ``context`` object: ``start``, and ``tokens``/``exact``, ``window``, ``summary`` when
-        known."""
+        """The snapshot's ``context`` object: ``start``, and ``tokens``/``exact``, ``window``, ``summary``,
+        ``rounds_from`` when known."""
         d: dict[str, Any] = {"start": self.start}
         if self.tokens is not None:
             d["tokens"] = self.tokens
@@ -147,6 +150,8 @@ class ContextUsed:
             d["window"] = self.window
         if self.summary is not None:
             d["summary"] = self.summary
+        if self.rounds_from is not None:
+            d["rounds_from"] = self.rounds_from
         return d
 
     @classmethod
@@ -160,6 +165,7 @@ class ContextUsed:
             exact=d.get("exact") is True,
             window=int_or_none(d.get("window")),
             summary=int_or_none(d.get("summary")),
+            rounds_from=int_or_none(d.get("rounds_from")),
         )
 
 

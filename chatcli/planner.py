@@ -126,12 +126,13 @@ class ContextPlanner:
         )
 
     def window_notice(self, p: Plan) -> str | None:
-        """The notice for a request whose window starts elsewhere than the previous reply's did."""
+        """The notice for a request whose window starts elsewhere than the previous reply's did (turns, or
+        the newest turn's tool rounds, left out)."""
         previous = self._previous_window()
-        if p.window is None or previous == (p.start, p.summary):
+        if p.window is None or previous == (p.start, p.summary, p.rounds_from):
             return None
-        if p.left_out == 0:
-            if previous is not None and previous != (self.view.header.context_start, None):
+        if p.left_out == 0 and p.rounds_left_out == 0:
+            if previous is not None and previous[:2] != (self.view.header.context_start, None):
                 return f"every turn since the last clear is sent again (context {p.window:,} tokens)"
             return None
         bare = p.left_out - p.summarised
@@ -140,16 +141,19 @@ class ContextPlanner:
             parts.append(f"{count(p.summarised, 'earlier turn')} sent as their summary")
         if bare:
             parts.append(f"{count(bare, 'earlier turn')} not sent to the model")
-        stay = "it stays" if p.left_out == 1 else "they stay"
+        if p.rounds_left_out:
+            parts.append(f"{count(p.rounds_left_out, 'earlier tool round')} of this turn not sent")
+        stay = "it stays" if p.left_out + p.rounds_left_out == 1 else "they stay"
         return f"{' and '.join(parts)} (context {p.window:,} tokens); {stay} in the session"
 
-    def _previous_window(self) -> tuple[int, int | None] | None:
-        """(start, summary) of the newest reply's request, None when no reply recorded one."""
+    def _previous_window(self) -> tuple[int, int | None, int | None] | None:
+        """(start, summary, rounds_from) of the newest reply's request, None when no reply recorded one."""
         messages = self.view.messages
         for i in range(len(messages) - 1, self.view.header.context_start - 1, -1):
             m = messages[i]
             if m.role == "assistant" and m.dropped is None and m.sendable:
-                return (m.context.start, m.context.summary) if m.context is not None else None
+                c = m.context
+                return (c.start, c.summary, c.rounds_from) if c is not None else None
         return None
 
     # -- what /compact summarises ----------------------------------------------------------------------

@@ -309,16 +309,17 @@ class ConversationSession:
         if self.tools is None:
             return reply
         sinks = replace(sinks, notice=self._notice(sinks))
-        host = ToolHost(self.messages, self._saved_at, self._one_reply)
+        host = ToolHost(self.messages, self._saved_at, lambda sinks: self._one_reply(sinks, later=True))
         return tool_rounds(reply, self.tools, sinks, host)
 
     def _saved_at(self, index: int, notice: Sink | None) -> None:
         self._touch(index)
         self._save_after_failure(notice)
 
-    def _one_reply(self, sinks: Sinks) -> Message:
-        """One request and its reply (see ``send``)."""
-        plan = self.plan_turn(self._notice(sinks))  # MessageTooLarge: marked unsent, there is no reply
+    def _one_reply(self, sinks: Sinks, *, later: bool = False) -> Message:
+        """One request and its reply (see ``send``); ``later``: after tool rounds of the turn (a turn too large
+        for the window then stops, its user message is not marked unsent)."""
+        plan = self.plan_turn(self._notice(sinks), mark=not later)  # MessageTooLarge: there is no reply
         reply = Message("assistant", status="streaming", model=self.header.model)
         self._touch(len(self.messages))
         self._streaming = len(self.messages)
@@ -380,17 +381,19 @@ class ConversationSession:
         """The sampling parameters for the request ``p``: ``max_tokens`` no more than the window leaves."""
         return self.planner.request_params(p, self.params)
 
-    def plan_turn(self, notice: Sink | None = None) -> Plan:
+    def plan_turn(self, notice: Sink | None = None, *, mark: bool = True) -> Plan:
         """The request for the reply about to be asked for; compacts first when ``compact_at`` says so.
         Says in a notice (to ``notice``, default ``on_notice``) when the window moved. A message too large
-        for the window is marked ``unsent`` (and saved) before MessageTooLarge is raised."""
+        for the window is marked ``unsent`` (and saved; not with ``mark`` False) before MessageTooLarge is
+        raised."""
         notice = notice or self.notify
         try:
             p = self.planner.plan(self.params)
             if self.planner.wants_compaction(p):
                 p = self._compact_before_turn(p, notice)
         except MessageTooLarge as e:
-            self.mark_unsent(e)
+            if mark:
+                self.mark_unsent(e)
             raise
         said = self.planner.window_notice(p)
         if said:
@@ -412,13 +415,8 @@ class ConversationSession:
         return again
 
     def mark_unsent(self, e: MessageTooLarge) -> None:
-        """Mark the newest user message as not sent (it stays in the session), and save."""
-        for i in range(len(self.messages) - 1, -1, -1):
-            m = self.messages[i]
-            if m.starts_turn:
-                m.dropped, m.error = "unsent", str(e)
-                self._touch(i)
-                break
+        """Mark the newest user message as not sent (``edits.mark_unsent``: it stays), and save."""
+        self._touch(edits.mark_unsent(self.conv, str(e)))
         self.save()
 
     # -- compaction ------------------------------------------------------------------------------------

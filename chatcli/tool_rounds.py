@@ -1,6 +1,7 @@
 """The tool rounds of a turn: a reply that calls tools has its calls run (``chatcli.tools.ToolRunner``), each
 result saved before the next request, and the model asked again, until a reply calls none, the user stops
-the turn, or ``max_rounds`` requests were made (then a notice). The session (``chatcli.session``) hands
+the turn, ``max_rounds`` requests were made, or the newest round no longer fits the context window (then
+a notice). The session (``chatcli.session``) hands
 over what it owns as a ``ToolHost``: its messages, how a changed message is saved, how a reply is asked
 for. No I/O of its own and no UI."""
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from chatcli.errors import MessageTooLarge
 from chatcli.model import Message
 
 if TYPE_CHECKING:
@@ -40,7 +42,15 @@ def tool_rounds(reply: Message, runner: ToolRunner, sinks: Sinks, host: ToolHost
         if not answer(reply, runner, sinks, host):
             break
         rounds += 1
-        reply = host.ask(sinks)
+        try:
+            reply = host.ask(sinks)
+        except MessageTooLarge as e:  # even the newest round alone leaves no room
+            if notice is not None:
+                notice(
+                    f"the tool results no longer fit the model's context (about {e.tokens:,} tokens for "
+                    f"{e.room:,}): the turn stops here; its calls and results stay in the session"
+                )
+            break
     return reply
 
 

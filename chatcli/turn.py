@@ -202,7 +202,9 @@ class Turn:
     def _attempts(self, reply: Message, plan: Plan) -> None:
         overflowed = False
         for attempt in range(self.policy.max_retries + 1):
-            reply.context = ContextUsed(plan.start, plan.tokens, plan.exact, plan.window, plan.summary)
+            reply.context = ContextUsed(
+                plan.start, plan.tokens, plan.exact, plan.window, plan.summary, plan.rounds_from
+            )
             params = self.hooks.params_for(plan)
             with_tools: dict[str, Any] = {"tools": self.tools} if self.tools else {}
             stream = self.backend.stream_chat(

@@ -219,3 +219,35 @@ def test_a_fork_keeps_a_turn_with_tool_rounds_whole_and_its_requests_are_accepte
         "tool",
     ]
     assert [m["content"] for m in sent if m["role"] == "tool"] == ["one", "three"]
+
+
+def test_a_turn_whose_rounds_outgrow_the_window_sends_its_newest_rounds_then_stops(
+    fake_llm: FakeLLMServer, own: MCPServers, store_spec: str, opened: list[ConversationSession]
+) -> None:
+    s = session_on("openai", fake_llm, store_spec, ToolRunner(own, approve=["own.*"]), opened)
+    s.planner.window_setting = 2000  # tokens: 1,500 once the reply's room is kept; a result below is ~1,150
+    big = ("huge", '{"lines": 400}')
+    fake_llm.enqueue(Reply(text="", tool_calls=[big]), Reply(text="", tool_calls=[big]), Reply(text="done"))
+    notices: list[str] = []
+    assert s.send("read it all", sinks=Sinks(notice=notices.append)).content == "done"
+    third = fake_llm.requests[2]["json"]["messages"]
+    assert [m["role"] for m in third] == ["user", "assistant", "tool"]  # the first round left out
+    assert (
+        third[1]["tool_calls"][0]["id"] == s.messages[3].tool_calls[0].id
+        and third[0]["content"] == "read it all"
+    )
+    assert notices == [
+        "1 earlier tool round of this turn not sent (context 2,000 tokens); it stays in the session"
+    ]
+    assert s.messages[-1].context is not None and s.messages[-1].context.rounds_from == 3
+    assert loaded(store_spec)[s.id][-1]["context"]["rounds_from"] == 3
+    # a round that cannot fit even alone ends the turn with a notice; the turn is kept, and not "unsent"
+    fake_llm.enqueue(Reply(text="", tool_calls=[("huge", '{"lines": 900}')]))
+    notices.clear()
+    reply = s.send("now more", sinks=Sinks(notice=notices.append))
+    assert reply.tool_calls and len(fake_llm.requests) == 4
+    assert [n for n in notices if "no longer fit" in n] and all(m.dropped is None for m in s.messages)
+    assert s.messages[-1].role == "tool"
+    fake_llm.enqueue(Reply(text="next"))
+    assert s.send("something small").content == "next"  # the large turn is left out as an earlier turn
+    assert [m["role"] for m in fake_llm.requests[-1]["json"]["messages"]][-1] == "user"
