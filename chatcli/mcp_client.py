@@ -202,19 +202,30 @@ class MCPServers:
             raise RuntimeError("the MCP SDK is not installed: pip install 'chatcli[tools]'") from None
 
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        refused: list[str] = []  # an HTTP server's error statuses, which the SDK does not tell
         with open(self.log_dir / f"{config.name}.log", "a", encoding="utf-8") as log:
-            async with _transport(config, log) as (read, write), ClientSession(read, write) as session:
-                listed = await asyncio.wait_for(_start(session), self.start_timeout)
-                state.tools = [
-                    ToolSpec(config.name, t.name, t.description or "", dict(t.input_schema or {}))
-                    for t in listed
-                ]
-                self._sessions[config.name] = session
-                state.state = "ready"
-                self._ready[config.name].set()
-                await self._stop[config.name].wait()
+            try:
+                await self._session(config, state, _transport(config, log, refused), ClientSession)
+            except Exception as e:
+                if refused:
+                    raise ConnectionError(f"{refused[-1]} ({_said(e)})") from e
+                raise
         if state.error is not None:  # (set by ``_gone``: the server died)
             raise ConnectionError(state.error)
+
+    async def _session(
+        self, config: ServerConfig, state: ServerState, transport: Any, session_type: Any
+    ) -> None:
+        """Open the MCP session over ``transport``, list the tools, be ready, and hold it until stopped."""
+        async with transport as (read, write), session_type(read, write) as session:
+            listed = await asyncio.wait_for(_start(session), self.start_timeout)
+            state.tools = [
+                ToolSpec(config.name, t.name, t.description or "", dict(t.input_schema or {})) for t in listed
+            ]
+            self._sessions[config.name] = session
+            state.state = "ready"
+            self._ready[config.name].set()
+            await self._stop[config.name].wait()
 
     # -- tools ------------------------------------------------------------------------------------------
     def tools(self) -> list[ToolSpec]:
@@ -275,8 +286,10 @@ async def _start(session: Any) -> list[Any]:
 
 
 @contextlib.asynccontextmanager
-async def _transport(config: ServerConfig, log: Any) -> Any:
-    """The SDK's (read, write) streams for a server: stdio for a command, streamable HTTP for a url."""
+async def _transport(config: ServerConfig, log: Any, refused: list[str]) -> Any:
+    """The SDK's (read, write) streams for a server: stdio for a command, streamable HTTP for a url (each
+    error status it answers is written to ``log`` and added to ``refused`` as a line that says what to
+    check)."""
     if config.command is not None:
         from mcp import StdioServerParameters
         from mcp.client.stdio import stdio_client
@@ -290,11 +303,22 @@ async def _transport(config: ServerConfig, log: Any) -> Any:
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client  # (the SDK's own client, with headers)
 
-        async with (
-            create_mcp_http_client(headers=dict(config.headers)) as http,
-            streamable_http_client(str(config.url), http_client=http) as streams,
-        ):
-            yield streams[0], streams[1]
+        async def noted(response: Any) -> None:
+            if response.status_code >= 400:
+                said = _http_said(response.status_code, response.reason_phrase)
+                refused.append(said)
+                print(f"{config.url}: {said}", file=log, flush=True)
+
+        async with create_mcp_http_client(headers=dict(config.headers)) as http:
+            http.event_hooks["response"] = [noted]
+            async with streamable_http_client(str(config.url), http_client=http) as streams:
+                yield streams[0], streams[1]
+
+
+def _http_said(status: int, reason: str) -> str:
+    """An HTTP error status as a line that says what to check in the server's config entry."""
+    check = {401: "its headers (a token?)", 403: "its headers (a token?)", 404: "its url"}.get(status)
+    return f"the server answered HTTP {status} {reason}" + (f": check {check}" if check else "")
 
 
 def _outcome(result: Any) -> ToolOutcome:

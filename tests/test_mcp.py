@@ -6,6 +6,7 @@ a command that does not exist."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,52 @@ def test_a_server_that_dies_mid_call_is_an_error_then_failed(
         time.sleep(0.05)
     assert s.states["own"].state in ("failed", "stopped")
     assert s.call("own", "echo", {"text": "x"}, timeout=5).is_error
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    """The tests' own server over streamable HTTP behind the bearer token "sesame"; its URL."""
+    port = free_port()
+    logged = tmp_path / "http-server.log"
+    with open(logged, "wb") as log:
+        cmd = [sys.executable, str(HERE / "mcp_test_server.py"), "--http", str(port), "sesame"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, logged.read_text()
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_streamable_http_server_is_reached_with_its_headers(
+    servers: list[MCPServers], tmp_path: Path, http_server: str
+) -> None:
+    good = ServerConfig.from_table("web", {"url": http_server, "headers": {"Authorization": "Bearer sesame"}})
+    bad = ServerConfig.from_table(
+        "locked", {"url": http_server, "headers": {"Authorization": "Bearer wrong"}}
+    )
+    s = started(servers, tmp_path, good, bad)
+    assert s.states["web"].state == "ready", s.states["web"].error
+    assert {t.name for t in s.tools() if t.server == "web"} >= {"echo", "slow", "huge"}
+    assert s.call("web", "echo", {"text": "over http"}, timeout=10).text == "over http"
+    failed = s.call("web", "fail", {"why": "no luck"}, timeout=10)
+    assert failed.is_error and "no luck" in failed.text
+    assert s.states["locked"].state == "failed" and "401" in (s.states["locked"].error or "")
+    assert "\n" not in (s.states["locked"].error or "")  # one line
 
 
 def test_close_stops_the_server_processes(tmp_path: Path) -> None:
