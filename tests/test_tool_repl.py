@@ -1,15 +1,21 @@
 """Tools in the REPL, through a pseudo-terminal: a model on the fake server (tests/fakellm.py) calls the
 tools of real MCP servers configured as a user would (``[mcp.servers.NAME]``): the call is shown, asked
 about (yes, no, always), run, its result shown folded; a SIGKILL at the question loses nothing and runs
-nothing; ``resume`` shows the call, offers the tools again, and the next request is accepted."""
+nothing; ``resume`` shows the call, offers the tools again, and the next request is accepted; on a folder and
+on a real PostgreSQL, where another home's ``show --json`` and ``export --format jsonl`` see every call."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fakellm import FakeLLMServer, Reply
 from ptyproc import Chat, start
@@ -71,9 +77,28 @@ def test_a_call_is_shown_asked_about_and_answered(
     assert "tool calls 4 (escapes 3, get_current_time 1) · 1 failed · " in out and " s in tools" in out
 
 
+@pytest.fixture(params=["folder", "postgresql"])
+def on_store(request: pytest.FixtureRequest, pty_env: dict[str, str], store_for: Any) -> dict[str, str]:
+    """``pty_env`` with its sessions in a folder, then on the tests' real PostgreSQL server."""
+    return {**pty_env, "CHATCLI_STORE": store_for(request.param)}
+
+
+def from_another_home(env: dict[str, str], tmp_path: Path, *args: str) -> str:
+    """``chatcli ARGS`` run with a home and state folder of its own (another machine), its stdout."""
+    other = tmp_path / "other-home"
+    other.mkdir(exist_ok=True)
+    env = {**env, "HOME": str(other), "CHATCLI_STATE_DIR": str(other / "state")}
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def test_a_kill_at_the_question_runs_nothing_and_resume_goes_on(
-    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+    on_store: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
 ) -> None:
+    pty_env = on_store
     configure(user_dirs)
     args = ["new", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1", "--tools", "own"]
     c, sid = start(chats, pty_env, *args)
@@ -94,14 +119,20 @@ def test_a_kill_at_the_question_runs_nothing_and_resume_goes_on(
     assert [m["content"] for m in sent if m["role"] == "tool"] == [
         "the call did not run or did not finish (the turn was stopped); it has no result"
     ]
+    shown = json.loads(from_another_home(pty_env, user_dirs["home"].parent, "show", sid, "--json"))
+    [call] = [p for m in shown["messages"] for p in m.get("parts", []) if p["type"] == "tool_call"]
+    assert call["name"] == "echo" and json.loads(call["arguments"]) == {"text": "never"}
+    lines = from_another_home(pty_env, user_dirs["home"].parent, "export", sid, "--format", "jsonl")
+    assert [
+        x["tool_calls"][0]["function"]["name"]
+        for x in map(json.loads, lines.splitlines())
+        if "tool_calls" in x
+    ] == ["echo"]
 
 
 def test_ask_refuses_unapproved_calls_in_one_line_and_json_has_the_calls(
     child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path]
 ) -> None:
-    import json
-    import subprocess
-
     configure(user_dirs)
     cmd = [sys.executable, "-m", "chatcli", "ask", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1"]
 
@@ -124,8 +155,9 @@ def test_ask_refuses_unapproved_calls_in_one_line_and_json_has_the_calls(
 
 
 def test_ctrl_c_during_a_call_cancels_it_and_the_servers_live_on(
-    pty_env: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
+    on_store: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
 ) -> None:
+    pty_env = on_store
     configure(user_dirs)
     args = [
         "new",
@@ -162,3 +194,7 @@ def test_ctrl_c_during_a_call_cancels_it_and_the_servers_live_on(
     c2.expect("Fine.")
     sent = fake_llm.requests[-1]["json"]["messages"]
     assert sent[-2]["role"] == "tool" and "did not run" in sent[-2]["content"]
+    shown = json.loads(from_another_home(pty_env, user_dirs["home"].parent, "show", sid, "--json"))
+    calls = [p["name"] for m in shown["messages"] for p in m.get("parts", []) if p["type"] == "tool_call"]
+    results = [p["text"] for m in shown["messages"] for p in m.get("parts", []) if p["type"] == "tool_result"]
+    assert calls == ["slow", "slow"] and len(results) == 1 and "cancelled" in results[0]
