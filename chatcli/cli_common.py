@@ -266,7 +266,10 @@ def with_tools(
 ) -> MCPServers | None:
     """Give ``session`` the tools of the MCP servers ``names`` (None: those the session recorded, for a
     resume), recorded in its header; returns the servers, not started yet (None: no tools). The embedded
-    model calls no tools: then a notice, and none. Raises ConfigError for a server the config lacks."""
+    model calls no tools: then a notice, and none. Raises ConfigError for a server named in ``names`` that
+    the config lacks; a recorded one this machine's config lacks is a notice, and the session goes on
+    without it (the record is kept for the machines that have it)."""
+    recorded = names is None
     names = list(session.header.tools or []) if names is None else names
     if not names:
         return None
@@ -274,16 +277,25 @@ def with_tools(
         notify("the embedded model (SmolLM2-135M) does not call tools: this session offers none")
         return None
     missing = [n for n in names if n not in settings.mcp_servers]
-    if missing:
+    if missing and not recorded:
         raise ConfigError(
             f"no MCP server named {missing[0]!r} in {settings.config_path} ([mcp.servers.NAME])"
         )
+    if missing:
+        notify(
+            f"this session used the tool {'server' if len(missing) == 1 else 'servers'} {', '.join(missing)}, "
+            f"which {settings.config_path} does not configure ([mcp.servers.NAME]): going on without "
+            f"{'its' if len(missing) == 1 else 'their'} tools"
+        )
+        names = [n for n in names if n not in missing]
+        if not names:
+            return None
     from chatcli.mcp_client import MCPServers
     from chatcli.tools import ToolRunner
 
     servers = MCPServers([settings.mcp_servers[n] for n in names], settings.state_dir / "mcp")
     session.tools = ToolRunner(servers, settings.approve, settings.tool_timeout, settings.max_tool_rounds)
-    if session.header.tools != names:
+    if not recorded and session.header.tools != names:
         session.header.tools = names
         session.save()
     return servers

@@ -154,6 +154,47 @@ def test_ask_refuses_unapproved_calls_in_one_line_and_json_has_the_calls(
     assert out["tool_calls"] == [{"name": "echo", "arguments": call[1], "result": "pong", "is_error": False}]
 
 
+def test_a_machine_without_the_recorded_server_goes_on_without_its_tools(
+    child_env: dict[str, str], fake_llm: FakeLLMServer, user_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    configure(user_dirs)
+    cmd = [sys.executable, "-m", "chatcli", "ask", "--backend", "openai", "--base-url", f"{fake_llm.url}/v1"]
+    fake_llm.enqueue(Reply(text="", tool_calls=[("echo", '{"text": "x"}')]), Reply(text="Done."))
+    r = subprocess.run(
+        [*cmd, "--tools", "own", "--approve", "own.*", "--json", "call it"],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=60,
+        input="",
+    )
+    sid = json.loads(r.stdout)["session_id"]
+    elsewhere = {**child_env, "CHATCLI_CONFIG": str(tmp_path / "no-servers.toml")}  # another machine's config
+    fake_llm.enqueue(Reply(text="Without tools."))
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "ask", "-v", "--session", sid, "and now?"],
+        capture_output=True,
+        text=True,
+        env=elsewhere,
+        timeout=60,
+        input="",
+    )
+    assert r.returncode == 0 and r.stdout == "Without tools.\n", r.stderr
+    assert "tool server own, which" in r.stderr and "going on without its tools" in r.stderr
+    assert "tools" not in fake_llm.requests[-1]["json"]
+    shown = json.loads(from_another_home(child_env, tmp_path, "show", sid, "--json"))
+    assert shown["tools"] == ["own"]  # kept for the machines that have it
+    r = subprocess.run(
+        [sys.executable, "-m", "chatcli", "ask", "--tools", "own", "hi"],
+        capture_output=True,
+        text=True,
+        env=elsewhere,
+        timeout=60,
+        input="",
+    )
+    assert r.returncode == 2 and "no MCP server named 'own'" in r.stderr  # named on purpose: an error
+
+
 def test_ctrl_c_during_a_call_cancels_it_and_the_servers_live_on(
     on_store: dict[str, str], fake_llm: FakeLLMServer, chats: list[Chat], user_dirs: dict[str, Path]
 ) -> None:
