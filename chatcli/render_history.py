@@ -82,24 +82,41 @@ def show_history(
 
 def _tool_rounds(out: Renderer, messages: list[Message], at: int, reasoning: bool) -> None:
     """After the reply at ``at``: its tool calls, their results and the replies that followed, up to the
-    next turn."""
+    next turn; a call that got no result (a kill or Ctrl-C stopped the turn) is said to have none."""
     from chatcli.render import local_time, status_tag
 
+    pending: list[str] = []  # the names of the last reply's calls that have no result yet, by call id
+    names: dict[str, str] = {}
     for i in range(at, len(messages)):
         m = messages[i]
         if i > at and (m.starts_turn or m.dropped is not None):
-            return
+            break
         if m.role == "tool":
             for p in m.parts:
                 if isinstance(p, ToolResultPart):
                     out.tool_result(p.text, p.is_error)
+                    pending = [c for c in pending if c != p.call_id]
             continue
+        _unanswered(out, pending, names)
         if i > at and m.role == "assistant":
             out.console.print(f"[bold green]model[/] [dim]{local_time(m.created_at)}[/]" + status_tag(m))
             out.reasoning(m, unfold=reasoning)
             out.markdown(m.content)
         for call in m.tool_calls:
             out.tool_call(call.name, _decoded(call.arguments))
+        pending = [c.id for c in m.tool_calls]
+        names.update((c.id, c.name) for c in m.tool_calls)
+    _unanswered(out, pending, names)
+
+
+def _unanswered(out: Renderer, pending: list[str], names: dict[str, str]) -> None:
+    from rich.markup import escape
+
+    from chatcli.render import sanitize
+
+    for call_id in pending:
+        name = escape(sanitize(names.get(call_id, "the call")))
+        out.console.print(f"  [dim]{name}: no result (the turn stopped before it ran or finished)[/]")
 
 
 def _decoded(arguments: str) -> Any:
