@@ -197,6 +197,11 @@ class MySQLStore(SQLStore):
 
         return (pymysql.err.Error,)
 
+    def _is_deadlock(self, e: BaseException) -> bool:
+        from pymysql.constants import ER
+
+        return bool(e.args) and e.args[0] in (ER.LOCK_DEADLOCK,)  # 1213: InnoDB rolled the transaction back
+
     def _is_lost(self, e: BaseException) -> bool:
         import pymysql
 
@@ -230,6 +235,8 @@ class MySQLStore(SQLStore):
             )
         if code in (1205, 1969, 3024) or "timed out" in words:
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
+        if code == 1213:  # a deadlock every retry ran into
+            return StoreUnavailable(f"{self.display} is too busy: its writers keep deadlocking ({words})")
         if code in (2003, 2002, 2005, 2006, 2013):
             return StoreUnavailable(f"cannot connect to {self.display} ({words}); is the server running?")
         return StoreError(f"{self.display}: {words}")

@@ -203,6 +203,11 @@ class PostgreSQLStore(SQLStore):
 
         return (psycopg.Error,)
 
+    def _is_deadlock(self, e: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(e, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure))
+
     def _is_lost(self, e: BaseException) -> bool:
         import psycopg
 
@@ -214,6 +219,10 @@ class PostgreSQLStore(SQLStore):
 
         if isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
             return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
+        if self._is_deadlock(e):  # a deadlock every retry ran into
+            return StoreUnavailable(
+                f"{self.display} is too busy: its writers keep deadlocking ({self._said(e)})"
+            )
         if isinstance(e, psycopg.errors.InsufficientPrivilege):
             return StoreError(
                 f"{self.display}: the user may not do this ({self._said(e)}); chatcli needs to create "

@@ -15,8 +15,10 @@ does not grow with the length of the session.
 
 from __future__ import annotations
 
+import random
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -61,6 +63,11 @@ from chatcli.stores.sql_rows import (
 from chatcli.stores.sql_schema import SQLSchema
 from chatcli.stores.url import MIN_REDACTED, StoreURL, redact
 
+#: times a transaction the database rolled back to break a deadlock is run again (then: StoreUnavailable, and
+#: the turn waits in the spool); the pauses before each grow from about DEADLOCK_PAUSE * 2 seconds, doubling
+DEADLOCK_RETRIES = 6
+DEADLOCK_PAUSE = 0.01
+
 
 class SQLStore(SQLCatalog, SQLSchema):
     """The shared machinery; see the module docstring. Subclasses set ``kind``, ``migrations`` and the
@@ -92,6 +99,7 @@ class SQLStore(SQLCatalog, SQLSchema):
         self._lost: set[str] = set()  # locks lost with a connection and taken by someone else since
         self._mutex = threading.RLock()  # one user of the connection at a time (the keeper is another)
         self._keeper = LockKeeper(self) if self.locks_on_connection else None
+        self.deadlocks_retried = 0  # transactions run again after the database broke a deadlock with them
 
     # -- driver hooks (each engine) ------------------------------------------------------------------------
     def _open(self) -> Any:
@@ -108,6 +116,11 @@ class SQLStore(SQLCatalog, SQLSchema):
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
+
+    def _is_deadlock(self, e: BaseException) -> bool:
+        """Whether ``e`` means the database rolled the whole transaction back to break a deadlock or a
+        serialization conflict (run it again as a whole). None do, unless an engine says so."""
+        return False
 
     def _said(self, e: BaseException | str) -> str:
         """A driver error's own words (or ``e``'s text) on one line, with the store's password blanked out."""
@@ -183,26 +196,34 @@ class SQLStore(SQLCatalog, SQLSchema):
                 pass
 
     def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
-        """``fn(cursor)`` on the connection, reconnecting once when the connection turns out to be gone.
-        Driver errors leave as StoreUnavailable / StoreError naming the store and ``what`` was done."""
+        """``fn(cursor)`` on the connection, reconnecting once when the connection turns out to be gone, and
+        run again (after a short, growing, random pause) when the database chose it as a deadlock's victim,
+        at most DEADLOCK_RETRIES times: ``fn`` is a whole transaction, which the database rolled back. Driver
+        errors leave as StoreUnavailable / StoreError naming the store and ``what`` was done."""
         if not self._mutex.acquire(timeout=self.timeout):  # the keeper waits on a database that hangs
             raise StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
         try:
-            for attempt in (1, 2):
+            reconnected, deadlocks = False, 0
+            while True:
                 conn = self._connection()  # first: it says so when the driver is missing
                 try:
                     return fn(conn.cursor())
                 except self._driver_errors() as e:
+                    if self._is_deadlock(e) and deadlocks < DEADLOCK_RETRIES:
+                        deadlocks += 1
+                        self.deadlocks_retried += 1
+                        time.sleep(random.uniform(0.5, 1.0) * DEADLOCK_PAUSE * 2**deadlocks)
+                        continue
                     if not self._is_lost(e):
                         raise self._failure(e) from None
                     self._drop()
-                    if attempt == 2:
+                    if reconnected:
                         raise StoreUnavailable(
                             f"the database {self.display} stopped answering while it {what} ({self._said(e)})"
                         ) from None
+                    reconnected = True
         finally:
             self._mutex.release()
-        raise AssertionError("unreachable")
 
     @contextmanager
     def _tx(self, cur: Any, begin: str) -> Iterator[Any]:
