@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from common import REPO, Report, Row, fmt, format_row, machine  # noqa: E402 - after the path is set
 
-GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot", "context", "tools")
+GROUPS = ("startup", "saving", "streaming", "library", "stores", "oneshot", "context", "tools", "team")
 NOTES = """\
 - **Where start-up goes.** Of the time to the prompt, Python itself is the floor (~20 ms); then come the
   imports (table above): prompt_toolkit, typer and rich. chatcli's own modules load lazily: `--version`

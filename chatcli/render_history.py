@@ -110,12 +110,10 @@ def _tool_rounds(out: Renderer, messages: list[Message], at: int, reasoning: boo
 
 
 def _unanswered(out: Renderer, pending: list[str], names: dict[str, str]) -> None:
-    from rich.markup import escape
-
-    from chatcli.render import sanitize
+    from chatcli.render import escape_markup, sanitize
 
     for call_id in pending:
-        name = escape(sanitize(names.get(call_id, "the call")))
+        name = escape_markup(sanitize(names.get(call_id, "the call")))
         out.console.print(f"  [dim]{name}: no result (the turn stopped before it ran or finished)[/]")
 
 

@@ -412,6 +412,7 @@ class PostgresServer(_Server):
             conf.write(
                 f"\n# tests/dbservers.py\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{socket_dir}'\nfsync = on\nsynchronous_commit = on\n"
+                "max_connections = 200\n"  # a team of 64 chatcli (tests/teamload.py) and its readers, twice over
             )
         hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"  # no other logins
         (self.data_dir / "pg_hba.conf").write_text(hba)
@@ -472,6 +473,7 @@ class MariaDBServer(_Server):
             *([f"--user={self.system_user}"] if self._root else []),
             "--innodb-buffer-pool-size=64M",
             "--innodb-log-file-size=16M",
+            "--max-connections=200",  # a team of 64 chatcli (tests/teamload.py) and its readers, twice over
         ]
 
     def _initialize(self) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from chatcli.errors import StoreUnavailable
 from chatcli.stores import open_store, parse_store
-from test_dbservers import my_connect, pg_connect
 
+from test_dbservers import my_connect, pg_connect
 from test_stores import A, B, put, snap
 
 

@@ -67,6 +67,9 @@ from chatcli.stores.url import MIN_REDACTED, StoreURL, redact
 #: the turn waits in the spool); the pauses before each grow from about DEADLOCK_PAUSE * 2 seconds, doubling
 DEADLOCK_RETRIES = 6
 DEADLOCK_PAUSE = 0.01
+#: seconds a session lock held by another connection is tried again before the session is said to be open
+#: elsewhere (a killed chatcli's lock is freed once its server notices the dropped connection)
+LOCK_GRACE = 1.5
 
 
 class SQLStore(SQLCatalog, SQLSchema):
@@ -282,7 +285,7 @@ class SQLStore(SQLCatalog, SQLSchema):
 
         if session_id in self._held:
             raise SessionLocked(f"session {session_id} is already open in this chatcli")
-        if not self._run("took a session lock", take):
+        if not self._taken(take):
             raise SessionLocked(
                 f"session {session_id} is open in another chatcli (on this machine or another "
                 f"one sharing {self.display}); close that one first (`chatcli show {session_id}` "
@@ -293,6 +296,16 @@ class SQLStore(SQLCatalog, SQLSchema):
         if self._keeper is not None:
             self._keeper.ensure_running()
         return _Lock(self, session_id)
+
+    def _taken(self, take: Callable[[Any], bool]) -> bool:
+        """Whether ``take`` got the lock, trying again for LOCK_GRACE seconds: the lock of a chatcli that was
+        just killed stays held until its server notices the connection is gone, a moment later."""
+        deadline = time.monotonic() + LOCK_GRACE
+        while not self._run("took a session lock", take):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _release(self, session_id: str) -> None:
         with self._mutex:

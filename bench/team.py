@@ -1,0 +1,89 @@
+"""A team on one database (tests/teamload.py): 64 chatcli REPLs from 8 homes start at once on one
+PostgreSQL and on one MariaDB (servers of their own, started here as tests/dbservers.py does), and 8 on one
+SQLite file, each streaming replies at 40 tokens/s and saving at every checkpoint while two readers run
+``list``, ``search``, ``stats`` and ``show`` in a loop. Reported: saves per second, save latency measured
+inside chatcli (p50 / p99 / max), readers' median loaded against unloaded, connections used. Targets: 0
+lost and 0 errors (the rows' verdict), readers' median at most 3x unloaded. ``--quick``: 16 writers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from common import REPO, Report, Row, child_env
+
+GROUP = "Team on one database"
+
+
+def _one(
+    report: Report, engine: str, spec: str, root: Path, processes: int, turns: int, counter: object
+) -> None:
+    from teamload import run_team
+
+    env = child_env(root / engine, NO_COLOR="1")
+    result = run_team(
+        spec,
+        engine,
+        root / engine / "team",
+        env,
+        processes=processes,
+        homes=max(1, processes // 8),
+        turns=turns,
+        connections=counter,  # type: ignore[arg-type]
+    )
+    who = f"{engine}, {processes} writers"
+    clean = not result.problems and result.failed_saves == 0
+    note = "; ".join(result.problems[:2])
+    report.add(Row(GROUP, f"{who}: saves per second", len(result.saves) / result.seconds, "saves/s", runs=1))
+    report.add(Row(GROUP, f"{who}: save p50 (inside chatcli)", result.percentile(50), "ms", runs=1))
+    report.add(Row(GROUP, f"{who}: save p99", result.percentile(99), "ms", runs=1))
+    report.add(
+        Row(
+            GROUP,
+            f"{who}: save max",
+            max(result.saves, default=0.0),
+            "ms",
+            "",
+            "0 lost, 0 errors",
+            clean,
+            note,
+            runs=1,
+        )
+    )
+    for command, (unloaded, loaded) in result.reader_medians().items():
+        report.add(
+            Row(
+                GROUP,
+                f"{who}: reader `{command}` median, loaded",
+                loaded,
+                "ms",
+                unloaded,
+                "≤ 3 × unloaded",
+                loaded <= 3 * unloaded,
+                runs=len(result.loaded.get(command, [])),
+            )
+        )
+    if result.connections is not None:
+        report.add(Row(GROUP, f"{who}: connections at most", result.connections, "conns", runs=1))
+
+
+def run(report: Report, folder: Path, quick: bool = False) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    import dbservers
+    from teamload import mysql_connections, pg_connections
+
+    root = folder / "team"
+    root.mkdir(parents=True, exist_ok=True)
+    processes, turns = (16, 3) if quick else (64, 5)
+    pg, maria = dbservers.PostgresServer(root / "pg"), dbservers.MariaDBServer(root / "mariadb")
+    pg.start()
+    maria.start()
+    try:
+        pg_spec, my_spec = pg.new_database(), maria.new_database()
+        _one(report, "postgresql", pg_spec, root, processes, turns, pg_connections(pg_spec))
+        _one(report, "mysql", my_spec, root, processes, turns, mysql_connections(my_spec))
+        (root / "sqlite").mkdir(exist_ok=True, mode=0o700)
+        _one(report, "sqlite", f"sqlite://{root / 'sqlite' / 'chats.db'}", root, 8, turns, None)
+    finally:
+        pg.close()
+        maria.close()
