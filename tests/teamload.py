@@ -14,6 +14,7 @@ error, a reader that failed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -47,6 +48,7 @@ sys.argv[0] = "chatcli"
 from chatcli.cli import main
 main()
 """
+BANNER = re.compile(rb"(?:New|Resumed) session ([0-9A-Za-z_-]+)")
 READER_COMMANDS = (("list",), ("search", "tok3"), ("stats",), ("show", "last"))
 #: stderr words a writer must never say (a banner and notices of other kinds are fine)
 TROUBLE = (
@@ -64,9 +66,10 @@ TROUBLE = (
 @dataclass
 class TeamReport:
     """What one run did: its size, the save durations measured inside the writers (milliseconds), reader
-    durations (milliseconds, per command: ``unloaded`` before the writers started, ``loaded`` during), the
-    most connections the database had open at once (None: not a server), the wall time of the writers
-    (seconds), and the problems found."""
+    durations (milliseconds, per command: ``unloaded`` before the writers started, ``loaded`` while they all
+    held their sessions and streamed), the most connections the database had open at once (None: not a
+    server), the seconds until every writer had started and then of their turns, each writer's CPU
+    seconds over its turns, and the problems found."""
 
     engine: str
     processes: int
@@ -78,6 +81,8 @@ class TeamReport:
     loaded: dict[str, list[float]] = field(default_factory=dict)
     connections: int | None = None
     seconds: float = 0.0
+    start_seconds: float = 0.0  # until every writer had started and shown its session
+    writer_cpu: list[float] = field(default_factory=list)  # CPU seconds of each writer over its turns
     problems: list[str] = field(default_factory=list)
 
     def percentile(self, p: float) -> float:
@@ -108,6 +113,10 @@ class TeamReport:
                 f"{k} {a:.0f} -> {b:.0f}" for k, (a, b) in readers.items()
             ),
             "connections at most": self.connections,
+            "start s / turns s": f"{self.start_seconds:.1f} / {self.seconds:.1f}",
+            "writer CPU % (mean)": round(100 * statistics.mean(self.writer_cpu) / self.seconds, 1)
+            if self.writer_cpu and self.seconds
+            else None,
             "problems": len(self.problems),
         }
 
@@ -244,6 +253,11 @@ def _writers_and_readers(
         env["CHATCLI_SAVE_TIMES"] = str(times)
         args = ["-c", BOOT, "new", "--backend", "openai", "--base-url", f"{llm.url}/v1"]
         chats.append((Chat(args, env), times))
+    for w, (chat, _) in enumerate(chats):  # every one started and holding its session: the team is there
+        if chat.wait_for(BANNER, 300) is None:
+            report.problems.append(f"writer {w} did not start: {chat.text('err')[-300:]}")
+    report.start_seconds = time.monotonic() - started
+    started = time.monotonic()
     helpers = [threading.Thread(target=read_loop, args=(k,)) for k in range(readers)]
     helpers.append(threading.Thread(target=count_loop))
     for t in helpers:
@@ -264,6 +278,7 @@ def _writers_and_readers(
 
 
 def _drive(report: TeamReport, w: int, chat: Chat, tokens: int, lock: threading.Lock) -> None:
+    before = _cpu_seconds(chat.pid)
     for j in range(report.turns):
         prompt = f"w{w}t{j}"
         chat.send(prompt)
@@ -271,7 +286,18 @@ def _drive(report: TeamReport, w: int, chat: Chat, tokens: int, lock: threading.
             with lock:
                 report.problems.append(f"writer {w}: no reply to {prompt}: {chat.text('err')[-300:]}")
             break
+    with lock:
+        report.writer_cpu.append(_cpu_seconds(chat.pid) - before)
     chat.close_stdin()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used so far (Linux /proc; 0 when gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _collect(
