@@ -60,8 +60,6 @@ OUTPUT = REPO / "docs" / "BENCHMARKS.md"
 
 
 def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> None:
-    import tools
-
     import context
     import library
     import oneshot
@@ -69,6 +67,8 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
     import startup
     import stores
     import streaming
+    import team
+    import tools
 
     modules = {
         "startup": startup,
@@ -79,6 +79,7 @@ def run_groups(report: Report, names: list[str], data: Path, quick: bool) -> Non
         "oneshot": oneshot,
         "context": context,
         "tools": tools,
+        "team": team,
     }
     for name in names:
         print(f"\n== {name}", flush=True)
