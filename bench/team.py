@@ -43,7 +43,7 @@ def _one(
             f"{who}: save max",
             max(result.saves, default=0.0),
             "ms",
-            "",
+            None,
             "0 lost, 0 errors",
             clean,
             note,
