@@ -6,6 +6,7 @@ Sizes come from the environment so `make torture` can run the long version of th
     CHATCLI_TORTURE_FUZZ     mutated snapshots fed to the reader   (default 10000)
     CHATCLI_TORTURE_WRITERS  concurrent chatcli writers            (default 6)
     CHATCLI_TORTURE_TEAM     chatcli on one database at once       (default 16; long run 64)
+    CHATCLI_TORTURE_DBKILLS  database servers killed, per engine   (default 10; long run 100)
     CHATCLI_TORTURE_LONG     1: every variant rather than a sample (the read-only commands on bad files)
     CHATCLI_TORTURE_SEED     seed of every random choice           (default: random, printed on failure)
     CHATCLI_TORTURE_REPORT   a JSON file the figures are written to at the end of the run
