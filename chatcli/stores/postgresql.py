@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from chatcli.stores.sql_rows import (
     exact_text,
 )
 from chatcli.stores.sql_schema import migration_names_step, named, refill
+from chatcli.stores.sql_watchdog import Watchdog
 from chatcli.stores.url import StoreURL
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
@@ -96,6 +98,21 @@ def _libpq_reason(e: BaseException) -> str:
     return first.rsplit("failed: ", 1)[-1].strip() or first
 
 
+def _guarded(psycopg: Any, watchdog: Watchdog, seconds: float) -> Any:
+    """A psycopg cursor class whose statements are each armed on ``watchdog`` for ``seconds``."""
+
+    class GuardedCursor(psycopg.Cursor):  # type: ignore[misc]
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            with watchdog.armed(seconds):
+                return super().execute(*args, **kwargs)
+
+        def executemany(self, *args: Any, **kwargs: Any) -> Any:
+            with watchdog.armed(seconds):
+                return super().executemany(*args, **kwargs)
+
+    return GuardedCursor
+
+
 class PostgreSQLStore(SQLStore):
     """Sessions in a PostgreSQL database. ``url`` is the parsed store URL (its password, if it has one, is
     only handed to libpq, as a keyword: never in a URI libpq might quote back). ``ask_password(prompt)`` is
@@ -118,6 +135,7 @@ class PostgreSQLStore(SQLStore):
         self, url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
     ) -> None:
         super().__init__(url, timeout)
+        self.watchdog = Watchdog(self._cut)  # libpq waits forever on a network that stalls
         self.ask_password = ask_password
         self._keep_secret(os.environ.get("PGPASSWORD", ""))
         self._password: str | None = None
@@ -139,6 +157,7 @@ class PostgreSQLStore(SQLStore):
             "tcp_user_timeout": ms,
             "keepalives": 1,
             "keepalives_idle": 30,
+            "cursor_factory": _guarded(psycopg, self.watchdog, self.timeout + 1),
         }
         params = self.url.libpq_params()  # the URL's own options win, its libpq "options" go after ours
         if "options" in params:
@@ -166,6 +185,15 @@ class PostgreSQLStore(SQLStore):
                 f"{self.display} runs PostgreSQL {version // 10000}; chatcli needs PostgreSQL 12 or newer"
             )
         return conn
+
+    def _cut(self) -> None:
+        """The watchdog's cut: shut the connection's socket down, so the statement waiting on it fails now
+        (as a lost connection: the store reconnects once, then says the database does not answer)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _connect_failure(self, e: BaseException) -> ChatcliError:
         text = " ".join(str(e).split())

@@ -123,3 +123,58 @@ def test_the_database_killed_at_random_moments_loses_nothing(
     figure(case, "seconds", round(time.monotonic() - started, 1))
     add(case, "sessions verified after sync", DBKILLS)
     assert kept == DBKILLS  # every cycle had a turn while the database was away
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_a_network_that_stalls_sends_the_turn_to_the_spool_and_never_holds_up_the_reply(
+    engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    from urllib.parse import urlsplit
+
+    from stallproxy import StallProxy
+
+    spec = store_for(engine)
+    u = urlsplit(spec)
+    proxy = StallProxy((u.hostname or "127.0.0.1", u.port or 0))
+    config = tmp_path / "stall.toml"
+    config.write_text("store_timeout = 2\n")
+    env = {**child_env, "CHATCLI_CONFIG": str(config)}
+    try:
+        with FakeLLMServer(answer) as llm:
+            chat = Chat(
+                chatcli_args("new", "--base-url", f"{llm.url}/v1", "--store", proxy.proxied_url(spec)), env
+            )
+            m = chat.wait_for(BANNER, 30)
+            assert m is not None and not isinstance(m, int), chat.text("err")
+            sid = m.group(1).decode()
+            turn(chat, "before")
+            proxy.stall()
+            t0 = time.monotonic()
+            turn(chat, "stalled")  # answered: the save gives up after the store's timeout
+            took = time.monotonic() - t0
+            assert chat.wait_for(b"kept on this machine", 10, stream="err") is not None, chat.text("err")
+            t1 = time.monotonic()
+            turn(chat, "still stalled")  # the spool takes it at once: no second wait
+            again = time.monotonic() - t1
+            proxy.resume()
+            turn(chat, "flowing")
+            chat.close_stdin()
+            assert chat.wait(60) == 0, chat.text("err")
+        assert took < 2 * 2 + 3, f"the reply was held up {took:.1f} s by a stalled network"
+        assert again < 2, f"a turn while the network stalls waited {again:.1f} s"
+        said = chat.text("err")
+        sync = Chat(
+            chatcli_args("sync", "--store", proxy.proxied_url(spec)), env
+        )  # (its spool: that address)
+        assert sync.wait(60) == 0, sync.text("err")
+        want = [
+            x
+            for t in ("before", "stalled", "still stalled", "flowing")
+            for x in (("user", t, "ok"), ("assistant", reply_to(t).strip(), "ok"))
+        ]
+        assert stored(spec, sid) == want, said
+    finally:
+        proxy.close()
+    case = f"a network that stalls ({engine})"
+    figure(case, "seconds until the stalled turn's reply (store_timeout 2)", round(took, 1))
+    figure(case, "seconds for the next turn while stalled", round(again, 1))

@@ -1,0 +1,55 @@
+"""A deadline for database calls that a driver cannot bound itself: libpq waits for an answer as long as the
+network accepts what it sends (a stalled link, a proxy or NAT that stopped forwarding: TCP acknowledges,
+nothing comes back, and neither ``statement_timeout`` on the server nor ``tcp_user_timeout`` fires). One
+thread per store sleeps until the armed call's deadline and then runs ``cut`` (the store shuts its socket
+down), so the call fails at once as a lost connection. No I/O of its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class Watchdog:
+    """``armed(seconds)``: while the block runs, ``cut()`` is called once if it is still running ``seconds``
+    later (from the watchdog's thread). The thread starts on first use and is a daemon."""
+
+    def __init__(self, cut: Callable[[], None]) -> None:
+        self._cut = cut
+        self._deadline: float | None = None
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.cuts = 0  # how many calls it cut (a figure for tests)
+
+    @contextmanager
+    def armed(self, seconds: float) -> Iterator[None]:
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="chatcli-db-watchdog", daemon=True)
+                self._thread.start()
+            self._deadline = time.monotonic() + seconds
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._deadline = None
+
+    def _loop(self) -> None:
+        with self._changed:
+            while True:
+                if self._deadline is None:
+                    self._changed.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                self._deadline = None
+                self.cuts += 1
+                try:
+                    self._cut()
+                except Exception:  # (nothing to cut: the connection is already gone)
+                    pass
