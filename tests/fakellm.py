@@ -201,6 +201,7 @@ def _dumps(obj: Any) -> bytes:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # (the default 5 resets connections when a team of chatcli connects at once)
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], fake: FakeLLMServer) -> None:
