@@ -348,6 +348,11 @@ class MigrationReport:
     too_large: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: sessions written per transaction by ``migrate`` (and characters of text at most, whichever comes first)
+BATCH_SESSIONS = 200
+BATCH_CHARS = 8_000_000
+
+
 def migrate(
     src: Store, dst: Store, *, dry_run: bool = False, on_session: Callable[[int, int], None] | None = None
 ) -> MigrationReport:
@@ -355,34 +360,62 @@ def migrate(
     each snapshot arrives field by field as it was, unknown keys too. A session already in ``dst`` is left
     alone: reported as ``same`` when equal, ``differs`` when not (live in one and trashed in the other
     differs too); one holding a message larger than every store keeps is reported as ``too_large``, in a
-    dry run too. With ``dry_run`` nothing is written. ``on_session(done, total)`` follows the progress."""
+    dry run too. With ``dry_run`` nothing is written. Sessions are written in batches (``Store.create_many``:
+    a transaction each on a database, at most BATCH_SESSIONS sessions and BATCH_CHARS characters), so a
+    migrate stopped half way has copied whole batches and copies the rest when run again.
+    ``on_session(done, total)`` follows the progress."""
     report = MigrationReport()
     todo = [(sid, False) for sid in src.ids()] + [(sid, True) for sid in src.trashed_ids()]
+    there = {False: set(dst.ids()), True: set(dst.trashed_ids())}
+    batch: list[tuple[Conversation, bool]] = []
+    size = 0
     for n, (sid, trashed) in enumerate(todo, 1):
-        try:
-            snap = src.load(sid, trashed=trashed)
-        except (SnapshotError, SessionNotFound) as e:
-            report.damaged.append((src.location(sid, trashed=trashed), str(e)))
-            continue
-        why = over_limit(snap)
-        here = dst.exists(sid, trashed=trashed)
-        if why is not None and not here:
-            report.too_large.append((sid, why))
-        elif here or dst.exists(sid, trashed=not trashed):
-            same = here and dst.load(sid, trashed=trashed) == snap
-            (report.same if same else report.differs).append(sid)
-        elif dry_run:
+        conv = _to_copy(src, dst, sid, trashed, there, report)
+        if conv is not None and dry_run:
             report.copied.append(sid)
-        else:
-            try:
-                dst.create(snap, trashed=trashed)
-                report.copied.append(sid)
-            except SessionExists:  # another migrate copied it a moment ago: as when it was already there
-                same = dst.exists(sid, trashed=trashed) and dst.load(sid, trashed=trashed) == snap
-                (report.same if same else report.differs).append(sid)
+        elif conv is not None:
+            batch.append((conv, trashed))
+            size += sum(len(m.content) + len(m.reasoning) for m in conv.messages)
+        if len(batch) >= BATCH_SESSIONS or size >= BATCH_CHARS:
+            _copy_batch(dst, batch, report)
+            batch, size = [], 0
         if on_session is not None:
             on_session(n, len(todo))
+    if batch:
+        _copy_batch(dst, batch, report)
     return report
+
+
+def _to_copy(
+    src: Store, dst: Store, sid: str, trashed: bool, there: dict[bool, set[str]], report: MigrationReport
+) -> Conversation | None:
+    """The session to copy, or None when it is damaged, too large, or already in ``dst`` (reported)."""
+    try:
+        conv = src.load(sid, trashed=trashed)
+    except (SnapshotError, SessionNotFound) as e:
+        report.damaged.append((src.location(sid, trashed=trashed), str(e)))
+        return None
+    why = over_limit(conv)
+    here = sid in there[trashed]
+    if why is not None and not here:
+        report.too_large.append((sid, why))
+    elif here or sid in there[not trashed]:
+        same = here and dst.load(sid, trashed=trashed) == conv
+        (report.same if same else report.differs).append(sid)
+    else:
+        return conv
+    return None
+
+
+def _copy_batch(dst: Store, batch: list[tuple[Conversation, bool]], report: MigrationReport) -> None:
+    """Write ``batch``; one another migrate wrote meanwhile is reported as when it was already there."""
+    written = set(dst.create_many(batch))
+    for conv, trashed in batch:
+        if conv.id in written:
+            report.copied.append(conv.id)
+        else:
+            same = dst.exists(conv.id, trashed=trashed) and dst.load(conv.id, trashed=trashed) == conv
+            (report.same if same else report.differs).append(conv.id)
 
 
 __all__ = [

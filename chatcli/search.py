@@ -83,8 +83,21 @@ def fold(text: str) -> str:
 def words(text: str) -> Iterator[str]:
     """The words of ``text`` as search knows them (folded, cut, pairs for scripts without spaces, each at
     most MAX_WORD_UNITS), in order, repeats included."""
+    folded = fold(text)
+    if folded.isascii():  # (most text: its words are its runs of letters and digits, whole)
+        found: list[str] = _ASCII_WORD.findall(folded)
+        if max(map(len, found), default=0) > MAX_WORD_UNITS:
+            found = [_capped(w) for w in found]
+        return iter(found)
+    return _words(folded)
+
+
+_ASCII_WORD = re.compile(r"[a-z0-9]+")  # ``_patterns()[0]`` on ASCII text that is folded (lower case)
+
+
+def _words(folded: str) -> Iterator[str]:
     word, no_spaces, _ = _patterns()
-    for m in word.finditer(fold(text)):
+    for m in word.finditer(folded):
         for piece in _pieces(m.group(), no_spaces):
             yield _capped(piece)
 
@@ -147,10 +160,15 @@ def tsvector(text: str) -> str:
     PostgreSQL keeps at most 256 of a word's positions, each at most 16,383)."""
     at: dict[str, list[int]] = {}
     for n, w in enumerate(words(text[:INDEXED_CHARS]), 1):
-        seen = at.setdefault(w, [])
-        if len(seen) < 256 and n <= 16383:
+        seen = at.get(w)
+        if seen is None:
+            at[w] = [n] if n <= 16383 else []
+        elif len(seen) < 256 and n <= 16383:
             seen.append(n)
-    return " ".join(f"'{w}':{','.join(map(str, p))}" if p else f"'{w}'" for w, p in at.items())
+    return " ".join(
+        f"'{w}':{p[0]}" if len(p) == 1 else f"'{w}':{','.join(map(str, p))}" if p else f"'{w}'"
+        for w, p in at.items()
+    )
 
 
 def tsquery(query_words: list[str]) -> str:

@@ -114,6 +114,49 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
+def test_a_migrate_killed_half_way_copies_the_rest_when_run_again(
+    engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatcli import library
+
+    src_root = tmp_path / "many"
+    src = open_store(parse_store(str(src_root)), timeout=10)
+    turns = [(f"question {k}", "answer " * 40) for k in range(20)]
+    ids = [f"20260101-{9000 + k // 100:06d}-a{k % 100:03d}" for k in range(300)]
+    for sid in ids:
+        put(src, snap(sid, title=f"t {sid}", turns=turns))
+    spec = store_for(engine)
+    code = (
+        "import sys, time; from chatcli import library; from chatcli.stores import open_store, parse_store\n"
+        "made = library._copy_batch\n"
+        "def slow(dst, batch, report):\n"
+        "    made(dst, batch, report); print('BATCH', flush=True); time.sleep(30)\n"
+        "library.BATCH_SESSIONS = 100; library._copy_batch = slow\n"
+        f"library.migrate(open_store(parse_store({str(src_root)!r})), open_store(parse_store({spec!r})))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=child_env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"BATCH"
+    finally:
+        proc.kill()  # killed after its first batch was committed
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    dst = open_store(parse_store(spec), timeout=10)
+    try:
+        assert len(dst.ids()) == 100  # one whole batch: a transaction each
+        monkeypatch.setattr(library, "BATCH_SESSIONS", 100)
+        report = migrate(src, dst)  # run again: the rest, nothing twice
+        assert len(report.copied) == 200 and len(report.same) == 100 and not report.differs
+        assert sorted(dst.ids()) == sorted(ids)
+        for sid in ids[::37]:
+            assert dst.load(sid).to_json() == src.load(sid).to_json()
+    finally:
+        dst.close()
+        src.close()
+
+
 def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
     folder, mysql = store_for("folder"), store_for("mysql")
     made = fill(opened(folder))

@@ -15,6 +15,7 @@ is checked before anything is touched), StoreUnavailable (a database that does n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,6 +93,13 @@ class Store(Protocol):
     def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
         """Write a session that is not in the store yet (into the trash when ``trashed``). Raises
         SessionExists when its id is taken, live or in the trash; SaveError."""
+        ...
+
+    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
+        """``create`` for many sessions at once (each with its ``trashed``), as fast as the store can (a
+        database: one transaction); returns the ids written, in order: one whose id is taken is left out,
+        never overwritten. All or none of them are written when the store has transactions. Raises
+        SaveError (a session that cannot be stored: nothing of the batch is written), StoreUnavailable."""
         ...
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:

@@ -3,6 +3,7 @@ session with ``-c``), holds no lock, and every save is a no-op that says so in i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from chatcli.clock import utc_now
@@ -41,6 +42,9 @@ class DiscardingStore:
 
     def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
         return self.save(conv)
+
+    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
+        return [c.id for c, _ in items if self.save(c)]
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.source is not None and self.source.exists(session_id, trashed=trashed)

@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -233,6 +233,17 @@ class FolderStore:
         ensure_folder(path.parent)
         write_atomic(path, data, overwrite=False)
         return SaveInfo(location=str(path), size=len(data), saved_at=utc_now())
+
+    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
+        """``create`` of each (a file each: no transaction); ids taken are left out."""
+        done = []
+        for conv, trashed in items:
+            try:
+                self.create(conv, trashed=trashed)
+            except SessionExists:
+                continue
+            done.append(conv.id)
+        return done
 
     def load(self, session_id: str, *, trashed: bool = False) -> Conversation:
         """Read and validate a session by exact id. Raises SessionNotFound or SnapshotError."""

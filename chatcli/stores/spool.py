@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,9 @@ class SpoolingStore:
 
     def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
         return self.primary.create(conv, trashed=trashed)
+
+    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
+        return self.primary.create_many(items)
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.primary.exists(session_id, trashed=trashed)

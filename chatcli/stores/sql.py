@@ -61,6 +61,7 @@ from chatcli.stores.sql_rows import (
     session_params,
 )
 from chatcli.stores.sql_schema import SQLSchema
+from chatcli.stores.sql_write import create_many, write_session
 from chatcli.stores.url import MIN_REDACTED, StoreURL, redact
 
 #: times a transaction the database rolled back to break a deadlock is run again (then: StoreUnavailable, and
@@ -455,7 +456,7 @@ class SQLStore(SQLCatalog, SQLSchema):
 
         def write(cur: Any) -> int:
             with self._tx(cur, self.begin_write):
-                version = self._write_session(cur, sid, header, state, create)
+                version = write_session(self, cur, sid, header, state, create)
                 if rows:
                     self._upsert_messages(cur, rows, searched)
                 if state is None or len(state.counts) > n:
@@ -484,57 +485,6 @@ class SQLStore(SQLCatalog, SQLSchema):
         state.title = conv.header.title
         return SaveInfo(location=self.location(sid), size=None, saved_at=utc_now())
 
-    def _write_session(
-        self, cur: Any, sid: str, header: dict[str, Any], state: Saved | None, create: bool = False
-    ) -> int:
-        """Write the session row; return its new version. Raises StoreConflict when another writer saved
-        the session since this store last saw it; with ``create``, SessionExists when the id is taken."""
-        names = list(header)
-        sets = ", ".join(f"{self._q(c)} = {self._param(c)}" for c in names)
-        values = [header[c] for c in names]
-        cols = ", ".join(self._q(c) for c in ["id", *names, "version", "writer"])
-        marks = ", ".join(["%s", *(self._param(c) for c in names), "%s", "%s"])
-        insert = (f"INSERT INTO chatcli_sessions ({cols}) VALUES ({marks})", [sid, *values, 1, self.writer])
-        if create:
-            if self._x(cur, insert[0] + self._if_absent, insert[1]).rowcount != 1:
-                raise SessionExists(f"a session {sid} already exists in {self.display}; nothing was written")
-            return 1
-        if state is None:
-            sql = "SELECT version, deleted_at FROM chatcli_sessions WHERE id = %s" + self._for_update
-            row = self._x(cur, sql, (sid,)).fetchone()
-            if row is None:
-                self._x(cur, *insert)
-                return 1
-            version = int(row[0]) + 1
-            sql = f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s WHERE id = %s"
-            self._x(cur, sql, [*values, version, self.writer, sid])
-            return version
-        seen = state.version
-        for _ in (1, 2):
-            cur = self._x(
-                cur,
-                f"UPDATE chatcli_sessions SET {sets}, version = %s, writer = %s "
-                f"WHERE id = %s AND version = %s",
-                [*values, seen + 1, self.writer, sid, seen],
-            )
-            if cur.rowcount == 1:
-                return seen + 1
-            row = self._x(
-                cur, "SELECT version, writer FROM chatcli_sessions WHERE id = %s", (sid,)
-            ).fetchone()
-            if row is None:
-                raise StoreConflict(
-                    f"session {sid} is no longer in {self.display} (deleted by another chatcli "
-                    f"meanwhile); nothing was overwritten"
-                )
-            if row[1] != self.writer:
-                raise StoreConflict(
-                    f"session {sid} was changed in {self.display} by another chatcli since this "
-                    f"one read it (version {row[0]}, not {seen}); nothing was overwritten"
-                )
-            seen = int(row[0])  # our own last commit landed though its answer was lost: go on from it
-        raise StoreConflict(f"session {sid} could not be saved in {self.display}: its version keeps changing")
-
     _for_update = ""  # a row lock on a SELECT inside a write transaction (SQLite locks the database anyway)
     _if_absent = " ON CONFLICT (id) DO NOTHING"  # an INSERT that leaves a row already there alone
 
@@ -545,6 +495,10 @@ class SQLStore(SQLCatalog, SQLSchema):
     def create(self, conv: Conversation, *, trashed: bool = False) -> SaveInfo:
         self._saved.pop(validate_id(conv.id), None)
         return self._save(conv, 0, create=True, deleted_at=utc_now() if trashed else None)
+
+    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
+        """All of ``items`` in one transaction (``sql_write.create_many``)."""
+        return create_many(self, items)
 
 
 class _Lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,12 @@ class SQLiteStore(SQLStore):
         if self._in_memory:  # the first save after reads: from now on the database is the file
             self._drop()
         return super()._save(conv, changed_from, create, deleted_at)
+
+    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
+        self._make = True  # (as ``_save``)
+        if self._in_memory:
+            self._drop()
+        return super().create_many(items)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
