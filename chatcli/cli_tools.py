@@ -61,6 +61,10 @@ def models(
 def _shown(key: str, value: object) -> str:
     if isinstance(value, int) and key in ("size",):
         return f"{value / 1e6:,.0f} MB"
+    if isinstance(value, int) and not isinstance(value, bool) and key == "created" and 0 <= value < 2**34:
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d")  # (Unix seconds)
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

@@ -302,7 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/health":
             self._send_json(200, {"status": "ok"})
         elif method == "GET" and path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+            model = {"id": MODEL_NAME, "object": "model", "created": 1677610602, "owned_by": "openai"}
+            self._send_json(200, {"object": "list", "data": [model]})  # (as OpenAI and LiteLLM answer)
         elif method == "GET" and path == "/api/tags":
             self._send_json(200, {"models": [{"name": MODEL_NAME}]})
         elif method == "POST" and path in ("/v1/chat/completions", "/api/chat"):

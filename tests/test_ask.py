@@ -384,11 +384,13 @@ def test_models_lists_what_the_server_offers(
         [sys.executable, "-m", "chatcli", *base], capture_output=True, text=True, env=child_env
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["fake-model"]
+    details = {"owned_by": "openai", "created": 1677610602} if backend == "openai" else {}
+    # Unix seconds are shown as a date, not as a number with thousands separators
+    assert r.stdout == ("fake-model  (owned_by openai, created 2023-02-28)\n" if details else "fake-model\n")
     r = subprocess.run(
         [sys.executable, "-m", "chatcli", *base, "--json"], capture_output=True, text=True, env=child_env
     )
-    assert json.loads(r.stdout) == [{"name": "fake-model"}]
+    assert json.loads(r.stdout) == [{"name": "fake-model", **details}]
 
 
 def test_models_on_an_unreachable_server_is_one_line(child_env: dict[str, str]) -> None:

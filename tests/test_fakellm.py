@@ -310,7 +310,7 @@ def test_get_endpoints_and_404(llm: FakeLLMServer) -> None:
     assert httpx.get(f"{llm.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{llm.url}/v1/models").json() == {
         "object": "list",
-        "data": [{"id": "fake-model", "object": "model"}],
+        "data": [{"id": "fake-model", "object": "model", "created": 1677610602, "owned_by": "openai"}],
     }
     assert httpx.get(f"{llm.url}/api/tags").json() == {"models": [{"name": "fake-model"}]}
     missing = httpx.get(f"{llm.url}/v1/nope")
