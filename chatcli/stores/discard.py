@@ -44,7 +44,9 @@ class DiscardingStore:
         return self.save(conv)
 
     def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
-        return [c.id for c, _ in items if self.save(c)]
+        for conv, _ in items:
+            self.save(conv)
+        return [conv.id for conv, _ in items]
 
     def exists(self, session_id: str, *, trashed: bool = False) -> bool:
         return self.source is not None and self.source.exists(session_id, trashed=trashed)
