@@ -227,12 +227,12 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
     pg, maria = _servers(root)
     try:
         engines = {
-            "sqlite": f"sqlite://{root / 'sqlite' / 'chats.db'}",
+            "sqlite": f"sqlite:///{root / 'sqlite' / 'chats.db'}",
             "postgresql": pg.new_database(),
             "mysql": maria.new_database(),
         }
         libraries = {
-            "sqlite": f"sqlite://{root / 'sqlite' / 'library.db'}",
+            "sqlite": f"sqlite:///{root / 'sqlite' / 'library.db'}",
             "postgresql": pg.new_database(),
             "mysql": maria.new_database(),
         }

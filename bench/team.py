@@ -83,7 +83,7 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
         _one(report, "postgresql", pg_spec, root, processes, turns, pg_connections(pg_spec))
         _one(report, "mysql", my_spec, root, processes, turns, mysql_connections(my_spec))
         (root / "sqlite").mkdir(exist_ok=True, mode=0o700)
-        _one(report, "sqlite", f"sqlite://{root / 'sqlite' / 'chats.db'}", root, 8, turns, None)
+        _one(report, "sqlite", f"sqlite:///{root / 'sqlite' / 'chats.db'}", root, 8, turns, None)
     finally:
         pg.close()
         maria.close()

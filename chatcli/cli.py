@@ -104,7 +104,7 @@ app = typer.Typer(
     help="Chat with LLMs in the terminal. Every turn is saved as it happens, so a timeout, Ctrl-C, crash or "
     "server error loses nothing, and `chatcli resume` brings the whole conversation back. Runs offline on "
     "an embedded model by default. Sessions are kept in ./sessions (JSON files) unless --store names "
-    "another folder or a database: sqlite:///path/chats.db, postgresql://user@host/db or "
+    "another folder or a database: sqlite://chats.db, postgresql://user@host/db or "
     "mysql://user@host/db.",
     add_completion=False,
     no_args_is_help=False,

@@ -32,7 +32,7 @@ StoreOpt = Annotated[
         "--store",
         "--sessions-dir",
         metavar="STORE",
-        help="Where sessions are kept: a folder (default ./sessions) or a database URL: sqlite:///path/chats.db, "
+        help="Where sessions are kept: a folder (default ./sessions) or a database URL: sqlite://chats.db, "
         "postgresql://user@host/db, mysql://user@host/db (env: CHATCLI_STORE; --sessions-dir is the older "
         "name).",
     ),

@@ -182,7 +182,7 @@ def store_for(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str],
             spec = str(tmp_path / "sessions")
         elif engine == "sqlite":
             (tmp_path / "db").mkdir(exist_ok=True)
-            spec = f"sqlite://{tmp_path / 'db' / 'chats.db'}"
+            spec = f"sqlite:///{tmp_path / 'db' / 'chats.db'}"
         elif engine == "postgresql":
             spec = request.getfixturevalue("pg_server").new_database()
         elif engine == "mysql":

@@ -11,6 +11,7 @@ from chatcli import config
 from chatcli.config import Settings, read_config_file, resolve
 from chatcli.errors import ConfigError
 from chatcli.stores import parse_store
+from chatcli.stores.spool import spool_folder
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
         'backend = "ollama"\nmodel = "m"\nbase_url = "http://h:1"\nsystem = "s"\ntemperature = 1\n'
         'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
         'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
-        'store = "sqlite:///x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n'
+        'store = "sqlite:////x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n'
         "context_window = 4096\ncompact_at = 0.8\nthink = true\nshow_reasoning = false\n"
         'tools = ["time"]\napprove = ["time.*"]\ntool_timeout = 5\nmax_tool_rounds = 3\n'
         '[mcp.servers.time]\ncommand = "mcp-server-time"\nargs = ["--local-timezone", "UTC"]\n',
@@ -129,7 +130,7 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
         3,
         "10m",
     )
-    assert (s.store, s.store_timeout) == ("sqlite:///x/chats.db", 4.0)  # store wins over its older name
+    assert (s.store, s.store_timeout) == ("sqlite:////x/chats.db", 4.0)  # store wins over its older name
     assert s.model_path == Path.home() / "m.gguf"
     assert (s.think, s.show_reasoning) == (True, False)
     assert (s.tools, s.approve, s.tool_timeout, s.max_tool_rounds) == (["time"], ["time.*"], 5.0, 3)
@@ -192,8 +193,8 @@ def test_store_urls_are_shown_with_the_password_masked() -> None:
     assert "pa%3Ass" not in repr(url) and "pa:ss" not in repr(url)
     assert parse_store("mariadb://bob@h/c").kind == "mysql"
     assert parse_store("postgres://h/c").kind == "postgresql"
-    sqlite = parse_store("sqlite:///abs/c.db")
-    assert (sqlite.kind, sqlite.path, sqlite.display) == ("sqlite", Path("/abs/c.db"), "sqlite:///abs/c.db")
+    sqlite = parse_store("sqlite:////abs/c.db")
+    assert (sqlite.kind, sqlite.path, sqlite.display) == ("sqlite", Path("/abs/c.db"), "sqlite:////abs/c.db")
     assert parse_store("sqlite://rel/c.db").path == Path("rel/c.db")
     assert parse_store("mysql://u:p@[::1]:3306/d").display == "mysql://u:***@[::1]:3306/d"
     key = parse_store("postgresql://a@h/db?sslpassword=k3y-s3cret&sslmode=require")
@@ -207,6 +208,49 @@ def test_store_urls_are_shown_with_the_password_masked() -> None:
     )  # not encoded: the user part ends at the last @
     assert (raw.password, raw.hosts[0].name, raw.database) == ("pa#ss/w?rd", "db", "chats")
     assert raw.display == "postgresql://ann:***@db:5433/chats"
+
+
+def test_sqlite_three_slashes_are_taken_in_the_reading_whose_file_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abs.db").touch()  # sqlite://{tmp_path}/abs.db: only the absolute reading exists
+    url = parse_store(f"sqlite://{tmp_path}/abs.db")
+    assert (url.path, url.display) == (tmp_path / "abs.db", f"sqlite:///{tmp_path}/abs.db")
+    assert url.identity == parse_store(f"sqlite:///{tmp_path}/abs.db").identity
+    assert not Path("/chatcli-rel.db").exists()
+    (tmp_path / "chatcli-rel.db").touch()  # sqlite:///chatcli-rel.db: only the relative reading exists
+    url = parse_store("sqlite:///chatcli-rel.db")
+    assert (url.path, url.display) == (Path("chatcli-rel.db"), "sqlite://chatcli-rel.db")
+    same = parse_store("sqlite://chatcli-rel.db")
+    assert url.identity == same.identity == f"sqlite:{tmp_path / 'chatcli-rel.db'}"
+    assert spool_folder(tmp_path, url) == spool_folder(tmp_path, same)  # one file, one spool
+    assert parse_store("sqlite://~/c.db").path == Path("~/c.db").expanduser()  # (no slash after //: as ever)
+
+
+def test_sqlite_three_slashes_naming_no_file_or_two_are_refused_with_both_spellings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert not Path("/chats.db").exists()
+    with pytest.raises(ConfigError) as info:
+        parse_store("sqlite:///chats.db")
+    assert str(info.value) == (
+        "'sqlite:///chats.db' could name /chats.db or ./chats.db, and neither exists yet: write "
+        "sqlite:////chats.db for /chats.db or sqlite://chats.db for ./chats.db"
+    )
+    rel = str(tmp_path).lstrip("/")
+    (tmp_path / "both.db").touch()
+    (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / rel / "both.db").touch()
+    with pytest.raises(ConfigError) as info:
+        parse_store(f"sqlite://{tmp_path}/both.db")
+    assert str(info.value) == (
+        f"'sqlite://{tmp_path}/both.db' could name {tmp_path}/both.db or ./{rel}/both.db, and both exist: "
+        f"write sqlite:///{tmp_path}/both.db for {tmp_path}/both.db or sqlite://{rel}/both.db for ./{rel}/both.db"
+    )
+    assert parse_store(f"sqlite:///{tmp_path}/both.db").path == tmp_path / "both.db"  # (unambiguous forms)
+    assert parse_store(f"sqlite://{rel}/both.db").path == Path(rel) / "both.db"
 
 
 @pytest.mark.parametrize(
@@ -238,7 +282,7 @@ def test_store_urls_are_shown_with_the_password_masked() -> None:
         ),
         (
             "redis://u:s3cret@h/0",
-            "unknown store 'redis://': use a folder path, sqlite:///FILE, postgresql://user@host/db or mysql://user@host/db",
+            "unknown store 'redis://': use a folder path, sqlite://FILE, postgresql://user@host/db or mysql://user@host/db",
         ),
         (
             "postgresql://u:s3cret@h/d#x",

@@ -499,6 +499,26 @@ def test_stats(cli: CLI, store: FolderStore) -> None:
     )
 
 
+def test_the_lock_folder_is_out_of_sight_of_every_listing(
+    cli: CLI, store: FolderStore, tmp_path: Path
+) -> None:
+    for sid in (B, C):
+        assert cli("rename", sid, f"title {sid[-4:]}").ok  # takes and lets go of the session's lock
+    assert cli("prune", "--older-than", "30d").ok == "Moved 1 session to the trash.\n"  # A, locked likewise
+    assert [d["id"] for d in json.loads(cli("list", "--trash", "--json").ok)] == [A]
+    assert cli("restore", A).ok == f"Restored {A}.\n"
+    locks = store.root / ".locks"
+    assert sorted(p.name for p in locks.iterdir()) == [f"{A}.lock", f"{B}.lock", f"{C}.lock"]
+    assert not list(store.root.glob(".*.lock"))
+    assert [d["id"] for d in json.loads(cli("list", "--json").ok)] == [C, B, A]  # (ok: no damaged file)
+    t = json.loads(cli("stats", "--json").ok)
+    assert (t["sessions"], t["damaged"]) == (3, 0)
+    assert t["bytes"] == sum((store.root / f"{i}.json").stat().st_size for i in (A, B, C))
+    assert [h["session_id"] for h in json.loads(cli("search", "rome", "--json").ok)] == [A]
+    assert json.loads(cli("migrate", "--to", str(tmp_path / "copy"), "--json").ok)["copied"] == [A, B, C]
+    assert sorted(p.name for p in (tmp_path / "copy").glob("*.json")) == [f"{i}.json" for i in (A, B, C)]
+
+
 def test_every_library_command_has_help(cli: CLI) -> None:
     for cmd in (
         "list",

@@ -86,7 +86,7 @@ def test_a_header_field_added_in_one_place_goes_everywhere(
     (tmp_path / "db").mkdir()
     specs = [
         store_for("folder"),
-        f"sqlite://{tmp_path / 'db' / 'chats.db'}",
+        f"sqlite:///{tmp_path / 'db' / 'chats.db'}",
         store_for("postgresql"),
         store_for("mysql"),
         str(tmp_path / "back"),

@@ -221,16 +221,82 @@ def test_second_lock_is_refused_until_the_first_is_released(store: FolderStore) 
     again.release()
 
 
-def test_lock_file_is_private(store: FolderStore, root: Path) -> None:
+def test_lock_file_is_private_in_a_lock_folder_out_of_sight(store: FolderStore, root: Path) -> None:
+    store.save(snapshot(ID_A))
     old = os.umask(0o022)
     try:
         lock = store.lock(ID_A)
     finally:
         os.umask(old)
     try:
-        assert stat.S_IMODE((root / f".{ID_A}.lock").stat().st_mode) == 0o600
+        assert stat.S_IMODE((root / ".locks").stat().st_mode) == 0o700
+        assert stat.S_IMODE((root / ".locks" / f"{ID_A}.lock").stat().st_mode) == 0o600
     finally:
         lock.release()
+    store.trash(ID_A)
+    store.restore(ID_A)
+    store.lock(ID_A).release()
+    # nothing beside the snapshots: the lock files are in .locks/ (kept: removing one is not safe)
+    assert sorted(p.name for p in root.iterdir()) == [".gitignore", ".locks", ".trash", f"{ID_A}.json"]
+    assert [p.name for p in (root / ".locks").iterdir()] == [f"{ID_A}.lock"]
+    rows, damaged = store.scan()
+    assert [r.id for r in rows] == [ID_A] and damaged == []
+
+
+#: how chatcli 0.1 takes a session's lock: ``.ID.lock`` beside the snapshot, taken at once or refused
+OLD_RELEASE = """
+import sys
+from filelock import FileLock, Timeout
+lock = FileLock(sys.argv[1], timeout=0, mode=0o600)
+try:
+    lock.acquire(timeout=0)
+except Timeout:
+    print("REFUSED", flush=True)
+    raise SystemExit(0)
+print("LOCKED", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_chatcli_of_the_release_before_and_this_one_never_hold_a_session_at_once(
+    store: FolderStore, root: Path
+) -> None:
+    store.save(snapshot(ID_A))
+    old_place = root / f".{ID_A}.lock"
+
+    def old_release() -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            [sys.executable, "-c", OLD_RELEASE, str(old_place)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        return child
+
+    lock = store.lock(ID_A)
+    child = old_release()
+    assert child.communicate(timeout=30)[0] == "REFUSED\n"  # this chatcli holds the old place too
+    lock.release()
+    assert not old_place.exists()  # and leaves nothing there
+    child = old_release()
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "LOCKED\n"
+        with pytest.raises(SessionLocked, match="open in another chatcli"):
+            store.lock(ID_A)
+        assert (root / ".locks" / f"{ID_A}.lock").exists()
+    finally:
+        child.communicate(timeout=30)
+    store.lock(ID_A).release()  # the new lock was let go with the refusal
+    assert not old_place.exists()
+    victim = root.parent / "precious.txt"
+    victim.write_text("untouched")
+    old_place.symlink_to(victim)  # the old place is a link: refused, and nothing followed
+    with pytest.raises(SessionLocked, match="not a regular file"):
+        store.lock(ID_A)
+    assert victim.read_text() == "untouched" and old_place.is_symlink()
+    old_place.unlink()
+    store.lock(ID_A).release()
 
 
 def test_lock_of_a_killed_process_is_free_again(store: FolderStore, root: Path) -> None:

@@ -336,10 +336,27 @@ def test_the_folder_store_needs_no_database_driver(
     assert "LOADED []" in r.stderr  # a driver is imported only when its engine is used
 
 
+def test_a_new_sqlite_store_is_named_in_a_form_every_tool_reads_alike(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert not Path("/chats.db").exists()
+    assert cli("new", "--store", "sqlite:///chats.db", input="hi\n").error(2) == (
+        "error: 'sqlite:///chats.db' could name /chats.db or ./chats.db, and neither exists yet: write "
+        "sqlite:////chats.db for /chats.db or sqlite://chats.db for ./chats.db"
+    )
+    assert not (tmp_path / "chats.db").exists()
+    out = cli("new", "--store", "sqlite://chats.db", input="hi\n").ok
+    sid = ID_RE.search(out).group(0)  # type: ignore[union-attr]
+    assert f"Resume it with: chatcli resume {sid} --store sqlite://chats.db" in out
+    listed = cli("list", "--store", "sqlite:///chats.db").ok  # the file exists now: ./chats.db, not /chats.db
+    assert [line.split()[0] for line in listed.splitlines()[1:]] == [sid]
+
+
 def test_reading_an_sqlite_store_that_does_not_exist_creates_nothing(
     cli: CLI, scripted: ScriptedBackend, tmp_path: Path
 ) -> None:
-    store = f"sqlite://{tmp_path / 'new' / 'chats.db'}"  # (tmp_path also holds the user's home)
+    store = f"sqlite:///{tmp_path / 'new' / 'chats.db'}"  # (tmp_path also holds the user's home)
     for args in (["list"], ["new"], ["search", "x"]):  # a folder that does not exist is never made
         assert cli(*args, "--store", store, input="hi\n").error(1) == (
             f"error: cannot use {store}: the folder {tmp_path / 'new'} does not exist (chatcli makes the "

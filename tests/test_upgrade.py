@@ -44,7 +44,7 @@ def stored(engine: str, tmp_path: Path, store_for: Any) -> str:
         return str(tmp_path / "sessions")
     if engine == "sqlite":
         shutil.copy(V1 / "chats.db", tmp_path / "chats.db")
-        return f"sqlite://{tmp_path / 'chats.db'}"
+        return f"sqlite:///{tmp_path / 'chats.db'}"
     url = store_for(engine)
     parts = urlsplit(url)
     if engine == "postgresql":

@@ -3,7 +3,7 @@
 Layout of a sessions folder (mode 0700)::
 
     <id>.json            the session's snapshot (mode 0600), see "The snapshot format" in README.md
-    .<id>.lock           the OS lock a running chatcli holds on the session
+    .locks/<id>.lock     the OS lock a running chatcli holds on the session (folder 0700, files 0600)
     .<id>.<random>.tmp   a snapshot being written; left behind only by a crash, removed on the next open
     .trash/<id>.json     a deleted session, until restored or purged
     .index.sqlite        the catalog's cache (folder_index.py); safe to delete
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 SUFFIX = ".json"
 TRASH = ".trash"
+LOCKS = ".locks"
 #: ``totals`` of a folder that does not exist yet
 _EMPTY_TOTALS: dict[str, Any] = dict.fromkeys(
     (
@@ -83,6 +84,37 @@ class FileLock:
         return self
 
     def release(self) -> None:
+        self._lock.release()
+
+
+class FolderLock:
+    """A session's lock in the folder store: ``.locks/ID.lock``, and also ``.ID.lock`` beside the snapshot,
+    where chatcli 0.1 locks it, so that a chatcli of that release and this one never both write the session.
+
+    The old place is held only while the session is: ``release`` removes its file (before letting it go,
+    and under the new lock, so no chatcli of this release can be taking it meanwhile); nothing is left
+    beside the snapshots. A chatcli 0.1 that opened the file in that very instant finds it removed once it
+    has its lock, and is refused, with filelock 3.20.4 or later (with an older one, as 0.1 allows, that
+    instant is the same window 0.1's own ``delete`` and ``prune`` leave). Drop the old place (this class's
+    second lock) once chatcli 0.1 need no longer run beside a newer chatcli on one sessions folder: at the
+    earliest in the release after the one that brought ``.locks/``."""
+
+    def __init__(self, path: Path, old_place: Path, session_id: str) -> None:
+        """Take both locks now, or neither (SessionLocked)."""
+        self._lock = FileLock(path).acquire(session_id)
+        self._old: FileLock | None = None
+        try:
+            self._old = FileLock(old_place).acquire(session_id)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def release(self) -> None:
+        """Let both go (the old place's file removed). Safe to call twice; never raises."""
+        if self._old is not None:
+            remove_quietly(self._old.path)
+            self._old.release()
+            self._old = None
         self._lock.release()
 
 
@@ -166,7 +198,12 @@ class FolderStore:
         return self.root / TRASH / name if trashed else self.root / name
 
     def lock_path(self, session_id: str) -> Path:
-        """The session's lock file, ``.ID.lock`` beside its snapshot. Raises InvalidSessionId."""
+        """The session's lock file, ``.locks/ID.lock`` (out of sight: a lock file is never deleted, since
+        deleting one breaks mutual exclusion). Raises InvalidSessionId."""
+        return self.root / LOCKS / f"{validate_id(session_id)}.lock"
+
+    def old_lock_path(self, session_id: str) -> Path:
+        """Where chatcli 0.1 locks the session: ``.ID.lock`` beside its snapshot. Raises InvalidSessionId."""
         return self.root / f".{validate_id(session_id)}.lock"
 
     def ensure_root(self) -> None:
@@ -194,11 +231,12 @@ class FolderStore:
             return None
 
     # -- one session -------------------------------------------------------------------------------------
-    def lock(self, session_id: str) -> FileLock:
+    def lock(self, session_id: str) -> FolderLock:
         """Take the session's OS lock (raise SessionLocked if held) and clear its stale temp files."""
         lock_path = self.lock_path(session_id)  # validates first: a hostile id touches nothing
         self.ensure_root()
-        lock = FileLock(lock_path).acquire(session_id)
+        ensure_folder(lock_path.parent)
+        lock = FolderLock(lock_path, self.old_lock_path(session_id), session_id)
         self.remove_temp_files(session_id)
         return lock
 
@@ -332,7 +370,6 @@ class FolderStore:
                 raise SaveError(f"cannot move {src} to the trash: {why(e)}", src) from None
         finally:
             lock.release()
-            remove_quietly(self.lock_path(session_id))
 
     def restore(self, session_id: str) -> None:
         src = self.path_for(session_id, trashed=True)
@@ -366,7 +403,6 @@ class FolderStore:
             src.unlink()
         finally:
             lock.release()
-            remove_quietly(self.lock_path(session_id))
 
     # -- the catalog (the SQLite cache beside the files) -------------------------------------------------
     def index(self) -> SessionIndex:

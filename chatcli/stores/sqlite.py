@@ -1,4 +1,5 @@
-"""The SQLite store: ``sqlite:///path/to/chats.db`` (the standard library's ``sqlite3``).
+"""The SQLite store: ``sqlite:////abs/path/chats.db`` or ``sqlite://chats.db`` (the standard library's
+``sqlite3``).
 
 One database file (mode 0600, its folder 0700) in WAL mode with ``synchronous=FULL``: a committed save is
 on disk. The writer lock of a session is an OS file lock in ``<file>.locks/`` beside the database (released

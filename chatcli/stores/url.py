@@ -2,7 +2,7 @@
 
 A store is named by a folder path (``./sessions``, ``~/chats``) or a URL::
 
-    sqlite:///abs/path/chats.db    sqlite://relative/chats.db    sqlite://~/chats.db
+    sqlite:////abs/path/chats.db   sqlite://relative/chats.db    sqlite://~/chats.db
     postgresql://user[:password]@host[:port][,host2[:port2]]/db[?libpq options]   (also postgres://)
     mysql://user[:password]@host[:port]/db[?unix_socket=PATH&ssl_ca=FILE...]      (also mariadb://)
 
@@ -11,6 +11,10 @@ as ``***``), what a command line may repeat (``address``: no password at all), t
 (``identity``: the database, however the URL is spelled), the driver's connection arguments
 (``libpq_params``, ``pymysql_params``) and the ``secrets`` that ``redact`` blanks out of any text (a
 driver's error message, say). Nothing else in chatcli parses or rebuilds a store URL.
+
+``sqlite:///X`` is read as ``/X`` by chatcli 0.1 and as ``./X`` by SQLAlchemy and most Python tools:
+it is taken in the one reading whose file exists, and refused (with both spellings that say which) when
+neither or both do. ``display`` and ``address`` always write the unambiguous form.
 
 A password is found however it is spelled: URL-encoded or not (``#``, ``?``, ``/``, ``@``, spaces and a bad
 ``%`` escape are taken as part of it: the user part ends at the last ``@``), or as libpq's ``?password=``.
@@ -51,7 +55,7 @@ _MYSQL_FLAGS = frozenset({"ssl_verify_cert", "ssl_verify_identity"})
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "localhost.localdomain", "ip6-localhost"})
 #: a password shorter than this is not blanked out of other text (it would garble every message)
 MIN_REDACTED = 3
-_EXAMPLES = "use a folder path, sqlite:///FILE, postgresql://user@host/db or mysql://user@host/db"
+_EXAMPLES = "use a folder path, sqlite://FILE, postgresql://user@host/db or mysql://user@host/db"
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,8 @@ class StoreURL:
         return params
 
     def _text(self, *, masked: bool) -> str:
-        if self.kind == "sqlite":
-            return f"sqlite://{self.path}"
+        if self.kind == "sqlite" and self.path is not None:
+            return _sqlite_url(self.path)
         if self.path is not None:  # the folder, as FolderStore shows it: ./sessions for a relative one
             text = str(self.path)
             return f".{os.sep}{text}" if not self.path.is_absolute() and not text.startswith(".") else text
@@ -194,7 +198,7 @@ def parse_store(name: str | Path) -> StoreURL:
     from 1 to 65535, a bad IPv6 address, or options the engine does not take."""
     text = str(name).strip()
     if not text:
-        raise ConfigError("the store is empty: give a folder path or a URL such as sqlite:///path/chats.db")
+        raise ConfigError("the store is empty: give a folder path or a URL such as sqlite://chats.db")
     if "://" not in text:
         return StoreURL("folder", path=expanded(text))
     scheme, rest = text.split("://", 1)
@@ -213,11 +217,40 @@ def _sqlite(text: str, rest: str) -> StoreURL:
             f"{text!r}: an SQLite store takes no options (?{query}); a '?' in a file name is written %3F"
         )
     path = unquote(path)
+    if not path or path.endswith("/") or "\x00" in path:
+        raise ConfigError(
+            f"{text!r} names no database file: use sqlite://path/to/chats.db or sqlite:////abs/path/chats.db"
+        )
     if path.startswith("//"):  # sqlite:////abs/chats.db: absolute however many slashes lead
         path = "/" + path.lstrip("/")
-    if not path or path.endswith("/") or "\x00" in path:
-        raise ConfigError(f"{text!r} names no database file: use sqlite:///path/to/chats.db")
+    elif path.startswith("/"):
+        path = _one_reading(text, path)
     return StoreURL("sqlite", path=expanded(path))
+
+
+def _one_reading(text: str, path: str) -> str:
+    """The path that ``sqlite:///X`` (``path`` is ``/X``) names: ``/X`` when only that file exists, ``X``
+    (relative) when only that one does. ConfigError when neither or both exist, spelling out both
+    unambiguous URLs."""
+    readings = (path, path[1:])
+    found = [p for p in readings if os.path.exists(expanded(p))]
+    if len(found) == 1:
+        return found[0]
+    absolute, relative = (expanded(p) for p in readings)
+    shown = str(relative) if relative.is_absolute() else f".{os.sep}{relative}"
+    state = "both exist" if found else "neither exists yet"
+    raise ConfigError(
+        f"{text!r} could name {absolute} or {shown}, and {state}: write {_sqlite_url(absolute)} for "
+        f"{absolute} or {_sqlite_url(relative)} for {shown}"
+    )
+
+
+def _sqlite_url(path: Path) -> str:
+    """The one URL that names the SQLite file ``path`` whichever way a tool reads ``sqlite:///``:
+    ``sqlite:////abs/chats.db`` for an absolute path, ``sqlite://chats.db`` for a relative one (``%`` and
+    ``?`` in a name are written ``%25`` and ``%3F``, so the URL reads back as the same path)."""
+    name = str(path).replace("%", "%25").replace("?", "%3F")
+    return f"sqlite:///{name}" if path.is_absolute() else f"sqlite://{name}"
 
 
 def _server(scheme: str, kind: str, rest: str) -> StoreURL:

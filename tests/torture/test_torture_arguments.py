@@ -89,8 +89,8 @@ stores = st.sampled_from(
     [
         "sqlite:///{tmp}/db/x.db",
         "sqlite:////missing/dir/x.db",
-        "sqlite://{tmp}/db/x.db?mode=ro",
-        "sqlite://{tmp}/db/%zz.db",
+        "sqlite:///{tmp}/db/x.db?mode=ro",
+        "sqlite:///{tmp}/db/%zz.db",
         "{tmp}/other",
         "{tmp}/sessions/.index.sqlite",
         "postgresql://u:Ca#n?a/r@y@127.0.0.1:1/db",

@@ -189,19 +189,20 @@ def test_locks_left_behind(
     chat.close_stdin()
     assert chat.wait() == 0
     # a lock file with garbage in it (not held by anyone): ignored
-    (root / f".{sid}.lock").write_bytes(b"\x00garbage from another life\n" * 10)
+    lock_file = root / ".locks" / f"{sid}.lock"
+    lock_file.write_bytes(b"\x00garbage from another life\n" * 10)
     r = run_cli("resume", sid, env=child_env)
     assert r.returncode == 0, r.stderr
     # a lock that is a symbolic link: refused with a clear message; what it points to is untouched
     victim = user_dirs["home"] / "precious.txt"
     victim.write_text("must not be truncated")
-    (root / f".{sid}.lock").unlink()
-    (root / f".{sid}.lock").symlink_to(victim)
+    lock_file.unlink()
+    lock_file.symlink_to(victim)
     r = run_cli("resume", sid, env=child_env)
     assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
     assert victim.read_text() == "must not be truncated"
-    assert (root / f".{sid}.lock").is_symlink()
+    assert lock_file.is_symlink()
     load_checked(root, sid)
     add(CASE, "stale locks recovered (plus one per kill in the crash test)", 2)
     figure(CASE, "a symlinked lock file", "refused, its target untouched")

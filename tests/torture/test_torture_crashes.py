@@ -106,7 +106,13 @@ class Where:
         """The folders that hold the store's files (none for a database server)."""
         if self.root is not None:
             return [self.root]
-        return [Path(self.spec.removeprefix("sqlite://")).parent] if self.engine == "sqlite" else []
+        if self.engine != "sqlite":
+            return []
+        from chatcli.stores import parse_store
+
+        path = parse_store(self.spec).path
+        assert path is not None
+        return [path.parent]
 
     def temp_files(self, sid: str) -> list[Path]:
         return temp_files(self.root, sid) if self.root is not None else []

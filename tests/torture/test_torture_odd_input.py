@@ -171,11 +171,11 @@ def test_two_migrations_into_one_store_at_once_copy_each_session_once(
 
 def test_sqlite_urls_are_read_as_urls(cli: CLI, tmp_path: Path) -> None:
     (tmp_path / "db").mkdir()
-    spaced = f"sqlite://{tmp_path}/db/my%20chats.db"
+    spaced = f"sqlite:///{tmp_path}/db/my%20chats.db"
     assert cli("new", "--store", spaced, input="hi\n").exit_code == 0
     assert (tmp_path / "db" / "my chats.db").is_file()
-    assert cli("list", "--store", f"sqlite://{tmp_path}/db/s.db?mode=ro").error(2) == (
-        f"error: 'sqlite://{tmp_path}/db/s.db?mode=ro': an SQLite store takes no options (?mode=ro); "
+    assert cli("list", "--store", f"sqlite:///{tmp_path}/db/s.db?mode=ro").error(2) == (
+        f"error: 'sqlite:///{tmp_path}/db/s.db?mode=ro': an SQLite store takes no options (?mode=ro); "
         f"a '?' in a file name is written %3F"
     )
     assert not [p.name for p in (tmp_path / "db").iterdir() if "?" in p.name or "%" in p.name]

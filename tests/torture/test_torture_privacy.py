@@ -109,7 +109,8 @@ def test_files_are_private_and_the_key_is_never_written(
         os.umask(old)
     files = all_files(root, state)
     names = {p.name for p in files}
-    assert f"{sid}.json" in names and f".{sid}.lock" in names and "input_history" in names
+    assert f"{sid}.json" in names and f"{sid}.lock" in names and "input_history" in names
+    assert (root / ".locks" / f"{sid}.lock").is_file() and not list(root.glob(".*.lock"))
     assert any(n.startswith(".index.sqlite") for n in names) and (root / ".trash").is_dir()
     for p in files:
         mode = stat.S_IMODE(os.lstat(p).st_mode)

@@ -216,7 +216,7 @@ def test_a_password_never_shows_however_the_url_spells_it(
     ]
     ran = 0
     for n, spelled in enumerate(_spellings(url)):
-        copy = ["migrate", "--from", spelled, "--to", f"sqlite://{tmp_path / f'copy{n}.db'}"]
+        copy = ["migrate", "--from", spelled, "--to", f"sqlite:///{tmp_path / f'copy{n}.db'}"]
         for args in [[*a, "--store", spelled] for a in commands] + [copy]:
             r = cli(*args, input="hello\n")
             ran += 1
@@ -330,7 +330,7 @@ def test_migrate_dry_run_says_what_would_not_fit(
     snap = orjson.loads(path.read_bytes())
     snap["messages"][1]["content"] = "z" * (MAX_MESSAGE_BYTES + 10)  # as an older chatcli could have kept it
     path.write_bytes(orjson.dumps(snap))
-    target = f"sqlite://{tmp_path / 'copy.db'}"
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
     r = cli("migrate", "--to", target, "--dry-run")
     assert r.exit_code == 1
     assert f"would not copy: session {sid}: message 1 is 4.0 MiB" in r.stderr
