@@ -426,3 +426,10 @@ class MySQLStore(SQLStore):
             return int(cur.fetchone()[0])
 
         return int(self._run("measured its size", ask))
+
+
+def open_mysql(
+    url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+) -> MySQLStore:
+    """The store of ``mysql://`` URL ``url`` (see MySQLStore)."""
+    return MySQLStore(url, timeout, ask_password)

@@ -380,3 +380,10 @@ class PostgreSQLStore(SQLStore):
             return int(row[0])
 
         return int(self._run("measured its size", ask))
+
+
+def open_postgresql(
+    url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+) -> PostgreSQLStore:
+    """The store of ``postgresql://`` URL ``url`` (see PostgreSQLStore)."""
+    return PostgreSQLStore(url, timeout, ask_password)

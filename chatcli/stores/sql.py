@@ -94,6 +94,7 @@ class SQLStore(SQLCatalog, SQLSchema):
     def __init__(self, url: StoreURL, timeout: float = 10.0) -> None:
         self.url = url
         self.display = url.display
+        self.address = url.address
         self.secrets: frozenset[str] = url.secrets  # (and a password asked for, once given)
         self.timeout = timeout
         self.writer = secrets.token_hex(8)  # this process's mark on the rows it saves

@@ -388,3 +388,9 @@ class SQLiteStore(SQLStore):
             except OSError:
                 pass
         return total
+
+
+def open_sqlite(url: StoreURL, timeout: float = 10.0) -> SQLiteStore:
+    """The store of ``sqlite://`` URL ``url`` (see SQLiteStore)."""
+    assert url.path is not None
+    return SQLiteStore(url.path, timeout)
