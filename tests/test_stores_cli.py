@@ -273,10 +273,24 @@ def test_wrong_password_missing_database_and_unsupported_server(
     pg = pg_server.new_database(user="pwtest", password="right-one")
     my = mariadb_server.new_database(user="pwtest", password="right-one")
     cases = [
-        (pg.replace("right-one", "wrong-one"), "refused the login (wrong password)"),
-        (my.replace("right-one", "wrong-one"), "refused the login"),
-        (pg.rsplit("/", 1)[0] + "/no_such_db", "the database does not exist"),
-        (my.rsplit("/", 1)[0] + "/no_such_db", "does not exist"),
+        (
+            pg.replace("right-one", "wrong-one"),
+            'refused the login (FATAL: password authentication failed for user "pwtest"): give the password in '
+            "the URL, PGPASSWORD or ~/.pgpass",
+        ),
+        (
+            my.replace("right-one", "wrong-one"),
+            "refused the login (Access denied for user 'pwtest'@'127.0.0.1' (using password: YES)): give the "
+            "password in the URL or MYSQL_PWD",
+        ),
+        (
+            pg.rsplit("/", 1)[0] + "/no_such_db",
+            "the database 'no_such_db' does not exist; create it (e.g. `createdb`)",
+        ),
+        (
+            my.rsplit("/", 1)[0] + "/no_such_db",
+            "the database 'no_such_db' does not exist or user 'pwtest' may not use it",
+        ),
     ]
     for spec, phrase in cases:
         r = run(child_env, "list", "--store", spec)

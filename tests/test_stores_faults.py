@@ -315,12 +315,13 @@ def test_a_lock_check_that_waited_on_close_opens_no_connection(engine: str, stor
     assert isinstance(sql, SQLStore)
     lock = sql.lock("20260101-000000-keep")
     checked: list[bool] = []
-    with sql._mutex:  # the keeper wakes while close holds the connection ...
-        keeper = threading.Thread(target=lambda: checked.append(sql.keep_locks()))
+    runner = sql.runner
+    with runner._mutex:  # the keeper wakes while close holds the connection ...
+        keeper = threading.Thread(target=lambda: checked.append(runner.keep_locks()))
         keeper.start()
         time.sleep(0.2)
-        sql._close()  # ... which releases the locks and drops the connection
+        runner._close()  # ... which releases the locks and drops the connection
     keeper.join(10)
-    assert checked == [False] and sql._conn is None  # the check found nothing held: nothing reopened
+    assert checked == [False] and runner._conn is None  # the check found nothing held: nothing reopened
     lock.release()
     st.close()

@@ -68,7 +68,7 @@ def test_a_save_chosen_as_a_deadlock_victim_is_run_again_and_lands_once(engine: 
         other.commit()
         thread.join(30)
         assert out and not isinstance(out[0], Exception), out
-        assert st.deadlocks_retried >= 1  # it was the victim, and ran again
+        assert st.runner.deadlocks_retried >= 1  # it was the victim, and ran again
         lock.release()
         got = reader.load(A)
         assert [m.content for m in got.messages] == ["q1", "a1, changed", "q2", "a2"]

@@ -176,7 +176,7 @@ def test_a_hung_database_holds_the_repl_up_no_longer_than_the_store_timeout(
 
     def hold_the_tables() -> None:  # another client keeps the tables locked: statements wait
         st = opened(store_spec)
-        conn = st._connection()  # type: ignore[attr-defined]
+        conn = st.runner.connection()  # type: ignore[attr-defined]
         cur = conn.cursor()
         if engine == "postgresql":
             cur.execute("BEGIN")

@@ -22,6 +22,7 @@ from chatcli.session import ConversationSession, Timeouts
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_runner import x
 from chatcli.stores.sql_schema import MIGRATION_NAMES
 
 from fakellm import FakeLLMServer, Reply
@@ -81,10 +82,10 @@ def test_what_the_release_wrote_loads_whole(engine: str, tmp_path: Path, store_f
         assert sorted(h.role for h in hits) == ["assistant", "title", "user"], hits  # indexed by these words
         assert [h.session_id for h in st.search("東京都")] != []
         if isinstance(st, SQLStore):
-            cur = st._connection().cursor()
-            names = st._x(cur, "SELECT name FROM chatcli_migrations").fetchall()
+            cur = st.runner.connection().cursor()
+            names = x(cur, "SELECT name FROM chatcli_migrations").fetchall()
             assert sorted(str(n[0]) for n in names) == sorted(MIGRATION_NAMES)
-            versions = st._x(cur, "SELECT max(version) FROM chatcli_schema").fetchall()
+            versions = x(cur, "SELECT max(version) FROM chatcli_schema").fetchall()
             assert int(versions[0][0]) == len(MIGRATION_NAMES) > RELEASE_SCHEMA  # that release refuses it
     finally:
         st.close()
