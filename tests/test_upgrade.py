@@ -13,7 +13,6 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -47,7 +46,7 @@ def stored(engine: str, tmp_path: Path, store_for: Any) -> str:
         shutil.copy(V1 / "chats.db", tmp_path / "chats.db")
         return f"sqlite://{tmp_path / 'chats.db'}"
     url = store_for(engine)
-    parts = urlsplit(url)
+    parts = parse_store(url)
     if engine == "postgresql":
         psql = next(p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), reverse=True))
         cmd = [str(psql), "-v", "ON_ERROR_STOP=1", "-q", "--dbname", url, "-f", str(V1 / "postgresql.sql")]
@@ -56,8 +55,9 @@ def stored(engine: str, tmp_path: Path, store_for: Any) -> str:
     else:
         client = shutil.which("mariadb") or shutil.which("mysql")
         assert client, "the MariaDB client (mariadb) is missing"
-        cmd = [client, "-h", str(parts.hostname), "-P", str(parts.port), "-u", str(parts.username)]
-        cmd += [f"-p{parts.password}", parts.path.lstrip("/")]
+        my = parts.pymysql_params()
+        cmd = [client, "-h", my["host"], "-P", str(my["port"]), "-u", my["user"]]
+        cmd += [f"-p{parts.password}", parts.database]
         with (V1 / "mysql.sql").open("rb") as dump:
             subprocess.run(cmd, check=True, stdin=dump, capture_output=True, timeout=60)
     return url

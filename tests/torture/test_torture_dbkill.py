@@ -129,13 +129,13 @@ def test_the_database_killed_at_random_moments_loses_nothing(
 def test_a_network_that_stalls_sends_the_turn_to_the_spool_and_never_holds_up_the_reply(
     engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from urllib.parse import urlsplit
+    from chatcli.stores import parse_store
 
     from stallproxy import StallProxy
 
     spec = store_for(engine)
-    u = urlsplit(spec)
-    proxy = StallProxy((u.hostname or "127.0.0.1", u.port or 0))
+    (server,) = parse_store(spec).hosts
+    proxy = StallProxy((server.name, server.port or 0))
     config = tmp_path / "stall.toml"
     config.write_text("store_timeout = 2\n")
     env = {**child_env, "CHATCLI_CONFIG": str(config)}
