@@ -26,6 +26,7 @@ from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, message_row, s
 from chatcli.stores.sql_runner import x
 from chatcli.stores.sql_schema import MIGRATION_NAMES, transaction
 
+from engines import DATABASES
 from test_stores import ODD, A, B, C, put, snap
 
 _OPEN: list[Store] = []
@@ -115,7 +116,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
+@pytest.mark.parametrize("engine", DATABASES)
 def test_a_migrate_killed_half_way_copies_the_rest_when_run_again(
     engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,7 +239,7 @@ def schema_versions(st: SQLStore) -> list[int]:
     return [int(v[0]) for v in rows]
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> None:
     old = opened(store_spec)
     assert isinstance(old, SQLStore) and len(old.engine.migrations) == len(MIGRATION_NAMES)
@@ -256,7 +257,7 @@ def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> N
         st.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_database_of_todays_release_is_indexed_again_by_chatclis_words(store_spec: str) -> None:
     old = opened(store_spec)
     assert isinstance(old, SQLStore) and [name for name, _ in old.engine.migrations] == list(MIGRATION_NAMES)
@@ -280,7 +281,7 @@ def test_a_database_of_todays_release_is_indexed_again_by_chatclis_words(store_s
         st.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_schema_newer_than_this_chatcli_is_refused(store_spec: str) -> None:
     st = opened(store_spec)
     assert isinstance(st, SQLStore)
@@ -296,7 +297,7 @@ def test_a_schema_newer_than_this_chatcli_is_refused(store_spec: str) -> None:
         opened(store_spec).ids()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
     store_spec: str, child_env: dict[str, str]
 ) -> None:
