@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -415,7 +415,7 @@ class InnoDBFullText:
         low = 0 if query.session_id else max(0, high - int(query.window / share * 2))
         rows = self._newest(cur, where, args, query, low)
         if len(rows) < query.window and low > 0:
-            older = replace(query, limit=query.window - len(rows))  # (ranked among the whole window)
+            older = query._replace(limit=query.window - len(rows))  # (ranked among the whole window)
             rows += [
                 r for _, r in ranked_messages(cur, dialect, match, older, self.best, [("m.mid < %s", low)])
             ]

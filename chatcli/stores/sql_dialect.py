@@ -9,11 +9,10 @@ full-text strategy, its migrations) is in ``sql_engine.Engine``. No I/O here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Dialect:
+class Dialect(NamedTuple):
     """An engine's spellings.
 
     ``mark``: the driver's parameter placeholder (``%s`` for psycopg and PyMySQL, ``?`` for sqlite3);

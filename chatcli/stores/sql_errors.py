@@ -27,9 +27,8 @@ A StoreUnavailable sends a turn to the local spool (``spool.py``) until the data
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from chatcli.errors import StoreError, StoreUnavailable
 
@@ -52,8 +51,7 @@ class Fault(Enum):
     REFUSED = "refused"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One row of an engine's error table: an error is ``fault`` when it is one of ``types``, its code is
     one of ``codes`` (any code, when empty), it was raised while the driver handled one of ``cause`` (when
     given: the exception's ``__cause__`` or ``__context__``, e.g. a socket timeout), ``test`` holds for it
@@ -102,8 +100,7 @@ def never_broken(conn: Any) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class ErrorTable:
+class ErrorTable(NamedTuple):
     """An engine's errors: ``driver``, the driver's base error classes (what the store catches); ``rules``,
     tried in order (the first that matches gives the fault; none: REFUSED); ``code(e)``, an error's code;
     ``broken(conn)``, whether the driver marked a connection closed or broken."""
@@ -136,8 +133,7 @@ class ErrorTable:
         raise KeyError(name)
 
 
-@dataclass(frozen=True)
-class Place:
+class Place(NamedTuple):
     """What the messages of a fault name: the store as shown (``display``, the password as ``***``), its
     ``timeout`` in seconds, the ``database`` and ``user`` its URL names, where its engine takes a password
     from (``password_from``) and how a database is made on it (``create_database``)."""

@@ -11,8 +11,7 @@ words found in much of a big store are looked for newest first).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from chatcli.search import tie_break
 from chatcli.stores.sql_dialect import Dialect
@@ -24,8 +23,7 @@ Scored = tuple[float, tuple[Any, ...]]
 MESSAGES, TITLES, REASONING = "messages", "titles", "reasoning"
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     """How an engine's index finds the words of a search in one target: ``source``, the FROM clause of the
     matching rows (message rows are ``m``, session rows ``s``, unless the source is an index apart), with
     ``condition``, the WHERE that finds them, and ``score``, a match's score; ``args``, the parameters of
@@ -43,8 +41,7 @@ class Match:
     rows: bool = True
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):
     """One search of messages: its ``words`` (``chatcli.search.search_words``), the ``role`` and
     ``session_id`` it keeps to (None: any), the ``window`` of most recent matches ranked and the ``limit``
     of rows returned."""
