@@ -342,14 +342,13 @@ def open_database(
     """The database store the settings name (``store_url(s).is_database``), having written back the turns a
     killed chatcli left in the local spool (told to ``notify``; not with ``sync_spool=False``). Raises
     ConfigError (a folder), StoreError."""
+    from chatcli.errors import StoreUnavailable
     from chatcli.stores import open_database as open_spec
     from chatcli.stores.spool import adopt_legacy_spool, spool_folder, spooled, sync
+    from chatcli.text import count
 
     url = store_url(s)
     store = open_spec(url, timeout=s.store_timeout, ask_password=_ask_password if _interactive() else None)
-    from chatcli.errors import StoreUnavailable
-    from chatcli.text import count
-
     adopt_legacy_spool(s.state_dir, url)
     folder = spool_folder(s.state_dir, url)
     waiting = spooled(folder)
