@@ -26,6 +26,7 @@ from chatcli.stores.sql_errors import ErrorTable, Fault, Place, error_for
 from chatcli.stores.sqlite import ERRORS as SQLITE_ERRORS
 
 from dbservers import free_port
+from engines import DATABASES
 
 LIVE = SimpleNamespace(closed=False, broken=False)  # a psycopg connection as it is until it breaks
 BROKEN = SimpleNamespace(closed=False, broken=True)
@@ -111,6 +112,12 @@ EXAMPLES: dict[str, dict[str, Example]] = {
 def test_each_row_of_an_engines_error_table_takes_its_errors(engine: str, row: str) -> None:
     table, example = TABLES[engine], EXAMPLES[engine][row]  # (a row without an example fails here)
     assert table.rule_for(example.error, example.conn, connecting=example.connecting) is table.rule(row)
+
+
+def test_every_database_engine_has_its_error_table_here() -> None:
+    assert sorted(TABLES) == sorted(
+        DATABASES
+    )  # (a new engine: its table in TABLES, its rows' errors in EXAMPLES)
 
 
 def test_an_error_no_row_takes_is_refused_in_the_drivers_words() -> None:
