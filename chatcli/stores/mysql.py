@@ -109,10 +109,6 @@ def _message_parts(cur: Any) -> None:
     cur.execute("ALTER TABLE chatcli_messages ADD FULLTEXT INDEX chatcli_reasoning_ft (reasoning_words)")
 
 
-def _timed_out(e: BaseException) -> bool:
-    return isinstance(e.__cause__ or e.__context__, TimeoutError)
-
-
 @cache
 def error_table() -> ErrorTable:
     """PyMySQL's errors, by the server's error number (``pymysql.constants.ER``) or the client's (``CR``), and
@@ -419,9 +415,8 @@ class InnoDBFullText:
             rows += [
                 r for _, r in ranked_messages(cur, dialect, match, older, self.best, [("m.mid < %s", low)])
             ]
-        return sorted(((word_share(r[5], query.words), r) for r in rows), key=lambda sr: -sr[0])[
-            : query.limit
-        ]
+        scored = [(word_share(r[5], query.words), r) for r in rows]
+        return sorted(scored, key=lambda sr: -sr[0])[: query.limit]
 
     @staticmethod
     def _newest(cur: Any, where: list[str], args: list[Any], query: Query, low: int) -> list[tuple[Any, ...]]:
