@@ -53,22 +53,25 @@ def _open(spec: str) -> Any:
 
 def _floor_save(store: Any, session: Any) -> float:
     """The least a save of one changed message costs on this engine: one hand-written transaction."""
-    from chatcli.stores.sql_rows import message_row
+    from chatcli.stores.sql_runner import x
+    from chatcli.stores.sql_schema import transaction
 
     sid = session.id
     last = len(session.messages) - 1
     message = session.messages[last]
-    row = message_row(sid, last, last // 2 + 1, message, store.holds_nul)
-    searched = [store._searched(message.content)]  # the words the engine's full-text index is given
-    cur = store._connection().cursor()
+    rows, searched = store.message_rows(
+        sid, last, [message], [last // 2 + 1]
+    )  # its row and its index's words
+    d = store.dialect
+    cur = store.runner.connection().cursor()
     t0 = time.perf_counter()
-    with store._tx(cur, store.begin_write):
-        store._x(
+    with transaction(cur, d.begin_write):
+        x(
             cur,
-            f"UPDATE chatcli_sessions SET {store._q('updated_at')} = %s WHERE id = %s",
+            f"UPDATE chatcli_sessions SET {d.q('updated_at')} = {d.mark} WHERE id = {d.mark}",
             ("2027-01-01T00:00:00.000Z", sid),
         )
-        store._upsert_messages(cur, [row], searched)
+        store.engine.write_messages(cur, rows, searched)
     return time.perf_counter() - t0
 
 

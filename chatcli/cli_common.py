@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from chatcli.render import Renderer
     from chatcli.session import ConversationSession
     from chatcli.stores import StoreURL
-    from chatcli.stores.base import Store
+    from chatcli.stores.base import Store, VersionedStore
 
 StoreOpt = Annotated[
     str | None,
@@ -326,21 +326,29 @@ def open_store(
     from chatcli.stores import open_store as open_spec
 
     url = store_url(s)
-    store = open_spec(
-        url,
-        timeout=s.store_timeout,
-        ask_password=_ask_password if _interactive() else None,
-        on_progress=_progress if sys.stderr.isatty() else None,
-    )
     if not url.is_database:
+        return open_spec(url, on_progress=_progress if sys.stderr.isatty() else None)
+    store = open_database(s, notify=notify, sync_spool=sync_spool)
+    if not spool:
         return store
-    from chatcli.stores.spool import SpoolingStore, adopt_legacy_spool, spool_folder, spooled, sync
-    from chatcli.stores.sql import SQLStore
+    from chatcli.stores.spool import SpoolingStore, spool_folder
 
-    assert isinstance(store, SQLStore)
+    return SpoolingStore(store, spool_folder(s.state_dir, url), notify)
+
+
+def open_database(
+    s: Settings, *, notify: Callable[[str], None] | None = None, sync_spool: bool = True
+) -> VersionedStore:
+    """The database store the settings name (``store_url(s).is_database``), having written back the turns a
+    killed chatcli left in the local spool (told to ``notify``; not with ``sync_spool=False``). Raises
+    ConfigError (a folder), StoreError."""
     from chatcli.errors import StoreUnavailable
+    from chatcli.stores import open_database as open_spec
+    from chatcli.stores.spool import adopt_legacy_spool, spool_folder, spooled, sync
     from chatcli.text import count
 
+    url = store_url(s)
+    store = open_spec(url, timeout=s.store_timeout, ask_password=_ask_password if _interactive() else None)
     adopt_legacy_spool(s.state_dir, url)
     folder = spool_folder(s.state_dir, url)
     waiting = spooled(folder)
@@ -356,7 +364,7 @@ def open_store(
         for outcome in outcomes:
             if outcome.status != "open" and notify is not None:
                 notify(outcome.message)
-    return SpoolingStore(store, folder, notify) if spool else store
+    return store
 
 
 def store_flag(s: Settings) -> str:

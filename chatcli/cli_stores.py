@@ -12,6 +12,7 @@ from chatcli.cli_common import (
     AsJSON,
     StoreOpt,
     exit_with,
+    open_database,
     open_store,
     print_json,
     renderer,
@@ -25,22 +26,21 @@ from chatcli.text import count
 def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
     """Write to the database the turns this machine kept locally while it did not answer (they are also
     written by the next save that reaches it and by `chatcli resume`). Exit 1 when some could not be."""
-    from chatcli.stores.spool import adopt_legacy_spool, spool_folder, spooled
+    from chatcli.stores.spool import spool_folder, spooled
     from chatcli.stores.spool import sync as do_sync
-    from chatcli.stores.sql import SQLStore
 
     out = renderer()
     try:
         s = settings({"store": store_name})
-        st = open_store(s, sync_spool=False)
+        url = store_url(s)
+        if not url.is_database:
+            open_store(s).close()  # (a folder chatcli cannot use is said so)
+            out.info(
+                f"{url.display} is a folder: every turn is written to it directly, there is nothing to sync."
+            )
+            return
+        st = open_database(s, sync_spool=False)  # (it moves the spool an older chatcli kept to its folder)
         try:
-            if not isinstance(st, SQLStore):
-                out.info(
-                    f"{st.display} is a folder: every turn is written to it directly, there is nothing to sync."
-                )
-                return
-            url = store_url(s)
-            adopt_legacy_spool(s.state_dir, url)
             folder = spool_folder(s.state_dir, url)
             outcomes = do_sync(st, folder) if spooled(folder) else []
             st.newest_id()  # even with nothing to write: say so only once the database answered

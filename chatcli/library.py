@@ -35,7 +35,7 @@ from chatcli.snapshot import (
 from chatcli.text import count
 
 if TYPE_CHECKING:
-    from chatcli.stores.base import Store
+    from chatcli.stores.base import SessionStore, Store
 
 
 def check_title(title: str) -> str:
@@ -289,7 +289,7 @@ def _from_messages(messages: list[Any], path: Path, extra: dict[str, Any]) -> Co
 
 
 # -- fork ------------------------------------------------------------------------------------------------
-def fork(store: Store, conv: Conversation, at_turn: int | None = None) -> str:
+def fork(store: SessionStore, conv: Conversation, at_turn: int | None = None) -> str:
     """A new session holding the first ``at_turn`` turns of ``conv`` (all when None); returns its id."""
     messages = conv.messages
     cut = len(messages)

@@ -60,7 +60,7 @@ from chatcli.turn import Sink, Sinks, Turn, TurnHooks, TurnPolicy
 if TYPE_CHECKING:
     from chatcli.backends.base import Backend
     from chatcli.context import Plan
-    from chatcli.stores.base import SaveInfo, SessionLock, Store
+    from chatcli.stores.base import SaveInfo, SessionLock, SessionStore
     from chatcli.tools import ToolRunner
 
 
@@ -76,7 +76,7 @@ class ConversationSession:
     default_policy = TurnPolicy()
 
     def __init__(
-        self, store: Store, conv: Conversation, backend: Backend | None, lock: SessionLock | None
+        self, store: SessionStore, conv: Conversation, backend: Backend | None, lock: SessionLock | None
     ) -> None:
         self.store = store
         self.conv = conv  # the header and the messages: what the store keeps (chatcli.model)
@@ -128,7 +128,7 @@ class ConversationSession:
     @classmethod
     def create(
         cls,
-        store: Store,
+        store: SessionStore,
         backend: Backend,
         *,
         model: str,
@@ -167,7 +167,7 @@ class ConversationSession:
     @classmethod
     def resume(
         cls,
-        store: Store,
+        store: SessionStore,
         session_id: str,
         backend_factory: Callable[[ConversationSession], Backend] | None = None,
     ) -> ConversationSession:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from transcript import CLI, ScriptedBackend
 
+from engines import ENGINES, FRESH, SERVERS
 from fakellm import FakeLLMServer
 
 if TYPE_CHECKING:
@@ -142,9 +143,6 @@ def child_env() -> dict[str, str]:
 # -- real database servers -----------------------------------------------------------------------------------
 # PostgreSQL and MariaDB run for the whole test session in a temporary folder (tests/dbservers.py), on free
 # 127.0.0.1 ports, as their own system users. A missing server fails the run: it is never skipped.
-ENGINES = ("folder", "sqlite", "postgresql", "mysql")
-
-
 # Their folders are not under pytest's own temporary folder: another pytest run on the machine resets that to
 # 0700, which would shut the servers' system users out of their data mid-run.
 @pytest.fixture(scope="session")
@@ -169,28 +167,36 @@ def mariadb_server() -> Iterator[Any]:
         yield server
 
 
+# -- the engines (tests/engines.py) --------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine",
+        action="append",
+        choices=ENGINES,
+        help="run only the tests parametrized by store engine (the store contract), on this engine (repeatable)",
+    )
+
+
+def _engine_selection(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --engine, keep only the tests parametrized by an engine chosen."""
+    chosen = config.getoption("engine")
+    if not chosen:
+        return
+    keep = [i for i in items if getattr(i, "callspec", None) and i.callspec.params.get("engine") in chosen]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
+
+
 @pytest.fixture
 def store_for(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
     """``store_for(engine)``: a fresh, empty store of that engine for this test, as a ``--store`` value (a
-    folder, a SQLite URL, or a new database on the session's PostgreSQL or MariaDB server)."""
+    folder, a SQLite URL, or a new database on the session's PostgreSQL or MariaDB server: engines.FRESH)."""
     made: dict[str, str] = {}
 
     def make(engine: str) -> str:
-        if engine in made:
-            return made[engine]
-        if engine == "folder":
-            spec = str(tmp_path / "sessions")
-        elif engine == "sqlite":
-            (tmp_path / "db").mkdir(exist_ok=True)
-            spec = f"sqlite:///{tmp_path / 'db' / 'chats.db'}"
-        elif engine == "postgresql":
-            spec = request.getfixturevalue("pg_server").new_database()
-        elif engine == "mysql":
-            spec = request.getfixturevalue("mariadb_server").new_database()
-        else:
-            raise ValueError(engine)
-        made[engine] = spec
-        return spec
+        if engine not in made:
+            made[engine] = FRESH[engine](request, tmp_path)
+        return made[engine]
 
     return make
 
@@ -205,6 +211,16 @@ def engine(request: pytest.FixtureRequest) -> str:
 def store_spec(engine: str, store_for: Callable[[str], str]) -> str:
     """A fresh store of ``engine``, as a ``--store`` value."""
     return store_for(engine)
+
+
+@pytest.fixture
+def server(engine: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The database server of ``engine`` (engines.SERVERS), running again after the test whatever the test did
+    to it."""
+    srv = request.getfixturevalue(SERVERS[engine].fixture)
+    yield srv
+    if not srv.running:
+        srv.start()
 
 
 # -- the embedded model --------------------------------------------------------------------------------------
@@ -225,8 +241,10 @@ def _model_missing() -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without the embedded model, its tests (marker ``model``) are deselected and the summary says so;
-    ``make test`` sets CHATCLI_REQUIRE_MODEL=1, so there they run, and fail if the model is missing."""
+    """With --engine, only the tests parametrized by an engine chosen run. Without the embedded model, its
+    tests (marker ``model``) are deselected and the summary says so; ``make test`` sets
+    CHATCLI_REQUIRE_MODEL=1, so there they run, and fail if the model is missing."""
+    _engine_selection(config, items)
     if os.environ.get("CHATCLI_REQUIRE_MODEL") == "1":
         return
     needing = [item for item in items if item.get_closest_marker("model")]

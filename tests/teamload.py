@@ -367,21 +367,14 @@ def pg_connections(spec: str) -> Callable[[], int]:
 
 def mysql_connections(spec: str) -> Callable[[], int]:
     """Counts the connections open on the database of the MySQL URL ``spec`` (its user's, which chatcli's are)."""
-    from urllib.parse import unquote, urlsplit
-
     import pymysql
 
-    u = urlsplit(spec)
+    from chatcli.stores import parse_store
+
+    url = parse_store(spec)
 
     def count() -> int:
-        conn = pymysql.connect(
-            host=u.hostname,
-            port=u.port or 3306,
-            user=unquote(u.username or ""),
-            password=unquote(u.password or ""),
-            database=u.path.lstrip("/"),
-            connect_timeout=5,
-        )
+        conn = pymysql.connect(**url.pymysql_params(), password=url.password or "", connect_timeout=5)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()")

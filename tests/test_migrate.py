@@ -22,9 +22,11 @@ from chatcli.snapshot import NO_COUNTS, message_counts
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, message_row, session_params
-from chatcli.stores.sql_schema import MIGRATION_NAMES
+from chatcli.stores.sql_rows import JSON_FIELDS, MESSAGE_COLUMNS, message_row, session_params
+from chatcli.stores.sql_runner import x
+from chatcli.stores.sql_schema import MIGRATION_NAMES, transaction
 
+from engines import DATABASES
 from test_stores import ODD, A, B, C, put, snap
 
 _OPEN: list[Store] = []
@@ -114,7 +116,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
+@pytest.mark.parametrize("engine", DATABASES)
 def test_a_migrate_killed_half_way_copies_the_rest_when_run_again(
     engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,53 +190,59 @@ def test_the_migrate_command(store_for: Any, child_env: dict[str, str]) -> None:
 def write_as_first_schema(store: SQLStore, s: dict[str, Any], upto: int = 1) -> None:
     """Rows as a chatcli with schema ``upto`` wrote them: 1 had no search index yet, 2 the engines' own
     full-text search (SQLite's triggers index the rows as they go in)."""
+    d = store.dialect
     conv = Conversation.from_json(s)
     total = NO_COUNTS
     for m in conv.messages:
         total = total.plus(message_counts(m))
     header = session_params(conv.header, total, len(conv.messages))
     names = ["id", *header, "version", "writer"]
-    cols = [store._q(c) for c in names]
     rows, turn = [], 0
     keep = [k for k, c in enumerate(MESSAGE_COLUMNS, 1) if c != "parts"]  # those schemas had no parts column
     for i, m in enumerate(conv.messages):
         turn += m.role == "user"
-        row = message_row(conv.id, i, max(turn, 1), m, store.holds_nul)
+        row = message_row(conv.id, i, max(turn, 1), m, d.holds_nul)
         rows.append((row[0], *(row[k] for k in keep)))
     mcols = ["session_id", *(c for c in MESSAGE_COLUMNS if c != "parts")]
-    json_mark = "%s::jsonb" if store.kind == "postgresql" else "%s"
 
     def insert(cur: Any) -> None:
-        store._x(
+        x(
             cur,
-            f"INSERT INTO chatcli_sessions ({', '.join(cols)}) VALUES "
-            f"({', '.join(store._param(c) for c in names)})",
+            f"INSERT INTO chatcli_sessions ({', '.join(d.q(c) for c in names)}) VALUES "
+            f"({', '.join(d.value(c in JSON_FIELDS) for c in names)})",
             [s["id"], *header.values(), 1, None],
         )
         for row in rows:
-            marks = [json_mark if c in ("usage", "timings", "extra") else "%s" for c in mcols]
-            store._x(
+            marks = [d.value(c in ("usage", "timings", "extra")) for c in mcols]
+            x(
                 cur,
-                f"INSERT INTO chatcli_messages ({', '.join(store._q(c) for c in mcols)}) VALUES "
-                f"({', '.join(marks)})",
+                f"INSERT INTO chatcli_messages ({', '.join(d.q(c) for c in mcols)}) VALUES ({', '.join(marks)})",
                 row,
             )
 
-    conn = store._open()
+    store.engine.writing()  # (an SQLite file is made for a write)
+    conn = store.engine.connect(None)
     try:
-        store._migrate(conn, upto=upto)
-        cur = conn.cursor()
-        with store._tx(cur, store.begin_write):
+        store.schema.migrate(conn, upto=upto)
+        with transaction(conn.cursor(), d.begin_write) as cur:
             insert(cur)
-        assert store.schema_version(cur) == upto
+        assert store.schema.version(conn) == upto
     finally:
         conn.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+def schema_versions(st: SQLStore) -> list[int]:
+    """The versions chatcli_schema records, in order."""
+    rows = x(
+        st.runner.connection().cursor(), "SELECT version FROM chatcli_schema ORDER BY version"
+    ).fetchall()
+    return [int(v[0]) for v in rows]
+
+
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> None:
     old = opened(store_spec)
-    assert isinstance(old, SQLStore) and len(old.migrations) == len(MIGRATION_NAMES)
+    assert isinstance(old, SQLStore) and len(old.engine.migrations) == len(MIGRATION_NAMES)
     write_as_first_schema(old, copy.deepcopy(ODD))
     write_as_first_schema(old, snap(B, title="Roman history", turns=[("Who founded Rome?", "Romulus.")]))
     st = opened(store_spec)  # the current chatcli: the missing migration runs on first use
@@ -244,17 +252,15 @@ def test_a_database_made_with_the_first_schema_is_upgraded(store_spec: str) -> N
         assert [h.role for h in st.search("roman")] == ["title"]
         assert {r.id for r in st.page().rows} == {A, B}
         assert isinstance(st, SQLStore)
-        conn = st._connection()
-        versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-        assert [int(v[0]) for v in versions] == list(range(1, len(MIGRATION_NAMES) + 1))
+        assert schema_versions(st) == list(range(1, len(MIGRATION_NAMES) + 1))
     finally:
         st.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_database_of_todays_release_is_indexed_again_by_chatclis_words(store_spec: str) -> None:
     old = opened(store_spec)
-    assert isinstance(old, SQLStore) and [name for name, _ in old.migrations] == list(MIGRATION_NAMES)
+    assert isinstance(old, SQLStore) and [name for name, _ in old.engine.migrations] == list(MIGRATION_NAMES)
     turns = [("안녕하세요 친구", "हिंदी भाषा"), ("がぎぐ ＡＢＣ", "foo_bar x.y")]
     write_as_first_schema(old, snap(A, title="Ελληνικά ΆΛΦΑ", turns=turns), upto=2)
     st = opened(store_spec)  # "search words" runs on first use
@@ -269,22 +275,21 @@ def test_a_database_of_todays_release_is_indexed_again_by_chatclis_words(store_s
             ("αλφα", "title"),
         ]:
             assert [(h.session_id, h.role) for h in st.search(query)] == [(A, role)], query
-        conn = st._connection()
-        versions = st._x(conn.cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-        assert [int(v[0]) for v in versions] == list(range(1, len(MIGRATION_NAMES) + 1))
+        assert isinstance(st, SQLStore)
+        assert schema_versions(st) == list(range(1, len(MIGRATION_NAMES) + 1))
     finally:
         st.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_schema_newer_than_this_chatcli_is_refused(store_spec: str) -> None:
     st = opened(store_spec)
     assert isinstance(st, SQLStore)
     put(st, snap(A))  # the tables exist once a session was saved (an SQLite file is made then)
-    cur = st._connection().cursor()
-    st._x(
-        cur,
-        "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
+    p = st.dialect.mark
+    x(
+        st.runner.connection().cursor(),
+        f"INSERT INTO chatcli_schema (version, applied_at) VALUES ({p}, {p})",
         (9, "2030-01-01T00:00:00.000Z"),
     )
     st.close()
@@ -292,7 +297,7 @@ def test_a_schema_newer_than_this_chatcli_is_refused(store_spec: str) -> None:
         opened(store_spec).ids()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
     store_spec: str, child_env: dict[str, str]
 ) -> None:
@@ -312,6 +317,5 @@ def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
         assert "No sessions yet" in out
     st = opened(store_spec)
     assert isinstance(st, SQLStore)
-    rows = st._x(st._connection().cursor(), "SELECT version FROM chatcli_schema ORDER BY version").fetchall()
-    assert [int(v[0]) for v in rows] == list(range(1, len(MIGRATION_NAMES) + 1))
+    assert schema_versions(st) == list(range(1, len(MIGRATION_NAMES) + 1))
     st.close()

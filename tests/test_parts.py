@@ -33,6 +33,7 @@ from chatcli.model import (
 from chatcli.stores import open_store, parse_store
 from chatcli.wire import from_blocks, from_openai, reasoning_rule, to_blocks, to_openai
 
+from engines import DATABASES
 from test_stores import A, B, put, snap
 
 # -- a session with every part type --------------------------------------------------------------------------
@@ -352,7 +353,7 @@ def test_export_snapshot_then_import_on_every_engine(
     r = run("export", A, "--format", "snapshot", "--store", folder, "--output", str(exported))
     assert r.returncode == 0, r.stderr
     assert json.loads(exported.read_text()) == every_part()
-    for engine in ("sqlite", "postgresql", "mysql"):
+    for engine in DATABASES:
         dst = store_for(engine)
         r = run("import", str(exported), "--store", dst)
         assert r.returncode == 0, r.stderr
@@ -449,7 +450,7 @@ def test_export_in_the_openai_chat_format_then_import_on_every_engine(
     )
     exported = tmp_path / "openai.json"
     exported.write_text(json.dumps(doc))
-    for engine in ("sqlite", "postgresql", "mysql"):
+    for engine in DATABASES:
         dst = store_for(engine)
         subprocess.run(
             [sys.executable, "-m", "chatcli", "import", str(exported), "--store", dst],

@@ -25,6 +25,8 @@ from chatcli.snapshot import resolve
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 
+from engines import DATABASES, ENGINES
+
 A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
 
 
@@ -437,7 +439,7 @@ def test_totals(store: Store) -> None:
 
 
 # -- the version counter: another writer's save is never overwritten ------------------------------------
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_a_save_over_another_writers_version_is_refused(store: Store, store_spec: str) -> None:
     put(store, snap(A, turns=[("one", "1")]))
     mine = js(store.load(A))
@@ -470,3 +472,33 @@ def test_a_first_write_with_nothing_read_before_it_is_kept(store_spec: str) -> N
         assert again.ids() == [A] and js(again.load(A)) == snap(A, title="the very first")
     finally:
         again.close()
+
+
+# -- the suite itself ----------------------------------------------------------------------------------------
+def test_the_contract_suite_runs_on_every_engine_chatcli_has() -> None:
+    import chatcli.stores
+
+    assert ENGINES == chatcli.stores.ENGINES  # (a new engine is an entry in tests/engines.py too)
+
+
+def test_the_contract_suite_runs_on_one_engine_with_the_engine_option() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--engine",
+            "sqlite",
+            __file__,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    ids = [line for line in r.stdout.splitlines() if "::" in line]
+    assert r.returncode == 0 and len(ids) > 10, r.stdout + r.stderr
+    assert all(line.endswith("[sqlite]") for line in ids), ids

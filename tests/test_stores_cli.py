@@ -17,6 +17,7 @@ from chatcli.model import FORMAT, VERSION
 from chatcli.stores import parse_store
 from transcript import CLI, ScriptedBackend
 
+from engines import DATABASES, ENGINES
 from fakellm import FakeLLMServer
 
 A, B, C = "20260101-090000-aaaa", "20260202-100000-bbbb", "20260303-110000-cccc"
@@ -162,10 +163,7 @@ def transcript(cli: CLI, store: str, tmp_path: Path) -> list[tuple[tuple[str, ..
 def test_every_library_command_gives_the_same_output_on_every_engine(
     cli: CLI, store_for: Any, tmp_path: Path
 ) -> None:
-    results = {
-        engine: transcript(cli, store_for(engine), tmp_path / engine)
-        for engine in ("folder", "sqlite", "postgresql", "mysql")
-    }
+    results = {engine: transcript(cli, store_for(engine), tmp_path / engine) for engine in ENGINES}
     folder = results["folder"]
     failing = {
         ("show", "zzzz"),
@@ -181,12 +179,12 @@ def test_every_library_command_gives_the_same_output_on_every_engine(
             assert code != 0 and len(err.strip().splitlines()) == 1, (args, code, err)
         else:
             assert code == 0, (args, err)
-    for engine in ("sqlite", "postgresql", "mysql"):
+    for engine in DATABASES:
         for (args, code, out, err), (_, fcode, fout, ferr) in zip(results[engine], folder, strict=True):
             assert (code, out, err) == (fcode, fout, ferr), f"{engine}: chatcli {' '.join(args)}"
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", DATABASES, indirect=True)
 def test_new_resume_fork_and_import_on_a_database(
     child_env: dict[str, str], store_spec: str, fake_llm: FakeLLMServer, tmp_path: Path
 ) -> None:
@@ -273,10 +271,24 @@ def test_wrong_password_missing_database_and_unsupported_server(
     pg = pg_server.new_database(user="pwtest", password="right-one")
     my = mariadb_server.new_database(user="pwtest", password="right-one")
     cases = [
-        (pg.replace("right-one", "wrong-one"), "refused the login (wrong password)"),
-        (my.replace("right-one", "wrong-one"), "refused the login"),
-        (pg.rsplit("/", 1)[0] + "/no_such_db", "the database does not exist"),
-        (my.rsplit("/", 1)[0] + "/no_such_db", "does not exist"),
+        (
+            pg.replace("right-one", "wrong-one"),
+            'refused the login (FATAL: password authentication failed for user "pwtest"): give the password in '
+            "the URL, PGPASSWORD or ~/.pgpass",
+        ),
+        (
+            my.replace("right-one", "wrong-one"),
+            "refused the login (Access denied for user 'pwtest'@'127.0.0.1' (using password: YES)): give the "
+            "password in the URL or MYSQL_PWD",
+        ),
+        (
+            pg.rsplit("/", 1)[0] + "/no_such_db",
+            "the database 'no_such_db' does not exist; create it (e.g. `createdb`)",
+        ),
+        (
+            my.rsplit("/", 1)[0] + "/no_such_db",
+            "the database 'no_such_db' does not exist or user 'pwtest' may not use it",
+        ),
     ]
     for spec, phrase in cases:
         r = run(child_env, "list", "--store", spec)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 
 from chatproc import Chat, Turns
+from engines import SERVER_ENGINES, SERVERS
 from fakellm import FakeLLMServer, Reply
 
 
@@ -39,17 +39,8 @@ def chatcli(*args: str) -> list[str]:
     return ["-m", "chatcli", *args]
 
 
-@pytest.fixture
-def server(engine: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The engine's database server, running again after the test whatever the test did to it."""
-    srv = request.getfixturevalue("pg_server" if engine == "postgresql" else "mariadb_server")
-    yield srv
-    if not srv.running:
-        srv.start()
-
-
 def hard_stop(engine: str, srv: Any) -> None:
-    srv.stop("immediate" if engine == "postgresql" else "kill")  # pg_ctl stop -m immediate; mysqld killed
+    srv.stop(SERVERS[engine].hard_stop)
 
 
 def spool_files(env: dict[str, str]) -> list[Path]:
@@ -82,7 +73,7 @@ def test_sigkill_mid_reply_keeps_the_message_and_the_reply_so_far(
     assert "[interrupted]" in chat.text()
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", SERVER_ENGINES, indirect=True)
 def test_the_database_stopped_hard_mid_session_loses_nothing(
     engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
 ) -> None:
@@ -117,7 +108,7 @@ def test_the_database_stopped_hard_mid_session_loses_nothing(
     ]
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", SERVER_ENGINES, indirect=True)
 def test_killed_while_the_database_is_away_the_turn_comes_back_at_resume(
     engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
 ) -> None:
@@ -214,7 +205,7 @@ def machine(child_env: dict[str, str], root: Path) -> dict[str, str]:
     )
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", SERVER_ENGINES, indirect=True)
 def test_two_machines_share_sessions_and_one_writes_at_a_time(
     store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -306,7 +297,7 @@ def test_a_database_password_is_written_to_no_file(
     assert {"out-PostgreSQL.md", "out-MariaDB.md"} <= set(checked)
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
 def test_a_lock_check_that_waited_on_close_opens_no_connection(engine: str, store_for: Any) -> None:
     from chatcli.stores.sql import SQLStore
 
@@ -315,12 +306,13 @@ def test_a_lock_check_that_waited_on_close_opens_no_connection(engine: str, stor
     assert isinstance(sql, SQLStore)
     lock = sql.lock("20260101-000000-keep")
     checked: list[bool] = []
-    with sql._mutex:  # the keeper wakes while close holds the connection ...
-        keeper = threading.Thread(target=lambda: checked.append(sql.keep_locks()))
+    runner = sql.runner
+    with runner._mutex:  # the keeper wakes while close holds the connection ...
+        keeper = threading.Thread(target=lambda: checked.append(runner.keep_locks()))
         keeper.start()
         time.sleep(0.2)
-        sql._close()  # ... which releases the locks and drops the connection
+        runner._close()  # ... which releases the locks and drops the connection
     keeper.join(10)
-    assert checked == [False] and sql._conn is None  # the check found nothing held: nothing reopened
+    assert checked == [False] and runner._conn is None  # the check found nothing held: nothing reopened
     lock.release()
     st.close()

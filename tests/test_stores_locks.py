@@ -14,6 +14,7 @@ import pytest
 from chatcli.errors import StoreUnavailable
 from chatcli.stores import open_store, parse_store
 
+from engines import SERVER_ENGINES
 from test_dbservers import my_connect, pg_connect
 from test_stores import A, B, put, snap
 
@@ -43,7 +44,7 @@ def saved_in_thread(st: Any, conv: Any, changed_from: int) -> tuple[threading.Th
     return t, out
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
 def test_a_save_chosen_as_a_deadlock_victim_is_run_again_and_lands_once(engine: str, store_for: Any) -> None:
     spec = store_for(engine)
     st = open_store(parse_store(spec), timeout=20)
@@ -68,7 +69,7 @@ def test_a_save_chosen_as_a_deadlock_victim_is_run_again_and_lands_once(engine: 
         other.commit()
         thread.join(30)
         assert out and not isinstance(out[0], Exception), out
-        assert st.deadlocks_retried >= 1  # it was the victim, and ran again
+        assert st.runner.deadlocks_retried >= 1  # it was the victim, and ran again
         lock.release()
         got = reader.load(A)
         assert [m.content for m in got.messages] == ["q1", "a1, changed", "q2", "a2"]
@@ -79,7 +80,7 @@ def test_a_save_chosen_as_a_deadlock_victim_is_run_again_and_lands_once(engine: 
         st.close()
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
 def test_a_save_held_up_by_a_row_lock_is_rolled_back_and_said_unavailable(
     engine: str, store_for: Any
 ) -> None:

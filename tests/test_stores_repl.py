@@ -20,6 +20,7 @@ from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 
 from chatproc import Chat, Turns
+from engines import DATABASES, ENGINES, SERVER_ENGINES
 from fakellm import FakeLLMServer, Reply
 
 _OPEN: list[Any] = []
@@ -137,10 +138,7 @@ def session_shape(s: dict[str, Any]) -> dict[str, Any]:
 def test_every_repl_command_gives_the_same_session_on_every_engine(
     store_for: Any, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
 ) -> None:
-    runs = {
-        engine: repl(child_env, store_for(engine), fake_llm, tmp_path / engine)
-        for engine in ("folder", "sqlite", "postgresql", "mysql")
-    }
+    runs = {engine: repl(child_env, store_for(engine), fake_llm, tmp_path / engine) for engine in ENGINES}
     out, snap = runs["folder"]
     assert [m["content"] for m in snap["messages"] if m.get("dropped") is None][:2] == [
         "first question",
@@ -150,7 +148,7 @@ def test_every_repl_command_gives_the_same_session_on_every_engine(
         snap["title"] == "A test session" and snap["model"] == "other-model" and snap["system"] == "Be terse."
     )
     assert {c["what"] for c in snap["changes"]} == {"model", "system", "title"}
-    for engine in ("sqlite", "postgresql", "mysql"):
+    for engine in DATABASES:
         their_out, their_snap = runs[engine]
         assert session_shape(their_snap) == session_shape(snap), engine
         spec = store_for(engine)
@@ -161,7 +159,7 @@ def test_every_repl_command_gives_the_same_session_on_every_engine(
         assert len(list((tmp_path / engine).glob("chatcli-*.json"))) == 1  # `export json` wrote one file
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", SERVER_ENGINES, indirect=True)
 def test_a_hung_database_holds_the_repl_up_no_longer_than_the_store_timeout(
     engine: str, store_spec: str, fake_llm: FakeLLMServer, child_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -176,7 +174,7 @@ def test_a_hung_database_holds_the_repl_up_no_longer_than_the_store_timeout(
 
     def hold_the_tables() -> None:  # another client keeps the tables locked: statements wait
         st = opened(store_spec)
-        conn = st._connection()  # type: ignore[attr-defined]
+        conn = st.runner.connection()  # type: ignore[attr-defined]
         cur = conn.cursor()
         if engine == "postgresql":
             cur.execute("BEGIN")

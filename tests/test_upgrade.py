@@ -13,7 +13,6 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,6 +21,7 @@ from chatcli.session import ConversationSession, Timeouts
 from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 from chatcli.stores.sql import SQLStore
+from chatcli.stores.sql_runner import x
 from chatcli.stores.sql_schema import MIGRATION_NAMES
 
 from fakellm import FakeLLMServer, Reply
@@ -46,7 +46,7 @@ def stored(engine: str, tmp_path: Path, store_for: Any) -> str:
         shutil.copy(V1 / "chats.db", tmp_path / "chats.db")
         return f"sqlite:///{tmp_path / 'chats.db'}"
     url = store_for(engine)
-    parts = urlsplit(url)
+    parts = parse_store(url)
     if engine == "postgresql":
         psql = next(p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), reverse=True))
         cmd = [str(psql), "-v", "ON_ERROR_STOP=1", "-q", "--dbname", url, "-f", str(V1 / "postgresql.sql")]
@@ -55,8 +55,9 @@ def stored(engine: str, tmp_path: Path, store_for: Any) -> str:
     else:
         client = shutil.which("mariadb") or shutil.which("mysql")
         assert client, "the MariaDB client (mariadb) is missing"
-        cmd = [client, "-h", str(parts.hostname), "-P", str(parts.port), "-u", str(parts.username)]
-        cmd += [f"-p{parts.password}", parts.path.lstrip("/")]
+        my = parts.pymysql_params()
+        cmd = [client, "-h", my["host"], "-P", str(my["port"]), "-u", my["user"]]
+        cmd += [f"-p{parts.password}", parts.database]
         with (V1 / "mysql.sql").open("rb") as dump:
             subprocess.run(cmd, check=True, stdin=dump, capture_output=True, timeout=60)
     return url
@@ -81,10 +82,10 @@ def test_what_the_release_wrote_loads_whole(engine: str, tmp_path: Path, store_f
         assert sorted(h.role for h in hits) == ["assistant", "title", "user"], hits  # indexed by these words
         assert [h.session_id for h in st.search("東京都")] != []
         if isinstance(st, SQLStore):
-            cur = st._connection().cursor()
-            names = st._x(cur, "SELECT name FROM chatcli_migrations").fetchall()
+            cur = st.runner.connection().cursor()
+            names = x(cur, "SELECT name FROM chatcli_migrations").fetchall()
             assert sorted(str(n[0]) for n in names) == sorted(MIGRATION_NAMES)
-            versions = st._x(cur, "SELECT max(version) FROM chatcli_schema").fetchall()
+            versions = x(cur, "SELECT max(version) FROM chatcli_schema").fetchall()
             assert int(versions[0][0]) == len(MIGRATION_NAMES) > RELEASE_SCHEMA  # that release refuses it
     finally:
         st.close()

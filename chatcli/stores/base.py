@@ -1,5 +1,15 @@
 """The store contract: what every engine (folder, sqlite, postgresql, mysql) does, with the same
-guarantees and the same errors.
+guarantees and the same errors, split by what callers need:
+
+- ``SessionStore``: one session at a time (``lock``, ``load``, ``save``, ``create``, ``create_many``,
+  ``exists``, ``location``, ``stored_size``): what a conversation, ``import`` and ``migrate`` need;
+- ``Catalog``: many sessions (``ids``, ``trashed_ids``, ``newest_id``, ``ids_titled``, ``page``, ``search``,
+  ``totals``): ``list``, ``search``, ``stats`` and looking an id up;
+- ``Trash``: ``trash``, ``restore``, ``purge``;
+- ``Store``: all three, what every engine implements;
+- ``Versions``: the row versions of a store whose sessions have them (a database): what the spool needs
+  to write turns kept while the database did not answer back over nobody else's (``VersionedStore``: a
+  Store with Versions).
 
 A store holds sessions by id (``chatcli.model.Conversation``; on disk, their snapshots). ``save``
 returns only once the write is durable (the folder: an atomic file replace and fsyncs; a database: a
@@ -63,17 +73,15 @@ class SessionLock(Protocol):
         ...
 
 
-class Store(Protocol):
-    """One store of sessions. ``kind`` is ``folder``, ``sqlite``, ``postgresql`` or ``mysql``; ``display``
-    is how it is shown (a folder path, or a URL with its password as ``***``). The engines implement these
-    methods as documented here. Besides the errors each method names, a database store raises
-    StoreUnavailable when the server does not answer (within its connect and statement timeouts) and
-    StoreError for what the server refuses."""
+class SessionStore(Protocol):
+    """Sessions one at a time. ``kind`` is ``folder``, ``sqlite``, ``postgresql`` or ``mysql``; ``display``
+    is how the store is shown (a folder path, or a URL with its password as ``***``). Besides the errors
+    each method names, a database store raises StoreUnavailable when the server does not answer (within
+    its connect and statement timeouts) and StoreError for what the server refuses."""
 
     kind: str
     display: str
 
-    # -- one session -------------------------------------------------------------------------------------
     def lock(self, session_id: str) -> SessionLock:
         """Take the session's writer lock now, or raise SessionLocked (held by another chatcli)."""
         ...
@@ -115,7 +123,14 @@ class Store(Protocol):
         """The size of the session's snapshot in bytes, when the store keeps one (None otherwise)."""
         ...
 
-    # -- ids ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release connections and locks still held. Safe to call twice."""
+        ...
+
+
+class Catalog(Protocol):
+    """Many sessions at once: ids, ``list`` pages, ``search`` and ``stats`` figures."""
+
     def ids(self) -> list[str]:
         """Every live session's id, sorted (ids sort by creation time)."""
         ...
@@ -132,22 +147,6 @@ class Store(Protocol):
         """Ids of the live sessions whose title is exactly ``title`` (``resolve`` by title)."""
         ...
 
-    # -- the trash ---------------------------------------------------------------------------------------
-    def trash(self, session_id: str) -> None:
-        """Move a live session to the trash. Raises SessionNotFound, SessionLocked."""
-        ...
-
-    def restore(self, session_id: str) -> None:
-        """Bring a session back from the trash. Raises SessionNotFound, SessionExists (a live session has
-        that id: nothing is overwritten)."""
-        ...
-
-    def purge(self, session_id: str, *, trashed: bool = False) -> None:
-        """Remove a session for good, live (its lock is taken first) or from the trash. Raises
-        SessionNotFound, SessionLocked."""
-        ...
-
-    # -- the catalog -------------------------------------------------------------------------------------
     def page(
         self,
         limit: int | None = None,
@@ -185,6 +184,48 @@ class Store(Protocol):
         ``damaged`` (entries that cannot be read), ``bytes`` (space the store takes on disk)."""
         ...
 
-    def close(self) -> None:
-        """Release connections and locks still held. Safe to call twice."""
+
+class Trash(Protocol):
+    """Deleted sessions, kept until restored or purged."""
+
+    def trash(self, session_id: str) -> None:
+        """Move a live session to the trash. Raises SessionNotFound, SessionLocked."""
         ...
+
+    def restore(self, session_id: str) -> None:
+        """Bring a session back from the trash. Raises SessionNotFound, SessionExists (a live session has
+        that id: nothing is overwritten)."""
+        ...
+
+    def purge(self, session_id: str, *, trashed: bool = False) -> None:
+        """Remove a session for good, live (its lock is taken first) or from the trash. Raises
+        SessionNotFound, SessionLocked."""
+        ...
+
+
+class Store(SessionStore, Catalog, Trash, Protocol):
+    """One store of sessions: what every engine implements (see the parts)."""
+
+
+class Versions(Protocol):
+    """The row versions of a store whose sessions have them (a database): each save of a session moves its
+    row to the next version, marked with the saving process's ``writer``. The spool (``spool.py``) checks
+    them before it writes turns kept while the database did not answer, so it never writes over another
+    chatcli's turns."""
+
+    #: this process's mark on the rows it saves
+    writer: str
+    #: the store as a command line may name it again: no password in it (chatcli finds that again)
+    address: str
+
+    def saved_version(self, session_id: str) -> int | None:
+        """The row version this store last read or wrote for the session (None: neither happened here)."""
+        ...
+
+    def row_version(self, session_id: str) -> tuple[int, str | None] | None:
+        """The session row's (version, writer) in the store now; None when there is no such session."""
+        ...
+
+
+class VersionedStore(Store, Versions, Protocol):
+    """A Store whose sessions have row versions (every database engine)."""

@@ -37,6 +37,7 @@ from chatcli.snapshot import (
     validate_id,
 )
 from chatcli.stores.base import Page, SaveInfo
+from chatcli.stores.url import StoreURL
 
 if TYPE_CHECKING:
     from chatcli.stores.folder_index import SessionIndex
@@ -185,8 +186,7 @@ class FolderStore:
 
     def __init__(self, root: Path | str, on_progress: Callable[[int, int], None] | None = None) -> None:
         self.root = expanded(root)
-        relative = not self.root.is_absolute() and not str(self.root).startswith(".")
-        self.display = f".{os.sep}{self.root}" if relative else str(self.root)  # ./sessions
+        self.display = StoreURL("folder", path=self.root).display  # (./sessions for a relative folder)
         self.on_progress = on_progress
         self._index: SessionIndex | None = None
         usable_folder(self.root, f"the sessions folder {self.display}")

@@ -15,18 +15,25 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
-from chatcli.search import mysql_text, mysql_word, tie_break, word_share
+from chatcli.errors import StoreError, StoreUnavailable
+from chatcli.search import mysql_text, mysql_word, word_share
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched
+from chatcli.stores.sql_dialect import Dialect
+from chatcli.stores.sql_errors import ErrorTable, Fault, Place, Rule, said
+from chatcli.stores.sql_rows import Searched
 from chatcli.stores.sql_schema import migration_names_step, named, refill
-from chatcli.stores.url import StoreURL
+from chatcli.stores.sql_search import MESSAGES, REASONING, TITLES, Match, Query, Scored, ranked_messages
+from chatcli.stores.sql_write import upsert_messages
+from chatcli.stores.url import MIN_REDACTED, StoreURL
 
 BIG = 100_000  # messages (by ``mid``) from which a search first checks how frequent its words are
 SAMPLE = 1_000  # newest messages it samples for that
 FREQUENT = 0.05  # a share of messages from which a word is looked for newest first instead of by FULLTEXT
+ER_CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8.0.24: the server closed a connection idle too long (not in ER)
 _ID = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"
 _TIME = "VARCHAR(40) CHARACTER SET ascii COLLATE ascii_bin"
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
@@ -102,13 +109,93 @@ def _message_parts(cur: Any) -> None:
     cur.execute("ALTER TABLE chatcli_messages ADD FULLTEXT INDEX chatcli_reasoning_ft (reasoning_words)")
 
 
-class MySQLStore(SQLStore):
-    """Sessions in a MySQL or MariaDB database. ``url``: the parsed ``mysql://user[:password]@host[:port]/db``
-    (``?unix_socket=PATH`` to connect through a socket; see ``StoreURL.pymysql_params``);
-    ``ask_password(prompt)`` is called when the server wants a password and none was found. The password
-    is sent as UTF-8 bytes, as the ``mariadb`` client sends it (PyMySQL would encode a str as latin-1)."""
+@cache
+def error_table() -> ErrorTable:
+    """PyMySQL's errors, by the server's error number (``pymysql.constants.ER``) or the client's (``CR``), and
+    for a client error, what the socket raised (a timeout: the server did not answer in time)."""
+    import pymysql
+    from pymysql.constants import CR, ER
+
+    lost = {
+        CR.CR_SERVER_GONE_ERROR,
+        CR.CR_SERVER_LOST,
+        CR.CR_COMMANDS_OUT_OF_SYNC,
+        CR.CR_SERVER_LOST_EXTENDED,
+    }
+    cannot_connect = {CR.CR_CONN_HOST_ERROR, CR.CR_CONNECTION_ERROR, CR.CR_UNKNOWN_HOST}
+    socket_ends = frozenset(lost | cannot_connect)
+    return ErrorTable(
+        driver=(pymysql.err.Error,),
+        rules=(
+            Rule("ER_LOCK_DEADLOCK", Fault.DEADLOCK, codes=frozenset({ER.LOCK_DEADLOCK})),
+            Rule(
+                "ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT, ER_QUERY_TIMEOUT",
+                Fault.TIMEOUT,
+                codes=frozenset({ER.LOCK_WAIT_TIMEOUT, ER.STATEMENT_TIMEOUT, ER.QUERY_TIMEOUT}),
+            ),
+            Rule(
+                "a socket timeout while connecting",
+                Fault.CONNECT_TIMEOUT,
+                codes=socket_ends,
+                cause=(TimeoutError,),
+                connecting=True,
+            ),
+            Rule("a socket timeout", Fault.TIMEOUT, codes=socket_ends, cause=(TimeoutError,)),
+            Rule(
+                "CR_CONN_HOST_ERROR, CR_CONNECTION_ERROR, CR_UNKNOWN_HOST, a lost connection, while connecting",
+                Fault.UNREACHABLE,
+                codes=socket_ends,
+                connecting=True,
+            ),
+            Rule("InterfaceError", Fault.LOST, types=(pymysql.err.InterfaceError,)),
+            Rule(
+                "CR_SERVER_GONE_ERROR, CR_SERVER_LOST, CR_COMMANDS_OUT_OF_SYNC, CR_SERVER_LOST_EXTENDED, "
+                "ER_CLIENT_INTERACTION_TIMEOUT",
+                Fault.LOST,
+                codes=frozenset({*lost, ER_CLIENT_INTERACTION_TIMEOUT}),
+            ),
+            Rule("ER_ACCESS_DENIED_ERROR", Fault.LOGIN, codes=frozenset({ER.ACCESS_DENIED_ERROR})),
+            Rule("ER_BAD_DB_ERROR", Fault.NO_DATABASE, codes=frozenset({ER.BAD_DB_ERROR})),
+            Rule(
+                "ER_DBACCESS_DENIED_ERROR while connecting",
+                Fault.DATABASE_DENIED,
+                codes=frozenset({ER.DBACCESS_DENIED_ERROR}),
+                connecting=True,
+            ),
+            Rule(
+                "ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR",
+                Fault.NOT_ALLOWED,
+                codes=frozenset(
+                    {ER.DBACCESS_DENIED_ERROR, ER.TABLEACCESS_DENIED_ERROR, ER.SPECIFIC_ACCESS_DENIED_ERROR}
+                ),
+            ),
+        ),
+        code=_error_number,
+    )
+
+
+def _error_number(e: BaseException) -> object:
+    """PyMySQL's error number: the first of an error's args."""
+    return e.args[0] if e.args and isinstance(e.args[0], int) else None
+
+
+class MySQL:
+    """The MySQL / MariaDB engine (``sql_engine.Engine``) of the parsed URL ``url``
+    (``mysql://user[:password]@host[:port]/db``, ``?unix_socket=PATH`` to connect through a socket; see
+    ``StoreURL.pymysql_params``). The password is the URL's, ``MYSQL_PWD``'s or one asked for, sent as UTF-8
+    bytes, as the ``mariadb`` client sends it (PyMySQL would encode a str as latin-1). ``timeout``: seconds
+    a connection attempt, a statement or a lock wait may take."""
 
     kind = "mysql"
+    dialect = Dialect(
+        quote="`",
+        on_duplicate_key=True,
+        for_update=" FOR UPDATE",
+        begin_write="START TRANSACTION",
+        begin_read="START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+        exact=" COLLATE utf8mb4_bin",
+        contains="LOCATE({mark}, LOWER({column})) > 0",
+    )
     migrations = named(
         _TABLES,
         _add_search,
@@ -116,71 +203,117 @@ class MySQLStore(SQLStore):
         migration_names_step("VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin"),
         _message_parts,
     )
-    begin_write = "START TRANSACTION"
-    begin_read = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
-    _for_update = " FOR UPDATE"
-    _if_absent = " ON DUPLICATE KEY UPDATE id = id"  # (0 rows affected: the row was there)
-    _title_is = "title = %s COLLATE utf8mb4_bin"
 
-    def __init__(
-        self, url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
-    ) -> None:
-        super().__init__(url, timeout)
-        self._params: dict[str, Any] = url.pymysql_params()
-        self.database: str = self._params["database"]
-        self._password: str | None = url.password if url.password is not None else os.environ.get("MYSQL_PWD")
-        if self._password is not None:
-            self._keep_secret(self._password)
-        self.ask_password = ask_password
-        self.mariadb = False
-        self.min_token = 3
-        self.max_packet = 16 * 2**20  # the server's max_allowed_packet, bytes (read at connect)
+    def __init__(self, url: StoreURL, timeout: float = 10.0) -> None:
+        self.display = url.display
+        self.timeout = timeout
+        self.params: dict[str, Any] = url.pymysql_params()
+        self.database: str = self.params["database"]
+        self.place = Place(
+            url.display,
+            timeout,
+            database=self.database,
+            user=self.params["user"],
+            password_from="the URL or MYSQL_PWD",
+            create_database="CREATE DATABASE",
+        )
+        self.password = url.password if url.password is not None else os.environ.get("MYSQL_PWD")
+        self.secrets = frozenset(
+            {self.password} if self.password is not None and len(self.password) >= MIN_REDACTED else ()
+        )
+        self.server = Server()
+        self.fulltext = InnoDBFullText(self.server)
+        self.locks = NamedLocks(self.database, timeout, url.display)
+        self._sent_password = False
 
-    def _open(self) -> Any:
+    @property
+    def errors(self) -> ErrorTable:
+        return error_table()
+
+    def connect(self, password: str | None) -> Any:
         try:
             import pymysql
         except ImportError:
             raise StoreError("the MySQL store needs PyMySQL: pip install 'chatcli[mysql]'") from None
+        password = password if password is not None else self.password
+        self._sent_password = password is not None
+        conn = pymysql.connect(
+            **self.params,
+            password=(password or "").encode("utf-8", "surrogateescape"),
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=max(1, round(self.timeout)),
+            read_timeout=self.timeout,
+            write_timeout=self.timeout,
+        )
         try:
-            conn = pymysql.connect(
-                **self._params,
-                password=(self._password or "").encode("utf-8", "surrogateescape"),
-                charset="utf8mb4",
-                autocommit=True,
-                connect_timeout=max(1, round(self.timeout)),
-                read_timeout=self.timeout,
-                write_timeout=self.timeout,
-            )
-        except pymysql.err.OperationalError as e:
-            code = e.args[0] if e.args else 0
-            if code == 1045 and self._password is None and self.ask_password is not None:
-                self._password = self.ask_password(f"Password for {self.display}: ")
-                self._keep_secret(self._password)
-                return self._open()
-            raise self._failure(e) from None
-        except pymysql.err.Error as e:
-            raise self._failure(e) from None
-        try:
-            cur = conn.cursor()
-            cur.execute("SELECT VERSION(), @@innodb_ft_min_token_size, @@max_allowed_packet")
-            version, self.min_token, self.max_packet = cur.fetchone()
-            self._check_version(str(version))
-            seconds = max(1, round(self.timeout))
-            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")  # row locks
-            cur.execute(f"SET SESSION lock_wait_timeout = {seconds}")  # table and metadata locks
-            if self.mariadb:
-                cur.execute(f"SET SESSION max_statement_time = {self.timeout:g}")
-            else:
-                cur.execute(f"SET SESSION max_execution_time = {int(self.timeout * 1000)}")
-        except pymysql.err.Error as e:
-            conn.close()
-            raise self._failure(e) from None
-        except StoreError:
+            self._set_up(conn)
+        except BaseException:
             conn.close()
             raise
         return conn
 
-    def _check_version(self, version: str) -> None:
+    def _set_up(self, conn: Any) -> None:
+        """Read what the server is (its version, ``innodb_ft_min_token_size``, ``max_allowed_packet``; a
+        server too old is refused) and bound its waits by the store's timeout."""
+        cur = conn.cursor()
+        cur.execute("SELECT VERSION(), @@innodb_ft_min_token_size, @@max_allowed_packet")
+        version, self.server.min_token, self.server.max_packet = cur.fetchone()
+        self.server.check(str(version), self.display)
+        seconds = max(1, round(self.timeout))
+        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")  # row locks
+        cur.execute(f"SET SESSION lock_wait_timeout = {seconds}")  # table and metadata locks
+        if self.server.mariadb:
+            cur.execute(f"SET SESSION max_statement_time = {self.timeout:g}")
+        else:
+            cur.execute(f"SET SESSION max_execution_time = {int(self.timeout * 1000)}")
+
+    def connect_fault(self, e: BaseException) -> Fault:
+        fault = error_table().fault(e, connecting=True)
+        return Fault.NO_PASSWORD if fault is Fault.LOGIN and not self._sent_password else fault
+
+    def said(self, e: BaseException, fault: Fault) -> str:
+        return said(e)
+
+    def writing(self) -> bool:
+        return False
+
+    def write_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        """``sql_write.upsert_messages``, once every row is known to fit the server's statement size (the
+        server would drop the connection otherwise). Raises StoreError."""
+        for row, (words, thought) in zip(rows, searched, strict=True):
+            size = sum(len(str(v).encode("utf-8", "surrogatepass")) for v in row)
+            need = 2 * size + len(words) + len(thought or "") + 4096
+            if need > self.server.max_packet:
+                raise StoreError(
+                    f"the server takes statements of at most {self.server.max_packet:,} bytes (its "
+                    f"max_allowed_packet) and this message needs up to {need:,}: have it raised to 16M, "
+                    f"MySQL's and MariaDB's default"
+                )
+        upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
+
+    def disk_bytes(self, cur: Any) -> int:
+        """Bytes chatcli's tables take, data and indexes (``information_schema.tables``)."""
+        cur.execute(
+            "SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name LIKE %s",
+            ("chatcli%",),
+        )
+        return int(cur.fetchone()[0])
+
+
+@dataclass
+class Server:
+    """What the server said of itself at connect: whether it is MariaDB, its ``innodb_ft_min_token_size``
+    (the shortest word its FULLTEXT index holds) and its ``max_allowed_packet`` (bytes)."""
+
+    mariadb: bool = False
+    min_token: int = 3
+    max_packet: int = 16 * 2**20
+
+    def check(self, version: str, display: str) -> None:
+        """Note whether ``version`` (``SELECT VERSION()``) is MariaDB's; StoreError when it is older than
+        MySQL 8.0 or MariaDB 10.6."""
         self.mariadb = "mariadb" in version.lower()
         numbers = [int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit()]
         have = tuple(numbers) if len(numbers) == 2 else (0, 0)
@@ -188,164 +321,84 @@ class MySQLStore(SQLStore):
         if have < need:
             product = "MariaDB" if self.mariadb else "MySQL"
             raise StoreError(
-                f"{self.display} runs {product} {version}; chatcli needs {product} "
-                f"{need[0]}.{need[1]} or newer"
+                f"{display} runs {product} {version}; chatcli needs {product} {need[0]}.{need[1]} or newer"
             )
 
-    def _driver_errors(self) -> tuple[type[BaseException], ...]:
-        import pymysql
 
-        return (pymysql.err.Error,)
+class NamedLocks:
+    """Session locks as ``GET_LOCK(name, 0)`` on the store's connection (the server frees them when the
+    connection ends); names are server-wide, so ``database`` is part of each. The migration lock waits up
+    to ``timeout`` seconds (then StoreUnavailable, naming the store as ``display``)."""
 
-    def _is_deadlock(self, e: BaseException) -> bool:
-        from pymysql.constants import ER
+    on_connection = True
 
-        return bool(e.args) and e.args[0] in (ER.LOCK_DEADLOCK,)  # 1213: InnoDB rolled the transaction back
+    def __init__(self, database: str, timeout: float, display: str) -> None:
+        self.database = database
+        self.timeout = timeout
+        self.display = display
 
-    def _is_lost(self, e: BaseException) -> bool:
-        import pymysql
-
-        if isinstance(e, pymysql.err.InterfaceError):
-            return True
-        code = e.args[0] if isinstance(e, pymysql.err.OperationalError) and e.args else 0
-        return code in (2006, 2013, 2014, 2055, 4031) and "timed out" not in str(e)
-
-    def _failure(self, e: BaseException) -> ChatcliError:
-        code = e.args[0] if getattr(e, "args", None) else 0
-        words = self._said(e)
-        if code == 1045:
-            return StoreError(
-                f"{self.display} refused the login (wrong or missing password): give it in the URL "
-                f"or MYSQL_PWD"
-            )
-        if code == 1049:
-            return StoreError(
-                f"{self.display}: the database {self.database!r} does not exist; create it "
-                f"(CREATE DATABASE) or fix the URL"
-            )
-        if code == 1044 and not self._conn:  # at connect time: a database this user may not open
-            return StoreError(
-                f"{self.display}: the database {self.database!r} does not exist or user "
-                f"{self._params['user']!r} may not use it; create it or grant access"
-            )
-        if code in (1044, 1142, 1227):
-            return StoreError(
-                f"{self.display}: the user may not do this ({words}); chatcli needs to create and "
-                f"write its tables (chatcli_*)"
-            )
-        if code in (1205, 1969, 3024) or "timed out" in words:
-            return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
-        if code == 1213:  # a deadlock every retry ran into
-            return StoreUnavailable(f"{self.display} is too busy: its writers keep deadlocking ({words})")
-        if code in (2003, 2002, 2005, 2006, 2013):
-            return StoreUnavailable(f"cannot connect to {self.display} ({words}); is the server running?")
-        return StoreError(f"{self.display}: {words}")
-
-    # -- locks ----------------------------------------------------------------------------------------------
-    def lock_name(self, name: str) -> str:
-        """A GET_LOCK name (at most 64 characters; names are server-wide, so the database is part of it)."""
+    def name(self, name: str) -> str:
+        """A GET_LOCK name (at most 64 characters)."""
         return "chatcli:" + hashlib.blake2b(f"{self.database}:{name}".encode(), digest_size=16).hexdigest()
 
-    def _try_lock(self, cur: Any, session_id: str) -> bool:
-        cur.execute("SELECT GET_LOCK(%s, 0)", (self.lock_name(session_id),))
+    def take(self, cur: Any, session_id: str) -> bool:
+        cur.execute("SELECT GET_LOCK(%s, 0)", (self.name(session_id),))
         return bool(cur.fetchone()[0] == 1)
 
-    def _unlock(self, cur: Any, session_id: str) -> None:
-        cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name(session_id),))
+    def release(self, cur: Any, session_id: str) -> None:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (self.name(session_id),))
 
-    def _lock_schema(self, cur: Any) -> Any:
-        cur.execute("SELECT GET_LOCK(%s, %s)", (self.lock_name("#schema"), max(1, round(self.timeout))))
+    def take_schema(self, cur: Any) -> Any:
+        cur.execute("SELECT GET_LOCK(%s, %s)", (self.name("#schema"), max(1, round(self.timeout))))
         if cur.fetchone()[0] != 1:
             raise StoreUnavailable(f"{self.display}: another chatcli is setting up the tables; try again")
         return None
 
-    def _unlock_schema(self, cur: Any, token: Any) -> None:
-        cur.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name("#schema"),))
+    def release_schema(self, cur: Any, token: Any) -> None:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (self.name("#schema"),))
 
-    # -- rows ----------------------------------------------------------------------------------------------
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
-        for row, (words, thought) in zip(rows, searched, strict=True):  # the server would drop the connection
-            size = sum(len(str(v).encode("utf-8", "surrogatepass")) for v in row)
-            need = 2 * size + len(words) + len(thought or "") + 4096
-            if need > self.max_packet:
-                raise StoreError(
-                    f"the server takes statements of at most {self.max_packet:,} bytes (its "
-                    f"max_allowed_packet) and this message needs up to {need:,}: have it raised to 16M, "
-                    f"MySQL's and MariaDB's default"
-                )
-        cols = ["session_id", *MESSAGE_COLUMNS, "words", "reasoning_words"]
-        quoted = [f"`{c}`" for c in cols]
-        updates = ", ".join(f"{q} = VALUES({q})" for q in quoted[2:])
-        cur.executemany(
-            f"INSERT INTO chatcli_messages ({', '.join(quoted)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-            f"ON DUPLICATE KEY UPDATE {updates}",
-            [(*r, *w) for r, w in zip(rows, searched, strict=True)],
-        )
 
-    def _searched(self, text: str) -> str:
+class InnoDBFullText:
+    """Full-text search with InnoDB FULLTEXT indexes in BOOLEAN MODE (``+word*``) over columns holding each
+    word spelled in ASCII (``search.mysql_text``); a word spelled shorter than the ``server``'s
+    ``innodb_ft_min_token_size`` is matched at the start of a word with LIKE instead. Ranked by MATCH's
+    relevance (higher is better). InnoDB reads every match of a FULLTEXT query, which takes seconds for a
+    word in most of a million messages: in a big store (BIG messages) the newest SAMPLE are sampled first,
+    and a word found in a large share of them (FREQUENT) is looked for newest first with LIKE instead."""
+
+    best = "DESC"
+    message_columns = ("words", "reasoning_words")
+    title_column = "title_words"
+    cast = ""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def indexed(self, text: str) -> str:
         return mysql_text(text)
 
-    def _q(self, column: str) -> str:
-        return f"`{column}`"
-
-    def _holds(self, column: str) -> str:
-        return f"LOCATE(%s, LOWER({column})) > 0"
-
-    def _search_rows(
-        self,
-        cur: Any,
-        words: list[str],
-        role: str | None,
-        session_id: str | None,
-        limit: int,
-        reasoning: bool,
-    ) -> list[tuple[Any, ...]]:
-        found: list[tuple[float, tuple[Any, ...]]] = []
-        if role != "title":
-            found += self._messages(cur, words, role, session_id, limit)
-        if role in (None, "title"):
-            found += self._titles(cur, words, session_id, limit)
-        if reasoning:
-            found += self._reasoning(cur, words, session_id, limit)
-        found.sort(key=lambda sr: (-sr[0], tie_break(sr[1][0], sr[1][4])))
-        return [r for _, r in found[:limit]]
-
-    def _match(self, column: str, words: list[str]) -> tuple[list[str], list[Any], str, list[Any]]:
-        """WHERE conditions and their parameters for ``words`` in the words ``column``, and the score
-        expression with its parameters: FULLTEXT for the words long enough for the server's index, LIKE at
-        the start of a word for the others."""
+    def match(self, target: str, words: list[str]) -> Match:
+        column = {TITLES: "s.title_words", REASONING: "m.reasoning_words"}.get(target, "m.words")
+        source = "chatcli_sessions s" if target == TITLES else "chatcli_messages m"
         spelled = [mysql_word(w) for w in words]
-        long = [w for w in spelled if len(w) >= self.min_token]
-        conditions, args = self._likes(column, [w for w in spelled if len(w) < self.min_token])
+        long = [w for w in spelled if len(w) >= self.server.min_token]
+        conditions, args = _likes(column, [w for w in spelled if len(w) < self.server.min_token])
         if not long:
-            return conditions, args, "0", []
+            return Match(source, " AND ".join(conditions), "0", args)
         against = " ".join(f"+{w}*" for w in long)
-        return (
-            [f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)", *conditions],
-            [against, *args],
-            f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)",
-            [against],
-        )
+        fulltext = f"MATCH({column}) AGAINST (%s IN BOOLEAN MODE)"
+        return Match(source, " AND ".join([fulltext, *conditions]), fulltext, [against, against, *args])
 
-    @staticmethod
-    def _likes(column: str, spelled: list[str]) -> tuple[list[str], list[Any]]:
-        """Each (spelled) word at the start of a word of the words ``column``: every word there follows a
-        space."""
-        return [f"{column} LIKE %s" for _ in spelled], [f"% {w}%" for w in spelled]
-
-    def _messages(
-        self, cur: Any, words: list[str], role: str | None, session_id: str | None, limit: int
-    ) -> list[tuple[float, tuple[Any, ...]]]:
-        """Matching messages, best first. InnoDB reads every match of a FULLTEXT query, which takes seconds
-        for a word in most of a million messages: so the newest messages are sampled first, and a word found
-        in a large share of them (FREQUENT) is looked for newest first with LIKE instead, until ``window``
-        matches; the older rest, if needed, by FULLTEXT."""
-        filters = [(c, v) for c, v in (("m.role = %s", role), ("m.session_id = %s", session_id)) if v]
-        where, args = self._likes("m.words", [mysql_word(w) for w in words])
+    def messages(self, cur: Any, dialect: Dialect, query: Query) -> list[Scored]:
+        """Matching messages, best first: by FULLTEXT (``ranked_messages``), unless the store is big and a
+        word is frequent: then newest first with LIKE until ``window`` matches, the older rest, if needed,
+        by FULLTEXT."""
+        match = self.match(MESSAGES, query.words)
         cur.execute("SELECT COALESCE(MAX(mid), 0) + 1 FROM chatcli_messages")
         high = int(cur.fetchone()[0])
         if high < BIG:
-            return self._indexed(cur, words, filters, None, limit)
+            return ranked_messages(cur, dialect, match, query, self.best)
+        where, args = _likes("m.words", [mysql_word(w) for w in query.words])
         cur.execute(
             f"SELECT count(*), sum({' AND '.join(where)}) FROM (SELECT words FROM chatcli_messages "
             f"ORDER BY mid DESC LIMIT {SAMPLE}) m",
@@ -354,75 +407,40 @@ class MySQLStore(SQLStore):
         sampled, hits = cur.fetchone()
         share = int(hits or 0) / max(1, int(sampled))
         if share < FREQUENT:
-            return self._indexed(cur, words, filters, None, limit)
-        low = 0 if session_id else max(0, high - int(self.window / share * 2))
-        where += [c for c, _ in filters]
-        args += [v for _, v in filters]
+            return ranked_messages(cur, dialect, match, query, self.best)
+        low = 0 if query.session_id else max(0, high - int(query.window / share * 2))
+        rows = self._newest(cur, where, args, query, low)
+        if len(rows) < query.window and low > 0:
+            older = query._replace(limit=query.window - len(rows))  # (ranked among the whole window)
+            rows += [
+                r for _, r in ranked_messages(cur, dialect, match, older, self.best, [("m.mid < %s", low)])
+            ]
+        scored = [(word_share(r[5], query.words), r) for r in rows]
+        return sorted(scored, key=lambda sr: -sr[0])[: query.limit]
+
+    @staticmethod
+    def _newest(cur: Any, where: list[str], args: list[Any], query: Query, low: int) -> list[tuple[Any, ...]]:
+        """Up to ``query.window`` messages from ``mid`` ``low`` on meeting ``where``, newest first."""
+        filters = [
+            (c, v) for c, v in (("m.role = %s", query.role), ("m.session_id = %s", query.session_id)) if v
+        ]
         cur.execute(
             f"SELECT m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM chatcli_messages m "
             f"JOIN chatcli_sessions s ON s.id = m.session_id WHERE m.mid >= %s AND s.deleted_at IS NULL "
-            f"AND {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s",
-            [low, *args, self.window],
+            f"AND {' AND '.join([*where, *(c for c, _ in filters)])} ORDER BY m.mid DESC LIMIT %s",
+            [low, *args, *(v for _, v in filters), query.window],
         )
-        rows = [tuple(r) for r in cur.fetchall()]
-        if len(rows) < self.window and low > 0:
-            rows += [r for _, r in self._indexed(cur, words, filters, low, self.window - len(rows))]
-        return sorted(((word_share(r[5], words), r) for r in rows), key=lambda sr: -sr[0])[:limit]
+        return [tuple(r) for r in cur.fetchall()]
 
-    def _indexed(
-        self, cur: Any, words: list[str], filters: list[tuple[str, Any]], below: int | None, limit: int
-    ) -> list[tuple[float, tuple[Any, ...]]]:
-        """The FULLTEXT query: the ``window`` most recent matches (older than ``below``, when given), best
-        first."""
-        where, args, score, score_args = self._match("m.words", words)
-        where += [c for c, _ in filters] + (["m.mid < %s"] if below is not None else [])
-        args += [v for _, v in filters] + ([below] if below is not None else [])
-        cur.execute(
-            f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ("
-            f"SELECT m.session_id, m.turn, m.role, m.idx, m.content, {score} AS score FROM chatcli_messages m "
-            f"WHERE {' AND '.join(where)} ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s "
-            f"ON s.id = h.session_id WHERE s.deleted_at IS NULL ORDER BY h.score DESC, h.session_id DESC, h.idx "
-            f"LIMIT %s",
-            [*score_args, *args, self.window, limit],
-        )
-        return [(float(r[0]), tuple(r[1:])) for r in cur.fetchall()]
 
-    def _titles(
-        self, cur: Any, words: list[str], session_id: str | None, limit: int
-    ) -> list[tuple[float, tuple[Any, ...]]]:
-        where, args, score, score_args = self._match("s.title_words", words)
-        where.append("s.deleted_at IS NULL")
-        if session_id:
-            where.append("s.id = %s")
-            args.append(session_id)
-        cur.execute(
-            f"SELECT {score}, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s "
-            f"WHERE {' AND '.join(where)} ORDER BY 1 DESC, s.id DESC LIMIT %s",
-            [*score_args, *args, limit],
-        )
-        return [(float(r[0]), r[1:]) for r in cur.fetchall()]
+def _likes(column: str, spelled: list[str]) -> tuple[list[str], list[Any]]:
+    """Each (spelled) word at the start of a word of the words ``column``: every word there follows a space."""
+    return [f"{column} LIKE %s" for _ in spelled], [f"% {w}%" for w in spelled]
 
-    def _reasoning(
-        self, cur: Any, words: list[str], session_id: str | None, limit: int
-    ) -> list[tuple[float, tuple[Any, ...]]]:
-        """Matching reasoning, best first, among the ``window`` most recent matches (FULLTEXT only: reasoning
-        is searched on request, so the sampling of ``_messages`` is not needed)."""
-        where, args, score, score_args = self._match("m.reasoning_words", words)
-        if session_id:
-            where.append("m.session_id = %s")
-            args.append(session_id)
-        inner = f"SELECT m.mid, {score} AS score FROM chatcli_messages m WHERE {' AND '.join(where)}"
-        return self._reasoning_hits(cur, inner, [*score_args, *args], limit)
 
-    def disk_bytes(self) -> int:
-        """Bytes chatcli's tables take, data and indexes (``information_schema.tables``)."""
-
-        def ask(cur: Any) -> int:
-            cur.execute(
-                "SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "
-                "WHERE table_schema = DATABASE() AND table_name LIKE %s",
-                ("chatcli%",),
-            )
-            return int(cur.fetchone()[0])
-
-        return int(self._run("measured its size", ask))
+def open_mysql(
+    url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+) -> SQLStore:
+    """The store of ``mysql://`` URL ``url`` (see MySQL); ``ask_password(prompt)`` is called when the server
+    wants a password and none was found (None: do not ask)."""
+    return SQLStore(url, MySQL(url, timeout), timeout=timeout, ask_password=ask_password)

@@ -14,21 +14,20 @@ import hashlib
 import os
 import socket
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
-from chatcli.errors import ChatcliError, StoreError, StoreUnavailable
-from chatcli.search import tie_break, tsquery, tsvector
+from chatcli.errors import StoreError
+from chatcli.search import tsquery, tsvector
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import (
-    JSON_FIELDS,
-    MESSAGE_COLUMNS,
-    MESSAGE_JSON_COLUMNS,
-    Searched,
-    exact_text,
-)
+from chatcli.stores.sql_dialect import Dialect
+from chatcli.stores.sql_errors import ErrorTable, Fault, Place, Rule, said
+from chatcli.stores.sql_rows import Searched, exact_text
 from chatcli.stores.sql_schema import migration_names_step, named, refill
+from chatcli.stores.sql_search import MESSAGES, REASONING, TITLES, Match, Query, Scored, ranked_messages
 from chatcli.stores.sql_watchdog import Watchdog
-from chatcli.stores.url import StoreURL
+from chatcli.stores.sql_write import upsert_messages
+from chatcli.stores.url import MIN_REDACTED, StoreURL
 
 MIN_VERSION = 120000  # generated columns and the planner's handling of tsvector statistics we rely on
 
@@ -92,8 +91,8 @@ _PARTS = [
 
 
 def _libpq_reason(e: BaseException) -> str:
-    """The heart of a libpq connection error: ``Connection refused`` out of ``connection failed: connection
-    to server at "h", port 5432 failed: Connection refused\n\tIs the server running...``."""
+    """The heart of a libpq connection error, for its message: ``Connection refused`` out of ``connection
+    failed: connection to server at "h", port 5432 failed: Connection refused\n\tIs the server running...``."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return first.rsplit("failed: ", 1)[-1].strip() or first
 
@@ -113,78 +112,199 @@ def _guarded(psycopg: Any, watchdog: Watchdog, seconds: float) -> Any:
     return GuardedCursor
 
 
-class PostgreSQLStore(SQLStore):
-    """Sessions in a PostgreSQL database. ``url`` is the parsed store URL (its password, if it has one, is
-    only handed to libpq, as a keyword: never in a URI libpq might quote back). ``ask_password(prompt)`` is
-    called when the server wants a password and none was found (None: do not ask)."""
+#: the faults of a connection that could not be opened: their message has libpq's reason alone
+_CONNECTING = frozenset({Fault.UNREACHABLE, Fault.LOGIN, Fault.NO_DATABASE, Fault.DATABASE_DENIED})
+
+
+def _broken(conn: Any) -> bool:
+    return bool(conn.closed or conn.broken)
+
+
+def _needs_password(e: Any) -> bool:
+    """Whether libpq found no password for a server that asked for one (psycopg's ``Error.pgconn``)."""
+    pgconn = getattr(e, "pgconn", None)
+    return pgconn is not None and bool(pgconn.needs_password)
+
+
+def _used_password(e: BaseException) -> bool:
+    """Whether the login that failed with ``e`` sent a password (the server asked for one)."""
+    pgconn = getattr(e, "pgconn", None)
+    return pgconn is not None and bool(pgconn.used_password)
+
+
+@cache
+def error_table() -> ErrorTable:
+    """psycopg's errors, by class (psycopg.errors names one per SQLSTATE; see
+    https://www.postgresql.org/docs/current/errcodes-appendix.html). At connect time an error has no
+    SQLSTATE: what is known then is in ``PostgreSQL.connect_fault``."""
+    import psycopg
+    from psycopg import errors as e
+
+    return ErrorTable(
+        driver=(psycopg.Error,),
+        rules=(
+            Rule(
+                "40P01 deadlock_detected, 40001 serialization_failure",
+                Fault.DEADLOCK,
+                types=(e.DeadlockDetected, e.SerializationFailure),
+            ),
+            Rule(
+                "57014 query_canceled, 55P03 lock_not_available",
+                Fault.TIMEOUT,
+                types=(e.QueryCanceled, e.LockNotAvailable),
+            ),
+            Rule("42501 insufficient_privilege", Fault.NOT_ALLOWED, types=(e.InsufficientPrivilege,)),
+            Rule("connection timeout", Fault.CONNECT_TIMEOUT, types=(e.ConnectionTimeout,), connecting=True),
+            Rule(
+                "no password",
+                Fault.NO_PASSWORD,
+                types=(psycopg.OperationalError,),
+                test=_needs_password,
+                connecting=True,
+            ),
+            Rule(
+                "a broken connection",
+                Fault.LOST,
+                types=(psycopg.OperationalError,),
+                connecting=False,
+                broken=True,
+            ),
+        ),
+        broken=_broken,
+    )
+
+
+class PostgreSQL:
+    """The PostgreSQL engine (``sql_engine.Engine``) of the parsed store URL ``url`` (its password, if it
+    has one, is only handed to libpq, as a keyword: never in a URI libpq might quote back). ``timeout``:
+    seconds a connection attempt, a statement or a lock wait may take."""
 
     kind = "postgresql"
-    migrations = named(
-        _TABLES,
-        _add_search,
-        _search_words,
-        migration_names_step("text"),
-        _PARTS,
+    dialect = Dialect(
+        json_cast="::jsonb",
+        json_text="::text",
+        for_update=" FOR UPDATE",
+        begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        holds_nul=False,  # text and jsonb cannot hold NUL: such records are kept whole in extra
     )
-    holds_nul = False  # text and jsonb cannot hold NUL: such records are kept whole in extra
-    begin_write = "BEGIN"
-    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    _for_update = " FOR UPDATE"
+    migrations = named(_TABLES, _add_search, _search_words, migration_names_step("text"), _PARTS)
 
-    def __init__(
-        self, url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
-    ) -> None:
-        super().__init__(url, timeout)
+    def __init__(self, url: StoreURL, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.params = url.libpq_params()
+        self.place = Place(
+            url.display,
+            timeout,
+            database=str(self.params.get("dbname", "")),
+            user=str(self.params.get("user", "")),
+            password_from="the URL, PGPASSWORD or ~/.pgpass",
+            create_database="e.g. `createdb`",
+        )
+        self.fulltext = TSVector()
+        self.locks = AdvisoryLocks()
         self.watchdog = Watchdog(self._cut)  # libpq waits forever on a network that stalls
-        self.ask_password = ask_password
-        self._keep_secret(os.environ.get("PGPASSWORD", ""))
-        self._password: str | None = None
+        self._conn: Any = None  # the last connection made (the watchdog's to cut)
+        self._password: str | None = None  # the one last given to connect
+        password = os.environ.get("PGPASSWORD", "")
+        self.secrets = frozenset({password} if len(password) >= MIN_REDACTED else ())
 
-    def _open(self) -> Any:
+    @property
+    def errors(self) -> ErrorTable:
+        return error_table()
+
+    def _libpq(self, password: str | None) -> dict[str, Any]:
+        """libpq's connection keywords: the store's timeouts, then the URL's own (its libpq "options" after
+        ours), and ``password`` when one was asked for."""
+        ms = int(self.timeout * 1000)
+        ours = (
+            f"-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms * 6}"
+        )
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, round(self.timeout)),
+            "application_name": "chatcli",
+            "options": ours,
+            "tcp_user_timeout": ms,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            **self.params,
+        }
+        if "options" in self.params:
+            kwargs["options"] = f"{ours} {self.params['options']}"
+        if password is not None:
+            kwargs["password"] = password
+        return kwargs
+
+    def connect(self, password: str | None) -> Any:
         try:
             import psycopg
         except ImportError:
             raise StoreError(
                 "the PostgreSQL store needs psycopg: pip install 'chatcli[postgresql]'"
             ) from None
-        ms = int(self.timeout * 1000)
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "connect_timeout": max(1, round(self.timeout)),
-            "application_name": "chatcli",
-            "options": f"-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout="
-            f"{ms * 6}",
-            "tcp_user_timeout": ms,
-            "keepalives": 1,
-            "keepalives_idle": 30,
-            "cursor_factory": _guarded(psycopg, self.watchdog, self.timeout + 1),
-        }
-        params = self.url.libpq_params()  # the URL's own options win, its libpq "options" go after ours
-        if "options" in params:
-            params["options"] = f"{kwargs['options']} {params['options']}"
-        if self._password is not None:
-            params["password"] = self._password
-        try:
-            conn = psycopg.connect(**{**kwargs, **params})
-        except psycopg.Error as e:
-            pgconn = getattr(e, "pgconn", None)
-            if (
-                pgconn is not None
-                and pgconn.needs_password
-                and self._password is None
-                and self.ask_password is not None
-            ):
-                self._password = self.ask_password(f"Password for {self.display}: ")
-                self._keep_secret(self._password)
-                return self._open()
-            raise self._connect_failure(e) from None
+        self._password = password
+        factory = _guarded(psycopg, self.watchdog, self.timeout + 1)
+        conn = psycopg.connect(**self._libpq(password), autocommit=True, cursor_factory=factory)
         if conn.info.server_version < MIN_VERSION:
             version = conn.info.server_version
             conn.close()
             raise StoreError(
-                f"{self.display} runs PostgreSQL {version // 10000}; chatcli needs PostgreSQL 12 or newer"
+                f"{self.url.display} runs PostgreSQL {version // 10000}; chatcli needs PostgreSQL 12 or newer"
             )
+        self._conn = conn
         return conn
+
+    def connect_fault(self, e: BaseException) -> Fault:
+        """The error table's fault; where it has none (libpq's errors at connect time carry no SQLSTATE), the
+        server is asked: ``PQping`` says whether a server answers at the address (UNREACHABLE if not);
+        then, logged in with the same user and password to its maintenance database (``postgres``), whether
+        the database exists (NO_DATABASE if not, DATABASE_DENIED if it does: the user may not open it). A
+        login refused there too, a password used both times, is LOGIN; anything else REFUSED."""
+        import psycopg
+
+        fault = error_table().fault(e, connecting=True)
+        if fault is not Fault.REFUSED or not isinstance(e, psycopg.OperationalError):
+            return fault
+        if not self._answers():
+            return Fault.UNREACHABLE
+        exists, refused_password = self._database_exists()
+        if exists is not None:
+            return Fault.DATABASE_DENIED if exists else Fault.NO_DATABASE
+        return Fault.LOGIN if refused_password and _used_password(e) else Fault.REFUSED
+
+    def _answers(self) -> bool:
+        """Whether a server answers at the URL's address (``PQping``: it needs no valid login)."""
+        from psycopg import pq
+        from psycopg.conninfo import make_conninfo
+
+        conninfo = make_conninfo("", **self._libpq(self._password))
+        return bool(pq.PGconn.ping(conninfo.encode()) == pq.Ping.OK)
+
+    def _database_exists(self) -> tuple[bool | None, bool]:
+        """Whether the database the URL names exists, asked of the server's maintenance database with the
+        same login (None when the URL names no other database, or that login fails too); and whether that
+        login failed though a password was used."""
+        import psycopg
+
+        name = self.params.get("dbname")
+        if not name or name == "postgres":
+            return None, True
+        try:
+            with psycopg.connect(
+                **{**self._libpq(self._password), "dbname": "postgres"}, autocommit=True
+            ) as conn:
+                row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        except psycopg.Error as e:
+            return None, _used_password(e)
+        return row is not None, False
+
+    def said(self, e: BaseException, fault: Fault) -> str:
+        """libpq's reason alone for a failed connection (``Connection refused``, ``FATAL: password
+        authentication failed for user "u"``); the whole message otherwise."""
+        return " ".join(_libpq_reason(e).split()) if fault in _CONNECTING else said(e)
+
+    def writing(self) -> bool:
+        return False
 
     def _cut(self) -> None:
         """The watchdog's cut: shut the connection's socket down, so the statement waiting on it fails now
@@ -195,188 +315,75 @@ class PostgreSQLStore(SQLStore):
         with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
 
-    def _connect_failure(self, e: BaseException) -> ChatcliError:
-        text = " ".join(str(e).split())
-        if "password authentication failed" in text or "no password supplied" in text:
-            return StoreError(
-                f"{self.display} refused the login ({'wrong password' if 'failed' in text else 'no password given'}): "
-                f"give it in the URL, PGPASSWORD or ~/.pgpass"
-            )
-        if "does not exist" in text and "database" in text:
-            return StoreError(
-                f"{self.display}: the database does not exist; create it (e.g. `createdb`) or fix the URL"
-            )
-        if "role" in text and "does not exist" in text:
-            return StoreError(f"{self.display}: no such user on the server; fix the URL")
-        if "timeout" in text:
-            return StoreUnavailable(
-                f"{self.display} did not answer within {self.timeout:g} s; is the server "
-                f"up and the address right?"
-            )
-        if (
-            "refused" in text
-            or "could not connect" in text
-            or "translate host name" in text
-            or "No route" in text
-            or "Connection reset" in text
-            or "server closed" in text
-        ):
-            return StoreUnavailable(
-                f"cannot connect to {self.display} ({self._said(_libpq_reason(e))}); is the server running?"
-            )
-        return StoreError(f"cannot use {self.display}: {self._said(e)}")
+    def write_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
 
-    def _driver_errors(self) -> tuple[type[BaseException], ...]:
-        import psycopg
+    def disk_bytes(self, cur: Any) -> int:
+        """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""
+        row = cur.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c)), 0) FROM (VALUES "
+            "('chatcli_sessions'::regclass), ('chatcli_messages'::regclass)) AS t (c)"
+        ).fetchone()
+        return int(row[0])
 
-        return (psycopg.Error,)
 
-    def _is_deadlock(self, e: BaseException) -> bool:
-        import psycopg
+class AdvisoryLocks:
+    """Session locks as ``pg_try_advisory_lock(key)`` on the store's connection (the server frees them when
+    the connection ends); the migration lock is ``pg_advisory_lock`` (waited for up to ``lock_timeout``)."""
 
-        return isinstance(e, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure))
+    on_connection = True
 
-    def _is_lost(self, e: BaseException) -> bool:
-        import psycopg
-
-        conn = self._conn
-        return isinstance(e, psycopg.OperationalError) and (conn is None or conn.closed or conn.broken)
-
-    def _failure(self, e: BaseException) -> ChatcliError:
-        import psycopg
-
-        if isinstance(e, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
-            return StoreUnavailable(f"{self.display} did not answer within {self.timeout:g} s")
-        if self._is_deadlock(e):  # a deadlock every retry ran into
-            return StoreUnavailable(
-                f"{self.display} is too busy: its writers keep deadlocking ({self._said(e)})"
-            )
-        if isinstance(e, psycopg.errors.InsufficientPrivilege):
-            return StoreError(
-                f"{self.display}: the user may not do this ({self._said(e)}); chatcli needs to create "
-                f"and write its tables (chatcli_*)"
-            )
-        if isinstance(e, psycopg.OperationalError):
-            return self._connect_failure(e)
-        return StoreError(f"{self.display}: {self._said(e)}")
-
-    # -- locks ----------------------------------------------------------------------------------------------
     @staticmethod
-    def lock_key(name: str) -> int:
+    def key(name: str) -> int:
         """The advisory-lock key of a name: 64 bits of its BLAKE2b hash, as a signed bigint."""
         digest = hashlib.blake2b(f"chatcli:{name}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
-    def _try_lock(self, cur: Any, session_id: str) -> bool:
-        return bool(
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key(session_id),)).fetchone()[0]
-        )
+    def take(self, cur: Any, session_id: str) -> bool:
+        return bool(cur.execute("SELECT pg_try_advisory_lock(%s)", (self.key(session_id),)).fetchone()[0])
 
-    def _unlock(self, cur: Any, session_id: str) -> None:
-        cur.execute("SELECT pg_advisory_unlock(%s)", (self.lock_key(session_id),))
+    def release(self, cur: Any, session_id: str) -> None:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (self.key(session_id),))
 
-    def _lock_schema(self, cur: Any) -> Any:
-        cur.execute("SELECT pg_advisory_lock(%s)", (self.lock_key("#schema"),))
+    def take_schema(self, cur: Any) -> Any:
+        cur.execute("SELECT pg_advisory_lock(%s)", (self.key("#schema"),))
         return None
 
-    def _unlock_schema(self, cur: Any, token: Any) -> None:
-        cur.execute("SELECT pg_advisory_unlock(%s)", (self.lock_key("#schema"),))
+    def release_schema(self, cur: Any, token: Any) -> None:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (self.key("#schema"),))
 
-    # -- rows ----------------------------------------------------------------------------------------------
-    def _param(self, column: str) -> str:
-        return "%s::jsonb" if column in JSON_FIELDS else "%s"
 
-    def _out(self, column: str) -> str:
-        return f"{column}::text"
+class TSVector:
+    """Full-text search with ``tsvector`` columns (``tsv``, ``reasoning_tsv``, ``title_tsv``) and their GIN
+    indexes, made from the words chatcli.search cuts the text into (``tsvector``: no text search
+    configuration), found with ``tsquery`` prefixes (``'word':*``), ranked by ``ts_rank`` (higher is
+    better)."""
 
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
-        cols = ["session_id", *MESSAGE_COLUMNS, "tsv", "reasoning_tsv"]
-        marks = [
-            "%s::jsonb" if c in MESSAGE_JSON_COLUMNS else "%s::tsvector" if "tsv" in c else "%s" for c in cols
-        ]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
-        sql = (
-            f"INSERT INTO chatcli_messages ({', '.join(cols)}) VALUES ({', '.join(marks)}) "
-            f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}"
-        )
-        cur.executemany(sql, [(*r, *w) for r, w in zip(rows, searched, strict=True)])
+    best = "DESC"
+    message_columns = ("tsv", "reasoning_tsv")
+    title_column = "title_tsv"
+    cast = "::tsvector"
 
-    def _searched(self, text: str) -> str:
+    def indexed(self, text: str) -> str:
         return tsvector(text)
 
-    _title_words = "title_tsv = %s::tsvector"
-
-    def _holds(self, column: str) -> str:
-        return f"strpos(lower({column}), %s) > 0"
-
-    def _search_rows(
-        self,
-        cur: Any,
-        words: list[str],
-        role: str | None,
-        session_id: str | None,
-        limit: int,
-        reasoning: bool,
-    ) -> list[tuple[Any, ...]]:
-        query = tsquery(words)
-        found: list[tuple[float, tuple[Any, ...]]] = []
-        if role != "title":
-            inner = (
-                "SELECT m.session_id, m.turn, m.role, m.idx, m.content, ts_rank(m.tsv, q) AS score "
-                "FROM chatcli_messages m, CAST(%s AS tsquery) q WHERE m.tsv @@ q"
-            )
-            args: list[Any] = [query]
-            if role:
-                inner += " AND m.role = %s"
-                args.append(role)
-            if session_id:
-                inner += " AND m.session_id = %s"
-                args.append(session_id)
-            sql = (
-                f"SELECT h.score, h.session_id, s.title, h.turn, h.role, h.idx, h.content FROM ({inner} "
-                f"ORDER BY m.mid DESC LIMIT %s) h JOIN chatcli_sessions s ON s.id = h.session_id "
-                f"WHERE s.deleted_at IS NULL ORDER BY h.score DESC, h.session_id DESC, h.idx LIMIT %s"
-            )
-            found += [(float(r[0]), r[1:]) for r in cur.execute(sql, [*args, self.window, limit]).fetchall()]
-        if role in (None, "title"):
-            sql = (
-                "SELECT ts_rank(s.title_tsv, q), s.id, s.title, 0, 'title', -1, s.title FROM chatcli_sessions s, "
-                "CAST(%s AS tsquery) q WHERE s.title_tsv @@ q AND s.deleted_at IS NULL"
-            )
-            args = [query]
-            if session_id:
-                sql += " AND s.id = %s"
-                args.append(session_id)
-            found += [
-                (float(r[0]), r[1:])
-                for r in cur.execute(sql + " ORDER BY 1 DESC, s.id DESC LIMIT %s", [*args, limit]).fetchall()
-            ]
-        if reasoning:
-            found += self._reasoning_rows(cur, query, session_id, limit)
-        found.sort(key=lambda sr: (-sr[0], tie_break(sr[1][0], sr[1][4])))
-        return [r for _, r in found[:limit]]
-
-    def _reasoning_rows(
-        self, cur: Any, query: str, session_id: str | None, limit: int
-    ) -> list[tuple[float, tuple[Any, ...]]]:
-        inner = (
-            "SELECT m.mid, ts_rank(m.reasoning_tsv, q) AS score FROM chatcli_messages m, CAST(%s AS tsquery) q "
-            "WHERE m.reasoning_tsv @@ q"
+    def match(self, target: str, words: list[str]) -> Match:
+        query = [tsquery(words)]
+        if target == TITLES:
+            source = "chatcli_sessions s, CAST(%s AS tsquery) q"
+            return Match(source, "s.title_tsv @@ q", "ts_rank(s.title_tsv, q)", query)
+        column = "m.reasoning_tsv" if target == REASONING else "m.tsv"
+        return Match(
+            "chatcli_messages m, CAST(%s AS tsquery) q", f"{column} @@ q", f"ts_rank({column}, q)", query
         )
-        args: list[Any] = [query]
-        if session_id:
-            inner += " AND m.session_id = %s"
-            args.append(session_id)
-        return self._reasoning_hits(cur, inner, args, limit)
 
-    def disk_bytes(self) -> int:
-        """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""
+    def messages(self, cur: Any, dialect: Dialect, query: Query) -> list[Scored]:
+        return ranked_messages(cur, dialect, self.match(MESSAGES, query.words), query, self.best)
 
-        def ask(cur: Any) -> int:
-            row = cur.execute(
-                "SELECT coalesce(sum(pg_total_relation_size(c)), 0) FROM (VALUES "
-                "('chatcli_sessions'::regclass), ('chatcli_messages'::regclass)) AS t (c)"
-            ).fetchone()
-            return int(row[0])
 
-        return int(self._run("measured its size", ask))
+def open_postgresql(
+    url: StoreURL, timeout: float = 10.0, ask_password: Callable[[str], str] | None = None
+) -> SQLStore:
+    """The store of ``postgresql://`` URL ``url`` (see PostgreSQL); ``ask_password(prompt)`` is called when
+    the server wants a password and none was found (None: do not ask)."""
+    return SQLStore(url, PostgreSQL(url, timeout), timeout=timeout, ask_password=ask_password)

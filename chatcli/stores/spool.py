@@ -41,9 +41,8 @@ from chatcli.errors import (
 from chatcli.model import Conversation
 from chatcli.search import SearchHit
 from chatcli.snapshot import dumps
-from chatcli.stores.base import Page, SaveInfo
+from chatcli.stores.base import Page, SaveInfo, VersionedStore
 from chatcli.stores.folder import ensure_folder, read_regular_file, remove_quietly, write_atomic
-from chatcli.stores.sql import SQLStore
 from chatcli.stores.url import StoreURL
 
 SPOOL_FORMAT = "chatcli.spool"
@@ -90,17 +89,19 @@ class _Pending:
 
 
 class SpoolingStore:
-    """``primary`` (a database store) with the spool in ``folder``. ``notify(message)`` is told, once per
-    change, when turns start going to the spool and when they reach the database again. While the database
-    does not answer it is tried again by the saves between turns (never by a checkpoint save of a streaming
-    reply: a hung database must not hold up the reply), and when a failed attempt took long (half a second
-    or more: a host that does not answer at all) only after ``retry_ratio`` times as long again, so retrying
-    takes at most a tenth of the time."""
+    """``primary`` (a store with row versions: a database) with the spool in ``folder``.
+    ``notify(message)`` is told, once per change, when turns start going to the spool and when they reach
+    the database again. While the database does not answer it is tried again by the saves between turns
+    (never by a checkpoint save of a streaming reply: a hung database must not hold up the reply), and
+    when a failed attempt took long (half a second or more: a host that does not answer at all) only after
+    ``retry_ratio`` times as long again, so retrying takes at most a tenth of the time."""
 
     retry_ratio = 10.0
     max_retry_wait = 60.0  # seconds
 
-    def __init__(self, primary: SQLStore, folder: Path, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, primary: VersionedStore, folder: Path, notify: Callable[[str], None] | None = None
+    ) -> None:
         self.primary = primary
         self.kind = primary.kind
         self.display = primary.display
@@ -170,7 +171,7 @@ class SpoolingStore:
             raise SaveError(f"{reason}; and keeping the turn on this machine failed too: {e}", path) from None
         self._pending[sid] = _Pending(changed_from, base, reason, conflict, path)
         if first is None or first.conflict != conflict:
-            flag = f" --store {self.primary.url.address}"
+            flag = f" --store {self.primary.address}"
             if conflict:
                 self._say(
                     f"{reason} — this conversation goes on in {path} (nothing in the database is "
@@ -303,7 +304,7 @@ def read_spool(path: Path) -> dict[str, Any]:
     return record
 
 
-def sync(primary: SQLStore, folder: Path, only: str | None = None) -> list[SyncOutcome]:
+def sync(primary: VersionedStore, folder: Path, only: str | None = None) -> list[SyncOutcome]:
     """Write the spool files of ``folder`` (only the one of session ``only``, when given) to ``primary``.
     Raises StoreUnavailable when the database does not answer (the files stay)."""
     outcomes: list[SyncOutcome] = []
@@ -320,7 +321,7 @@ def sync(primary: SQLStore, folder: Path, only: str | None = None) -> list[SyncO
     return outcomes
 
 
-def _sync_one(primary: SQLStore, record: dict[str, Any], path: Path) -> SyncOutcome:
+def _sync_one(primary: VersionedStore, record: dict[str, Any], path: Path) -> SyncOutcome:
     snap: Conversation = record["snapshot"]
     sid = snap.id
     try:

@@ -4,7 +4,7 @@ A session's writer lock on PostgreSQL and MySQL lives on the store's connection:
 lost (the server restarted, a proxy dropped it), the server lets the lock go. Found only at the next save,
 that would leave a REPL idle at its prompt without its lock for as long as the user thinks, and another
 chatcli could open, change or purge the session meanwhile. So while a store holds locks a daemon thread asks
-it every ``interval`` seconds to check its connection (``SQLStore.keep_locks``): a lost one is opened again
+it every ``interval`` seconds to check its connection (``Runner.keep_locks``): a lost one is opened again
 at once and the locks taken back; a lock someone else took meanwhile is marked lost, and the next save of
 that session goes to the spool instead of over the other chatcli's turns. A check that took long (a host
 that does not answer) is followed by a pause ten times as long, so the keeper holds the connection a tenth

@@ -304,11 +304,3 @@ def _clean(text: Any) -> Any:
 
 def _clean_surrogates(text: Any) -> Any:
     return valid_unicode(text) if isinstance(text, str) else text
-
-
-def said(e: BaseException) -> str:
-    """A driver error's own words, on one line (PyMySQL's ``(code, message)`` as its message)."""
-    args = e.args
-    words = args[1] if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str) else str(e)
-    text = " ".join(words.split()) or type(e).__name__
-    return text[:200]

@@ -1,16 +1,20 @@
 """The schema migrations of the SQL stores, named alike on every engine (MIGRATION_NAMES) and numbered: the
 schema's version (how many migrations the database has), applying the missing ones under a lock, and
-refusing a database newer than this chatcli. A mixin of
-SQLStore (``sql.py``), whose engines give the migrations and the lock."""
+refusing a database newer than this chatcli (``SQLSchema``, handed its engine, whose migrations and lock
+it uses)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import StoreError
+from chatcli.stores.sql_errors import Fault
+
+if TYPE_CHECKING:
+    from chatcli.stores.sql_engine import Engine
 
 #: the schema migrations in order, as every engine names them: "search words" re-indexes every message and
 #: title with chatcli's own definition of a word (chatcli.search); "migration names" keeps these names in
@@ -45,85 +49,86 @@ def migration_names_step(name_type: str) -> Callable[[Any], None]:
 
 
 class SQLSchema:
-    """Schema versions and migrations. Needs SQLStore's ``_x``, ``_tx``, driver hooks and settings."""
+    """The schema of ``engine``'s database (shown as ``display`` in messages): its version and migrations."""
 
-    display: str
-    migrations: Sequence[tuple[str, Step]]
-    begin_write: str
+    def __init__(self, engine: Engine, display: str) -> None:
+        self.engine = engine
+        self.display = display
 
-    def _x(self, cur: Any, sql: str, args: Sequence[Any] = ()) -> Any:
-        raise NotImplementedError
-
-    def _tx(self, cur: Any, begin: str) -> AbstractContextManager[Any]:
-        raise NotImplementedError
-
-    def _driver_errors(self) -> tuple[type[BaseException], ...]:
-        raise NotImplementedError
-
-    def _is_lost(self, e: BaseException) -> bool:
-        raise NotImplementedError
-
-    def schema_version(self, cur: Any) -> int:
-        """How many migrations the database has (0: none yet)."""
+    def version(self, conn: Any) -> int:
+        """How many migrations the database on ``conn`` has (0: none yet)."""
+        cur = conn.cursor()
         try:
-            row = self._x(cur, "SELECT max(version) FROM chatcli_schema").fetchone()
-        except self._driver_errors() as e:
-            if self._is_lost(e):
+            cur.execute("SELECT max(version) FROM chatcli_schema")
+            row = cur.fetchone()
+        except self.engine.errors.driver as e:
+            if self.engine.errors.fault(e, conn) is Fault.LOST:
                 raise
-            self._rollback_quietly(cur)
+            rollback_quietly(cur)
             return 0
         return int(row[0] or 0)
 
-    def _rollback_quietly(self, cur: Any) -> None:
-        try:
-            cur.execute("ROLLBACK")
-        except Exception:
-            pass
-
-    def _migrate(self, conn: Any, upto: int | None = None) -> None:
-        """Apply the migrations the database lacks, each in its own transaction, under a lock that keeps
-        two chatclis from migrating at once; refuse a database whose schema is newer than this chatcli
-        knows. ``upto`` stops at that version (tests build old databases with it)."""
-        cur = conn.cursor()
-        want = len(self.migrations) if upto is None else upto
-        have = self.schema_version(cur)
-        if have > len(self.migrations):
+    def migrate(self, conn: Any, upto: int | None = None) -> None:
+        """Apply the migrations the database on ``conn`` lacks, each in its own transaction, under a lock
+        that keeps two chatclis from migrating at once; refuse a database whose schema is newer than this
+        chatcli knows (StoreError). ``upto`` stops at that version (tests build old databases with it)."""
+        migrations = self.engine.migrations
+        want = len(migrations) if upto is None else upto
+        have = self.version(conn)
+        if have > len(migrations):
             raise StoreError(
                 f"the database {self.display} has chatcli schema version {have}, newer than this "
-                f"chatcli knows ({len(self.migrations)}): upgrade chatcli"
+                f"chatcli knows ({len(migrations)}): upgrade chatcli"
             )
         if have >= want:
             return
-        token = self._lock_schema(cur)
+        cur = conn.cursor()
+        token = self.engine.locks.take_schema(cur)
         try:
-            for version in range(self.schema_version(cur), want):  # again, under the lock
-                _, step = self.migrations[version]
-                with self._tx(cur, self.begin_write):
-                    if callable(step):
-                        step(cur)
-                    else:
-                        for statement in step:
-                            self._x(cur, statement)
-                    self._x(
-                        cur,
-                        "INSERT INTO chatcli_schema (version, applied_at) VALUES (%s, %s)",
-                        (version + 1, utc_now()),
-                    )
-                    if version + 1 >= NAMED_FROM:
-                        self._x(
-                            cur,
-                            "INSERT INTO chatcli_migrations (name, applied_at) VALUES (%s, %s)",
-                            (self.migrations[version][0], utc_now()),
-                        )
+            for version in range(self.version(conn), want):  # again, under the lock
+                self._apply(cur, version)
         finally:
-            self._unlock_schema(cur, token)
+            self.engine.locks.release_schema(cur, token)
 
-    def _lock_schema(self, cur: Any) -> Any:
-        """Take the lock that serialises migrations (waits up to ``timeout``); returns what unlocks it."""
-        raise NotImplementedError
+    def _apply(self, cur: Any, version: int) -> None:
+        """Migration ``version`` (to ``version + 1``), recorded in the same transaction."""
+        name, step = self.engine.migrations[version]
+        p = self.engine.dialect.mark
+        with transaction(cur, self.engine.dialect.begin_write):
+            if callable(step):
+                step(cur)
+            else:
+                for statement in step:
+                    cur.execute(statement)
+            cur.execute(
+                f"INSERT INTO chatcli_schema (version, applied_at) VALUES ({p}, {p})",
+                (version + 1, utc_now()),
+            )
+            if version + 1 >= NAMED_FROM:
+                cur.execute(
+                    f"INSERT INTO chatcli_migrations (name, applied_at) VALUES ({p}, {p})", (name, utc_now())
+                )
 
-    def _unlock_schema(self, cur: Any, token: Any) -> None:
-        raise NotImplementedError
+
+@contextmanager
+def transaction(cur: Any, begin: str) -> Iterator[Any]:
+    """``begin`` (the statement that opens a transaction), then the block, then COMMIT; ROLLBACK when the
+    block raises."""
+    cur.execute(begin)
+    try:
+        yield cur
+    except BaseException:
+        rollback_quietly(cur)
+        raise
+    cur.execute("COMMIT")
+
+
+def rollback_quietly(cur: Any) -> None:
+    """ROLLBACK, whatever it finds (a connection already gone included)."""
+    try:
+        cur.execute("ROLLBACK")
+    except Exception:
+        pass
 
 
 def refill(

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatcli.errors import ChatcliError, SaveError, SessionLocked, StoreError, StoreUnavailable
-from chatcli.model import Conversation
-from chatcli.paths import expanded
-from chatcli.search import index_text, tie_break
-from chatcli.stores.base import SaveInfo
+from chatcli.errors import SaveError, SessionLocked, StoreError
+from chatcli.search import index_text
 from chatcli.stores.folder import FileLock, ensure_folder
 from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
-from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched
+from chatcli.stores.sql_dialect import Dialect
+from chatcli.stores.sql_errors import ErrorTable, Fault, Place, Rule, said
+from chatcli.stores.sql_rows import Searched
 from chatcli.stores.sql_schema import migration_names_step, named, refill
+from chatcli.stores.sql_search import MESSAGES, REASONING, TITLES, Match, Query, Scored, ranked_messages
+from chatcli.stores.sql_write import upsert_messages
 from chatcli.stores.url import StoreURL
 
 _TABLES = [
@@ -166,46 +166,46 @@ def _search_words(cur: Any) -> None:
         cur.execute(statement)
 
 
-class SQLiteStore(SQLStore):
-    """Sessions in the SQLite database at ``path`` (the file is created by the first save; its folder must
-    exist: StoreError otherwise)."""
+class SQLite:
+    """The SQLite engine (``sql_engine.Engine``) of the database file ``url.path``: the file is made by the
+    first write; its folder must exist (StoreError otherwise). ``timeout``: seconds a statement waits for a
+    lock another program holds on the file."""
 
     kind = "sqlite"
-    migrations = named(
-        _TABLES,
-        _SEARCH,
-        _search_words,
-        migration_names_step("TEXT"),
-        _PARTS,
+    dialect = Dialect(
+        mark="?",
+        begin_write="BEGIN IMMEDIATE",  # the write lock first: two writers never deadlock on upgrading theirs
+        contains="chatcli_holds({column}, {mark})",
     )
-    locks_on_connection = False  # lock files: nothing to keep alive
-    begin_write = "BEGIN IMMEDIATE"
-    begin_read = "BEGIN"
+    migrations = named(_TABLES, _SEARCH, _search_words, migration_names_step("TEXT"), _PARTS)
+    secrets: frozenset[str] = frozenset()
 
-    def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
-        self.path = expanded(path)
-        super().__init__(StoreURL("sqlite", path=self.path), timeout)
-        self.lock_dir = self.path.parent / (self.path.name + ".locks")
-        self._files: dict[str, FileLock] = {}
-        self._in_memory = False  # the connection is the empty stand-in for a file not made yet
-        self._make = False  # a save asked for the file: make it
+    def __init__(self, url: StoreURL, timeout: float = 10.0) -> None:
+        assert url.path is not None
+        self.path = url.path
+        self.display = url.display
+        self.timeout = timeout
+        self.place = Place(url.display, timeout)
+        self.fulltext = FTS5()
+        self.locks = FileLocks(self.path.parent / (self.path.name + ".locks"), timeout)
+        self.in_memory = False  # the connection is the empty stand-in for a file not made yet
+        self.make = False  # a write asked for the file: make it
 
-    def _connection(self) -> Any:
-        if self._conn is None and not self.path.parent.is_dir():
+    @property
+    def errors(self) -> ErrorTable:
+        return ERRORS
+
+    def connect(self, password: str | None) -> sqlite3.Connection:
+        """The file's connection; until a write asks for the file (``writing``), an empty database in memory
+        stands in for a file that does not exist, so reads create nothing."""
+        if not self.path.parent.is_dir():
             raise StoreError(
                 f"cannot use {self.display}: the folder {self.path.parent} does not exist (chatcli makes the "
                 f"database file, not its folder): create it, or fix the path"
             )
-        if self._conn is None and not self._make and not self.path.exists():
-            conn = self._connect(":memory:")  # the empty stand-in, until a save makes the file
-            self._in_memory = True
-            self._migrate(conn)
-            self._conn = conn
-            return conn
-        return super()._connection()
-
-    def _open(self) -> Any:
-        self._in_memory = False
+        self.in_memory = self.locks.in_memory = not self.make and not self.path.exists()
+        if self.in_memory:
+            return self._connect(":memory:")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
@@ -214,173 +214,31 @@ class SQLiteStore(SQLStore):
         return self._connect(str(self.path))
 
     def _connect(self, target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None)
         try:
-            conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             add_holds(conn)
-        except sqlite3.DatabaseError as e:
-            raise self._failure(e) from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
-    def _save(
-        self, conv: Conversation, changed_from: int, create: bool = False, deleted_at: str | None = None
-    ) -> SaveInfo:
-        self._make = True  # a save makes the file, also when nothing was read before it
-        if self._in_memory:  # the first save after reads: from now on the database is the file
-            self._drop()
-        return super()._save(conv, changed_from, create, deleted_at)
+    def connect_fault(self, e: BaseException) -> Fault:
+        return ERRORS.fault(e, connecting=True)
 
-    def create_many(self, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
-        self._make = True  # (as ``_save``)
-        if self._in_memory:
-            self._drop()
-        return super().create_many(items)
+    def said(self, e: BaseException, fault: Fault) -> str:
+        return said(e)
 
-    def _driver_errors(self) -> tuple[type[BaseException], ...]:
-        return (sqlite3.Error,)
+    def writing(self) -> bool:
+        self.make = True  # a save makes the file, also when nothing was read before it
+        return self.in_memory  # the first write after reads: from now on the database is the file
 
-    def _is_lost(self, e: BaseException) -> bool:
-        return False  # a file does not hang up
+    def write_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
 
-    def _failure(self, e: BaseException) -> ChatcliError:
-        text = str(e)
-        if "locked" in text or "busy" in text:
-            return StoreUnavailable(
-                f"{self.display} is busy (locked by another program) for more than {self.timeout:g} s"
-            )
-        if "not a database" in text or "malformed" in text:
-            return StoreError(
-                f"{self.path} is not an SQLite database chatcli can use ({text}); move it away "
-                f"or choose another file"
-            )
-        return StoreError(f"{self.display}: {self._said(e)}")
-
-    def _x(self, cur: Any, sql: str, args: Any = ()) -> Any:
-        cur.execute(sql.replace("%s", "?"), args)
-        return cur
-
-    def _many(self, cur: Any, sql: str, rows: Any) -> None:
-        cur.executemany(sql.replace("%s", "?"), rows)
-
-    # -- locks: files beside the database ---------------------------------------------------------------
-    def _try_lock(self, cur: Any, session_id: str) -> bool:
-        if session_id in self._files:  # held already (taken again when the stand-in gives way to the file)
-            return True
-        try:
-            ensure_folder(self.lock_dir)
-        except SaveError as e:
-            raise SessionLocked(f"cannot lock session {session_id}: {e}") from None
-        lock = FileLock(self.lock_dir / f"{session_id}.lock")
-        try:
-            lock.acquire(session_id)
-        except SessionLocked:
-            return False
-        self._files[session_id] = lock
-        return True
-
-    def _unlock(self, cur: Any, session_id: str) -> None:
-        lock = self._files.pop(session_id, None)
-        if lock is not None:
-            lock.release()
-
-    def _release(self, session_id: str) -> None:
-        self._held.discard(session_id)
-        self._unlock(None, session_id)
-
-    def _close(self) -> None:
-        for sid in list(self._files):
-            self._unlock(None, sid)
-        self._held.clear()
-        self._drop()
-
-    def _lock_schema(self, cur: Any) -> Any:
-        if self._in_memory:  # no one else can see a database in memory
-            return None
-        ensure_folder(self.lock_dir)
-        from filelock import FileLock as Blocking
-
-        lock = Blocking(str(self.lock_dir / "schema.lock"), timeout=self.timeout, mode=0o600)
-        lock.acquire()
-        return lock
-
-    def _unlock_schema(self, cur: Any, token: Any) -> None:
-        if token is not None:
-            token.release()
-
-    # -- rows ---------------------------------------------------------------------------------------------
-    def _upsert_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
-        cols = ["session_id", *MESSAGE_COLUMNS, "words", "reasoning_words"]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
-        self._many(
-            cur,
-            f"INSERT INTO chatcli_messages ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))}) "
-            f"ON CONFLICT (session_id, idx) DO UPDATE SET {updates}",
-            [(*r, *w) for r, w in zip(rows, searched, strict=True)],
-        )
-
-    def _searched(self, text: str) -> str:
-        return index_text(text)
-
-    def _search_rows(
-        self,
-        cur: Any,
-        words: list[str],
-        role: str | None,
-        session_id: str | None,
-        limit: int,
-        reasoning: bool,
-    ) -> list[tuple[Any, ...]]:
-        query = fts_query(words)
-        found: list[tuple[float, tuple[Any, ...]]] = []
-        if role != "title":
-            inner = "SELECT rowid AS r, rank AS score FROM chatcli_messages_fts WHERE chatcli_messages_fts MATCH ?"
-            args: list[Any] = [query]
-            if role:
-                inner += " AND role = ?"
-                args.append(role)
-            if session_id:
-                inner += " AND session_id = ?"
-                args.append(session_id)
-            sql = (
-                f"SELECT b.score, m.session_id, s.title, m.turn, m.role, m.idx, m.content FROM ({inner} ORDER BY "
-                f"rowid DESC LIMIT ?) AS b JOIN chatcli_messages m ON m.mid = b.r JOIN chatcli_sessions s ON "
-                f"s.id = m.session_id WHERE s.deleted_at IS NULL ORDER BY b.score, m.session_id DESC, m.idx LIMIT ?"
-            )
-            found += [(r[0], r[1:]) for r in cur.execute(sql, [*args, self.window, limit])]
-        if role in (None, "title"):
-            sql = (
-                "SELECT t.rank, s.id, s.title, 0, 'title', -1, s.title FROM chatcli_titles_fts t JOIN "
-                "chatcli_sessions s ON s.rowid = t.rowid WHERE chatcli_titles_fts MATCH ? AND s.deleted_at IS NULL"
-            )
-            args = [query]
-            if session_id:
-                sql += " AND s.id = ?"
-                args.append(session_id)
-            found += [
-                (r[0], r[1:])
-                for r in cur.execute(sql + " ORDER BY t.rank, s.id DESC LIMIT ?", [*args, limit])
-            ]
-        if reasoning:
-            found += self._reasoning_rows(cur, query, session_id, limit)
-        found.sort(key=lambda sr: (sr[0], tie_break(sr[1][0], sr[1][4])))  # bm25: lower is better
-        return [r for _, r in found[:limit]]
-
-    def _reasoning_rows(
-        self, cur: Any, query: str, session_id: str | None, limit: int
-    ) -> list[tuple[float, tuple[Any, ...]]]:
-        inner = "SELECT rowid AS mid, rank AS score FROM chatcli_reasoning_fts WHERE chatcli_reasoning_fts MATCH %s"
-        args: list[Any] = [query]
-        if session_id:
-            inner += " AND session_id = %s"
-            args.append(session_id)
-        return self._reasoning_hits(cur, inner, args, limit, best="ASC")  # bm25: lower is better
-
-    def _holds(self, column: str) -> str:
-        return f"chatcli_holds({column}, %s)"
-
-    def disk_bytes(self) -> int:
+    def disk_bytes(self, cur: Any) -> int:
         """Bytes the database takes on disk: its file with its -wal and -shm files."""
         total = 0
         for suffix in ("", "-wal", "-shm"):
@@ -389,3 +247,105 @@ class SQLiteStore(SQLStore):
             except OSError:
                 pass
         return total
+
+
+def _sqlite_code(e: BaseException) -> object:
+    """An SQLite error's primary result code (``sqlite3.Error.sqlite_errorcode`` without its extended
+    bits); None for an error of the Python module itself."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+#: SQLite's errors, by result code (https://sqlite.org/rescode.html); a file does not hang up, so none is lost
+ERRORS = ErrorTable(
+    driver=(sqlite3.Error,),
+    rules=(
+        Rule(
+            "SQLITE_BUSY, SQLITE_LOCKED",
+            Fault.BUSY,
+            codes=frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}),
+        ),
+        Rule(
+            "SQLITE_NOTADB, SQLITE_CORRUPT",
+            Fault.NOT_A_DATABASE,
+            codes=frozenset({sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}),
+        ),
+    ),
+    code=_sqlite_code,
+)
+
+
+class FileLocks:
+    """Session locks as OS file locks in ``folder`` beside the database (``<file>.locks/<id>.lock``),
+    released when their process ends however it ends; the migration lock is ``schema.lock`` there (waited
+    for up to ``timeout`` seconds), not needed for the stand-in in memory (``in_memory``)."""
+
+    on_connection = False
+
+    def __init__(self, folder: Path, timeout: float) -> None:
+        self.folder = folder
+        self.timeout = timeout
+        self.in_memory = False
+        self._files: dict[str, FileLock] = {}
+
+    def take(self, cur: Any, session_id: str) -> bool:
+        try:
+            ensure_folder(self.folder)
+        except SaveError as e:
+            raise SessionLocked(f"cannot lock session {session_id}: {e}") from None
+        lock = FileLock(self.folder / f"{session_id}.lock")
+        try:
+            lock.acquire(session_id)
+        except SessionLocked:
+            return False
+        self._files[session_id] = lock
+        return True
+
+    def release(self, cur: Any, session_id: str) -> None:
+        lock = self._files.pop(session_id, None)
+        if lock is not None:
+            lock.release()
+
+    def take_schema(self, cur: Any) -> Any:
+        if self.in_memory:  # no one else can see a database in memory
+            return None
+        ensure_folder(self.folder)
+        from filelock import FileLock as Blocking
+
+        lock = Blocking(str(self.folder / "schema.lock"), timeout=self.timeout, mode=0o600)
+        lock.acquire()
+        return lock
+
+    def release_schema(self, cur: Any, token: Any) -> None:
+        if token is not None:
+            token.release()
+
+
+class FTS5:
+    """Full-text search with FTS5 over the words chatcli.search cuts each message, reasoning and title into
+    (``index_text``), tokenized by ``ascii`` (each word stays whole), kept up to date by triggers; ranked
+    by bm25 (``rank``: lower is better); each word matched as a prefix."""
+
+    best = "ASC"
+    message_columns = ("words", "reasoning_words")
+    title_column = "title_words"
+    cast = ""
+
+    def indexed(self, text: str) -> str:
+        return index_text(text)
+
+    def match(self, target: str, words: list[str]) -> Match:
+        query = fts_query(words)
+        if target == TITLES:
+            source = "chatcli_titles_fts t JOIN chatcli_sessions s ON s.rowid = t.rowid"
+            return Match(source, "chatcli_titles_fts MATCH ?", "t.rank", [query])
+        table = "chatcli_reasoning_fts" if target == REASONING else "chatcli_messages_fts"
+        return Match(table, f"{table} MATCH ?", "rank", [query], mid="rowid AS mid", at="", rows=False)
+
+    def messages(self, cur: Any, dialect: Dialect, query: Query) -> list[Scored]:
+        return ranked_messages(cur, dialect, self.match(MESSAGES, query.words), query, self.best)
+
+
+def open_sqlite(url: StoreURL, timeout: float = 10.0) -> SQLStore:
+    """The store of ``sqlite://`` URL ``url`` (see SQLite)."""
+    return SQLStore(url, SQLite(url, timeout), timeout=timeout)

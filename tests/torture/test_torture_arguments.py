@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from transcript import CLI
 
+from engines import DATABASES
 from torturelib import SEED, add, figure, size
 
 EXAMPLES = size("ARGS", 3000 if os.environ.get("CHATCLI_TORTURE_LONG") == "1" else 300)
@@ -234,7 +235,7 @@ def test_no_argument_ends_in_an_internal_error(workspace: Path, cli: CLI) -> Non
     _check(cli, workspace, None, EXAMPLES, "arguments")
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
+@pytest.mark.parametrize("engine", DATABASES)
 def test_no_argument_ends_in_an_internal_error_on_a_database(
     engine: str, workspace: Path, cli: CLI, store_for: Any
 ) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from engines import ENGINES
 from fakellm import FakeLLMServer, Reply, last_user_text
 from torturelib import (
     KILLS,
@@ -271,7 +272,7 @@ def run_chain(chain: int, kills: int, llm: FakeLLMServer, env: dict[str, str], w
     return st
 
 
-@pytest.mark.parametrize("engine", ["folder", "sqlite", "postgresql", "mysql"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sigkill_at_random_moments_loses_nothing(
     engine: str, child_env: dict[str, str], user_dirs: dict[str, Path], store_for: Any
 ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from chatcli.stores import open_store, parse_store
 
 from chatproc import Chat
+from engines import SERVER_ENGINES, SERVERS
 from fakellm import FakeLLMServer, Reply, last_user_text
 from torturelib import LONG, SEED, add, chatcli_args, figure, rng, size
 
@@ -39,15 +39,6 @@ def answer(record: dict[str, Any]) -> Reply:
     return Reply(tokens=[f"{text}.{i} " for i in range(TOKENS)], delay_each=DELAY)
 
 
-@pytest.fixture
-def server(engine: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The engine's database server, running again after the test whatever the test did to it."""
-    srv = request.getfixturevalue("pg_server" if engine == "postgresql" else "mariadb_server")
-    yield srv
-    if not srv.running:
-        srv.start()
-
-
 def stored(spec: str, sid: str) -> list[tuple[str, str, str]]:
     st = open_store(parse_store(spec), timeout=20)
     try:
@@ -63,7 +54,7 @@ def turn(chat: Chat, text: str) -> None:
     )
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
 def test_the_database_killed_at_random_moments_loses_nothing(
     engine: str, server: Any, store_for: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -90,7 +81,7 @@ def test_the_database_killed_at_random_moments_loses_nothing(
             kill = threading.Timer(
                 {"mid-reply": r.uniform(0.05, 0.25), "between turns": 0.0, "as a turn starts": 0.0}[moment],
                 server.stop,
-                ("immediate" if engine == "postgresql" else "kill",),
+                (SERVERS[engine].hard_stop,),
             )
             if moment == "between turns":
                 kill.run()  # now, before the turn
@@ -125,17 +116,17 @@ def test_the_database_killed_at_random_moments_loses_nothing(
     assert kept == DBKILLS  # every cycle had a turn while the database was away
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
 def test_a_network_that_stalls_sends_the_turn_to_the_spool_and_never_holds_up_the_reply(
     engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from urllib.parse import urlsplit
+    from chatcli.stores import parse_store
 
     from stallproxy import StallProxy
 
     spec = store_for(engine)
-    u = urlsplit(spec)
-    proxy = StallProxy((u.hostname or "127.0.0.1", u.port or 0))
+    (server,) = parse_store(spec).hosts
+    proxy = StallProxy((server.name, server.port or 0))
     config = tmp_path / "stall.toml"
     config.write_text("store_timeout = 2\n")
     env = {**child_env, "CHATCLI_CONFIG": str(config)}

@@ -17,6 +17,7 @@ from chatcli.stores import open_store, parse_store
 from chatcli.stores.base import Store
 from transcript import CLI, ScriptedBackend
 
+from engines import ENGINES
 from fakellm import FakeLLMServer, Reply
 from torturelib import figure
 
@@ -119,7 +120,7 @@ def test_a_nul_is_shown_the_same_on_every_engine(
     path = tmp_path / "nul.json"
     path.write_bytes(orjson.dumps(_snapshot(title="fine", messages=[_message(content="ab\x00cd nulword")])))
     shown = {}
-    for engine in ("folder", "sqlite", "postgresql", "mysql"):
+    for engine in ENGINES:
         store = store_for(engine)
         assert cli("import", str(path), "--store", store).exit_code == 0
         (sid,) = [row["id"] for row in orjson.loads(cli("list", "--json", "--store", store).ok)]
@@ -134,7 +135,7 @@ def test_a_nul_is_shown_the_same_on_every_engine(
     assert shown["folder"][1] == ["abcd nulword"] and "\ufffd" not in shown["folder"][0]
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql", "folder"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_two_migrations_into_one_store_at_once_copy_each_session_once(
     engine: str, cli: CLI, store_for: Callable[[str], str], child_env: dict[str, str], tmp_path: Path
 ) -> None:

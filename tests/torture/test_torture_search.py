@@ -15,6 +15,7 @@ from chatcli.search import search_words, words
 from chatcli.stores import open_store, parse_store
 from transcript import CLI
 
+from engines import ENGINES
 from torturelib import figure
 
 #: (script, messages): each message one session's user turn; the reply repeats a part of it
@@ -122,7 +123,7 @@ def test_every_engine_finds_the_same_hits_in_every_script(
     source.mkdir()
     for s in sessions:
         (source / f"{s['id']}.json").write_bytes(orjson.dumps(s))
-    stores = {engine: store_for(engine) for engine in ("folder", "sqlite", "postgresql", "mysql")}
+    stores = {engine: store_for(engine) for engine in ENGINES}
     for store in stores.values():
         assert cli("migrate", "--from", str(source), "--to", store).exit_code == 0
     opened = {engine: open_store(parse_store(store), timeout=10) for engine, store in stores.items()}

@@ -24,6 +24,7 @@ from transcript import CLI, ScriptedBackend
 
 import torturelib
 from chatproc import Chat, Turns
+from engines import ENGINES, SERVER_ENGINES, SERVERS
 from fakellm import FakeLLMServer
 from torturelib import figure
 
@@ -47,7 +48,7 @@ def spool_files(env: dict[str, str]) -> list[Path]:
 
 @pytest.fixture
 def server(engine: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    srv = request.getfixturevalue("pg_server" if engine == "postgresql" else "mariadb_server")
+    srv = request.getfixturevalue(SERVERS[engine].fixture)
     yield srv
     _writable(engine, srv)
 
@@ -77,7 +78,7 @@ def _other_spellings(engine: str, url: str) -> list[str]:
     return [spelled, f"{url}?{option}"]
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", SERVER_ENGINES, indirect=True)
 def test_a_save_the_database_refuses_is_kept_and_synced_under_any_spelling(
     engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
 ) -> None:
@@ -142,7 +143,7 @@ def test_a_message_too_large_for_any_store_is_refused_before_anything_is_written
     huge = "x" * (MAX_MESSAGE_BYTES + 1)
     fits = "é" * (MAX_MESSAGE_BYTES // 2 - 64)  # 4 MiB of UTF-8 less a little: MariaDB takes it too
     refused = []
-    for engine in ("folder", "sqlite", "postgresql", "mysql"):
+    for engine in ENGINES:
         store = store_for(engine)
         r = cli("ask", "--store", store, input=huge)
         refused.append(r.error(2))
@@ -188,11 +189,11 @@ def _spellings(url: str) -> list[str]:
     return spelled
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
 def test_a_password_never_shows_however_the_url_spells_it(
     engine: str, request: pytest.FixtureRequest, cli: CLI, scripted: ScriptedBackend, tmp_path: Path
 ) -> None:
-    srv = request.getfixturevalue("pg_server" if engine == "postgresql" else "mariadb_server")
+    srv = request.getfixturevalue(SERVERS[engine].fixture)
     url = srv.new_database(user=f"canary_{engine}", password=CANARY)
     commands = [
         ["new"],
@@ -265,7 +266,7 @@ def _drop_connections(engine: str, srv: Any, url: str) -> int:
     return len(ids)
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("engine", SERVER_ENGINES, indirect=True)
 def test_a_lost_connection_takes_the_session_lock_back_at_once(
     engine: str, store_spec: str, server: Any, fake_llm: FakeLLMServer, child_env: dict[str, str]
 ) -> None:

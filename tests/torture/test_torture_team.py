@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from engines import DATABASES
 from teamload import mysql_connections, pg_connections, run_team
 from torturelib import LONG, figure, size
 
@@ -20,7 +21,7 @@ CASE = "team on one database"
 TEAM = size("TEAM", 64 if LONG else 16)
 
 
-@pytest.mark.parametrize("engine", ["postgresql", "mysql", "sqlite"])
+@pytest.mark.parametrize("engine", DATABASES)
 def test_a_team_on_one_database_loses_nothing(
     engine: str, store_for: Any, child_env: dict[str, str], tmp_path: Path
 ) -> None:
