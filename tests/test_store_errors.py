@@ -234,7 +234,7 @@ def test_sqlite_errors_by_result_code(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.OperationalError) as busy:
             sqlite3.connect(db, timeout=0.1, isolation_level=None).execute("BEGIN IMMEDIATE")
         assert SQLITE_ERRORS.fault(busy.value) is Fault.BUSY
-        st = open_database(parse_store(f"sqlite://{db}"), timeout=0.2)
+        st = open_database(parse_store(f"sqlite:///{db}"), timeout=0.2)
         with pytest.raises(
             StoreUnavailable, match=r"chats.db is busy \(locked by another program\) for more than 0.2 s"
         ):
@@ -245,9 +245,9 @@ def test_sqlite_errors_by_result_code(tmp_path: Path) -> None:
         holder.close()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database, " * 512)
-    assert refused(f"sqlite://{junk}") == (
+    assert refused(f"sqlite:///{junk}") == (
         Fault.NOT_A_DATABASE,
-        f"sqlite://{junk} is not a database chatcli can use (file is not a database); move the file away or "
+        f"sqlite:///{junk} is not a database chatcli can use (file is not a database); move the file away or "
         "choose another one",
     )
 
