@@ -131,10 +131,10 @@ def test_a_migrate_killed_half_way_copies_the_rest_when_run_again(
     spec = store_for(engine)
     code = (
         "import sys, time; from chatcli import library; from chatcli.stores import open_store, parse_store\n"
-        "made = library._copy_batch\n"
-        "def slow(dst, batch, report):\n"
-        "    made(dst, batch, report); print('BATCH', flush=True); time.sleep(30)\n"
-        "library.BATCH_SESSIONS = 100; library._copy_batch = slow\n"
+        "made = library._report_batch\n"
+        "def slow(dst, batch, written, report):\n"
+        "    made(dst, batch, written, report); print('BATCH', flush=True); time.sleep(30)\n"
+        "library.BATCH_SESSIONS = 100; library._report_batch = slow\n"
         f"library.migrate(open_store(parse_store({str(src_root)!r})), open_store(parse_store({spec!r})))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=child_env)
@@ -319,3 +319,84 @@ def test_chatclis_opening_a_new_database_at_once_make_the_tables_once(
     assert isinstance(st, SQLStore)
     assert schema_versions(st) == list(range(1, len(MIGRATION_NAMES) + 1))
     st.close()
+
+
+@pytest.mark.parametrize("engine", DATABASES)
+def test_the_bulk_path_indexes_what_it_loads_and_leaves_the_indexing_of_saves_as_it_was(
+    engine: str, store_for: Any
+) -> None:
+    """``create_many`` loads messages by the engine's bulk path (COPY; SQLite sets its insert triggers
+    aside): search finds their text, reasoning and titles, and a save afterwards is indexed as before."""
+    spec = store_for(engine)
+    dst = opened(spec)
+    if engine == "sqlite":
+        put(dst, snap(A, title="before the batch", turns=[("earlier words", "fine")]))
+        triggers = _sqlite_triggers(dst)
+    batch = []
+    for k, sid in enumerate((B, C)):
+        s = snap(sid, title=f"batch title{k}", turns=[(f"loadedword{k} question", "an answer")])
+        s["messages"][1]["parts"] = [
+            {"type": "reasoning", "text": f"thoughtword{k} first"},
+            {"type": "text", "text": "an answer"},
+        ]
+        del s["messages"][1]["content"]
+        batch.append((Conversation.from_json(s), False))
+    assert dst.create_many(batch) == [B, C]
+    assert [(h.session_id, h.role) for h in dst.search("loadedword1")] == [(C, "user")]
+    assert [(h.session_id, h.role) for h in dst.search("thoughtword0", reasoning=True)] == [(B, "reasoning")]
+    assert dst.search("thoughtword0") == []  # reasoning only when asked for, as before
+    assert {h.session_id for h in dst.search("title1", role="title")} == {C}
+    conv = dst.load(B)
+    conv.messages.append(conv.messages[0].__class__("user", "afterwards savedword"))
+    lock = dst.lock(B)
+    try:
+        dst.save(conv, changed_from=len(conv.messages) - 1)
+    finally:
+        lock.release()
+    assert [(h.session_id, h.position) for h in dst.search("savedword")] == [(B, 2)]
+    if engine == "sqlite":
+        assert _sqlite_triggers(dst) == triggers  # set aside and put back as they were
+        assert [h.session_id for h in dst.search("earlier")] == [A]
+
+
+def _sqlite_triggers(store: Store) -> list[tuple[str, str]]:
+    assert isinstance(store, SQLStore)
+    return sorted(
+        store.runner.run(
+            "read the schema",
+            lambda cur: x(cur, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall(),
+        )
+    )
+
+
+def test_a_batch_that_fails_stops_the_migrate_with_the_batches_before_it_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are written one at a time while the next is read: the error of one is raised by migrate,
+    after the ones before it were written and before any after it is; no writer thread outlives it."""
+    import threading
+
+    from chatcli import library
+    from chatcli.errors import SaveError
+
+    src, dst = opened(str(tmp_path / "from")), opened(str(tmp_path / "to"))
+    ids = [f"20260101-0000{k:02d}-b{k:03d}" for k in range(7)]
+    for sid in ids:
+        put(src, snap(sid, turns=[("q", "a")]))
+    calls: list[list[str]] = []
+    real = dst.create_many
+
+    def failing(items: Any) -> list[str]:
+        calls.append([c.id for c, _ in items])
+        if len(calls) == 2:
+            raise SaveError("the disk is full", "to")
+        return real(items)
+
+    monkeypatch.setattr(dst, "create_many", failing)
+    monkeypatch.setattr(library, "BATCH_SESSIONS", 3)
+    before = threading.active_count()
+    with pytest.raises(SaveError, match="the disk is full"):
+        migrate(src, dst)
+    assert calls == [ids[:3], ids[3:6]]  # the third batch never went
+    assert sorted(dst.ids()) == ids[:3]
+    assert threading.active_count() == before

@@ -22,7 +22,7 @@ from chatcli.search import tsquery, tsvector
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_dialect import Dialect
 from chatcli.stores.sql_errors import ErrorTable, Fault, Place, Rule, said
-from chatcli.stores.sql_rows import Searched, exact_text
+from chatcli.stores.sql_rows import MESSAGE_COLUMNS, Searched, exact_text
 from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.sql_search import MESSAGES, REASONING, TITLES, Match, Query, Scored, ranked_messages
 from chatcli.stores.sql_watchdog import Watchdog
@@ -317,6 +317,17 @@ class PostgreSQL:
 
     def write_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
         upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
+
+    def load_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        """``COPY ... FROM STDIN`` (text format: the server reads the JSON and tsvector columns from their
+        text), about twice as fast as the upsert for a batch; armed on the watchdog like a statement."""
+        cols = ", ".join(["session_id", *MESSAGE_COLUMNS, *self.fulltext.message_columns])
+        with (
+            self.watchdog.armed(self.timeout + 1),
+            cur.copy(f"COPY chatcli_messages ({cols}) FROM STDIN") as copy,
+        ):
+            for row, words in zip(rows, searched, strict=True):
+                copy.write_row((*row, *words))
 
     def disk_bytes(self, cur: Any) -> int:
         """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""

@@ -10,7 +10,8 @@ An engine is made of:
 - its ``SessionLocks``: the one-writer-per-session lock, and the lock that serialises migrations;
 - its ``FullText`` strategy (``sql_search.py``): what its index is given and how it finds words;
 - its migrations, named as ``sql_schema.MIGRATION_NAMES`` (``sql_schema.named``);
-- ``write_messages``, the bulk path (by default ``sql_write.upsert_messages``), and ``disk_bytes``.
+- ``write_messages``, a save's message rows (by default ``sql_write.upsert_messages``), ``load_messages``,
+  the bulk path of new sessions (COPY, say), and ``disk_bytes``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,13 @@ class Engine(Protocol):
         """Insert or replace message ``rows`` (session_id, then MESSAGE_COLUMNS), each with what its full-text
         index is given for its text and reasoning (None: it has none): the bulk path of a save and of
         ``create_many`` (one statement batch)."""
+        ...
+
+    def load_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+        """Insert the message ``rows`` (as ``write_messages``) of sessions created in the caller's
+        transaction, so that none of them is in the table yet: the bulk path of ``create_many``
+        (``migrate``, ``import``), the fastest way the engine has (``write_messages`` when it has none
+        faster)."""
         ...
 
     def disk_bytes(self, cur: Any) -> int:

@@ -3,7 +3,7 @@ writers from overwriting each other), the message rows (``upsert_messages``: the
 path, one executemany, which psycopg pipelines and PyMySQL turns into multi-row INSERTs kept under its
 statement size) and many new sessions in one transaction (``create_many``, for ``migrate`` and ``import``:
 one commit for the batch instead of one per session, every message of the batch in one statement batch
-through the engine's ``write_messages``). Functions of a cursor and a ``Dialect``, and of an ``SQLStore``
+through the engine's ``load_messages``). Functions of a cursor and a ``Dialect``, and of an ``SQLStore``
 for ``create_many``."""
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _new(store: SQLStore, conv: Conversation, deleted_at: str | None) -> _New:
 def create_many(store: SQLStore, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
     """Write the sessions of ``items`` (each with its ``trashed``) that are not in the store yet, in one
     transaction: each session row inserted only if its id is free (a taken one is left out, never
-    overwritten), then all their messages at once (the engine's ``write_messages``), then their titles'
+    overwritten), then all their messages at once (the engine's ``load_messages``), then their titles'
     search words. Returns the ids written, in order. Raises SaveError (a message no row holds, a refusal:
     nothing is written), StoreUnavailable."""
     now = utc_now()
@@ -152,7 +152,7 @@ def create_many(store: SQLStore, items: Sequence[tuple[Conversation, bool]]) -> 
                 done.append(n)
             rows = [r for n in done for r in n.rows]
             if rows:
-                store.engine.write_messages(cur, rows, [w for n in done for w in n.searched])
+                store.engine.load_messages(cur, rows, [w for n in done for w in n.searched])
             for n in done:
                 if n.title:
                     store.index_title(cur, n.sid, n.title)
