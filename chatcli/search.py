@@ -85,14 +85,16 @@ def words(text: str) -> Iterator[str]:
     most MAX_WORD_UNITS), in order, repeats included."""
     folded = fold(text)
     if folded.isascii():  # (most text: its words are its runs of letters and digits, whole)
-        found: list[str] = _ASCII_WORD.findall(folded)
+        found = folded.encode("ascii").translate(_ASCII_SPACES).decode("ascii").split()
         if max(map(len, found), default=0) > MAX_WORD_UNITS:
             found = [_capped(w) for w in found]
         return iter(found)
     return _words(folded)
 
 
-_ASCII_WORD = re.compile(r"[a-z0-9]+")  # ``_patterns()[0]`` on ASCII text that is folded (lower case)
+#: folded ASCII text (lower case) with every byte but a letter or digit made a space: its words are then
+#: what ``_patterns()[0]`` finds, split at spaces (twice as fast as the regular expression)
+_ASCII_SPACES = bytes(c if 0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A else 0x20 for c in range(256))
 
 
 def _words(folded: str) -> Iterator[str]:
@@ -163,10 +165,10 @@ def tsvector(text: str) -> str:
         seen = at.get(w)
         if seen is None:
             at[w] = [n] if n <= 16383 else []
-        elif len(seen) < 256 and n <= 16383:
+        elif n <= 16383:
             seen.append(n)
     return " ".join(
-        f"'{w}':{p[0]}" if len(p) == 1 else f"'{w}':{','.join(map(str, p))}" if p else f"'{w}'"
+        f"'{w}':{p[0]}" if len(p) == 1 else f"'{w}':{','.join(map(str, p[:256]))}" if p else f"'{w}'"
         for w, p in at.items()
     )
 

@@ -1,0 +1,32 @@
+"""The words search indexes (chatcli.search): the fast path for ASCII text cuts the same words as the general
+definition, and a message's tsvector keeps PostgreSQL's limits (256 positions a word, each at most
+16,383)."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatcli.search import _words, fold, tsvector, words
+
+ASCII = st.text(alphabet=string.printable + "\x00\x7f", max_size=300)
+
+
+@given(ASCII)
+def test_the_ascii_fast_path_cuts_the_words_the_definition_cuts(text: str) -> None:
+    assert list(words(text)) == list(_words(fold(text)))
+
+
+def test_a_long_ascii_word_is_capped_as_the_definition_caps_it() -> None:
+    text = "short " + "x" * 200 + " end"
+    assert list(words(text)) == list(_words(fold(text)))
+
+
+def test_a_tsvector_keeps_256_positions_a_word_and_none_past_16383() -> None:
+    text = " ".join(["echo"] * 300 + ["f"] * 16_100 + ["late", "echo"])
+    got = {word: at for word, _, at in (entry.partition(":") for entry in tsvector(text).split(" "))}
+    assert got["'echo'"] == ",".join(str(n) for n in range(1, 257))
+    assert got["'f'"].split(",")[:2] == ["301", "302"] and len(got["'f'"].split(",")) == 256
+    assert got["'late'"] == ""  # past 16,383: the word without a position
