@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -90,9 +89,8 @@ def migrate(
             try:
                 if store_url(src_settings).identity == store_url(dst_settings).identity:
                     raise ConfigError(f"--from and --to are the same store ({src.display})")
-                report = do_migrate(
-                    src, dst, dry_run=dry_run, on_session=_progress if sys.stderr.isatty() else None
-                )
+                with out.progress("migrating sessions") as step:
+                    report = do_migrate(src, dst, dry_run=dry_run, on_session=step)
             finally:
                 dst.close()
         finally:
@@ -126,13 +124,6 @@ def migrate(
             out.notice(f"{'would not copy' if dry_run else 'not copied'}: session {sid}: {why}")
     if report.differs or report.damaged or report.too_large:
         raise typer.Exit(ExitStatus.ERROR)
-
-
-def _progress(done: int, total: int) -> None:
-    end = "\n" if done == total else ""
-    if done == total or done % 50 == 0:
-        sys.stderr.write(f"\rchatcli: migrating: {done:,} of {total:,} sessions" + end)
-        sys.stderr.flush()
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from chatcli.reasoning import fold_line, reasoning_line
@@ -330,6 +332,21 @@ class Renderer:
     def info(self, message: str) -> None:
         self.console.print(f"[dim]{_one_liner(message)}[/]", soft_wrap=True)
 
+    @contextmanager
+    def progress(self, what: str) -> Iterator[Callable[[int, int], None]]:
+        """A progress bar on stderr while a long job runs, at a terminal only (``what`` names the job, e.g.
+        ``migrating``): yields the callback ``(done, total)`` the job calls, and takes the bar away when the
+        block ends. Not at a terminal, the callback draws nothing."""
+        if not self.err.is_terminal:
+            yield _no_progress
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn(escape_markup(what)), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.err, transient=True) as bar:
+            task = bar.add_task(what, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+
     def reply(self, reasoning: str = "stream") -> ReplyView:
         """A view for one streaming reply (``reasoning``: see ReplyView)."""
         return ReplyView(self.console, err=self.err, reasoning=reasoning)
@@ -563,6 +580,10 @@ class Renderer:
 
 
 _MARK_ON, _MARK_OFF = "\ue000", "\ue001"  # private-use characters: survive sanitize() and markup escaping
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The progress callback where no bar is drawn."""
 
 
 def short_time(iso: str) -> str:

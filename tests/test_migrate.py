@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -400,3 +401,33 @@ def test_a_batch_that_fails_stops_the_migrate_with_the_batches_before_it_written
     assert calls == [ids[:3], ids[3:6]]  # the third batch never went
     assert sorted(dst.ids()) == ids[:3]
     assert threading.active_count() == before
+
+
+def test_migrate_draws_a_progress_bar_at_a_terminal_and_none_in_a_pipe(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    import pexpect
+
+    from ptyproc import plain
+
+    src = opened(str(tmp_path / "from"))
+    for k in range(40):
+        put(src, snap(f"20260101-0001{k:02d}-p{k:03d}", turns=[("q", "a")]))
+    (tmp_path / "db").mkdir()
+    args = ["-m", "chatcli", "migrate", "--from", str(tmp_path / "from")]
+    child = pexpect.spawn(
+        sys.executable,
+        [*args, "--to", f"sqlite:///{tmp_path / 'db' / 'tty.db'}"],
+        env=child_env,
+        dimensions=(24, 100),
+        timeout=60,
+        encoding="utf-8",
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    shown = plain(str(child.before))
+    assert child.exitstatus == 0, shown
+    assert re.search(r"migrating sessions .*40/40", shown), shown  # rich's bar: the count of sessions read
+    assert shown.rstrip().endswith("copied 40 sessions; 0 already there")
+    piped = run(child_env, *args[2:], "--to", f"sqlite:///{tmp_path / 'db' / 'piped.db'}")
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr  # nothing drawn in a pipe
