@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -316,6 +317,15 @@ def _register_commands() -> None:
     cli_library.register(app)
     cli_stores.register(app)
     cli_tools.register(app)
+    for info in app.registered_commands:
+        info.help = _flowing(info.help or inspect.getdoc(info.callback) or "")
+
+
+def _flowing(text: str) -> str:
+    """``text`` (a docstring) with the line breaks inside its paragraphs made spaces, paragraphs kept: a
+    docstring is wrapped for the source, while help is wrapped by rich to the screen's width (Typer's rich
+    help would keep a docstring's breaks and cut sentences mid-line)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
 
 
 _register_commands()

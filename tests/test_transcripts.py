@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,68 @@ def test_help(cli: CLI, args: list[str], options: list[str]) -> None:
     assert f"Usage: chatcli {' '.join(args)}".rstrip() + " [OPTIONS]" in out
     for option in options:
         assert option in out, f"{option} missing from `chatcli {' '.join(args)} --help`"
+
+
+def help_blocks(out: str, columns: int) -> dict[str, tuple[list[str], int]]:
+    """The wrapped text of a rich help screen printed ``columns`` wide, by block: ``"about"`` the help text
+    under Usage, and each panel row's last cell by the row's other cells (``"resume"``, ``"--limit -n N"``);
+    each as (its lines, the width rich wrapped them to)."""
+    lines = out.split("\n")
+    blocks: dict[str, tuple[list[str], int]] = {}
+    at = next(i for i, line in enumerate(lines) if line.lstrip().startswith("Usage:")) + 2
+    about = []
+    while lines[at].strip() and not lines[at].startswith("╭"):
+        about.append(lines[at][1:].rstrip())
+        at += 1
+    blocks["about"] = (about, columns - 2)
+    panel: list[str] = []
+    for line in lines:
+        if line.startswith("│"):
+            panel.append(line[1 : line.rindex("│")])
+        elif panel:  # a panel ends: its last column (the help) starts where every line's last cell starts
+            col = max(max(m.end() for m in re.finditer(r"^|  +", inner.rstrip())) for inner in panel)
+            for inner in panel:
+                if inner[:col].strip():
+                    row = " ".join(inner[:col].split())
+                    blocks[row] = ([], len(inner) - col - 1)
+                blocks[row][0].append(inner[col:].rstrip())
+            panel = []
+    return blocks
+
+
+def broken(blocks: dict[str, tuple[list[str], int]]) -> list[str]:
+    """The lines of ``blocks`` that end before the width they were wrapped to made them end: a break the
+    help text itself holds (a docstring's line break) rather than rich's wrapping. Typer's ``[default: ...]``,
+    ``[env var: ...]`` and ``[required]`` are items of their own, placed on a line of their own."""
+    return [
+        f"{name}: {a!r} / {b!r}"
+        for name, (lines, width) in blocks.items()
+        for a, b in pairwise(lines)
+        if b.strip() and not b.lstrip().startswith("[") and len(a) + 1 + len(b.split()[0]) <= width
+    ]
+
+
+@pytest.mark.parametrize("columns", [80, 140])
+def test_help_reads_as_flowing_text_at_any_width(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    import inspect
+
+    from typer.main import get_command
+
+    from chatcli.cli import app
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    group = get_command(app)
+    commands = group.commands  # type: ignore[attr-defined]
+    docs = {name: " ".join((inspect.getdoc(cmd.callback) or "").split()) for name, cmd in commands.items()}
+    top = help_blocks(cli("--help").ok, columns)
+    assert broken(top) == []
+    for name, doc in docs.items():  # the command list holds each command's whole docstring, as one text
+        assert " ".join(top[name][0]) == doc, name
+        own = help_blocks(cli(name, "--help").ok, columns)
+        assert broken(own) == [], name
+        assert " ".join(own["about"][0]) == doc, name
 
 
 def test_no_arguments_prints_help(cli: CLI) -> None:
