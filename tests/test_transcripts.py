@@ -16,7 +16,7 @@ from chatcli.errors import StreamError
 from chatcli.messages import Usage
 from chatcli.model import Conversation
 from chatcli.stores.folder import FolderStore
-from transcript import CLI, ID_RE, Reply, ScriptedBackend, masked
+from transcript import CLI, ID_RE, Reply, Run, ScriptedBackend, masked
 
 
 def snapshot(user_dirs: dict[str, Path], sid: str) -> dict:
@@ -404,6 +404,32 @@ def test_usage_errors_exit_2(cli: CLI, scripted: ScriptedBackend, args: list[str
     r = cli(*args)
     assert r.exit_code == 2 and r.stdout == ""
     assert said in r.stderr and "Traceback" not in r.stderr
+    assert scripted.builds == []
+
+
+def test_a_usage_error_is_one_line_unless_stderr_is_a_terminal(
+    cli: CLI, scripted: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chatcli.cli
+
+    said = {
+        ("list", "--nope"): "error: No such option: --nope (Possible options: --model, --since, --store)\n",
+        ("migrate", "--store", "x"): "error: No such option: --store (Possible options: --json, --to)\n",
+        ("frobnicate",): "error: No such command 'frobnicate'.\n",
+        ("new", "--temperature"): "error: Option '--temperature' requires an argument.\n",
+    }
+    for args, line in said.items():  # piped or logged: one plain line, as every other error
+        assert cli(*args) == Run(2, "", line)
+    monkeypatch.setattr(chatcli.cli, "isatty", lambda stream: True)  # at a terminal: Typer's panel
+    assert cli("migrate", "--store", "x") == Run(
+        2,
+        "",
+        "Usage: chatcli migrate [OPTIONS]\n"
+        "Try 'chatcli migrate -h' for help.\n"
+        "╭─ Error ──────────────────────────────────────────────────────────────────────────────────────────╮\n"
+        "│ No such option: --store (Possible options: --json, --to)                                         │\n"
+        "╰──────────────────────────────────────────────────────────────────────────────────────────────────╯\n",
+    )
     assert scripted.builds == []
 
 
