@@ -142,6 +142,26 @@ def test_a_failed_turn_in_a_piped_repl(
     assert msgs[1]["error"] == "the connection closed in the middle of the reply"
 
 
+def test_a_message_too_large_then_a_normal_one_counts_turns_from_1(
+    cli: CLI, scripted: ScriptedBackend, tmp_path: Path
+) -> None:
+    scripted.window = 1000
+    r = cli("new", input="x " * 3000 + "\nhello\n")
+    assert masked(r.stdout, tmp=str(tmp_path)) == (
+        "New session <ID> · openai/gpt-4o-mini · type help for commands, Ctrl-D to quit\n"
+        "Echo: hello\n"
+        "Session <ID> is saved. Resume it with: chatcli resume <ID> --store <tmp>/sessions\n"
+    )
+    assert (r.exit_code, r.stderr) == (
+        1,
+        "error: this message is about 2,004 tokens, 1,257 more than the model's context leaves for it (747 of "
+        "750 tokens, after the system prompt and the room kept for the reply); it stays in the session, not "
+        "sent: shorten it, or use a larger context (context_window, n_ctx)\n"
+        "error: 1 of 2 turns failed (turn 1); every message is kept in the session\n",
+    )
+    assert [q.pairs() for q in scripted.requests] == [[("user", "hello")]]
+
+
 def test_retry_with_no_turn_is_nothing_to_do_not_a_failed_turn(cli: CLI, scripted: ScriptedBackend) -> None:
     r = cli("new", input="retry\nhello\nretry\n")
     assert r.ok.splitlines()[1:4] == ["There is no turn to retry.", "Echo: hello", "Echo: hello"]
