@@ -102,12 +102,41 @@ def test_stats_clear_and_clear_undo(
     assert [q.pairs() for q in scripted.requests] == [[("user", "hello")], [("user", "after")]]
 
 
+def test_piped_lines_are_whole_not_wrapped_at_the_width(
+    cli: CLI, scripted: ScriptedBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # what rich takes when the output is not a terminal
+    title = "Notes on the history of the Roman Empire, from Augustus to Romulus Augustulus"
+    missing = tmp_path / "a" / "file" / "that" / "is" / "not" / "there.md"
+    r = cli("new", "--title", title, input=f"hello\n/file {missing}\nclear\nstats\n")
+    shown = masked(r.stdout, tmp=str(tmp_path))
+    shown = re.sub(r"last [\d.]+( s)? · mean [\d.]+", r"last <n>\1 · mean <n>", shown)
+    assert re.sub(r"\(\d[\d,]* bytes\)", "(<n> bytes)", shown) == (
+        f"New session <ID> · {title} · openai/gpt-4o-mini · type help for commands, Ctrl-D to quit\n"
+        "Echo: hello\n"
+        "Context cleared: the next turn starts afresh (2 messages stay in the session file; `clear undo` "
+        "brings them back).\n"
+        "turns                1\n"
+        "messages             2 (1 user, 1 assistant); 0 in context\n"
+        "characters           16\n"
+        "tokens               0 prompt · 0 completion · 0 cached\n"
+        "time to first token  last <n> s · mean <n> s\n"
+        "tokens/s             last <n> · mean <n>\n"
+        "context              the last request's size is unknown; window unknown (set context_window); 1 turn "
+        "sent\n"
+        "stored in            <tmp>/sessions/<ID>.json (<n> bytes)\n"
+        "last saved           <time>\n"
+        "Session <ID> is saved. Resume it with: chatcli resume <ID> --store <tmp>/sessions\n"
+    )
+    assert r.stderr == f"error: {missing}: no such file; nothing was sent\n"
+
+
 def test_help_and_an_unknown_command(cli: CLI, scripted: ScriptedBackend) -> None:
     r = cli("new", input="help\n/nope\n/history x\nundo\nhello\n")
     assert r.exit_code == 0
     out = masked(r.stdout).splitlines()
     assert out[1].startswith("Commands (each also works with a leading /;")
-    rows = [line.split()[0] for line in out[3:] if line.startswith("  ") and not line.startswith("   ")]
+    rows = [line.split()[0] for line in out[2:] if line.startswith("  ")]
     assert rows[:4] == ["history", "stats", "clear", "compact"] and "quit," in rows
     assert 'To send a command word as a message, start it with a backslash: \\quit sends "quit".' in out
     assert out[-3:-1] == ["There is no turn to undo.", "Echo: hello"]  # the REPL went on after the errors
@@ -202,7 +231,7 @@ def test_resume_last_sends_whole_context(
     sid = cli.new("hello", "how are you")
     r = cli("resume", "last", input="and now?\n")
     assert masked(r.ok, tmp=str(tmp_path), id=sid) == (
-        "Resumed session <id> · hello · openai/gpt-4o-mini · type help for commands, Ctrl-D\nto quit\n"
+        "Resumed session <id> · hello · openai/gpt-4o-mini · type help for commands, Ctrl-D to quit\n"
         "you <time>\nhello\nmodel <time>\nEcho: hello\n\n"
         "you <time>\nhow are you\nmodel <time>\nEcho: how are you\n\n"
         "Echo: and now?\n"
