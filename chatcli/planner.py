@@ -12,7 +12,7 @@ last ``clear`` is sent until an overflow error teaches it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatcli.context import Plan, active_summary, candidates, plan, reserve_for, turns_between
@@ -126,14 +126,19 @@ class ContextPlanner:
         )
 
     def window_notice(self, p: Plan) -> str | None:
-        """The notice for a request whose window starts elsewhere than the previous reply's did (turns, or
-        the newest turn's tool rounds, left out)."""
-        previous = self._previous_window()
-        if p.window is None or previous == (p.start, p.summary, p.rounds_from):
+        """The notice for the request ``p`` when what it leaves out differs from the previous reply's
+        request in what a user would want told: turns start or stop being left out, the window holds a
+        different number of turns, a summary stands in for other turns, or the newest turn's tool rounds
+        start being left out. Not while the window slides on a turn at a time (the same number of turns
+        sent, one more left out): ``stats`` has the figures of every request."""
+        if p.window is None:
             return None
+        previous, now = self._previous_request(), _Sent.of(p, self.view.messages)
         if p.left_out == 0 and p.rounds_left_out == 0:
-            if previous is not None and previous[:2] != (self.view.header.context_start, None):
+            if previous is not None and (previous.left_out or previous.summary is not None):
                 return f"every turn since the last clear is sent again (context {p.window:,} tokens)"
+            return None
+        if previous is not None and previous.left_out and previous.shape() == now.shape():
             return None
         bare = p.left_out - p.summarised
         parts = []
@@ -146,14 +151,17 @@ class ContextPlanner:
         stay = "it stays" if p.left_out + p.rounds_left_out == 1 else "they stay"
         return f"{' and '.join(parts)} (context {p.window:,} tokens); {stay} in the session"
 
-    def _previous_window(self) -> tuple[int, int | None, int | None] | None:
-        """(start, summary, rounds_from) of the newest reply's request, None when no reply recorded one."""
-        messages = self.view.messages
-        for i in range(len(messages) - 1, self.view.header.context_start - 1, -1):
+    def _previous_request(self) -> _Sent | None:
+        """What the request of the newest reply since the last clear held (None when no reply recorded it)."""
+        messages, since = self.view.messages, self.view.header.context_start
+        for i in range(len(messages) - 1, since - 1, -1):
             m = messages[i]
             if m.role == "assistant" and m.dropped is None and m.sendable:
                 c = m.context
-                return (c.start, c.summary, c.rounds_from) if c is not None else None
+                if c is None:
+                    return None
+                left, summarised = self._left_out_of(c.start, c.summary, since)
+                return _Sent(turns_between(messages, c.start, i), left, c.summary, summarised, c.rounds_from)
         return None
 
     # -- what /compact summarises ----------------------------------------------------------------------
@@ -243,3 +251,27 @@ class ContextPlanner:
             return len(left), 0
         a, b = messages[summary].summary_of or (0, 0)
         return len(left), sum(1 for i in left if a <= i < b)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What one request held, as its notice tells it: the turns sent, the turns left out (of them
+    ``summarised`` by the summary at index ``summary``), and where the newest turn's tool rounds were sent
+    from (None: every round)."""
+
+    turns: int
+    left_out: int
+    summary: int | None
+    summarised: int
+    rounds_from: int | None
+
+    @classmethod
+    def of(cls, p: Plan, messages: Sequence[Message]) -> _Sent:
+        """What the request ``p`` for a reply to ``messages`` holds."""
+        turns = turns_between(messages, p.start, len(messages))
+        return cls(turns, p.left_out, p.summary, p.summarised, p.rounds_from)
+
+    def shape(self) -> tuple[int, int | None, int, bool]:
+        """What a notice is said again for when it changes (not the turns left out one by one as the
+        window slides on)."""
+        return self.turns, self.summary, self.summarised, self.rounds_from is not None

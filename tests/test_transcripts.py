@@ -131,6 +131,40 @@ def test_piped_lines_are_whole_not_wrapped_at_the_width(
     assert r.stderr == f"error: {missing}: no such file; nothing was sent\n"
 
 
+def test_the_window_notice_is_said_when_it_changes_not_at_every_turn(
+    cli: CLI, scripted: ScriptedBackend, tmp_path: Path
+) -> None:
+    scripted.window = 400  # two of these turns fit, with the room kept for a reply of 60 tokens
+    scripted.enqueue(*["Noted."] * 6, "Noted.")
+    notes = [f"note {i}: " + "lorem " * 60 for i in range(6)]
+    r = cli(
+        "new", "--max-tokens", "60", input="\n".join([*notes, "stats", "note 6: " + "lorem " * 90]) + "\n"
+    )
+    shown = masked(r.stdout, tmp=str(tmp_path))
+    shown = re.sub(r"last [\d.]+( s)? · mean [\d.]+", r"last <n>\1 · mean <n>", shown)
+    assert re.sub(r"\(\d[\d,]* bytes\)", "(<n> bytes)", shown) == (
+        "New session <ID> · openai/gpt-4o-mini · type help for commands, Ctrl-D to quit\n"
+        + "Noted.\n" * 6
+        + "turns                6\n"
+        "messages             12 (6 user, 6 assistant); 12 in context\n"
+        "characters           2,244\n"
+        "tokens               0 prompt · 0 completion · 0 cached\n"
+        "time to first token  last <n> s · mean <n> s\n"
+        "tokens/s             last <n> · mean <n>\n"
+        "context              263 of 400 tokens (66 %) in the last request; 2 turns sent, 4 left out\n"
+        "stored in            <tmp>/sessions/<ID>.json (<n> bytes)\n"
+        "last saved           <time>\n"
+        "Noted.\n"
+        "Session <ID> is saved. Resume it with: chatcli resume <ID> --store <tmp>/sessions\n"
+    )
+    # once when the window begins to leave turns out, not again while it slides on by a turn at a time
+    # (stats has the figure), and again when a longer turn leaves room for fewer turns
+    assert r.stderr == (
+        "1 earlier turn not sent to the model (context 400 tokens); it stays in the session\n"
+        "6 earlier turns not sent to the model (context 400 tokens); they stay in the session\n"
+    )
+
+
 def test_help_and_an_unknown_command(cli: CLI, scripted: ScriptedBackend) -> None:
     r = cli("new", input="help\n/nope\n/history x\nundo\nhello\n")
     assert r.exit_code == 0
