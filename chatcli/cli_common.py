@@ -303,10 +303,11 @@ def with_tools(
 
 def with_run_settings(session: ConversationSession, settings: Settings) -> ConversationSession:
     """``session`` with what each run takes from its own settings and never saves: the timeouts, the
-    ``context_window`` and ``compact_at`` settings."""
+    ``context_window``, ``compact_at`` and ``compact_keep`` settings."""
     session.timeouts = timeouts(settings)
     session.planner.window_setting = settings.context_window
     session.planner.compact_at = settings.compact_at
+    session.planner.compact_keep = settings.compact_keep
     return session
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chatcli.config import COMPACT_KEEP
 from chatcli.context import Plan, active_summary, candidates, plan, reserve_for, turns_between
 from chatcli.errors import MessageTooLarge, NothingToDo
 from chatcli.messages import ContextUsed, GenerationParams, Timeouts
@@ -39,15 +40,16 @@ class ConversationView(Protocol):
 
 class ContextPlanner:
     """Plans the requests of the conversation ``view`` for ``backend`` (None: no requests; set it when the
-    backend changes). ``window_setting`` (tokens) and ``compact_at`` (0-1, None: never) are the
-    ``context_window`` and ``compact_at`` settings; ``timeouts`` bound the backend's answers about the
-    window and token counts."""
+    backend changes). ``window_setting`` (tokens), ``compact_at`` (0-1, None: never) and ``compact_keep``
+    (turns) are the ``context_window``, ``compact_at`` and ``compact_keep`` settings; ``timeouts`` bound the
+    backend's answers about the window and token counts."""
 
     def __init__(self, view: ConversationView, backend: Backend | None, timeouts: Timeouts) -> None:
         self.view = view
         self.timeouts = timeouts
         self.window_setting: int | None = None
         self.compact_at: float | None = None
+        self.compact_keep = COMPACT_KEEP
         self._backend = backend
         self._stated: int | None = None  # the window the backend stated
         self._asked = False  # ... once asked
@@ -143,7 +145,7 @@ class ContextPlanner:
         bare = p.left_out - p.summarised
         parts = []
         if p.summarised:
-            parts.append(f"{count(p.summarised, 'earlier turn')} sent as their summary")
+            parts.append(f"{count(p.summarised, 'earlier turn')} sent as a summary")
         if bare:
             parts.append(f"{count(bare, 'earlier turn')} not sent to the model")
         if p.rounds_left_out:
@@ -167,9 +169,10 @@ class ContextPlanner:
     # -- what /compact summarises ----------------------------------------------------------------------
     def to_summarise(self, params: GenerationParams, end: int) -> tuple[list[int], int, int]:
         """What a summary of the turns before ``end`` covers: (indexes of the messages to summarise, its
-        ``summary_of`` span ``first`` and ``keep``): the turns the next request leaves out, the summary
-        before it, and enough of the oldest turns still sent that the newest ones fill at most half the
-        window. Raises NothingToDo when the window is unknown or there is nothing to summarise."""
+        ``summary_of`` span ``first`` and ``keep``): every turn since the last clear (or the summary in
+        effect) but the newest ``compact_keep``, even when they all fit the window; more when those fill
+        over half the window (the newest turn is always kept), and always what the next request leaves
+        out. Raises NothingToDo when the window is unknown or there is nothing to summarise."""
         window = self.window()
         if window is None:
             raise NothingToDo(
@@ -182,13 +185,20 @@ class ContextPlanner:
         except MessageTooLarge:  # the newest turn (a message and its long reply) fills the window alone
             users = [i for i in candidates(messages, since, end) if messages[i].role == "user"]
             window_start = users[-1] if users else end
-        keep = self._keep_from(limit // 2, window_start, end)
+        turns = [i for i in candidates(messages, since, end) if messages[i].starts_turn]
+        newest_kept = turns[-self.compact_keep] if len(turns) >= self.compact_keep else since
+        keep = max(newest_kept, self._keep_from(limit // 2, window_start, end))
         summary = active_summary(messages, since, end)
         span = messages[summary].summary_of if summary is not None else None
         first, after = (span[0], span[1]) if span is not None else (since, since)
         todo = candidates(messages, after, keep)
         if not todo:
-            raise NothingToDo("every turn since the last clear is sent to the model: nothing to compact")
+            n = turns_between(messages, after, end)
+            raise NothingToDo(
+                f"nothing to compact: {count(n, 'turn') if n else 'no turn'} since the "
+                f"{'summary' if span is not None else 'last clear'}, and compact keeps the newest "
+                f"{self.compact_keep} whole (compact_keep)"
+            )
         return todo, first, keep
 
     def _keep_from(self, budget: int, window_start: int, end: int) -> int:
@@ -271,7 +281,9 @@ class _Sent:
         turns = turns_between(messages, p.start, len(messages))
         return cls(turns, p.left_out, p.summary, p.summarised, p.rounds_from)
 
-    def shape(self) -> tuple[int, int | None, int, bool]:
-        """What a notice is said again for when it changes (not the turns left out one by one as the
-        window slides on)."""
-        return self.turns, self.summary, self.summarised, self.rounds_from is not None
+    def shape(self) -> tuple[int | None, int | None, int, bool]:
+        """What a notice is said again for when it changes: the turns sent while turns are left out with
+        no summary for them (not the turns left out, one more each time the window slides on), the
+        summary and what it stands for, whether tool rounds are left out."""
+        trimmed = self.turns if self.left_out > self.summarised else None
+        return trimmed, self.summary, self.summarised, self.rounds_from is not None

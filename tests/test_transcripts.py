@@ -165,6 +165,68 @@ def test_the_window_notice_is_said_when_it_changes_not_at_every_turn(
     )
 
 
+def test_compact_on_request_summarises_all_but_the_newest_turns_even_when_they_fit(
+    cli: CLI, scripted: ScriptedBackend, user_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from chatcli.context import SUMMARY_HEADER
+
+    scripted.window = 8192  # everything fits, many times over
+    summary = "The user asked when Rome was founded: 753 BC."
+    scripted.enqueue(
+        "Rome was founded in 753 BC.", "Augustus.", "Romulus Augustulus, in 476.", summary, "Noted."
+    )
+    lines = [
+        "compact",
+        "When was Rome founded?",
+        "The first emperor?",
+        "The last one?",
+        "compact",
+        "And then?",
+    ]
+    r = cli("new", input="\n".join([*lines, "compact undo", "Anything else?"]) + "\n")
+    assert masked(r.stdout, tmp=str(tmp_path)) == (
+        "New session <ID> · openai/gpt-4o-mini · type help for commands, Ctrl-D to quit\n"
+        "Nothing to compact: no turn since the last clear, and compact keeps the newest 2 whole (compact_keep).\n"
+        "Rome was founded in 753 BC.\nAugustus.\nRomulus Augustulus, in 476.\n"
+        "summarising 1 earlier turn with gpt-4o-mini…\n"
+        "Summary of 1 turn saved (about 19 tokens): it is sent in their place from now on, with the newest 2 "
+        "turns whole (compact_keep = 2); the turns stay in the session (`compact undo` takes the summary back).\n"
+        "Noted.\n"
+        "Summary taken back (it stays in the session file, marked undone): the turns it stood for (1 turn) are "
+        "sent as they are again, as far as the window holds them.\n"
+        "Echo: Anything else?\n"
+        "Session <ID> is saved. Resume it with: chatcli resume <ID> --store <tmp>/sessions\n"
+    )
+    assert r.stderr == (
+        "1 earlier turn sent as a summary (context 8,192 tokens); it stays in the session\n"
+        "every turn since the last clear is sent again (context 8,192 tokens)\n"
+    )
+    turns = [("user", "When was Rome founded?"), ("assistant", "Rome was founded in 753 BC.")]
+    turns += [("user", "The first emperor?"), ("assistant", "Augustus.")]
+    turns += [("user", "The last one?"), ("assistant", "Romulus Augustulus, in 476.")]
+    assert scripted.requests[4].pairs() == [
+        ("system", f"{SUMMARY_HEADER}\n{summary}"),
+        *turns[2:],
+        ("user", "And then?"),
+    ]
+    assert scripted.requests[5].pairs() == [
+        *turns,
+        ("user", "And then?"),
+        ("assistant", "Noted."),
+        ("user", "Anything else?"),
+    ]
+    # compact_keep in the config: the newest turn only is kept whole
+    user_dirs["config"].parent.mkdir(parents=True)
+    user_dirs["config"].write_text("compact_keep = 1\n")
+    scripted.enqueue("Two dates.")
+    r = cli("resume", "last", input="compact\n")
+    assert (
+        "Summary of 4 turns saved (about 8 tokens): it is sent in their place from now on, with the newest "
+        in r.ok
+    )
+    assert "1 turn whole (compact_keep = 1)" in r.stdout
+
+
 def test_help_and_an_unknown_command(cli: CLI, scripted: ScriptedBackend) -> None:
     r = cli("new", input="help\n/nope\n/history x\nundo\nhello\n")
     assert r.exit_code == 0
