@@ -184,6 +184,10 @@ def test_repl_on_the_default_local_backend(child_env: dict[str, str], user_dirs:
         if child.isalive():
             child.terminate(force=True)
     shown = re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", screen.getvalue())
+    # the first session on the embedded model says what it is for, under the banner
+    assert "the embedded model (SmolLM2-135M) is tiny: it is here to try chatcli offline" in " ".join(
+        shown.split()
+    )
     words = re.findall(r"[A-Za-z]{3,}", reply["content"])
     assert not words or any(w in shown for w in words), (reply["content"], shown[-2000:])
     assert all(gone(pid) for pid in servers), "the embedded model server outlived chatcli"

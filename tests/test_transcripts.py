@@ -227,6 +227,60 @@ def test_compact_on_request_summarises_all_but_the_newest_turns_even_when_they_f
     assert "1 turn whole (compact_keep = 1)" in r.stdout
 
 
+EMBEDDED_NOTE = (
+    "the embedded model (SmolLM2-135M) is tiny: it is here to try chatcli offline, and its answers are often "
+    "wrong. For real answers, point chatcli at a real model: --backend openai --base-url http://HOST:PORT/v1 "
+    "(any OpenAI-compatible server: llama.cpp, vLLM, LM Studio, Ollama's /v1) or --backend ollama --model NAME\n"
+)
+
+
+def test_the_first_session_on_the_embedded_model_says_what_it_is_for(
+    cli: CLI, scripted: ScriptedBackend, user_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    r = cli("new", "--backend", "local", input="hi\n")
+    assert masked(r.stdout, tmp=str(tmp_path)) == (
+        "New session <ID> · local/SmolLM2-135M-Instruct · type help for commands, Ctrl-D to quit\n"
+        "Echo: hi\n"
+        "Session <ID> is saved. Resume it with: chatcli resume <ID> --store <tmp>/sessions\n"
+    )
+    assert (r.exit_code, r.stderr) == (0, EMBEDDED_NOTE)
+    # once for this user (its state folder): not at the next session, resumed or new
+    assert (
+        cli("resume", "last", input="hi\n").stderr
+        == cli("new", "--backend", "local", input="hi\n").stderr
+        == ""
+    )
+    (user_dirs["state"] / "embedded-model-noted").unlink()
+    assert cli("new", "--backend", "openai", input="hi\n").stderr == ""  # another backend: nothing to say
+    # ask: never on stdout; on stderr where its notices go (a terminal, or -v), else kept for later
+    assert cli("ask", "--backend", "local", "hi") == Run(0, "Echo: hi\n", "")
+    r = cli("ask", "-v", "--backend", "local", "hi")
+    assert (r.stdout, r.stderr.startswith(EMBEDDED_NOTE)) == ("Echo: hi\n", True)
+    assert EMBEDDED_NOTE not in cli("ask", "-v", "--backend", "local", "hi").stderr
+    # --help says it too
+    about = " ".join(help_blocks(cli("--help").ok, 100)["about"][0])
+    assert (
+        "Runs offline on an embedded model by default: SmolLM2-135M, tiny, for trying chatcli, not for "
+        in about
+    )
+    assert "answers; for a real model use --backend openai --base-url http://HOST:PORT/v1 (any " in about
+    assert "OpenAI-compatible server) or --backend ollama." in about
+
+
+def test_a_model_file_of_ones_own_gets_no_note(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from chatcli.backends.local import LocalBackend
+    from chatcli.cli_common import note_embedded_model
+    from chatcli.config import Settings
+
+    said: list[str] = []
+    for path in (tmp_path / "mine.gguf", None):
+        session = SimpleNamespace(header=SimpleNamespace(backend="local"), backend=LocalBackend(path))
+        note_embedded_model(session, Settings(state_dir=tmp_path / "state"), said.append)  # type: ignore[arg-type]
+    assert said == [EMBEDDED_NOTE.rstrip("\n")]
+
+
 def test_help_and_an_unknown_command(cli: CLI, scripted: ScriptedBackend) -> None:
     r = cli("new", input="help\n/nope\n/history x\nundo\nhello\n")
     assert r.exit_code == 0
