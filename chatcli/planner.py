@@ -180,13 +180,12 @@ class ContextPlanner:
             )
         messages, since = self.view.messages, self.view.header.context_start
         limit = window - reserve_for(window, params.max_tokens)
+        users = [i for i in candidates(messages, since, end) if messages[i].role == "user"]
         try:
             window_start = self.plan(params, end=end).start
         except MessageTooLarge:  # the newest turn (a message and its long reply) fills the window alone
-            users = [i for i in candidates(messages, since, end) if messages[i].role == "user"]
             window_start = users[-1] if users else end
-        turns = [i for i in candidates(messages, since, end) if messages[i].starts_turn]
-        newest_kept = turns[-self.compact_keep] if len(turns) >= self.compact_keep else since
+        newest_kept = users[-self.compact_keep] if len(users) >= self.compact_keep else since
         keep = max(newest_kept, self._keep_from(limit // 2, window_start, end))
         summary = active_summary(messages, since, end)
         span = messages[summary].summary_of if summary is not None else None

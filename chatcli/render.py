@@ -60,8 +60,10 @@ def sanitize(text: str) -> str:
 
 def make_console(file: TextIO | None = None, stderr: bool = False) -> Console:
     """A rich Console; honours NO_COLOR and a non-terminal output (no colours, no live updates). Text is
-    wrapped to the screen's width only at a terminal: piped or redirected, a line is written whole (a
-    message is one line, a paragraph one line), for the pager, the log or the script that reads it."""
+    wrapped to the screen's width only at a terminal: piped or redirected, each line chatcli writes (a
+    message, a notice, what the user typed) is written whole, for the pager, the log or the script that
+    reads it. Rendered Markdown, a document, is laid out at the width everywhere (``soft_wrap=False``:
+    rich would crop a list item it may not wrap)."""
     from rich.console import Console
 
     console = Console(file=file, stderr=stderr, highlight=False, soft_wrap=False, emoji=False)

@@ -135,7 +135,7 @@ def test_the_window_notice_is_said_when_it_changes_not_at_every_turn(
     cli: CLI, scripted: ScriptedBackend, tmp_path: Path
 ) -> None:
     scripted.window = 400  # two of these turns fit, with the room kept for a reply of 60 tokens
-    scripted.enqueue(*["Noted."] * 6, "Noted.")
+    scripted.enqueue(*["Noted."] * 7)
     notes = [f"note {i}: " + "lorem " * 60 for i in range(6)]
     r = cli(
         "new", "--max-tokens", "60", input="\n".join([*notes, "stats", "note 6: " + "lorem " * 90]) + "\n"
@@ -277,7 +277,7 @@ def test_a_model_file_of_ones_own_gets_no_note(tmp_path: Path) -> None:
     said: list[str] = []
     for path in (tmp_path / "mine.gguf", None):
         session = SimpleNamespace(header=SimpleNamespace(backend="local"), backend=LocalBackend(path))
-        note_embedded_model(session, Settings(state_dir=tmp_path / "state"), said.append)  # type: ignore[arg-type]
+        note_embedded_model(session, Settings(state_dir=tmp_path / "state"), said.append)
     assert said == [EMBEDDED_NOTE.rstrip("\n")]
 
 
