@@ -99,21 +99,43 @@ def message(attachments: list[Attachment], text: str) -> str:
     return "\n\n".join(parts)
 
 
+@dataclass(frozen=True)
+class FileBlock:
+    """Where a file's block is in a message's text (offsets into it): ``start`` its header line, ``body``
+    and ``body_end`` the file's text, ``end`` just after its closing fence; ``path`` as the header names it."""
+
+    path: str
+    start: int
+    body: int
+    body_end: int
+    end: int
+
+
+def file_blocks(content: str) -> list[FileBlock]:
+    """The complete file blocks of a message (the shape in the module docstring), in order; a block with no
+    closing fence is not one (nor anything after it)."""
+    out: list[FileBlock] = []
+    pos = 0
+    while (m := _HEADER.search(content, pos)) is not None:
+        close = content.find(f"\n{m['fence']}", m.end() - 1)
+        if close < 0:
+            break
+        pos = close + 1 + len(m["fence"])
+        out.append(FileBlock(m["path"], m.start(), m.end(), close + 1, pos))
+    return out
+
+
 def folded(content: str, *, files: bool = True) -> str:
     """``content`` with each complete file block replaced by one line (``[file notes/plan.md: 12 lines]``),
     for views that show a conversation at a glance, or left out when not ``files`` (what the user typed:
     a title comes from that). A block with no closing fence is left as it is."""
     out: list[str] = []
     pos = 0
-    while (m := _HEADER.search(content, pos)) is not None:
-        end = content.find(f"\n{m['fence']}", m.end() - 1)
-        if end < 0:
-            break
-        body = content[m.end() : end + 1]
-        out.append(content[pos : m.start()])
-        n = body.count("\n")
+    for b in file_blocks(content):
+        out.append(content[pos : b.start])
+        n = content.count("\n", b.body, b.body_end)
         if files:
-            out.append(f"[file {m['path']}: {n:,} line{'' if n == 1 else 's'}]")
-        pos = end + 1 + len(m["fence"])
+            out.append(f"[file {b.path}: {n:,} line{'' if n == 1 else 's'}]")
+        pos = b.end
     out.append(content[pos:])
     return "".join(out)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -34,6 +35,7 @@ from chatcli.cli_common import (
     exit_with,
     fail_usage,
     isatty,
+    note_embedded_model,
     open_store,
     resume_session,
     store_flag,
@@ -103,7 +105,9 @@ app = typer.Typer(
     cls=_Commands,
     help="Chat with LLMs in the terminal. Every turn is saved as it happens, so a timeout, Ctrl-C, crash or "
     "server error loses nothing, and `chatcli resume` brings the whole conversation back. Runs offline on "
-    "an embedded model by default. Sessions are kept in ./sessions (JSON files) unless --store names "
+    "an embedded model by default: SmolLM2-135M, tiny, for trying chatcli, not for answers; for a real model "
+    "use --backend openai --base-url http://HOST:PORT/v1 (any OpenAI-compatible server) or --backend ollama. "
+    "Sessions are kept in ./sessions (JSON files) unless --store names "
     "another folder or a database: sqlite://chats.db, postgresql://user@host/db or "
     "mysql://user@host/db.",
     add_completion=False,
@@ -264,6 +268,7 @@ def _run_repl(
     stop: Terminated | None = None
     repl = Repl(session, renderer, settings.state_dir / "input_history", resumed=resumed)
     repl.show_reasoning = settings.show_reasoning
+    note_embedded_model(session, settings, repl.notes.append)
     try:
         repl.servers = with_tools(session, settings, tools, renderer.notice)
         with terminate_on_signals(at_prompt=running_prompt):
@@ -316,6 +321,15 @@ def _register_commands() -> None:
     cli_library.register(app)
     cli_stores.register(app)
     cli_tools.register(app)
+    for info in app.registered_commands:
+        info.help = _flowing(info.help or inspect.getdoc(info.callback) or "")
+
+
+def _flowing(text: str) -> str:
+    """``text`` (a docstring) with the line breaks inside its paragraphs made spaces, paragraphs kept: a
+    docstring is wrapped for the source, while help is wrapped by rich to the screen's width (Typer's rich
+    help would keep a docstring's breaks and cut sentences mid-line)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
 
 
 _register_commands()

@@ -39,6 +39,7 @@ from chatcli.cli_common import (
     exit_with,
     fail_usage,
     isatty,
+    note_embedded_model,
     open_store,
     print_json,
     resume_session,
@@ -155,6 +156,8 @@ def ask(
     except ChatcliError as e:
         where.close()
         exit_with(e)
+    if talk.on:  # (on stderr, with the other notices: never on stdout)
+        note_embedded_model(session, s, talk)
     if session.backend is not None:
         session.backend.prepare()  # the embedded model loads while the message is read and saved
     servers = _tools(session, s, ref, flags, talk)

@@ -46,8 +46,8 @@ BackendOpt = Annotated[
         "--backend",
         "-b",
         metavar="local|openai|ollama",
-        help="Model server: the embedded local model, any OpenAI-compatible server, or Ollama's native API "
-        "(env: CHATCLI_BACKEND; default: local).",
+        help="Model server: the embedded local model (SmolLM2-135M: tiny, for trying chatcli offline, not for "
+        "answers), any OpenAI-compatible server, or Ollama's native API (env: CHATCLI_BACKEND; default: local).",
     ),
 ]
 ModelOpt = Annotated[
@@ -303,11 +303,42 @@ def with_tools(
 
 def with_run_settings(session: ConversationSession, settings: Settings) -> ConversationSession:
     """``session`` with what each run takes from its own settings and never saves: the timeouts, the
-    ``context_window`` and ``compact_at`` settings."""
+    ``context_window``, ``compact_at`` and ``compact_keep`` settings."""
     session.timeouts = timeouts(settings)
     session.planner.window_setting = settings.context_window
     session.planner.compact_at = settings.compact_at
+    session.planner.compact_keep = settings.compact_keep
     return session
+
+
+#: said once, at the first session on the embedded model (see ``note_embedded_model``)
+EMBEDDED_NOTE = (
+    "the embedded model (SmolLM2-135M) is tiny: it is here to try chatcli offline, and its answers are often "
+    "wrong. For real answers, point chatcli at a real model: --backend openai --base-url http://HOST:PORT/v1 "
+    "(any OpenAI-compatible server: llama.cpp, vLLM, LM Studio, Ollama's /v1) or --backend ollama --model NAME"
+)
+EMBEDDED_NOTED = "embedded-model-noted"  # the file in the state folder that says EMBEDDED_NOTE was said
+
+
+def note_embedded_model(
+    session: ConversationSession, settings: Settings, notify: Callable[[str], None]
+) -> None:
+    """Tell ``notify`` EMBEDDED_NOTE when ``session`` runs on the embedded model (the local backend's bundled
+    file, not a ``--model-path``) and no session of this user has been told yet: once per state folder,
+    remembered by the file EMBEDDED_NOTED there (a folder that cannot be written: told each time)."""
+    if session.header.backend != "local" or session.backend is None:
+        return
+    if session.backend.recorded().get("model_path"):
+        return
+    noted = settings.state_dir / EMBEDDED_NOTED
+    if noted.exists():
+        return
+    notify(EMBEDDED_NOTE)
+    try:
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        noted.touch()
+    except OSError:
+        pass
 
 
 def store_url(s: Settings) -> StoreURL:

@@ -1,6 +1,7 @@
-"""The summary ``/compact`` asks the model for: the turns a request leaves out, summarised in as many
-requests as the window needs, so that the summary can be sent in their place (``chatcli.session``
-inserts and saves it; ``chatcli.planner`` chooses what it covers). No UI; the backend does the I/O.
+"""The summary ``/compact`` asks the model for: every turn but the newest few (``compact_keep``), and
+always the turns a request leaves out, summarised in as many requests as the window needs, so that the
+summary can be sent in their place (``chatcli.session`` inserts and saves it; ``chatcli.planner`` chooses
+what it covers). No UI; the backend does the I/O.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def or_trimmed(compact: Callable[[], object], notice: Callable[[str], None]) -> 
 def summary(
     planner: ContextPlanner, params: GenerationParams, end: int, on_progress: Callable[[str], None] | None
 ) -> Message:
-    """The summary message (role ``system``, ``summary_of`` its span) of the turns before ``end`` that the
-    next request leaves out (``ContextPlanner.to_summarise``), written by the planner's backend with
+    """The summary message (role ``system``, ``summary_of`` its span) of the turns before ``end`` but the
+    newest few (``ContextPlanner.to_summarise``), written by the planner's backend with
     ``params``; ``on_progress`` is told what is summarised. Raises NothingToDo, BackendError."""
     todo, first, keep = planner.to_summarise(params, end)
     backend, window = planner.backend, planner.window()

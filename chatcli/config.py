@@ -40,6 +40,7 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "n_ctx": int,
     "context_window": int,
     "compact_at": (int, float),
+    "compact_keep": int,
     "threads": int,
     "keep_alive": str,
     "think": bool,
@@ -51,6 +52,7 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "mcp": dict,
 }
 DEFAULT_STORE = "sessions"
+COMPACT_KEEP = 2  # turns /compact keeps whole by default: the newest two exchanges stay word for word
 MAX_WINDOW = 100_000_000  # tokens: far above any model's context window, and a number every file can hold
 
 
@@ -77,6 +79,7 @@ class Settings:
     n_ctx: int = 8192  # tokens: the embedded model's window when context_window is not set
     context_window: int | None = None  # tokens; None: what the server states (see chatcli.planner)
     compact_at: float | None = None  # share of the window at which /compact runs by itself (None: never)
+    compact_keep: int = COMPACT_KEEP  # the newest turns /compact keeps whole; it summarises the ones before
     threads: int | None = None  # the embedded model's CPU threads (None: all cores)
     keep_alive: str | None = None  # Ollama's keep_alive, e.g. "5m" (None: not sent)
     think: bool | None = None  # Ollama's think: a thinking model reasons or not (None: the model's default)
@@ -218,6 +221,8 @@ def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Setting
     if s.threads is not None and not 1 <= s.threads <= 1024:
         raise ConfigError(f"threads must be from 1 to 1,024, not {s.threads:,}")
     _check_tools(s)
+    if not 1 <= s.compact_keep <= 1000:
+        raise ConfigError(f"compact_keep must be from 1 to 1,000 turns, not {s.compact_keep:,}")
     if s.compact_at is not None and not 0 < s.compact_at <= 1:
         raise ConfigError(
             f"compact_at must be above 0 and at most 1 (a share of the window), not {s.compact_at}"

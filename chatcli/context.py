@@ -212,19 +212,14 @@ def plan(
     fit = _Fit(messages, sent, newest, system, limit, factor, count, complete)
     summary = active_summary(messages, context_start, end)
     chosen: tuple[int, int, bool] | None = None
-    whole: tuple[int, int, bool] | None = None
-    if summary is not None:
-        whole = fit(None, min_start, must=False)  # everything may fit without the summary
-        if whole is not None and complete and whole[0] == sent[0]:
-            chosen, summary = whole, None
-        else:
-            span = messages[summary].summary_of
-            assert span is not None
-            chosen = fit(messages[summary], max(min_start, span[1]), must=False)
-            if chosen is None:  # the summary itself does not fit: plain trimming
-                summary = None
-    if chosen is None:  # (without the summary: the search done above when there is one)
-        chosen = whole if summary is None and whole is not None else fit(None, min_start, must=False)
+    if summary is not None:  # sent in place of the turns it stands for, even when they would fit
+        span = messages[summary].summary_of
+        assert span is not None
+        chosen = fit(messages[summary], max(min_start, span[1]), must=False)
+        if chosen is None:  # the summary itself does not fit: plain trimming
+            summary = None
+    if chosen is None:
+        chosen = fit(None, min_start, must=False)
     if chosen is None:  # the newest turn does not fit whole: without its oldest tool rounds, or refused
         return _rounds_plan(fit, context_start, window, reserve, min_start, rule)
     start, tokens, exact = chosen

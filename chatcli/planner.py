@@ -12,9 +12,10 @@ last ``clear`` is sent until an overflow error teaches it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chatcli.config import COMPACT_KEEP
 from chatcli.context import Plan, active_summary, candidates, plan, reserve_for, turns_between
 from chatcli.errors import MessageTooLarge, NothingToDo
 from chatcli.messages import ContextUsed, GenerationParams, Timeouts
@@ -39,15 +40,16 @@ class ConversationView(Protocol):
 
 class ContextPlanner:
     """Plans the requests of the conversation ``view`` for ``backend`` (None: no requests; set it when the
-    backend changes). ``window_setting`` (tokens) and ``compact_at`` (0-1, None: never) are the
-    ``context_window`` and ``compact_at`` settings; ``timeouts`` bound the backend's answers about the
-    window and token counts."""
+    backend changes). ``window_setting`` (tokens), ``compact_at`` (0-1, None: never) and ``compact_keep``
+    (turns) are the ``context_window``, ``compact_at`` and ``compact_keep`` settings; ``timeouts`` bound the
+    backend's answers about the window and token counts."""
 
     def __init__(self, view: ConversationView, backend: Backend | None, timeouts: Timeouts) -> None:
         self.view = view
         self.timeouts = timeouts
         self.window_setting: int | None = None
         self.compact_at: float | None = None
+        self.compact_keep = COMPACT_KEEP
         self._backend = backend
         self._stated: int | None = None  # the window the backend stated
         self._asked = False  # ... once asked
@@ -126,19 +128,24 @@ class ContextPlanner:
         )
 
     def window_notice(self, p: Plan) -> str | None:
-        """The notice for a request whose window starts elsewhere than the previous reply's did (turns, or
-        the newest turn's tool rounds, left out)."""
-        previous = self._previous_window()
-        if p.window is None or previous == (p.start, p.summary, p.rounds_from):
+        """The notice for the request ``p`` when what it leaves out differs from the previous reply's
+        request in what a user would want told: turns start or stop being left out, the window holds a
+        different number of turns, a summary stands in for other turns, or the newest turn's tool rounds
+        start being left out. Not while the window slides on a turn at a time (the same number of turns
+        sent, one more left out): ``stats`` has the figures of every request."""
+        if p.window is None:
             return None
+        previous, now = self._previous_request(), _Sent.of(p, self.view.messages)
         if p.left_out == 0 and p.rounds_left_out == 0:
-            if previous is not None and previous[:2] != (self.view.header.context_start, None):
+            if previous is not None and (previous.left_out or previous.summary is not None):
                 return f"every turn since the last clear is sent again (context {p.window:,} tokens)"
+            return None
+        if previous is not None and previous.left_out and previous.shape() == now.shape():
             return None
         bare = p.left_out - p.summarised
         parts = []
         if p.summarised:
-            parts.append(f"{count(p.summarised, 'earlier turn')} sent as their summary")
+            parts.append(f"{count(p.summarised, 'earlier turn')} sent as a summary")
         if bare:
             parts.append(f"{count(bare, 'earlier turn')} not sent to the model")
         if p.rounds_left_out:
@@ -146,22 +153,26 @@ class ContextPlanner:
         stay = "it stays" if p.left_out + p.rounds_left_out == 1 else "they stay"
         return f"{' and '.join(parts)} (context {p.window:,} tokens); {stay} in the session"
 
-    def _previous_window(self) -> tuple[int, int | None, int | None] | None:
-        """(start, summary, rounds_from) of the newest reply's request, None when no reply recorded one."""
-        messages = self.view.messages
-        for i in range(len(messages) - 1, self.view.header.context_start - 1, -1):
+    def _previous_request(self) -> _Sent | None:
+        """What the request of the newest reply since the last clear held (None when no reply recorded it)."""
+        messages, since = self.view.messages, self.view.header.context_start
+        for i in range(len(messages) - 1, since - 1, -1):
             m = messages[i]
             if m.role == "assistant" and m.dropped is None and m.sendable:
                 c = m.context
-                return (c.start, c.summary, c.rounds_from) if c is not None else None
+                if c is None:
+                    return None
+                left, summarised = self._left_out_of(c.start, c.summary, since)
+                return _Sent(turns_between(messages, c.start, i), left, c.summary, summarised, c.rounds_from)
         return None
 
     # -- what /compact summarises ----------------------------------------------------------------------
     def to_summarise(self, params: GenerationParams, end: int) -> tuple[list[int], int, int]:
         """What a summary of the turns before ``end`` covers: (indexes of the messages to summarise, its
-        ``summary_of`` span ``first`` and ``keep``): the turns the next request leaves out, the summary
-        before it, and enough of the oldest turns still sent that the newest ones fill at most half the
-        window. Raises NothingToDo when the window is unknown or there is nothing to summarise."""
+        ``summary_of`` span ``first`` and ``keep``): every turn since the last clear (or the summary in
+        effect) but the newest ``compact_keep``, even when they all fit the window; more when those fill
+        over half the window (the newest turn is always kept), and always what the next request leaves
+        out. Raises NothingToDo when the window is unknown or there is nothing to summarise."""
         window = self.window()
         if window is None:
             raise NothingToDo(
@@ -169,18 +180,24 @@ class ContextPlanner:
             )
         messages, since = self.view.messages, self.view.header.context_start
         limit = window - reserve_for(window, params.max_tokens)
+        users = [i for i in candidates(messages, since, end) if messages[i].role == "user"]
         try:
             window_start = self.plan(params, end=end).start
         except MessageTooLarge:  # the newest turn (a message and its long reply) fills the window alone
-            users = [i for i in candidates(messages, since, end) if messages[i].role == "user"]
             window_start = users[-1] if users else end
-        keep = self._keep_from(limit // 2, window_start, end)
+        newest_kept = users[-self.compact_keep] if len(users) >= self.compact_keep else since
+        keep = max(newest_kept, self._keep_from(limit // 2, window_start, end))
         summary = active_summary(messages, since, end)
         span = messages[summary].summary_of if summary is not None else None
         first, after = (span[0], span[1]) if span is not None else (since, since)
         todo = candidates(messages, after, keep)
         if not todo:
-            raise NothingToDo("every turn since the last clear is sent to the model: nothing to compact")
+            n = turns_between(messages, after, end)
+            raise NothingToDo(
+                f"nothing to compact: {count(n, 'turn') if n else 'no turn'} since the "
+                f"{'summary' if span is not None else 'last clear'}, and compact keeps the newest "
+                f"{self.compact_keep} whole (compact_keep)"
+            )
         return todo, first, keep
 
     def _keep_from(self, budget: int, window_start: int, end: int) -> int:
@@ -243,3 +260,29 @@ class ContextPlanner:
             return len(left), 0
         a, b = messages[summary].summary_of or (0, 0)
         return len(left), sum(1 for i in left if a <= i < b)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What one request held, as its notice tells it: the turns sent, the turns left out (of them
+    ``summarised`` by the summary at index ``summary``), and where the newest turn's tool rounds were sent
+    from (None: every round)."""
+
+    turns: int
+    left_out: int
+    summary: int | None
+    summarised: int
+    rounds_from: int | None
+
+    @classmethod
+    def of(cls, p: Plan, messages: Sequence[Message]) -> _Sent:
+        """What the request ``p`` for a reply to ``messages`` holds."""
+        turns = turns_between(messages, p.start, len(messages))
+        return cls(turns, p.left_out, p.summary, p.summarised, p.rounds_from)
+
+    def shape(self) -> tuple[int | None, int | None, int, bool]:
+        """What a notice is said again for when it changes: the turns sent while turns are left out with
+        no summary for them (not the turns left out, one more each time the window slides on), the
+        summary and what it stands for, whether tool rounds are left out."""
+        trimmed = self.turns if self.left_out > self.summarised else None
+        return trimmed, self.summary, self.summarised, self.rounds_from is not None

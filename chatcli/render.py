@@ -61,10 +61,16 @@ def sanitize(text: str) -> str:
 
 
 def make_console(file: TextIO | None = None, stderr: bool = False) -> Console:
-    """A rich Console; honours NO_COLOR and a non-terminal output (no colours, no live updates)."""
+    """A rich Console; honours NO_COLOR and a non-terminal output (no colours, no live updates). Text is
+    wrapped to the screen's width only at a terminal: piped or redirected, each line chatcli writes (a
+    message, a notice, what the user typed) is written whole, for the pager, the log or the script that
+    reads it. Rendered Markdown, a document, is laid out at the width everywhere (``soft_wrap=False``:
+    rich would crop a list item it may not wrap)."""
     from rich.console import Console
 
-    return Console(file=file, stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
+    console = Console(file=file, stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 class ReplyView:
@@ -250,7 +256,7 @@ class ReplyView:
     def _print_block(self) -> None:
         block, self._lines = "\n".join(self._lines), []
         if self._live is None:
-            self.console.print(self._markdown(block))
+            self.console.print(self._markdown(block), soft_wrap=False)  # a document: wrapped to the width
             return
         # The print redraws the live area below the block: from the tail without it, so the block never
         # shows twice (rich would redraw the area's last frame until its next refresh).
@@ -352,7 +358,7 @@ class Renderer:
         return ReplyView(self.console, err=self.err, reasoning=reasoning)
 
     def markdown(self, text: str) -> None:
-        self.console.print(ReplyView._markdown(sanitize(text)))
+        self.console.print(ReplyView._markdown(sanitize(text)), soft_wrap=False)  # (see _print_block)
 
     def reasoning(self, m: Message, *, unfold: bool = False) -> None:
         """A message's reasoning: folded to one dim line (``fold_line``), or whole and dimmed with
@@ -381,7 +387,7 @@ class Renderer:
         table.add_column()
         for usage, summary in rows:
             table.add_row(Text("  " + usage), Text(summary))
-        self.console.print(table, markup=False, highlight=False)
+        self._print_table(table)
         self.console.print("\n".join(["", *notes]), markup=False, highlight=False)
 
     # -- session views ---------------------------------------------------------------------------------
@@ -432,7 +438,7 @@ class Renderer:
         size = f" ({s.stored_bytes:,} bytes)" if s.stored_bytes is not None else ""
         t.add_row("stored in", f"{escape_markup(s.location)}{size}")
         t.add_row("last saved", s.last_saved_at or "not in this run")
-        self.console.print(t)
+        self._print_table(t)
 
     def session_table(self, rows: list[SessionSummary], damaged: list[DamagedFile]) -> None:
         from rich.table import Table

@@ -82,8 +82,8 @@ COMMANDS = (
     Command(
         "compact",
         "compact [undo]",
-        "summarise the turns left out of the model's context and send the summary in their place "
-        "(`compact undo` takes it back; the turns stay in the session either way)",
+        "summarise every turn but the newest few (compact_keep) and send the summary in their place, "
+        "to make room (`compact undo` takes it back; the turns stay in the session either way)",
         "do_compact",
         _one_of("undo"),
     ),
@@ -288,7 +288,8 @@ class ReplCommands:
             first, end = m.summary_of or [0, 0]
             self.out.info(
                 f"Summary taken back (it stays in the session file, marked undone): the turns it stood for "
-                f"({count(turns_between(self.session.messages, first, end), 'turn')}) are left out plainly again."
+                f"({count(turns_between(self.session.messages, first, end), 'turn')}) are sent as they are "
+                "again, as far as the window holds them."
             )
             return
         try:
@@ -298,10 +299,13 @@ class ReplCommands:
             return
         first, end = m.summary_of or [0, 0]
         tokens = estimate(m.content)
+        messages = self.session.messages
+        kept = turns_between(messages, end, len(messages))
         self.out.info(
-            f"Summary of {count(turns_between(self.session.messages, first, end), 'turn')} saved (about "
-            f"{tokens:,} tokens): it is sent in their place from now on; the turns stay in the session "
-            "(`compact undo` takes the summary back)."
+            f"Summary of {count(turns_between(messages, first, end), 'turn')} saved (about {tokens:,} tokens): "
+            f"it is sent in their place from now on, with the newest {count(kept, 'turn')} whole (compact_keep "
+            f"= {self.session.planner.compact_keep}); the turns stay in the session (`compact undo` takes the "
+            "summary back)."
         )
 
     def do_file(self, args: list[str]) -> None:

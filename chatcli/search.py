@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
+from chatcli.attachments import file_blocks, folded
 from chatcli.search_tables import ACCENTS, MARKS, NO_SPACES, char_class
 
 
@@ -225,7 +226,30 @@ def _matches(raw_word: str, prefixes: tuple[str, ...]) -> bool:
 
 def snippet(text: str, query_words: list[str], size: int = SNIPPET_WORDS) -> str:
     """About ``size`` words of ``text`` around the first word that matches one of ``query_words``, each
-    such word between HIGHLIGHT markers, ``…`` where text was left out."""
+    such word between HIGHLIGHT markers, ``…`` where text was left out. A match in a file put in the
+    message (``chatcli.attachments``) is shown as the file's name, the line number and that line
+    (``[file notes/plan.md, line 12] the line``; a match in the name, as ``[file notes/plan.md]``); a
+    match elsewhere, in the text around it without the files, never their fences."""
+    blocks = file_blocks(text)
+    if not blocks:
+        return _around(text, query_words, size)
+    prefixes = tuple(query_words)
+    found = (
+        t.start() for t in _patterns()[0].finditer(text[:INDEXED_CHARS]) if _matches(t.group(), prefixes)
+    )
+    at = next(found, -1)
+    for b in blocks:
+        if b.start <= at < b.body:
+            return _around(f"[file {b.path}]", query_words, size)
+        if b.body <= at < b.body_end:
+            line = text[text.rfind("\n", 0, at) + 1 : text.find("\n", at)]
+            number = text.count("\n", b.body, at) + 1
+            return f"[file {b.path}, line {number:,}] {_around(line, query_words, size)}"
+    return _around(folded(text, files=False), query_words, size)
+
+
+def _around(text: str, query_words: list[str], size: int) -> str:
+    """``snippet`` of plain text."""
     tokens = list(_patterns()[0].finditer(text[:INDEXED_CHARS]))
     if not tokens:
         return text[:200]

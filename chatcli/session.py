@@ -421,11 +421,11 @@ class ConversationSession:
 
     # -- compaction ------------------------------------------------------------------------------------
     def compact(self, on_progress: Sink | None = None, *, before: int | None = None) -> Message:
-        """Ask the model for a summary of the turns the next request leaves out (``compaction.summary``),
-        save it as a ``system`` message marked ``summary_of``, and send it in their place from now on. The
-        turns themselves are untouched. ``before``: insert it at that index (default: at the end).
-        Raises NothingToDo when there is nothing to summarise, BackendError when the model cannot write
-        it, SaveError."""
+        """Ask the model for a summary of every turn but the newest ``planner.compact_keep`` (and of what
+        the next request leaves out: ``compaction.summary``), save it as a ``system`` message marked
+        ``summary_of``, and send it in their place from now on. The turns themselves are untouched.
+        ``before``: insert it at that index (default: at the end). Raises NothingToDo when there is nothing
+        to summarise, BackendError when the model cannot write it, SaveError."""
         end = len(self.messages) if before is None else before
         self.messages.insert(end, summary(self.planner, self.params, end, on_progress))
         self._touch(end)
@@ -434,7 +434,8 @@ class ConversationSession:
 
     def uncompact(self) -> Message:
         """Take back the newest summary (``/compact undo``): it stays in the file, marked ``undone``, and
-        the turns it stood for are left out plainly again (or an older summary stands for them)."""
+        the turns it stood for are sent as they are again, as far as the window holds them (or an older
+        summary stands for them)."""
         at = taken_back(self.conv)
         self._touch(at)
         self.save()

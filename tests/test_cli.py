@@ -52,6 +52,35 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+# -- install ---------------------------------------------------------------------------------------------
+def test_the_editable_install_of_make_install_prints_nothing(tmp_path: Path) -> None:
+    """``make install``'s ``pip install --quiet -e .``, with chatcli's own build backend (the test extra has
+    it, so no network is needed), into a folder of its own: nothing is printed (setuptools printed a
+    warning box here), and the install points at the source folder."""
+    import shutil
+
+    root, src = Path(__file__).parent.parent, tmp_path / "src"
+    shutil.copytree(root / "chatcli", src / "chatcli", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, src / name)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--isolated", "--disable-pip-version-check"]
+    # --ignore-installed: pip would otherwise uninstall the chatcli these tests run from
+    where = ["--no-build-isolation", "--no-deps", "--no-index", "--ignore-installed"]
+    r = subprocess.run(
+        [*pip, *where, "--prefix", str(tmp_path / "prefix"), "-e", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    (pth,) = (tmp_path / "prefix").glob("lib/python*/site-packages/*.pth")
+    assert pth.read_text().strip() == str(src)
+    script = (tmp_path / "prefix" / "bin" / "chatcli").read_text()
+    assert "from chatcli.cli import main" in script
+    still = subprocess.run([sys.executable, "-c", "import chatcli"], cwd=tmp_path)  # the tests' own chatcli
+    assert still.returncode == 0
+
+
 # -- start-up -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag", ["--version", "-V"])
 def test_version(child_env: dict[str, str], flag: str) -> None:

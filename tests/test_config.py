@@ -117,7 +117,7 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
         'max_tokens = 9\ntimeout = 9\nconnect_timeout = 9\nidle_timeout = 9\nsessions_dir = "d"\n'
         'model_path = "~/m.gguf"\nn_ctx = 2048\nthreads = 3\nkeep_alive = "10m"\n'
         'store = "sqlite:////x/chats.db"\nstore_timeout = 4\ntop_p = 0.5\nrepeat_penalty = 1.2\n'
-        "context_window = 4096\ncompact_at = 0.8\nthink = true\nshow_reasoning = false\n"
+        "context_window = 4096\ncompact_at = 0.8\ncompact_keep = 3\nthink = true\nshow_reasoning = false\n"
         'tools = ["time"]\napprove = ["time.*"]\ntool_timeout = 5\nmax_tool_rounds = 3\n'
         '[mcp.servers.time]\ncommand = "mcp-server-time"\nargs = ["--local-timezone", "UTC"]\n',
     )
@@ -135,6 +135,15 @@ def test_every_file_key_is_accepted(cfg: Path) -> None:
     assert (s.think, s.show_reasoning) == (True, False)
     assert (s.tools, s.approve, s.tool_timeout, s.max_tool_rounds) == (["time"], ["time.*"], 5.0, 3)
     assert s.mcp_servers["time"].args == ("--local-timezone", "UTC")
+    assert (s.compact_at, s.compact_keep) == (0.8, 3)
+
+
+@pytest.mark.parametrize("keep", [0, 1001])
+def test_compact_keep_out_of_range_is_one_line(cfg: Path, keep: int) -> None:
+    write(cfg, f"compact_keep = {keep}\n")
+    with pytest.raises(ConfigError) as e:
+        resolve(no_flags(), env_for(cfg))
+    assert str(e.value) == f"compact_keep must be from 1 to 1,000 turns, not {keep:,}"
 
 
 def test_sessions_dir_tilde_is_expanded(cfg: Path, user_dirs: dict[str, Path]) -> None:

@@ -147,9 +147,10 @@ def test_a_summary_is_sent_in_place_of_the_turns_it_stands_for() -> None:
     assert all(m["role"] != "system" for m in p.messages[1:])
 
 
-def test_a_summary_is_not_sent_when_everything_fits_or_after_a_clear() -> None:
-    msgs, _ = summarised(turns=3, covered=2)
-    assert plan(msgs, context_start=0, system="", window=8192, max_tokens=200).summary is None
+def test_a_summary_is_sent_when_everything_fits_but_not_after_a_clear() -> None:
+    msgs, at = summarised(turns=3, covered=2)  # (a /compact asked for: its turns would fit)
+    p = plan(msgs, context_start=0, system="", window=8192, max_tokens=200)
+    assert (p.summary, p.start, p.left_out, p.summarised) == (at, at + 1, 2, 2)
     msgs, at = summarised(turns=20, covered=15)
     assert plan(msgs, context_start=at + 1, system="", window=1200, max_tokens=200).summary is None
 

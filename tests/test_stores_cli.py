@@ -15,7 +15,7 @@ import pytest
 
 from chatcli.model import FORMAT, VERSION
 from chatcli.stores import parse_store
-from transcript import CLI, ScriptedBackend
+from transcript import CLI, ScriptedBackend, masked
 
 from engines import DATABASES, ENGINES
 from fakellm import FakeLLMServer
@@ -182,6 +182,30 @@ def test_every_library_command_gives_the_same_output_on_every_engine(
     for engine in DATABASES:
         for (args, code, out, err), (_, fcode, fout, ferr) in zip(results[engine], folder, strict=True):
             assert (code, out, err) == (fcode, fout, ferr), f"{engine}: chatcli {' '.join(args)}"
+
+
+def test_a_match_in_an_attached_file_shows_its_name_and_line_on_every_engine(
+    cli: CLI, scripted: ScriptedBackend, store_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "plan.md").write_text(
+        "# Plan\n\n- buy flour\n- bake the bread at 220 degrees for forty minutes, then let it cool\n- eat\n"
+    )
+    scripted.enqueue("At 220 degrees.")
+    question = "what temperature for the bread?"
+    assert cli("ask", "-f", "notes/plan.md", question, "--store", store_spec).ok == "At 220 degrees.\n"
+
+    def search(*words: str) -> str:
+        return masked(cli("search", *words, "--role", "user", "--store", store_spec).ok)
+
+    head = f"<ID> · {question} · turn 1 · user\n"
+    assert search("degrees") == (
+        f"{head}  [file notes/plan.md, line 4] - bake the bread at 220 degrees for forty minutes, then let it "
+        "cool\n1 hit\n"
+    )
+    assert search("plan") == f"{head}  [file notes/plan.md]\n1 hit\n"  # (the header's own words)
+    assert search("temperature") == f"{head}  {question}\n1 hit\n"  # the text typed, without the file
 
 
 @pytest.mark.parametrize("engine", DATABASES, indirect=True)
