@@ -132,7 +132,8 @@ def test_completed_reply_is_saved_with_usage_and_timings(
     assert saved["usage"] == {"prompt_tokens": 40, "completion_tokens": 3, "cached_tokens": 8}
     t = saved["timings"]
     assert 0.15 <= t["ttft_s"] < 2.0
-    assert t["duration_s"] >= t["ttft_s"] + 0.1  # two 0.05 s gaps after the first token
+    # two 0.05 s gaps after the first token (less what a late first chunk takes off: this is not a timer test)
+    assert t["duration_s"] >= t["ttft_s"] + 0.05
     # no server timings: chatcli's own rate = completion tokens / generation time (>= 0.1 s here)
     assert 0 < t["tokens_per_second"] <= 30.0
     assert t["server"] is None
