@@ -335,6 +335,11 @@ class Renderer:
     def notice(self, message: str) -> None:
         self.err.print(f"[yellow]{_one_liner(message)}[/]", soft_wrap=True)
 
+    def note(self, message: str) -> None:
+        """A notice that is prose (nothing in it to copy whole): at a terminal it is wrapped between words to
+        the screen's width; piped, one line, as every notice."""
+        self.err.print(f"[yellow]{_one_liner(message)}[/]")
+
     def info(self, message: str) -> None:
         self.console.print(f"[dim]{_one_liner(message)}[/]", soft_wrap=True)
 

@@ -66,7 +66,7 @@ class Repl(ReplCommands):
         self.show_reasoning = True  # a reply's reasoning streams dimmed (else: only its folded line)
         self.servers: MCPServers | None = None  # the session's tool servers (started once the prompt shows)
         self._servers_told = False  # the servers' failures were said (once, before the first turn)
-        self.notes: list[str] = []  # notices shown once, right under the banner
+        self.notes: list[str] = []  # notes (prose) shown once, right under the banner
 
     # -- input -----------------------------------------------------------------------------------------
     def _make_prompt(self) -> Callable[[], str]:
@@ -127,7 +127,7 @@ class Repl(ReplCommands):
         """Read and answer until quit or Ctrl-D. Errors of a turn are reported and the loop goes on."""
         self.out.banner(self.session, self.resumed, HELP_HINT)
         for note in self.notes:
-            self.out.notice(note)
+            self.out.note(note)
         if self.resumed and self.session.messages:
             show_history(self.out, self.session, last=RESUME_TURNS)
         if self.session.backend is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pexpect
 import pytest
 
 from chatcli.backends.local import LocalBackend, default_model_path
+from chatcli.cli_common import EMBEDDED_NOTE
 from chatcli.session import ConversationSession, GenerationParams
 from chatcli.stores.folder import FolderStore
 
@@ -188,6 +190,11 @@ def test_repl_on_the_default_local_backend(child_env: dict[str, str], user_dirs:
     assert "the embedded model (SmolLM2-135M) is tiny: it is here to try chatcli offline" in " ".join(
         shown.split()
     )
+    lines = shown.replace("\r", "").split("\n")  # wrapped between words to the terminal's width
+    first = next(k for k, line in enumerate(lines) if line.startswith("the embedded model"))
+    note = list(itertools.takewhile(lambda line: line.strip() and "›" not in line, lines[first:]))
+    assert len(note) > 1 and all(len(line) <= 100 for line in note), note
+    assert " ".join(note).split() == EMBEDDED_NOTE.split(), note  # no word cut in two
     words = re.findall(r"[A-Za-z]{3,}", reply["content"])
     assert not words or any(w in shown for w in words), (reply["content"], shown[-2000:])
     assert all(gone(pid) for pid in servers), "the embedded model server outlived chatcli"
