@@ -35,8 +35,6 @@ from chatcli.snapshot import (
 from chatcli.text import count
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from chatcli.stores.base import SessionStore, Store
 
 
@@ -363,70 +361,33 @@ def migrate(
     alone: reported as ``same`` when equal, ``differs`` when not (live in one and trashed in the other
     differs too); one holding a message larger than every store keeps is reported as ``too_large``, in a
     dry run too. With ``dry_run`` nothing is written. Sessions are written in batches (``Store.create_many``:
-    a transaction each on a database, at most BATCH_SESSIONS sessions and BATCH_CHARS characters), in order,
-    each while the next is read (``_BatchWriter``), so a migrate stopped half way has copied whole batches
-    and copies the rest when run again. ``on_session(done, total)`` follows the progress (sessions read)."""
+    a transaction each on a database, at most BATCH_SESSIONS sessions and BATCH_CHARS characters), so a
+    migrate stopped half way has copied whole batches and copies the rest when run again.
+    ``on_session(done, total)`` follows the progress (sessions read).
+
+    (The batches are written in turn, not on a thread of their own while the next is read: measured, that
+    was no faster on SQLite and slower on the servers, whose many short round trips then waited for
+    Python's lock behind the reading.)"""
     report = MigrationReport()
     todo = [(sid, False) for sid in src.ids()] + [(sid, True) for sid in src.trashed_ids()]
     there = {False: set(dst.ids()), True: set(dst.trashed_ids())}
     batch: list[tuple[Conversation, bool]] = []
     size = 0
-    with _BatchWriter(dst, report) as writer:
-        for n, (sid, trashed) in enumerate(todo, 1):
-            conv = _to_copy(src, dst, sid, trashed, there, report)
-            if conv is not None and dry_run:
-                report.copied.append(sid)
-            elif conv is not None:
-                batch.append((conv, trashed))
-                size += sum(len(m.content) + len(m.reasoning) for m in conv.messages)
-            if len(batch) >= BATCH_SESSIONS or size >= BATCH_CHARS:
-                writer.write(batch)
-                batch, size = [], 0
-            if on_session is not None:
-                on_session(n, len(todo))
-        if batch:
-            writer.write(batch)
+    for n, (sid, trashed) in enumerate(todo, 1):
+        conv = _to_copy(src, dst, sid, trashed, there, report)
+        if conv is not None and dry_run:
+            report.copied.append(sid)
+        elif conv is not None:
+            batch.append((conv, trashed))
+            size += sum(len(m.content) + len(m.reasoning) for m in conv.messages)
+        if len(batch) >= BATCH_SESSIONS or size >= BATCH_CHARS:
+            _copy_batch(dst, batch, report)
+            batch, size = [], 0
+        if on_session is not None:
+            on_session(n, len(todo))
+    if batch:
+        _copy_batch(dst, batch, report)
     return report
-
-
-class _BatchWriter:
-    """Writes ``migrate``'s batches into ``dst`` on a thread of its own, one at a time and in order: while the
-    database takes a batch (the time is the server's, or SQLite's C code, which lets go of Python's lock),
-    the next one is read and checked. ``write`` hands a batch over once the one before is written, its
-    outcome told to ``report``; leaving the block waits for the last one, also when the block raised (so
-    no write outlives the migrate). A batch's error is raised by the next ``write`` or on leaving."""
-
-    def __init__(self, dst: Store, report: MigrationReport) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._dst = dst
-        self._report = report
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatcli-migrate")
-        self._pending: tuple[Future[list[str]], list[tuple[Conversation, bool]]] | None = None
-
-    def __enter__(self) -> _BatchWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        try:
-            if exc_type is None:
-                self._finish()
-            elif self._pending is not None:
-                self._pending[0].exception()  # (waited for; the block's own error is the one raised)
-        finally:
-            self._pool.shutdown(wait=True)
-
-    def write(self, batch: list[tuple[Conversation, bool]]) -> None:
-        self._finish()
-        self._pending = (self._pool.submit(self._dst.create_many, batch), batch)
-
-    def _finish(self) -> None:
-        """Wait for the batch being written and report its outcome (raising its error)."""
-        if self._pending is None:
-            return
-        future, batch = self._pending
-        self._pending = None
-        _report_batch(self._dst, batch, set(future.result()), self._report)
 
 
 def _to_copy(
@@ -450,11 +411,9 @@ def _to_copy(
     return None
 
 
-def _report_batch(
-    dst: Store, batch: list[tuple[Conversation, bool]], written: set[str], report: MigrationReport
-) -> None:
-    """The outcome of writing ``batch`` (the ids ``written``); a session another migrate wrote meanwhile is
-    reported as when it was already there."""
+def _copy_batch(dst: Store, batch: list[tuple[Conversation, bool]], report: MigrationReport) -> None:
+    """Write ``batch``; one another migrate wrote meanwhile is reported as when it was already there."""
+    written = set(dst.create_many(batch))
     for conv, trashed in batch:
         if conv.id in written:
             report.copied.append(conv.id)

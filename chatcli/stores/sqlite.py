@@ -225,8 +225,7 @@ class SQLite:
         return self._connect(str(self.path))
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        # (any thread may use it: the store's Runner lets one at a time, e.g. migrate's batch writer)
-        conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
