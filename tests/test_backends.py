@@ -563,3 +563,27 @@ def test_a_password_in_the_base_url_stays_out_of_error_messages(fake_llm: FakeLL
     finally:
         backend.close()
     assert "s3cret" not in str(http.value) and "boom" in str(http.value)
+
+
+def test_a_plain_http_server_costs_no_ca_bundle_and_https_keeps_it(
+    fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    loads: list[object] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counted(ctx: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        real(ctx, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    for backend in (OpenAIBackend(fake_llm.url + "/v1", "m"), OllamaBackend(fake_llm.url.upper(), "m")):
+        assert "".join(e.text for e in run(backend))
+        backend.close()
+    assert loads == []
+    secure = OpenAIBackend("https://127.0.0.1:9/v1", "m")
+    with pytest.raises(BackendUnavailable):
+        run(secure)
+    secure.close()
+    assert len(loads) == 1  # https: certificates verified against the bundle, as before

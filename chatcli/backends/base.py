@@ -172,6 +172,14 @@ def public_url(url: str) -> str:
     return url
 
 
+def tls_verify(url: str) -> bool:
+    """httpx's ``verify`` for a client that only ever asks ``url``'s server: True (the CA bundle) for
+    https, False for plain http, where no TLS is negotiated and loading the bundle would only cost its
+    20-odd ms of CPU (every request of a backend goes to its own base URL, and redirects are not
+    followed)."""
+    return not url.lower().startswith("http:")
+
+
 class HTTPBackend:
     """Shared machinery of the HTTP backends: one httpx.Client (opened on first use, no proxy from the
     environment), error mapping, deadline checks. ``base_url``: where requests go, without a trailing
@@ -248,7 +256,9 @@ class HTTPBackend:
         import httpx
 
         if self._client is None:
-            self._client = httpx.Client(headers=self._headers, trust_env=False)
+            self._client = httpx.Client(
+                headers=self._headers, trust_env=False, verify=tls_verify(self.base_url)
+            )
         self._read_limit = min(timeouts.idle, max(0.001, deadline - time.monotonic()))
         self._timeouts = timeouts
         return self._client

@@ -19,7 +19,7 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chatcli.backends.base import ModelInfo, StreamEvent
+from chatcli.backends.base import ModelInfo, StreamEvent, tls_verify
 from chatcli.backends.openai import OpenAIBackend
 from chatcli.errors import BackendUnavailable
 
@@ -175,21 +175,22 @@ class LocalBackend(OpenAIBackend):
         url = f"http://127.0.0.1:{self._port}/health"
         end = time.monotonic() + self.ready_timeout
         delay = 0.02
-        while time.monotonic() < end:
-            code = self._proc.poll()
-            if code is not None:
-                self._proc = None
-                raise BackendUnavailable(
-                    f"the embedded model server exited while starting (code {code})" + self._log_tail()
-                )
-            try:
-                if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
-                    self._ready = True
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(delay)
-            delay = min(0.05, delay * 1.5)  # the model loads in about half a second: look often
+        with httpx.Client(trust_env=False, verify=tls_verify(url)) as probe:  # one client for every look
+            while time.monotonic() < end:
+                code = self._proc.poll()
+                if code is not None:
+                    self._proc = None
+                    raise BackendUnavailable(
+                        f"the embedded model server exited while starting (code {code})" + self._log_tail()
+                    )
+                try:
+                    if probe.get(url, timeout=1.0).status_code == 200:
+                        self._ready = True
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(delay)
+                delay = min(0.05, delay * 1.5)  # the model loads in about half a second: look often
         self.close()
         raise BackendUnavailable(
             f"the embedded model did not become ready within {self.ready_timeout:g} s" + self._log_tail()
