@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatcli import attachments
+from chatcli.backends import preload
 from chatcli.errors import (
     BackendError,
     ChatcliError,
@@ -102,13 +103,12 @@ class Repl(ReplCommands):
             complete_while_typing=False,
             prompt_continuation=lambda width, line_no, wrap: "… ".rjust(width),
         )
-        if self.servers is not None:  # started once the prompt is drawn, then the handler goes
 
-            def first_render(app: Any) -> None:
-                ps.app.after_render -= first_render
-                self._start_servers()
+        def first_render(app: Any) -> None:  # once the prompt is drawn, then the handler goes
+            ps.app.after_render -= first_render
+            self._while_waiting()
 
-            ps.app.after_render += first_render
+        ps.app.after_render += first_render
         return lambda: ps.prompt([("bold", "› ")])
 
     @staticmethod
@@ -121,6 +121,12 @@ class Repl(ReplCommands):
             raise EOFError
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         return line.removesuffix("\n").removesuffix("\r")
+
+    def _while_waiting(self) -> None:
+        """At a terminal, once the first prompt is drawn: start the tool servers, then import the HTTP
+        client while the user types (the first turn would otherwise wait for it)."""
+        self._start_servers()
+        preload()
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -135,6 +141,8 @@ class Repl(ReplCommands):
         prompt = self._make_prompt()
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             self._start_servers()
+            if not _input_waiting():
+                preload()
         while True:
             try:
                 line = prompt()
@@ -337,6 +345,17 @@ def _keys_not_echoed() -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSANOW, old)
         except (OSError, termios.error):  # the terminal is gone (SIGHUP): nothing left to restore
             pass
+
+
+def _input_waiting() -> bool:
+    """Whether standard input already holds something to read (a line, or its end), so that nothing is
+    worth doing before reading it; True too when that cannot be told."""
+    import select
+
+    try:
+        return bool(select.select([sys.stdin], [], [], 0)[0])
+    except (OSError, ValueError, TypeError):  # closed, or not a file descriptor (as under a test runner)
+        return True
 
 
 def _terminated_in(error: BaseException) -> Terminated | None:

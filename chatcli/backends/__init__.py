@@ -106,3 +106,15 @@ def make_backend(
             backend.model = model
         return backend
     raise ConfigError(f"unknown backend {name!r}: choose one of local, openai, ollama")
+
+
+def preload() -> None:
+    """Import what every backend's first request needs: httpx (with httpcore, h11, ssl and the command
+    line httpx brings along when rich and click are installed) and httpx_sse, about 70 ms of CPU. For a
+    caller with time to spare, such as a REPL waiting for its first line, so that the first turn does not
+    spend it. Never raises: an import that fails fails again, and is reported, at the first turn."""
+    try:
+        import httpx  # noqa: F401
+        import httpx_sse  # noqa: F401
+    except ImportError:
+        pass
