@@ -109,11 +109,12 @@ def make_backend(
 
 
 def preload() -> None:
-    """Import what every backend's first request needs: httpx (with httpcore, h11, ssl and the command
-    line httpx brings along when rich and click are installed) and httpx_sse, about 70 ms of CPU. For a
+    """Import what every backend's first request needs: httpx (with ssl and the command line httpx brings
+    along when rich and click are installed), httpcore with h11, and httpx_sse, about 70 ms of CPU. For a
     caller with time to spare, such as a REPL waiting for its first line, so that the first turn does not
     spend it. Never raises: an import that fails fails again, and is reported, at the first turn."""
     try:
+        import httpcore  # noqa: F401  (httpx imports it only when its first client is made)
         import httpx  # noqa: F401
         import httpx_sse  # noqa: F401
     except ImportError:
