@@ -4,11 +4,17 @@ Both read from ``sseserver.py`` (another process). chatcli runs a real turn: ``C
 with the OpenAI backend, every piece fed to ``ReplyView`` (rich Live, Markdown) on a 100x40 terminal
 console writing to /dev/null. The bare loop is the least a client can do: httpx ``iter_lines``, orjson
 for each event, count the text pieces. Rates are tokens per second from the first token to the end.
+
+The first turn at the REPL: a piped ``chatcli new`` (a process of its own, the console script) is sent its
+first line one second after its banner, as a user takes that long to type, then a second line; measured
+from writing each line to the first byte of the reply on its stdout. The second turn is the floor: what a
+first turn costs above it is what chatcli had not done while it waited.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, Report, Row, interleaved, median
+from common import PYTHON, Report, Row, chatcli_cmd, child_env, interleaved, median
 
 HERE = Path(__file__).resolve().parent
 PACED_RATE = 2_000  # tokens/s of the paced stream (the target's rate)
@@ -174,6 +180,38 @@ def render_only(tokens: list[str]) -> tuple[float, float]:
 
 
 # -- the benchmark -------------------------------------------------------------------------------------
+def repl_turns(base: str, folder: Path, pause: float = 1.0) -> tuple[float, float]:
+    """A piped ``chatcli new`` against ``base`` (an OpenAI-compatible URL) with its user folders under
+    ``folder``: seconds from writing its first line (``pause`` seconds after the banner) to the first byte of
+    the reply on stdout, and the same for a second line. Raises RuntimeError when chatcli does not answer."""
+    proc = subprocess.Popen(
+        [*chatcli_cmd(), "new", "--backend", "openai", "--base-url", base],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=child_env(folder, NO_COLOR="1"),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        if b"session" not in proc.stdout.readline():  # the banner
+            raise RuntimeError("chatcli new showed no banner")
+        time.sleep(pause)
+        times = []
+        for line in (b"hello\n", b"again\n"):
+            t0 = time.perf_counter()
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            if not os.read(proc.stdout.fileno(), 65536):
+                raise RuntimeError("chatcli new ended before it answered")
+            times.append(time.perf_counter() - t0)
+            while select.select([proc.stdout], [], [], 0.5)[0]:  # the rest of the reply
+                os.read(proc.stdout.fileno(), 1 << 20)
+        return times[0], times[1]
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
 def run(report: Report, folder: Path, quick: bool = False) -> None:
     import httpx
 
@@ -186,6 +224,21 @@ def run(report: Report, folder: Path, quick: bool = False) -> None:
         try:
             bare_run(client, stream_url(server, 0, 10))  # warm both clients (connections, imports)
             cc.run(stream_url(server, 0, 10))
+
+            # The first turn at the REPL against the second.
+            turns = [repl_turns(stream_url(server, 0, 20), folder / f"repl-{i}") for i in range(runs * 2 - 1)]
+            first, second = median([t[0] for t in turns]), median([t[1] for t in turns])
+            report.add(
+                Row(
+                    GROUP,
+                    "first turn at the REPL: line to first token (second turn = floor)",
+                    first * 1000,
+                    "ms",
+                    second * 1000,
+                    note="piped chatcli new, its first line 1 s after the banner",
+                    runs=len(turns),
+                )
+            )
 
             # Time to first token: short replies, many runs.
             base = stream_url(server, 0, 20)
