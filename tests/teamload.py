@@ -256,6 +256,7 @@ def _writers_and_readers(
     for w, (chat, _) in enumerate(chats):  # every one started and holding its session: the team is there
         if chat.wait_for(BANNER, 300) is None:
             report.problems.append(f"writer {w} did not start: {chat.text('err')[-300:]}")
+    _settle([c.pid for c, _ in chats])  # (each REPL imports its HTTP client once its banner is out)
     report.start_seconds = time.monotonic() - started
     started = time.monotonic()
     helpers = [threading.Thread(target=read_loop, args=(k,)) for k in range(readers)]
@@ -289,6 +290,19 @@ def _drive(report: TeamReport, w: int, chat: Chat, tokens: int, lock: threading.
     with lock:
         report.writer_cpu.append(_cpu_seconds(chat.pid) - before)
     chat.close_stdin()
+
+
+def _settle(pids: list[int], quiet: float = 0.05, most: float = 60.0) -> None:
+    """Wait until processes ``pids`` together use at most ``quiet`` CPU seconds in half a second (each idle
+    at its prompt), at most ``most`` seconds."""
+    last = sum(map(_cpu_seconds, pids))
+    end = time.monotonic() + most
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        now = sum(map(_cpu_seconds, pids))
+        if now - last <= quiet:
+            return
+        last = now
 
 
 def _cpu_seconds(pid: int) -> float:
