@@ -55,11 +55,12 @@ def _one(
             Row(
                 GROUP,
                 f"{who}: reader `{command}` median, loaded",
-                loaded,
+                0.0 if loaded is None else loaded,
                 "ms",
                 unloaded,
                 "≤ 3 × unloaded",
-                loaded <= 3 * unloaded,
+                None if loaded is None else loaded <= 3 * unloaded,
+                "not run while loaded: the writers were done first" if loaded is None else "",
                 runs=len(result.loaded.get(command, [])),
             )
         )

@@ -92,12 +92,11 @@ class TeamReport:
             return 0.0
         return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
-    def reader_medians(self) -> dict[str, tuple[float, float]]:
-        """Per reader command: (unloaded median, loaded median), milliseconds."""
-        return {
-            k: (statistics.median(self.unloaded[k]), statistics.median(self.loaded.get(k) or [0.0]))
-            for k in self.unloaded
-        }
+    def reader_medians(self) -> dict[str, tuple[float, float | None]]:
+        """Per reader command: (unloaded median, loaded median), milliseconds; the loaded one None when the
+        command's turn in the readers' loop did not come before the writers were done."""
+        loaded = {k: statistics.median(v) for k, v in self.loaded.items() if v}
+        return {k: (statistics.median(self.unloaded[k]), loaded.get(k)) for k in self.unloaded}
 
     def summary(self) -> dict[str, Any]:
         """The figures as a flat dict, for a report or a table."""
@@ -110,7 +109,8 @@ class TeamReport:
             f"{max(self.saves, default=0):.1f}",
             "failed saves": self.failed_saves,
             "reader ms unloaded -> loaded (median)": ", ".join(
-                f"{k} {a:.0f} -> {b:.0f}" for k, (a, b) in readers.items()
+                f"{k} {a:.0f} -> " + ("not run while loaded" if b is None else f"{b:.0f}")
+                for k, (a, b) in readers.items()
             ),
             "connections at most": self.connections,
             "start s / turns s": f"{self.start_seconds:.1f} / {self.seconds:.1f}",
