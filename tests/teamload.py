@@ -225,7 +225,7 @@ def _writers_and_readers(
     lock = threading.Lock()
 
     def read_loop(k: int) -> None:
-        i = k
+        i = k * len(READER_COMMANDS) // readers  # spread over the commands: each runs early in the turns
         while not stop.is_set():
             args = READER_COMMANDS[i % len(READER_COMMANDS)]
             ms, problem = _time_command(reader_env, args)
