@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,7 @@ class SQLite:
     def _connect(self, target: str) -> sqlite3.Connection:
         conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             add_holds(conn)
@@ -235,6 +236,20 @@ class SQLite:
             conn.close()
             raise
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """WAL mode for the file (kept in the file: once set, this is a no-op). Two connections switching a
+        new file at once each hold a read lock and want the write lock; SQLite refuses one at once, without
+        waiting (SQLITE_BUSY), so the switch is tried again every 10 ms for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if _sqlite_code(e) != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def connect_fault(self, e: BaseException) -> Fault:
         return ERRORS.fault(e, connecting=True)
