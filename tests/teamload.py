@@ -19,6 +19,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,8 @@ class TeamReport:
     durations (milliseconds, per command: ``unloaded`` before the writers started, ``loaded`` while they all
     held their sessions and streamed), the most connections the database had open at once (None: not a
     server), the seconds until every writer had started and then of their turns, each writer's CPU
-    seconds over its turns, and the problems found."""
+    seconds over its turns, the writers' niceness, each reader run's own CPU time (milliseconds: what is
+    left of a loaded reader's time is waiting, for a core or for the database), and the problems found."""
 
     engine: str
     processes: int
@@ -83,6 +85,9 @@ class TeamReport:
     seconds: float = 0.0
     start_seconds: float = 0.0  # until every writer had started and shown its session
     writer_cpu: list[float] = field(default_factory=list)  # CPU seconds of each writer over its turns
+    writer_nice: int = 0  # the writers' niceness (19: they take only the CPU nothing else wants)
+    reader_cpu_unloaded: list[float] = field(default_factory=list)  # each reader run's own CPU, milliseconds
+    reader_cpu_loaded: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def percentile(self, p: float) -> float:
@@ -112,6 +117,9 @@ class TeamReport:
                 f"{k} {a:.0f} -> " + ("not run while loaded" if b is None else f"{b:.0f}")
                 for k, (a, b) in readers.items()
             ),
+            "reader CPU ms unloaded -> loaded (median)": f"{_median(self.reader_cpu_unloaded):.0f} -> "
+            f"{_median(self.reader_cpu_loaded):.0f}",
+            "writers' niceness": self.writer_nice,
             "connections at most": self.connections,
             "start s / turns s": f"{self.start_seconds:.1f} / {self.seconds:.1f}",
             "writer CPU % (mean)": round(100 * statistics.mean(self.writer_cpu) / self.seconds, 1)
@@ -119,6 +127,10 @@ class TeamReport:
             else None,
             "problems": len(self.problems),
         }
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def _env(base: dict[str, str], work: Path, home: int, spec: str) -> dict[str, str]:
@@ -145,21 +157,28 @@ def expected_reply(prompt: str, tokens: int) -> str:
     return "".join(f"{prompt}:tok{i} " for i in range(tokens)).strip()
 
 
-def _time_command(env: dict[str, str], args: tuple[str, ...]) -> tuple[float, str | None]:
-    t = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, "-m", "chatcli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        input="",
-    )
-    ms = (time.perf_counter() - t) * 1000
-    problem = (
-        None if r.returncode == 0 else f"chatcli {' '.join(args)}: exit {r.returncode}: {r.stderr[-300:]}"
-    )
-    return ms, problem
+def _time_command(env: dict[str, str], args: tuple[str, ...]) -> tuple[float, float, str | None]:
+    """Run ``chatcli ARGS``: its wall time and its own CPU time (user and system, from ``wait4``), both in
+    milliseconds, and what went wrong (None: exit 0)."""
+    with tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(
+            [sys.executable, "-m", "chatcli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+        killer = threading.Timer(120, p.kill)
+        killer.start()
+        _, status, usage = os.wait4(p.pid, 0)
+        killer.cancel()
+        ms = (time.perf_counter() - t) * 1000
+        p.returncode = os.waitstatus_to_exitcode(status)  # (reaped here: Popen must not wait for it again)
+        err.seek(0)
+        said = err.read().decode(errors="replace")
+    problem = None if p.returncode == 0 else f"chatcli {' '.join(args)}: exit {p.returncode}: {said[-300:]}"
+    return ms, (usage.ru_utime + usage.ru_stime) * 1000, problem
 
 
 def run_team(
@@ -176,10 +195,14 @@ def run_team(
     readers: int = 2,
     connections: Callable[[], int] | None = None,
     unloaded_runs: int = 3,
+    writer_nice: int = 0,
 ) -> TeamReport:
     """Run the team (module docstring) on the store ``spec`` (``engine`` names it in the report), in the
-    folder ``work``; ``connections()`` counts the database's open connections (sampled while it runs)."""
-    report = TeamReport(engine, processes, homes, turns)
+    folder ``work``; ``connections()`` counts the database's open connections (sampled while it runs).
+    ``writer_nice``: the writers' niceness. The writers stand for other machines: at 19 they take only the
+    CPU that the database, the readers and the model server leave, so that on one small machine the readers'
+    times measure the database rather than the scheduler sharing the cores with 64 REPLs."""
+    report = TeamReport(engine, processes, homes, turns, writer_nice=writer_nice)
     reader_env = _env(base_env, work, homes, spec)  # the readers' own home
     with FakeLLMServer(_reply(tokens, 1.0 / tokens_per_second)) as llm:
         seed = subprocess.run(  # one session there before the readers' first look
@@ -204,8 +227,9 @@ def run_team(
             return report
         for args in READER_COMMANDS:
             runs = [_time_command(reader_env, args) for _ in range(unloaded_runs)]
-            report.unloaded[args[0]] = [ms for ms, _ in runs]
-            report.problems += [p for _, p in runs if p]
+            report.unloaded[args[0]] = [ms for ms, _, _ in runs]
+            report.reader_cpu_unloaded += [cpu for _, cpu, _ in runs]
+            report.problems += [p for _, _, p in runs if p]
         _writers_and_readers(report, spec, work, base_env, reader_env, llm, tokens, readers, connections)
     return report
 
@@ -228,9 +252,10 @@ def _writers_and_readers(
         i = k * len(READER_COMMANDS) // readers  # spread over the commands: each runs early in the turns
         while not stop.is_set():
             args = READER_COMMANDS[i % len(READER_COMMANDS)]
-            ms, problem = _time_command(reader_env, args)
+            ms, cpu, problem = _time_command(reader_env, args)
             with lock:
                 report.loaded.setdefault(args[0], []).append(ms)
+                report.reader_cpu_loaded.append(cpu)
                 if problem:
                     report.problems.append(problem)
             i += 1
@@ -252,7 +277,7 @@ def _writers_and_readers(
         times = work / f"saves-{p}.txt"
         env["CHATCLI_SAVE_TIMES"] = str(times)
         args = ["-c", BOOT, "new", "--backend", "openai", "--base-url", f"{llm.url}/v1"]
-        chats.append((Chat(args, env), times))
+        chats.append((Chat(args, env, preexec_fn=_niced(report.writer_nice)), times))
     for w, (chat, _) in enumerate(chats):  # every one started and holding its session: the team is there
         if chat.wait_for(BANNER, 300) is None:
             report.problems.append(f"writer {w} did not start: {chat.text('err')[-300:]}")
@@ -276,6 +301,17 @@ def _writers_and_readers(
         t.join()
     for w, (chat, times) in enumerate(chats):
         _collect(report, w, chat, times, spec, base_env, work, tokens)
+
+
+def _niced(nice: int) -> Callable[[], None] | None:
+    """A child's preexec_fn that lowers its priority by ``nice`` (None for 0)."""
+    if not nice:
+        return None
+
+    def lower() -> None:
+        os.nice(nice)
+
+    return lower
 
 
 def _drive(report: TeamReport, w: int, chat: Chat, tokens: int, lock: threading.Lock) -> None:
