@@ -73,7 +73,7 @@ class StallProxy:
                     if not data:
                         return
                     peers[s].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: select on a socket close() has closed meanwhile)
             return
         finally:
             for s in (a, b):

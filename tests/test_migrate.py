@@ -10,13 +10,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chatcli.errors import StoreError
+from chatcli.errors import StoreError, StoreUnavailable
 from chatcli.library import migrate
 from chatcli.model import Conversation
 from chatcli.snapshot import NO_COUNTS, message_counts
@@ -28,7 +29,7 @@ from chatcli.stores.sql_runner import x
 from chatcli.stores.sql_schema import MIGRATION_NAMES, transaction
 
 from engines import DATABASES
-from test_stores import ODD, A, B, C, put, snap
+from test_stores import ODD, A, B, C, cv, put, snap
 
 _OPEN: list[Store] = []
 
@@ -427,3 +428,64 @@ def test_migrate_draws_a_progress_bar_at_a_terminal_and_none_in_a_pipe(
     assert shown.rstrip().endswith("copied 40 sessions; 0 already there")
     piped = run(child_env, *args[2:], "--to", f"sqlite:///{tmp_path / 'db' / 'piped.db'}")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr  # nothing drawn in a pipe
+
+
+def _slow_rows(st: SQLStore, seconds: float, then: Any = None) -> None:
+    """Make ``st`` take ``seconds`` to make each session's message rows (a batch far larger than a test's),
+    calling ``then(n)`` after the ``n``-th session's."""
+    make, made = st.message_rows, [0]
+
+    def slow(*args: Any) -> Any:
+        time.sleep(seconds)
+        made[0] += 1
+        if then is not None:
+            then(made[0])
+        return make(*args)
+
+    st.message_rows = slow  # type: ignore[method-assign]
+
+
+def test_a_copy_that_keeps_sending_outlasts_the_store_timeout(store_for: Any) -> None:
+    # PostgreSQL's bulk path streams: the rows of a batch are made while COPY sends the ones before. The
+    # watchdog (which cuts a call the network holds up past the store timeout) must see that as progress:
+    # here the batch takes 2.4 s to make, against a deadline of 0.5 + 1 s without a row sent.
+    st = open_store(parse_store(store_for("postgresql")), timeout=0.5)
+    try:
+        assert isinstance(st, SQLStore)
+        _slow_rows(st, 0.3)
+        sessions = [cv(snap(f"20260101-0000{n:02d}-copy", turns=[("q", "a")])) for n in range(8)]
+        t = time.monotonic()
+        assert st.create_many([(c, False) for c in sessions]) == [c.id for c in sessions]
+        assert time.monotonic() - t > 1.5  # (longer than the deadline: it was moved on)
+        assert sorted(st.ids()) == sorted(c.id for c in sessions)
+        assert all(st.load(c.id) == c for c in sessions)
+    finally:
+        st.close()
+
+
+def test_a_network_that_stalls_in_the_middle_of_a_copy_fails_the_batch_within_the_timeout(
+    store_for: Any,
+) -> None:
+    from stallproxy import StallProxy
+
+    spec = store_for("postgresql")
+    (server,) = parse_store(spec).hosts
+    proxy = StallProxy((server.name, server.port or 0))
+    st = open_store(parse_store(proxy.proxied_url(spec)), timeout=1)
+    try:
+        assert isinstance(st, SQLStore)
+        st.ids()  # (connected while the network flows)
+        _slow_rows(st, 0.05, lambda n: n == 3 and proxy.stall())
+        sessions = [cv(snap(f"20260101-0000{n:02d}-stal", turns=[("q", "a")])) for n in range(6)]
+        t = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            st.create_many([(c, False) for c in sessions])
+        took = time.monotonic() - t
+        # (the watchdog cuts the COPY 1 + 1 s after its last row; the store tries one new connection, which
+        # the stalled network holds for its connect timeout, 1 s)
+        assert took < 2 * 1 + 3, f"a stalled COPY held the migrate {took:.1f} s"
+        proxy.resume()
+        assert opened(spec).ids() == []  # the batch's transaction rolled back: nothing half written
+    finally:
+        st.close()
+        proxy.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -24,7 +24,7 @@ from chatcli.search import mysql_text, mysql_word, word_share
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_dialect import Dialect
 from chatcli.stores.sql_errors import ErrorTable, Fault, Place, Rule, said
-from chatcli.stores.sql_rows import Searched
+from chatcli.stores.sql_rows import Searched, unzipped
 from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.sql_search import MESSAGES, REASONING, TITLES, Match, Query, Scored, ranked_messages
 from chatcli.stores.sql_write import upsert_messages
@@ -187,6 +187,7 @@ class MySQL:
     a connection attempt, a statement or a lock wait may take."""
 
     kind = "mysql"
+    streams_load = False
     dialect = Dialect(
         quote="`",
         on_duplicate_key=True,
@@ -292,9 +293,10 @@ class MySQL:
                 )
         upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
 
-    def load_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+    def load_messages(self, cur: Any, messages: Iterable[tuple[tuple[Any, ...], Searched]]) -> None:
         """``write_messages``: PyMySQL's executemany already sends multi-row INSERTs (as large as
         max_allowed_packet allows), InnoDB's fastest path short of LOAD DATA, which servers often refuse."""
+        rows, searched = unzipped(messages)
         self.write_messages(cur, rows, searched)
 
     def disk_bytes(self, cur: Any) -> int:

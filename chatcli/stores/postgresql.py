@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -180,6 +180,7 @@ class PostgreSQL:
     seconds a connection attempt, a statement or a lock wait may take."""
 
     kind = "postgresql"
+    streams_load = True  # (load_messages: COPY)
     dialect = Dialect(
         json_cast="::jsonb",
         json_text="::text",
@@ -318,16 +319,21 @@ class PostgreSQL:
     def write_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
         upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
 
-    def load_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+    def load_messages(self, cur: Any, messages: Iterable[tuple[tuple[Any, ...], Searched]]) -> None:
         """``COPY ... FROM STDIN`` (text format: the server reads the JSON and tsvector columns from their
-        text), about twice as fast as the upsert for a batch; armed on the watchdog like a statement."""
+        text), about twice as fast as the upsert for a batch, and streamed: the server stores rows while
+        the next are made. A COPY lasts as long as its rows take to make, so the store timeout bounds the
+        wait for the next row rather than the whole: ``statement_timeout`` is lifted for it (lock waits keep
+        ``lock_timeout``), and the watchdog's deadline is moved on at every row sent (a stalled network
+        blocks the sending or the end of the COPY, and the deadline passes)."""
         cols = ", ".join(["session_id", *MESSAGE_COLUMNS, *self.fulltext.message_columns])
-        with (
-            self.watchdog.armed(self.timeout + 1),
-            cur.copy(f"COPY chatcli_messages ({cols}) FROM STDIN") as copy,
-        ):
-            for row, words in zip(rows, searched, strict=True):
+        wait = self.timeout + 1
+        cur.execute("SET LOCAL statement_timeout = 0")
+        with self.watchdog.armed(wait), cur.copy(f"COPY chatcli_messages ({cols}) FROM STDIN") as copy:
+            for row, words in messages:
                 copy.write_row((*row, *words))
+                self.watchdog.rearm(wait)
+        cur.execute("RESET statement_timeout")  # (to the connection's own, for the rest of the transaction)
 
     def disk_bytes(self, cur: Any) -> int:
         """Bytes chatcli's tables take, with their indexes and TOAST data (``pg_total_relation_size``)."""

@@ -11,12 +11,12 @@ An engine is made of:
 - its ``FullText`` strategy (``sql_search.py``): what its index is given and how it finds words;
 - its migrations, named as ``sql_schema.MIGRATION_NAMES`` (``sql_schema.named``);
 - ``write_messages``, a save's message rows (by default ``sql_write.upsert_messages``), ``load_messages``,
-  the bulk path of new sessions (COPY, say), and ``disk_bytes``.
+  the bulk path of new sessions (COPY, say, with ``streams_load``), and ``disk_bytes``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from chatcli.stores.sql_dialect import Dialect
@@ -72,6 +72,13 @@ class Engine(Protocol):
     def locks(self) -> SessionLocks: ...
 
     @property
+    def streams_load(self) -> bool:
+        """Whether ``load_messages`` sends each row as it takes it (COPY): ``create_many`` then makes the rows
+        inside its transaction, while the server stores the ones before; otherwise it makes them all before
+        the transaction, which then holds its locks only while the database writes."""
+        ...
+
+    @property
     def migrations(self) -> Sequence[tuple[str, Step]]:
         """migrations[n] = (name, step) brings the schema from version n to n + 1: ``sql_schema.named``."""
         ...
@@ -117,11 +124,12 @@ class Engine(Protocol):
         ``create_many`` (one statement batch)."""
         ...
 
-    def load_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
-        """Insert the message ``rows`` (as ``write_messages``) of sessions created in the caller's
-        transaction, so that none of them is in the table yet: the bulk path of ``create_many``
-        (``migrate``, ``import``), the fastest way the engine has (``write_messages`` when it has none
-        faster)."""
+    def load_messages(self, cur: Any, messages: Iterable[tuple[tuple[Any, ...], Searched]]) -> None:
+        """Insert ``messages``, each a row (as ``write_messages``) with what its full-text index is given, of
+        sessions created in the caller's transaction, so that none of them is in the table yet: the bulk path
+        of ``create_many`` (``migrate``, ``import``), the fastest way the engine has (``write_messages`` when
+        it has none faster). The rows are made as they are taken from ``messages``: an engine that streams
+        them (COPY) has the server store some while the next are made."""
         ...
 
     def disk_bytes(self, cur: Any) -> int:

@@ -10,7 +10,7 @@ columns hold the text without it (as every view shows it: see ``render.sanitize`
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,21 @@ def message_row(sid: str, idx: int, turn: int, message: Message, holds_nul: bool
 
 
 MESSAGE_JSON_COLUMNS = frozenset({*MESSAGE_JSON, "extra"})  # message columns holding JSON
+
+
+def unzipped(
+    messages: Iterable[tuple[tuple[Any, ...], Searched]],
+) -> tuple[list[tuple[Any, ...]], list[Searched]]:
+    """Message rows each with what its full-text index is given (``Engine.load_messages``) as two lists:
+    the rows, and what is given for each."""
+    rows: list[tuple[Any, ...]] = []
+    searched: list[Searched] = []
+    for row, words in messages:
+        rows.append(row)
+        searched.append(words)
+    return rows, searched
+
+
 _MESSAGE_KEYS = frozenset({"role", "content", *MESSAGE_TEXT, *MESSAGE_JSON})
 
 

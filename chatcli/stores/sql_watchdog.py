@@ -14,7 +14,8 @@ from contextlib import contextmanager
 
 class Watchdog:
     """``armed(seconds)``: while the block runs, ``cut()`` is called once if it is still running ``seconds``
-    later (from the watchdog's thread). The thread starts on first use and is a daemon."""
+    later (from the watchdog's thread; ``rearm`` moves that moment on). The thread starts on first use and
+    is a daemon."""
 
     def __init__(self, cut: Callable[[], None]) -> None:
         self._cut = cut
@@ -35,6 +36,13 @@ class Watchdog:
         finally:
             with self._changed:
                 self._deadline = None
+
+    def rearm(self, seconds: float) -> None:
+        """Move the armed block's deadline to ``seconds`` from now (a long call that is making progress, such
+        as a COPY sending row after row); nothing when no block is armed."""
+        with self._changed:
+            if self._deadline is not None:
+                self._deadline = time.monotonic() + seconds
 
     def _loop(self) -> None:
         with self._changed:

@@ -8,13 +8,13 @@ for ``create_many``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatcli.clock import utc_now
 from chatcli.errors import SaveError, SessionExists, StoreConflict, StoreError, StoreUnavailable
-from chatcli.model import Conversation
+from chatcli.model import Conversation, Message
 from chatcli.snapshot import validate_id
 from chatcli.stores.sql_dialect import Dialect
 from chatcli.stores.sql_rows import (
@@ -113,13 +113,14 @@ def upsert_messages(
 
 @dataclass
 class _New:
-    """One session of a batch, turned into its rows before the transaction starts."""
+    """One session of a batch: its session row made before the transaction starts; its messages (with
+    their turns), whose rows are made as the engine takes them (``_message_rows``)."""
 
     sid: str
     title: str
     header: dict[str, Any]
-    rows: list[tuple[Any, ...]]
-    searched: list[Searched]
+    messages: Sequence[Message]
+    turns: list[int]
 
 
 def _new(store: SQLStore, conv: Conversation, deleted_at: str | None) -> _New:
@@ -128,17 +129,26 @@ def _new(store: SQLStore, conv: Conversation, deleted_at: str | None) -> _New:
     _, tail, turns, _, total = changes_since(None, conv.messages, 0)
     header = session_params(conv.header, total, len(conv.messages), store.dialect.holds_nul)
     header["deleted_at"] = deleted_at
-    return _New(sid, conv.header.title, header, *store.message_rows(sid, 0, tail, turns))
+    return _New(sid, conv.header.title, header, tail, turns)
+
+
+def _message_rows(store: SQLStore, sessions: list[_New]) -> Iterator[tuple[tuple[Any, ...], Searched]]:
+    """The message rows of ``sessions``, a session at a time, each with what its full-text index is given."""
+    for n in sessions:
+        rows, searched = store.message_rows(n.sid, 0, n.messages, n.turns)
+        yield from zip(rows, searched, strict=True)
 
 
 def create_many(store: SQLStore, items: Sequence[tuple[Conversation, bool]]) -> list[str]:
     """Write the sessions of ``items`` (each with its ``trashed``) that are not in the store yet, in one
     transaction: each session row inserted only if its id is free (a taken one is left out, never
-    overwritten), then all their messages at once (the engine's ``load_messages``), then their titles'
-    search words. Returns the ids written, in order. Raises SaveError (a message no row holds, a refusal:
-    nothing is written), StoreUnavailable."""
+    overwritten), then all their messages at once (the engine's ``load_messages``; their rows made as they
+    are sent when it ``streams_load``, else before the transaction), then their titles' search words.
+    Returns the ids written, in order. Raises SaveError (a message no row holds, a refusal: nothing is
+    written), StoreUnavailable."""
     now = utc_now()
     batch = [_new(store, conv, now if trashed else None) for conv, trashed in items]
+    made = None if store.engine.streams_load else {n.sid: list(_message_rows(store, [n])) for n in batch}
     d = store.dialect
 
     def write(cur: Any) -> list[_New]:
@@ -150,9 +160,9 @@ def create_many(store: SQLStore, items: Sequence[tuple[Conversation, bool]]) -> 
                 except SessionExists:
                     continue
                 done.append(n)
-            rows = [r for n in done for r in n.rows]
-            if rows:
-                store.engine.load_messages(cur, rows, [w for n in done for w in n.searched])
+            if any(n.messages for n in done):
+                rows = _message_rows(store, done) if made is None else [r for n in done for r in made[n.sid]]
+                store.engine.load_messages(cur, rows)
             for n in done:
                 if n.title:
                     store.index_title(cur, n.sid, n.title)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from chatcli.stores.folder_index import add_holds, fts_query
 from chatcli.stores.sql import SQLStore
 from chatcli.stores.sql_dialect import Dialect
 from chatcli.stores.sql_errors import ErrorTable, Fault, Place, Rule, said
-from chatcli.stores.sql_rows import Searched
+from chatcli.stores.sql_rows import Searched, unzipped
 from chatcli.stores.sql_schema import migration_names_step, named, refill
 from chatcli.stores.sql_search import MESSAGES, REASONING, TITLES, Match, Query, Scored, ranked_messages
 from chatcli.stores.sql_write import upsert_messages
@@ -184,6 +185,7 @@ class SQLite:
     lock another program holds on the file."""
 
     kind = "sqlite"
+    streams_load = False
     dialect = Dialect(
         mark="?",
         begin_write="BEGIN IMMEDIATE",  # the write lock first: two writers never deadlock on upgrading theirs
@@ -264,11 +266,12 @@ class SQLite:
     def write_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
         upsert_messages(cur, self.dialect, self.fulltext, rows, searched)
 
-    def load_messages(self, cur: Any, rows: list[tuple[Any, ...]], searched: list[Searched]) -> None:
+    def load_messages(self, cur: Any, messages: Iterable[tuple[tuple[Any, ...], Searched]]) -> None:
         """The rows inserted with the full-text insert triggers set aside, then indexed in one statement
         per index (a trigger run a row costs about three times as much), all in the caller's transaction:
         whatever happens, the triggers are as they were once it ends. The write lock it holds (BEGIN
         IMMEDIATE) keeps every other writer out meanwhile. New rows have the highest mids (AUTOINCREMENT)."""
+        rows, searched = unzipped(messages)
         first = cur.execute("SELECT coalesce(max(mid), 0) FROM chatcli_messages").fetchone()[0]
         cur.execute("DROP TRIGGER chatcli_messages_ai")
         cur.execute("DROP TRIGGER chatcli_reasoning_ai")
