@@ -183,6 +183,13 @@ def mysql_word(word: str) -> str:
     """A word spelled for InnoDB's FULLTEXT parser: MYSQL_PAD, then its ASCII letters and digits as they are
     (``q`` as ``qq``), any other character as ``q`` and four base-35 digits of its code point. The spelling
     of a prefix is a prefix of the spelling, and two words are never spelled alike."""
+    if word.isascii():  # (most words: every character as it is but q)
+        return MYSQL_PAD + word.replace("q", "qq")
+    return _mysql_spelled(word)
+
+
+def _mysql_spelled(word: str) -> str:
+    """``mysql_word``, a character at a time (the definition; any word)."""
     out = [MYSQL_PAD]
     for ch in word:
         if ch == "q":
@@ -198,10 +205,18 @@ def mysql_word(word: str) -> str:
     return "".join(out)
 
 
+#: what comes before each word in ``mysql_text``: a space and MYSQL_PAD (no q in it)
+_MYSQL_GAP = " " + MYSQL_PAD
+
+
 def mysql_text(text: str) -> str:
     """The words of a message for MySQL/MariaDB's FULLTEXT index, each spelled by ``mysql_word``, each
     after a space (so ``LIKE '% word%'`` finds a word's start)."""
-    return "".join(" " + mysql_word(w) for w in words(text[:INDEXED_CHARS]))
+    found = list(words(text[:INDEXED_CHARS]))
+    joined = _MYSQL_GAP.join(found)
+    if joined.isascii():  # (the words spelled at once: the gaps hold no q)
+        return (_MYSQL_GAP + joined).replace("q", "qq") if found else ""
+    return "".join(" " + mysql_word(w) for w in found)
 
 
 # -- ranking and snippets --------------------------------------------------------------------------------
