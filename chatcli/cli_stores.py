@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,10 @@ from chatcli.cli_common import (
 )
 from chatcli.errors import ChatcliError, ConfigError, ExitStatus
 from chatcli.text import count
+
+if TYPE_CHECKING:
+    from chatcli.library import MigrationReport
+    from chatcli.render import Renderer
 
 
 def sync(store_name: StoreOpt = None, as_json: AsJSON = False) -> None:
@@ -78,6 +82,7 @@ def migrate(
 ) -> None:
     """Copy every session, the trash included, from one store to another, losslessly. A session already in
     the target is never overwritten: equal ones are skipped, different ones reported (exit 1)."""
+    from chatcli.library import MigrationReport
     from chatcli.library import migrate as do_migrate
 
     out = renderer()
@@ -89,8 +94,13 @@ def migrate(
             try:
                 if store_url(src_settings).identity == store_url(dst_settings).identity:
                     raise ConfigError(f"--from and --to are the same store ({src.display})")
-                with out.progress("migrating sessions") as step:
-                    report = do_migrate(src, dst, dry_run=dry_run, on_session=step)
+                report = MigrationReport()
+                try:
+                    with out.progress("migrating sessions") as step:
+                        do_migrate(src, dst, dry_run=dry_run, on_session=step, report=report)
+                except KeyboardInterrupt:
+                    _stopped(out, report, dst.display, dry_run)
+                    raise typer.Exit(ExitStatus.INTERRUPTED) from None
             finally:
                 dst.close()
         finally:
@@ -124,6 +134,18 @@ def migrate(
             out.notice(f"{'would not copy' if dry_run else 'not copied'}: session {sid}: {why}")
     if report.differs or report.damaged or report.too_large:
         raise typer.Exit(ExitStatus.ERROR)
+
+
+def _stopped(out: Renderer, report: MigrationReport, target: str, dry_run: bool) -> None:
+    """Say what an interrupted migrate had done (its batches are whole: the rest is copied when it runs
+    again)."""
+    if dry_run:
+        out.notice("stopped: nothing was copied (--dry-run)")
+        return
+    out.notice(
+        f"stopped: {count(len(report.copied), 'session')} copied to {target} so far, in whole batches; "
+        f"run the same command again to copy the rest"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -354,7 +354,12 @@ BATCH_CHARS = 8_000_000
 
 
 def migrate(
-    src: Store, dst: Store, *, dry_run: bool = False, on_session: Callable[[int, int], None] | None = None
+    src: Store,
+    dst: Store,
+    *,
+    dry_run: bool = False,
+    on_session: Callable[[int, int], None] | None = None,
+    report: MigrationReport | None = None,
 ) -> MigrationReport:
     """Copy every session of ``src``, the trash included (it stays in the trash), into ``dst``, losslessly:
     each snapshot arrives field by field as it was, unknown keys too. A session already in ``dst`` is left
@@ -363,12 +368,13 @@ def migrate(
     dry run too. With ``dry_run`` nothing is written. Sessions are written in batches (``Store.create_many``:
     a transaction each on a database, at most BATCH_SESSIONS sessions and BATCH_CHARS characters), so a
     migrate stopped half way has copied whole batches and copies the rest when run again.
-    ``on_session(done, total)`` follows the progress (sessions read).
+    ``on_session(done, total)`` follows the progress (sessions read). ``report``: the report to fill (and
+    return), so that a caller whose migrate is interrupted (KeyboardInterrupt) knows what was done.
 
     (The batches are written in turn, not on a thread of their own while the next is read: measured, that
     was no faster on SQLite and slower on the servers, whose many short round trips then waited for
     Python's lock behind the reading.)"""
-    report = MigrationReport()
+    report = MigrationReport() if report is None else report
     todo = [(sid, False) for sid in src.ids()] + [(sid, True) for sid in src.trashed_ids()]
     there = {False: set(dst.ids()), True: set(dst.trashed_ids())}
     batch: list[tuple[Conversation, bool]] = []

@@ -8,6 +8,7 @@ import copy
 import itertools
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -489,3 +490,38 @@ def test_a_network_that_stalls_in_the_middle_of_a_copy_fails_the_batch_within_th
     finally:
         st.close()
         proxy.close()
+
+
+def test_a_migrate_stopped_with_ctrl_c_says_what_it_copied_and_the_next_run_copies_the_rest(
+    store_for: Any, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    src_root = tmp_path / "many"
+    src = open_store(parse_store(str(src_root)), timeout=10)
+    ids = [f"20260101-{9000 + k // 100:06d}-c{k % 100:03d}" for k in range(250)]
+    for sid in ids:
+        put(src, snap(sid, title=f"t {sid}", turns=[("q", "a")]))
+    src.close()
+    spec = store_for("sqlite")
+    code = (
+        "import sys, time; from chatcli import library\n"
+        "made = library._copy_batch\n"
+        "def slow(dst, batch, report):\n"
+        "    made(dst, batch, report); print('BATCH', flush=True); time.sleep(30)\n"
+        "library.BATCH_SESSIONS = 100; library._copy_batch = slow\n"
+        "sys.argv[0] = 'chatcli'\n"
+        "from chatcli.cli import main\n"
+        "main()\n"
+    )
+    args = [sys.executable, "-c", code, "migrate", "--from", str(src_root), "--to", spec]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"BATCH"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, once the first batch is in
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.decode().strip() == (
+        f"stopped: 100 sessions copied to {spec} so far, in whole batches; run the same command again to copy "
+        f"the rest"
+    )
+    again = run(child_env, "migrate", "--from", str(src_root), "--to", spec)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"{src_root} → {spec}: copied 150 sessions; 100 already there"
